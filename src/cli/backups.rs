@@ -1,0 +1,82 @@
+//! `drctl backups [JOB] [--json]`: what the repository holds, read from the
+//! repository itself (works on a new host with no local state).
+
+use drctl::config::LoadedConfig;
+use drctl::ids::JobName;
+use drctl::repository::Repository;
+use serde::Serialize;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Only this job
+    job: Option<String>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Row {
+    job: String,
+    id: String,
+    repository: String,
+    finished_at: String,
+    stored_bytes: u64,
+    raw_bytes: u64,
+    duration_seconds: f64,
+}
+
+pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
+    let names: Vec<String> = match &a.job {
+        Some(j) => vec![cfg.job(j)?.0.to_string()],
+        None => cfg
+            .config
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.repository().is_some())
+            .map(|(n, _)| n.clone())
+            .collect(),
+    };
+    let mut rows = Vec::new();
+    for name in names {
+        let (job, jc) = cfg.job(&name)?;
+        let Some(repo_name) = jc.repository() else {
+            continue;
+        };
+        let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
+        for b in repo.list_backups(&job).await? {
+            let m = repo.read_manifest(&job, &b.id).await?;
+            rows.push(Row {
+                job: JobName::to_string(&job),
+                id: m.id.to_string(),
+                repository: repo_name.to_owned(),
+                finished_at: m.finished_at.to_rfc3339(),
+                stored_bytes: m.stored_bytes(),
+                raw_bytes: m.raw_bytes(),
+                duration_seconds: (m.finished_at - m.started_at).num_milliseconds() as f64 / 1000.0,
+            });
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no committed backups");
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<44} {:<26} {:>10} {:>9}",
+        "JOB", "ID", "FINISHED", "SIZE", "DURATION"
+    );
+    for r in rows {
+        println!(
+            "{:<12} {:<44} {:<26} {:>10} {:>8.1}s",
+            r.job,
+            r.id,
+            r.finished_at,
+            super::human_bytes(r.stored_bytes),
+            r.duration_seconds
+        );
+    }
+    Ok(())
+}

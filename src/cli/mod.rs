@@ -1,0 +1,96 @@
+//! Command-line front end. Thin: each subcommand file parses its arguments,
+//! calls one library entry point and renders text, JSON or a progress bar.
+
+mod backups;
+mod config_cmd;
+mod progress;
+mod restore;
+mod run;
+
+use clap::{Parser, Subcommand};
+use drctl::config::LoadedConfig;
+use drctl::Error;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "drctl",
+    version,
+    about = "Backups, maintenance and restore drills for PostgreSQL hosts"
+)]
+struct Cli {
+    /// Config file [default: /etc/drctl/drctl.toml, else embedded defaults]
+    #[arg(short, long, global = true, env = "DRCTL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a job now (a backup prints its id; exit 0 only once the manifest is committed)
+    Run(run::Args),
+    /// List committed backups from the repository
+    Backups(backups::Args),
+    /// Restore a backup (latest or by id)
+    Restore(restore::Args),
+    /// Inspect the configuration
+    Config {
+        #[command(subcommand)]
+        command: config_cmd::ConfigCommand,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("drctl: error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e.downcast_ref::<Error>().map(Error::exit_code).unwrap_or(1);
+            let mut text = format!("{e}");
+            for cause in e.chain().skip(1) {
+                text.push_str(&format!(": {cause}"));
+            }
+            eprintln!("drctl: error: {}", drctl::secret::redact(&text));
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let load = || LoadedConfig::load(cli.config.as_deref());
+    match cli.command {
+        Command::Run(a) => run::exec(&load()?, a).await,
+        Command::Backups(a) => backups::exec(&load()?, a).await,
+        Command::Restore(a) => restore::exec(&load()?, a).await,
+        Command::Config { command } => config_cmd::exec(cli.config.as_deref(), command),
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("DRCTL_LOG").unwrap_or_else(|_| EnvFilter::new("warn,drctl=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Bytes as an operator reads them.
+pub fn human_bytes(n: u64) -> String {
+    bytesize::ByteSize(n).display().iec().to_string()
+}

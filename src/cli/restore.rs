@@ -1,0 +1,121 @@
+//! `drctl restore (--latest | --id ID) [--job JOB] [--to TARGET] ...`
+
+use super::progress::Bar;
+use drctl::config::LoadedConfig;
+use drctl::progress::Progress;
+use drctl::restore::{self, Plan, RestoreRequest};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["latest", "id"]))]
+pub struct Args {
+    /// Restore the newest committed backup
+    #[arg(long)]
+    latest: bool,
+    /// Restore this backup id
+    #[arg(long)]
+    id: Option<String>,
+    /// The job whose backups to restore (optional with a single backup job)
+    #[arg(long)]
+    job: Option<String>,
+    /// Target: a postgres:// URL (created if missing, must be empty), or a directory for files backups.
+    /// Without it, the job's own database is replaced and the old one kept as a safety copy.
+    #[arg(long)]
+    to: Option<String>,
+    /// Parallel pg_restore jobs
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Print the plan and change nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Do not ask for confirmation
+    #[arg(long, short = 'y')]
+    yes: bool,
+    /// Scratch directory for the decompressed dump [default: STATE_DIR/tmp]
+    #[arg(long)]
+    tmp_dir: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn print_plan(p: &Plan) {
+    eprintln!("restore plan");
+    eprintln!(
+        "  backup     {} (job {}, {} from {})",
+        p.backup_id, p.job, p.backup_finished_at, p.backup_host
+    );
+    eprintln!("  repository {}", p.repository);
+    eprintln!(
+        "  size       {} stored, {} raw",
+        super::human_bytes(p.stored_bytes),
+        super::human_bytes(p.raw_bytes)
+    );
+    eprintln!("  target     {}", p.target);
+    for (i, s) in p.steps.iter().enumerate() {
+        eprintln!("  {}. {s}", i + 1);
+    }
+}
+
+pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
+    let mut req = RestoreRequest {
+        job: a.job,
+        id: a.id,
+        to: a.to,
+        jobs: a.jobs.max(1),
+        dry_run: a.dry_run,
+        confirmed: a.yes,
+        tmp_dir: a.tmp_dir,
+    };
+    let plan = restore::plan(cfg, &req).await?;
+    if a.dry_run {
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            print_plan(&plan);
+            eprintln!("dry run: nothing changed");
+        }
+        return Ok(());
+    }
+    if !a.json {
+        print_plan(&plan);
+    }
+    if plan.replaces_existing && !req.confirmed && std::io::stdin().is_terminal() {
+        eprint!(
+            "replace {} with this backup (the current database is kept as a safety copy)? [y/N] ",
+            plan.target
+        );
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        req.confirmed = matches!(answer.trim(), "y" | "Y" | "yes");
+    }
+    let progress = Progress::new();
+    let bar = Bar::start(progress.clone());
+    let result = restore::run(cfg, &req, progress).await;
+    bar.finish();
+    let report = result?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    eprintln!(
+        "restored {} into {} in {:.1}s (fetch+verify {:.1}s, restore {:.1}s, {} fetched)",
+        report.backup_id,
+        report.target,
+        report.total_seconds,
+        report.fetch_seconds,
+        report.restore_seconds,
+        super::human_bytes(report.bytes_fetched)
+    );
+    if let Some(s) = &report.safety_copy {
+        eprintln!("the previous database is kept as {s}; drop it once you are satisfied");
+    }
+    if !report.roles_created.is_empty() {
+        eprintln!("roles created: {}", report.roles_created.join(", "));
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(())
+}

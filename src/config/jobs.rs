@@ -1,0 +1,204 @@
+//! `[jobs.NAME]`: one variant per job kind, tagged by `type`.
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobConfig {
+    Postgres(PostgresJob),
+    Files(FilesJob),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Zstd,
+    Gzip,
+    None,
+}
+
+impl Compression {
+    /// File-name suffix of a stored artifact, so `zstd -d`/`gunzip` know what it is.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Compression::Zstd => ".zst",
+            Compression::Gzip => ".gz",
+            Compression::None => "",
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Zstd => "zstd",
+            Compression::Gzip => "gzip",
+            Compression::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresJob {
+    /// Connection URL inline. Prefer `url_env`/`url_file`: an inline password is a secret in a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    pub repository: String,
+    #[serde(default)]
+    pub compression: Compression,
+    /// zstd 1..=19 (default 3), gzip 1..=9 (default 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<i32>,
+    /// zstd worker threads (default: all cores, at most 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_threads: Option<u32>,
+    /// Directory holding `pg_dump`, `pg_dumpall`, `pg_restore`, `psql`
+    /// (default: the newest /usr/lib/postgresql/*/bin, else `$PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_bindir: Option<PathBuf>,
+    /// Tables up to this size get an exact row count in the dump's snapshot;
+    /// larger ones are listed with no count (and the manifest says so).
+    #[serde(default = "default_count_rows_max")]
+    pub count_rows_max_table_size: ByteSize,
+    /// Also dump roles and tablespaces (`pg_dumpall --globals-only`).
+    #[serde(default = "yes")]
+    pub globals: bool,
+    /// Database used for CREATE/ALTER DATABASE during restores.
+    #[serde(default = "default_maintenance_db")]
+    pub maintenance_db: String,
+}
+
+fn default_count_rows_max() -> ByteSize {
+    ByteSize::gib(4)
+}
+fn yes() -> bool {
+    true
+}
+fn default_maintenance_db() -> String {
+    "postgres".into()
+}
+
+/// A path to back up: a plain string, or `{ path = "...", optional = true }`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum PathEntry {
+    Plain(PathBuf),
+    Detailed {
+        path: PathBuf,
+        #[serde(default)]
+        optional: bool,
+    },
+}
+
+impl PathEntry {
+    pub fn path(&self) -> &PathBuf {
+        match self {
+            PathEntry::Plain(p) | PathEntry::Detailed { path: p, .. } => p,
+        }
+    }
+    pub fn optional(&self) -> bool {
+        matches!(self, PathEntry::Detailed { optional: true, .. })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesJob {
+    pub paths: Vec<PathEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    pub repository: String,
+    #[serde(default)]
+    pub compression: Compression,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<i32>,
+}
+
+impl JobConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobConfig::Postgres(_) => "postgres",
+            JobConfig::Files(_) => "files",
+        }
+    }
+
+    /// The repository a backup job writes to (None for kinds that store nothing).
+    pub fn repository(&self) -> Option<&str> {
+        match self {
+            JobConfig::Postgres(j) => Some(&j.repository),
+            JobConfig::Files(j) => Some(&j.repository),
+        }
+    }
+
+    pub fn schedule(&self) -> Option<&str> {
+        match self {
+            JobConfig::Postgres(j) => j.schedule.as_deref(),
+            JobConfig::Files(j) => j.schedule.as_deref(),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
+        match self {
+            JobConfig::Postgres(j) => {
+                let n = [j.url.is_some(), j.url_env.is_some(), j.url_file.is_some()]
+                    .iter()
+                    .filter(|b| **b)
+                    .count();
+                if n != 1 {
+                    return Err((
+                        "url",
+                        "expected exactly one of `url`, `url_env`, `url_file`".into(),
+                    ));
+                }
+                if let Some(u) = &j.url {
+                    if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                        return Err(("url", "expected a postgres:// URL".into()));
+                    }
+                }
+                check_level(j.compression, j.compression_level)?;
+                if j.compression_threads == Some(0) {
+                    return Err(("compression_threads", "expected at least 1".into()));
+                }
+            }
+            JobConfig::Files(j) => {
+                if j.paths.is_empty() {
+                    return Err(("paths", "expected at least one path".into()));
+                }
+                for p in &j.paths {
+                    if !p.path().is_absolute() {
+                        return Err((
+                            "paths",
+                            format!("expected absolute paths, got {:?}", p.path()),
+                        ));
+                    }
+                }
+                check_level(j.compression, j.compression_level)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_level(c: Compression, level: Option<i32>) -> Result<(), (&'static str, String)> {
+    let Some(l) = level else { return Ok(()) };
+    let ok = match c {
+        Compression::Zstd => (1..=19).contains(&l),
+        Compression::Gzip => (1..=9).contains(&l),
+        Compression::None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err((
+            "compression_level",
+            format!("expected 1..=19 for zstd or 1..=9 for gzip (none takes no level), got {l}"),
+        ))
+    }
+}

@@ -1,0 +1,352 @@
+//! Configuration: one TOML file, job files from `schedules_dir`, and
+//! `DRCTL_...` environment overrides, merged with figment.
+//!
+//! Every error names the file, the key and what was expected, and all of
+//! them are collected before anything runs (as `vector validate` does), so an
+//! operator fixes a config in one pass rather than one error per attempt.
+
+mod jobs;
+mod render;
+mod repositories;
+
+pub use jobs::{Compression, FilesJob, JobConfig, PathEntry, PostgresJob};
+pub use render::render_masked;
+pub use repositories::{LocalRepository, RepositoryConfig, S3Repository};
+
+use crate::error::{Error, Result};
+use crate::ids::JobName;
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Where `drctl` looks when `-c` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/drctl/drctl.toml";
+
+/// The configuration used when no file exists at all: a local repository and
+/// SQLite state under `./drctl-data`, and one job `db` backing up `$DATABASE_URL`.
+pub const EMBEDDED_DEFAULTS: &str = r#"
+state_dir = "drctl-data"
+
+[repositories.local]
+type = "local"
+path = "drctl-data/repository"
+
+[jobs.db]
+type = "postgres"
+url_env = "DATABASE_URL"
+schedule = "0 0 2 * * *"
+repository = "local"
+"#;
+
+/// Top-level keys that `DRCTL_...` variables may override. Other `DRCTL_`
+/// variables (`DRCTL_CONFIG`, `DRCTL_LOG`, test settings) are not config.
+const ENV_KEYS: &[&str] = &["state_dir", "schedules_dir", "repositories", "jobs"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// SQLite state, locks and restore scratch space.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Optional directory of `*.toml` files holding more `[jobs.*]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedules_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub repositories: BTreeMap<String, RepositoryConfig>,
+    #[serde(default)]
+    pub jobs: BTreeMap<String, JobConfig>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/drctl")
+}
+
+/// A loaded, validated configuration and where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub config: Config,
+    /// The files read, main file first; empty for the embedded defaults.
+    pub files: Vec<PathBuf>,
+    figment: Figment,
+}
+
+/// Only `[jobs.*]` may appear in a job file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobFile {
+    #[serde(default)]
+    jobs: BTreeMap<String, toml::Value>,
+}
+
+impl LoadedConfig {
+    /// Load from `path`, or from [`DEFAULT_CONFIG_PATH`], or else the embedded defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let (main, files) = match path {
+            Some(p) => {
+                if !p.is_file() {
+                    return Err(Error::Config {
+                        file: p.display().to_string(),
+                        key: "-".into(),
+                        message: "file not found (expected a readable TOML file)".into(),
+                    });
+                }
+                (Figment::from(Toml::file_exact(p)), vec![p.to_path_buf()])
+            }
+            None if Path::new(DEFAULT_CONFIG_PATH).is_file() => (
+                Figment::from(Toml::file_exact(DEFAULT_CONFIG_PATH)),
+                vec![PathBuf::from(DEFAULT_CONFIG_PATH)],
+            ),
+            None => (Figment::from(Toml::string(EMBEDDED_DEFAULTS)), Vec::new()),
+        };
+        let mut loaded = LoadedConfig {
+            config: Config {
+                state_dir: default_state_dir(),
+                schedules_dir: None,
+                repositories: BTreeMap::new(),
+                jobs: BTreeMap::new(),
+            },
+            files,
+            figment: main,
+        };
+        loaded.merge_job_files()?;
+        loaded.figment = loaded.figment.clone().merge(
+            Env::prefixed("DRCTL_")
+                .split("__")
+                .filter(|k| ENV_KEYS.iter().any(|top| k.as_str().starts_with(top))),
+        );
+        loaded.config = loaded
+            .figment
+            .extract::<Config>()
+            .map_err(|e| figment_error(e, loaded.main_file()))?;
+        loaded.validate()?;
+        Ok(loaded)
+    }
+
+    fn main_file(&self) -> String {
+        self.files
+            .first()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<embedded defaults>".into())
+    }
+
+    /// The file that supplied `key`, for error messages.
+    pub fn file_of(&self, key: &str) -> String {
+        self.figment
+            .find_metadata(key)
+            .and_then(|m| m.source.as_ref())
+            .map(|s| match s {
+                figment::Source::File(p) => p.display().to_string(),
+                other => other.to_string(),
+            })
+            .unwrap_or_else(|| self.main_file())
+    }
+
+    fn merge_job_files(&mut self) -> Result<()> {
+        let dir: Option<PathBuf> = self
+            .figment
+            .extract_inner("schedules_dir")
+            .ok()
+            .or_else(|| std::env::var_os("DRCTL_SCHEDULES_DIR").map(PathBuf::from));
+        let Some(dir) = dir else { return Ok(()) };
+        let entries = std::fs::read_dir(&dir).map_err(|e| Error::Config {
+            file: self.file_of("schedules_dir"),
+            key: "schedules_dir".into(),
+            message: format!("cannot read directory {}: {e}", dir.display()),
+        })?;
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+            .collect();
+        files.sort();
+        let mut defined: BTreeMap<String, String> = self
+            .figment
+            .extract_inner::<BTreeMap<String, toml::Value>>("jobs")
+            .unwrap_or_default()
+            .into_keys()
+            .map(|k| (k, self.main_file()))
+            .collect();
+        for f in files {
+            let one = Figment::from(Toml::file_exact(&f));
+            let jf: JobFile = one
+                .extract()
+                .map_err(|e| figment_error(e, f.display().to_string()))?;
+            for name in jf.jobs.keys() {
+                if let Some(prev) = defined.insert(name.clone(), f.display().to_string()) {
+                    return Err(Error::Config {
+                        file: f.display().to_string(),
+                        key: format!("jobs.{name}"),
+                        message: format!("job already defined in {prev} (expected each job once)"),
+                    });
+                }
+            }
+            self.figment = self.figment.clone().merge(one);
+            self.files.push(f);
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<()> {
+        let mut errors = Vec::new();
+        for (name, repo) in &self.config.repositories {
+            let key = format!("repositories.{name}");
+            if let Err(msg) = JobName::parse(name) {
+                errors.push((key.clone(), msg));
+            }
+            if let Err((field, msg)) = repo.validate() {
+                errors.push((format!("{key}.{field}"), msg));
+            }
+        }
+        for (name, job) in &self.config.jobs {
+            let key = format!("jobs.{name}");
+            if let Err(msg) = JobName::parse(name) {
+                errors.push((key.clone(), msg));
+            }
+            if let Some(repo) = job.repository() {
+                if !self.config.repositories.contains_key(repo) {
+                    let known: Vec<&str> = self
+                        .config
+                        .repositories
+                        .keys()
+                        .map(String::as_str)
+                        .collect();
+                    errors.push((
+                        format!("{key}.repository"),
+                        format!(
+                            "no repository named {repo:?} (expected one of: {})",
+                            if known.is_empty() {
+                                "none defined".into()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    ));
+                }
+            }
+            if let Err((field, msg)) = job.validate() {
+                errors.push((format!("{key}.{field}"), msg));
+            }
+        }
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let mut it = errors.into_iter().map(|(key, message)| {
+            let file = self.file_of(&key);
+            Error::Config { file, key, message }
+        });
+        let first = it.next().expect("errors is not empty");
+        let rest: Vec<String> = it.map(|e| e.to_string()).collect();
+        if rest.is_empty() {
+            Err(first)
+        } else if let Error::Config { file, key, message } = first {
+            Err(Error::Config {
+                file,
+                key,
+                message: format!("{message}\n  also: {}", rest.join("\n  also: ")),
+            })
+        } else {
+            Err(first)
+        }
+    }
+
+    /// The named job, or a not-found error listing the jobs there are.
+    pub fn job(&self, name: &str) -> Result<(JobName, &JobConfig)> {
+        match self.config.jobs.get(name) {
+            Some(j) => Ok((JobName::parse(name).map_err(Error::Other)?, j)),
+            None => Err(Error::Config {
+                file: self.main_file(),
+                key: format!("jobs.{name}"),
+                message: format!(
+                    "no such job (expected one of: {})",
+                    self.config
+                        .jobs
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+        }
+    }
+
+    /// The repository a job writes to.
+    pub fn repository(&self, name: &str) -> Result<&RepositoryConfig> {
+        self.config
+            .repositories
+            .get(name)
+            .ok_or_else(|| Error::Config {
+                file: self.main_file(),
+                key: format!("repositories.{name}"),
+                message: "no such repository".into(),
+            })
+    }
+}
+
+/// Turn figment's error (which may hold several) into one config error that
+/// names the file and key of the first and lists the rest.
+fn figment_error(err: figment::Error, fallback_file: String) -> Error {
+    let mut parts = Vec::new();
+    for e in err {
+        let file = e
+            .metadata
+            .as_ref()
+            .and_then(|m| m.source.as_ref())
+            .map(|s| match s {
+                figment::Source::File(p) => p.display().to_string(),
+                other => other.to_string(),
+            })
+            .unwrap_or_else(|| fallback_file.clone());
+        let key = if e.path.is_empty() {
+            "-".to_string()
+        } else {
+            e.path.join(".")
+        };
+        parts.push((file, key, crate::secret::redact(&e.kind.to_string())));
+    }
+    let (file, key, mut message) = parts.first().cloned().unwrap_or((
+        fallback_file,
+        "-".into(),
+        "invalid configuration".into(),
+    ));
+    for (f, k, m) in parts.iter().skip(1) {
+        message.push_str(&format!("\n  also: {f}: key `{k}`: {m}"));
+    }
+    Error::Config { file, key, message }
+}
+
+/// Read a secret named by a `*_env` / `*_file` pair or an inline value.
+/// Relative `*_file` paths resolve against `$CREDENTIALS_DIRECTORY` when
+/// systemd provides one (`LoadCredential=`).
+pub fn resolve_secret(
+    inline: Option<&str>,
+    env: Option<&str>,
+    file: Option<&Path>,
+    what: &str,
+) -> Result<crate::secret::Secret> {
+    use crate::secret::Secret;
+    if let Some(v) = inline {
+        return Ok(Secret::new(v.to_owned()));
+    }
+    if let Some(var) = env {
+        return match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim().to_owned())),
+            _ => Err(Error::Other(format!(
+                "{what}: environment variable {var} is not set (expected the value there)"
+            ))),
+        };
+    }
+    if let Some(path) = file {
+        let path = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) if path.is_relative() => Path::new(&dir).join(path),
+            _ => path.to_path_buf(),
+        };
+        let v = std::fs::read_to_string(&path)
+            .map_err(|e| Error::io(format!("{what}: reading {}", path.display()), e))?;
+        return Ok(Secret::new(v.trim().to_owned()));
+    }
+    Err(Error::Other(format!("{what}: no value configured")))
+}
+
+#[cfg(test)]
+mod tests;

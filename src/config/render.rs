@@ -1,0 +1,56 @@
+//! `drctl config check`: the resolved config as TOML with secrets masked.
+
+use super::LoadedConfig;
+
+/// Keys whose values are secrets wherever they appear.
+fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    (k.contains("password") || k.contains("secret") || k.contains("token"))
+        && !k.ends_with("_env")
+        && !k.ends_with("_file")
+}
+
+fn mask(value: &mut toml::Value, key: &str) {
+    match value {
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                mask(v, k);
+            }
+        }
+        toml::Value::Array(a) => a.iter_mut().for_each(|v| mask(v, key)),
+        toml::Value::String(s) => {
+            if is_secret_key(key) {
+                *s = "***".into();
+            } else if key == "url" || key.ends_with("_url") {
+                if let Ok(mut u) = url::Url::parse(s) {
+                    if u.password().is_some() {
+                        let _ = u.set_password(Some("***"));
+                        *s = u.to_string();
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Render the resolved configuration with every secret replaced by `***`.
+pub fn render_masked(loaded: &LoadedConfig) -> String {
+    let mut value = match toml::Value::try_from(&loaded.config) {
+        Ok(v) => v,
+        Err(e) => return format!("# cannot render config: {e}\n"),
+    };
+    mask(&mut value, "");
+    let body =
+        toml::to_string_pretty(&value).unwrap_or_else(|e| format!("# cannot render config: {e}\n"));
+    let mut out = String::new();
+    if loaded.files.is_empty() {
+        out.push_str("# source: embedded defaults (no config file found)\n");
+    } else {
+        for f in &loaded.files {
+            out.push_str(&format!("# source: {}\n", f.display()));
+        }
+    }
+    out.push_str(&crate::secret::redact(&body));
+    out
+}

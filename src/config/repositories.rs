@@ -1,0 +1,91 @@
+//! `[repositories.NAME]`: where backups are stored.
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RepositoryConfig {
+    Local(LocalRepository),
+    S3(S3Repository),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalRepository {
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Repository {
+    pub bucket: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub path_style: bool,
+    /// Multipart part size; raised automatically when the source is large
+    /// enough to hit S3's 10,000-part limit. At least 5 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_size: Option<ByteSize>,
+    /// Parts uploaded at once. Memory is about `part_size * (concurrency + 1)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload_concurrency: Option<usize>,
+}
+
+impl RepositoryConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RepositoryConfig::Local(_) => "local",
+            RepositoryConfig::S3(_) => "s3",
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
+        match self {
+            RepositoryConfig::Local(l) => {
+                if l.path.as_os_str().is_empty() {
+                    return Err(("path", "expected a directory path".into()));
+                }
+            }
+            RepositoryConfig::S3(s) => {
+                if s.bucket.is_empty() {
+                    return Err(("bucket", "expected a bucket name".into()));
+                }
+                if let Some(p) = &s.prefix {
+                    if p.split('/').any(|c| c == ".." || c == ".") {
+                        return Err((
+                            "prefix",
+                            "expected a key prefix without '.' or '..' components".into(),
+                        ));
+                    }
+                }
+                if let Some(ps) = s.part_size {
+                    if ps.as_u64() < 5 * 1024 * 1024 || ps.as_u64() > 5 * 1024 * 1024 * 1024 {
+                        return Err((
+                            "part_size",
+                            "expected a size between 5MiB and 5GiB (S3 limits)".into(),
+                        ));
+                    }
+                }
+                if s.upload_concurrency == Some(0) {
+                    return Err(("upload_concurrency", "expected at least 1".into()));
+                }
+                if let Some(e) = &s.endpoint {
+                    if url::Url::parse(e).is_err() {
+                        return Err((
+                            "endpoint",
+                            format!("expected a URL like http://127.0.0.1:9000, got {e:?}"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,223 @@
+use super::*;
+use std::io::Write;
+
+/// The config from the spine issue, exactly as written there.
+const ISSUE_CONFIG: &str = r#"
+state_dir = "/var/lib/drctl"            # SQLite state and locks
+schedules_dir = "SCHEDULES"             # optional, more [jobs.*] in *.toml
+
+[repositories.local]
+type = "local"
+path = "/var/backups/drctl"
+
+[repositories.offsite]
+type = "s3"
+bucket = "acme-backups"
+prefix = "db1"                          # optional
+region = "eu-west-1"
+endpoint = "http://127.0.0.1:9000"      # optional, S3-compatible stores
+path_style = true                       # optional
+# credentials: the standard AWS chain (env, profile, instance role)
+
+[jobs.appdb]
+type = "postgres"
+url_env = "APP_DATABASE_URL"            # or url = "...", or url_file = "/path"
+schedule = "0 0 2 * * *"
+repository = "offsite"
+compression = "zstd"                    # zstd (default) | gzip | none
+
+[jobs.configs]
+type = "files"
+paths = ["/opt/app/.env", "/opt/app/docker-compose.yml"]
+schedule = "0 30 2 * * *"
+repository = "local"
+"#;
+
+fn write(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    let mut f = std::fs::File::create(&p).unwrap();
+    f.write_all(body.as_bytes()).unwrap();
+    p
+}
+
+fn load_str(body: &str) -> (tempfile::TempDir, Result<LoadedConfig>) {
+    let dir = tempfile::tempdir().unwrap();
+    let sched = dir.path().join("schedules");
+    std::fs::create_dir(&sched).unwrap();
+    let body = body.replace("SCHEDULES", sched.to_str().unwrap());
+    let p = write(dir.path(), "drctl.toml", &body);
+    let r = LoadedConfig::load(Some(&p));
+    (dir, r)
+}
+
+fn config_err(r: Result<LoadedConfig>) -> (String, String, String) {
+    match r {
+        Err(Error::Config { file, key, message }) => (file, key, message),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
+#[test]
+fn issue_config_loads_as_written() {
+    let (_d, r) = load_str(ISSUE_CONFIG);
+    let c = r.unwrap();
+    assert_eq!(c.config.jobs.len(), 2);
+    match &c.config.repositories["offsite"] {
+        RepositoryConfig::S3(s) => {
+            assert_eq!(s.bucket, "acme-backups");
+            assert_eq!(s.prefix.as_deref(), Some("db1"));
+            assert!(s.path_style);
+        }
+        other => panic!("{other:?}"),
+    }
+    match &c.config.jobs["configs"] {
+        JobConfig::Files(f) => assert_eq!(f.paths.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.config.jobs["appdb"].repository(), Some("offsite"));
+}
+
+#[test]
+fn job_files_merge_and_duplicates_name_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let sched = dir.path().join("s");
+    std::fs::create_dir(&sched).unwrap();
+    let main = write(
+        dir.path(),
+        "main.toml",
+        &format!(
+            "schedules_dir = {:?}\n[repositories.r]\ntype = \"local\"\npath = \"/tmp/x\"\n",
+            sched
+        ),
+    );
+    write(
+        &sched,
+        "a.toml",
+        "[jobs.one]\ntype = \"files\"\npaths = [\"/etc/hostname\"]\nrepository = \"r\"\n",
+    );
+    let c = LoadedConfig::load(Some(&main)).unwrap();
+    assert!(c.config.jobs.contains_key("one"));
+    assert_eq!(c.files.len(), 2);
+
+    write(
+        &sched,
+        "b.toml",
+        "[jobs.one]\ntype = \"files\"\npaths = [\"/etc/hosts\"]\nrepository = \"r\"\n",
+    );
+    let (file, key, msg) = config_err(LoadedConfig::load(Some(&main)));
+    assert!(file.ends_with("b.toml"), "{file}");
+    assert_eq!(key, "jobs.one");
+    assert!(msg.contains("a.toml"), "{msg}");
+
+    std::fs::remove_file(sched.join("b.toml")).unwrap();
+    write(
+        &sched,
+        "c.toml",
+        "[repositories.sneaky]\ntype = \"local\"\npath = \"/\"\n",
+    );
+    let (file, key, msg) = config_err(LoadedConfig::load(Some(&main)));
+    assert!(file.ends_with("c.toml"), "{file}");
+    assert!(
+        msg.contains("unknown field") && msg.contains("repositories"),
+        "{key}: {msg}"
+    );
+}
+
+#[test]
+fn unknown_key_names_file_key_and_expectation() {
+    let (_d, r) =
+        load_str(&ISSUE_CONFIG.replace("path_style = true", "path_style = true\nbukket = \"x\""));
+    let (file, key, msg) = config_err(r);
+    assert!(file.ends_with("drctl.toml"), "{file}");
+    assert!(key.starts_with("repositories.offsite"), "{key}");
+    assert!(
+        msg.contains("unknown field") && msg.contains("bukket"),
+        "{msg}"
+    );
+    assert!(msg.contains("expected"), "{msg}");
+}
+
+#[test]
+fn wrong_type_names_key() {
+    let (_d, r) = load_str(&ISSUE_CONFIG.replace("path_style = true", "path_style = \"yes\""));
+    let (_f, key, msg) = config_err(r);
+    assert!(key.contains("offsite"), "{key}");
+    assert!(
+        msg.contains("invalid type") && msg.contains("bool"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_job_type_is_named() {
+    let (_d, r) = load_str(&ISSUE_CONFIG.replace("type = \"files\"", "type = \"filez\""));
+    let (_f, key, msg) = config_err(r);
+    assert!(key.contains("configs"), "{key}");
+    assert!(msg.contains("filez") && msg.contains("postgres"), "{msg}");
+}
+
+#[test]
+fn missing_repository_is_named_with_choices() {
+    let (_d, r) =
+        load_str(&ISSUE_CONFIG.replace("repository = \"offsite\"", "repository = \"nowhere\""));
+    let (file, key, msg) = config_err(r);
+    assert!(file.ends_with("drctl.toml"), "{file}");
+    assert_eq!(key, "jobs.appdb.repository");
+    assert!(
+        msg.contains("nowhere") && msg.contains("local, offsite"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn missing_job_is_named_with_choices() {
+    let (_d, r) = load_str(ISSUE_CONFIG);
+    let c = r.unwrap();
+    match c.job("nope") {
+        Err(Error::Config { key, message, .. }) => {
+            assert_eq!(key, "jobs.nope");
+            assert!(message.contains("appdb, configs"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn url_sources_are_exclusive() {
+    let (_d, r) = load_str(&ISSUE_CONFIG.replace(
+        "url_env = \"APP_DATABASE_URL\"",
+        "url_env = \"APP_DATABASE_URL\"\nurl = \"postgres://u:p@h/d\"",
+    ));
+    let (_f, key, msg) = config_err(r);
+    assert_eq!(key, "jobs.appdb.url");
+    assert!(msg.contains("exactly one"), "{msg}");
+}
+
+#[test]
+fn missing_file_is_a_config_error() {
+    let (file, _k, msg) = config_err(LoadedConfig::load(Some(Path::new(
+        "/nonexistent/drctl.toml",
+    ))));
+    assert_eq!(file, "/nonexistent/drctl.toml");
+    assert!(msg.contains("not found"));
+}
+
+#[test]
+fn check_output_masks_inline_passwords() {
+    let (_d, r) = load_str(&ISSUE_CONFIG.replace(
+        "url_env = \"APP_DATABASE_URL\"",
+        "url = \"postgres://app:s3cr3t-pw@db:5432/app\"",
+    ));
+    let c = r.unwrap();
+    let out = render_masked(&c);
+    assert!(!out.contains("s3cr3t-pw"), "{out}");
+    assert!(out.contains("postgres://app:***@db:5432/app"), "{out}");
+}
+
+#[test]
+fn embedded_defaults_are_valid() {
+    let c: Config = Figment::from(Toml::string(EMBEDDED_DEFAULTS))
+        .extract()
+        .unwrap();
+    assert!(c.jobs.contains_key("db"));
+}

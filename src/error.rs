@@ -1,0 +1,107 @@
+//! Core error type. Each variant maps to a documented process exit code
+//! (see README "Exit codes"), so scripts can tell "your config is wrong"
+//! from "the backup is corrupt" from "the database refused".
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration problem: names the file, the key and what was expected.
+    #[error("config error in {file}: key `{key}`: {message}")]
+    Config {
+        file: String,
+        key: String,
+        message: String,
+    },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("repository {repository}: {message}")]
+    Repository { repository: String, message: String },
+
+    /// A stored artifact does not match its manifest: never restore from it.
+    #[error("integrity check failed for {artifact}: {message}")]
+    Integrity { artifact: String, message: String },
+
+    #[error("{tool} failed ({status}): {stderr}")]
+    Tool {
+        tool: String,
+        status: String,
+        stderr: String,
+    },
+
+    #[error("{0}")]
+    ToolVersion(String),
+
+    #[error("PostgreSQL: {context}: {message}")]
+    Postgres { context: String, message: String },
+
+    /// The restore target is not in a state we may write to without consent.
+    #[error("refused: {0}")]
+    Refused(String),
+
+    #[error("not found: {0}")]
+    NotFound(String),
+
+    #[error("state database {path}: {message}")]
+    State { path: PathBuf, message: String },
+
+    #[error("interrupted: {0}")]
+    Interrupted(String),
+
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// The process exit code for this error, as documented in the README.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config { .. } => 2,
+            Error::Integrity { .. } => 3,
+            Error::Refused(_) => 4,
+            Error::NotFound(_) => 5,
+            Error::Interrupted(_) => 130,
+            _ => 1,
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn pg(context: impl Into<String>, err: impl std::fmt::Display) -> Self {
+        Error::Postgres {
+            context: context.into(),
+            message: crate::secret::redact(&err.to_string()),
+        }
+    }
+
+    pub fn repo(repository: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Error::Repository {
+            repository: repository.into(),
+            message: crate::secret::redact(&message.to_string()),
+        }
+    }
+}
+
+/// Attach a human context to I/O results: `file.read(..).ctx("reading manifest")?`.
+pub trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::io(context(), e))
+    }
+}

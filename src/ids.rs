@@ -1,0 +1,144 @@
+//! Validated names. Object keys and paths are only ever built from these, so a
+//! hostile job name or backup id cannot escape the repository prefix.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+fn valid_component(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s != "."
+        && s != ".."
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+/// A job name as used in the config and in repository keys.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobName(String);
+
+impl JobName {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if valid_component(s) {
+            Ok(JobName(s.to_owned()))
+        } else {
+            Err(format!(
+                "invalid job name {s:?}: use letters, digits, '.', '_' and '-' (at most 128, not starting with '.')"
+            ))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for JobName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        JobName::parse(&s)
+    }
+}
+impl From<JobName> for String {
+    fn from(j: JobName) -> String {
+        j.0
+    }
+}
+impl fmt::Display for JobName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `20261122T020000Z-<host>-<random>`: sorts by time as a plain string, so the
+/// greatest id in one listing is the latest backup.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BackupId(String);
+
+const TS_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+
+impl BackupId {
+    pub fn new(at: DateTime<Utc>, host: &str) -> Self {
+        let host: String = host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .take(48)
+            .collect();
+        let host = if host.is_empty() { "host".into() } else { host };
+        let suffix: u32 = rand::random();
+        BackupId(format!("{}-{}-{:08x}", at.format(TS_FORMAT), host, suffix))
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if !valid_component(s) || s.len() < 17 {
+            return Err(format!("invalid backup id {s:?}"));
+        }
+        NaiveDateTime::parse_from_str(&s[..16], TS_FORMAT).map_err(|_| {
+            format!(
+                "invalid backup id {s:?}: it must start with a UTC timestamp like 20261122T020000Z"
+            )
+        })?;
+        Ok(BackupId(s.to_owned()))
+    }
+
+    /// The time encoded in the id (the backup's start).
+    pub fn timestamp(&self) -> DateTime<Utc> {
+        NaiveDateTime::parse_from_str(&self.0[..16], TS_FORMAT)
+            .map(|n| n.and_utc())
+            .unwrap_or_default()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for BackupId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        BackupId::parse(&s)
+    }
+}
+impl From<BackupId> for String {
+    fn from(b: BackupId) -> String {
+        b.0
+    }
+}
+impl fmt::Display for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_time_and_round_trip() {
+        let a = BackupId::new("2026-11-22T02:00:00Z".parse().unwrap(), "db1.example.com");
+        let b = BackupId::new("2026-11-22T02:00:01Z".parse().unwrap(), "a");
+        assert!(a < b);
+        assert_eq!(BackupId::parse(a.as_str()).unwrap(), a);
+        assert_eq!(a.timestamp().to_rfc3339(), "2026-11-22T02:00:00+00:00");
+        assert!(a.as_str().starts_with("20261122T020000Z-db1-example-com-"));
+    }
+
+    #[test]
+    fn hostile_names_are_rejected() {
+        for bad in ["", "..", "../x", "a/b", ".hidden", "x y", "a\\b"] {
+            assert!(JobName::parse(bad).is_err(), "{bad}");
+        }
+        assert!(BackupId::parse("../../etc").is_err());
+        assert!(BackupId::parse("notatimestamp-xx").is_err());
+    }
+}

@@ -1,0 +1,90 @@
+//! Job kinds, one file each. A backup kind streams its artifacts into the
+//! repository and reports what it measured; `backup.rs` turns that into a
+//! manifest and commits it.
+
+pub mod files;
+pub mod postgres;
+
+use crate::config::Compression;
+use crate::error::Result;
+use crate::ids::{BackupId, JobName};
+use crate::manifest::{Artifact, PostgresSource, TableCount};
+use crate::progress::Progress;
+use crate::repository::Repository;
+use crate::stream::{encoder, BoxRead, Measure};
+use std::sync::Arc;
+
+/// What a backup kind gets to work with.
+pub struct BackupCtx<'a> {
+    pub job: &'a JobName,
+    pub id: &'a BackupId,
+    pub repo: &'a Repository,
+    pub progress: Arc<Progress>,
+}
+
+/// What a backup kind produced; the manifest is built from this.
+#[derive(Default)]
+pub struct BackupOutput {
+    pub source: Option<PostgresSource>,
+    pub artifacts: Vec<Artifact>,
+    pub tables: Vec<TableCount>,
+}
+
+/// Compression settings of one artifact.
+#[derive(Clone, Copy)]
+pub struct Packing {
+    pub compression: Compression,
+    pub level: Option<i32>,
+    pub threads: u32,
+}
+
+impl Packing {
+    pub fn default_threads() -> u32 {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
+            .min(4)
+    }
+}
+
+impl BackupCtx<'_> {
+    /// Stream `source` through measure -> compress -> measure(hash) into the
+    /// repository as `<base><suffix>` and describe what was stored.
+    pub async fn store<R>(
+        &self,
+        base: &str,
+        content: &str,
+        source: R,
+        packing: Packing,
+        size_hint: Option<u64>,
+        show_progress: bool,
+    ) -> Result<Artifact>
+    where
+        R: tokio::io::AsyncRead + Send + Unpin + 'static,
+    {
+        let name = format!("{base}{}", packing.compression.suffix());
+        let (raw, raw_m) = Measure::count_only(source);
+        let raw = if show_progress {
+            raw.with_progress(self.progress.clone())
+        } else {
+            raw
+        };
+        let packed = encoder(raw, packing.compression, packing.level, packing.threads);
+        let (stored, stored_m) = Measure::new(packed);
+        let boxed: BoxRead = Box::pin(stored);
+        let n = self
+            .repo
+            .put_artifact(self.job, self.id, &name, boxed, size_hint)
+            .await?;
+        debug_assert_eq!(n, stored_m.bytes());
+        Ok(Artifact {
+            name,
+            content: content.into(),
+            raw_bytes: raw_m.bytes(),
+            stored_bytes: stored_m.bytes(),
+            sha256: stored_m.sha256(),
+            compression: packing.compression,
+            encryption_recipients: Vec::new(),
+        })
+    }
+}

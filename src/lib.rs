@@ -1,0 +1,24 @@
+//! drctl: backups, maintenance and disaster-recovery drills for PostgreSQL hosts.
+//!
+//! The library holds the whole engine; `src/main.rs` and `src/cli/` only parse
+//! arguments, call into it and render results. Nothing in here writes to the
+//! terminal except through the [`progress::Progress`] counters the CLI polls.
+
+pub mod backup;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod jobs;
+pub mod manifest;
+pub mod pg;
+pub mod progress;
+pub mod repository;
+pub mod restore;
+pub mod secret;
+pub mod state;
+pub mod stream;
+
+pub use error::{Error, Result};
+
+/// The version recorded in every manifest, so a restore can say which drctl wrote a backup.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

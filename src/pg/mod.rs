@@ -1,0 +1,11 @@
+//! PostgreSQL plumbing shared by backup, restore and (later) maintenance:
+//! connection targets without secrets in argv, client tool discovery and
+//! version checks, and child processes whose exit status is part of the stream.
+
+mod child;
+mod target;
+mod tools;
+
+pub use child::{spawn_tool, ExitChecked, ToolChild};
+pub use target::{PassFile, PgTarget};
+pub use tools::{PgTools, ToolVersion};

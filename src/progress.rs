@@ -1,0 +1,31 @@
+//! Progress counters the engine updates and the CLI polls to draw a bar.
+//! Lock-free so the hot streaming path pays one atomic add per buffer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes through the current phase.
+    pub bytes: AtomicU64,
+    /// Expected total for the current phase, 0 when unknown.
+    pub total: AtomicU64,
+    phase: Mutex<String>,
+}
+
+impl Progress {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+    pub fn set_phase(&self, phase: &str, total: u64) {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = phase.to_owned();
+        self.total.store(total, Ordering::Relaxed);
+        self.bytes.store(0, Ordering::Relaxed);
+    }
+    pub fn phase(&self) -> String {
+        self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    pub fn add(&self, n: u64) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+}

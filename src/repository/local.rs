@@ -1,0 +1,210 @@
+//! A repository in a local (or mounted) directory.
+//!
+//! Writes go to a hidden temporary file, are fsynced, renamed into place and
+//! the directory fsynced, so a crash leaves either nothing or a whole file;
+//! the manifest is linked into place, which fails if one already exists.
+
+use super::{Backend, BoxRead, ObjectInfo};
+use crate::error::{Error, Result};
+use async_trait::async_trait;
+use std::path::{Path, PathBuf};
+use tokio::io::AsyncWriteExt;
+
+pub struct LocalBackend {
+    name: String,
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    pub fn new(name: &str, root: &Path) -> Self {
+        LocalBackend {
+            name: name.to_owned(),
+            root: root.to_path_buf(),
+        }
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    fn err(&self, what: String, e: std::io::Error) -> Error {
+        Error::repo(&self.name, format!("{what}: {e}"))
+    }
+
+    fn temp_path(final_path: &Path) -> PathBuf {
+        let name = final_path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("object");
+        final_path.with_file_name(format!(".{name}.partial-{:08x}", rand::random::<u32>()))
+    }
+
+    async fn sync_dir(&self, dir: &Path) -> Result<()> {
+        let d = tokio::fs::File::open(dir)
+            .await
+            .map_err(|e| self.err(format!("opening {}", dir.display()), e))?;
+        d.sync_all()
+            .await
+            .map_err(|e| self.err(format!("fsync {}", dir.display()), e))
+    }
+
+    async fn prepare_dir(&self, path: &Path) -> Result<PathBuf> {
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| self.err(format!("creating {}", dir.display()), e))?;
+        Ok(dir)
+    }
+}
+
+#[async_trait]
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        format!("file://{}", self.root.display())
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut reader: BoxRead,
+        _size_hint: Option<u64>,
+    ) -> Result<u64> {
+        let path = self.path(key);
+        let dir = self.prepare_dir(&path).await?;
+        let tmp = Self::temp_path(&path);
+        let result: Result<u64> = async {
+            let mut f = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| self.err(format!("creating {}", tmp.display()), e))?;
+            let n = tokio::io::copy_buf(
+                &mut tokio::io::BufReader::with_capacity(1 << 20, &mut reader),
+                &mut f,
+            )
+            .await
+            .map_err(|e| self.err(format!("writing {}", path.display()), e))?;
+            f.flush()
+                .await
+                .map_err(|e| self.err(format!("writing {}", path.display()), e))?;
+            f.sync_all()
+                .await
+                .map_err(|e| self.err(format!("fsync {}", path.display()), e))?;
+            let on_disk = f
+                .metadata()
+                .await
+                .map_err(|e| self.err(format!("stat {}", tmp.display()), e))?
+                .len();
+            if on_disk != n {
+                return Err(Error::repo(
+                    &self.name,
+                    format!("{key}: wrote {n} bytes but {on_disk} are on disk"),
+                ));
+            }
+            Ok(n)
+        }
+        .await;
+        match result {
+            Ok(n) => {
+                tokio::fs::rename(&tmp, &path)
+                    .await
+                    .map_err(|e| self.err(format!("renaming into {}", path.display()), e))?;
+                self.sync_dir(&dir).await?;
+                Ok(n)
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        let path = self.path(key);
+        let dir = self.prepare_dir(&path).await?;
+        let tmp = Self::temp_path(&path);
+        let mut f = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| self.err(format!("creating {}", tmp.display()), e))?;
+        let written = async {
+            f.write_all(&bytes).await?;
+            f.sync_all().await
+        }
+        .await;
+        drop(f);
+        let linked = match written {
+            Ok(()) => tokio::fs::hard_link(&tmp, &path).await,
+            Err(e) => Err(e),
+        };
+        let _ = tokio::fs::remove_file(&tmp).await;
+        match linked {
+            Ok(()) => self.sync_dir(&dir).await,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::repo(
+                &self.name,
+                format!("{key} already exists; refusing to overwrite"),
+            )),
+            Err(e) => Err(self.err(format!("writing {}", path.display()), e)),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<BoxRead> {
+        let path = self.path(key);
+        match tokio::fs::File::open(&path).await {
+            Ok(f) => Ok(Box::pin(f)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(Error::NotFound(format!("{} in {}", key, self.location())))
+            }
+            Err(e) => Err(self.err(format!("opening {}", path.display()), e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let root = self.root.clone();
+        let start = self.path(prefix);
+        let name = self.name.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            let mut stack = vec![start];
+            while let Some(dir) = stack.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(Error::repo(
+                            &name,
+                            format!("listing {}: {e}", dir.display()),
+                        ))
+                    }
+                };
+                for entry in entries {
+                    let entry = entry.map_err(|e| {
+                        Error::repo(&name, format!("listing {}: {e}", dir.display()))
+                    })?;
+                    let ft = entry.file_type().map_err(|e| Error::repo(&name, e))?;
+                    let p = entry.path();
+                    if ft.is_dir() {
+                        stack.push(p);
+                    } else if ft.is_file() && !entry.file_name().to_string_lossy().starts_with('.')
+                    {
+                        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                        if let Ok(rel) = p.strip_prefix(&root) {
+                            out.push(ObjectInfo {
+                                key: rel.to_string_lossy().into_owned(),
+                                size,
+                            });
+                        }
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::repo(&self.name, e))?
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        match tokio::fs::remove_file(self.path(key)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err(format!("deleting {key}"), e)),
+        }
+    }
+}

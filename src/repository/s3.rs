@@ -1,0 +1,357 @@
+//! A repository in an S3 bucket (AWS or any S3-compatible store).
+//!
+//! Large artifacts go up as multipart uploads with a bounded number of parts
+//! in flight (memory is about `part_size * (concurrency + 1)`), and every
+//! failure path aborts the upload so no half-object is left billed and
+//! invisible. The manifest is put with `If-None-Match: *`.
+
+use super::{Backend, BoxRead, ObjectInfo};
+use crate::config::S3Repository;
+use crate::error::{Error, Result};
+use async_trait::async_trait;
+use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::task::JoinSet;
+
+const MIB: u64 = 1024 * 1024;
+const DEFAULT_PART: u64 = 8 * MIB;
+const MAX_PARTS: u64 = 10_000;
+
+pub struct S3Backend {
+    name: String,
+    client: Client,
+    bucket: String,
+    prefix: String,
+    part_size: u64,
+    concurrency: usize,
+}
+
+fn err_text<E: std::error::Error>(e: E) -> String {
+    DisplayErrorContext(e).to_string()
+}
+
+impl S3Backend {
+    pub async fn connect(name: &str, cfg: &S3Repository) -> Result<Self> {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(r) = &cfg.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        let shared = loader.load().await;
+        let mut b = aws_sdk_s3::config::Builder::from(&shared).force_path_style(cfg.path_style);
+        if shared.region().is_none() {
+            b = b.region(aws_config::Region::new("us-east-1"));
+        }
+        if let Some(e) = &cfg.endpoint {
+            b = b.endpoint_url(e);
+        }
+        let client = Client::from_conf(b.build());
+        Ok(S3Backend {
+            name: name.to_owned(),
+            client,
+            bucket: cfg.bucket.clone(),
+            prefix: cfg
+                .prefix
+                .clone()
+                .unwrap_or_default()
+                .trim_matches('/')
+                .to_owned(),
+            part_size: cfg.part_size.map(|s| s.as_u64()).unwrap_or(DEFAULT_PART),
+            concurrency: cfg.upload_concurrency.unwrap_or(2),
+        })
+    }
+
+    fn full_key(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}/{}", self.prefix, key)
+        }
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        Error::repo(&self.name, format!("{what}: {e}"))
+    }
+
+    /// Part size for an object of about `hint` bytes: the configured size,
+    /// raised so the object fits in S3's 10,000 parts with room to spare.
+    fn part_size_for(&self, hint: Option<u64>) -> u64 {
+        let needed = hint
+            .map(|h| (h + h / 4) / (MAX_PARTS - 1000) + 1)
+            .unwrap_or(0);
+        self.part_size.max(needed.div_ceil(MIB) * MIB)
+    }
+
+    async fn read_part(reader: &mut BoxRead, size: usize) -> std::io::Result<bytes::Bytes> {
+        let mut buf = BytesMut::with_capacity(size);
+        while buf.len() < size {
+            let n = (&mut *reader)
+                .take((size - buf.len()) as u64)
+                .read_buf(&mut buf)
+                .await?;
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(buf.freeze())
+    }
+
+    async fn multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        first: bytes::Bytes,
+        mut reader: BoxRead,
+        part_size: usize,
+    ) -> Result<u64> {
+        let mut tasks: JoinSet<Result<(i32, String)>> = JoinSet::new();
+        let mut parts: Vec<(i32, String)> = Vec::new();
+        let mut number = 0i32;
+        let mut total = 0u64;
+        let mut next = Some(first);
+        while let Some(chunk) = next.take() {
+            number += 1;
+            if number as u64 > MAX_PARTS {
+                return Err(self.err(key, "object exceeds 10,000 parts; raise part_size"));
+            }
+            total += chunk.len() as u64;
+            while tasks.len() >= self.concurrency {
+                if let Some(done) = tasks.join_next().await {
+                    parts.push(done.map_err(|e| self.err(key, e))??);
+                }
+            }
+            let client = self.client.clone();
+            let (bucket, k, id) = (self.bucket.clone(), key.to_owned(), upload_id.to_owned());
+            let name = self.name.clone();
+            tasks.spawn(async move {
+                let out = client
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(&k)
+                    .upload_id(id)
+                    .part_number(number)
+                    .body(ByteStream::from(chunk))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        Error::repo(
+                            &name,
+                            format!("uploading part {number} of {k}: {}", err_text(e)),
+                        )
+                    })?;
+                let etag = out.e_tag().unwrap_or_default().to_owned();
+                Ok((number, etag))
+            });
+            let chunk = Self::read_part(&mut reader, part_size)
+                .await
+                .map_err(|e| Error::repo(&self.name, format!("reading source for {key}: {e}")))?;
+            if !chunk.is_empty() {
+                next = Some(chunk);
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            parts.push(done.map_err(|e| self.err(key, e))??);
+        }
+        parts.sort_by_key(|p| p.0);
+        let completed = CompletedMultipartUpload::builder()
+            .set_parts(Some(
+                parts
+                    .into_iter()
+                    .map(|(n, etag)| CompletedPart::builder().part_number(n).e_tag(etag).build())
+                    .collect(),
+            ))
+            .build();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(completed)
+            .send()
+            .await
+            .map_err(|e| self.err(&format!("completing upload of {key}"), err_text(e)))?;
+        Ok(total)
+    }
+
+    /// Size as the store reports it, to check an upload landed whole.
+    async fn head_size(&self, key: &str) -> Result<u64> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.err(&format!("checking {key}"), err_text(e)))?;
+        Ok(out.content_length().unwrap_or(-1).max(0) as u64)
+    }
+}
+
+#[async_trait]
+impl Backend for S3Backend {
+    fn location(&self) -> String {
+        if self.prefix.is_empty() {
+            format!("s3://{}", self.bucket)
+        } else {
+            format!("s3://{}/{}", self.bucket, self.prefix)
+        }
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut reader: BoxRead,
+        size_hint: Option<u64>,
+    ) -> Result<u64> {
+        let key = self.full_key(key);
+        let part_size = self.part_size_for(size_hint) as usize;
+        let first = Self::read_part(&mut reader, part_size)
+            .await
+            .map_err(|e| Error::repo(&self.name, format!("reading source for {key}: {e}")))?;
+        let written = if first.len() < part_size {
+            let n = first.len() as u64;
+            self.client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .body(ByteStream::from(first))
+                .send()
+                .await
+                .map_err(|e| self.err(&format!("uploading {key}"), err_text(e)))?;
+            n
+        } else {
+            let created = self
+                .client
+                .create_multipart_upload()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| self.err(&format!("starting upload of {key}"), err_text(e)))?;
+            let upload_id = created
+                .upload_id()
+                .ok_or_else(|| self.err(&key, "no upload id in CreateMultipartUpload response"))?
+                .to_owned();
+            match self
+                .multipart(&key, &upload_id, first, reader, part_size)
+                .await
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    let aborted = self
+                        .client
+                        .abort_multipart_upload()
+                        .bucket(&self.bucket)
+                        .key(&key)
+                        .upload_id(&upload_id)
+                        .send()
+                        .await;
+                    if let Err(a) = aborted {
+                        tracing::warn!(key, error = %err_text(a), "could not abort multipart upload; prune will sweep it");
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        let stored = self.head_size(&key).await?;
+        if stored != written {
+            return Err(self.err(
+                &key,
+                format!("uploaded {written} bytes but the store reports {stored}"),
+            ));
+        }
+        Ok(written)
+    }
+
+    async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        let key = self.full_key(key);
+        match self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .if_none_match("*")
+            .content_type("application/json")
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                if status == Some(412) {
+                    Err(self.err(&key, "already exists; refusing to overwrite"))
+                } else {
+                    Err(self.err(&format!("writing {key}"), err_text(e)))
+                }
+            }
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<BoxRead> {
+        let full = self.full_key(key);
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Box::pin(out.body.into_async_read())),
+            Err(e) => {
+                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                    Err(Error::NotFound(format!("{key} in {}", self.location())))
+                } else {
+                    Err(self.err(&format!("reading {full}"), err_text(e)))
+                }
+            }
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let full = self.full_key(prefix);
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(&full)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.err(&format!("listing {full}"), err_text(e)))?;
+            for o in page.contents() {
+                if let Some(k) = o.key() {
+                    if let Some(rel) = k.strip_prefix(&strip) {
+                        out.push(ObjectInfo {
+                            key: rel.to_owned(),
+                            size: o.size().unwrap_or(0).max(0) as u64,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let full = self.full_key(key);
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| self.err(&format!("deleting {full}"), err_text(e)))?;
+        Ok(())
+    }
+}

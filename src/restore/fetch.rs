@@ -1,0 +1,165 @@
+//! Fetching an artifact for restore: the stored bytes are hashed while they
+//! are decompressed into a local file, and the file is used only if size and
+//! SHA-256 match the manifest. A corrupt object never reaches pg_restore.
+//!
+//! The hashing side keeps reading even if the decoder gives up early, so a
+//! damaged artifact is reported as what it is (a checksum mismatch) rather
+//! than as a confusing decompression error.
+
+use crate::error::{Error, Result};
+use crate::ids::{BackupId, JobName};
+use crate::manifest::Artifact;
+use crate::progress::Progress;
+use crate::repository::Repository;
+use crate::stream::decoder;
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Check `got` against the manifest's size and digest.
+fn verify(artifact: &Artifact, key: &str, size: u64, sha: &str) -> Result<()> {
+    if size != artifact.stored_bytes {
+        return Err(Error::Integrity {
+            artifact: key.into(),
+            message: format!(
+                "size is {size} bytes, manifest says {}",
+                artifact.stored_bytes
+            ),
+        });
+    }
+    if sha != artifact.sha256 {
+        return Err(Error::Integrity {
+            artifact: key.into(),
+            message: format!("SHA-256 is {sha}, manifest says {}", artifact.sha256),
+        });
+    }
+    Ok(())
+}
+
+/// Stream the stored artifact, hashing it; chunks go to `sink` while it takes them.
+async fn read_hashed(
+    repo: &Repository,
+    job: &JobName,
+    id: &BackupId,
+    artifact: &Artifact,
+    sink: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    progress: Option<Arc<Progress>>,
+) -> Result<()> {
+    let key = Repository::artifact_key(job, id, &artifact.name);
+    let (mut reader, _) = repo.get_artifact(job, id, &artifact.name).await?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut sink = Some(sink);
+    loop {
+        let mut buf = bytes::BytesMut::with_capacity(256 * 1024);
+        let n = reader
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| Error::repo(&repo.name, format!("reading {key}: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf);
+        if let Some(p) = &progress {
+            p.add(n as u64);
+        }
+        if let Some(s) = &sink {
+            if s.send(Ok(buf.freeze())).await.is_err() {
+                sink = None; // the consumer gave up; keep hashing to say why
+            }
+        }
+    }
+    verify(artifact, &key, size, &hex::encode(hasher.finalize()))
+}
+
+fn channel_reader(
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+) -> impl tokio::io::AsyncRead + Send + Unpin + 'static {
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    tokio_util::io::StreamReader::new(Box::pin(stream))
+}
+
+/// Decompress `artifact` into `dest`, verified. On any error `dest` is removed.
+pub async fn to_file(
+    repo: &Repository,
+    job: &JobName,
+    id: &BackupId,
+    artifact: &Artifact,
+    dest: &Path,
+    progress: Option<Arc<Progress>>,
+) -> Result<u64> {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut decoded = decoder(channel_reader(rx), artifact.compression);
+    let write = async {
+        let f = tokio::fs::File::create(dest).await?;
+        let mut w = tokio::io::BufWriter::with_capacity(1 << 20, f);
+        let n = tokio::io::copy(&mut decoded, &mut w).await?;
+        w.flush().await?;
+        drop(decoded); // close the channel so the reader drains on its own
+        Ok::<u64, std::io::Error>(n)
+    };
+    let (read, written) = tokio::join!(read_hashed(repo, job, id, artifact, tx, progress), write);
+    let result = match (read, written) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) => Err(Error::Integrity {
+            artifact: artifact.name.clone(),
+            message: format!(
+                "checksum matches but the content cannot be decompressed or written: {e}"
+            ),
+        }),
+        (Ok(()), Ok(n)) => Ok(n),
+    };
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(dest).await;
+    }
+    result
+}
+
+/// Read and verify `artifact` without keeping it (the first pass of a
+/// streamed restore when there is no room for a temporary file).
+pub async fn verify_only(
+    repo: &Repository,
+    job: &JobName,
+    id: &BackupId,
+    artifact: &Artifact,
+    progress: Option<Arc<Progress>>,
+) -> Result<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    drop(rx);
+    read_hashed(repo, job, id, artifact, tx, progress).await
+}
+
+/// Decompress `artifact` into memory (small artifacts: globals), verified.
+pub async fn to_memory(
+    repo: &Repository,
+    job: &JobName,
+    id: &BackupId,
+    artifact: &Artifact,
+    limit: u64,
+) -> Result<Vec<u8>> {
+    if artifact.raw_bytes > limit {
+        return Err(Error::Other(format!(
+            "{} is {} bytes, more than the {limit} expected",
+            artifact.name, artifact.raw_bytes
+        )));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut decoded = decoder(channel_reader(rx), artifact.compression);
+    let read_all = async {
+        let mut v = Vec::new();
+        let r = (&mut decoded).take(limit + 1).read_to_end(&mut v).await;
+        drop(decoded);
+        r.map(|_| v)
+    };
+    let (read, data) = tokio::join!(read_hashed(repo, job, id, artifact, tx, None), read_all);
+    read?;
+    data.map_err(|e| Error::Integrity {
+        artifact: artifact.name.clone(),
+        message: format!("cannot decompress: {e}"),
+    })
+}

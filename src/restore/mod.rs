@@ -1,0 +1,177 @@
+//! Restores, from the repository alone: pick the backup (latest or by id),
+//! fetch and verify every artifact before the target is touched, then hand
+//! off to the kind: `postgres.rs` (roles, database, pg_restore, swap) or
+//! `files.rs` (safe extraction).
+
+pub mod fetch;
+pub mod files;
+pub mod postgres;
+
+use crate::config::{JobConfig, LoadedConfig};
+use crate::error::{Error, Result};
+use crate::ids::{BackupId, JobName};
+use crate::manifest::Manifest;
+use crate::progress::Progress;
+use crate::repository::Repository;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    /// Job name; may be omitted when the config has exactly one backup job.
+    pub job: Option<String>,
+    /// A specific backup; `None` means the latest.
+    pub id: Option<String>,
+    /// `postgres://...` for a database, a directory for files backups.
+    pub to: Option<String>,
+    pub jobs: usize,
+    pub dry_run: bool,
+    /// The operator agreed to replace the job's own database (or overwrite files).
+    pub confirmed: bool,
+    /// Scratch space for the decompressed dump.
+    pub tmp_dir: Option<PathBuf>,
+}
+
+/// What a restore will do, printed by `--dry-run` and before confirmation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub job: String,
+    pub kind: String,
+    pub repository: String,
+    pub backup_id: String,
+    pub backup_finished_at: String,
+    pub backup_host: String,
+    pub stored_bytes: u64,
+    pub raw_bytes: u64,
+    pub target: String,
+    /// The target is the job's own database and will be swapped (needs consent).
+    pub replaces_existing: bool,
+    pub steps: Vec<String>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    pub backup_id: String,
+    pub target: String,
+    /// Where the replaced database now lives (`<name>_pre_restore_<ts>`).
+    pub safety_copy: Option<String>,
+    pub bytes_fetched: u64,
+    pub fetch_seconds: f64,
+    pub restore_seconds: f64,
+    pub total_seconds: f64,
+    pub roles_created: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// The job, repository and manifest a request resolves to.
+pub struct Resolved<'a> {
+    pub job: JobName,
+    pub config: &'a JobConfig,
+    pub repo: Repository,
+    pub manifest: Manifest,
+}
+
+pub async fn resolve<'a>(cfg: &'a LoadedConfig, req: &RestoreRequest) -> Result<Resolved<'a>> {
+    let name = match &req.job {
+        Some(j) => j.clone(),
+        None => {
+            let backups: Vec<&String> = cfg
+                .config
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.repository().is_some())
+                .map(|(n, _)| n)
+                .collect();
+            match backups.as_slice() {
+                [one] => (*one).clone(),
+                _ => {
+                    return Err(Error::Other(format!(
+                        "more than one backup job is configured; name one with --job ({})",
+                        backups
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )))
+                }
+            }
+        }
+    };
+    let (job, config) = cfg.job(&name)?;
+    let repo_name = config
+        .repository()
+        .ok_or_else(|| Error::Other(format!("job {name} stores no backups")))?;
+    let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
+    let id = match &req.id {
+        Some(id) => BackupId::parse(id).map_err(Error::Other)?,
+        None => repo.latest(&job).await?.id,
+    };
+    let manifest = repo.read_manifest(&job, &id).await?;
+    Ok(Resolved {
+        job,
+        config,
+        repo,
+        manifest,
+    })
+}
+
+/// Describe what `req` would do without changing anything.
+pub async fn plan(cfg: &LoadedConfig, req: &RestoreRequest) -> Result<Plan> {
+    let r = resolve(cfg, req).await?;
+    match r.config {
+        JobConfig::Postgres(j) => postgres::plan(&r, j, req),
+        JobConfig::Files(_) => files::plan(&r, req),
+    }
+}
+
+/// Perform the restore. Refuses (exit 4) where consent is needed and not given.
+pub async fn run(
+    cfg: &LoadedConfig,
+    req: &RestoreRequest,
+    progress: Arc<Progress>,
+) -> Result<Report> {
+    let started = std::time::Instant::now();
+    let r = resolve(cfg, req).await?;
+    let tmp_dir = req
+        .tmp_dir
+        .clone()
+        .unwrap_or_else(|| cfg.config.state_dir.join("tmp"));
+    std::fs::create_dir_all(&tmp_dir)
+        .map_err(|e| Error::io(format!("creating {}", tmp_dir.display()), e))?;
+    let mut report = match r.config {
+        JobConfig::Postgres(j) => postgres::run(&r, j, req, &tmp_dir, progress).await?,
+        JobConfig::Files(_) => files::run(&r, req, &tmp_dir, progress).await?,
+    };
+    report.total_seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+pub(crate) fn base_plan(
+    r: &Resolved<'_>,
+    target: String,
+    replaces_existing: bool,
+    steps: Vec<String>,
+) -> Plan {
+    Plan {
+        job: r.job.to_string(),
+        kind: r.manifest.kind.clone(),
+        repository: r.repo.location(),
+        backup_id: r.manifest.id.to_string(),
+        backup_finished_at: r.manifest.finished_at.to_rfc3339(),
+        backup_host: r.manifest.host.clone(),
+        stored_bytes: r.manifest.stored_bytes(),
+        raw_bytes: r.manifest.raw_bytes(),
+        target,
+        replaces_existing,
+        steps,
+    }
+}
+
+/// Free bytes on the filesystem holding `dir`.
+pub(crate) fn free_space(dir: &std::path::Path) -> Result<u64> {
+    let s = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| Error::io(format!("statvfs {}", dir.display()), e.into()))?;
+    Ok(s.blocks_available() as u64 * s.fragment_size() as u64)
+}

@@ -1,0 +1,523 @@
+//! Restoring a PostgreSQL backup.
+//!
+//! `--to URL`: into that database, created if missing, refused if it holds
+//! anything. Otherwise into the job's own database, safely: restore into a
+//! new database, then swap names so the old one stays as
+//! `<name>_pre_restore_<timestamp>`. A failed pg_restore drops the new
+//! database and leaves the original untouched.
+
+use super::{base_plan, fetch, free_space, Plan, Report, Resolved, RestoreRequest};
+use crate::config::PostgresJob;
+use crate::error::{Error, Result};
+use crate::jobs::postgres::{quote_ident, target as job_target};
+use crate::pg::{spawn_tool, PgTarget, PgTools};
+use crate::progress::Progress;
+use sqlx::Row;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// PostgreSQL's identifier limit (NAMEDATALEN - 1).
+const MAX_NAME: usize = 63;
+
+fn destination(job: &PostgresJob, req: &RestoreRequest) -> Result<(PgTarget, bool)> {
+    match &req.to {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            crate::secret::register_url_password(url);
+            Ok((PgTarget::parse(url)?, false))
+        }
+        Some(other) => Err(Error::Other(format!(
+            "--to for a PostgreSQL backup must be a postgres:// URL, got {other:?}"
+        ))),
+        None => Ok((job_target(job)?, true)),
+    }
+}
+
+/// `<base><suffix>`, with `base` shortened so the whole fits in 63 bytes.
+fn side_name(base: &str, suffix: &str) -> String {
+    let mut b = base.to_owned();
+    while b.len() + suffix.len() > MAX_NAME {
+        b.pop();
+    }
+    format!("{b}{suffix}")
+}
+
+pub fn plan(r: &Resolved<'_>, job: &PostgresJob, req: &RestoreRequest) -> Result<Plan> {
+    let (dest, replaces) = destination(job, req)?;
+    let mut steps = vec![
+        "fetch database.dump and globals.sql, verify size and SHA-256 of each before touching the target".to_string(),
+        "create missing roles from the globals dump".to_string(),
+    ];
+    if replaces {
+        steps.push(format!(
+            "create a new database and pg_restore into it (--jobs {})",
+            req.jobs.max(1)
+        ));
+        steps.push(format!(
+            "swap: rename {db} to {db}_pre_restore_<timestamp> (kept as a safety copy), rename the new database to {db}",
+            db = dest.database
+        ));
+    } else {
+        steps.push(format!(
+            "create {} if missing (refuse if it is not empty)",
+            dest.database
+        ));
+        steps.push(format!("pg_restore into it (--jobs {})", req.jobs.max(1)));
+    }
+    Ok(base_plan(r, dest.display(), replaces, steps))
+}
+
+pub async fn run(
+    r: &Resolved<'_>,
+    job: &PostgresJob,
+    req: &RestoreRequest,
+    tmp_dir: &Path,
+    progress: Arc<Progress>,
+) -> Result<Report> {
+    let (dest, replaces) = destination(job, req)?;
+    if replaces && !req.confirmed {
+        return Err(Error::Refused(format!(
+            "restoring into the job's own database {} replaces it (the current one is kept as a safety copy); confirm, or pass --yes",
+            dest.display()
+        )));
+    }
+    let tools = PgTools::locate(job.pg_bindir.as_deref());
+    let m = &r.manifest;
+    let dump = m
+        .artifact("pg_dump_custom")
+        .ok_or_else(|| Error::Integrity {
+            artifact: m.id.to_string(),
+            message: "manifest lists no pg_dump artifact".into(),
+        })?;
+    let mut report = Report {
+        backup_id: m.id.to_string(),
+        target: dest.display(),
+        ..Default::default()
+    };
+
+    // 1. Fetch and verify everything before the target sees a byte.
+    let t0 = Instant::now();
+    let globals = match m.artifact("pg_globals_sql") {
+        Some(g) => Some(fetch::to_memory(&r.repo, &r.job, &m.id, g, 64 * 1024 * 1024).await?),
+        None => None,
+    };
+    let dump_file = tmp_dir.join(format!(".drctl-restore-{}-{}.dump", r.job, m.id));
+    let needed = dump.raw_bytes + dump.raw_bytes / 20 + 64 * 1024 * 1024;
+    let free = free_space(tmp_dir)?;
+    let streamed = free < needed;
+    progress.set_phase("fetch", dump.stored_bytes);
+    if streamed {
+        if req.jobs > 1 {
+            return Err(Error::Other(format!(
+                "parallel restore needs {needed} bytes free in {} for the decompressed dump, {free} are free: free space, pass --tmp-dir elsewhere, or use --jobs 1 to stream",
+                tmp_dir.display()
+            )));
+        }
+        tracing::info!(
+            needed,
+            free,
+            "not enough room for a temporary dump; verifying first, then streaming"
+        );
+        fetch::verify_only(&r.repo, &r.job, &m.id, dump, Some(progress.clone())).await?;
+    } else {
+        fetch::to_file(
+            &r.repo,
+            &r.job,
+            &m.id,
+            dump,
+            &dump_file,
+            Some(progress.clone()),
+        )
+        .await?;
+    }
+    let _cleanup = RemoveOnDrop(dump_file.clone());
+    report.bytes_fetched = dump.stored_bytes
+        + m.artifact("pg_globals_sql")
+            .map(|g| g.stored_bytes)
+            .unwrap_or(0);
+    report.fetch_seconds = t0.elapsed().as_secs_f64();
+
+    // 2. Roles, then the database.
+    let t1 = Instant::now();
+    let admin = dest.with_database(&job.maintenance_db);
+    let mut conn = admin.connect().await?;
+    if let Some(sql) = &globals {
+        let (created, warnings) =
+            create_missing_roles(&tools, &admin, &mut conn, &String::from_utf8_lossy(sql)).await?;
+        report.roles_created = created;
+        report.warnings.extend(warnings);
+    }
+    let exists = database_exists(&mut conn, &dest.database).await?;
+    let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
+    let into = if replaces {
+        side_name(&dest.database, &format!("_restoring_{stamp}"))
+    } else {
+        if exists {
+            ensure_empty(&dest).await?;
+        }
+        dest.database.clone()
+    };
+    let created_db = !exists || replaces;
+    if created_db {
+        create_database(&mut conn, &into, m.source.as_ref()).await?;
+    }
+
+    progress.set_phase("restore", dump.raw_bytes);
+    let restored = pg_restore(
+        &tools,
+        &dest.with_database(&into),
+        req.jobs.max(1),
+        if streamed { None } else { Some(&dump_file) },
+        r,
+        dump,
+        &progress,
+    )
+    .await;
+    if let Err(e) = restored {
+        if created_db {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&into)
+            ))
+            .execute(&mut conn)
+            .await;
+        }
+        return Err(e);
+    }
+
+    // 3. Swap names so the old database is kept aside.
+    if replaces {
+        report.safety_copy = swap(&mut conn, &dest.database, &into, exists, &stamp).await?;
+    }
+    report.restore_seconds = t1.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn database_exists(conn: &mut sqlx::PgConnection, name: &str) -> Result<bool> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_one(conn)
+        .await
+        .map_err(|e| Error::pg("looking up the target database", e))?;
+    Ok(n > 0)
+}
+
+/// A `--to` database that exists must hold no user objects.
+async fn ensure_empty(dest: &PgTarget) -> Result<()> {
+    let mut c = dest.connect().await?;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .map_err(|e| Error::pg("checking that the target is empty", e))?;
+    if n > 0 {
+        return Err(Error::Refused(format!(
+            "target database {} is not empty ({n} relations); restore into a new or empty database",
+            dest.display()
+        )));
+    }
+    Ok(())
+}
+
+async fn create_database(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+    src: Option<&crate::manifest::PostgresSource>,
+) -> Result<()> {
+    let mut sql = format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(name));
+    if let Some(s) = src {
+        let owner_exists: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_roles WHERE rolname = $1")
+                .bind(&s.owner)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| Error::pg("looking up the database owner", e))?;
+        if owner_exists > 0 {
+            sql.push_str(&format!(" OWNER {}", quote_ident(&s.owner)));
+        }
+        let lit = |v: &str| format!("'{}'", v.replace('\'', "''"));
+        sql.push_str(&format!(
+            " ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+            lit(&s.encoding),
+            lit(&s.collate),
+            lit(&s.ctype)
+        ));
+    }
+    sqlx::query(&sql)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| Error::pg(format!("creating database {name}"), e))?;
+    Ok(())
+}
+
+async fn pg_restore(
+    tools: &PgTools,
+    into: &PgTarget,
+    jobs: usize,
+    file: Option<&Path>,
+    r: &Resolved<'_>,
+    dump: &crate::manifest::Artifact,
+    progress: &Arc<Progress>,
+) -> Result<()> {
+    let passfile = into.passfile()?;
+    let env = into.child_env(passfile.as_ref());
+    let mut args = vec![
+        "--exit-on-error".to_string(),
+        "--no-password".into(),
+        format!("--dbname={}", into.database),
+    ];
+    match file {
+        Some(f) => {
+            args.push(format!("--jobs={jobs}"));
+            args.push(f.display().to_string());
+            spawn_tool(&tools.path("pg_restore"), &args, &env, false, false)?
+                .finish()
+                .await?;
+        }
+        None => {
+            // Second pass of a streamed restore: the artifact was verified
+            // moments ago; stream it again through the decoder into stdin.
+            let mut child = spawn_tool(&tools.path("pg_restore"), &args, &env, true, false)?;
+            let mut stdin = child
+                .child
+                .stdin
+                .take()
+                .ok_or_else(|| Error::Other("pg_restore stdin".into()))?;
+            let (reader, _) = r
+                .repo
+                .get_artifact(&r.job, &r.manifest.id, &dump.name)
+                .await?;
+            let (measured, _) = crate::stream::Measure::count_only(crate::stream::decoder(
+                reader,
+                dump.compression,
+            ));
+            let mut measured = measured.with_progress(progress.clone());
+            let copied = tokio::io::copy(&mut measured, &mut stdin).await;
+            drop(stdin);
+            let finished = child.finish().await;
+            finished?;
+            copied.map_err(|e| Error::io("streaming the dump into pg_restore", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Run the globals dump minus every statement about a role that already
+/// exists: restoring must not reset an existing role's password or flags.
+async fn create_missing_roles(
+    tools: &PgTools,
+    admin: &PgTarget,
+    conn: &mut sqlx::PgConnection,
+    sql: &str,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let existing: Vec<String> = sqlx::query("SELECT rolname FROM pg_roles")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| Error::pg("listing roles", e))?
+        .into_iter()
+        .map(|r| r.get::<String, _>(0))
+        .collect();
+    let (filtered, created) = filter_globals(sql, &existing);
+    if created.is_empty() {
+        return Ok((created, Vec::new()));
+    }
+    let passfile = admin.passfile()?;
+    let env = admin.child_env(passfile.as_ref());
+    let args = vec![
+        "-X".to_string(),
+        "-q".into(),
+        "--no-password".into(),
+        "-v".into(),
+        "ON_ERROR_STOP=0".into(),
+    ];
+    let mut child = spawn_tool(&tools.path("psql"), &args, &env, true, false)?;
+    if let Some(mut stdin) = child.child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        stdin
+            .write_all(filtered.as_bytes())
+            .await
+            .map_err(|e| Error::io("sending roles to psql", e))?;
+    }
+    let stderr = child.finish().await?;
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("ERROR"))
+        .map(|l| format!("globals: {l}"))
+        .collect();
+    Ok((created, warnings))
+}
+
+/// The role a `CREATE ROLE`/`ALTER ROLE` line is about.
+fn role_of(line: &str) -> Option<String> {
+    let rest = line
+        .strip_prefix("CREATE ROLE ")
+        .or_else(|| line.strip_prefix("ALTER ROLE "))?;
+    if let Some(q) = rest.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = q.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                    name.push('"');
+                } else {
+                    return Some(name);
+                }
+            } else {
+                name.push(c);
+            }
+        }
+        None
+    } else {
+        Some(rest.split([' ', ';']).next()?.to_owned())
+    }
+}
+
+/// Keep statements about roles that do not exist yet, plus memberships;
+/// drop tablespaces (their paths belong to the old host).
+fn filter_globals(sql: &str, existing: &[String]) -> (String, Vec<String>) {
+    let mut out = String::new();
+    let mut created = Vec::new();
+    for line in sql.lines() {
+        if let Some(role) = role_of(line) {
+            if existing.contains(&role) {
+                continue;
+            }
+            if line.starts_with("CREATE ROLE ") {
+                created.push(role);
+            }
+        } else if line.starts_with("CREATE TABLESPACE ") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    (out, created)
+}
+
+async fn swap(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+    restored: &str,
+    existed: bool,
+    stamp: &str,
+) -> Result<Option<String>> {
+    let q = quote_ident;
+    if !existed {
+        sqlx::query(&format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            q(restored),
+            q(name)
+        ))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| Error::pg("renaming the restored database", e))?;
+        return Ok(None);
+    }
+    let safety = side_name(name, &format!("_pre_restore_{stamp}"));
+    sqlx::query(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+        q(name)
+    ))
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| Error::pg(format!("closing {name} to new connections"), e))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| Error::pg(format!("disconnecting sessions from {name}"), e))?;
+        if left == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = sqlx::query(&format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+                q(name)
+            ))
+            .execute(&mut *conn)
+            .await;
+            return Err(Error::Other(format!(
+                "sessions keep connecting to {name}; the restored copy is in {restored}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let renamed = async {
+        sqlx::query("BEGIN").execute(&mut *conn).await?;
+        sqlx::query(&format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            q(name),
+            q(&safety)
+        ))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(&format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            q(restored),
+            q(name)
+        ))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("COMMIT").execute(&mut *conn).await?;
+        Ok::<(), sqlx::Error>(())
+    }
+    .await;
+    if let Err(e) = renamed {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        let _ = sqlx::query(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            q(name)
+        ))
+        .execute(&mut *conn)
+        .await;
+        return Err(Error::pg(
+            format!("swapping {restored} into place; the restored copy is in {restored}"),
+            e,
+        ));
+    }
+    sqlx::query(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+        q(&safety)
+    ))
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| Error::pg(format!("reopening {safety}"), e))?;
+    Ok(Some(safety))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globals_filter_keeps_only_missing_roles() {
+        let sql = "SET client_encoding = 'UTF8';\nCREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER;\nCREATE ROLE \"odd \"\"name\";\nALTER ROLE \"odd \"\"name\" WITH LOGIN;\nCREATE ROLE app;\nALTER ROLE app WITH LOGIN PASSWORD 'x';\nGRANT app TO \"odd \"\"name\" GRANTED BY postgres;\nCREATE TABLESPACE t OWNER app LOCATION '/x';\n";
+        let (out, created) = filter_globals(sql, &["postgres".into()]);
+        assert_eq!(created, vec!["odd \"name".to_string(), "app".to_string()]);
+        assert!(!out.contains("ROLE postgres"));
+        assert!(out.contains("ALTER ROLE app WITH LOGIN"));
+        assert!(out.contains("GRANT app TO"));
+        assert!(!out.contains("TABLESPACE"));
+    }
+
+    #[test]
+    fn side_names_fit_postgres_limit() {
+        let n = side_name(&"x".repeat(80), "_pre_restore_20261122020000");
+        assert_eq!(n.len(), 63);
+        assert!(n.ends_with("_pre_restore_20261122020000"));
+    }
+}

@@ -1,0 +1,184 @@
+//! Local state in SQLite (sqlx, migrations embedded): run history and a cache
+//! of the backup catalog. Never needed for a restore: the repository is the
+//! truth, this is history.
+
+use crate::error::{Error, Result};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::Row;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Clone)]
+pub struct State {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Interrupted,
+    Skipped,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+            RunStatus::Skipped => "skipped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub job: String,
+    pub kind: String,
+    pub host: String,
+    pub trigger: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub status: String,
+    pub bytes: Option<i64>,
+    pub backup_id: Option<String>,
+    pub error: Option<String>,
+}
+
+impl State {
+    /// Open (creating if needed) `state_dir/state.db` and run migrations.
+    pub async fn open(state_dir: &Path) -> Result<Self> {
+        let path = state_dir.join("state.db");
+        let err = |m: String| Error::State {
+            path: path.clone(),
+            message: m,
+        };
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| err(format!("creating {}: {e}", state_dir.display())))?;
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .map_err(|e| err(e.to_string()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| err(format!("migrating: {e}")))?;
+        Ok(State { pool, path })
+    }
+
+    fn err(&self, e: sqlx::Error) -> Error {
+        Error::State {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    pub async fn start_run(
+        &self,
+        job: &str,
+        kind: &str,
+        host: &str,
+        trigger: &str,
+        at: DateTime<Utc>,
+    ) -> Result<i64> {
+        let r = sqlx::query(
+            "INSERT INTO runs (job, kind, host, trigger, started_at, status) VALUES (?, ?, ?, ?, ?, 'running')",
+        )
+        .bind(job)
+        .bind(kind)
+        .bind(host)
+        .bind(trigger)
+        .bind(at.to_rfc3339())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(r.last_insert_rowid())
+    }
+
+    pub async fn finish_run(
+        &self,
+        run: i64,
+        status: RunStatus,
+        bytes: Option<u64>,
+        backup_id: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE runs SET finished_at = ?, status = ?, bytes = ?, backup_id = ?, error = ? WHERE id = ?")
+            .bind(Utc::now().to_rfc3339())
+            .bind(status.as_str())
+            .bind(bytes.map(|b| b as i64))
+            .bind(backup_id)
+            .bind(error.map(crate::secret::redact))
+            .bind(run)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    pub async fn cache_backup(
+        &self,
+        repository: &str,
+        m: &crate::manifest::Manifest,
+    ) -> Result<()> {
+        sqlx::query("INSERT OR REPLACE INTO backups (repository, job, backup_id, finished_at, stored_bytes, manifest) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(repository)
+            .bind(m.job.as_str())
+            .bind(m.id.as_str())
+            .bind(m.finished_at.to_rfc3339())
+            .bind(m.stored_bytes() as i64)
+            .bind(String::from_utf8_lossy(&m.to_json()).into_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Most recent runs first; `job` filters.
+    pub async fn runs(&self, job: Option<&str>, limit: i64) -> Result<Vec<RunRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, job, kind, host, trigger, started_at, finished_at, status, bytes, backup_id, error
+             FROM runs WHERE (?1 IS NULL OR job = ?1) ORDER BY id DESC LIMIT ?2",
+        )
+        .bind(job)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(RunRecord {
+                    id: r.try_get("id")?,
+                    job: r.try_get("job")?,
+                    kind: r.try_get("kind")?,
+                    host: r.try_get("host")?,
+                    trigger: r.try_get("trigger")?,
+                    started_at: r.try_get("started_at")?,
+                    finished_at: r.try_get("finished_at")?,
+                    status: r.try_get("status")?,
+                    bytes: r.try_get("bytes")?,
+                    backup_id: r.try_get("backup_id")?,
+                    error: r.try_get("error")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(|e| self.err(e))
+    }
+}

@@ -1,0 +1,12 @@
+//! Streaming stages, each a small `AsyncRead` adapter, chained by the backup
+//! and restore pipelines: `source -> Guarded -> Measure(raw) -> compress ->
+//! Measure(stored) -> sink`. Memory is bounded by the buffers of each stage,
+//! never by the data size.
+
+mod codec;
+mod guarded;
+mod measure;
+
+pub use codec::{decoder, encoder, BoxRead};
+pub use guarded::{guarded, Guarded, Verdict};
+pub use measure::{Measure, Measured};

@@ -1,0 +1,576 @@
+//! The spine, end to end with real components: PostgreSQL clusters, an
+//! S3-protocol server, the drctl binary. Each scenario reads as what an
+//! operator would see.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+fn local_world(db_url_env: &str, extra_job: &str) -> World {
+    World::new(&format!(
+        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\n[jobs.appdb]\ntype = \"postgres\"\nurl_env = \"{db_url_env}\"\nrepository = \"local\"\n{extra_job}\n"
+    ))
+}
+
+fn s3_world(bucket: &str, extra_job: &str) -> World {
+    World::new(&format!(
+        "[repositories.offsite]\ntype = \"s3\"\nbucket = \"{bucket}\"\nprefix = \"db1\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\npath_style = true\npart_size = \"5MiB\"\n\n[jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"offsite\"\n{extra_job}\n",
+        s3().endpoint
+    ))
+}
+
+fn backups_json(w: &World) -> Vec<serde_json::Value> {
+    let r = w.drctl(&["backups", "appdb", "--json"]);
+    r.ok();
+    serde_json::from_str(&r.stdout).unwrap()
+}
+
+#[test]
+fn local_round_trip_recreates_data_roles_and_ownership_in_a_fresh_place() {
+    let pg = pg();
+    let src = pg.create_db("rt_src");
+    let owner = unique("rt_owner");
+    pg.seed(&src, &owner, 500);
+    let before = pg.fingerprint(&src);
+
+    let mut w = local_world("APP_DATABASE_URL", "");
+    w.set_env("APP_DATABASE_URL", &pg.url(&src));
+    let r = w.drctl(&["run", "appdb"]);
+    r.ok();
+    let id = r.stdout.trim().to_owned();
+    assert!(
+        id.len() > 20 && id.starts_with("20"),
+        "backup id printed: {id:?}"
+    );
+
+    // The manifest describes the backup, with row counts from the snapshot.
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(w.repo_dir().join("appdb").join(&id).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["format"], 1);
+    assert_eq!(manifest["source"]["owner"], "postgres");
+    let tables = manifest["tables"].as_array().unwrap();
+    let payment = tables.iter().find(|t| t["name"] == "payment").unwrap();
+    assert_eq!(payment["rows"], 1000);
+    let names: Vec<&str> = manifest["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["globals.sql.zst", "database.dump.zst"]);
+
+    // Simulate a fresh cluster: the database and its owning role are gone.
+    pg.psql("postgres", &format!("DROP DATABASE {src}"));
+    pg.psql("postgres", &format!("DROP ROLE {owner}"));
+
+    let target = unique("rt_dst");
+    let r = w.drctl(&[
+        "restore",
+        "--latest",
+        "--job",
+        "appdb",
+        "--to",
+        &pg.url(&target),
+        "--jobs",
+        "2",
+    ]);
+    r.ok();
+    assert!(
+        r.stderr.contains("roles created: ") && r.stderr.contains(&owner),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(pg.fingerprint(&target), before);
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            &format!("SELECT rolcanlogin FROM pg_roles WHERE rolname = '{owner}'")
+        ),
+        "t"
+    );
+    assert_eq!(
+        pg.psql(
+            &target,
+            "SELECT schema_owner FROM information_schema.schemata WHERE schema_name = 'billing'"
+        ),
+        owner
+    );
+
+    // A second restore into the same (now non-empty) database is refused.
+    let r = w.drctl(&["restore", "--latest", "--to", &pg.url(&target)]);
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert!(r.stderr.contains("not empty"), "{}", r.stderr);
+}
+
+#[tokio::test]
+async fn s3_round_trip_with_multipart_upload_and_streamed_restore() {
+    let pg = pg();
+    let src = pg.create_db("s3_src");
+    pg.seed(&src, &unique("s3_owner"), 200);
+    // ~12 MiB of incompressible bytes so the dump needs several 5 MiB parts.
+    pg.psql(&src, "CREATE TABLE blob AS SELECT i, decode(string_agg(md5(i::text || '-' || j::text), ''), 'hex') AS b FROM generate_series(1, 1500) i, generate_series(1, 512) j GROUP BY i");
+    let before = pg.fingerprint(&src);
+    let bucket = s3().create_bucket().await;
+    let mut w = s3_world(&bucket, "compression = \"gzip\"");
+    w.set_env("APP_DATABASE_URL", &pg.url(&src));
+    let id = w.drctl(&["run", "appdb"]).ok().stdout.trim().to_owned();
+
+    let objects = s3()
+        .client()
+        .await
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("db1/appdb/")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<(String, i64)> = objects
+        .contents()
+        .iter()
+        .map(|o| (o.key().unwrap().to_owned(), o.size().unwrap()))
+        .collect();
+    let dump = keys
+        .iter()
+        .find(|(k, _)| k.ends_with("database.dump.gz"))
+        .expect("dump object");
+    assert!(dump.1 > 10 * 1024 * 1024, "multipart-sized dump: {keys:?}");
+    assert!(keys
+        .iter()
+        .any(|(k, _)| k == &format!("db1/appdb/{id}/manifest.json")));
+
+    let listed = backups_json(&w);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], id.as_str());
+
+    // A new host: fresh state dir, same config.
+    std::fs::remove_dir_all(w.dir.join("state")).unwrap();
+    let target = unique("s3_dst");
+    w.drctl(&["restore", "--latest", "--to", &pg.url(&target)])
+        .ok();
+    assert_eq!(pg.fingerprint(&target), before);
+}
+
+#[test]
+fn restore_into_the_jobs_own_database_swaps_and_keeps_a_safety_copy() {
+    let pg = pg();
+    let db = pg.create_db("swap");
+    pg.seed(&db, &unique("swap_owner"), 100);
+    let at_backup = pg.fingerprint(&db);
+    let mut w = local_world("APP_DATABASE_URL", "");
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    w.drctl(&["run", "appdb"]).ok();
+
+    // The incident: someone deletes data.
+    pg.psql(&db, "DELETE FROM billing.payment WHERE result = 'paid'");
+    let damaged = pg.fingerprint(&db);
+
+    // Without consent (no TTY, no --yes) nothing happens.
+    let r = w.drctl(&["restore", "--latest", "--job", "appdb"]);
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert_eq!(pg.fingerprint(&db), damaged);
+
+    // --dry-run prints the plan and changes nothing.
+    let r = w.drctl(&[
+        "restore",
+        "--latest",
+        "--job",
+        "appdb",
+        "--dry-run",
+        "--json",
+    ]);
+    r.ok();
+    let plan: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(plan["replaces_existing"], true);
+    assert_eq!(pg.fingerprint(&db), damaged);
+
+    // A session holding the database open does not block the swap.
+    let mut holder = std::process::Command::new(pg_bin("psql"))
+        .args(["-X", "-d", &pg.url(&db), "-c", "SELECT pg_sleep(60)"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let r = w.drctl(&["restore", "--latest", "--job", "appdb", "--yes", "--json"]);
+    r.ok();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let safety = report["safety_copy"].as_str().unwrap().to_owned();
+    assert!(
+        safety.starts_with(&format!("{db}_pre_restore_")),
+        "{safety}"
+    );
+    assert_eq!(pg.fingerprint(&db), at_backup);
+    assert_eq!(pg.fingerprint(&safety), damaged);
+}
+
+#[test]
+fn pg_dump_failing_mid_stream_leaves_no_manifest_and_records_a_failed_run() {
+    let pg = pg();
+    let db = pg.create_db("fail");
+    pg.seed(&db, &unique("fail_owner"), 2000);
+    let bin = tool_wrappers(&[(
+        "pg_dump",
+        r#"if [ "$1" = "--version" ]; then exec "$REAL" --version; fi
+"$REAL" "$@" | head -c 20000
+echo "pg_dump: error: simulated crash mid-stream" >&2
+exit 1"#,
+    )]);
+    let mut w = local_world(
+        "APP_DATABASE_URL",
+        &format!("pg_bindir = \"{}\"", bin.display()),
+    );
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    let r = w.drctl(&["run", "appdb"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("simulated crash mid-stream"),
+        "pg_dump's stderr is in the error: {}",
+        r.stderr
+    );
+    assert!(backups_json(&w).is_empty());
+    let r = w.drctl(&["restore", "--latest", "--to", &pg.url(&unique("never"))]);
+    assert_eq!(r.code, 5, "{}", r.all());
+
+    // No data was left behind either, and the run is on record as failed.
+    let leftovers: Vec<_> = walk(&w.repo_dir());
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let runs = rt.block_on(async { w.state().await.runs(Some("appdb"), 10).await.unwrap() });
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status, "failed");
+    assert!(runs[0]
+        .error
+        .as_deref()
+        .unwrap_or("")
+        .contains("simulated crash"));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn sigkill_mid_upload_never_becomes_latest() {
+    let pg = pg();
+    let db = pg.create_db("kill");
+    pg.seed(&db, &unique("kill_owner"), 100);
+    pg.psql(&db, "CREATE TABLE blob AS SELECT i, decode(string_agg(md5(i::text || '-' || j::text), ''), 'hex') AS b FROM generate_series(1, 1000) i, generate_series(1, 512) j GROUP BY i");
+    let marker_dir = scratch_dir("drctl-marker-");
+    let marker = marker_dir.join("dumped");
+    let bin = tool_wrappers(&[(
+        "pg_dump",
+        &format!(
+            r#"if [ "$1" = "--version" ]; then exec "$REAL" --version; fi
+"$REAL" "$@"
+touch {}
+sleep 120"#,
+            marker.display()
+        ),
+    )]);
+    let bucket = s3().create_bucket().await;
+    for kind in ["s3", "local"] {
+        let _ = std::fs::remove_file(&marker);
+        let extra = format!("pg_bindir = \"{}\"", bin.display());
+        let mut w = if kind == "s3" {
+            s3_world(&bucket, &extra)
+        } else {
+            local_world("APP_DATABASE_URL", &extra)
+        };
+        w.set_env("APP_DATABASE_URL", &pg.url(&db));
+        let mut child = w.command(&["run", "appdb"]).spawn().unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !marker.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "wrapper never finished dumping"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(
+            backups_json(&w).is_empty(),
+            "{kind}: a killed run is not a backup"
+        );
+        let r = w.drctl(&["restore", "--latest", "--to", &pg.url(&unique("never"))]);
+        assert_eq!(r.code, 5, "{kind}: {}", r.all());
+        // The killed run's pg_dump wrapper is still sleeping; stop it.
+        let _ = std::process::Command::new("pkill")
+            .args(["-f", &bin.display().to_string()])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_flipped_byte_is_refused_before_the_target_is_touched() {
+    let pg = pg();
+    let db = pg.create_db("flip");
+    pg.seed(&db, &unique("flip_owner"), 300);
+    let mut w = local_world("APP_DATABASE_URL", "");
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    let id = w.drctl(&["run", "appdb"]).ok().stdout.trim().to_owned();
+    let path = w
+        .repo_dir()
+        .join("appdb")
+        .join(&id)
+        .join("database.dump.zst");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+
+    let target = unique("flip_dst");
+    let r = w.drctl(&["restore", "--latest", "--to", &pg.url(&target)]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(
+        r.stderr.contains("SHA-256") && r.stderr.contains("database.dump.zst"),
+        "{}",
+        r.stderr
+    );
+    assert!(!pg.db_exists(&target), "the target must not be created");
+
+    // Same on S3: the store serves a changed object (bit rot, tampering).
+    let bucket = s3().create_bucket().await;
+    let mut w = s3_world(&bucket, "");
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    let id = w.drctl(&["run", "appdb"]).ok().stdout.trim().to_owned();
+    let client = s3().client().await;
+    let key = format!("db1/appdb/{id}/database.dump.zst");
+    let obj = client
+        .get_object()
+        .bucket(&bucket)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
+    let mut bytes = obj.body.collect().await.unwrap().into_bytes().to_vec();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x80;
+    client
+        .put_object()
+        .bucket(&bucket)
+        .key(&key)
+        .body(bytes.into())
+        .send()
+        .await
+        .unwrap();
+    let r = w.drctl(&["restore", "--latest", "--to", &pg.url(&target)]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(r.stderr.contains("SHA-256"), "{}", r.stderr);
+    assert!(!pg.db_exists(&target));
+}
+
+#[test]
+fn files_backup_round_trips_and_missing_paths_fail_unless_optional() {
+    let src = scratch_dir("drctl-files-");
+    std::fs::write(src.join(".env"), "APP_KEY=abc\n").unwrap();
+    std::fs::create_dir(src.join("conf.d")).unwrap();
+    std::fs::write(src.join("conf.d/app.conf"), "listen 8080\n").unwrap();
+    std::fs::write(src.join("docker-compose.yml"), "services: {}\n").unwrap();
+    let job = |paths: &str| {
+        format!("[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\n[jobs.configs]\ntype = \"files\"\npaths = [{paths}]\nrepository = \"local\"\n")
+    };
+    let s = src.display();
+    let w = World::new(&job(&format!(
+        "\"{s}/.env\", \"{s}/docker-compose.yml\", \"{s}/conf.d\", {{ path = \"{s}/absent.yml\", optional = true }}"
+    )));
+    w.drctl(&["run", "configs"]).ok();
+    let out = w.dir.join("restored");
+    w.drctl(&[
+        "restore",
+        "--latest",
+        "--job",
+        "configs",
+        "--to",
+        out.to_str().unwrap(),
+    ])
+    .ok();
+    let rel = src.strip_prefix("/").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(out.join(rel).join(".env")).unwrap(),
+        "APP_KEY=abc\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join(rel).join("conf.d/app.conf")).unwrap(),
+        "listen 8080\n"
+    );
+
+    let w = World::new(&job(&format!("\"{s}/.env\", \"{s}/missing.yml\"")));
+    let r = w.drctl(&["run", "configs"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("missing.yml") && r.stderr.contains("optional"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn config_errors_exit_2_naming_file_key_and_expectation() {
+    let cases = [
+        (
+            "[repositories.local]\ntype = \"local\"\npath = \"/tmp/x\"\ncolour = \"blue\"\n",
+            "colour",
+        ),
+        (
+            "[repositories.local]\ntype = \"local\"\npath = 42\n",
+            "path",
+        ),
+        (
+            "[jobs.appdb]\ntype = \"postgres\"\nurl_env = \"X\"\nrepository = \"nowhere\"\n",
+            "jobs.appdb.repository",
+        ),
+    ];
+    for (body, needle) in cases {
+        let w = World::new(body);
+        let r = w.drctl(&["config", "check"]);
+        assert_eq!(r.code, 2, "{body}: {}", r.all());
+        assert!(
+            r.stderr.contains(w.config.to_str().unwrap()),
+            "names the file: {}",
+            r.stderr
+        );
+        assert!(r.stderr.contains(needle), "names the key: {}", r.stderr);
+        assert!(
+            r.stderr.contains("expected"),
+            "says what was expected: {}",
+            r.stderr
+        );
+    }
+    let w = World::new("[repositories.local]\ntype = \"local\"\npath = \"/tmp/x\"\n");
+    let r = w.drctl(&["run", "nosuchjob"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("jobs.nosuchjob"), "{}", r.stderr);
+    let r = w.drctl(&["-c", "/nonexistent/drctl.toml", "config", "check"]);
+    assert_eq!(r.code, 2);
+}
+
+#[tokio::test]
+async fn the_database_password_never_appears_in_output_logs_or_state() {
+    let pg = pg();
+    let db = pg.create_db("leak");
+    pg.seed(&db, &unique("leak_owner"), 50);
+    let mut w = local_world("APP_DATABASE_URL", "");
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    let mut seen = String::new();
+    seen += &w.drctl(&["run", "appdb"]).ok().all();
+    seen += &w.drctl(&["run", "appdb", "--json"]).ok().all();
+    seen += &w.drctl(&["config", "check"]).ok().all();
+    seen += &w
+        .drctl(&[
+            "restore",
+            "--latest",
+            "--to",
+            &pg.url(&unique("leak_dst")),
+            "--json",
+        ])
+        .ok()
+        .all();
+    seen += &w
+        .drctl(&["restore", "--latest", "--dry-run", "--json", "--yes"])
+        .ok()
+        .all();
+
+    // Failures: wrong database, wrong password (the server echoes neither).
+    w.set_env("APP_DATABASE_URL", &pg.url("no_such_db"));
+    let r = w.drctl(&["run", "appdb"]);
+    assert_ne!(r.code, 0);
+    seen += &r.all();
+    let mut bad = url::Url::parse(&pg.url(&db)).unwrap();
+    bad.set_password(Some("Wrong-Pass-Value-99")).unwrap();
+    w.set_env("APP_DATABASE_URL", bad.as_str());
+    let r = w.drctl(&["run", "appdb"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("password authentication failed"),
+        "{}",
+        r.stderr
+    );
+    seen += &r.all();
+
+    // An inline URL in the config is masked by `config check`.
+    let w2 = World::new(&format!(
+        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n[jobs.appdb]\ntype = \"postgres\"\nurl = \"{}\"\nrepository = \"local\"\n",
+        pg.url(&db)
+    ));
+    seen += &w2.drctl(&["config", "check"]).ok().all();
+    seen += &w2.drctl(&["run", "appdb"]).ok().all();
+
+    for secret in [PG_PASSWORD, "Wrong-Pass-Value-99"] {
+        assert!(!seen.contains(secret), "secret leaked in output:\n{seen}");
+    }
+    let runs = w.state().await.runs(None, 100).await.unwrap();
+    let dump = format!("{runs:?}");
+    assert!(
+        !dump.contains(PG_PASSWORD) && !dump.contains("Wrong-Pass-Value-99"),
+        "{dump}"
+    );
+    // And nothing in the repository either.
+    for f in walk(&w.repo_dir()) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(PG_PASSWORD),
+            "{}",
+            f.display()
+        );
+    }
+}
+
+#[test]
+fn an_older_pg_dump_than_the_server_is_a_clear_error() {
+    let pg = pg();
+    let db = pg.create_db("old");
+    let bin = tool_wrappers(&[(
+        "pg_dump",
+        r#"if [ "$1" = "--version" ]; then echo "pg_dump (PostgreSQL) 9.6.24"; exit 0; fi
+exec "$REAL" "$@""#,
+    )]);
+    let mut w = local_world(
+        "APP_DATABASE_URL",
+        &format!("pg_bindir = \"{}\"", bin.display()),
+    );
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    let r = w.drctl(&["run", "appdb"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("pg_dump 9 cannot dump PostgreSQL")
+            && r.stderr.contains("postgresql-client-"),
+        "{}",
+        r.stderr
+    );
+    assert!(backups_json(&w).is_empty());
+}
+
+#[tokio::test]
+async fn an_unreachable_s3_store_fails_the_run_clearly() {
+    let pg = pg();
+    let db = pg.create_db("s3down");
+    let port = free_port();
+    let mut w = World::new(&format!(
+        "[repositories.offsite]\ntype = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:{port}\"\npath_style = true\n[jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"offsite\"\n"
+    ));
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    let r = w.drctl(&["run", "appdb"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("repository offsite"), "{}", r.stderr);
+    let runs = w.state().await.runs(Some("appdb"), 5).await.unwrap();
+    assert_eq!(runs[0].status, "failed");
+}

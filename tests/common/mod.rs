@@ -1,0 +1,473 @@
+//! Test harness: real components, shared per test binary.
+//!
+//! - PostgreSQL: one ephemeral cluster (initdb/pg_ctl, as the `postgres`
+//!   user when running as root) with scram-sha-256 password auth on a free
+//!   loopback port, or the server in `DRCTL_TEST_DATABASE_URL`. Each test
+//!   gets its own databases. The cluster is stopped when the binary exits.
+//! - S3: an in-process S3-protocol server (s3s + s3s-fs) on loopback with
+//!   signature checks, or the endpoint in `DRCTL_TEST_S3_ENDPOINT` (e.g.
+//!   moto_server). Each test gets its own bucket.
+//! - The `drctl` binary itself, run as a child with its own environment.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, OnceLock};
+
+pub const PG_PASSWORD: &str = "Sup3r-Secret-PW-7731";
+pub const S3_ACCESS_KEY: &str = "drctl-test-access";
+pub const S3_SECRET_KEY: &str = "drctl-test-secret-key-0042";
+
+/// Paths removed and clusters stopped at process exit.
+static CLEANUP: Mutex<Vec<(Option<PathBuf>, PathBuf)>> = Mutex::new(Vec::new());
+
+extern "C" fn at_exit() {
+    let items = CLEANUP.lock().map(|v| v.clone()).unwrap_or_default();
+    for (cluster, dir) in items {
+        if let Some(data) = cluster {
+            let _ = as_postgres(
+                &pg_bin("pg_ctl"),
+                &[
+                    "stop",
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "-D",
+                    data.to_str().unwrap_or(""),
+                ],
+            )
+            .output();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+fn register_cleanup(cluster: Option<PathBuf>, dir: PathBuf) {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| unsafe {
+        libc::atexit(at_exit);
+    });
+    CLEANUP.lock().unwrap().push((cluster, dir));
+}
+
+pub fn pg_bindir() -> PathBuf {
+    drctl_pg_bindir()
+}
+
+fn drctl_pg_bindir() -> PathBuf {
+    let mut best: Option<(u32, PathBuf)> = None;
+    if let Ok(rd) = std::fs::read_dir("/usr/lib/postgresql") {
+        for e in rd.flatten() {
+            if let Some(v) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) {
+                let bin = e.path().join("bin");
+                if bin.join("initdb").is_file() && best.as_ref().is_none_or(|(b, _)| v > *b) {
+                    best = Some((v, bin));
+                }
+            }
+        }
+    }
+    best.map(|(_, p)| p).expect(
+        "PostgreSQL server binaries in /usr/lib/postgresql/*/bin (apt-get install postgresql)",
+    )
+}
+
+pub fn pg_bin(tool: &str) -> PathBuf {
+    pg_bindir().join(tool)
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Run a server tool as `postgres` when we are root (initdb refuses root).
+fn as_postgres(program: &Path, args: &[&str]) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program).args(args);
+        c
+    } else {
+        let mut c = Command::new(program);
+        c.args(args);
+        c
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A scratch directory that the `postgres` user can use too.
+pub fn scratch_dir(prefix: &str) -> PathBuf {
+    let d = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .unwrap()
+        .keep();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    register_cleanup(None, d.clone());
+    d
+}
+
+pub struct Pg {
+    /// Superuser URL of the maintenance database (password included).
+    pub admin_url: url::Url,
+}
+
+static PG: OnceLock<Pg> = OnceLock::new();
+
+pub fn pg() -> &'static Pg {
+    PG.get_or_init(|| {
+        if let Ok(u) = std::env::var("DRCTL_TEST_DATABASE_URL") {
+            return Pg { admin_url: url::Url::parse(&u).expect("DRCTL_TEST_DATABASE_URL is a URL") };
+        }
+        let dir = tempfile::Builder::new().prefix("drctl-pg-").tempdir().unwrap().keep();
+        let data = dir.join("data");
+        let pwfile = dir.join("pw");
+        std::fs::write(&pwfile, PG_PASSWORD).unwrap();
+        if is_root() {
+            let st = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status().unwrap();
+            assert!(st.success());
+        }
+        let out = as_postgres(
+            &pg_bin("initdb"),
+            &["-D", data.to_str().unwrap(), "-U", "postgres", "--auth=scram-sha-256", "--pwfile", pwfile.to_str().unwrap(), "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"],
+        )
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=128MB",
+            dir.display()
+        );
+        register_cleanup(Some(data.clone()), dir.clone());
+        let out = as_postgres(&pg_bin("pg_ctl"), &["start", "-w", "-t", "60", "-D", data.to_str().unwrap(), "-l", dir.join("log").to_str().unwrap(), "-o", &opts])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl start: {} {}", String::from_utf8_lossy(&out.stdout), std::fs::read_to_string(dir.join("log")).unwrap_or_default());
+        let admin_url = url::Url::parse(&format!("postgres://postgres:{PG_PASSWORD}@127.0.0.1:{port}/postgres")).unwrap();
+        Pg { admin_url }
+    })
+}
+
+static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A name unique within this test run: `<prefix>_<pid>_<n>`.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )
+}
+
+impl Pg {
+    pub fn url(&self, db: &str) -> String {
+        let mut u = self.admin_url.clone();
+        u.set_path(&format!("/{db}"));
+        u.to_string()
+    }
+
+    /// Run SQL with psql against `db`, panicking on error; returns stdout (unaligned, tuples only).
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new(pg_bin("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.url(db),
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    pub fn create_db(&self, prefix: &str) -> String {
+        let name = unique(prefix);
+        self.psql("postgres", &format!("CREATE DATABASE {name}"));
+        name
+    }
+
+    pub fn db_exists(&self, name: &str) -> bool {
+        self.psql(
+            "postgres",
+            &format!("SELECT count(*) FROM pg_database WHERE datname = '{name}'"),
+        ) == "1"
+    }
+
+    /// Per-table fingerprint: owner, row count and md5 of the sorted rows.
+    pub fn fingerprint(&self, db: &str) -> String {
+        self.psql(
+            db,
+            "SELECT string_agg(t, E'\\n' ORDER BY t) FROM (
+               SELECT format('%s.%s owner=%s', schemaname, tablename, tableowner) AS t FROM pg_tables
+               WHERE schemaname NOT IN ('pg_catalog','information_schema')) x",
+        ) + "\n"
+            + &self.table_digests(db)
+    }
+
+    fn table_digests(&self, db: &str) -> String {
+        let tables = self.psql(
+            db,
+            "SELECT string_agg(format('%I.%I', schemaname, tablename), E'\\n' ORDER BY schemaname, tablename) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog','information_schema')",
+        );
+        tables
+            .lines()
+            .map(|t| {
+                let d = self.psql(db, &format!("SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM {t} x"));
+                format!("{t} {d}")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// A database with several schemas, owners and kinds of data.
+    pub fn seed(&self, db: &str, owner: &str, rows: u32) {
+        self.psql("postgres", &format!("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{owner}') THEN CREATE ROLE {owner} LOGIN PASSWORD 'owner-pw-1234'; END IF; END $$"));
+        self.psql(
+            db,
+            &format!(
+                "CREATE SCHEMA billing AUTHORIZATION {owner};
+                 CREATE TABLE public.customer (id bigint PRIMARY KEY, name text NOT NULL, email text, created timestamptz DEFAULT now());
+                 ALTER TABLE public.customer OWNER TO {owner};
+                 CREATE TABLE billing.payment (id bigserial PRIMARY KEY, customer_id bigint REFERENCES public.customer(id), amount numeric(12,2), result text, payload bytea);
+                 ALTER TABLE billing.payment OWNER TO {owner};
+                 CREATE TABLE public.\"Odd Name\" (k int, v jsonb);
+                 INSERT INTO public.customer SELECT i, 'customer ' || i, 'c' || i || '@example.com', '2026-01-01'::timestamptz + i * interval '1 minute' FROM generate_series(1, {rows}) i;
+                 INSERT INTO billing.payment (customer_id, amount, result, payload)
+                   SELECT (i % {rows}) + 1, (i * 7 % 10000) / 100.0, CASE WHEN i % 10 = 0 THEN 'failed' ELSE 'paid' END, decode(md5(i::text), 'hex') FROM generate_series(1, {rows} * 2) i;
+                 INSERT INTO public.\"Odd Name\" SELECT i, jsonb_build_object('i', i) FROM generate_series(1, 10) i;
+                 CREATE INDEX ON billing.payment (customer_id);
+                 CREATE VIEW billing.paid AS SELECT * FROM billing.payment WHERE result = 'paid';"
+            ),
+        );
+    }
+}
+
+pub struct S3 {
+    pub endpoint: String,
+    /// Where s3s-fs keeps objects (`<root>/<bucket>/<key>`); None for an external endpoint.
+    pub root: Option<PathBuf>,
+}
+
+static S3_SERVER: OnceLock<S3> = OnceLock::new();
+
+pub fn s3() -> &'static S3 {
+    S3_SERVER.get_or_init(|| {
+        if let Ok(e) = std::env::var("DRCTL_TEST_S3_ENDPOINT") {
+            return S3 {
+                endpoint: e,
+                root: None,
+            };
+        }
+        let root = scratch_dir("drctl-s3-");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let fs_root = root.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                use hyper_util::rt::{TokioExecutor, TokioIo};
+                use hyper_util::server::conn::auto::Builder as ConnBuilder;
+                let fs = s3s_fs::FileSystem::new(&fs_root)
+                    .map_err(|e| format!("{e:?}"))
+                    .unwrap();
+                let mut b = s3s::service::S3ServiceBuilder::new(fs);
+                b.set_auth(s3s::auth::SimpleAuth::from_single(
+                    S3_ACCESS_KEY,
+                    S3_SECRET_KEY,
+                ));
+                let service = b.build();
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                tx.send(listener.local_addr().unwrap().port()).unwrap();
+                let http = ConnBuilder::new(TokioExecutor::new());
+                loop {
+                    let Ok((sock, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let conn = http
+                        .serve_connection(TokioIo::new(sock), service.clone())
+                        .into_owned();
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                }
+            });
+        });
+        let port = rx.recv().unwrap();
+        S3 {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            root: Some(root),
+        }
+    })
+}
+
+impl S3 {
+    pub async fn client(&self) -> aws_sdk_s3::Client {
+        let creds =
+            aws_sdk_s3::config::Credentials::new(access_key(), secret_key(), None, None, "test");
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .credentials_provider(creds)
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    pub async fn create_bucket(&self) -> String {
+        let name = unique("bucket").replace('_', "-");
+        self.client()
+            .await
+            .create_bucket()
+            .bucket(&name)
+            .send()
+            .await
+            .unwrap();
+        name
+    }
+}
+
+fn access_key() -> String {
+    std::env::var("DRCTL_TEST_S3_ACCESS_KEY").unwrap_or_else(|_| S3_ACCESS_KEY.into())
+}
+fn secret_key() -> String {
+    std::env::var("DRCTL_TEST_S3_SECRET_KEY").unwrap_or_else(|_| S3_SECRET_KEY.into())
+}
+
+/// One test's world: a config file, a state dir and the env for `drctl`.
+pub struct World {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl World {
+    /// `body` is the config after `state_dir`; `{dir}` expands to the world's directory.
+    pub fn new(body: &str) -> World {
+        let dir = scratch_dir("drctl-world-");
+        let config = dir.join("drctl.toml");
+        let text = format!(
+            "state_dir = \"{}/state\"\n{}",
+            dir.display(),
+            body.replace("{dir}", &dir.display().to_string())
+        );
+        std::fs::write(&config, text).unwrap();
+        World {
+            dir,
+            config,
+            env: vec![
+                ("AWS_ACCESS_KEY_ID".into(), access_key()),
+                ("AWS_SECRET_ACCESS_KEY".into(), secret_key()),
+                ("AWS_REGION".into(), "us-east-1".into()),
+                ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+                ("DRCTL_LOG".into(), "debug".into()),
+            ],
+        }
+    }
+
+    pub fn set_env(&mut self, k: &str, v: &str) {
+        self.env.retain(|(a, _)| a != k);
+        self.env.push((k.into(), v.into()));
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_drctl"));
+        c.arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("DRCTL_CONFIG");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c.stdin(std::process::Stdio::null());
+        c
+    }
+
+    pub fn drctl(&self, args: &[&str]) -> Run {
+        let out = self.command(args).output().unwrap();
+        Run::from(out)
+    }
+
+    pub fn repo_dir(&self) -> PathBuf {
+        self.dir.join("repo")
+    }
+
+    pub async fn state(&self) -> drctl::state::State {
+        drctl::state::State::open(&self.dir.join("state"))
+            .await
+            .unwrap()
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    pub fn ok(&self) -> &Self {
+        assert_eq!(
+            self.code, 0,
+            "drctl failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// A directory with wrappers for the PostgreSQL tools: every tool links to
+/// the real one except those given a script body.
+pub fn tool_wrappers(scripts: &[(&str, &str)]) -> PathBuf {
+    let dir = scratch_dir("drctl-bin-");
+    for tool in ["pg_dump", "pg_dumpall", "pg_restore", "psql"] {
+        let path = dir.join(tool);
+        if let Some((_, body)) = scripts.iter().find(|(t, _)| *t == tool) {
+            let real = pg_bin(tool);
+            std::fs::write(
+                &path,
+                format!("#!/bin/bash\nREAL={}\n{}\n", real.display(), body),
+            )
+            .unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        } else {
+            std::os::unix::fs::symlink(pg_bin(tool), &path).unwrap();
+        }
+    }
+    dir
+}

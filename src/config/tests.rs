@@ -221,3 +221,21 @@ fn embedded_defaults_are_valid() {
         .unwrap();
     assert!(c.jobs.contains_key("db"));
 }
+
+#[test]
+fn the_repositorys_example_job_files_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let schedules = Path::new(env!("CARGO_MANIFEST_DIR")).join("schedules");
+    let main = write(
+        dir.path(),
+        "drctl.toml",
+        &format!(
+            "schedules_dir = {:?}\n[repositories.offsite]\ntype = \"s3\"\nbucket = \"b\"\n[repositories.local]\ntype = \"local\"\npath = \"/var/backups/drctl\"\n",
+            schedules
+        ),
+    );
+    let c = LoadedConfig::load(Some(&main)).unwrap();
+    assert!(c.config.jobs.contains_key("appdb"));
+    assert!(c.config.jobs.contains_key("configs"));
+    assert_eq!(c.config.jobs["appdb"].schedule(), Some("0 0 2 * * *"));
+}

@@ -13,6 +13,7 @@ use crate::repository::Repository;
 use crate::state::{RunStatus, State};
 use chrono::Utc;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// This host's name as recorded in ids and manifests.
 pub fn host_name() -> String {
@@ -20,12 +21,16 @@ pub fn host_name() -> String {
 }
 
 /// Run backup job `name` now. Returns the committed manifest.
+///
+/// Cancelling `cancel` stops the run: child processes are killed, partial
+/// objects removed, and the run is recorded as interrupted with no manifest.
 pub async fn run(
     cfg: &LoadedConfig,
     state: &State,
     name: &str,
     trigger: &str,
     progress: Arc<Progress>,
+    cancel: CancellationToken,
 ) -> Result<Manifest> {
     let (job_name, job) = cfg.job(name)?;
     let repo_name = job.repository().ok_or_else(|| {
@@ -49,9 +54,15 @@ pub async fn run(
         repo: &repo,
         progress,
     };
-    let produced = match job {
-        JobConfig::Postgres(j) => jobs::postgres::backup(&ctx, j).await,
-        JobConfig::Files(j) => jobs::files::backup(&ctx, j).await,
+    let work = async {
+        match job {
+            JobConfig::Postgres(j) => jobs::postgres::backup(&ctx, j).await,
+            JobConfig::Files(j) => jobs::files::backup(&ctx, j).await,
+        }
+    };
+    let produced = tokio::select! {
+        r = work => r,
+        () = cancel.cancelled() => Err(Error::Interrupted(format!("backup of {name} cancelled before its manifest was written"))),
     };
     let committed = match produced {
         Ok(out) => {
@@ -93,8 +104,12 @@ pub async fn run(
             let text = crate::secret::redact(&e.to_string());
             tracing::error!(job = name, backup = %id, error = %text, "backup failed; no manifest written");
             discard_partial(&repo, &job_name, &id).await;
+            let status = match e {
+                Error::Interrupted(_) => RunStatus::Interrupted,
+                _ => RunStatus::Failed,
+            };
             state
-                .finish_run(run_id, RunStatus::Failed, None, None, Some(&text))
+                .finish_run(run_id, status, None, None, Some(&text))
                 .await?;
             Err(e)
         }

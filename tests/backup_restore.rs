@@ -574,3 +574,94 @@ async fn an_unreachable_s3_store_fails_the_run_clearly() {
     let runs = w.state().await.runs(Some("appdb"), 5).await.unwrap();
     assert_eq!(runs[0].status, "failed");
 }
+
+#[tokio::test]
+async fn sigterm_mid_dump_stops_cleanly_and_records_an_interrupted_run() {
+    let pg = pg();
+    let db = pg.create_db("term");
+    pg.seed(&db, &unique("term_owner"), 100);
+    let marker_dir = scratch_dir("drctl-marker-");
+    let marker = marker_dir.join("dumped");
+    let bin = tool_wrappers(&[(
+        "pg_dump",
+        &format!(
+            "if [ \"$1\" = \"--version\" ]; then exec \"$REAL\" --version; fi\n\"$REAL\" \"$@\"\necho $$ > {}.tmp && mv {}.tmp {}\nexec sleep 120",
+            marker.display(),
+            marker.display(),
+            marker.display()
+        ),
+    )]);
+    let mut w = local_world(
+        "APP_DATABASE_URL",
+        &format!("pg_bindir = \"{}\"", bin.display()),
+    );
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    let child = w
+        .command(&["run", "appdb"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !marker.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "wrapper never finished dumping"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = std::time::Instant::now();
+    nix_kill(child.id(), libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "stopped promptly"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(backups_json(&w).is_empty());
+    assert!(walk(&w.repo_dir()).is_empty(), "partial objects removed");
+    let runs = w.state().await.runs(Some("appdb"), 5).await.unwrap();
+    assert_eq!(runs[0].status, "interrupted", "{:?}", runs[0].error);
+    // The dump process (the wrapper, exec'd into `sleep` under the same pid)
+    // was killed with the run.
+    let dump_pid: i32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while unsafe { libc::kill(dump_pid, 0) } == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_dump (pid {dump_pid}) still running after drctl stopped"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn nix_kill(pid: u32, sig: i32) {
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+#[test]
+fn environment_overrides_apply_and_bad_ones_are_named() {
+    let mut w = local_world("APP_DATABASE_URL", "");
+    w.set_env("DRCTL_JOBS__APPDB__COMPRESSION", "gzip");
+    let r = w.drctl(&["config", "check"]);
+    r.ok();
+    assert!(r.stdout.contains("compression = \"gzip\""), "{}", r.stdout);
+    w.set_env("DRCTL_JOBS__APPDB__COMPRESSION", "lz4");
+    let r = w.drctl(&["config", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("lz4") && r.stderr.contains("DRCTL_JOBS__APPDB__COMPRESSION"),
+        "{}",
+        r.stderr
+    );
+}

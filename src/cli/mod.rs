@@ -90,6 +90,29 @@ fn init_logging() {
         .try_init();
 }
 
+/// A token cancelled by SIGINT or SIGTERM, so a run stops cleanly: children
+/// killed, partial objects removed, the run recorded as interrupted.
+pub fn cancel_on_signals() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("drctl: stopping (signal received)");
+        t.cancel();
+    });
+    token
+}
+
 /// Bytes as an operator reads them.
 pub fn human_bytes(n: u64) -> String {
     bytesize::ByteSize(n).display().iec().to_string()

@@ -66,6 +66,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         dry_run: a.dry_run,
         confirmed: a.yes,
         tmp_dir: a.tmp_dir,
+        cancel: super::cancel_on_signals(),
     };
     let plan = restore::plan(cfg, &req).await?;
     if a.dry_run {

@@ -18,7 +18,15 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     let state = State::open(&cfg.config.state_dir).await?;
     let progress = Progress::new();
     let bar = Bar::start(progress.clone());
-    let result = drctl::backup::run(cfg, &state, &a.job, "cli", progress).await;
+    let result = drctl::backup::run(
+        cfg,
+        &state,
+        &a.job,
+        "cli",
+        progress,
+        super::cancel_on_signals(),
+    )
+    .await;
     bar.finish();
     let m = result?;
     if a.json {

@@ -111,11 +111,14 @@ impl LoadedConfig {
             figment: main,
         };
         loaded.merge_job_files()?;
-        loaded.figment = loaded.figment.clone().merge(
-            Env::prefixed("DRCTL_")
-                .split("__")
-                .filter(|k| ENV_KEYS.iter().any(|top| k.as_str().starts_with(top))),
-        );
+        loaded.figment = loaded
+            .figment
+            .clone()
+            .merge(Env::prefixed("DRCTL_").split("__").filter(|k| {
+                ENV_KEYS
+                    .iter()
+                    .any(|top| k.as_str().to_ascii_lowercase().starts_with(top))
+            }));
         loaded.config = loaded
             .figment
             .extract::<Config>()
@@ -302,7 +305,21 @@ fn figment_error(err: figment::Error, fallback_file: String) -> Error {
         } else {
             e.path.join(".")
         };
-        parts.push((file, key, crate::secret::redact(&e.kind.to_string())));
+        let mut message = crate::secret::redact(&e.kind.to_string());
+        // Values from DRCTL_* variables are merged into the file's tables; say
+        // which variables touch this key so the operator looks there too.
+        let vars: Vec<String> = env_overrides()
+            .into_iter()
+            .filter(|(_, k)| k.starts_with(&key) || key.starts_with(k.as_str()))
+            .map(|(var, _)| var)
+            .collect();
+        if !vars.is_empty() {
+            message.push_str(&format!(
+                " (set or overridden by environment: {})",
+                vars.join(", ")
+            ));
+        }
+        parts.push((file, key, message));
     }
     let (file, key, mut message) = parts.first().cloned().unwrap_or((
         fallback_file,
@@ -313,6 +330,22 @@ fn figment_error(err: figment::Error, fallback_file: String) -> Error {
         message.push_str(&format!("\n  also: {f}: key `{k}`: {m}"));
     }
     Error::Config { file, key, message }
+}
+
+/// `DRCTL_*` variables that override config keys, with the key each sets.
+fn env_overrides() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter_map(|(var, _)| {
+            let key = var
+                .strip_prefix("DRCTL_")?
+                .to_ascii_lowercase()
+                .replace("__", ".");
+            ENV_KEYS
+                .iter()
+                .any(|top| key.starts_with(top))
+                .then_some((var, key))
+        })
+        .collect()
 }
 
 /// Read a secret named by a `*_env` / `*_file` pair or an inline value.

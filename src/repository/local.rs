@@ -72,6 +72,8 @@ impl Backend for LocalBackend {
         let path = self.path(key);
         let dir = self.prepare_dir(&path).await?;
         let tmp = Self::temp_path(&path);
+        // Removes the temporary file if this future is dropped (cancelled) mid-write.
+        let guard = TempGuard(Some(tmp.clone()));
         let result: Result<u64> = async {
             let mut f = tokio::fs::File::create(&tmp)
                 .await
@@ -107,6 +109,7 @@ impl Backend for LocalBackend {
                 tokio::fs::rename(&tmp, &path)
                     .await
                     .map_err(|e| self.err(format!("renaming into {}", path.display()), e))?;
+                guard.disarm();
                 self.sync_dir(&dir).await?;
                 Ok(n)
             }
@@ -201,10 +204,33 @@ impl Backend for LocalBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        match tokio::fs::remove_file(self.path(key)).await {
-            Ok(()) => Ok(()),
+        let path = self.path(key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {
+                // Tidy the backup's directory once it is empty (fails harmlessly otherwise).
+                if let Some(parent) = path.parent() {
+                    let _ = tokio::fs::remove_dir(parent).await;
+                }
+                Ok(())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(self.err(format!("deleting {key}"), e)),
+        }
+    }
+}
+
+struct TempGuard(Option<PathBuf>);
+
+impl TempGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
         }
     }
 }

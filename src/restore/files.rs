@@ -57,15 +57,18 @@ pub async fn run(
     let tmp = tmp_dir.join(format!("{}-{}.tar", r.job, r.manifest.id));
     progress.set_phase("fetch", artifact.stored_bytes);
     let t0 = std::time::Instant::now();
-    fetch::to_file(
+    let fetch = fetch::to_file(
         &r.repo,
         &r.job,
         &r.manifest.id,
         artifact,
         &tmp,
         Some(progress.clone()),
-    )
-    .await?;
+    );
+    if let Err(e) = super::cancellable(&req.cancel, "fetching the archive", fetch).await {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     let fetch_seconds = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
     let tmp2 = tmp.clone();

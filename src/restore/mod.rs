@@ -16,6 +16,7 @@ use crate::repository::Repository;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
 pub struct RestoreRequest {
@@ -31,6 +32,8 @@ pub struct RestoreRequest {
     pub confirmed: bool,
     /// Scratch space for the decompressed dump.
     pub tmp_dir: Option<PathBuf>,
+    /// Cancelling stops the restore; a database it created is dropped.
+    pub cancel: CancellationToken,
 }
 
 /// What a restore will do, printed by `--dry-run` and before confirmation.
@@ -166,6 +169,19 @@ pub(crate) fn base_plan(
         target,
         replaces_existing,
         steps,
+    }
+}
+
+/// Run `work` unless `cancel` fires first (then `Interrupted`). Each kind
+/// wraps its phases with this so it can clean up what it created.
+pub(crate) async fn cancellable<T>(
+    cancel: &CancellationToken,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        r = work => r,
+        () = cancel.cancelled() => Err(Error::Interrupted(format!("{what} cancelled"))),
     }
 }
 

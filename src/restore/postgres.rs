@@ -6,7 +6,7 @@
 //! `<name>_pre_restore_<timestamp>`. A failed pg_restore drops the new
 //! database and leaves the original untouched.
 
-use super::{base_plan, fetch, free_space, Plan, Report, Resolved, RestoreRequest};
+use super::{base_plan, cancellable, fetch, free_space, Plan, Report, Resolved, RestoreRequest};
 use crate::config::PostgresJob;
 use crate::error::{Error, Result};
 use crate::jobs::postgres::{quote_ident, target as job_target};
@@ -106,31 +106,35 @@ pub async fn run(
     let free = free_space(tmp_dir)?;
     let streamed = free < needed;
     progress.set_phase("fetch", dump.stored_bytes);
-    if streamed {
-        if req.jobs > 1 {
-            return Err(Error::Other(format!(
-                "parallel restore needs {needed} bytes free in {} for the decompressed dump, {free} are free: free space, pass --tmp-dir elsewhere, or use --jobs 1 to stream",
-                tmp_dir.display()
-            )));
-        }
-        tracing::info!(
-            needed,
-            free,
-            "not enough room for a temporary dump; verifying first, then streaming"
-        );
-        fetch::verify_only(&r.repo, &r.job, &m.id, dump, Some(progress.clone())).await?;
-    } else {
-        fetch::to_file(
-            &r.repo,
-            &r.job,
-            &m.id,
-            dump,
-            &dump_file,
-            Some(progress.clone()),
-        )
-        .await?;
-    }
     let _cleanup = RemoveOnDrop(dump_file.clone());
+    let fetch = async {
+        if streamed {
+            if req.jobs > 1 {
+                return Err(Error::Other(format!(
+                    "parallel restore needs {needed} bytes free in {} for the decompressed dump, {free} are free: free space, pass --tmp-dir elsewhere, or use --jobs 1 to stream",
+                    tmp_dir.display()
+                )));
+            }
+            tracing::info!(
+                needed,
+                free,
+                "not enough room for a temporary dump; verifying first, then streaming"
+            );
+            fetch::verify_only(&r.repo, &r.job, &m.id, dump, Some(progress.clone())).await
+        } else {
+            fetch::to_file(
+                &r.repo,
+                &r.job,
+                &m.id,
+                dump,
+                &dump_file,
+                Some(progress.clone()),
+            )
+            .await
+            .map(|_| ())
+        }
+    };
+    cancellable(&req.cancel, "fetching the backup", fetch).await?;
     report.bytes_fetched = dump.stored_bytes
         + m.artifact("pg_globals_sql")
             .map(|g| g.stored_bytes)
@@ -163,16 +167,17 @@ pub async fn run(
     }
 
     progress.set_phase("restore", dump.raw_bytes);
-    let restored = pg_restore(
+    let into_target = dest.with_database(&into);
+    let restore = pg_restore(
         &tools,
-        &dest.with_database(&into),
+        &into_target,
         req.jobs.max(1),
         if streamed { None } else { Some(&dump_file) },
         r,
         dump,
         &progress,
-    )
-    .await;
+    );
+    let restored = cancellable(&req.cancel, &format!("restore into {into}"), restore).await;
     if let Err(e) = restored {
         if created_db {
             let _ = sqlx::query(&format!(

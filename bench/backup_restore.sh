@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Backup and restore benchmark against the baselines an operator would use.
+#
+#   bench/backup_restore.sh [SIZE_GB]      (default 1.2; needs ~4x that free in /tmp)
+#
+# Builds a database of realistic, poorly compressible rows (uuids, random
+# hex, numerics, timestamps, jsonb, random bytea; two indexes), then prints
+# wall times and ratios, in one run:
+#   backup : drctl run           vs pg_dump -Fc -Z0 > /dev/null, pg_dump -Fc, pg_dump | gzip
+#   restore: drctl restore -j2   vs pg_restore -j2 (local -Fc file), gunzip | psql
+#   memory : drctl peak RSS on the full database and on a quarter of it
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_GB=${1:-1.2}
+bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+export PATH="$bindir:$PATH"
+cargo build --release --quiet
+drctl="$PWD/target/release/drctl"
+rss="python3 $PWD/bench/peak_rss.py"
+
+tmp=$(mktemp -d /tmp/drctl-bench.XXXXXX); chmod 777 "$tmp"
+run_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+run_pg initdb -D "$tmp/data" -U postgres --auth=trust >/dev/null
+run_pg pg_ctl start -w -D "$tmp/data" -l "$tmp/log" -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$tmp -c shared_buffers=512MB -c maintenance_work_mem=256MB -c max_wal_size=4GB -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null
+trap 'run_pg pg_ctl stop -m fast -D "$tmp/data" >/dev/null; rm -rf "$tmp"' EXIT
+base="postgres://postgres@127.0.0.1:$port"
+q() { psql -X -q -At -d "$base/$1" -c "$2"; }
+
+make_db() { # name rows
+  q postgres "CREATE DATABASE $1"
+  q "$1" "CREATE TABLE payment (
+      id bigserial PRIMARY KEY, order_ref uuid NOT NULL, customer text NOT NULL,
+      amount numeric(12,2) NOT NULL, currency char(3) NOT NULL, status text NOT NULL,
+      created_at timestamptz NOT NULL, card_token text NOT NULL, meta jsonb NOT NULL, signature bytea NOT NULL)"
+  q "$1" "INSERT INTO payment (order_ref, customer, amount, currency, status, created_at, card_token, meta, signature)
+      SELECT gen_random_uuid(), 'cust-' || (random()*1e7)::int, round((random()*5000)::numeric, 2),
+             (ARRAY['EUR','USD','GBP'])[1 + (random()*2)::int], (ARRAY['paid','failed','refunded','pending'])[1 + (random()*3)::int],
+             now() - random() * interval '365 days', md5(random()::text) || md5(random()::text),
+             jsonb_build_object('ip', format('%s.%s.%s.%s', (random()*255)::int, (random()*255)::int, (random()*255)::int, (random()*255)::int),
+                                'ua', md5(random()::text), 'risk', random()),
+             decode(md5(random()::text) || md5(random()::text) || md5(random()::text), 'hex')
+      FROM generate_series(1, $2)"
+  q "$1" "CREATE INDEX ON payment (created_at); VACUUM ANALYZE payment"
+}
+
+rows=$(python3 -c "print(int($SIZE_GB * 1024**3 / 330))")
+echo "building databases ($rows rows, about ${SIZE_GB} GB) ..."
+make_db bench "$rows"
+make_db bench_small "$((rows / 4))"
+size=$(q postgres "SELECT pg_size_pretty(pg_database_size('bench'))")
+size_small=$(q postgres "SELECT pg_size_pretty(pg_database_size('bench_small'))")
+echo "database: $size (quarter: $size_small); cores: $(nproc)"
+
+cat > "$tmp/drctl.toml" <<TOML
+state_dir = "$tmp/state"
+[repositories.local]
+type = "local"
+path = "$tmp/repo"
+[jobs.bench]
+type = "postgres"
+url = "$base/bench"
+repository = "local"
+[jobs.small]
+type = "postgres"
+url = "$base/bench_small"
+repository = "local"
+TOML
+
+t() { local s=$(date +%s.%N); "$@"; python3 -c "print(f'{$(date +%s.%N) - $s:.2f}')"; }
+export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres
+echo "backup ..."
+raw=$(t sh -c "pg_dump -Fc -Z0 -d bench > /dev/null")
+fc=$(t sh -c "pg_dump -Fc -d bench > $tmp/bench.dump")
+gz=$(t sh -c "pg_dump -d bench | gzip > $tmp/bench.sql.gz")
+read -r drb drb_rss < <($rss "$drctl" -c "$tmp/drctl.toml" run bench)
+read -r _ small_rss < <($rss "$drctl" -c "$tmp/drctl.toml" run small)
+stored=$(du -sb "$tmp/repo/bench" | cut -f1)
+echo "restore ..."
+q postgres "CREATE DATABASE r_pg TEMPLATE template0"
+pgr=$(t pg_restore -j2 -d r_pg "$tmp/bench.dump"); q postgres "DROP DATABASE r_pg"
+q postgres "CREATE DATABASE r_psql TEMPLATE template0"
+gzr=$(t sh -c "gunzip -c $tmp/bench.sql.gz | psql -X -q -d $base/r_psql > /dev/null"); q postgres "DROP DATABASE r_psql"
+read -r drr drr_rss < <($rss "$drctl" -c "$tmp/drctl.toml" restore --latest --job bench --jobs 2 --to "$base/r_drctl")
+
+ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
+mib() { python3 -c "print(f'{$1/1024:.1f} MiB')"; }
+echo
+echo "| backup of $size | seconds | drctl vs this |"
+echo "| --- | --- | --- |"
+echo "| pg_dump -Fc -Z0 > /dev/null | $raw | $(ratio $drb $raw) (target <= 1.40x) |"
+echo "| pg_dump -Fc (gzip level 6 inside pg_dump) | $fc | $(ratio $drb $fc) |"
+echo "| pg_dump \| gzip | $gz | $(ratio $drb $gz) |"
+echo "| drctl run (zstd, multithreaded, sha256, row counts) | $drb | |"
+echo
+echo "| restore | seconds | drctl vs this |"
+echo "| --- | --- | --- |"
+echo "| pg_restore -j2 from local pg_dump -Fc file | $pgr | $(ratio $drr $pgr) (target <= 1.15x) |"
+echo "| gunzip -c \| psql | $gzr | $(ratio $drr $gzr) |"
+echo "| drctl restore --latest --jobs 2 (fetch, verify, decompress, restore) | $drr | |"
+echo
+echo "stored: drctl $(numfmt --to=iec $stored), pg_dump -Fc $(numfmt --to=iec $(stat -c %s $tmp/bench.dump)), pg_dump|gzip $(numfmt --to=iec $(stat -c %s $tmp/bench.sql.gz))"
+echo "drctl peak RSS: backup $(mib $drb_rss) ($size), backup $(mib $small_rss) ($size_small), restore $(mib $drr_rss) (target <= 64 MiB, flat)"

@@ -41,7 +41,8 @@ make_db() { # name rows
                                 'ua', md5(random()::text), 'risk', random()),
              decode(md5(random()::text) || md5(random()::text) || md5(random()::text), 'hex')
       FROM generate_series(1, $2)"
-  q "$1" "CREATE INDEX ON payment (created_at); VACUUM ANALYZE payment"
+  q "$1" "CREATE INDEX ON payment (created_at)"
+  q "$1" "VACUUM ANALYZE payment"
 }
 
 rows=$(python3 -c "print(int($SIZE_GB * 1024**3 / 330))")

@@ -665,3 +665,57 @@ fn environment_overrides_apply_and_bad_ones_are_named() {
         r.stderr
     );
 }
+
+#[tokio::test]
+async fn an_s3_store_dying_mid_upload_fails_the_run_with_the_stores_error() {
+    let pg = pg();
+    let db = pg.create_db("s3cut");
+    pg.psql(&db, "CREATE TABLE blob AS SELECT i, decode(string_agg(md5(i::text || '-' || j::text), ''), 'hex') AS b FROM generate_series(1, 1500) i, generate_series(1, 512) j GROUP BY i");
+    let bucket = s3().create_bucket().await;
+    let upstream = s3().endpoint.trim_start_matches("http://").to_owned();
+    let port = cutting_proxy(upstream, 7 * 1024 * 1024);
+    let body = |endpoint: &str| {
+        format!(
+            "[repositories.offsite]\ntype = \"s3\"\nbucket = \"{bucket}\"\nendpoint = \"{endpoint}\"\npath_style = true\npart_size = \"5MiB\"\nupload_concurrency = 1\n[jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"offsite\"\ncompression = \"none\"\n"
+        )
+    };
+    let mut w = World::new(&body(&format!("http://127.0.0.1:{port}")));
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    let r = w.drctl(&["run", "appdb"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    let last = r.stderr.lines().last().unwrap_or("");
+    assert!(
+        last.contains("repository offsite") && last.contains("database.dump"),
+        "the store's failure is the reported cause: {last}"
+    );
+    let runs = w.state().await.runs(Some("appdb"), 5).await.unwrap();
+    assert_eq!(runs[0].status, "failed");
+
+    // Seen directly, the bucket holds no backup and no complete dump object.
+    let direct = World::new(&body(&s3().endpoint));
+    assert!(
+        direct
+            .drctl(&["backups", "appdb", "--json"])
+            .ok()
+            .stdout
+            .trim()
+            == "[]"
+    );
+    let objects = s3()
+        .client()
+        .await
+        .list_objects_v2()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        objects
+            .contents()
+            .iter()
+            .all(|o| !o.key().unwrap_or("").ends_with("database.dump")
+                && !o.key().unwrap_or("").ends_with("manifest.json")),
+        "{:?}",
+        objects.contents()
+    );
+}

@@ -100,10 +100,10 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
         count_rows(&mut tx, job.count_rows_max_table_size.as_u64() as i64),
     );
     // pg_dump's own verdict (with its stderr) explains a failed upload best.
-    waiter
+    let dumped = waiter
         .await
-        .map_err(|e| Error::Other(format!("pg_dump waiter: {e}")))??;
-    let dump = stored?;
+        .map_err(|e| Error::Other(format!("pg_dump waiter: {e}")))?;
+    let dump = first_cause(stored, dumped)?;
     let tables = counts?;
     tx.commit()
         .await
@@ -128,6 +128,30 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
         artifacts,
         tables,
     })
+}
+
+/// Of an upload and the tool that fed it, report what went wrong first.
+/// When the tool failed, the upload fails with it (its stream is guarded),
+/// and the tool's stderr is the explanation. When the upload failed first
+/// (S3 down, disk full), the tool then dies of a broken pipe: a consequence,
+/// so the upload's error is the one to show.
+fn first_cause<T>(stored: Result<T>, tool: Result<String>) -> Result<T> {
+    match (stored, tool) {
+        (Ok(v), Ok(_)) => Ok(v),
+        (Ok(_), Err(t)) => Err(t),
+        (Err(s), Ok(_)) => Err(s),
+        (Err(s), Err(t)) => {
+            let tool_name = match &t {
+                Error::Tool { tool, .. } => tool.clone(),
+                _ => String::new(),
+            };
+            if !tool_name.is_empty() && s.to_string().contains(&format!("{tool_name} failed (")) {
+                Err(t)
+            } else {
+                Err(s)
+            }
+        }
+    }
 }
 
 /// `pg_dumpall --globals-only`, falling back to `--no-role-passwords` when
@@ -165,10 +189,13 @@ async fn dump_globals(
                 false,
             )
             .await;
-        match waiter
+        let dumped = waiter
             .await
-            .map_err(|e| Error::Other(format!("pg_dumpall waiter: {e}")))?
-        {
+            .map_err(|e| Error::Other(format!("pg_dumpall waiter: {e}")))?;
+        if stored.is_err() {
+            return first_cause(stored, dumped).map(|a| (a, mode.into()));
+        }
+        match dumped {
             Ok(_) => return Ok((stored?, mode.into())),
             Err(Error::Tool { stderr, .. })
                 if mode == "full" && stderr.contains("permission denied") =>

@@ -471,3 +471,63 @@ pub fn tool_wrappers(scripts: &[(&str, &str)]) -> PathBuf {
     }
     dir
 }
+
+/// A TCP proxy to `target` (host:port) on loopback that forwards until
+/// `budget` bytes have gone upstream in total, then cuts every connection
+/// and drops new ones at once: an S3 endpoint that dies mid-upload.
+pub fn cutting_proxy(target: String, budget: u64) -> u16 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap().port()).unwrap();
+            let sent = Arc::new(AtomicU64::new(0));
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if sent.load(Ordering::SeqCst) >= budget {
+                    drop(client);
+                    continue;
+                }
+                let sent = sent.clone();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(upstream) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut ur, mut uw) = upstream.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = cr.read(&mut buf).await.unwrap_or(0);
+                            if n == 0
+                                || sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64 > budget
+                            {
+                                return;
+                            }
+                            if uw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    let down = tokio::io::copy(&mut ur, &mut cw);
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                    }
+                });
+            }
+        });
+    });
+    rx.recv().unwrap()
+}

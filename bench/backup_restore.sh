@@ -62,6 +62,11 @@ path = "$tmp/repo"
 type = "postgres"
 url = "$base/bench"
 repository = "local"
+[jobs.nocount]
+type = "postgres"
+url = "$base/bench"
+repository = "local"
+count_rows_max_table_size = "0B"
 [jobs.small]
 type = "postgres"
 url = "$base/bench_small"
@@ -74,7 +79,10 @@ echo "backup ..."
 raw=$(t sh -c "pg_dump -Fc -Z0 -d bench > /dev/null")
 fc=$(t sh -c "pg_dump -Fc -d bench > $tmp/bench.dump")
 gz=$(t sh -c "pg_dump -d bench | gzip > $tmp/bench.sql.gz")
+zp=$(t sh -c "pg_dump -Fc -Z0 -d bench | zstd -q -1 -T1 > $tmp/bench.dump.zst")
+rm -f "$tmp/bench.dump.zst"
 read -r drb drb_rss < <($rss "$drctl" -c "$tmp/drctl.toml" run bench)
+read -r drnc _ < <($rss "$drctl" -c "$tmp/drctl.toml" run nocount)
 read -r _ small_rss < <($rss "$drctl" -c "$tmp/drctl.toml" run small)
 stored=$(du -sb "$tmp/repo/bench" | cut -f1)
 echo "restore ..."
@@ -92,7 +100,9 @@ echo "| --- | --- | --- |"
 echo "| pg_dump -Fc -Z0 > /dev/null | $raw | $(ratio $drb $raw) (target <= 1.40x) |"
 echo "| pg_dump -Fc (gzip level 6 inside pg_dump) | $fc | $(ratio $drb $fc) |"
 echo "| pg_dump \| gzip | $gz | $(ratio $drb $gz) |"
-echo "| drctl run (zstd, multithreaded, sha256, row counts) | $drb | |"
+echo "| pg_dump -Fc -Z0 \| zstd -1 > file (same codec, no checks) | $zp | $(ratio $drb $zp) |"
+echo "| drctl run, row counts off (count_rows_max_table_size = 0) | $drnc | $(ratio $drnc $raw) vs raw |"
+echo "| drctl run (zstd -1, sha256, fsync, row counts in the snapshot) | $drb | |"
 echo
 echo "| restore | seconds | drctl vs this |"
 echo "| --- | --- | --- |"

@@ -53,10 +53,10 @@ pub struct PostgresJob {
     pub repository: String,
     #[serde(default)]
     pub compression: Compression,
-    /// zstd 1..=19 (default 3), gzip 1..=9 (default 6).
+    /// zstd 1..=19 (default 1), gzip 1..=9 (default 6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression_level: Option<i32>,
-    /// zstd worker threads (default: all cores, at most 4).
+    /// zstd worker threads (default: half the cores, 1 to 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression_threads: Option<u32>,
     /// Directory holding `pg_dump`, `pg_dumpall`, `pg_restore`, `psql`

@@ -39,11 +39,12 @@ pub struct Packing {
 }
 
 impl Packing {
+    /// Half the cores (pg_dump and the server need the rest), 1 to 4.
     pub fn default_threads() -> u32 {
-        std::thread::available_parallelism()
+        let cores = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
-            .unwrap_or(1)
-            .min(4)
+            .unwrap_or(1);
+        (cores / 2).clamp(1, 4)
     }
 }
 

@@ -217,6 +217,12 @@ async fn dump_globals(
 /// Exact row counts in the exporting transaction's snapshot. Tables above
 /// `max_bytes` are listed without a count rather than scanned.
 async fn count_rows(conn: &mut sqlx::PgConnection, max_bytes: i64) -> Result<Vec<TableCount>> {
+    // Counting competes with pg_dump for the same cores; parallel workers
+    // would only add contention (and their start-up) to a scan we overlap anyway.
+    sqlx::query("SET LOCAL max_parallel_workers_per_gather = 0")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| Error::pg("preparing row counts", e))?;
     let tables = sqlx::query(
         "SELECT n.nspname AS schema, c.relname AS name, pg_total_relation_size(c.oid) AS bytes
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use crate::secret::Secret;
 use sqlx::postgres::PgConnectOptions;
+use sqlx::ConnectOptions;
 use std::io::Write;
 
 #[derive(Debug, Clone)]
@@ -98,7 +99,9 @@ impl PgTarget {
             .port(self.port)
             .username(&self.user)
             .database(&self.database)
-            .application_name("drctl");
+            .application_name("drctl")
+            // Counting rows of a large table is slow by design; not a warning.
+            .log_slow_statements(log::LevelFilter::Debug, std::time::Duration::from_secs(60));
         if let Some(p) = &self.password {
             o = o.password(p.expose());
         }
@@ -116,7 +119,6 @@ impl PgTarget {
     }
 
     pub async fn connect(&self) -> Result<sqlx::PgConnection> {
-        use sqlx::ConnectOptions;
         self.connect_options()
             .connect()
             .await

@@ -6,14 +6,18 @@
 
 pub mod backup;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod ids;
 pub mod jobs;
+pub mod lock;
 pub mod manifest;
 pub mod pg;
 pub mod progress;
 pub mod repository;
 pub mod restore;
+pub mod runner;
+pub mod schedule;
 pub mod secret;
 pub mod state;
 pub mod stream;

@@ -71,15 +71,31 @@ impl State {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(30));
+        // Several processes (daemon, `drctl status`, `drctl run`) may open the
+        // file at once, and sqlx does not lock SQLite migrations: serialise
+        // creation and migration with a lock file.
+        let lock_path = state_dir.join("state.db.open-lock");
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| err(format!("opening {}: {e}", lock_path.display())))?;
+        let guard = tokio::task::spawn_blocking(move || {
+            nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+                .map_err(|(_, e)| e)
+        })
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .map_err(|e| err(format!("locking {}: {e}", lock_path.display())))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts)
             .await
             .map_err(|e| err(e.to_string()))?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|e| err(format!("migrating: {e}")))?;
+        let migrated = MIGRATOR.run(&pool).await;
+        drop(guard);
+        migrated.map_err(|e| err(format!("migrating: {e}")))?;
         Ok(State { pool, path })
     }
 
@@ -149,6 +165,60 @@ impl State {
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// A tick that did not run (overlap, lock held elsewhere).
+    pub async fn record_skipped(
+        &self,
+        job: &str,
+        kind: &str,
+        trigger: &str,
+        reason: &str,
+    ) -> Result<()> {
+        let now = Utc::now().to_rfc3339();
+        sqlx::query(
+            "INSERT INTO runs (job, kind, host, trigger, started_at, finished_at, status, error) VALUES (?, ?, ?, ?, ?, ?, 'skipped', ?)",
+        )
+        .bind(job)
+        .bind(kind)
+        .bind(crate::backup::host_name())
+        .bind(trigger)
+        .bind(&now)
+        .bind(&now)
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Runs of `job` on this host still marked running: a process that
+    /// died without recording its end. The caller holds the job's lock.
+    pub async fn close_stale_runs(&self, job: &str) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE runs SET status = 'interrupted', finished_at = ?, error = 'the process ended without recording this run (crash, kill -9 or power loss)'
+             WHERE job = ? AND host = ? AND status = 'running'",
+        )
+        .bind(Utc::now().to_rfc3339())
+        .bind(job)
+        .bind(crate::backup::host_name())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(r.rows_affected())
+    }
+
+    /// When `job` last succeeded on this host, if ever.
+    pub async fn last_success(&self, job: &str) -> Result<Option<DateTime<Utc>>> {
+        let v: Option<String> = sqlx::query_scalar(
+            "SELECT max(finished_at) FROM runs WHERE job = ? AND status = 'succeeded'",
+        )
+        .bind(job)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(v.and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc)))
     }
 
     /// Most recent runs first; `job` filters.

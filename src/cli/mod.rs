@@ -6,6 +6,7 @@ mod config_cmd;
 mod progress;
 mod restore;
 mod run;
+mod status;
 
 use clap::{Parser, Subcommand};
 use drctl::config::LoadedConfig;
@@ -35,6 +36,12 @@ enum Command {
     Backups(backups::Args),
     /// Restore a backup (latest or by id)
     Restore(restore::Args),
+    /// Run every scheduled job on its schedule (under systemd: Type=notify)
+    Daemon,
+    /// Jobs with their schedule, last run, outcome and next run (from local state)
+    Status(status::StatusArgs),
+    /// A job's recent runs, with errors
+    Logs(status::LogsArgs),
     /// Inspect the configuration
     Config {
         #[command(subcommand)]
@@ -58,7 +65,11 @@ pub fn main() -> ExitCode {
     match rt.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = e.downcast_ref::<Error>().map(Error::exit_code).unwrap_or(1);
+            let code = if e.downcast_ref::<run::Skipped>().is_some() {
+                6
+            } else {
+                e.downcast_ref::<Error>().map(Error::exit_code).unwrap_or(1)
+            };
             let mut text = format!("{e}");
             for cause in e.chain().skip(1) {
                 text.push_str(&format!(": {cause}"));
@@ -75,6 +86,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Run(a) => run::exec(&load()?, a).await,
         Command::Backups(a) => backups::exec(&load()?, a).await,
         Command::Restore(a) => restore::exec(&load()?, a).await,
+        Command::Daemon => Ok(drctl::daemon::run(cli.config.clone()).await?),
+        Command::Status(a) => status::status(&load()?, a).await,
+        Command::Logs(a) => status::logs(&load()?, a).await,
         Command::Config { command } => config_cmd::exec(cli.config.as_deref(), command),
     }
 }

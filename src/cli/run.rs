@@ -3,7 +3,13 @@
 use super::progress::Bar;
 use drctl::config::LoadedConfig;
 use drctl::progress::Progress;
+use drctl::runner::Outcome;
 use drctl::state::State;
+
+/// `drctl run` found the job already running (exit code 6).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Skipped(pub String);
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,7 +24,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     let state = State::open(&cfg.config.state_dir).await?;
     let progress = Progress::new();
     let bar = Bar::start(progress.clone());
-    let result = drctl::backup::run(
+    let result = drctl::runner::run_job(
         cfg,
         &state,
         &a.job,
@@ -28,7 +34,10 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     )
     .await;
     bar.finish();
-    let m = result?;
+    let m = match result? {
+        Outcome::Committed(m) => m,
+        Outcome::Skipped(reason) => return Err(Skipped(reason).into()),
+    };
     if a.json {
         println!("{}", String::from_utf8_lossy(&m.to_json()).trim_end());
     } else {

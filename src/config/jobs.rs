@@ -3,6 +3,7 @@
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -50,6 +51,26 @@ pub struct PostgresJob {
     pub url_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// IANA time zone the schedule is read in (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Random delay up to this long before each scheduled run (spreads a fleet).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub jitter: Option<Duration>,
+    /// Further attempts after a failed run, with exponential backoff.
+    #[serde(default)]
+    pub retries: u32,
+    /// First retry delay; doubles per attempt, at most 1h.
+    #[serde(default = "default_retry_delay", with = "humantime_serde")]
+    pub retry_delay: Duration,
+    /// Run once at daemon start when the last success predates the previous
+    /// scheduled time (default: true for backups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<bool>,
     pub repository: String,
     #[serde(default)]
     pub compression: Compression,
@@ -70,11 +91,21 @@ pub struct PostgresJob {
     /// Also dump roles and tablespaces (`pg_dumpall --globals-only`).
     #[serde(default = "yes")]
     pub globals: bool,
+    /// How long the daemon waits for this database at start before
+    /// declaring it unreachable (R3's "wait up to 60 s for the database").
+    #[serde(default = "default_startup_wait", with = "humantime_serde")]
+    pub startup_wait: Duration,
     /// Database used for CREATE/ALTER DATABASE during restores.
     #[serde(default = "default_maintenance_db")]
     pub maintenance_db: String,
 }
 
+fn default_retry_delay() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_startup_wait() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_count_rows_max() -> ByteSize {
     ByteSize::gib(4)
 }
@@ -114,11 +145,42 @@ pub struct FilesJob {
     pub paths: Vec<PathEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// IANA time zone the schedule is read in (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Random delay up to this long before each scheduled run (spreads a fleet).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub jitter: Option<Duration>,
+    /// Further attempts after a failed run, with exponential backoff.
+    #[serde(default)]
+    pub retries: u32,
+    /// First retry delay; doubles per attempt, at most 1h.
+    #[serde(default = "default_retry_delay", with = "humantime_serde")]
+    pub retry_delay: Duration,
+    /// Run once at daemon start when the last success predates the previous
+    /// scheduled time (default: true for backups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<bool>,
     pub repository: String,
     #[serde(default)]
     pub compression: Compression,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression_level: Option<i32>,
+}
+
+/// The scheduling settings every job kind shares.
+#[derive(Debug, Clone, Copy)]
+pub struct Scheduling<'a> {
+    pub schedule: Option<&'a str>,
+    pub timezone: Option<&'a str>,
+    pub jitter: Option<Duration>,
+    pub retries: u32,
+    pub retry_delay: Duration,
+    pub catch_up: bool,
 }
 
 impl JobConfig {
@@ -137,14 +199,37 @@ impl JobConfig {
         }
     }
 
-    pub fn schedule(&self) -> Option<&str> {
+    /// When and how the daemon runs this job.
+    pub fn scheduling(&self) -> Scheduling<'_> {
+        macro_rules! of {
+            ($j:expr, $backup:expr) => {
+                Scheduling {
+                    schedule: $j.schedule.as_deref(),
+                    timezone: $j.timezone.as_deref(),
+                    jitter: $j.jitter,
+                    retries: $j.retries,
+                    retry_delay: $j.retry_delay,
+                    catch_up: $j.catch_up.unwrap_or($backup),
+                }
+            };
+        }
         match self {
-            JobConfig::Postgres(j) => j.schedule.as_deref(),
-            JobConfig::Files(j) => j.schedule.as_deref(),
+            JobConfig::Postgres(j) => of!(j, true),
+            JobConfig::Files(j) => of!(j, true),
         }
     }
 
+    pub fn schedule(&self) -> Option<&str> {
+        self.scheduling().schedule
+    }
+
     pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
+        let s = self.scheduling();
+        if let Some(expr) = s.schedule {
+            crate::schedule::Schedule::parse(expr, s.timezone)?;
+        } else if s.timezone.is_some() {
+            crate::schedule::parse_timezone(s.timezone).map_err(|m| ("timezone", m))?;
+        }
         match self {
             JobConfig::Postgres(j) => {
                 let n = [j.url.is_some(), j.url_env.is_some(), j.url_file.is_some()]

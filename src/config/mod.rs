@@ -9,7 +9,7 @@ mod jobs;
 mod render;
 mod repositories;
 
-pub use jobs::{Compression, FilesJob, JobConfig, PathEntry, PostgresJob};
+pub use jobs::{Compression, FilesJob, JobConfig, PathEntry, PostgresJob, Scheduling};
 pub use render::render_masked;
 pub use repositories::{LocalRepository, RepositoryConfig, S3Repository};
 
@@ -42,7 +42,13 @@ repository = "local"
 
 /// Top-level keys that `DRCTL_...` variables may override. Other `DRCTL_`
 /// variables (`DRCTL_CONFIG`, `DRCTL_LOG`, test settings) are not config.
-const ENV_KEYS: &[&str] = &["state_dir", "schedules_dir", "repositories", "jobs"];
+const ENV_KEYS: &[&str] = &[
+    "state_dir",
+    "schedules_dir",
+    "repositories",
+    "jobs",
+    "daemon",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +63,30 @@ pub struct Config {
     pub repositories: BTreeMap<String, RepositoryConfig>,
     #[serde(default)]
     pub jobs: BTreeMap<String, JobConfig>,
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+}
+
+/// `[daemon]`: how the scheduler starts and stops.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// On SIGTERM, how long running jobs may take before they are cancelled.
+    /// Keep systemd's `TimeoutStopSec` above it.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub grace_period: std::time::Duration,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            grace_period: default_grace(),
+        }
+    }
+}
+
+fn default_grace() -> std::time::Duration {
+    std::time::Duration::from_secs(90)
 }
 
 fn default_state_dir() -> PathBuf {
@@ -106,6 +136,7 @@ impl LoadedConfig {
                 schedules_dir: None,
                 repositories: BTreeMap::new(),
                 jobs: BTreeMap::new(),
+                daemon: DaemonConfig::default(),
             },
             files,
             figment: main,

@@ -1,0 +1,120 @@
+//! `drctl status` and `drctl logs JOB`: read local state, so they answer
+//! whether or not the daemon runs.
+
+use drctl::config::LoadedConfig;
+use drctl::schedule::Schedule;
+use drctl::state::{RunRecord, State};
+use serde::Serialize;
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct LogsArgs {
+    job: String,
+    /// How many runs
+    #[arg(short = 'n', default_value_t = 20)]
+    n: i64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct JobStatus {
+    job: String,
+    kind: String,
+    schedule: Option<String>,
+    timezone: String,
+    last_run: Option<RunRecord>,
+    last_success: Option<String>,
+    next_run: Option<String>,
+}
+
+fn duration(r: &RunRecord) -> String {
+    let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
+    match (
+        parse(&r.started_at),
+        r.finished_at.as_deref().and_then(parse),
+    ) {
+        (Some(a), Some(b)) => format!("{:.1}s", (b - a).num_milliseconds() as f64 / 1000.0),
+        _ => "-".into(),
+    }
+}
+
+pub async fn status(cfg: &LoadedConfig, a: StatusArgs) -> anyhow::Result<()> {
+    let state = State::open(&cfg.config.state_dir).await?;
+    let now = chrono::Utc::now();
+    let mut rows = Vec::new();
+    for (name, job) in &cfg.config.jobs {
+        let s = job.scheduling();
+        let parsed = s.schedule.and_then(|e| Schedule::parse(e, s.timezone).ok());
+        rows.push(JobStatus {
+            job: name.clone(),
+            kind: job.kind().into(),
+            schedule: s.schedule.map(String::from),
+            timezone: s.timezone.unwrap_or("UTC").into(),
+            last_run: state.runs(Some(name), 1).await?.into_iter().next(),
+            last_success: state.last_success(name).await?.map(|t| t.to_rfc3339()),
+            next_run: parsed
+                .and_then(|p| p.next_after(now))
+                .map(|t| t.to_rfc3339()),
+        });
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<14} {:<9} {:<16} {:<26} {:<12} {:>8} {:<26}",
+        "JOB", "KIND", "SCHEDULE", "LAST RUN", "OUTCOME", "DURATION", "NEXT RUN"
+    );
+    for r in rows {
+        let (last, outcome, dur) = match &r.last_run {
+            Some(run) => (run.started_at.clone(), run.status.clone(), duration(run)),
+            None => ("never".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "{:<14} {:<9} {:<16} {:<26} {:<12} {:>8} {:<26}",
+            r.job,
+            r.kind,
+            r.schedule.as_deref().unwrap_or("-"),
+            last,
+            outcome,
+            dur,
+            r.next_run.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+pub async fn logs(cfg: &LoadedConfig, a: LogsArgs) -> anyhow::Result<()> {
+    cfg.job(&a.job)?;
+    let state = State::open(&cfg.config.state_dir).await?;
+    let runs = state.runs(Some(&a.job), a.n).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&runs)?);
+        return Ok(());
+    }
+    if runs.is_empty() {
+        println!("no runs of {} recorded on this host", a.job);
+    }
+    for r in runs.iter().rev() {
+        println!(
+            "{} {:<11} {:>8} {:<9} {}",
+            r.started_at,
+            r.status,
+            duration(r),
+            r.trigger,
+            r.backup_id.as_deref().unwrap_or("")
+        );
+        if let Some(e) = &r.error {
+            for line in e.lines() {
+                println!("    {line}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,344 @@
+//! `drctl daemon`: runs every scheduled job on its cron schedule.
+//!
+//! Life cycle: load config → close stale runs → register jobs with
+//! tokio-cron-scheduler → catch up missed runs (after waiting for each
+//! database, each job on its own) → READY → serve signals:
+//! SIGHUP reloads a validated config (an invalid one is logged and the old
+//! one stays), SIGTERM/SIGINT stop new runs, wait up to `grace_period` for
+//! running ones, then cancel them (children killed, runs recorded as
+//! interrupted, no manifest).
+//!
+//! A tick that finds its job still running records a skip; the host lock
+//! (`lock.rs`) keeps `drctl run` and the daemon apart.
+
+mod notify;
+
+use crate::config::LoadedConfig;
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::runner::{run_job, Outcome};
+use crate::schedule::Schedule;
+use crate::state::State;
+use chrono::Utc;
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use uuid::Uuid;
+
+/// Shared by the scheduler's callbacks and the signal loop.
+struct Daemon {
+    config: RwLock<Arc<LoadedConfig>>,
+    state: State,
+    running: Mutex<HashSet<String>>,
+    /// Set once shutdown starts: no new runs.
+    stopping: CancellationToken,
+    /// Cancelled when the grace period is over: running jobs stop.
+    hard_stop: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Daemon {
+    fn config(&self) -> Arc<LoadedConfig> {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// A tick: start the job unless it is running or we are stopping.
+    async fn tick(self: &Arc<Self>, name: String, trigger: &'static str) {
+        if self.stopping.is_cancelled() {
+            return;
+        }
+        let cfg = self.config();
+        let Ok((_, job)) = cfg.job(&name) else { return };
+        let kind = job.kind();
+        let inserted = self
+            .running
+            .lock()
+            .map(|mut r| r.insert(name.clone()))
+            .unwrap_or(false);
+        if !inserted {
+            let reason = "skipped: the previous run is still going";
+            tracing::warn!(job = %name, "{reason}");
+            if let Err(e) = self
+                .state
+                .record_skipped(&name, kind, trigger, reason)
+                .await
+            {
+                tracing::error!(error = %e, "cannot record a skipped run");
+            }
+            return;
+        }
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            me.run_with_retries(&name, trigger).await;
+            if let Ok(mut r) = me.running.lock() {
+                r.remove(&name);
+            }
+        });
+    }
+
+    async fn run_with_retries(&self, name: &str, trigger: &'static str) {
+        let cfg = self.config();
+        let Ok((_, job)) = cfg.job(name) else { return };
+        let sched = job.scheduling();
+        if let (Some(j), "schedule") = (sched.jitter, trigger) {
+            let delay = Duration::from_millis(rand::random_range(0..=j.as_millis().max(1) as u64));
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.stopping.cancelled() => return,
+            }
+        }
+        let mut delay = sched.retry_delay;
+        for attempt in 0..=sched.retries {
+            let result = run_job(
+                &cfg,
+                &self.state,
+                name,
+                trigger,
+                Progress::new(),
+                self.hard_stop.child_token(),
+            )
+            .await;
+            match result {
+                Ok(Outcome::Committed(m)) => {
+                    tracing::info!(job = name, backup = %m.id, "scheduled run succeeded");
+                    return;
+                }
+                Ok(Outcome::Skipped(_)) => return,
+                Err(Error::Interrupted(_)) => return,
+                Err(e) if attempt < sched.retries => {
+                    tracing::warn!(job = name, attempt = attempt + 1, retry_in = ?delay, error = %crate::secret::redact(&e.to_string()), "run failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.stopping.cancelled() => return,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(3600));
+                }
+                Err(e) => {
+                    tracing::error!(job = name, error = %crate::secret::redact(&e.to_string()), "run failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// "3 jobs, next: appdb at 02:00:00 UTC"
+    fn status_line(&self) -> String {
+        let cfg = self.config();
+        let now = Utc::now();
+        let next = scheduled(&cfg)
+            .into_iter()
+            .filter_map(|(name, s)| s.next_after(now).map(|t| (t, name)))
+            .min();
+        let n = cfg.config.jobs.len();
+        match next {
+            Some((t, name)) => format!(
+                "{n} jobs, next: {name} at {}",
+                t.format("%Y-%m-%d %H:%M:%S UTC")
+            ),
+            None => format!("{n} jobs, none scheduled"),
+        }
+    }
+}
+
+/// Jobs with a schedule, parsed.
+fn scheduled(cfg: &LoadedConfig) -> BTreeMap<String, Schedule> {
+    cfg.config
+        .jobs
+        .iter()
+        .filter_map(|(name, job)| {
+            let s = job.scheduling();
+            let expr = s.schedule?;
+            Schedule::parse(expr, s.timezone)
+                .ok()
+                .map(|p| (name.clone(), p))
+        })
+        .collect()
+}
+
+async fn register(sched: &JobScheduler, d: &Arc<Daemon>, cfg: &LoadedConfig) -> Result<Vec<Uuid>> {
+    let mut ids = Vec::new();
+    for (name, s) in scheduled(cfg) {
+        let daemon = d.clone();
+        let job_name = name.clone();
+        let job = Job::new_async_tz(s.expr.as_str(), s.tz, move |_id, _lock| {
+            let daemon = daemon.clone();
+            let name = job_name.clone();
+            Box::pin(async move { daemon.tick(name, "schedule").await })
+        })
+        .map_err(|e| Error::Other(format!("scheduling job {name}: {e}")))?;
+        ids.push(
+            sched
+                .add(job)
+                .await
+                .map_err(|e| Error::Other(format!("scheduling job {name}: {e}")))?,
+        );
+    }
+    Ok(ids)
+}
+
+/// At start: for each job whose last success predates its previous
+/// scheduled time, wait for its database (up to `startup_wait`) and run it
+/// once now. Each job waits on its own; none blocks another.
+async fn catch_up(d: &Arc<Daemon>) {
+    let cfg = d.config();
+    let now = Utc::now();
+    for (name, s) in scheduled(&cfg) {
+        let Ok((job_name, job)) = cfg.job(&name) else {
+            continue;
+        };
+        if !job.scheduling().catch_up {
+            continue;
+        }
+        let mut last = d.state.last_success(&name).await.ok().flatten();
+        // The repository is the truth: a backup made elsewhere counts too.
+        if let Some(repo_name) = job.repository() {
+            if let Ok(rc) = cfg.repository(repo_name) {
+                if let Ok(repo) = crate::repository::Repository::open(repo_name, rc).await {
+                    if let Ok(latest) = repo.latest(&job_name).await {
+                        last = last.max(Some(latest.id.timestamp()));
+                    }
+                }
+            }
+        }
+        if !s.missed(last, now) {
+            continue;
+        }
+        tracing::info!(job = %name, last_success = ?last, "missed a scheduled run; catching up now");
+        let daemon = d.clone();
+        let wait = match job {
+            crate::config::JobConfig::Postgres(p) => Some((p.clone(), p.startup_wait)),
+            _ => None,
+        };
+        d.tasks.spawn(async move {
+            if let Some((p, limit)) = wait {
+                if !wait_for_database(&p, limit, &daemon.stopping).await {
+                    return;
+                }
+            }
+            daemon.tick(name, "catch_up").await;
+        });
+    }
+}
+
+/// Try to connect with backoff (0.5 s doubling to 8 s) until `limit`.
+async fn wait_for_database(
+    job: &crate::config::PostgresJob,
+    limit: Duration,
+    stop: &CancellationToken,
+) -> bool {
+    let Ok(target) = crate::jobs::postgres::target(job) else {
+        return true;
+    };
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match target.connect().await {
+            Ok(_) => return true,
+            Err(e) if tokio::time::Instant::now() + delay > deadline => {
+                tracing::error!(database = %target.display(), waited = ?limit, error = %e, "database unreachable; the job will run on its next tick");
+                return false;
+            }
+            Err(e) => {
+                tracing::info!(database = %target.display(), error = %e, "waiting for the database")
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => return false,
+        }
+        delay = (delay * 2).min(Duration::from_secs(8));
+    }
+}
+
+/// Run the daemon until SIGTERM/SIGINT.
+pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
+    let cfg = Arc::new(LoadedConfig::load(config_path.as_deref())?);
+    let state = State::open(&cfg.config.state_dir).await?;
+    let d = Arc::new(Daemon {
+        config: RwLock::new(cfg.clone()),
+        state,
+        running: Mutex::new(HashSet::new()),
+        stopping: CancellationToken::new(),
+        hard_stop: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    });
+    let sched_err =
+        |e: tokio_cron_scheduler::JobSchedulerError| Error::Other(format!("scheduler: {e}"));
+    let mut sched = JobScheduler::new().await.map_err(sched_err)?;
+    let mut ids = register(&sched, &d, &cfg).await?;
+    sched.start().await.map_err(sched_err)?;
+    catch_up(&d).await;
+
+    let io = |e| Error::io("installing signal handlers", e);
+    let mut term = signal(SignalKind::terminate()).map_err(io)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(io)?;
+    let status = d.status_line();
+    tracing::info!(%status, "daemon started");
+    notify::ready(&status);
+    let mut heartbeat =
+        tokio::time::interval(notify::watchdog_interval().unwrap_or(Duration::from_secs(30)));
+
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                notify::reloading();
+                match LoadedConfig::load(config_path.as_deref()) {
+                    Ok(new) => {
+                        for id in ids.drain(..) {
+                            let _ = sched.remove(&id).await;
+                        }
+                        let new = Arc::new(new);
+                        if let Ok(mut c) = d.config.write() {
+                            *c = new.clone();
+                        }
+                        ids = register(&sched, &d, &new).await?;
+                        tracing::info!(jobs = new.config.jobs.len(), "configuration reloaded");
+                    }
+                    Err(e) => tracing::error!(error = %e, "configuration reload failed; keeping the running configuration"),
+                }
+                notify::ready(&d.status_line());
+            }
+            _ = heartbeat.tick() => {
+                notify::watchdog();
+                notify::status(&d.status_line());
+            }
+        }
+    }
+
+    let grace = cfg.config.daemon.grace_period;
+    let running: Vec<String> = d
+        .running
+        .lock()
+        .map(|r| r.iter().cloned().collect())
+        .unwrap_or_default();
+    tracing::info!(
+        ?running,
+        ?grace,
+        "stopping: no new runs; waiting for running jobs"
+    );
+    notify::stopping(&format!(
+        "stopping, waiting for {} running job(s)",
+        running.len()
+    ));
+    d.stopping.cancel();
+    let _ = sched.shutdown().await;
+    d.tasks.close();
+    if tokio::time::timeout(grace, d.tasks.wait()).await.is_err() {
+        tracing::warn!(?grace, "grace period over; cancelling running jobs");
+        d.hard_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), d.tasks.wait()).await;
+    }
+    tracing::info!("daemon stopped");
+    Ok(())
+}

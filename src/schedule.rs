@@ -1,0 +1,137 @@
+//! Cron schedules: parsing (seconds optional), time zones, next and previous
+//! occurrences. The daemon fires jobs with tokio-cron-scheduler; this module
+//! answers "when is the next run" for `status` and "was a run missed" for
+//! catch-up, with the same parser (croner, day-of-month AND day-of-week).
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::parser::{CronParser, Seconds};
+use croner::Cron;
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    cron: Cron,
+    /// The expression with a seconds field, as the scheduler wants it.
+    pub expr: String,
+    pub tz: Tz,
+}
+
+/// An IANA zone name, default UTC.
+pub fn parse_timezone(tz: Option<&str>) -> Result<Tz, String> {
+    match tz {
+        None => Ok(Tz::UTC),
+        Some(name) => name
+            .parse::<Tz>()
+            .map_err(|_| format!("unknown time zone {name:?} (expected an IANA name like \"Europe/Berlin\" or \"UTC\")")),
+    }
+}
+
+impl Schedule {
+    /// `expr` has 5 fields (minute precision) or 6 (with seconds first).
+    pub fn parse(expr: &str, tz: Option<&str>) -> Result<Self, (&'static str, String)> {
+        let fields = expr.split_whitespace().count();
+        let expr6 = match fields {
+            5 => format!("0 {}", expr.trim()),
+            6 => expr.trim().to_owned(),
+            _ => {
+                return Err((
+                    "schedule",
+                    format!("expected a cron expression of 5 or 6 fields (\"0 0 2 * * *\" is 02:00 daily), got {expr:?}"),
+                ))
+            }
+        };
+        let cron = CronParser::builder()
+            .seconds(Seconds::Required)
+            .dom_and_dow(true)
+            .build()
+            .parse(&expr6)
+            .map_err(|e| ("schedule", format!("invalid cron expression {expr:?}: {e}")))?;
+        let tz = parse_timezone(tz).map_err(|m| ("timezone", m))?;
+        Ok(Schedule {
+            cron,
+            expr: expr6,
+            tz,
+        })
+    }
+
+    /// The first occurrence strictly after `t`.
+    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron
+            .find_next_occurrence(&t.with_timezone(&self.tz), false)
+            .ok()
+            .map(|d| d.with_timezone(&Utc))
+    }
+
+    /// The last occurrence at or before `t`.
+    pub fn previous_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.cron
+            .find_previous_occurrence(&t.with_timezone(&self.tz), true)
+            .ok()
+            .map(|d| d.with_timezone(&Utc))
+    }
+
+    /// A run was missed if the last success predates the previous occurrence.
+    pub fn missed(&self, last_success: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+        match (last_success, self.previous_at_or_before(now)) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(s), Some(prev)) => s < prev,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn five_and_six_fields_and_time_zones() {
+        let s = Schedule::parse("30 2 * * *", None).unwrap();
+        assert_eq!(s.expr, "0 30 2 * * *");
+        assert_eq!(
+            s.next_after(at("2026-11-22T03:00:00Z")),
+            Some(at("2026-11-23T02:30:00Z"))
+        );
+        // 02:00 in Berlin is 01:00 UTC in winter and 00:00 UTC in summer.
+        let b = Schedule::parse("0 0 2 * * *", Some("Europe/Berlin")).unwrap();
+        assert_eq!(
+            b.next_after(at("2026-11-22T12:00:00Z")),
+            Some(at("2026-11-23T01:00:00Z"))
+        );
+        assert_eq!(
+            b.next_after(at("2026-07-01T12:00:00Z")),
+            Some(at("2026-07-02T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn missed_runs_are_detected() {
+        let s = Schedule::parse("0 0 2 * * *", None).unwrap();
+        let now = at("2026-11-22T09:00:00Z");
+        assert!(s.missed(None, now));
+        assert!(s.missed(Some(at("2026-11-21T02:00:05Z")), now));
+        assert!(!s.missed(Some(at("2026-11-22T02:00:05Z")), now));
+    }
+
+    #[test]
+    fn bad_input_is_named() {
+        assert_eq!(
+            Schedule::parse("every day", None).unwrap_err().0,
+            "schedule"
+        );
+        assert_eq!(
+            Schedule::parse("0 0 25 * * *", None).unwrap_err().0,
+            "schedule"
+        );
+        assert_eq!(
+            Schedule::parse("0 0 2 * * *", Some("Mars/Olympus"))
+                .unwrap_err()
+                .0,
+            "timezone"
+        );
+    }
+}

@@ -1,0 +1,374 @@
+//! `drctl daemon` with real schedules, real signals and the real binary.
+
+mod common;
+
+use common::*;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+fn files_job(name: &str, schedule: &str, src: &std::path::Path) -> String {
+    format!(
+        "[jobs.{name}]\ntype = \"files\"\npaths = [\"{}\"]\nschedule = \"{schedule}\"\nrepository = \"local\"\n",
+        src.display()
+    )
+}
+
+fn local_repo() -> &'static str {
+    "[repositories.local]\ntype = \"local\"\npath = \"{dir}/repo\"\n"
+}
+
+struct Daemon {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(w: &World) -> Daemon {
+        let log = w.dir.join(format!("daemon-{}.log", unique("d")));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = w
+            .command(&["daemon"])
+            .stderr(Stdio::from(f))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Daemon { child, log }
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+    fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn status(w: &World) -> Vec<serde_json::Value> {
+    serde_json::from_str(&w.drctl(&["status", "--json"]).ok().stdout).unwrap()
+}
+
+fn runs(w: &World, job: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str(&w.drctl(&["logs", job, "-n", "1000", "--json"]).ok().stdout).unwrap()
+}
+
+/// Runs straight from the state database (the CLI would refuse a broken config).
+fn db_succeeded(w: &World, job: &str) -> usize {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { w.state().await.runs(Some(job), 1000).await.unwrap() })
+        .iter()
+        .filter(|r| r.status == "succeeded")
+        .count()
+}
+
+fn count(runs: &[serde_json::Value], status: &str) -> usize {
+    runs.iter().filter(|r| r["status"] == status).count()
+}
+
+#[test]
+fn a_one_second_job_fires_repeatedly_and_shows_in_status() {
+    let src = scratch_dir("drctl-src-");
+    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
+    let w = World::new(&format!(
+        "{}{}",
+        local_repo(),
+        files_job("tick", "* * * * * *", &src)
+    ));
+    let mut d = Daemon::start(&w);
+    wait_until(Duration::from_secs(20), "three successful runs", || {
+        count(&runs(&w, "tick"), "succeeded") >= 3
+    });
+    let st = status(&w);
+    assert_eq!(st[0]["job"], "tick");
+    assert_eq!(st[0]["schedule"], "* * * * * *");
+    assert!(st[0]["next_run"].is_string());
+    let listed = w
+        .drctl(&["backups", "tick", "--json"])
+        .ok()
+        .stdout
+        .matches("\"id\"")
+        .count();
+    assert!(listed >= 3, "each run committed a backup: {listed}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(20)), Some(0), "{}", d.log());
+}
+
+#[test]
+fn a_slow_job_is_never_overlapped_and_drctl_run_is_locked_out() {
+    let pg = pg();
+    let db = pg.create_db("slow");
+    let bin = tool_wrappers(&[("pg_dump", "if [ \"$1\" = \"--version\" ]; then exec \"$REAL\" --version; fi\nsleep 3\nexec \"$REAL\" \"$@\"")]);
+    let mut w = World::new(&format!(
+        "{}[jobs.slow]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nschedule = \"* * * * * *\"\nrepository = \"local\"\npg_bindir = \"{}\"\nglobals = false\n",
+        local_repo(),
+        bin.display()
+    ));
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    let mut d = Daemon::start(&w);
+    wait_until(Duration::from_secs(30), "a skipped tick", || {
+        count(&runs(&w, "slow"), "skipped") >= 2
+    });
+    // While the daemon's run holds the host lock, a manual run is refused.
+    wait_until(Duration::from_secs(10), "a running run", || {
+        count(&runs(&w, "slow"), "running") == 1
+    });
+    let r = w.drctl(&["run", "slow"]);
+    assert_eq!(r.code, 6, "{}", r.all());
+    assert!(r.stderr.contains("already running"), "{}", r.stderr);
+    wait_until(Duration::from_secs(30), "a success", || {
+        count(&runs(&w, "slow"), "succeeded") >= 1
+    });
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(30)), Some(0), "{}", d.log());
+    // No two runs of the job overlapped in time.
+    let mut spans: Vec<(String, String)> = runs(&w, "slow")
+        .iter()
+        .filter(|r| r["status"] != "skipped")
+        .map(|r| {
+            (
+                r["started_at"].as_str().unwrap().to_owned(),
+                r["finished_at"].as_str().unwrap_or("9").to_owned(),
+            )
+        })
+        .collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "overlap: {pair:?}");
+    }
+}
+
+#[test]
+fn a_missed_backup_is_caught_up_at_start() {
+    let src = scratch_dir("drctl-src-");
+    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
+    // 02:00 daily: whatever the time now, the previous 02:00 has no success.
+    let w = World::new(&format!(
+        "{}{}",
+        local_repo(),
+        files_job("nightly", "0 0 2 * * *", &src)
+    ));
+    let mut d = Daemon::start(&w);
+    wait_until(Duration::from_secs(20), "the catch-up run", || {
+        count(&runs(&w, "nightly"), "succeeded") == 1
+    });
+    assert_eq!(runs(&w, "nightly")[0]["trigger"], "catch_up");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(20)), Some(0));
+    // Restarted right after, nothing is missed any more: no second run.
+    let mut d = Daemon::start(&w);
+    std::thread::sleep(Duration::from_secs(2));
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(20)), Some(0));
+    assert_eq!(count(&runs(&w, "nightly"), "succeeded"), 1);
+}
+
+fn slow_backup_world(sleep_secs: u32, grace: &str) -> (World, std::path::PathBuf) {
+    let pg = pg();
+    let db = pg.create_db("grace");
+    let marker = scratch_dir("drctl-marker-").join("started");
+    let bin = tool_wrappers(&[(
+        "pg_dump",
+        &format!("if [ \"$1\" = \"--version\" ]; then exec \"$REAL\" --version; fi\ntouch {}\nsleep {sleep_secs}\nexec \"$REAL\" \"$@\"", marker.display()),
+    )]);
+    let mut w = World::new(&format!(
+        "[daemon]\ngrace_period = \"{grace}\"\n{}[jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nschedule = \"0 0 2 * * *\"\nrepository = \"local\"\npg_bindir = \"{}\"\n",
+        local_repo(),
+        bin.display()
+    ));
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    (w, marker)
+}
+
+#[test]
+fn sigterm_lets_a_running_backup_finish_within_the_grace_period() {
+    let (w, marker) = slow_backup_world(3, "60s");
+    let mut d = Daemon::start(&w); // catch-up starts the backup at once
+    wait_until(Duration::from_secs(30), "the backup to start", || {
+        marker.exists()
+    });
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(60)), Some(0), "{}", d.log());
+    let r = runs(&w, "appdb");
+    assert_eq!(r[0]["status"], "succeeded", "{r:?}");
+    assert_eq!(
+        w.drctl(&["backups", "appdb", "--json"])
+            .ok()
+            .stdout
+            .matches("\"id\"")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn sigterm_cancels_a_backup_that_outlives_the_grace_period() {
+    let (w, marker) = slow_backup_world(60, "1s");
+    let mut d = Daemon::start(&w);
+    wait_until(Duration::from_secs(30), "the backup to start", || {
+        marker.exists()
+    });
+    let t = Instant::now();
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(30)), Some(0), "{}", d.log());
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "stopped soon after the grace period"
+    );
+    let r = runs(&w, "appdb");
+    assert_eq!(r[0]["status"], "interrupted", "{r:?}");
+    assert_eq!(
+        w.drctl(&["backups", "appdb", "--json"]).ok().stdout.trim(),
+        "[]"
+    );
+}
+
+#[test]
+fn sighup_with_a_broken_config_keeps_the_old_one() {
+    let src = scratch_dir("drctl-src-");
+    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
+    let w = World::new(&format!(
+        "{}{}",
+        local_repo(),
+        files_job("tick", "* * * * * *", &src)
+    ));
+    let good = std::fs::read_to_string(&w.config).unwrap();
+    let mut d = Daemon::start(&w);
+    wait_until(Duration::from_secs(20), "a first run", || {
+        count(&runs(&w, "tick"), "succeeded") >= 1
+    });
+    std::fs::write(&w.config, good.replace("schedule = ", "shedule = ")).unwrap();
+    d.signal(libc::SIGHUP);
+    wait_until(
+        Duration::from_secs(10),
+        "the reload error in the log",
+        || d.log().contains("configuration reload failed"),
+    );
+    let log = d.log();
+    assert!(
+        log.contains(w.config.to_str().unwrap()) && log.contains("shedule"),
+        "names file and key: {log}"
+    );
+    let before = db_succeeded(&w, "tick");
+    wait_until(
+        Duration::from_secs(20),
+        "runs to continue on the old config",
+        || db_succeeded(&w, "tick") >= before + 2,
+    );
+
+    // A valid change is picked up: the job is renamed, the old one stops.
+    std::fs::write(&w.config, good.replace("[jobs.tick]", "[jobs.tock]")).unwrap();
+    d.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(20), "the renamed job to run", || {
+        db_succeeded(&w, "tock") >= 1
+    });
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(20)), Some(0), "{}", d.log());
+}
+
+#[test]
+fn systemd_is_told_ready_and_the_status() {
+    let src = scratch_dir("drctl-src-");
+    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
+    let mut w = World::new(&format!(
+        "{}{}",
+        local_repo(),
+        files_job("nightly", "0 0 2 * * *", &src)
+    ));
+    let sock_path = w.dir.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    w.set_env("NOTIFY_SOCKET", sock_path.to_str().unwrap());
+    let mut d = Daemon::start(&w);
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("READY=1"), "{msg}");
+    assert!(msg.contains("STATUS=1 jobs, next: nightly at "), "{msg}");
+    d.signal(libc::SIGTERM);
+    // Heartbeats (STATUS, WATCHDOG) may come first; STOPPING must follow.
+    loop {
+        let n = sock.recv(&mut buf).expect("STOPPING=1 before the timeout");
+        if String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1") {
+            break;
+        }
+    }
+    assert_eq!(d.wait(Duration::from_secs(20)), Some(0));
+}
+
+#[test]
+fn the_shipped_systemd_units_verify_cleanly_and_drctl_service_is_hardened() {
+    let dir = scratch_dir("drctl-units-");
+    let systemd = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    // Templates are verified as an instance; ExecStart must exist, so point it at the test binary.
+    for (src, dst) in [
+        ("drctl.service", "drctl.service"),
+        ("drctl-run@.service", "drctl-run@appdb.service"),
+        ("drctl-run@.timer", "drctl-run@appdb.timer"),
+    ] {
+        let text = std::fs::read_to_string(systemd.join(src)).unwrap();
+        std::fs::write(
+            dir.join(dst),
+            text.replace("/usr/local/bin/drctl", env!("CARGO_BIN_EXE_drctl")),
+        )
+        .unwrap();
+    }
+    for unit in [
+        "drctl.service",
+        "drctl-run@appdb.service",
+        "drctl-run@appdb.timer",
+    ] {
+        let out = std::process::Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(dir.join(unit))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        // verify exits 0 even for unknown keys; any message is a finding.
+        assert!(
+            out.status.success() && err.trim().is_empty(),
+            "{unit}: {err}"
+        );
+    }
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--threshold=20", "--no-pager"])
+        .arg(dir.join("drctl.service"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exposure above 2.0: {}",
+        text.lines().last().unwrap_or("")
+    );
+}

@@ -163,6 +163,20 @@ fn scheduled(cfg: &LoadedConfig) -> BTreeMap<String, Schedule> {
         .collect()
 }
 
+/// Each scheduled job's current UTC offset in seconds.
+fn utc_offsets(cfg: &LoadedConfig, now: chrono::DateTime<Utc>) -> BTreeMap<String, i32> {
+    use chrono::Offset;
+    scheduled(cfg)
+        .into_iter()
+        .map(|(name, s)| {
+            (
+                name,
+                now.with_timezone(&s.tz).offset().fix().local_minus_utc(),
+            )
+        })
+        .collect()
+}
+
 async fn register(sched: &JobScheduler, d: &Arc<Daemon>, cfg: &LoadedConfig) -> Result<Vec<Uuid>> {
     let mut ids = Vec::new();
     for (name, s) in scheduled(cfg) {
@@ -274,6 +288,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         |e: tokio_cron_scheduler::JobSchedulerError| Error::Other(format!("scheduler: {e}"));
     let mut sched = JobScheduler::new().await.map_err(sched_err)?;
     let mut ids = register(&sched, &d, &cfg).await?;
+    let mut offsets = utc_offsets(&cfg, Utc::now());
     sched.start().await.map_err(sched_err)?;
     catch_up(&d).await;
 
@@ -303,6 +318,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
                             *c = new.clone();
                         }
                         ids = register(&sched, &d, &new).await?;
+                        offsets = utc_offsets(&new, Utc::now());
                         tracing::info!(jobs = new.config.jobs.len(), "configuration reloaded");
                     }
                     Err(e) => tracing::error!(error = %e, "configuration reload failed; keeping the running configuration"),
@@ -311,6 +327,19 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             }
             _ = heartbeat.tick() => {
                 notify::watchdog();
+                // tokio-cron-scheduler fixes a job's UTC offset when the job
+                // is created; re-register when a zone's offset changes (DST),
+                // so "02:00 Europe/Berlin" stays 02:00 local all year.
+                let cfg = d.config();
+                let now_offsets = utc_offsets(&cfg, Utc::now());
+                if now_offsets != offsets {
+                    tracing::info!("a time zone changed its UTC offset; rescheduling");
+                    for id in ids.drain(..) {
+                        let _ = sched.remove(&id).await;
+                    }
+                    ids = register(&sched, &d, &cfg).await?;
+                    offsets = now_offsets;
+                }
                 notify::status(&d.status_line());
             }
         }
@@ -341,4 +370,26 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     }
     tracing::info!("daemon stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_change_across_dst_so_jobs_get_rescheduled() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(
+            &p,
+            "[repositories.r]\ntype = \"local\"\npath = \"/tmp/r\"\n[jobs.a]\ntype = \"files\"\npaths = [\"/etc/hostname\"]\nrepository = \"r\"\nschedule = \"0 0 2 * * *\"\ntimezone = \"Europe/Berlin\"\n[jobs.b]\ntype = \"files\"\npaths = [\"/etc/hostname\"]\nrepository = \"r\"\nschedule = \"0 0 2 * * *\"\n",
+        )
+        .unwrap();
+        let cfg = LoadedConfig::load(Some(&p)).unwrap();
+        let winter = utc_offsets(&cfg, "2026-03-29T00:59:00Z".parse().unwrap());
+        let summer = utc_offsets(&cfg, "2026-03-29T01:01:00Z".parse().unwrap());
+        assert_eq!(winter["a"], 3600);
+        assert_eq!(summer["a"], 7200);
+        assert_eq!(winter["b"], summer["b"]);
+    }
 }

@@ -20,6 +20,7 @@ pub mod runner;
 pub mod schedule;
 pub mod secret;
 pub mod state;
+pub mod status;
 pub mod stream;
 
 pub use error::{Error, Result};

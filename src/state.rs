@@ -221,6 +221,30 @@ impl State {
             .map(|t| t.with_timezone(&Utc)))
     }
 
+    /// Run counts of `job` by outcome.
+    pub async fn run_counts(&self, job: &str) -> Result<std::collections::BTreeMap<String, i64>> {
+        let rows =
+            sqlx::query("SELECT status, count(*) AS n FROM runs WHERE job = ? GROUP BY status")
+                .bind(job)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get::<String, _>("status")?, r.try_get::<i64, _>("n")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// Stored bytes of the last successful backup of `job`.
+    pub async fn last_backup_bytes(&self, job: &str) -> Result<Option<i64>> {
+        sqlx::query_scalar("SELECT bytes FROM runs WHERE job = ? AND status = 'succeeded' ORDER BY id DESC LIMIT 1")
+            .bind(job)
+            .fetch_optional(&self.pool)
+            .await
+            .map(|v: Option<Option<i64>>| v.flatten())
+            .map_err(|e| self.err(e))
+    }
+
     /// Most recent runs first; `job` filters.
     pub async fn runs(&self, job: Option<&str>, limit: i64) -> Result<Vec<RunRecord>> {
         let rows = sqlx::query(

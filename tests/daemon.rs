@@ -13,8 +13,37 @@ fn files_job(name: &str, schedule: &str, src: &std::path::Path) -> String {
     )
 }
 
-fn local_repo() -> &'static str {
-    "[repositories.local]\ntype = \"local\"\npath = \"{dir}/repo\"\n"
+/// A local repository, and the HTTP endpoint on a free loopback port.
+fn local_repo() -> String {
+    format!(
+        "[http]\nlisten = \"127.0.0.1:{}\"\n[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n",
+        free_port()
+    )
+}
+
+fn http_port(w: &World) -> u16 {
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let at = text.find("127.0.0.1:").unwrap() + "127.0.0.1:".len();
+    text[at..].split('"').next().unwrap().parse().unwrap()
+}
+
+/// GET over plain HTTP/1.1 with std only: (status code, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let code = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
 }
 
 struct Daemon {
@@ -93,6 +122,82 @@ fn db_succeeded(w: &World, job: &str) -> usize {
 
 fn count(runs: &[serde_json::Value], status: &str) -> usize {
     runs.iter().filter(|r| r["status"] == status).count()
+}
+
+#[test]
+fn metrics_health_and_status_are_served_and_the_exposition_parses() {
+    let src = scratch_dir("drctl-src-");
+    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
+    let w = World::new(&format!(
+        "{}{}",
+        local_repo(),
+        files_job("tick", "* * * * * *", &src)
+    ));
+    let port = http_port(&w);
+    let mut d = Daemon::start(&w);
+    wait_until(Duration::from_secs(20), "two runs", || {
+        count(&runs(&w, "tick"), "succeeded") >= 2
+    });
+    assert_eq!(http_get(port, "/health"), (200, "ok\n".into()));
+    let (code, body) = http_get(port, "/status");
+    assert_eq!(code, 200);
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(st[0]["job"], "tick");
+    assert!(st[0]["next_run"].is_string());
+
+    let (code, body) = http_get(port, "/metrics");
+    assert_eq!(code, 200);
+    let exposition = body;
+    // An independent, strict parser: the Python client's OpenMetrics parser.
+    let parsed = std::process::Command::new("python3")
+        .args(["-c", "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\nfor f in p(sys.stdin.read()):\n    for s in f.samples:\n        print(s.name, dict(s.labels), s.value)"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    parsed
+        .stdin
+        .as_ref()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = parsed.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "exposition rejected: {}\n{exposition}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let samples = String::from_utf8_lossy(&out.stdout);
+    let succeeded = samples
+        .lines()
+        .find(|l| l.starts_with("drctl_job_runs_total") && l.contains("'outcome': 'succeeded'"))
+        .unwrap_or_else(|| panic!("{samples}"));
+    let n: f64 = succeeded.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n >= 2.0, "{succeeded}");
+    for name in [
+        "drctl_job_last_success_timestamp_seconds",
+        "drctl_backup_size_bytes",
+        "drctl_job_duration_seconds",
+        "drctl_scheduler_up",
+    ] {
+        assert!(samples.contains(name), "{name} missing: {samples}");
+    }
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(20)), Some(0), "{}", d.log());
+}
+
+#[test]
+fn a_non_loopback_http_listen_is_refused() {
+    let w = World::new("[http]\nlisten = \"0.0.0.0:9187\"\n");
+    let r = w.drctl(&["config", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("http.listen") && r.stderr.contains("loopback"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

@@ -2,9 +2,7 @@
 //! whether or not the daemon runs.
 
 use drctl::config::LoadedConfig;
-use drctl::schedule::Schedule;
 use drctl::state::{RunRecord, State};
-use serde::Serialize;
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
@@ -22,47 +20,15 @@ pub struct LogsArgs {
     json: bool,
 }
 
-#[derive(Serialize)]
-struct JobStatus {
-    job: String,
-    kind: String,
-    schedule: Option<String>,
-    timezone: String,
-    last_run: Option<RunRecord>,
-    last_success: Option<String>,
-    next_run: Option<String>,
-}
-
 fn duration(r: &RunRecord) -> String {
-    let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
-    match (
-        parse(&r.started_at),
-        r.finished_at.as_deref().and_then(parse),
-    ) {
-        (Some(a), Some(b)) => format!("{:.1}s", (b - a).num_milliseconds() as f64 / 1000.0),
-        _ => "-".into(),
-    }
+    drctl::status::run_seconds(r)
+        .map(|s| format!("{s:.1}s"))
+        .unwrap_or_else(|| "-".into())
 }
 
 pub async fn status(cfg: &LoadedConfig, a: StatusArgs) -> anyhow::Result<()> {
     let state = State::open(&cfg.config.state_dir).await?;
-    let now = chrono::Utc::now();
-    let mut rows = Vec::new();
-    for (name, job) in &cfg.config.jobs {
-        let s = job.scheduling();
-        let parsed = s.schedule.and_then(|e| Schedule::parse(e, s.timezone).ok());
-        rows.push(JobStatus {
-            job: name.clone(),
-            kind: job.kind().into(),
-            schedule: s.schedule.map(String::from),
-            timezone: s.timezone.unwrap_or("UTC").into(),
-            last_run: state.runs(Some(name), 1).await?.into_iter().next(),
-            last_success: state.last_success(name).await?.map(|t| t.to_rfc3339()),
-            next_run: parsed
-                .and_then(|p| p.next_after(now))
-                .map(|t| t.to_rfc3339()),
-        });
-    }
+    let rows = drctl::status::jobs(cfg, &state, chrono::Utc::now()).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());

@@ -65,6 +65,36 @@ pub struct Config {
     pub jobs: BTreeMap<String, JobConfig>,
     #[serde(default)]
     pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// `[http]`: the daemon's /metrics, /health and /status endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "yes_http")]
+    pub enabled: bool,
+    /// Loopback only: the endpoint has no authentication.
+    #[serde(default = "default_listen")]
+    pub listen: std::net::SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: default_listen(),
+        }
+    }
+}
+
+fn yes_http() -> bool {
+    true
+}
+
+fn default_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9187))
 }
 
 /// `[daemon]`: how the scheduler starts and stops.
@@ -137,6 +167,7 @@ impl LoadedConfig {
                 repositories: BTreeMap::new(),
                 jobs: BTreeMap::new(),
                 daemon: DaemonConfig::default(),
+                http: HttpConfig::default(),
             },
             files,
             figment: main,
@@ -223,6 +254,16 @@ impl LoadedConfig {
 
     fn validate(&self) -> Result<()> {
         let mut errors = Vec::new();
+        let http = &self.config.http;
+        if http.enabled && !http.listen.ip().is_loopback() {
+            errors.push((
+                "http.listen".to_string(),
+                format!(
+                    "{} is not a loopback address; the endpoint has no authentication (expected 127.0.0.1:PORT or [::1]:PORT, behind a reverse proxy for remote scrapes)",
+                    http.listen
+                ),
+            ));
+        }
         for (name, repo) in &self.config.repositories {
             let key = format!("repositories.{name}");
             if let Err(msg) = JobName::parse(name) {

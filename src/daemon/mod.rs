@@ -11,6 +11,7 @@
 //! A tick that finds its job still running records a skip; the host lock
 //! (`lock.rs`) keeps `drctl run` and the daemon apart.
 
+mod http;
 mod notify;
 
 use crate::config::LoadedConfig;
@@ -289,6 +290,26 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     let mut sched = JobScheduler::new().await.map_err(sched_err)?;
     let mut ids = register(&sched, &d, &cfg).await?;
     let mut offsets = utc_offsets(&cfg, Utc::now());
+    if cfg.config.http.enabled {
+        let addr = cfg.config.http.listen;
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            Error::io(
+                format!("binding the HTTP endpoint {addr} ([http] listen)"),
+                e,
+            )
+        })?;
+        tracing::info!(%addr, "serving /metrics, /health and /status");
+        let app = http::router(d.clone());
+        let stop = d.stopping.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "HTTP endpoint failed");
+            }
+        });
+    }
     sched.start().await.map_err(sched_err)?;
     catch_up(&d).await;
 

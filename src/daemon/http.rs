@@ -1,0 +1,154 @@
+//! The daemon's HTTP endpoint (loopback by default): `/metrics` in the
+//! Prometheus text format, `/health`, and `/status` as JSON. Metrics are
+//! derived from the state database at scrape time, so runs made by
+//! `drctl run` outside the daemon count too and nothing is lost on restart
+//! except what Prometheus already expects counters to lose.
+
+use super::Daemon;
+use crate::status::JobStatus;
+use axum::extract::State as AxState;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    job: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    job: String,
+    outcome: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+pub fn router(d: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/status", get(status))
+        .with_state(d)
+}
+
+async fn statuses(d: &Daemon) -> Result<Vec<JobStatus>, Response> {
+    crate::status::jobs(&d.config(), &d.state, chrono::Utc::now())
+        .await
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
+}
+
+async fn health(AxState(d): AxState<Arc<Daemon>>) -> Response {
+    if d.stopping.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
+    }
+}
+
+async fn status(AxState(d): AxState<Arc<Daemon>>) -> Response {
+    match statuses(&d).await {
+        Ok(s) => Json(s).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Response {
+    let jobs = match statuses(&d).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let running = d.running.lock().map(|r| r.clone()).unwrap_or_default();
+    let mut reg = Registry::default();
+    let runs = Family::<OutcomeLabels, Counter>::default();
+    let duration = Family::<JobLabels, FloatGauge>::default();
+    let last_success = Family::<JobLabels, FloatGauge>::default();
+    let size = Family::<JobLabels, Gauge>::default();
+    let is_running = Family::<JobLabels, Gauge>::default();
+    let next = Family::<JobLabels, FloatGauge>::default();
+    for j in &jobs {
+        let l = JobLabels { job: j.job.clone() };
+        for outcome in ["succeeded", "failed", "interrupted", "skipped"] {
+            let n = j.runs.get(outcome).copied().unwrap_or(0).max(0) as u64;
+            runs.get_or_create(&OutcomeLabels {
+                job: j.job.clone(),
+                outcome: outcome.into(),
+            })
+            .inc_by(n);
+        }
+        if let Some(s) = j.last_run_seconds {
+            duration.get_or_create(&l).set(s);
+        }
+        if let Some(t) = j
+            .last_success
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        {
+            last_success
+                .get_or_create(&l)
+                .set(t.timestamp_millis() as f64 / 1000.0);
+        }
+        if let Some(b) = j.last_backup_bytes {
+            size.get_or_create(&l).set(b);
+        }
+        if let Some(t) = j
+            .next_run
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        {
+            next.get_or_create(&l).set(t.timestamp() as f64);
+        }
+        is_running
+            .get_or_create(&l)
+            .set(i64::from(running.contains(&j.job)));
+    }
+    reg.register("drctl_job_runs", "Runs on this host by outcome", runs);
+    reg.register(
+        "drctl_job_duration_seconds",
+        "Duration of the job's last run",
+        duration,
+    );
+    reg.register(
+        "drctl_job_last_success_timestamp_seconds",
+        "When the job last succeeded (Unix time)",
+        last_success,
+    );
+    reg.register(
+        "drctl_backup_size_bytes",
+        "Stored size of the job's last committed backup",
+        size,
+    );
+    reg.register(
+        "drctl_job_running",
+        "1 while a run of the job is in progress",
+        is_running,
+    );
+    reg.register(
+        "drctl_job_next_run_timestamp_seconds",
+        "Next scheduled run (Unix time)",
+        next,
+    );
+    let up = Gauge::<i64>::default();
+    up.set(1);
+    reg.register("drctl_scheduler_up", "1 while the scheduler runs", up);
+    let mut body = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &reg) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

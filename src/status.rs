@@ -1,0 +1,57 @@
+//! What each job did and will do, from local state and the schedule: the
+//! data behind `drctl status`, the daemon's `/status` and `/metrics`.
+
+use crate::config::LoadedConfig;
+use crate::error::Result;
+use crate::schedule::Schedule;
+use crate::state::{RunRecord, State};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobStatus {
+    pub job: String,
+    pub kind: String,
+    pub schedule: Option<String>,
+    pub timezone: String,
+    pub last_run: Option<RunRecord>,
+    pub last_run_seconds: Option<f64>,
+    pub last_success: Option<String>,
+    /// Stored bytes of the last committed backup.
+    pub last_backup_bytes: Option<i64>,
+    pub next_run: Option<String>,
+    /// All-time run counts on this host by outcome.
+    pub runs: BTreeMap<String, i64>,
+}
+
+/// Seconds between a run's start and end, if it ended.
+pub fn run_seconds(r: &RunRecord) -> Option<f64> {
+    let parse = |t: &str| DateTime::parse_from_rfc3339(t).ok();
+    let (a, b) = (parse(&r.started_at)?, parse(r.finished_at.as_deref()?)?);
+    Some((b - a).num_milliseconds() as f64 / 1000.0)
+}
+
+pub async fn jobs(cfg: &LoadedConfig, state: &State, now: DateTime<Utc>) -> Result<Vec<JobStatus>> {
+    let mut out = Vec::new();
+    for (name, job) in &cfg.config.jobs {
+        let s = job.scheduling();
+        let parsed = s.schedule.and_then(|e| Schedule::parse(e, s.timezone).ok());
+        let last_run = state.runs(Some(name), 1).await?.into_iter().next();
+        out.push(JobStatus {
+            job: name.clone(),
+            kind: job.kind().into(),
+            schedule: s.schedule.map(String::from),
+            timezone: s.timezone.unwrap_or("UTC").into(),
+            last_run_seconds: last_run.as_ref().and_then(run_seconds),
+            last_run,
+            last_success: state.last_success(name).await?.map(|t| t.to_rfc3339()),
+            last_backup_bytes: state.last_backup_bytes(name).await?,
+            next_run: parsed
+                .and_then(|p| p.next_after(now))
+                .map(|t| t.to_rfc3339()),
+            runs: state.run_counts(name).await?,
+        });
+    }
+    Ok(out)
+}

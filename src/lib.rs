@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod config;
+pub mod coordination;
 pub mod daemon;
 pub mod error;
 pub mod ids;

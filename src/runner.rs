@@ -1,12 +1,14 @@
 //! Running a job by name, as both `drctl run` and the daemon do: take the
 //! host lock, run the kind, and record a skip when another run holds it.
 
-use crate::config::LoadedConfig;
+use crate::config::{LoadedConfig, LockScope};
+use crate::coordination::ClusterLock;
 use crate::error::Result;
 use crate::lock::HostLock;
 use crate::manifest::Manifest;
 use crate::progress::Progress;
 use crate::state::State;
+use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +27,7 @@ pub async fn run_job(
     trigger: &str,
     progress: Arc<Progress>,
     cancel: CancellationToken,
+    tick: Option<DateTime<Utc>>,
 ) -> Result<Outcome> {
     let (_, job) = cfg.job(name)?;
     let _lock = match HostLock::try_acquire(&cfg.config.state_dir, name)? {
@@ -37,6 +40,26 @@ pub async fn run_job(
             tracing::warn!(job = name, "{reason}");
             return Ok(Outcome::Skipped(reason));
         }
+    };
+    let _cluster = if job.scheduling().lock == LockScope::Cluster {
+        let coord = cfg.config.coordination.as_ref().ok_or_else(|| {
+            crate::Error::Other(format!(
+                "job {name} has lock = \"cluster\" but there is no [coordination] section"
+            ))
+        })?;
+        match ClusterLock::try_acquire(coord, name, tick).await? {
+            Ok(lock) => Some(lock),
+            Err(holder) => {
+                let reason = format!("skipped: {holder}");
+                state
+                    .record_skipped(name, job.kind(), trigger, &reason)
+                    .await?;
+                tracing::info!(job = name, "{reason}");
+                return Ok(Outcome::Skipped(reason));
+            }
+        }
+    } else {
+        None
     };
     // Holding the lock, any run of this job still marked running here is stale.
     let stale = state.close_stale_runs(name).await?;

@@ -477,3 +477,87 @@ fn the_shipped_systemd_units_verify_cleanly_and_drctl_service_is_hardened() {
         text.lines().last().unwrap_or("")
     );
 }
+
+#[test]
+fn two_daemons_with_a_cluster_lock_run_each_tick_once_between_them() {
+    let pg = pg();
+    let coord = pg.create_db("coord");
+    let src = scratch_dir("drctl-src-");
+    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
+    let repo = scratch_dir("drctl-shared-repo-");
+    let host = |_: u32| {
+        let mut w = World::new(&format!(
+            "[http]\nlisten = \"127.0.0.1:{}\"\n[coordination]\nurl_env = \"COORD_URL\"\n[repositories.local]\ntype = \"local\"\npath = \"{}\"\n{}lock = \"cluster\"\ncatch_up = false\n",
+            free_port(),
+            repo.display(),
+            files_job("shared", "* * * * * *", &src)
+        ));
+        w.set_env("COORD_URL", &pg.url(&coord));
+        w
+    };
+    let (a, b) = (host(1), host(2));
+    let mut da = Daemon::start(&a);
+    let mut db = Daemon::start(&b);
+    let total =
+        || count(&runs(&a, "shared"), "succeeded") + count(&runs(&b, "shared"), "succeeded");
+    wait_until(
+        Duration::from_secs(30),
+        "six runs between the hosts",
+        || total() >= 6,
+    );
+    da.signal(libc::SIGTERM);
+    db.signal(libc::SIGTERM);
+    assert_eq!(da.wait(Duration::from_secs(20)), Some(0), "{}", da.log());
+    assert_eq!(db.wait(Duration::from_secs(20)), Some(0), "{}", db.log());
+
+    // Every tick (second) was run by exactly one host; the other recorded why not.
+    let mut by_second: std::collections::BTreeMap<String, usize> = Default::default();
+    let all: Vec<serde_json::Value> = runs(&a, "shared")
+        .into_iter()
+        .chain(runs(&b, "shared"))
+        .collect();
+    for r in all.iter().filter(|r| r["status"] == "succeeded") {
+        *by_second
+            .entry(r["started_at"].as_str().unwrap()[..19].to_owned())
+            .or_default() += 1;
+    }
+    assert!(
+        by_second.values().all(|n| *n == 1),
+        "a tick ran twice: {by_second:?}"
+    );
+    let skips: Vec<&str> = all
+        .iter()
+        .filter(|r| r["status"] == "skipped")
+        .filter_map(|r| r["error"].as_str())
+        .collect();
+    assert!(!skips.is_empty(), "the losing host records skips");
+    assert!(
+        skips.iter().all(|s| s.contains("drctl:")),
+        "skips name the holder: {skips:?}"
+    );
+    // The committed backups are one per tick too.
+    let listed = a
+        .drctl(&["backups", "shared", "--json"])
+        .ok()
+        .stdout
+        .matches("\"id\"")
+        .count();
+    assert_eq!(listed, by_second.len());
+}
+
+#[test]
+fn a_cluster_lock_without_coordination_is_a_config_error() {
+    let src = scratch_dir("drctl-src-");
+    let w = World::new(&format!(
+        "{}{}lock = \"cluster\"\n",
+        local_repo(),
+        files_job("x", "* * * * * *", &src)
+    ));
+    let r = w.drctl(&["config", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("jobs.x.lock") && r.stderr.contains("[coordination]"),
+        "{}",
+        r.stderr
+    );
+}

@@ -31,6 +31,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         "cli",
         progress,
         super::cancel_on_signals(),
+        None,
     )
     .await;
     bar.finish();

@@ -71,6 +71,10 @@ pub struct PostgresJob {
     /// scheduled time (default: true for backups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catch_up: Option<bool>,
+    /// `host` (default) or `cluster`: one run per tick across every host
+    /// sharing `[coordination]`.
+    #[serde(default)]
+    pub lock: LockScope,
     pub repository: String,
     #[serde(default)]
     pub compression: Compression,
@@ -165,6 +169,10 @@ pub struct FilesJob {
     /// scheduled time (default: true for backups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catch_up: Option<bool>,
+    /// `host` (default) or `cluster`: one run per tick across every host
+    /// sharing `[coordination]`.
+    #[serde(default)]
+    pub lock: LockScope,
     pub repository: String,
     #[serde(default)]
     pub compression: Compression,
@@ -181,6 +189,15 @@ pub struct Scheduling<'a> {
     pub retries: u32,
     pub retry_delay: Duration,
     pub catch_up: bool,
+    pub lock: LockScope,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockScope {
+    #[default]
+    Host,
+    Cluster,
 }
 
 impl JobConfig {
@@ -210,6 +227,7 @@ impl JobConfig {
                     retries: $j.retries,
                     retry_delay: $j.retry_delay,
                     catch_up: $j.catch_up.unwrap_or($backup),
+                    lock: $j.lock,
                 }
             };
         }

@@ -9,7 +9,7 @@ mod jobs;
 mod render;
 mod repositories;
 
-pub use jobs::{Compression, FilesJob, JobConfig, PathEntry, PostgresJob, Scheduling};
+pub use jobs::{Compression, FilesJob, JobConfig, LockScope, PathEntry, PostgresJob, Scheduling};
 pub use render::render_masked;
 pub use repositories::{LocalRepository, RepositoryConfig, S3Repository};
 
@@ -67,6 +67,20 @@ pub struct Config {
     pub daemon: DaemonConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    /// A PostgreSQL database shared by hosts for `lock = "cluster"` jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordination: Option<CoordinationConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinationConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<PathBuf>,
 }
 
 /// `[http]`: the daemon's /metrics, /health and /status endpoint.
@@ -168,6 +182,7 @@ impl LoadedConfig {
                 jobs: BTreeMap::new(),
                 daemon: DaemonConfig::default(),
                 http: HttpConfig::default(),
+                coordination: None,
             },
             files,
             figment: main,
@@ -296,6 +311,24 @@ impl LoadedConfig {
                                 known.join(", ")
                             }
                         ),
+                    ));
+                }
+            }
+            if job.scheduling().lock == LockScope::Cluster && self.config.coordination.is_none() {
+                errors.push((
+                    format!("{key}.lock"),
+                    "lock = \"cluster\" needs a [coordination] section with url_env (or url, url_file) naming a PostgreSQL database shared by the hosts".into(),
+                ));
+            }
+            if let Some(c) = &self.config.coordination {
+                let n = [c.url.is_some(), c.url_env.is_some(), c.url_file.is_some()]
+                    .iter()
+                    .filter(|b| **b)
+                    .count();
+                if n != 1 && errors.iter().all(|(k, _)| k != "coordination.url") {
+                    errors.push((
+                        "coordination.url".into(),
+                        "expected exactly one of `url`, `url_env`, `url_file`".into(),
                     ));
                 }
             }

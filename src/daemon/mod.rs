@@ -78,14 +78,26 @@ impl Daemon {
         }
         let me = self.clone();
         self.tasks.spawn(async move {
-            me.run_with_retries(&name, trigger).await;
+            // The scheduled occurrence this tick stands for (cluster claims key on it).
+            let at = match trigger {
+                "schedule" => scheduled(&me.config())
+                    .get(&name)
+                    .and_then(|s| s.previous_at_or_before(Utc::now())),
+                _ => None,
+            };
+            me.run_with_retries(&name, trigger, at).await;
             if let Ok(mut r) = me.running.lock() {
                 r.remove(&name);
             }
         });
     }
 
-    async fn run_with_retries(&self, name: &str, trigger: &'static str) {
+    async fn run_with_retries(
+        &self,
+        name: &str,
+        trigger: &'static str,
+        at: Option<chrono::DateTime<Utc>>,
+    ) {
         let cfg = self.config();
         let Ok((_, job)) = cfg.job(name) else { return };
         let sched = job.scheduling();
@@ -105,6 +117,7 @@ impl Daemon {
                 trigger,
                 Progress::new(),
                 self.hard_stop.child_token(),
+                at,
             )
             .await;
             match result {

@@ -66,6 +66,15 @@ pub async fn run(
     };
     let committed = match produced {
         Ok(out) => {
+            let output = crate::secret::redact(out.output.trim());
+            if !output.is_empty() {
+                for line in output.lines() {
+                    tracing::info!(job = name, "{line}");
+                }
+                if let Err(e) = state.set_run_output(run_id, &output).await {
+                    tracing::warn!(error = %e, "could not record the run's output");
+                }
+            }
             let m = Manifest {
                 format: manifest::FORMAT,
                 id: id.clone(),

@@ -54,6 +54,8 @@ pub struct RunRecord {
     pub bytes: Option<i64>,
     pub backup_id: Option<String>,
     pub error: Option<String>,
+    /// What child processes printed (bounded).
+    pub output: Option<String>,
 }
 
 impl State {
@@ -167,6 +169,22 @@ impl State {
         Ok(())
     }
 
+    /// Keep what child processes printed, bounded to the last 16 KiB.
+    pub async fn set_run_output(&self, run: i64, output: &str) -> Result<()> {
+        const KEEP: usize = 16 * 1024;
+        let mut start = output.len().saturating_sub(KEEP);
+        while !output.is_char_boundary(start) {
+            start += 1;
+        }
+        sqlx::query("UPDATE runs SET output = ? WHERE id = ?")
+            .bind(crate::secret::redact(&output[start..]))
+            .bind(run)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// A tick that did not run (overlap, lock held elsewhere).
     pub async fn record_skipped(
         &self,
@@ -248,7 +266,7 @@ impl State {
     /// Most recent runs first; `job` filters.
     pub async fn runs(&self, job: Option<&str>, limit: i64) -> Result<Vec<RunRecord>> {
         let rows = sqlx::query(
-            "SELECT id, job, kind, host, trigger, started_at, finished_at, status, bytes, backup_id, error
+            "SELECT id, job, kind, host, trigger, started_at, finished_at, status, bytes, backup_id, error, output
              FROM runs WHERE (?1 IS NULL OR job = ?1) ORDER BY id DESC LIMIT ?2",
         )
         .bind(job)
@@ -270,6 +288,7 @@ impl State {
                     bytes: r.try_get("bytes")?,
                     backup_id: r.try_get("backup_id")?,
                     error: r.try_get("error")?,
+                    output: r.try_get("output")?,
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()

@@ -719,3 +719,39 @@ async fn an_s3_store_dying_mid_upload_fails_the_run_with_the_stores_error() {
         objects.contents()
     );
 }
+
+#[test]
+fn child_output_is_kept_with_the_run_and_scrubbed_of_secrets() {
+    let pg = pg();
+    let db = pg.create_db("chatty");
+    // A tool that talks on stderr, even (badly) echoing the password it was given.
+    let bin = tool_wrappers(&[(
+        "pg_dump",
+        r#"if [ "$1" = "--version" ]; then exec "$REAL" --version; fi
+echo "pg_dump: warning: this server is chatty; secret was $(cut -d: -f5 "$PGPASSFILE")" >&2
+exec "$REAL" "$@""#,
+    )]);
+    let mut w = local_world(
+        "APP_DATABASE_URL",
+        &format!("pg_bindir = \"{}\"", bin.display()),
+    );
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    let r = w.drctl(&["run", "appdb"]);
+    r.ok();
+    assert!(
+        r.stderr.contains("this server is chatty; secret was ***"),
+        "logged with tracing: {}",
+        r.stderr
+    );
+    let logs = w.drctl(&["logs", "appdb", "--json"]);
+    logs.ok();
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&logs.stdout).unwrap();
+    let output = runs[0]["output"].as_str().unwrap_or_default();
+    assert!(
+        output.contains("this server is chatty; secret was ***"),
+        "{output}"
+    );
+    let text = w.drctl(&["logs", "appdb"]).ok().stdout.clone();
+    assert!(text.contains("chatty"), "{text}");
+    assert!(!format!("{}{}{}", r.all(), logs.stdout, text).contains(PG_PASSWORD));
+}

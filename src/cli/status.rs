@@ -76,8 +76,8 @@ pub async fn logs(cfg: &LoadedConfig, a: LogsArgs) -> anyhow::Result<()> {
             r.trigger,
             r.backup_id.as_deref().unwrap_or("")
         );
-        if let Some(e) = &r.error {
-            for line in e.lines() {
+        for text in [&r.error, &r.output].into_iter().flatten() {
+            for line in text.lines() {
                 println!("    {line}");
             }
         }

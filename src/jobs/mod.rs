@@ -28,6 +28,8 @@ pub struct BackupOutput {
     pub source: Option<PostgresSource>,
     pub artifacts: Vec<Artifact>,
     pub tables: Vec<TableCount>,
+    /// What child processes printed (stderr), for the run record.
+    pub output: String,
 }
 
 /// Compression settings of one artifact.

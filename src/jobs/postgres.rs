@@ -58,11 +58,13 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
 
     let mut artifacts = Vec::new();
     let mut globals_mode = None;
+    let mut globals_output = String::new();
     if job.globals {
         tools.check_against_server("pg_dumpall", server_num).await?;
-        let (artifact, mode) = dump_globals(ctx, &tools, &target, &env, packing).await?;
+        let (artifact, mode, text) = dump_globals(ctx, &tools, &target, &env, packing).await?;
         artifacts.push(artifact);
         globals_mode = Some(mode);
+        globals_output = text;
     }
 
     ctx.progress.set_phase("dump", db_size.max(0) as u64);
@@ -103,6 +105,10 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
     let dumped = waiter
         .await
         .map_err(|e| Error::Other(format!("pg_dump waiter: {e}")))?;
+    let mut output = globals_output;
+    if let Ok(text) = &dumped {
+        output.push_str(text);
+    }
     let dump = first_cause(stored, dumped)?;
     let tables = counts?;
     tx.commit()
@@ -127,6 +133,7 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
         source: Some(source),
         artifacts,
         tables,
+        output,
     })
 }
 
@@ -162,7 +169,7 @@ async fn dump_globals(
     target: &PgTarget,
     env: &[(String, String)],
     packing: Packing,
-) -> Result<(crate::manifest::Artifact, String)> {
+) -> Result<(crate::manifest::Artifact, String, String)> {
     let mut last_err = None;
     for (mode, extra) in [
         ("full", None),
@@ -193,10 +200,10 @@ async fn dump_globals(
             .await
             .map_err(|e| Error::Other(format!("pg_dumpall waiter: {e}")))?;
         if stored.is_err() {
-            return first_cause(stored, dumped).map(|a| (a, mode.into()));
+            return first_cause(stored, dumped).map(|a| (a, mode.into(), String::new()));
         }
         match dumped {
-            Ok(_) => return Ok((stored?, mode.into())),
+            Ok(text) => return Ok((stored?, mode.into(), text)),
             Err(Error::Tool { stderr, .. })
                 if mode == "full" && stderr.contains("permission denied") =>
             {

@@ -46,6 +46,17 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
     (code, body)
 }
 
+/// A world with one files job on `schedule` (a scratch file to archive).
+fn files_world(job: &str, schedule: &str) -> World {
+    let src = scratch_dir("drctl-src-");
+    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
+    World::new(&format!(
+        "{}{}",
+        local_repo(),
+        files_job(job, schedule, &src)
+    ))
+}
+
 struct Daemon {
     child: Child,
     log: std::path::PathBuf,
@@ -126,13 +137,7 @@ fn count(runs: &[serde_json::Value], status: &str) -> usize {
 
 #[test]
 fn metrics_health_and_status_are_served_and_the_exposition_parses() {
-    let src = scratch_dir("drctl-src-");
-    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
-    let w = World::new(&format!(
-        "{}{}",
-        local_repo(),
-        files_job("tick", "* * * * * *", &src)
-    ));
+    let w = files_world("tick", "* * * * * *");
     let port = http_port(&w);
     let mut d = Daemon::start(&w);
     wait_until(Duration::from_secs(20), "two runs", || {
@@ -202,13 +207,7 @@ fn a_non_loopback_http_listen_is_refused() {
 
 #[test]
 fn a_one_second_job_fires_repeatedly_and_shows_in_status() {
-    let src = scratch_dir("drctl-src-");
-    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
-    let w = World::new(&format!(
-        "{}{}",
-        local_repo(),
-        files_job("tick", "* * * * * *", &src)
-    ));
+    let w = files_world("tick", "* * * * * *");
     let mut d = Daemon::start(&w);
     wait_until(Duration::from_secs(20), "three successful runs", || {
         count(&runs(&w, "tick"), "succeeded") >= 3
@@ -274,14 +273,8 @@ fn a_slow_job_is_never_overlapped_and_drctl_run_is_locked_out() {
 
 #[test]
 fn a_missed_backup_is_caught_up_at_start() {
-    let src = scratch_dir("drctl-src-");
-    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
     // 02:00 daily: whatever the time now, the previous 02:00 has no success.
-    let w = World::new(&format!(
-        "{}{}",
-        local_repo(),
-        files_job("nightly", "0 0 2 * * *", &src)
-    ));
+    let w = files_world("nightly", "0 0 2 * * *");
     let mut d = Daemon::start(&w);
     wait_until(Duration::from_secs(20), "the catch-up run", || {
         count(&runs(&w, "nightly"), "succeeded") == 1
@@ -359,13 +352,7 @@ fn sigterm_cancels_a_backup_that_outlives_the_grace_period() {
 
 #[test]
 fn sighup_with_a_broken_config_keeps_the_old_one() {
-    let src = scratch_dir("drctl-src-");
-    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
-    let w = World::new(&format!(
-        "{}{}",
-        local_repo(),
-        files_job("tick", "* * * * * *", &src)
-    ));
+    let w = files_world("tick", "* * * * * *");
     let good = std::fs::read_to_string(&w.config).unwrap();
     let mut d = Daemon::start(&w);
     wait_until(Duration::from_secs(20), "a first run", || {
@@ -402,13 +389,7 @@ fn sighup_with_a_broken_config_keeps_the_old_one() {
 
 #[test]
 fn systemd_is_told_ready_and_the_status() {
-    let src = scratch_dir("drctl-src-");
-    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
-    let mut w = World::new(&format!(
-        "{}{}",
-        local_repo(),
-        files_job("nightly", "0 0 2 * * *", &src)
-    ));
+    let mut w = files_world("nightly", "0 0 2 * * *");
     let sock_path = w.dir.join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(20)))
@@ -560,4 +541,67 @@ fn a_cluster_lock_without_coordination_is_a_config_error() {
         "{}",
         r.stderr
     );
+}
+
+#[test]
+fn a_failed_run_is_retried_with_backoff() {
+    let src = scratch_dir("drctl-src-");
+    let late = src.join("late.conf"); // appears only after the first attempt failed
+    let w = World::new(&format!(
+        "{}[jobs.flaky]\ntype = \"files\"\npaths = [\"{}\"]\nschedule = \"0 0 2 * * *\"\nrepository = \"local\"\nretries = 2\nretry_delay = \"1s\"\n",
+        local_repo(),
+        late.display()
+    ));
+    let mut d = Daemon::start(&w);
+    wait_until(Duration::from_secs(20), "the first attempt to fail", || {
+        count(&runs(&w, "flaky"), "failed") == 1
+    });
+    std::fs::write(&late, "now here\n").unwrap();
+    wait_until(Duration::from_secs(20), "the retry to succeed", || {
+        count(&runs(&w, "flaky"), "succeeded") == 1
+    });
+    assert!(d.log().contains("retrying"), "{}", d.log());
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(20)), Some(0));
+    assert_eq!(count(&runs(&w, "flaky"), "failed"), 1);
+}
+
+#[test]
+fn an_unreachable_database_is_waited_for_without_blocking_other_jobs() {
+    let src = scratch_dir("drctl-src-");
+    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
+    let mut w = World::new(&format!(
+        "{}{}[jobs.downdb]\ntype = \"postgres\"\nurl_env = \"DOWN_URL\"\nschedule = \"0 0 2 * * *\"\nrepository = \"local\"\nstartup_wait = \"3s\"\n",
+        local_repo(),
+        files_job("configs", "0 0 2 * * *", &src)
+    ));
+    w.set_env(
+        "DOWN_URL",
+        &format!(
+            "postgres://u:pw-not-logged-1234@127.0.0.1:{}/x",
+            free_port()
+        ),
+    );
+    let started = Instant::now();
+    let mut d = Daemon::start(&w);
+    // The files job catches up at once, while the database job is still waiting.
+    wait_until(Duration::from_secs(10), "the other job's catch-up", || {
+        count(&runs(&w, "configs"), "succeeded") == 1
+    });
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "not blocked by the wait"
+    );
+    wait_until(Duration::from_secs(15), "the wait to give up", || {
+        d.log().contains("database unreachable")
+    });
+    let log = d.log();
+    assert!(log.contains("waiting for the database"), "{log}");
+    assert!(!log.contains("pw-not-logged-1234"), "{log}");
+    assert!(
+        runs(&w, "downdb").is_empty(),
+        "no run started against a database that never came"
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(20)), Some(0));
 }

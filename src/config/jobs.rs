@@ -250,16 +250,7 @@ impl JobConfig {
         }
         match self {
             JobConfig::Postgres(j) => {
-                let n = [j.url.is_some(), j.url_env.is_some(), j.url_file.is_some()]
-                    .iter()
-                    .filter(|b| **b)
-                    .count();
-                if n != 1 {
-                    return Err((
-                        "url",
-                        "expected exactly one of `url`, `url_env`, `url_file`".into(),
-                    ));
-                }
+                one_url_source(&j.url, &j.url_env, &j.url_file).map_err(|m| ("url", m))?;
                 if let Some(u) = &j.url {
                     if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
                         return Err(("url", "expected a postgres:// URL".into()));
@@ -303,5 +294,21 @@ fn check_level(c: Compression, level: Option<i32>) -> Result<(), (&'static str, 
             "compression_level",
             format!("expected 1..=19 for zstd or 1..=9 for gzip (none takes no level), got {l}"),
         ))
+    }
+}
+
+/// A URL comes from exactly one of `url`, `url_env`, `url_file`.
+pub(crate) fn one_url_source(
+    url: &Option<String>,
+    env: &Option<String>,
+    file: &Option<PathBuf>,
+) -> Result<(), String> {
+    match [url.is_some(), env.is_some(), file.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count()
+    {
+        1 => Ok(()),
+        _ => Err("expected exactly one of `url`, `url_env`, `url_file`".into()),
     }
 }

@@ -288,6 +288,11 @@ impl LoadedConfig {
                 errors.push((format!("{key}.{field}"), msg));
             }
         }
+        if let Some(c) = &self.config.coordination {
+            if let Err(m) = jobs::one_url_source(&c.url, &c.url_env, &c.url_file) {
+                errors.push(("coordination.url".into(), m));
+            }
+        }
         for (name, job) in &self.config.jobs {
             let key = format!("jobs.{name}");
             if let Err(msg) = JobName::parse(name) {
@@ -319,18 +324,6 @@ impl LoadedConfig {
                     format!("{key}.lock"),
                     "lock = \"cluster\" needs a [coordination] section with url_env (or url, url_file) naming a PostgreSQL database shared by the hosts".into(),
                 ));
-            }
-            if let Some(c) = &self.config.coordination {
-                let n = [c.url.is_some(), c.url_env.is_some(), c.url_file.is_some()]
-                    .iter()
-                    .filter(|b| **b)
-                    .count();
-                if n != 1 && errors.iter().all(|(k, _)| k != "coordination.url") {
-                    errors.push((
-                        "coordination.url".into(),
-                        "expected exactly one of `url`, `url_env`, `url_file`".into(),
-                    ));
-                }
             }
             if let Err((field, msg)) = job.validate() {
                 errors.push((format!("{key}.{field}"), msg));

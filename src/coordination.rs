@@ -66,12 +66,19 @@ impl ClusterLock {
                 )
             })?;
         let key = lock_key(job);
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| Error::pg("taking the cluster lock", e))?;
-        if !got {
+        // The holder may release between our failed try and the look-up of
+        // who it was: then simply try again (the tick claim still decides).
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(key)
+                .fetch_one(&mut conn)
+                .await
+                .map_err(|e| Error::pg("taking the cluster lock", e))?;
+            if got {
+                break;
+            }
             let holder: Option<String> = sqlx::query_scalar(
                 "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
                  WHERE l.locktype = 'advisory' AND l.granted AND l.classid = (($1::bigint >> 32) & 4294967295)::oid
@@ -81,10 +88,13 @@ impl ClusterLock {
             .fetch_optional(&mut conn)
             .await
             .map_err(|e| Error::pg("finding the cluster lock holder", e))?;
-            return Ok(Err(format!(
-                "held by {}",
-                holder.unwrap_or_else(|| "another host".into())
-            )));
+            match holder {
+                Some(h) => return Ok(Err(format!("held by {h}"))),
+                None if attempt >= 5 => {
+                    return Ok(Err("held by another host (it kept changing hands)".into()))
+                }
+                None => continue,
+            }
         }
         if let Some(tick) = tick {
             let mut tx = conn
@@ -130,8 +140,7 @@ impl ClusterLock {
             tx.commit()
                 .await
                 .map_err(|e| Error::pg("claiming the tick", e))?;
-            // A retry of a tick this process claimed is still its own.
-            if let Some(h) = holder.filter(|h| *h != me()) {
+            if let Some(h) = holder {
                 return Ok(Err(format!(
                     "tick {} already run by {h}",
                     tick.format("%Y-%m-%d %H:%M:%S UTC")

@@ -117,7 +117,8 @@ impl Daemon {
                 trigger,
                 Progress::new(),
                 self.hard_stop.child_token(),
-                at,
+                // Only the first attempt claims the tick; retries run under the claim it won.
+                if attempt == 0 { at } else { None },
             )
             .await;
             match result {

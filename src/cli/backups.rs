@@ -49,7 +49,9 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
                 job: JobName::to_string(&job),
                 id: m.id.to_string(),
                 repository: repo_name.to_owned(),
-                finished_at: m.finished_at.to_rfc3339(),
+                finished_at: m
+                    .finished_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 stored_bytes: m.stored_bytes(),
                 raw_bytes: m.raw_bytes(),
                 duration_seconds: (m.finished_at - m.started_at).num_milliseconds() as f64 / 1000.0,

@@ -395,12 +395,25 @@ fn systemd_is_told_ready_and_the_status() {
     sock.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
     w.set_env("NOTIFY_SOCKET", sock_path.to_str().unwrap());
+    w.set_env("WATCHDOG_USEC", "1000000"); // WatchdogSec=1s: pings every half second
     let mut d = Daemon::start(&w);
     let mut buf = [0u8; 4096];
     let n = sock.recv(&mut buf).unwrap();
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
     assert!(msg.contains("READY=1"), "{msg}");
     assert!(msg.contains("STATUS=1 jobs, next: nightly at "), "{msg}");
+    let started = Instant::now();
+    let mut pings = 0;
+    while pings < 3 {
+        let n = sock.recv(&mut buf).expect("WATCHDOG=1 pings");
+        if String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "pings at half the watchdog interval"
+    );
     d.signal(libc::SIGTERM);
     // Heartbeats (STATUS, WATCHDOG) may come first; STOPPING must follow.
     loop {

@@ -25,9 +25,17 @@ pub fn watchdog() {
 }
 
 /// Half the watchdog interval systemd set (`WatchdogSec=`), if any.
+/// As libsystemd's sd_watchdog_enabled(3): `WATCHDOG_USEC` enables it, and
+/// `WATCHDOG_PID`, when present, must name this process. (The sd-notify
+/// crate also requires `WATCHDOG_PID` to be present, which systemd does not.)
 pub fn watchdog_interval() -> Option<Duration> {
-    let mut usec = 0u64;
-    sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    match std::env::var("WATCHDOG_PID").ok().map(|p| p.parse::<u32>()) {
+        None => {}
+        Some(Ok(pid)) if pid == std::process::id() => {}
+        Some(_) => return None,
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
 fn send(states: &[NotifyState]) {

@@ -295,14 +295,7 @@ sleep 120"#,
         };
         w.set_env("APP_DATABASE_URL", &pg.url(&db));
         let mut child = w.command(&["run", "appdb"]).spawn().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !marker.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "wrapper never finished dumping"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_path(&marker, Duration::from_secs(60));
         std::thread::sleep(Duration::from_millis(500));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -601,14 +594,7 @@ async fn sigterm_mid_dump_stops_cleanly_and_records_an_interrupted_run() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !marker.exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "wrapper never finished dumping"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_path(&marker, Duration::from_secs(60));
     let started = std::time::Instant::now();
     nix_kill(child.id(), libc::SIGTERM);
     let out = child.wait_with_output().unwrap();

@@ -531,3 +531,17 @@ pub fn cutting_proxy(target: String, budget: u64) -> u16 {
     });
     rx.recv().unwrap()
 }
+
+/// Wait until `path` exists (a wrapper script's "I got this far" marker).
+#[track_caller]
+pub fn wait_for_path(path: &Path, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while !path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

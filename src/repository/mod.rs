@@ -20,7 +20,6 @@ use crate::config::RepositoryConfig;
 use crate::error::{Error, Result};
 use crate::ids::{BackupId, JobName};
 use crate::manifest::{self, Manifest};
-use crate::stream::Measure;
 use async_trait::async_trait;
 use std::pin::Pin;
 use tokio::io::AsyncRead;
@@ -169,15 +168,9 @@ impl Repository {
         Ok(m)
     }
 
-    /// A reader over a stored artifact, counted and hashed as it is read.
-    pub async fn get_artifact(
-        &self,
-        job: &JobName,
-        id: &BackupId,
-        name: &str,
-    ) -> Result<(Measure<BoxRead>, crate::stream::Measured)> {
-        let r = self.backend.get(&Self::artifact_key(job, id, name)).await?;
-        Ok(Measure::new(r))
+    /// A reader over a stored artifact's bytes (callers verify them).
+    pub async fn get_artifact(&self, job: &JobName, id: &BackupId, name: &str) -> Result<BoxRead> {
+        self.backend.get(&Self::artifact_key(job, id, name)).await
     }
 
     /// Every object of one backup (manifest included), for tests and pruning.

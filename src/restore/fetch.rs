@@ -48,7 +48,7 @@ async fn read_hashed(
     progress: Option<Arc<Progress>>,
 ) -> Result<()> {
     let key = Repository::artifact_key(job, id, &artifact.name);
-    let (mut reader, _) = repo.get_artifact(job, id, &artifact.name).await?;
+    let mut reader = repo.get_artifact(job, id, &artifact.name).await?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut sink = Some(sink);

@@ -297,7 +297,7 @@ async fn pg_restore(
                 .stdin
                 .take()
                 .ok_or_else(|| Error::Other("pg_restore stdin".into()))?;
-            let (reader, _) = r
+            let reader = r
                 .repo
                 .get_artifact(&r.job, &r.manifest.id, &dump.name)
                 .await?;

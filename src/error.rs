@@ -105,3 +105,19 @@ impl<T> IoContext<T> for std::io::Result<T> {
         self.map_err(|e| Error::io(context(), e))
     }
 }
+
+/// An error and its sources as one line, skipping a source whose text the
+/// message already holds (many libraries repeat their cause in Display).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !msg.contains(&t) {
+            msg.push_str(": ");
+            msg.push_str(&t);
+        }
+        src = s.source();
+    }
+    msg
+}

@@ -4,6 +4,7 @@
 //! arguments, call into it and render results. Nothing in here writes to the
 //! terminal except through the [`progress::Progress`] counters the CLI polls.
 
+pub mod alerts;
 pub mod backup;
 pub mod config;
 pub mod coordination;

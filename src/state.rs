@@ -101,7 +101,12 @@ impl State {
         Ok(State { pool, path })
     }
 
-    fn err(&self, e: sqlx::Error) -> Error {
+    /// For modules keeping their own tables in the same file (alerts).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub(crate) fn err(&self, e: sqlx::Error) -> Error {
         Error::State {
             path: self.path.clone(),
             message: e.to_string(),

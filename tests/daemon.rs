@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 fn files_job(name: &str, schedule: &str, src: &std::path::Path) -> String {
@@ -55,60 +55,6 @@ fn files_world(job: &str, schedule: &str) -> World {
         local_repo(),
         files_job(job, schedule, &src)
     ))
-}
-
-struct Daemon {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(w: &World) -> Daemon {
-        let log = w.dir.join(format!("daemon-{}.log", unique("d")));
-        let f = std::fs::File::create(&log).unwrap();
-        let child = w
-            .command(&["daemon"])
-            .stderr(Stdio::from(f))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        Daemon { child, log }
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-    fn signal(&self, sig: i32) {
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
-    }
-    fn wait(&mut self, limit: Duration) -> Option<i32> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code();
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn status(w: &World) -> Vec<serde_json::Value> {

@@ -1,6 +1,7 @@
 //! Command-line front end. Thin: each subcommand file parses its arguments,
 //! calls one library entry point and renders text, JSON or a progress bar.
 
+mod alerts;
 mod backups;
 mod config_cmd;
 mod progress;
@@ -42,6 +43,8 @@ enum Command {
     Status(status::StatusArgs),
     /// A job's recent runs, with errors
     Logs(status::LogsArgs),
+    /// Firing alerts and the delivery outbox; `alerts test` checks each channel
+    Alerts(alerts::Args),
     /// Inspect the configuration
     Config {
         #[command(subcommand)]
@@ -89,6 +92,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Daemon => Ok(drctl::daemon::run(cli.config.clone()).await?),
         Command::Status(a) => status::status(&load()?, a).await,
         Command::Logs(a) => status::logs(&load()?, a).await,
+        Command::Alerts(a) => alerts::exec(&load()?, a).await,
         Command::Config { command } => config_cmd::exec(cli.config.as_deref(), command),
     }
 }

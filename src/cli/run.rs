@@ -21,7 +21,10 @@ pub struct Args {
 }
 
 pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
+    cfg.job(&a.job)?;
     let state = State::open(&cfg.config.state_dir).await?;
+    let alerter = drctl::alerts::Alerter::new(cfg, &state);
+    alerter.job_started(&a.job).await;
     let progress = Progress::new();
     let bar = Bar::start(progress.clone());
     let result = drctl::runner::run_job(
@@ -35,6 +38,20 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     )
     .await;
     bar.finish();
+    alerter.job_finished(&a.job, &result).await;
+    // Deliver what this run queued (and anything else due) now, bounded; the
+    // daemon, or the next run, retries whatever is left.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(40),
+        drctl::alerts::deliver_due(cfg, &state, Some(deadline)),
+    )
+    .await
+    {
+        Ok(Err(e)) => tracing::error!(error = %e, "delivering alerts"),
+        Err(_) => tracing::warn!("alert delivery is slow; the daemon or the next run retries"),
+        Ok(Ok(_)) => {}
+    }
     let m = match result? {
         Outcome::Committed(m) => m,
         Outcome::Skipped(reason) => return Err(Skipped(reason).into()),

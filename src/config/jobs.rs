@@ -75,6 +75,9 @@ pub struct PostgresJob {
     /// sharing `[coordination]`.
     #[serde(default)]
     pub lock: LockScope,
+    /// This job's alert routes and timing (`[jobs.NAME.alerts]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<super::alerts::JobAlerts>,
     pub repository: String,
     #[serde(default)]
     pub compression: Compression,
@@ -173,6 +176,9 @@ pub struct FilesJob {
     /// sharing `[coordination]`.
     #[serde(default)]
     pub lock: LockScope,
+    /// This job's alert routes and timing (`[jobs.NAME.alerts]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<super::alerts::JobAlerts>,
     pub repository: String,
     #[serde(default)]
     pub compression: Compression,
@@ -190,6 +196,7 @@ pub struct Scheduling<'a> {
     pub retry_delay: Duration,
     pub catch_up: bool,
     pub lock: LockScope,
+    pub alerts: Option<&'a super::alerts::JobAlerts>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,6 +235,7 @@ impl JobConfig {
                     retry_delay: $j.retry_delay,
                     catch_up: $j.catch_up.unwrap_or($backup),
                     lock: $j.lock,
+                    alerts: $j.alerts.as_ref(),
                 }
             };
         }

@@ -5,10 +5,15 @@
 //! them are collected before anything runs (as `vector validate` does), so an
 //! operator fixes a config in one pass rather than one error per attempt.
 
+mod alerts;
 mod jobs;
 mod render;
 mod repositories;
 
+pub use alerts::{
+    AlertsConfig, ChannelConfig, EmailChannel, JobAlerts, PingChannel, Routes, SlackChannel,
+    SmtpSecurity, WebhookChannel,
+};
 pub use jobs::{Compression, FilesJob, JobConfig, LockScope, PathEntry, PostgresJob, Scheduling};
 pub use render::render_masked;
 pub use repositories::{LocalRepository, RepositoryConfig, S3Repository};
@@ -48,6 +53,7 @@ const ENV_KEYS: &[&str] = &[
     "repositories",
     "jobs",
     "daemon",
+    "alerts",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +76,8 @@ pub struct Config {
     /// A PostgreSQL database shared by hosts for `lock = "cluster"` jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coordination: Option<CoordinationConfig>,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -183,6 +191,7 @@ impl LoadedConfig {
                 daemon: DaemonConfig::default(),
                 http: HttpConfig::default(),
                 coordination: None,
+                alerts: AlertsConfig::default(),
             },
             files,
             figment: main,
@@ -293,8 +302,23 @@ impl LoadedConfig {
                 errors.push(("coordination.url".into(), m));
             }
         }
+        let job_names: Vec<&str> = self.config.jobs.keys().map(String::as_str).collect();
+        errors.extend(self.config.alerts.validate(&job_names));
         for (name, job) in &self.config.jobs {
             let key = format!("jobs.{name}");
+            if let Some(a) = job.scheduling().alerts {
+                for (sev, list) in [
+                    ("critical", &a.critical),
+                    ("warning", &a.warning),
+                    ("info", &a.info),
+                ] {
+                    if let Some(list) = list {
+                        if let Err(m) = self.config.alerts.check_route(list) {
+                            errors.push((format!("{key}.alerts.{sev}"), m));
+                        }
+                    }
+                }
+            }
             if let Err(msg) = JobName::parse(name) {
                 errors.push((key.clone(), msg));
             }

@@ -5,7 +5,8 @@ use super::LoadedConfig;
 /// Keys whose values are secrets wherever they appear.
 fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    (k.contains("password") || k.contains("secret") || k.contains("token"))
+    // A Slack incoming-webhook URL is itself the credential.
+    (k.contains("password") || k.contains("secret") || k.contains("token") || k == "webhook_url")
         && !k.ends_with("_env")
         && !k.ends_with("_file")
 }

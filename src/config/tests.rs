@@ -239,3 +239,118 @@ fn the_repositorys_example_job_files_load() {
     assert!(c.config.jobs.contains_key("configs"));
     assert_eq!(c.config.jobs["appdb"].schedule(), Some("0 0 2 * * *"));
 }
+
+/// The alert config from the alerts issue, exactly as written there.
+const ALERTS_ISSUE_CONFIG: &str = r#"
+[repositories.local]
+type = "local"
+path = "/var/backups/drctl"
+
+[jobs.appdb]
+type = "postgres"
+url_env = "APP_DATABASE_URL"
+repository = "local"
+
+[alerts.channels.mail]
+type = "email"
+host = "smtp.example.com"
+port = 587
+security = "starttls"              # starttls | tls | none
+username = "drctl"
+password_env = "SMTP_PASSWORD"     # or password_file
+from = "drctl@example.com"
+to = ["oncall@example.com"]
+
+[alerts.channels.ops]
+type = "slack"
+webhook_url_env = "SLACK_WEBHOOK_URL"
+
+[alerts.channels.hooks]
+type = "webhook"
+url = "https://hooks.example.com/drctl"
+secret_env = "WEBHOOK_SECRET"
+
+[alerts.routes]
+critical = ["mail", "ops", "hooks"]
+warning = ["ops"]
+"#;
+
+#[test]
+fn alerts_issue_config_loads_as_written() {
+    let (_d, r) = load_str(ALERTS_ISSUE_CONFIG);
+    let cfg = r.unwrap();
+    let a = &cfg.config.alerts;
+    assert_eq!(a.channels.len(), 3);
+    assert_eq!(a.routes.critical, ["mail", "ops", "hooks"]);
+    assert_eq!(a.repeat_interval, std::time::Duration::from_secs(4 * 3600));
+    assert_eq!(a.max_age, std::time::Duration::from_secs(24 * 3600));
+    assert!(a.for_.is_zero());
+    match &a.channels["mail"] {
+        ChannelConfig::Email(e) => {
+            assert_eq!(e.security, SmtpSecurity::Starttls);
+            assert_eq!(e.port, Some(587));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn alert_routes_name_unknown_and_ping_channels() {
+    let body = format!(
+        "{ALERTS_ISSUE_CONFIG}info = [\"pager\"]\n[alerts.channels.hc]\ntype = \"ping\"\nurl = \"https://hc-ping.com/x/{{job}}\"\n[jobs.appdb.alerts]\nwarning = [\"hc\"]\n"
+    );
+    let (_d, r) = load_str(&body);
+    let (file, key, msg) = config_err(r);
+    assert!(file.ends_with("drctl.toml"), "{file}");
+    assert_eq!(key, "alerts.routes.info", "{msg}");
+    assert!(
+        msg.contains("no channel named \"pager\"") && msg.contains("hooks, mail, ops"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("jobs.appdb.alerts.warning") || msg.contains("ping channel"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn email_channel_errors_name_the_key() {
+    let body = ALERTS_ISSUE_CONFIG.replace("to = [\"oncall@example.com\"]", "to = []");
+    let (_d, r) = load_str(&body);
+    let (_, key, msg) = config_err(r);
+    assert_eq!(key, "alerts.channels.mail.to");
+    assert!(msg.contains("at least one recipient"), "{msg}");
+
+    let body = ALERTS_ISSUE_CONFIG.replace("security = \"starttls\"", "security = \"ssl\"");
+    let (_d, r) = load_str(&body);
+    let (_, key, msg) = config_err(r);
+    assert!(key.starts_with("alerts.channels"), "{key}");
+    assert!(
+        msg.contains("starttls") && msg.contains("tls") && msg.contains("none"),
+        "{msg}"
+    );
+
+    let body = ALERTS_ISSUE_CONFIG.replace("username = \"drctl\"\n", "");
+    let (_d, r) = load_str(&body);
+    let (_, key, _) = config_err(r);
+    assert_eq!(key, "alerts.channels.mail.username");
+}
+
+#[test]
+fn check_output_masks_inline_slack_urls_and_secrets() {
+    let body = ALERTS_ISSUE_CONFIG
+        .replace(
+            "webhook_url_env = \"SLACK_WEBHOOK_URL\"",
+            "webhook_url = \"https://hooks.slack.com/services/T0/B0/XyZsecret\"",
+        )
+        .replace(
+            "secret_env = \"WEBHOOK_SECRET\"",
+            "secret = \"hunter22-whsec\"",
+        );
+    let (_d, r) = load_str(&body);
+    let out = render_masked(&r.unwrap());
+    assert!(
+        !out.contains("XyZsecret") && !out.contains("hunter22-whsec"),
+        "{out}"
+    );
+}

@@ -108,8 +108,11 @@ impl Daemon {
                 () = self.stopping.cancelled() => return,
             }
         }
+        let alerter = crate::alerts::Alerter::new(&cfg, &self.state);
+        alerter.job_started(name).await;
         let mut delay = sched.retry_delay;
-        for attempt in 0..=sched.retries {
+        let mut attempt = 0;
+        let result = loop {
             let result = run_job(
                 &cfg,
                 &self.state,
@@ -121,27 +124,31 @@ impl Daemon {
                 if attempt == 0 { at } else { None },
             )
             .await;
-            match result {
+            match &result {
                 Ok(Outcome::Committed(m)) => {
                     tracing::info!(job = name, backup = %m.id, "scheduled run succeeded");
-                    return;
                 }
-                Ok(Outcome::Skipped(_)) => return,
-                Err(Error::Interrupted(_)) => return,
+                Ok(Outcome::Skipped(_)) | Err(Error::Interrupted(_)) => {}
                 Err(e) if attempt < sched.retries => {
                     tracing::warn!(job = name, attempt = attempt + 1, retry_in = ?delay, error = %crate::secret::redact(&e.to_string()), "run failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = self.stopping.cancelled() => return,
+                    let stopped = tokio::select! {
+                        () = tokio::time::sleep(delay) => false,
+                        () = self.stopping.cancelled() => true,
+                    };
+                    if !stopped {
+                        delay = (delay * 2).min(Duration::from_secs(3600));
+                        attempt += 1;
+                        continue;
                     }
-                    delay = (delay * 2).min(Duration::from_secs(3600));
                 }
                 Err(e) => {
                     tracing::error!(job = name, error = %crate::secret::redact(&e.to_string()), "run failed");
-                    return;
                 }
             }
-        }
+            break result;
+        };
+        // Only the final outcome alerts: a failure a retry fixed is no news.
+        alerter.job_finished(name, &result).await;
     }
 
     /// "3 jobs, next: appdb at 02:00:00 UTC"
@@ -325,6 +332,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         });
     }
     sched.start().await.map_err(sched_err)?;
+    let alert_worker = tokio::spawn(alert_worker(d.clone()));
     catch_up(&d).await;
 
     let io = |e| Error::io("installing signal handlers", e);
@@ -333,6 +341,16 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     let mut hup = signal(SignalKind::hangup()).map_err(io)?;
     let status = d.status_line();
     tracing::info!(%status, "daemon started");
+    if let Err(e) = crate::alerts::Alerter::new(&cfg, &d.state)
+        .notice(
+            "daemon_started",
+            crate::alerts::Severity::Info,
+            format!("drctl daemon started ({status})"),
+        )
+        .await
+    {
+        tracing::error!(error = %e, "cannot queue the start notice");
+    }
     notify::ready(&status);
     let mut heartbeat =
         tokio::time::interval(notify::watchdog_interval().unwrap_or(Duration::from_secs(30)));
@@ -398,13 +416,77 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     d.stopping.cancel();
     let _ = sched.shutdown().await;
     d.tasks.close();
-    if tokio::time::timeout(grace, d.tasks.wait()).await.is_err() {
+    let cancelled = tokio::time::timeout(grace, d.tasks.wait()).await.is_err();
+    if cancelled {
         tracing::warn!(?grace, "grace period over; cancelling running jobs");
         d.hard_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(30), d.tasks.wait()).await;
     }
+    let _ = alert_worker.await;
+    let cfg = d.config();
+    let (severity, summary) = match (running.is_empty(), cancelled) {
+        (true, _) => (
+            crate::alerts::Severity::Info,
+            "drctl daemon stopped".to_string(),
+        ),
+        (false, false) => (
+            crate::alerts::Severity::Warning,
+            format!(
+                "drctl daemon stopped with jobs still running ({}); they finished within the grace period",
+                running.join(", ")
+            ),
+        ),
+        (false, true) => (
+            crate::alerts::Severity::Warning,
+            format!(
+                "drctl daemon stopped with jobs still running ({}); cancelled after the {} grace period, their runs are recorded as interrupted",
+                running.join(", "),
+                humantime::format_duration(grace)
+            ),
+        ),
+    };
+    let alerter = crate::alerts::Alerter::new(&cfg, &d.state);
+    if let Err(e) = alerter.notice("daemon_stopped", severity, summary).await {
+        tracing::error!(error = %e, "cannot queue the stop notice");
+    }
+    // Last delivery pass, bounded: what is left waits in the outbox for the next start.
+    let flush = Duration::from_secs(10);
+    match tokio::time::timeout(
+        flush,
+        crate::alerts::deliver_due(&cfg, &d.state, Some(tokio::time::Instant::now() + flush)),
+    )
+    .await
+    {
+        Ok(Err(e)) => tracing::error!(error = %e, "delivering alerts"),
+        Err(_) => tracing::warn!("alert delivery still busy at exit; the outbox keeps the rest"),
+        Ok(Ok(_)) => {}
+    }
     tracing::info!("daemon stopped");
     Ok(())
+}
+
+/// Every second: promote and repeat conditions, then deliver due outbox
+/// rows. Stops at shutdown (the stop path does one last bounded pass).
+async fn alert_worker(d: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = d.stopping.cancelled() => return,
+        }
+        let cfg = d.config();
+        if let Err(e) = crate::alerts::Alerter::new(&cfg, &d.state).sweep().await {
+            tracing::error!(error = %e, "evaluating alerts");
+        }
+        let pass = crate::alerts::deliver_due(&cfg, &d.state, None);
+        tokio::select! {
+            r = pass => if let Err(e) = r {
+                tracing::error!(error = %e, "delivering alerts");
+            },
+            () = d.stopping.cancelled() => return,
+        }
+    }
 }
 
 #[cfg(test)]

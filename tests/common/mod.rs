@@ -10,9 +10,12 @@
 //! - The `drctl` binary itself, run as a child with its own environment.
 #![allow(dead_code)]
 
+pub mod receivers;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 pub const PG_PASSWORD: &str = "Sup3r-Secret-PW-7731";
 pub const S3_ACCESS_KEY: &str = "drctl-test-access";
@@ -543,5 +546,60 @@ pub fn wait_for_path(path: &Path, limit: std::time::Duration) {
             path.display()
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `drctl daemon` as a child, its log in the world's directory.
+pub struct Daemon {
+    pub child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    pub fn start(w: &World) -> Daemon {
+        let log = w.dir.join(format!("daemon-{}.log", unique("d")));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = w
+            .command(&["daemon"])
+            .stderr(Stdio::from(f))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Daemon { child, log }
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+    pub fn wait(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -1,0 +1,52 @@
+//! Dead-man's-switch pings in the healthchecks.io style: `URL/start` when a
+//! run starts, `URL` on success, `URL/fail` (with the error as body) on failure.
+//! The service alerts when pings stop, which covers a host that died.
+
+use super::{http, Channel, SendError};
+use crate::alerts::{Event, Notification};
+use crate::config::PingChannel;
+use crate::secret::Secret;
+
+pub(super) struct Ping {
+    url: Secret,
+    client: reqwest::Client,
+}
+
+impl Ping {
+    pub fn new(c: &PingChannel) -> Result<Self, String> {
+        let url = super::secret(
+            c.url.as_deref(),
+            c.url_env.as_deref(),
+            c.url_file.as_deref(),
+            "url",
+        )?
+        .ok_or("no url configured")?;
+        Ok(Ping {
+            url,
+            client: http::client(c.timeout)?,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Channel for Ping {
+    async fn send(&self, n: &Notification) -> Result<String, SendError> {
+        let job = n.job.as_deref().unwrap_or("drctl");
+        let base = self.url.expose().replace("{job}", job);
+        let base = base.trim_end_matches('/');
+        let (url, body) = match n.event {
+            Event::PingStart => (format!("{base}/start"), String::new()),
+            Event::PingFail => (format!("{base}/fail"), n.detail.clone().unwrap_or_default()),
+            Event::PingSuccess => (base.to_owned(), String::new()),
+            other => {
+                return Err(SendError::Permanent(format!(
+                    "a ping channel sends run pings, not {} notifications",
+                    other.as_str()
+                )))
+            }
+        };
+        // The URL may embed the check's key: it is registered as a secret.
+        crate::secret::register(&url);
+        http::send(self.client.post(url).body(body)).await
+    }
+}

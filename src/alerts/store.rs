@@ -1,0 +1,411 @@
+//! The alert tables: condition state and the outbox.
+//!
+//! A state change and the outbox rows it produces are written in one
+//! `BEGIN IMMEDIATE` transaction: a crash can lose neither one without the
+//! other, and two processes (daemon, `drctl run`) raising the same
+//! condition at once notify once.
+
+use super::message::Notification;
+use super::{from_ms, ms, Condition, Event, Severity, Timing};
+use crate::error::Result;
+use crate::state::State;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{Row, SqliteConnection};
+use std::time::Duration;
+
+/// Where notifications come from and how long they may wait.
+pub(crate) struct Ctx<'a> {
+    pub host: &'a str,
+    pub max_age: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertRow {
+    pub key: String,
+    pub kind: String,
+    pub severity: Severity,
+    pub job: Option<String>,
+    /// pending (waiting out `for`) | firing | resolved
+    pub state: String,
+    pub summary: String,
+    pub detail: Option<String>,
+    pub channels: Vec<String>,
+    pub started_at: DateTime<Utc>,
+    pub fired_at: Option<DateTime<Utc>>,
+    pub last_notified_at: Option<DateTime<Utc>>,
+    pub notifications: i64,
+    #[serde(skip)]
+    hint: Option<String>,
+    #[serde(skip)]
+    for_ms: i64,
+    #[serde(skip)]
+    repeat_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryRow {
+    pub id: i64,
+    pub alert_key: String,
+    pub channel: String,
+    pub event: String,
+    /// pending | delivered | failed | expired
+    pub state: String,
+    pub attempts: i64,
+    pub created_at: DateTime<Utc>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub expires_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub notification: Notification,
+}
+
+fn alert_row(r: &sqlx::sqlite::SqliteRow) -> AlertRow {
+    let channels: String = r.get("channels");
+    AlertRow {
+        key: r.get("key"),
+        kind: r.get("kind"),
+        severity: Severity::parse(r.get::<&str, _>("severity")),
+        job: r.get("job"),
+        state: r.get("state"),
+        summary: r.get("summary"),
+        detail: r.get("detail"),
+        channels: serde_json::from_str(&channels).unwrap_or_default(),
+        started_at: from_ms(r.get("started_at")),
+        fired_at: r.get::<Option<i64>, _>("fired_at").map(from_ms),
+        last_notified_at: r.get::<Option<i64>, _>("last_notified_at").map(from_ms),
+        notifications: r.get("notifications"),
+        hint: r.get("hint"),
+        for_ms: r.get("for_ms"),
+        repeat_ms: r.get("repeat_ms"),
+    }
+}
+
+fn delivery_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeliveryRow> {
+    let payload: String = r.get("payload");
+    let notification = serde_json::from_str(&payload).map_err(|e| {
+        crate::Error::Other(format!(
+            "outbox row {} holds an unreadable notification: {e}",
+            r.get::<i64, _>("id")
+        ))
+    })?;
+    let state: String = r.get("state");
+    Ok(DeliveryRow {
+        id: r.get("id"),
+        alert_key: r.get("alert_key"),
+        channel: r.get("channel"),
+        event: r.get("event"),
+        attempts: r.get("attempts"),
+        created_at: from_ms(r.get("created_at")),
+        next_attempt_at: (state == "pending").then(|| from_ms(r.get("next_attempt_at"))),
+        expires_at: from_ms(r.get("expires_at")),
+        delivered_at: r.get::<Option<i64>, _>("delivered_at").map(from_ms),
+        last_error: r.get("last_error"),
+        state,
+        notification,
+    })
+}
+
+async fn begin(state: &State) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+    state
+        .pool()
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(|e| state.err(e))
+}
+
+async fn get(state: &State, conn: &mut SqliteConnection, key: &str) -> Result<Option<AlertRow>> {
+    let r = sqlx::query("SELECT * FROM alerts WHERE key = ?")
+        .bind(key)
+        .fetch_optional(conn)
+        .await
+        .map_err(|e| state.err(e))?;
+    Ok(r.as_ref().map(alert_row))
+}
+
+fn notification_of(a: &AlertRow, event: Event, now: DateTime<Utc>, host: &str) -> Notification {
+    Notification {
+        id: uuid::Uuid::new_v4().to_string(),
+        event,
+        key: a.key.clone(),
+        kind: a.kind.clone(),
+        severity: a.severity,
+        host: host.to_owned(),
+        job: a.job.clone(),
+        summary: a.summary.clone(),
+        detail: a.detail.clone(),
+        hint: a.hint.clone(),
+        since: Some(a.started_at),
+        at: now,
+        count: a.notifications,
+    }
+}
+
+/// The condition holds: record it, then notify if due.
+pub(crate) async fn raise(
+    state: &State,
+    ctx: &Ctx<'_>,
+    c: &Condition,
+    timing: Timing,
+    channels: &[String],
+    now: DateTime<Utc>,
+) -> Result<usize> {
+    let mut tx = begin(state).await?;
+    let existing = get(state, &mut tx, &c.key).await?;
+    let active = existing
+        .as_ref()
+        .is_some_and(|a| a.state == "pending" || a.state == "firing");
+    let channels_json = serde_json::to_string(channels).unwrap_or_else(|_| "[]".into());
+    let q = if active {
+        "UPDATE alerts SET kind = ?, severity = ?, job = ?, summary = ?, detail = ?, hint = ?, channels = ?, for_ms = ?, repeat_ms = ?, updated_at = ? WHERE key = ?"
+    } else {
+        "INSERT OR REPLACE INTO alerts (kind, severity, job, summary, detail, hint, channels, for_ms, repeat_ms, updated_at, key, state, started_at, notifications) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, 0)"
+    };
+    let mut query = sqlx::query(q)
+        .bind(&c.kind)
+        .bind(c.severity.as_str())
+        .bind(&c.job)
+        .bind(&c.summary)
+        .bind(&c.detail)
+        .bind(&c.hint)
+        .bind(&channels_json)
+        .bind(timing.for_.as_millis() as i64)
+        .bind(timing.repeat.as_millis() as i64)
+        .bind(ms(now))
+        .bind(&c.key);
+    if !active {
+        query = query.bind(ms(now));
+    }
+    query.execute(&mut *tx).await.map_err(|e| state.err(e))?;
+    let n = evaluate(state, &mut tx, ctx, &c.key, now).await?;
+    tx.commit().await.map_err(|e| state.err(e))?;
+    Ok(n)
+}
+
+/// Promote or repeat one active condition if due; returns the rows queued.
+async fn evaluate(
+    state: &State,
+    conn: &mut SqliteConnection,
+    ctx: &Ctx<'_>,
+    key: &str,
+    now: DateTime<Utc>,
+) -> Result<usize> {
+    let Some(mut a) = get(state, conn, key).await? else {
+        return Ok(0);
+    };
+    let now_ms = ms(now);
+    let event = match a.state.as_str() {
+        "pending" if now_ms - ms(a.started_at) >= a.for_ms => Event::Firing,
+        "firing"
+            if a.last_notified_at
+                .is_some_and(|t| now_ms - ms(t) >= a.repeat_ms) =>
+        {
+            Event::Repeat
+        }
+        _ => return Ok(0),
+    };
+    a.notifications += 1;
+    sqlx::query(
+        "UPDATE alerts SET state = 'firing', fired_at = COALESCE(fired_at, ?), last_notified_at = ?, notifications = ?, updated_at = ? WHERE key = ?",
+    )
+    .bind(now_ms)
+    .bind(now_ms)
+    .bind(a.notifications)
+    .bind(now_ms)
+    .bind(key)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| state.err(e))?;
+    let n = notification_of(&a, event, now, ctx.host);
+    for ch in &a.channels {
+        insert(state, &mut *conn, ch, &n, ctx.max_age).await?;
+    }
+    Ok(a.channels.len())
+}
+
+/// The condition stopped holding: resolve it, notifying where it fired.
+pub(crate) async fn clear(
+    state: &State,
+    ctx: &Ctx<'_>,
+    key: &str,
+    summary: &str,
+    now: DateTime<Utc>,
+) -> Result<usize> {
+    let mut tx = begin(state).await?;
+    let Some(mut a) = get(state, &mut tx, key).await? else {
+        return Ok(0);
+    };
+    let was = a.state.clone();
+    if was != "pending" && was != "firing" {
+        return Ok(0);
+    }
+    sqlx::query(
+        "UPDATE alerts SET state = 'resolved', resolved_at = ?, updated_at = ? WHERE key = ?",
+    )
+    .bind(ms(now))
+    .bind(ms(now))
+    .bind(key)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| state.err(e))?;
+    let mut queued = 0;
+    // A pending condition never notified: it resolves silently (damping).
+    if was == "firing" {
+        a.summary = summary.to_owned();
+        a.hint = None;
+        let n = notification_of(&a, Event::Resolved, now, ctx.host);
+        for ch in &a.channels {
+            insert(state, &mut tx, ch, &n, ctx.max_age).await?;
+        }
+        queued = a.channels.len();
+    }
+    tx.commit().await.map_err(|e| state.err(e))?;
+    Ok(queued)
+}
+
+/// Evaluate every active condition (timed promotions and repeats).
+pub(crate) async fn sweep(state: &State, ctx: &Ctx<'_>, now: DateTime<Utc>) -> Result<usize> {
+    let keys: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM alerts WHERE state IN ('pending', 'firing')")
+            .fetch_all(state.pool())
+            .await
+            .map_err(|e| state.err(e))?;
+    let mut queued = 0;
+    for key in keys {
+        let mut tx = begin(state).await?;
+        queued += evaluate(state, &mut tx, ctx, &key, now).await?;
+        tx.commit().await.map_err(|e| state.err(e))?;
+    }
+    Ok(queued)
+}
+
+async fn insert(
+    state: &State,
+    conn: &mut SqliteConnection,
+    channel: &str,
+    n: &Notification,
+    max_age: Duration,
+) -> Result<()> {
+    let payload = serde_json::to_string(n)
+        .map_err(|e| crate::Error::Other(format!("encoding a notification: {e}")))?;
+    let now = ms(Utc::now());
+    sqlx::query(
+        "INSERT INTO alert_deliveries (alert_key, channel, event, payload, created_at, expires_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&n.key)
+    .bind(channel)
+    .bind(n.event.as_str())
+    .bind(payload)
+    .bind(now)
+    .bind(now + max_age.as_millis() as i64)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map_err(|e| state.err(e))?;
+    Ok(())
+}
+
+/// Queue one notification outside any condition (notices, pings).
+pub(crate) async fn enqueue(
+    state: &State,
+    channel: &str,
+    n: &Notification,
+    max_age: Duration,
+) -> Result<()> {
+    let mut conn = state.pool().acquire().await.map_err(|e| state.err(e))?;
+    insert(state, &mut conn, channel, n, max_age).await
+}
+
+pub(crate) async fn active(state: &State) -> Result<Vec<AlertRow>> {
+    let rows = sqlx::query(
+        "SELECT * FROM alerts WHERE state IN ('pending', 'firing') ORDER BY started_at DESC",
+    )
+    .fetch_all(state.pool())
+    .await
+    .map_err(|e| state.err(e))?;
+    Ok(rows.iter().map(alert_row).collect())
+}
+
+pub(crate) async fn deliveries(state: &State, limit: i64) -> Result<Vec<DeliveryRow>> {
+    let rows = sqlx::query("SELECT * FROM alert_deliveries ORDER BY id DESC LIMIT ?")
+        .bind(limit)
+        .fetch_all(state.pool())
+        .await
+        .map_err(|e| state.err(e))?;
+    rows.iter().map(delivery_row).collect()
+}
+
+/// Channels with undelivered rows.
+pub(crate) async fn pending_channels(state: &State) -> Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT channel FROM alert_deliveries WHERE state = 'pending' ORDER BY channel",
+    )
+    .fetch_all(state.pool())
+    .await
+    .map_err(|e| state.err(e))
+}
+
+/// One channel's undelivered rows, oldest first: a channel delivers in order.
+pub(crate) async fn pending_of(state: &State, channel: &str) -> Result<Vec<DeliveryRow>> {
+    let rows = sqlx::query(
+        "SELECT * FROM alert_deliveries WHERE state = 'pending' AND channel = ? ORDER BY id",
+    )
+    .bind(channel)
+    .fetch_all(state.pool())
+    .await
+    .map_err(|e| state.err(e))?;
+    rows.iter().map(delivery_row).collect()
+}
+
+/// How an attempt ended.
+pub(crate) enum Attempt {
+    Delivered(String),
+    /// Try again at the given time.
+    Retry(String, DateTime<Utc>),
+    /// Will never succeed (rejected, expired, channel gone).
+    GiveUp(&'static str, String),
+}
+
+pub(crate) async fn record(state: &State, id: i64, attempt: &Attempt) -> Result<()> {
+    let now = ms(Utc::now());
+    let mut tx = begin(state).await?;
+    let (ok, detail) = match attempt {
+        Attempt::Delivered(d) => (true, d.as_str()),
+        Attempt::Retry(e, _) | Attempt::GiveUp(_, e) => (false, e.as_str()),
+    };
+    let detail = crate::secret::redact(detail);
+    let counts = !matches!(attempt, Attempt::GiveUp("expired", _));
+    if counts {
+        sqlx::query("INSERT INTO alert_attempts (delivery_id, at, ok, detail) VALUES (?, ?, ?, ?)")
+            .bind(id)
+            .bind(now)
+            .bind(ok)
+            .bind(&detail)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| state.err(e))?;
+    }
+    let q = match attempt {
+        Attempt::Delivered(_) => sqlx::query(
+            "UPDATE alert_deliveries SET state = 'delivered', attempts = attempts + 1, delivered_at = ?, last_error = NULL WHERE id = ?",
+        )
+        .bind(now)
+        .bind(id),
+        Attempt::Retry(_, next) => sqlx::query(
+            "UPDATE alert_deliveries SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?",
+        )
+        .bind(ms(*next))
+        .bind(&detail)
+        .bind(id),
+        Attempt::GiveUp(st, _) => sqlx::query(
+            "UPDATE alert_deliveries SET state = ?, attempts = attempts + ?, last_error = ? WHERE id = ?",
+        )
+        .bind(*st)
+        .bind(if counts { 1 } else { 0 })
+        .bind(&detail)
+        .bind(id),
+    };
+    q.execute(&mut *tx).await.map_err(|e| state.err(e))?;
+    tx.commit().await.map_err(|e| state.err(e))?;
+    Ok(())
+}

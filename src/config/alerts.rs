@@ -1,0 +1,377 @@
+//! `[alerts]`: channels (where a message can go), routes (which severity
+//! goes where) and the outbox's timing.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    #[serde(default)]
+    pub channels: BTreeMap<String, ChannelConfig>,
+    #[serde(default)]
+    pub routes: Routes,
+    /// A firing condition is notified again after this long.
+    #[serde(default = "default_repeat", with = "humantime_serde")]
+    pub repeat_interval: Duration,
+    /// A condition must hold this long before it notifies (Alertmanager's
+    /// `for`): a failure that recovers sooner sends nothing.
+    #[serde(default, rename = "for", with = "humantime_serde")]
+    pub for_: Duration,
+    /// A delivery still failing after this long is given up (and logged).
+    #[serde(default = "default_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// First retry delay of a failed delivery; doubles up to `retry_max`.
+    #[serde(default = "default_retry_initial", with = "humantime_serde")]
+    pub retry_initial: Duration,
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            channels: BTreeMap::new(),
+            routes: Routes::default(),
+            repeat_interval: default_repeat(),
+            for_: Duration::ZERO,
+            max_age: default_max_age(),
+            retry_initial: default_retry_initial(),
+            retry_max: default_retry_max(),
+        }
+    }
+}
+
+fn default_repeat() -> Duration {
+    Duration::from_secs(4 * 3600)
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_retry_initial() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// Channel names per severity.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routes {
+    #[serde(default)]
+    pub critical: Vec<String>,
+    #[serde(default)]
+    pub warning: Vec<String>,
+    #[serde(default)]
+    pub info: Vec<String>,
+}
+
+/// `[jobs.NAME.alerts]`: a job's own routes and timing; a severity it does
+/// not list uses `[alerts.routes]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobAlerts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critical: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Vec<String>>,
+    #[serde(
+        default,
+        rename = "for",
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub for_: Option<Duration>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub repeat_interval: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChannelConfig {
+    Email(EmailChannel),
+    Slack(SlackChannel),
+    Webhook(WebhookChannel),
+    Ping(PingChannel),
+}
+
+impl ChannelConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ChannelConfig::Email(_) => "email",
+            ChannelConfig::Slack(_) => "slack",
+            ChannelConfig::Webhook(_) => "webhook",
+            ChannelConfig::Ping(_) => "ping",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// Plain connection upgraded with STARTTLS; refuses a server without it.
+    Starttls,
+    /// TLS from the first byte (SMTPS, usually port 465).
+    Tls,
+    /// No encryption: only for a relay on the same host.
+    None,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailChannel {
+    pub host: String,
+    /// Default: 587 for starttls, 465 for tls, 25 for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default = "default_security")]
+    pub security: SmtpSecurity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    pub from: String,
+    pub to: Vec<String>,
+    /// Extra CA certificate (PEM) trusted for this server, for an internal CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_smtp_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_security() -> SmtpSecurity {
+    SmtpSecurity::Starttls
+}
+fn default_smtp_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_http_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlackChannel {
+    /// The incoming-webhook URL is a credential: prefer `_env`/`_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url_file: Option<PathBuf>,
+    #[serde(default = "default_http_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookChannel {
+    pub url: String,
+    /// HMAC-SHA256 key; without one the posts are unsigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    #[serde(default = "default_http_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// Dead-man's-switch pings (healthchecks.io style): `URL/start` when a run
+/// starts, `URL` when it succeeds, `URL/fail` when it fails. `{job}` in the
+/// URL is replaced by the job name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PingChannel {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<PathBuf>,
+    /// Jobs that ping (default: every job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<Vec<String>>,
+    /// A ping older than this is dropped: a late "start" misleads more than a missing one.
+    #[serde(default = "default_ping_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    #[serde(default = "default_http_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_ping_max_age() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl AlertsConfig {
+    /// Problems as (key under `alerts.`, message).
+    pub(crate) fn validate(&self, jobs: &[&str]) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        for (name, ch) in &self.channels {
+            let key = format!("alerts.channels.{name}");
+            if let Err(m) = crate::ids::JobName::parse(name) {
+                errors.push((key.clone(), m));
+            }
+            let mut check = |field: &str, r: Result<(), String>| {
+                if let Err(m) = r {
+                    errors.push((format!("{key}.{field}"), m));
+                }
+            };
+            match ch {
+                ChannelConfig::Email(e) => {
+                    check("to", non_empty(&e.to, "at least one recipient address"));
+                    for a in std::iter::once(&e.from).chain(&e.to) {
+                        check(
+                            "to",
+                            a.parse::<lettre::Address>()
+                                .map(|_| ())
+                                .map_err(|err| format!("{a:?} is not an email address ({err})")),
+                        );
+                    }
+                    let pw = [
+                        e.password.is_some(),
+                        e.password_env.is_some(),
+                        e.password_file.is_some(),
+                    ]
+                    .iter()
+                    .filter(|b| **b)
+                    .count();
+                    if pw > 1 {
+                        check(
+                            "password",
+                            Err("set one of password, password_env, password_file".into()),
+                        );
+                    }
+                    if pw > 0 && e.username.is_none() {
+                        check(
+                            "username",
+                            Err("a password needs a username (expected username = \"...\")".into()),
+                        );
+                    }
+                }
+                ChannelConfig::Slack(s) => check(
+                    "webhook_url",
+                    super::jobs::one_url_source(
+                        &s.webhook_url,
+                        &s.webhook_url_env,
+                        &s.webhook_url_file,
+                    )
+                    .map_err(|m| m.replace("url", "webhook_url")),
+                ),
+                ChannelConfig::Webhook(w) => {
+                    check("url", http_url(&w.url));
+                    let n = [
+                        w.secret.is_some(),
+                        w.secret_env.is_some(),
+                        w.secret_file.is_some(),
+                    ]
+                    .iter()
+                    .filter(|b| **b)
+                    .count();
+                    if n > 1 {
+                        check(
+                            "secret",
+                            Err("set one of secret, secret_env, secret_file".into()),
+                        );
+                    }
+                }
+                ChannelConfig::Ping(p) => {
+                    check(
+                        "url",
+                        super::jobs::one_url_source(&p.url, &p.url_env, &p.url_file),
+                    );
+                    if let Some(u) = &p.url {
+                        check("url", http_url(&u.replace("{job}", "job")));
+                    }
+                    for j in p.jobs.iter().flatten() {
+                        if !jobs.contains(&j.as_str()) {
+                            check("jobs", Err(format!("no job named {j:?}")));
+                        }
+                    }
+                }
+            }
+        }
+        for (sev, list) in [
+            ("critical", &self.routes.critical),
+            ("warning", &self.routes.warning),
+            ("info", &self.routes.info),
+        ] {
+            if let Err(m) = self.check_route(list) {
+                errors.push((format!("alerts.routes.{sev}"), m));
+            }
+        }
+        if self.retry_initial.is_zero() {
+            errors.push((
+                "alerts.retry_initial".into(),
+                "expected a positive duration".into(),
+            ));
+        }
+        if self.repeat_interval.is_zero() {
+            errors.push((
+                "alerts.repeat_interval".into(),
+                "expected a positive duration".into(),
+            ));
+        }
+        errors
+    }
+
+    /// Every name is an alert channel (pings are not routed: they follow runs).
+    pub(crate) fn check_route(&self, list: &[String]) -> Result<(), String> {
+        for name in list {
+            match self.channels.get(name) {
+                None => {
+                    let known: Vec<&str> = self
+                        .channels
+                        .iter()
+                        .filter(|(_, c)| !matches!(c, ChannelConfig::Ping(_)))
+                        .map(|(n, _)| n.as_str())
+                        .collect();
+                    return Err(format!(
+                        "no channel named {name:?} (expected one of: {})",
+                        if known.is_empty() {
+                            "none defined under [alerts.channels]".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ));
+                }
+                Some(ChannelConfig::Ping(_)) => {
+                    return Err(format!(
+                        "{name:?} is a ping channel: pings follow every run of their jobs and take no alerts (expected an email, slack or webhook channel)"
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn non_empty(v: &[String], what: &str) -> Result<(), String> {
+    if v.is_empty() {
+        Err(format!("expected {what}"))
+    } else {
+        Ok(())
+    }
+}
+
+fn http_url(u: &str) -> Result<(), String> {
+    match url::Url::parse(u) {
+        Ok(p) if p.scheme() == "http" || p.scheme() == "https" => Ok(()),
+        _ => Err(format!("expected an http:// or https:// URL, got {u:?}")),
+    }
+}

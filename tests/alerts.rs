@@ -431,6 +431,19 @@ fn smtp_and_slack_down_during_the_failure_still_deliver_later_also_across_a_daem
     });
     // The job still fails every tick: the condition stays one alert.
     std::thread::sleep(Duration::from_secs(3));
+    let (code, metrics) = http_get(http_port(&w), "/metrics");
+    assert_eq!(code, 200);
+    for line in [
+        "drctl_alerts_firing{severity=\"critical\"} 1",
+        "drctl_alert_deliveries{channel=\"mail\",state=\"delivered\"} 1",
+        "drctl_alert_deliveries{channel=\"ops\",state=\"delivered\"} 1",
+        "drctl_alert_oldest_pending_seconds 0.0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(30)), Some(0));
     let mails = smtp.mails();
@@ -512,4 +525,61 @@ fn alerts_test_reports_each_channel_and_names_a_missing_one() {
     assert_eq!(r.code, 1);
     assert!(r.stdout.contains("535"), "{}", r.stdout);
     assert!(!r.all().contains("wrong-password-1234"), "{}", r.all());
+}
+
+#[test]
+fn a_rejected_message_does_not_block_the_next_and_an_undeliverable_one_expires_at_max_age() {
+    let http = HttpReceiver::start();
+    let src = Source::new();
+    let mut w = World::new(&format!(
+        "{}{}{}[alerts]\nmax_age = \"1s\"\nretry_initial = \"100ms\"\n[alerts.routes]\ncritical = [\"ops\"]\n",
+        repo(),
+        src.job("nightly", ""),
+        slack_toml("ops"),
+    ));
+    w.set_env("SLACK_WEBHOOK_URL", &http.url("/slack"));
+    let row = |w: &World, event: &str| -> serde_json::Value {
+        alerts_json(w)["outbox"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["event"] == event)
+            .cloned()
+            .unwrap()
+    };
+
+    // Slack refuses the payload (400): given up at once, not retried...
+    http.queue_statuses(&[400]);
+    src.break_it();
+    assert_ne!(w.drctl(&["run", "nightly"]).code, 0);
+    let firing = row(&w, "firing");
+    assert_eq!(firing["state"], "failed", "{firing}");
+    assert_eq!(firing["attempts"], 1);
+    assert!(
+        firing["last_error"].as_str().unwrap().contains("HTTP 400"),
+        "{firing}"
+    );
+    // ...and the resolve behind it still goes out.
+    src.fix();
+    w.drctl(&["run", "nightly"]).ok();
+    assert_eq!(row(&w, "resolved")["state"], "delivered");
+    assert_eq!(http.requests("/slack").len(), 2);
+
+    // Slack down for longer than max_age: the row expires, saying why.
+    http.queue_statuses(&[503; 50]);
+    src.break_it();
+    assert_ne!(w.drctl(&["run", "nightly"]).code, 0);
+    std::thread::sleep(Duration::from_millis(1300));
+    let r = w.drctl(&["alerts", "deliver"]);
+    r.ok();
+    assert!(r.stdout.contains("given up 1"), "{}", r.stdout);
+    let rows: Vec<serde_json::Value> = alerts_json(&w)["outbox"].as_array().unwrap().clone();
+    let newest = &rows[0];
+    assert_eq!(newest["event"], "firing");
+    assert_eq!(newest["state"], "expired", "{newest}");
+    let err = newest["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("expired after 1 attempts") && err.contains("HTTP 503"),
+        "{err}"
+    );
 }

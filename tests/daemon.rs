@@ -21,31 +21,6 @@ fn local_repo() -> String {
     )
 }
 
-fn http_port(w: &World) -> u16 {
-    let text = std::fs::read_to_string(&w.config).unwrap();
-    let at = text.find("127.0.0.1:").unwrap() + "127.0.0.1:".len();
-    text[at..].split('"').next().unwrap().parse().unwrap()
-}
-
-/// GET over plain HTTP/1.1 with std only: (status code, body).
-fn http_get(port: u16, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let code = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
-}
-
 /// A world with one files job on `schedule` (a scratch file to archive).
 fn files_world(job: &str, schedule: &str) -> World {
     let src = scratch_dir("drctl-src-");
@@ -275,8 +250,16 @@ fn sigterm_lets_a_running_backup_finish_within_the_grace_period() {
 }
 
 #[test]
-fn sigterm_cancels_a_backup_that_outlives_the_grace_period() {
+fn sigterm_cancels_a_backup_that_outlives_the_grace_period_and_says_so() {
     let (w, marker) = slow_backup_world(60, "1s");
+    // Notices go to a real HTTP receiver: started (info), stopped (warning).
+    let hook = common::receivers::HttpReceiver::start();
+    let mut text = std::fs::read_to_string(&w.config).unwrap();
+    text.push_str(&format!(
+        "[alerts.channels.hook]\ntype = \"webhook\"\nurl = \"{}\"\n[alerts.routes]\nwarning = [\"hook\"]\ninfo = [\"hook\"]\n",
+        hook.url("/notices")
+    ));
+    std::fs::write(&w.config, text).unwrap();
     let mut d = Daemon::start(&w);
     wait_until(Duration::from_secs(30), "the backup to start", || {
         marker.exists()
@@ -293,6 +276,19 @@ fn sigterm_cancels_a_backup_that_outlives_the_grace_period() {
     assert_eq!(
         w.drctl(&["backups", "appdb", "--json"]).ok().stdout.trim(),
         "[]"
+    );
+    // Delivered before the process exited: no daemon is left to retry.
+    let notices: Vec<serde_json::Value> =
+        hook.requests("/notices").iter().map(|r| r.json()).collect();
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert_eq!(notices[0]["kind"], "daemon_started");
+    assert_eq!(notices[0]["severity"], "info");
+    assert_eq!(notices[1]["kind"], "daemon_stopped");
+    assert_eq!(notices[1]["severity"], "warning");
+    let summary = notices[1]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("jobs still running (appdb)") && summary.contains("cancelled"),
+        "{summary}"
     );
 }
 

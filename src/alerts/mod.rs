@@ -17,7 +17,7 @@ mod store;
 
 pub use deliver::{deliver_due, DeliveryReport};
 pub use message::Notification;
-pub use store::{AlertRow, DeliveryRow};
+pub use store::{AlertRow, AlertStats, DeliveryRow};
 
 use crate::config::LoadedConfig;
 use crate::error::Result;
@@ -219,7 +219,9 @@ impl<'a> Alerter<'a> {
     /// Promote pending conditions whose `for` has passed and repeat firing
     /// ones that are due; the daemon calls it every second.
     pub async fn sweep(&self) -> Result<()> {
-        store::sweep(self.state, &self.ctx(), Utc::now()).await?;
+        let now = Utc::now();
+        store::sweep(self.state, &self.ctx(), now).await?;
+        store::forget_finished(self.state, KEEP_FINISHED, now).await?;
         Ok(())
     }
 
@@ -334,6 +336,14 @@ impl<'a> Alerter<'a> {
             tracing::error!(job, error = %e, "cannot queue the alert");
         }
     }
+}
+
+/// Delivered, failed and expired outbox rows are kept this long for `drctl alerts`.
+const KEEP_FINISHED: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Counts for `/metrics`.
+pub async fn stats(state: &State) -> Result<AlertStats> {
+    store::stats(state).await
 }
 
 /// Firing and pending conditions, newest first.

@@ -409,3 +409,63 @@ pub(crate) async fn record(state: &State, id: i64, attempt: &Attempt) -> Result<
     tx.commit().await.map_err(|e| state.err(e))?;
     Ok(())
 }
+
+/// What `/metrics` shows about alerting.
+#[derive(Debug, Default)]
+pub struct AlertStats {
+    /// Firing conditions per severity.
+    pub firing: Vec<(String, i64)>,
+    /// Outbox rows per (channel, state).
+    pub deliveries: Vec<(String, String, i64)>,
+    /// When the oldest undelivered row was queued.
+    pub oldest_pending: Option<DateTime<Utc>>,
+}
+
+pub(crate) async fn stats(state: &State) -> Result<AlertStats> {
+    let firing = sqlx::query_as::<_, (String, i64)>(
+        "SELECT severity, count(*) FROM alerts WHERE state = 'firing' GROUP BY severity",
+    )
+    .fetch_all(state.pool())
+    .await
+    .map_err(|e| state.err(e))?;
+    let deliveries = sqlx::query_as::<_, (String, String, i64)>(
+        "SELECT channel, state, count(*) FROM alert_deliveries GROUP BY channel, state ORDER BY channel, state",
+    )
+    .fetch_all(state.pool())
+    .await
+    .map_err(|e| state.err(e))?;
+    let oldest: Option<i64> =
+        sqlx::query_scalar("SELECT min(created_at) FROM alert_deliveries WHERE state = 'pending'")
+            .fetch_one(state.pool())
+            .await
+            .map_err(|e| state.err(e))?;
+    Ok(AlertStats {
+        firing,
+        deliveries,
+        oldest_pending: oldest.map(from_ms),
+    })
+}
+
+/// Forget finished outbox rows (and their attempts) older than `keep`.
+pub(crate) async fn forget_finished(
+    state: &State,
+    keep: Duration,
+    now: DateTime<Utc>,
+) -> Result<u64> {
+    let before = ms(now) - keep.as_millis() as i64;
+    let mut tx = begin(state).await?;
+    sqlx::query(
+        "DELETE FROM alert_attempts WHERE delivery_id IN (SELECT id FROM alert_deliveries WHERE state != 'pending' AND created_at < ?)",
+    )
+    .bind(before)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| state.err(e))?;
+    let r = sqlx::query("DELETE FROM alert_deliveries WHERE state != 'pending' AND created_at < ?")
+        .bind(before)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| state.err(e))?;
+    tx.commit().await.map_err(|e| state.err(e))?;
+    Ok(r.rows_affected())
+}

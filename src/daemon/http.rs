@@ -136,6 +136,10 @@ async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Response {
         "Next scheduled run (Unix time)",
         next,
     );
+    match crate::alerts::stats(&d.state).await {
+        Ok(a) => register_alerts(&mut reg, a),
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
     let up = Gauge::<i64>::default();
     up.set(1);
     reg.register("drctl_scheduler_up", "1 while the scheduler runs", up);
@@ -151,4 +155,59 @@ async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Response {
         body,
     )
         .into_response()
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SeverityLabels {
+    severity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    channel: String,
+    state: String,
+}
+
+fn register_alerts(reg: &mut Registry, a: crate::alerts::AlertStats) {
+    let firing = Family::<SeverityLabels, Gauge>::default();
+    for sev in ["critical", "warning", "info"] {
+        let n = a
+            .firing
+            .iter()
+            .find(|(s, _)| s == sev)
+            .map(|(_, n)| *n)
+            .unwrap_or(0);
+        firing
+            .get_or_create(&SeverityLabels {
+                severity: sev.into(),
+            })
+            .set(n);
+    }
+    reg.register(
+        "drctl_alerts_firing",
+        "Conditions currently firing, by severity",
+        firing,
+    );
+    let deliveries = Family::<DeliveryLabels, Gauge>::default();
+    for (channel, state, n) in a.deliveries {
+        deliveries
+            .get_or_create(&DeliveryLabels { channel, state })
+            .set(n);
+    }
+    reg.register(
+        "drctl_alert_deliveries",
+        "Outbox rows by channel and state (pending, delivered, failed, expired)",
+        deliveries,
+    );
+    let oldest = FloatGauge::default();
+    oldest.set(
+        a.oldest_pending
+            .map(|t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0)
+            .unwrap_or(0.0),
+    );
+    reg.register(
+        "drctl_alert_oldest_pending_seconds",
+        "Age of the oldest undelivered alert (0 when the outbox is drained); alert on this from outside",
+        oldest,
+    );
 }

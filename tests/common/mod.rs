@@ -603,3 +603,29 @@ pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The `[http] listen` port of a world's config.
+pub fn http_port(w: &World) -> u16 {
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let at = text.find("127.0.0.1:").unwrap() + "127.0.0.1:".len();
+    text[at..].split('"').next().unwrap().parse().unwrap()
+}
+
+/// GET over plain HTTP/1.1 with std only: (status code, body).
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let code = raw.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}

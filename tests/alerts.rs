@@ -583,3 +583,61 @@ fn a_rejected_message_does_not_block_the_next_and_an_undeliverable_one_expires_a
         "{err}"
     );
 }
+
+#[test]
+fn a_job_failing_tick_after_tick_under_the_daemon_alerts_once_repeats_once_and_resolves_once() {
+    let http = HttpReceiver::start();
+    let src = Source::new();
+    src.break_it();
+    let mut w = World::new(&format!(
+        "{}{}{}[alerts]\nrepeat_interval = \"4s\"\n[alerts.routes]\ncritical = [\"ops\"]\n",
+        repo(),
+        src.job("ticker", "schedule = \"* * * * * *\"\n"),
+        slack_toml("ops"),
+    ));
+    w.set_env("SLACK_WEBHOOK_URL", &http.url("/slack"));
+    let failed = |w: &World| {
+        let r = w.drctl(&["logs", "ticker", "-n", "100", "--json"]);
+        let v: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap_or_default();
+        v.iter().filter(|r| r["status"] == "failed").count()
+    };
+    let mut d = Daemon::start(&w);
+    wait_until(Duration::from_secs(30), "three failed ticks", || {
+        failed(&w) >= 3
+    });
+    assert_eq!(
+        http.requests("/slack").len(),
+        1,
+        "three failures, one alert"
+    );
+    wait_until(Duration::from_secs(30), "the repeat", || {
+        http.requests("/slack").len() >= 2
+    });
+    src.fix();
+    wait_until(Duration::from_secs(30), "the resolve", || {
+        http.requests("/slack").len() >= 3
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(30)), Some(0), "{}", d.log());
+    let posts = http.requests("/slack");
+    assert_eq!(posts.len(), 3, "firing, repeat, resolve and nothing else");
+    let gap = posts[1].at - posts[0].at;
+    assert!(
+        gap >= Duration::from_millis(2900),
+        "repeat after the interval, got {gap:?}"
+    );
+    let texts: Vec<String> = posts
+        .iter()
+        .map(|p| {
+            p.json()["blocks"][0]["text"]["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert!(texts[0].contains("started failing"), "{}", texts[0]);
+    assert!(texts[1].contains("still failing"), "{}", texts[1]);
+    assert!(texts[2].contains("RESOLVED"), "{}", texts[2]);
+    assert!(failed(&w) >= 4);
+}

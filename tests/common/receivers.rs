@@ -17,6 +17,7 @@ pub struct Request {
     pub path: String,
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
+    pub at: std::time::Instant,
 }
 
 impl Request {
@@ -71,6 +72,7 @@ impl HttpReceiver {
                                     })
                                     .collect(),
                                 body: body.to_vec(),
+                                at: std::time::Instant::now(),
                             });
                             let code = s.statuses.pop_front().unwrap_or(200);
                             (

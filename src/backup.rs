@@ -48,11 +48,20 @@ pub async fn run(
         .await?;
     tracing::info!(job = name, backup = %id, repository = %repo.location(), "backup started");
 
+    let seal = match cfg.encryption_of(job) {
+        Some(e) => Some(jobs::Seal::new(e).map_err(|m| Error::Config {
+            file: cfg.file_of(&format!("jobs.{name}")),
+            key: "encryption.recipients".into(),
+            message: m,
+        })?),
+        None => None,
+    };
     let ctx = BackupCtx {
         job: &job_name,
         id: &id,
         repo: &repo,
         progress,
+        seal,
     };
     let work = async {
         match job {

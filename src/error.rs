@@ -53,6 +53,10 @@ pub enum Error {
     #[error("state database {path}: {message}")]
     State { path: PathBuf, message: String },
 
+    /// The backup is encrypted and no identity that opens it was given.
+    #[error("encryption: {0}")]
+    Key(String),
+
     #[error("interrupted: {0}")]
     Interrupted(String),
 
@@ -64,7 +68,7 @@ impl Error {
     /// The process exit code for this error, as documented in the README.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config { .. } => 2,
+            Error::Config { .. } | Error::Key(_) => 2,
             Error::Integrity { .. } => 3,
             Error::Refused(_) => 4,
             Error::NotFound(_) => 5,

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod error;
 pub mod ids;
 pub mod jobs;
+pub mod keys;
 pub mod lock;
 pub mod manifest;
 pub mod pg;

@@ -35,6 +35,10 @@ pub struct Args {
     /// Scratch directory for the decompressed dump [default: STATE_DIR/tmp]
     #[arg(long)]
     tmp_dir: Option<PathBuf>,
+    /// age identity file (AGE-SECRET-KEY-1...) for an encrypted backup
+    /// [default: $DRCTL_AGE_IDENTITY_FILE, else encryption.identity_file]
+    #[arg(long, short = 'i')]
+    identity: Option<PathBuf>,
     #[arg(long)]
     json: bool,
 }
@@ -67,6 +71,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         confirmed: a.yes,
         tmp_dir: a.tmp_dir,
         cancel: super::cancel_on_signals(),
+        identity: a.identity,
     };
     let plan = restore::plan(cfg, &req).await?;
     if a.dry_run {

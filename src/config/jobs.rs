@@ -78,6 +78,9 @@ pub struct PostgresJob {
     /// This job's alert routes and timing (`[jobs.NAME.alerts]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<super::alerts::JobAlerts>,
+    /// Encrypt this job's backups (overrides the repository's `encryption`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<super::Encryption>,
     pub repository: String,
     #[serde(default)]
     pub compression: Compression,
@@ -179,6 +182,9 @@ pub struct FilesJob {
     /// This job's alert routes and timing (`[jobs.NAME.alerts]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<super::alerts::JobAlerts>,
+    /// Encrypt this job's backups (overrides the repository's `encryption`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<super::Encryption>,
     pub repository: String,
     #[serde(default)]
     pub compression: Compression,
@@ -223,6 +229,14 @@ impl JobConfig {
         }
     }
 
+    /// The job's own `encryption`, if it sets one.
+    pub fn own_encryption(&self) -> Option<&super::Encryption> {
+        match self {
+            JobConfig::Postgres(j) => j.encryption.as_ref(),
+            JobConfig::Files(j) => j.encryption.as_ref(),
+        }
+    }
+
     /// When and how the daemon runs this job.
     pub fn scheduling(&self) -> Scheduling<'_> {
         macro_rules! of {
@@ -250,6 +264,9 @@ impl JobConfig {
     }
 
     pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(e) = self.own_encryption() {
+            e.validate()?;
+        }
         let s = self.scheduling();
         if let Some(expr) = s.schedule {
             crate::schedule::Schedule::parse(expr, s.timezone)?;

@@ -6,6 +6,7 @@
 //! operator fixes a config in one pass rather than one error per attempt.
 
 mod alerts;
+mod encryption;
 mod jobs;
 mod render;
 mod repositories;
@@ -14,6 +15,7 @@ pub use alerts::{
     AlertsConfig, ChannelConfig, EmailChannel, JobAlerts, PingChannel, Routes, SlackChannel,
     SmtpSecurity, WebhookChannel,
 };
+pub use encryption::{Encryption, IDENTITY_ENV};
 pub use jobs::{Compression, FilesJob, JobConfig, LockScope, PathEntry, PostgresJob, Scheduling};
 pub use render::render_masked;
 pub use repositories::{LocalRepository, RepositoryConfig, S3Repository};
@@ -393,6 +395,15 @@ impl LoadedConfig {
                 ),
             }),
         }
+    }
+
+    /// The encryption that applies to a job's new backups: its own, else its repository's.
+    pub fn encryption_of<'a>(&'a self, job: &'a JobConfig) -> Option<&'a Encryption> {
+        job.own_encryption().or_else(|| {
+            job.repository()
+                .and_then(|r| self.config.repositories.get(r))
+                .and_then(|r| r.encryption())
+        })
     }
 
     /// The repository a job writes to.

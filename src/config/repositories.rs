@@ -15,6 +15,8 @@ pub enum RepositoryConfig {
 #[serde(deny_unknown_fields)]
 pub struct LocalRepository {
     pub path: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<super::Encryption>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,6 +38,8 @@ pub struct S3Repository {
     /// Parts uploaded at once. Memory is about `part_size * (concurrency + 1)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_concurrency: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<super::Encryption>,
 }
 
 impl RepositoryConfig {
@@ -46,7 +50,18 @@ impl RepositoryConfig {
         }
     }
 
+    /// Encryption every job writing here gets unless it sets its own.
+    pub fn encryption(&self) -> Option<&super::Encryption> {
+        match self {
+            RepositoryConfig::Local(l) => l.encryption.as_ref(),
+            RepositoryConfig::S3(s) => s.encryption.as_ref(),
+        }
+    }
+
     pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(e) = self.encryption() {
+            e.validate()?;
+        }
         match self {
             RepositoryConfig::Local(l) => {
                 if l.path.as_os_str().is_empty() {

@@ -20,6 +20,29 @@ pub struct BackupCtx<'a> {
     pub id: &'a BackupId,
     pub repo: &'a Repository,
     pub progress: Arc<Progress>,
+    /// Encrypt every artifact to these recipients.
+    pub seal: Option<Seal>,
+}
+
+/// The recipients a backup is encrypted to, parsed once per run.
+#[derive(Clone)]
+pub struct Seal {
+    recipients: Arc<Vec<age::x25519::Recipient>>,
+    fingerprints: Vec<String>,
+}
+
+impl Seal {
+    pub fn new(e: &crate::config::Encryption) -> std::result::Result<Self, String> {
+        let recipients = crate::stream::crypt::parse_recipients(&e.recipients)?;
+        let fingerprints = recipients
+            .iter()
+            .map(crate::stream::crypt::fingerprint)
+            .collect();
+        Ok(Seal {
+            recipients: Arc::new(recipients),
+            fingerprints,
+        })
+    }
 }
 
 /// What a backup kind produced; the manifest is built from this.
@@ -65,7 +88,11 @@ impl BackupCtx<'_> {
     where
         R: tokio::io::AsyncRead + Send + Unpin + 'static,
     {
-        let name = format!("{base}{}", packing.compression.suffix());
+        let name = format!(
+            "{base}{}{}",
+            packing.compression.suffix(),
+            if self.seal.is_some() { ".age" } else { "" }
+        );
         let (raw, raw_m) = Measure::count_only(source);
         let raw = if show_progress {
             raw.with_progress(self.progress.clone())
@@ -73,7 +100,11 @@ impl BackupCtx<'_> {
             raw
         };
         let packed = encoder(raw, packing.compression, packing.level, packing.threads);
-        let (stored, stored_m) = Measure::new(packed);
+        let sealed = match &self.seal {
+            Some(s) => crate::stream::crypt::encrypt(packed, s.recipients.clone()),
+            None => packed,
+        };
+        let (stored, stored_m) = Measure::new(sealed);
         let boxed: BoxRead = Box::pin(stored);
         let n = self
             .repo
@@ -87,7 +118,11 @@ impl BackupCtx<'_> {
             stored_bytes: stored_m.bytes(),
             sha256: stored_m.sha256(),
             compression: packing.compression,
-            encryption_recipients: Vec::new(),
+            encryption_recipients: self
+                .seal
+                .as_ref()
+                .map(|s| s.fingerprints.clone())
+                .unwrap_or_default(),
         })
     }
 }

@@ -8,6 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::ids::{BackupId, JobName};
+use crate::keys::{unseal, Keys};
 use crate::manifest::Artifact;
 use crate::progress::Progress;
 use crate::repository::Repository;
@@ -92,9 +93,13 @@ pub async fn to_file(
     artifact: &Artifact,
     dest: &Path,
     progress: Option<Arc<Progress>>,
+    keys: &Keys,
 ) -> Result<u64> {
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let mut decoded = decoder(channel_reader(rx), artifact.compression);
+    let mut decoded = decoder(
+        unseal(channel_reader(rx), artifact, keys),
+        artifact.compression,
+    );
     let write = async {
         let f = tokio::fs::File::create(dest).await?;
         let mut w = tokio::io::BufWriter::with_capacity(1 << 20, f);
@@ -141,6 +146,7 @@ pub async fn to_memory(
     id: &BackupId,
     artifact: &Artifact,
     limit: u64,
+    keys: &Keys,
 ) -> Result<Vec<u8>> {
     if artifact.raw_bytes > limit {
         return Err(Error::Other(format!(
@@ -149,7 +155,10 @@ pub async fn to_memory(
         )));
     }
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let mut decoded = decoder(channel_reader(rx), artifact.compression);
+    let mut decoded = decoder(
+        unseal(channel_reader(rx), artifact, keys),
+        artifact.compression,
+    );
     let read_all = async {
         let mut v = Vec::new();
         let r = (&mut decoded).take(limit + 1).read_to_end(&mut v).await;

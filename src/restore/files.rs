@@ -64,6 +64,7 @@ pub async fn run(
         artifact,
         &tmp,
         Some(progress.clone()),
+        &r.keys,
     );
     if let Err(e) = super::cancellable(&req.cancel, "fetching the archive", fetch).await {
         let _ = std::fs::remove_file(&tmp);

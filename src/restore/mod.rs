@@ -34,6 +34,8 @@ pub struct RestoreRequest {
     pub tmp_dir: Option<PathBuf>,
     /// Cancelling stops the restore; a database it created is dropped.
     pub cancel: CancellationToken,
+    /// age identity file for encrypted backups (else env, else config).
+    pub identity: Option<PathBuf>,
 }
 
 /// What a restore will do, printed by `--dry-run` and before confirmation.
@@ -74,6 +76,8 @@ pub struct Resolved<'a> {
     pub config: &'a JobConfig,
     pub repo: Repository,
     pub manifest: Manifest,
+    /// Identities for encrypted artifacts, checked against the manifest.
+    pub keys: crate::keys::Keys,
 }
 
 pub async fn resolve<'a>(cfg: &'a LoadedConfig, req: &RestoreRequest) -> Result<Resolved<'a>> {
@@ -112,11 +116,13 @@ pub async fn resolve<'a>(cfg: &'a LoadedConfig, req: &RestoreRequest) -> Result<
         None => repo.latest(&job).await?.id,
     };
     let manifest = repo.read_manifest(&job, &id).await?;
+    let keys = crate::keys::for_manifest(cfg, config, &manifest, req.identity.as_deref())?;
     Ok(Resolved {
         job,
         config,
         repo,
         manifest,
+        keys,
     })
 }
 

@@ -98,7 +98,9 @@ pub async fn run(
     // 1. Fetch and verify everything before the target sees a byte.
     let t0 = Instant::now();
     let globals = match m.artifact("pg_globals_sql") {
-        Some(g) => Some(fetch::to_memory(&r.repo, &r.job, &m.id, g, 64 * 1024 * 1024).await?),
+        Some(g) => {
+            Some(fetch::to_memory(&r.repo, &r.job, &m.id, g, 64 * 1024 * 1024, &r.keys).await?)
+        }
         None => None,
     };
     let dump_file = tmp_dir.join(format!(".drctl-restore-{}-{}.dump", r.job, m.id));
@@ -129,6 +131,7 @@ pub async fn run(
                 dump,
                 &dump_file,
                 Some(progress.clone()),
+                &r.keys,
             )
             .await
             .map(|_| ())
@@ -302,7 +305,7 @@ async fn pg_restore(
                 .get_artifact(&r.job, &r.manifest.id, &dump.name)
                 .await?;
             let (measured, _) = crate::stream::Measure::count_only(crate::stream::decoder(
-                reader,
+                crate::keys::unseal(reader, dump, &r.keys),
                 dump.compression,
             ));
             let mut measured = measured.with_progress(progress.clone());

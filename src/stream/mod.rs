@@ -4,6 +4,7 @@
 //! never by the data size.
 
 mod codec;
+pub mod crypt;
 mod guarded;
 mod measure;
 

@@ -67,6 +67,10 @@ pub async fn run(
         match job {
             JobConfig::Postgres(j) => jobs::postgres::backup(&ctx, j).await,
             JobConfig::Files(j) => jobs::files::backup(&ctx, j).await,
+            other => Err(Error::Other(format!(
+                "job {name} is a {} job, not a backup",
+                other.kind()
+            ))),
         }
     };
     let produced = tokio::select! {

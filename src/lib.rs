@@ -25,6 +25,7 @@ pub mod secret;
 pub mod state;
 pub mod status;
 pub mod stream;
+pub mod verify;
 
 pub use error::{Error, Result};
 

@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 pub enum Outcome {
     /// A backup was committed.
     Committed(Box<Manifest>),
+    /// A check job (verify) ran and passed.
+    Checked(Box<crate::verify::Summary>),
     /// Another run of the job holds the host lock; recorded as skipped.
     Skipped(String),
 }
@@ -70,6 +72,14 @@ pub async fn run_job(
             "closed runs left open by a process that died"
         );
     }
-    let m = crate::backup::run(cfg, state, name, trigger, progress, cancel).await?;
-    Ok(Outcome::Committed(Box::new(m)))
+    match job {
+        crate::config::JobConfig::Verify(v) => {
+            let s = crate::jobs::verify::run(cfg, state, name, trigger, v, cancel).await?;
+            Ok(Outcome::Checked(Box::new(s)))
+        }
+        _ => {
+            let m = crate::backup::run(cfg, state, name, trigger, progress, cancel).await?;
+            Ok(Outcome::Committed(Box::new(m)))
+        }
+    }
 }

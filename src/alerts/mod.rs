@@ -314,7 +314,7 @@ impl<'a> Alerter<'a> {
     pub async fn job_finished(&self, job: &str, result: &Result<crate::runner::Outcome>) {
         use crate::runner::Outcome;
         let r = match result {
-            Ok(Outcome::Committed(_)) => {
+            Ok(Outcome::Committed(_) | Outcome::Checked(_)) => {
                 let ping = self.ping(job, Event::PingSuccess, None).await;
                 let clear = self
                     .clear(
@@ -328,7 +328,19 @@ impl<'a> Alerter<'a> {
             Err(e) => {
                 let err = crate::secret::redact(&e.to_string());
                 let ping = self.ping(job, Event::PingFail, Some(err.clone())).await;
-                let raise = self.raise(Condition::job_failed(job, &err)).await;
+                // A verify job that found damage has raised backup_damaged
+                // for each job concerned; one page per problem, not two.
+                let is_verify = self
+                    .cfg
+                    .config
+                    .jobs
+                    .get(job)
+                    .is_some_and(|j| matches!(j, crate::config::JobConfig::Verify(_)));
+                let raise = if is_verify && matches!(e, crate::Error::Integrity { .. }) {
+                    Ok(())
+                } else {
+                    self.raise(Condition::job_failed(job, &err)).await
+                };
                 ping.and(raise)
             }
         };

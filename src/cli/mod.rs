@@ -8,6 +8,7 @@ mod progress;
 mod restore;
 mod run;
 mod status;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use drctl::config::LoadedConfig;
@@ -37,6 +38,8 @@ enum Command {
     Backups(backups::Args),
     /// Restore a backup (latest or by id)
     Restore(restore::Args),
+    /// Check stored backups against their manifests (size, SHA-256; --deep: decode and read)
+    Verify(verify::Args),
     /// Run every scheduled job on its schedule (under systemd: Type=notify)
     Daemon,
     /// Jobs with their schedule, last run, outcome and next run (from local state)
@@ -92,6 +95,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Daemon => Ok(drctl::daemon::run(cli.config.clone()).await?),
         Command::Status(a) => status::status(&load()?, a).await,
         Command::Logs(a) => status::logs(&load()?, a).await,
+        Command::Verify(a) => verify::exec(&load()?, a).await,
         Command::Alerts(a) => alerts::exec(&load()?, a).await,
         Command::Config { command } => config_cmd::exec(cli.config.as_deref(), command),
     }

@@ -54,6 +54,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     }
     let m = match result? {
         Outcome::Committed(m) => m,
+        Outcome::Checked(s) => return super::verify::print(&s, a.json),
         Outcome::Skipped(reason) => return Err(Skipped(reason).into()),
     };
     if a.json {

@@ -10,6 +10,51 @@ use std::time::Duration;
 pub enum JobConfig {
     Postgres(PostgresJob),
     Files(FilesJob),
+    Verify(VerifyJob),
+}
+
+/// Declares a job kind's config struct with the keys every kind shares
+/// (schedule, time zone, jitter, retries, catch-up, lock, alert routes).
+/// serde's `flatten` cannot be combined with `deny_unknown_fields`, so the
+/// shared keys are spliced in here rather than nested.
+macro_rules! job_kind {
+    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub schedule: Option<String>,
+            /// IANA time zone the schedule is read in (default UTC).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub timezone: Option<String>,
+            /// Random delay up to this long before each scheduled run (spreads a fleet).
+            #[serde(
+                default,
+                with = "humantime_serde",
+                skip_serializing_if = "Option::is_none"
+            )]
+            pub jitter: Option<Duration>,
+            /// Further attempts after a failed run, with exponential backoff.
+            #[serde(default)]
+            pub retries: u32,
+            /// First retry delay; doubles per attempt, at most 1h.
+            #[serde(default = "default_retry_delay", with = "humantime_serde")]
+            pub retry_delay: Duration,
+            /// Run once at daemon start when the last success predates the previous
+            /// scheduled time (default: true for backups).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub catch_up: Option<bool>,
+            /// `host` (default) or `cluster`: one run per tick across every host
+            /// sharing `[coordination]`.
+            #[serde(default)]
+            pub lock: LockScope,
+            /// This job's alert routes and timing (`[jobs.NAME.alerts]`).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub alerts: Option<super::alerts::JobAlerts>,
+            $($body)*
+        }
+    };
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,75 +84,46 @@ impl Compression {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PostgresJob {
-    /// Connection URL inline. Prefer `url_env`/`url_file`: an inline password is a secret in a file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url_env: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url_file: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<String>,
-    /// IANA time zone the schedule is read in (default UTC).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timezone: Option<String>,
-    /// Random delay up to this long before each scheduled run (spreads a fleet).
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub jitter: Option<Duration>,
-    /// Further attempts after a failed run, with exponential backoff.
-    #[serde(default)]
-    pub retries: u32,
-    /// First retry delay; doubles per attempt, at most 1h.
-    #[serde(default = "default_retry_delay", with = "humantime_serde")]
-    pub retry_delay: Duration,
-    /// Run once at daemon start when the last success predates the previous
-    /// scheduled time (default: true for backups).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub catch_up: Option<bool>,
-    /// `host` (default) or `cluster`: one run per tick across every host
-    /// sharing `[coordination]`.
-    #[serde(default)]
-    pub lock: LockScope,
-    /// This job's alert routes and timing (`[jobs.NAME.alerts]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alerts: Option<super::alerts::JobAlerts>,
-    /// Encrypt this job's backups (overrides the repository's `encryption`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encryption: Option<super::Encryption>,
-    pub repository: String,
-    #[serde(default)]
-    pub compression: Compression,
-    /// zstd 1..=19 (default 1), gzip 1..=9 (default 6).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compression_level: Option<i32>,
-    /// zstd worker threads (default: half the cores, 1 to 4).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compression_threads: Option<u32>,
-    /// Directory holding `pg_dump`, `pg_dumpall`, `pg_restore`, `psql`
-    /// (default: the newest /usr/lib/postgresql/*/bin, else `$PATH`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pg_bindir: Option<PathBuf>,
-    /// Tables up to this size get an exact row count in the dump's snapshot;
-    /// larger ones are listed with no count (and the manifest says so).
-    #[serde(default = "default_count_rows_max")]
-    pub count_rows_max_table_size: ByteSize,
-    /// Also dump roles and tablespaces (`pg_dumpall --globals-only`).
-    #[serde(default = "yes")]
-    pub globals: bool,
-    /// How long the daemon waits for this database at start before
-    /// declaring it unreachable (R3's "wait up to 60 s for the database").
-    #[serde(default = "default_startup_wait", with = "humantime_serde")]
-    pub startup_wait: Duration,
-    /// Database used for CREATE/ALTER DATABASE during restores.
-    #[serde(default = "default_maintenance_db")]
-    pub maintenance_db: String,
+job_kind! {
+    pub struct PostgresJob {
+        /// Connection URL inline. Prefer `url_env`/`url_file`: an inline password is a secret in a file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub url: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub url_env: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub url_file: Option<PathBuf>,
+        /// Encrypt this job's backups (overrides the repository's `encryption`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub encryption: Option<super::Encryption>,
+        pub repository: String,
+        #[serde(default)]
+        pub compression: Compression,
+        /// zstd 1..=19 (default 1), gzip 1..=9 (default 6).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub compression_level: Option<i32>,
+        /// zstd worker threads (default: half the cores, 1 to 4).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub compression_threads: Option<u32>,
+        /// Directory holding `pg_dump`, `pg_dumpall`, `pg_restore`, `psql`
+        /// (default: the newest /usr/lib/postgresql/*/bin, else `$PATH`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub pg_bindir: Option<PathBuf>,
+        /// Tables up to this size get an exact row count in the dump's snapshot;
+        /// larger ones are listed with no count (and the manifest says so).
+        #[serde(default = "default_count_rows_max")]
+        pub count_rows_max_table_size: ByteSize,
+        /// Also dump roles and tablespaces (`pg_dumpall --globals-only`).
+        #[serde(default = "yes")]
+        pub globals: bool,
+        /// How long the daemon waits for this database at start before
+        /// declaring it unreachable (R3's "wait up to 60 s for the database").
+        #[serde(default = "default_startup_wait", with = "humantime_serde")]
+        pub startup_wait: Duration,
+        /// Database used for CREATE/ALTER DATABASE during restores.
+        #[serde(default = "default_maintenance_db")]
+        pub maintenance_db: String,
+    }
 }
 
 fn default_retry_delay() -> Duration {
@@ -124,6 +140,30 @@ fn yes() -> bool {
 }
 fn default_maintenance_db() -> String {
     "postgres".into()
+}
+
+job_kind! {
+    /// `type = "verify"`: re-read other jobs' backups and check them
+    /// against their manifests (`drctl verify` on a schedule).
+    pub struct VerifyJob {
+        /// Backup jobs to verify (default: every job with a repository).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub jobs: Option<Vec<String>>,
+        /// `latest` (default): the newest backup of each job; `all`: every one.
+        #[serde(default)]
+        pub scope: VerifyScope,
+        /// Also decrypt, decompress and read the archive (`pg_restore --list`).
+        #[serde(default)]
+        pub deep: bool,
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyScope {
+    #[default]
+    Latest,
+    All,
 }
 
 /// A path to back up: a plain string, or `{ path = "...", optional = true }`.
@@ -149,47 +189,18 @@ impl PathEntry {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FilesJob {
-    pub paths: Vec<PathEntry>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<String>,
-    /// IANA time zone the schedule is read in (default UTC).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timezone: Option<String>,
-    /// Random delay up to this long before each scheduled run (spreads a fleet).
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub jitter: Option<Duration>,
-    /// Further attempts after a failed run, with exponential backoff.
-    #[serde(default)]
-    pub retries: u32,
-    /// First retry delay; doubles per attempt, at most 1h.
-    #[serde(default = "default_retry_delay", with = "humantime_serde")]
-    pub retry_delay: Duration,
-    /// Run once at daemon start when the last success predates the previous
-    /// scheduled time (default: true for backups).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub catch_up: Option<bool>,
-    /// `host` (default) or `cluster`: one run per tick across every host
-    /// sharing `[coordination]`.
-    #[serde(default)]
-    pub lock: LockScope,
-    /// This job's alert routes and timing (`[jobs.NAME.alerts]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alerts: Option<super::alerts::JobAlerts>,
-    /// Encrypt this job's backups (overrides the repository's `encryption`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encryption: Option<super::Encryption>,
-    pub repository: String,
-    #[serde(default)]
-    pub compression: Compression,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compression_level: Option<i32>,
+job_kind! {
+    pub struct FilesJob {
+        pub paths: Vec<PathEntry>,
+        /// Encrypt this job's backups (overrides the repository's `encryption`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub encryption: Option<super::Encryption>,
+        pub repository: String,
+        #[serde(default)]
+        pub compression: Compression,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub compression_level: Option<i32>,
+    }
 }
 
 /// The scheduling settings every job kind shares.
@@ -218,6 +229,7 @@ impl JobConfig {
         match self {
             JobConfig::Postgres(_) => "postgres",
             JobConfig::Files(_) => "files",
+            JobConfig::Verify(_) => "verify",
         }
     }
 
@@ -226,6 +238,7 @@ impl JobConfig {
         match self {
             JobConfig::Postgres(j) => Some(&j.repository),
             JobConfig::Files(j) => Some(&j.repository),
+            JobConfig::Verify(_) => None,
         }
     }
 
@@ -234,6 +247,7 @@ impl JobConfig {
         match self {
             JobConfig::Postgres(j) => j.encryption.as_ref(),
             JobConfig::Files(j) => j.encryption.as_ref(),
+            JobConfig::Verify(_) => None,
         }
     }
 
@@ -256,6 +270,7 @@ impl JobConfig {
         match self {
             JobConfig::Postgres(j) => of!(j, true),
             JobConfig::Files(j) => of!(j, true),
+            JobConfig::Verify(j) => of!(j, false),
         }
     }
 
@@ -300,6 +315,7 @@ impl JobConfig {
                 }
                 check_level(j.compression, j.compression_level)?;
             }
+            JobConfig::Verify(_) => {}
         }
         Ok(())
     }

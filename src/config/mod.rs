@@ -16,7 +16,10 @@ pub use alerts::{
     SmtpSecurity, WebhookChannel,
 };
 pub use encryption::{Encryption, IDENTITY_ENV};
-pub use jobs::{Compression, FilesJob, JobConfig, LockScope, PathEntry, PostgresJob, Scheduling};
+pub use jobs::{
+    Compression, FilesJob, JobConfig, LockScope, PathEntry, PostgresJob, Scheduling, VerifyJob,
+    VerifyScope,
+};
 pub use render::render_masked;
 pub use repositories::{LocalRepository, RepositoryConfig, S3Repository};
 
@@ -350,6 +353,21 @@ impl LoadedConfig {
                     format!("{key}.lock"),
                     "lock = \"cluster\" needs a [coordination] section with url_env (or url, url_file) naming a PostgreSQL database shared by the hosts".into(),
                 ));
+            }
+            if let JobConfig::Verify(v) = job {
+                for j in v.jobs.iter().flatten() {
+                    match self.config.jobs.get(j) {
+                        Some(t) if t.repository().is_some() => {}
+                        Some(t) => errors.push((
+                            format!("{key}.jobs"),
+                            format!(
+                                "{j:?} is a {} job and stores no backups (expected a backup job)",
+                                t.kind()
+                            ),
+                        )),
+                        None => errors.push((format!("{key}.jobs"), format!("no job named {j:?}"))),
+                    }
+                }
             }
             if let Err((field, msg)) = job.validate() {
                 errors.push((format!("{key}.{field}"), msg));

@@ -128,6 +128,13 @@ impl Daemon {
                 Ok(Outcome::Committed(m)) => {
                     tracing::info!(job = name, backup = %m.id, "scheduled run succeeded");
                 }
+                Ok(Outcome::Checked(s)) => {
+                    tracing::info!(
+                        job = name,
+                        backups = s.backups.len(),
+                        "scheduled check passed"
+                    );
+                }
                 Ok(Outcome::Skipped(_)) | Err(Error::Interrupted(_)) => {}
                 Err(e) if attempt < sched.retries => {
                     tracing::warn!(job = name, attempt = attempt + 1, retry_in = ?delay, error = %crate::secret::redact(&e.to_string()), "run failed; retrying");

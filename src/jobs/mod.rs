@@ -4,6 +4,7 @@
 
 pub mod files;
 pub mod postgres;
+pub mod verify;
 
 use crate::config::Compression;
 use crate::error::Result;

@@ -86,6 +86,7 @@ fn channel_reader(
 }
 
 /// Decompress `artifact` into `dest`, verified. On any error `dest` is removed.
+#[allow(clippy::too_many_arguments)]
 pub async fn to_file(
     repo: &Repository,
     job: &JobName,
@@ -95,34 +96,55 @@ pub async fn to_file(
     progress: Option<Arc<Progress>>,
     keys: &Keys,
 ) -> Result<u64> {
+    let f = tokio::fs::File::create(dest)
+        .await
+        .map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
+    let w = tokio::io::BufWriter::with_capacity(1 << 20, f);
+    let result = to_writer(repo, job, id, artifact, w, progress, keys).await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(dest).await;
+    }
+    result
+}
+
+/// Decrypt and decompress `artifact` into `w` while hashing what is read;
+/// the result is an error if the stored bytes do not match the manifest, or
+/// if they do but cannot be decoded or written (then `w` has partial data).
+pub async fn to_writer<W>(
+    repo: &Repository,
+    job: &JobName,
+    id: &BackupId,
+    artifact: &Artifact,
+    mut w: W,
+    progress: Option<Arc<Progress>>,
+    keys: &Keys,
+) -> Result<u64>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let mut decoded = decoder(
         unseal(channel_reader(rx), artifact, keys),
         artifact.compression,
     );
     let write = async {
-        let f = tokio::fs::File::create(dest).await?;
-        let mut w = tokio::io::BufWriter::with_capacity(1 << 20, f);
         let n = tokio::io::copy(&mut decoded, &mut w).await?;
         w.flush().await?;
+        w.shutdown().await?;
         drop(decoded); // close the channel so the reader drains on its own
         Ok::<u64, std::io::Error>(n)
     };
     let (read, written) = tokio::join!(read_hashed(repo, job, id, artifact, tx, progress), write);
-    let result = match (read, written) {
+    match (read, written) {
         (Err(e), _) => Err(e),
         (Ok(()), Err(e)) => Err(Error::Integrity {
             artifact: artifact.name.clone(),
             message: format!(
-                "checksum matches but the content cannot be decompressed or written: {e}"
+                "checksum matches but the content cannot be decrypted, decompressed or written: {e}"
             ),
         }),
         (Ok(()), Ok(n)) => Ok(n),
-    };
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(dest).await;
     }
-    result
 }
 
 /// Read and verify `artifact` without keeping it (the first pass of a

@@ -132,6 +132,7 @@ pub async fn plan(cfg: &LoadedConfig, req: &RestoreRequest) -> Result<Plan> {
     match r.config {
         JobConfig::Postgres(j) => postgres::plan(&r, j, req),
         JobConfig::Files(_) => files::plan(&r, req),
+        other => Err(not_restorable(other)),
     }
 }
 
@@ -152,9 +153,14 @@ pub async fn run(
     let mut report = match r.config {
         JobConfig::Postgres(j) => postgres::run(&r, j, req, &tmp_dir, progress).await?,
         JobConfig::Files(_) => files::run(&r, req, &tmp_dir, progress).await?,
+        other => return Err(not_restorable(other)),
     };
     report.total_seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+fn not_restorable(job: &JobConfig) -> Error {
+    Error::Other(format!("a {} job stores no backups to restore", job.kind()))
 }
 
 pub(crate) fn base_plan(

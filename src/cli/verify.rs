@@ -1,0 +1,90 @@
+//! `drctl verify [--job JOB]... [--latest | --all] [--deep] [--json]`
+
+use drctl::config::LoadedConfig;
+use drctl::state::State;
+use drctl::verify::{self, Options, Summary};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("scope").args(["latest", "all"]))]
+pub struct Args {
+    /// Only this backup job (repeatable) [default: every backup job]
+    #[arg(long)]
+    job: Vec<String>,
+    /// The newest backup of each job (the default)
+    #[arg(long)]
+    latest: bool,
+    /// Every committed backup
+    #[arg(long)]
+    all: bool,
+    /// Also decrypt, decompress and read the archive (pg_restore --list, tar entries)
+    #[arg(long)]
+    deep: bool,
+    /// age identity file for --deep on encrypted backups
+    #[arg(long, short = 'i')]
+    identity: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
+    let only = (!a.job.is_empty()).then_some(a.job.as_slice());
+    let jobs = verify::backup_jobs(cfg, only)?;
+    let opts = Options {
+        all: a.all,
+        deep: a.deep,
+        identity: a.identity,
+    };
+    let summary = verify::run(cfg, &jobs, &opts).await?;
+    let state = State::open(&cfg.config.state_dir).await?;
+    verify::report(cfg, &state, &summary, opts.all).await;
+    print(&summary, a.json)?;
+    let delivery = drctl::alerts::deliver_due(
+        cfg,
+        &state,
+        Some(tokio::time::Instant::now() + std::time::Duration::from_secs(20)),
+    );
+    if let Err(e) = delivery.await {
+        tracing::error!(error = %e, "delivering alerts");
+    }
+    match summary.error() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+/// Text or JSON; shared with `drctl run` of a verify job.
+pub fn print(s: &Summary, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!(
+            "{}",
+            drctl::secret::redact(&serde_json::to_string_pretty(s)?)
+        );
+        return Ok(());
+    }
+    for b in &s.backups {
+        println!(
+            "{} {}/{} ({})",
+            if b.ok { "ok  " } else { "FAIL" },
+            b.job,
+            b.backup_id,
+            b.finished_at
+        );
+        for a in &b.artifacts {
+            println!(
+                "       {} {:<28} {}",
+                if a.ok { "ok  " } else { "FAIL" },
+                a.name,
+                a.detail
+            );
+        }
+    }
+    let bad = s.failed().count();
+    eprintln!(
+        "{} backup(s) verified, {} failed, {} read",
+        s.backups.len(),
+        bad,
+        super::human_bytes(s.bytes_read)
+    );
+    Ok(())
+}

@@ -1,0 +1,405 @@
+//! `drctl verify` and the `verify` job kind: prove that stored backups are
+//! intact without restoring them.
+//!
+//! Shallow: every artifact is read back and its size and SHA-256 compared
+//! with the manifest (no key needed: the hash is of the stored bytes).
+//! Deep: also decrypted and decompressed to the end, PostgreSQL dumps fed to
+//! `pg_restore --list` (which reads the archive's table of contents), tar
+//! archives walked entry by entry.
+
+use crate::config::{JobConfig, LoadedConfig};
+use crate::error::{Error, Result};
+use crate::ids::JobName;
+use crate::manifest::{Artifact, Manifest};
+use crate::repository::Repository;
+use crate::restore::fetch;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Every committed backup instead of the newest.
+    pub all: bool,
+    pub deep: bool,
+    /// age identity for deep verification of encrypted backups.
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ArtifactCheck {
+    pub name: String,
+    pub stored_bytes: u64,
+    pub ok: bool,
+    /// What was checked, or what is wrong.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupCheck {
+    pub job: String,
+    pub backup_id: String,
+    pub finished_at: String,
+    pub ok: bool,
+    /// An artifact does not match its manifest (as opposed to "could not check").
+    pub integrity_failure: bool,
+    pub artifacts: Vec<ArtifactCheck>,
+}
+
+/// What one verification of several backups found.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Summary {
+    pub backups: Vec<BackupCheck>,
+    pub bytes_read: u64,
+}
+
+impl Summary {
+    pub fn failed(&self) -> impl Iterator<Item = &BackupCheck> {
+        self.backups.iter().filter(|b| !b.ok)
+    }
+    pub fn ok(&self) -> bool {
+        self.failed().next().is_none()
+    }
+    /// One line per failed artifact, for errors and alerts.
+    pub fn problems(&self) -> String {
+        self.failed()
+            .flat_map(|b| {
+                b.artifacts
+                    .iter()
+                    .filter(|a| !a.ok)
+                    .map(move |a| format!("{}/{}/{}: {}", b.job, b.backup_id, a.name, a.detail))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+    /// The error `drctl verify` exits with when something failed.
+    pub fn error(&self) -> Option<Error> {
+        let bad: Vec<&BackupCheck> = self.failed().collect();
+        let first = bad.first()?;
+        let message = format!(
+            "{} of {} backup(s) failed verification:\n{}",
+            bad.len(),
+            self.backups.len(),
+            self.problems()
+        );
+        Some(if bad.iter().any(|b| b.integrity_failure) {
+            Error::Integrity {
+                artifact: format!("{}/{}", first.job, first.backup_id),
+                message,
+            }
+        } else {
+            Error::Other(message)
+        })
+    }
+}
+
+/// Raise `backup_damaged:JOB:SCOPE` for each job with a failed backup and
+/// clear it for each job whose backups all passed. The scope (`latest` or
+/// `all`) is part of the key, so a passing check of the newest backup does
+/// not resolve what a full check found in an older one.
+pub async fn report(cfg: &LoadedConfig, state: &crate::state::State, s: &Summary, all: bool) {
+    use crate::alerts::{Alerter, Condition, Severity};
+    let scope = if all { "all" } else { "latest" };
+    let alerter = Alerter::new(cfg, state);
+    let mut jobs: Vec<&str> = s.backups.iter().map(|b| b.job.as_str()).collect();
+    jobs.dedup();
+    for job in jobs {
+        let bad: Vec<&BackupCheck> = s.backups.iter().filter(|b| b.job == job && !b.ok).collect();
+        let subject = format!("{job}:{scope}");
+        let r = if bad.is_empty() {
+            alerter
+                .clear(
+                    &format!("backup_damaged:{subject}"),
+                    format!("backups of {job} verify again ({scope})"),
+                )
+                .await
+        } else {
+            let mut c = Condition::new(
+                "backup_damaged",
+                &subject,
+                Severity::Critical,
+                format!("{} backup(s) of {job} failed verification", bad.len()),
+            );
+            c.job = Some(job.to_owned());
+            c.detail = Some(
+                bad.iter()
+                    .flat_map(|b| {
+                        b.artifacts
+                            .iter()
+                            .filter(|a| !a.ok)
+                            .map(move |a| format!("{}/{}: {}", b.backup_id, a.name, a.detail))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            );
+            c.hint = Some(format!(
+                "Do not restore from the backups named above. Take a fresh backup now (`drctl run {job}`), look at the storage (disk errors, bucket lifecycle rules, who can delete objects), and run `drctl verify --job {job} --all` to find every damaged backup."
+            ));
+            alerter.raise(c).await
+        };
+        if let Err(e) = r {
+            tracing::error!(job, error = %e, "cannot record the verification alert");
+        }
+    }
+}
+
+/// Backup jobs to verify: the named ones, or every job with a repository.
+pub fn backup_jobs(cfg: &LoadedConfig, only: Option<&[String]>) -> Result<Vec<String>> {
+    match only {
+        Some(list) => {
+            for j in list {
+                let (_, job) = cfg.job(j)?;
+                if job.repository().is_none() {
+                    return Err(Error::Other(format!(
+                        "job {j} is a {} job; it stores no backups to verify",
+                        job.kind()
+                    )));
+                }
+            }
+            Ok(list.to_vec())
+        }
+        None => Ok(cfg
+            .config
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.repository().is_some())
+            .map(|(n, _)| n.clone())
+            .collect()),
+    }
+}
+
+/// Verify the newest (or every) committed backup of each job in `jobs`.
+pub async fn run(cfg: &LoadedConfig, jobs: &[String], opts: &Options) -> Result<Summary> {
+    let mut summary = Summary::default();
+    for name in jobs {
+        let (job_name, job) = cfg.job(name)?;
+        let repo_name = job
+            .repository()
+            .ok_or_else(|| Error::Other(format!("job {name} stores no backups")))?;
+        let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
+        let ids: Vec<_> = if opts.all {
+            repo.list_backups(&job_name)
+                .await?
+                .into_iter()
+                .map(|b| b.id)
+                .collect()
+        } else {
+            vec![repo.latest(&job_name).await?.id]
+        };
+        for id in ids {
+            let m = repo.read_manifest(&job_name, &id).await?;
+            let keys = if opts.deep {
+                crate::keys::for_manifest(cfg, job, &m, opts.identity.as_deref())?
+            } else {
+                None
+            };
+            let check = backup(&repo, &job_name, job, &m, opts.deep, &keys).await;
+            summary.bytes_read += check.artifacts.iter().map(|a| a.stored_bytes).sum::<u64>();
+            summary.backups.push(check);
+        }
+    }
+    Ok(summary)
+}
+
+async fn backup(
+    repo: &Repository,
+    job_name: &JobName,
+    job: &JobConfig,
+    m: &Manifest,
+    deep: bool,
+    keys: &crate::keys::Keys,
+) -> BackupCheck {
+    let mut artifacts = Vec::new();
+    let mut integrity_failure = false;
+    for a in &m.artifacts {
+        let r = if deep {
+            deep_check(repo, job_name, job, m, a, keys).await
+        } else {
+            fetch::verify_only(repo, job_name, &m.id, a, None)
+                .await
+                .map(|()| format!("{} bytes, SHA-256 matches", a.stored_bytes))
+        };
+        let (ok, detail) = match r {
+            Ok(d) => (true, d),
+            Err(e) => {
+                integrity_failure |=
+                    matches!(e, Error::Integrity { .. } | Error::NotFound(_)) || is_missing(&e);
+                (false, crate::secret::redact(&e.to_string()))
+            }
+        };
+        artifacts.push(ArtifactCheck {
+            name: a.name.clone(),
+            stored_bytes: a.stored_bytes,
+            ok,
+            detail,
+        });
+    }
+    BackupCheck {
+        job: job_name.to_string(),
+        backup_id: m.id.to_string(),
+        finished_at: m.finished_at.to_rfc3339(),
+        ok: artifacts.iter().all(|a| a.ok),
+        integrity_failure,
+        artifacts,
+    }
+}
+
+/// A listed backup whose artifact object is gone is damaged, not unreachable.
+fn is_missing(e: &Error) -> bool {
+    let t = e.to_string();
+    t.contains("NoSuchKey") || t.contains("No such file") || t.contains("not found")
+}
+
+async fn deep_check(
+    repo: &Repository,
+    job_name: &JobName,
+    job: &JobConfig,
+    m: &Manifest,
+    a: &Artifact,
+    keys: &crate::keys::Keys,
+) -> Result<String> {
+    match a.content.as_str() {
+        "pg_dump_custom" => {
+            let bindir = match job {
+                JobConfig::Postgres(p) => p.pg_bindir.clone(),
+                _ => None,
+            };
+            let tools = crate::pg::PgTools::locate(bindir.as_deref());
+            let mut child = crate::pg::spawn_tool(
+                &tools.path("pg_restore"),
+                &["--list".to_string()],
+                &[],
+                true,
+                true,
+            )?;
+            let stdin = child.child.stdin.take();
+            let stdout = child.child.stdout.take();
+            let lines = tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut n = 0usize;
+                if let Some(out) = stdout {
+                    let mut lines = tokio::io::BufReader::new(out).lines();
+                    while let Ok(Some(l)) = lines.next_line().await {
+                        if !l.starts_with(';') && !l.trim().is_empty() {
+                            n += 1;
+                        }
+                    }
+                }
+                n
+            });
+            let raw =
+                fetch::to_writer(repo, job_name, &m.id, a, Lenient(stdin), None, keys).await?;
+            child.finish().await.map_err(|e| Error::Integrity {
+                artifact: a.name.clone(),
+                message: format!("pg_restore --list rejects the archive: {e}"),
+            })?;
+            let entries = lines.await.unwrap_or(0);
+            if raw != a.raw_bytes {
+                return Err(size_mismatch(a, raw));
+            }
+            Ok(format!(
+                "SHA-256 matches; decoded {raw} bytes; pg_restore --list reads {entries} entries"
+            ))
+        }
+        "tar" => {
+            let (w, r) = tokio::io::duplex(1 << 20);
+            let walk = tokio::task::spawn_blocking(move || {
+                let mut archive = tar::Archive::new(tokio_util::io::SyncIoBridge::new(r));
+                let mut n = 0usize;
+                for e in archive.entries()? {
+                    let mut e = e?;
+                    std::io::copy(&mut e, &mut std::io::sink())?;
+                    n += 1;
+                }
+                Ok::<usize, std::io::Error>(n)
+            });
+            let raw =
+                fetch::to_writer(repo, job_name, &m.id, a, Lenient(Some(w)), None, keys).await?;
+            let entries = walk
+                .await
+                .map_err(|e| Error::Other(e.to_string()))?
+                .map_err(|e| Error::Integrity {
+                    artifact: a.name.clone(),
+                    message: format!("not a readable tar archive: {e}"),
+                })?;
+            if raw != a.raw_bytes {
+                return Err(size_mismatch(a, raw));
+            }
+            Ok(format!(
+                "SHA-256 matches; decoded {raw} bytes; {entries} tar entries"
+            ))
+        }
+        _ => {
+            let raw =
+                fetch::to_writer(repo, job_name, &m.id, a, tokio::io::sink(), None, keys).await?;
+            if raw != a.raw_bytes {
+                return Err(size_mismatch(a, raw));
+            }
+            Ok(format!("SHA-256 matches; decoded {raw} bytes"))
+        }
+    }
+}
+
+fn size_mismatch(a: &Artifact, raw: u64) -> Error {
+    Error::Integrity {
+        artifact: a.name.clone(),
+        message: format!(
+            "decodes to {raw} bytes, manifest says {} before compression",
+            a.raw_bytes
+        ),
+    }
+}
+
+/// A writer into a consumer that may stop reading early (`pg_restore
+/// --list` exits after the table of contents): once it is gone the rest is
+/// discarded, so the whole artifact is still decoded and hashed.
+struct Lenient<W>(Option<W>);
+
+fn gone(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::BrokenPipe
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Lenient<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let Some(w) = self.0.as_mut() else {
+            return Poll::Ready(Ok(buf.len()));
+        };
+        match Pin::new(w).poll_write(cx, buf) {
+            Poll::Ready(Err(e)) if gone(&e) => {
+                self.0 = None;
+                Poll::Ready(Ok(buf.len()))
+            }
+            other => other,
+        }
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let Some(w) = self.0.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        match Pin::new(w).poll_flush(cx) {
+            Poll::Ready(Err(e)) if gone(&e) => {
+                self.0 = None;
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let Some(w) = self.0.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let r = match Pin::new(w).poll_shutdown(cx) {
+            Poll::Ready(Err(e)) if gone(&e) => Poll::Ready(Ok(())),
+            other => other,
+        };
+        if r.is_ready() {
+            self.0 = None; // close stdin: the consumer sees EOF
+        }
+        r
+    }
+}

@@ -19,6 +19,7 @@ pub mod pg;
 pub mod progress;
 pub mod repository;
 pub mod restore;
+pub mod rpo;
 pub mod runner;
 pub mod schedule;
 pub mod secret;

@@ -79,6 +79,12 @@ pub async fn run_job(
         }
         _ => {
             let m = crate::backup::run(cfg, state, name, trigger, progress, cancel).await?;
+            // A new backup may end an RPO violation: say so now, not at the next check.
+            if job.rpo().is_some() {
+                if let Err(e) = crate::rpo::evaluate(cfg, state, name).await {
+                    tracing::warn!(job = name, error = %e, "RPO evaluation after the backup failed");
+                }
+            }
             Ok(Outcome::Committed(Box::new(m)))
         }
     }

@@ -6,6 +6,7 @@ mod backups;
 mod config_cmd;
 mod progress;
 mod restore;
+mod rpo;
 mod run;
 mod status;
 mod verify;
@@ -40,6 +41,8 @@ enum Command {
     Restore(restore::Args),
     /// Check stored backups against their manifests (size, SHA-256; --deep: decode and read)
     Verify(verify::Args),
+    /// RPO per job: target, age of the newest backup, status, compliance over a window
+    Rpo(rpo::Args),
     /// Run every scheduled job on its schedule (under systemd: Type=notify)
     Daemon,
     /// Jobs with their schedule, last run, outcome and next run (from local state)
@@ -95,6 +98,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Daemon => Ok(drctl::daemon::run(cli.config.clone()).await?),
         Command::Status(a) => status::status(&load()?, a).await,
         Command::Logs(a) => status::logs(&load()?, a).await,
+        Command::Rpo(a) => rpo::exec(&load()?, a).await,
         Command::Verify(a) => verify::exec(&load()?, a).await,
         Command::Alerts(a) => alerts::exec(&load()?, a).await,
         Command::Config { command } => config_cmd::exec(cli.config.as_deref(), command),

@@ -96,6 +96,14 @@ job_kind! {
         /// Encrypt this job's backups (overrides the repository's `encryption`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub encryption: Option<super::Encryption>,
+        /// Recovery point objective: the newest committed backup must never
+        /// be older than this (`drctl rpo`, alerts, metrics).
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
+        pub rpo: Option<Duration>,
         pub repository: String,
         #[serde(default)]
         pub compression: Compression,
@@ -195,6 +203,14 @@ job_kind! {
         /// Encrypt this job's backups (overrides the repository's `encryption`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub encryption: Option<super::Encryption>,
+        /// Recovery point objective: the newest committed backup must never
+        /// be older than this (`drctl rpo`, alerts, metrics).
+        #[serde(
+            default,
+            with = "humantime_serde",
+            skip_serializing_if = "Option::is_none"
+        )]
+        pub rpo: Option<Duration>,
         pub repository: String,
         #[serde(default)]
         pub compression: Compression,
@@ -249,6 +265,16 @@ impl JobConfig {
             JobConfig::Files(j) => j.encryption.as_ref(),
             JobConfig::Verify(_) => None,
         }
+    }
+
+    /// The job's RPO target, if it sets one (backup kinds only).
+    pub fn rpo(&self) -> Option<Duration> {
+        match self {
+            JobConfig::Postgres(j) => j.rpo,
+            JobConfig::Files(j) => j.rpo,
+            JobConfig::Verify(_) => None,
+        }
+        .filter(|d| !d.is_zero())
     }
 
     /// When and how the daemon runs this job.

@@ -136,6 +136,10 @@ async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Response {
         "Next scheduled run (Unix time)",
         next,
     );
+    match crate::rpo::saved(&d.state).await {
+        Ok(rows) => register_rpo(&mut reg, rows),
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
     match crate::alerts::stats(&d.state).await {
         Ok(a) => register_alerts(&mut reg, a),
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
@@ -209,5 +213,30 @@ fn register_alerts(reg: &mut Registry, a: crate::alerts::AlertStats) {
         "drctl_alert_oldest_pending_seconds",
         "Age of the oldest undelivered alert (0 when the outbox is drained); alert on this from outside",
         oldest,
+    );
+}
+
+fn register_rpo(reg: &mut Registry, rows: Vec<(String, f64, bool, Option<f64>)>) {
+    let target = Family::<JobLabels, FloatGauge>::default();
+    let age = Family::<JobLabels, FloatGauge>::default();
+    let compliant = Family::<JobLabels, Gauge>::default();
+    for (job, t, ok, a) in rows {
+        let l = JobLabels { job };
+        target.get_or_create(&l).set(t);
+        if let Some(a) = a {
+            age.get_or_create(&l).set(a);
+        }
+        compliant.get_or_create(&l).set(i64::from(ok));
+    }
+    reg.register("drctl_rpo_target_seconds", "The job's RPO target", target);
+    reg.register(
+        "drctl_rpo_age_seconds",
+        "Age of the newest committed backup's data (any host's), at scrape time",
+        age,
+    );
+    reg.register(
+        "drctl_rpo_compliant",
+        "1 while the newest backup is younger than the RPO target (as of the last evaluation)",
+        compliant,
     );
 }

@@ -340,6 +340,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     }
     sched.start().await.map_err(sched_err)?;
     let alert_worker = tokio::spawn(alert_worker(d.clone()));
+    let rpo_worker = tokio::spawn(rpo_worker(d.clone()));
     catch_up(&d).await;
 
     let io = |e| Error::io("installing signal handlers", e);
@@ -430,6 +431,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(30), d.tasks.wait()).await;
     }
     let _ = alert_worker.await;
+    let _ = rpo_worker.await;
     let cfg = d.config();
     let (severity, summary) = match (running.is_empty(), cancelled) {
         (true, _) => (
@@ -470,6 +472,42 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     }
     tracing::info!("daemon stopped");
     Ok(())
+}
+
+/// Evaluates each job's RPO every `rpo::interval(target)` (a tenth of the
+/// target, between 100 ms and a minute), from the repository.
+async fn rpo_worker(d: Arc<Daemon>) {
+    let mut due: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+    loop {
+        let cfg = d.config();
+        let jobs = crate::rpo::jobs(&cfg);
+        due.retain(|j, _| jobs.iter().any(|(n, _)| n == j));
+        let now = tokio::time::Instant::now();
+        for (job, target) in &jobs {
+            let next = due.entry(job.clone()).or_insert(now);
+            if *next > now {
+                continue;
+            }
+            *next = now + crate::rpo::interval(*target);
+            let eval = crate::rpo::evaluate(&cfg, &d.state, job);
+            tokio::select! {
+                r = eval => if let Err(e) = r {
+                    tracing::warn!(job = %job, error = %e, "RPO evaluation failed");
+                },
+                () = d.stopping.cancelled() => return,
+            }
+        }
+        let wake = due
+            .values()
+            .min()
+            .copied()
+            .unwrap_or(now + Duration::from_secs(1))
+            .min(tokio::time::Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            () = d.stopping.cancelled() => return,
+        }
+    }
 }
 
 /// Every second: promote and repeat conditions, then deliver due outbox

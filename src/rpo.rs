@@ -407,11 +407,12 @@ pub fn summarize(
 
 /// Every recorded transition of `job`, oldest first (reports, tests).
 pub async fn transitions(state: &State, job: &str) -> Result<Vec<Transition>> {
-    let rows = sqlx::query("SELECT at, compliant FROM rpo_transitions WHERE job = ? ORDER BY at, id")
-        .bind(job)
-        .fetch_all(state.pool())
-        .await
-        .map_err(|e| state.err(e))?;
+    let rows =
+        sqlx::query("SELECT at, compliant FROM rpo_transitions WHERE job = ? ORDER BY at, id")
+            .bind(job)
+            .fetch_all(state.pool())
+            .await
+            .map_err(|e| state.err(e))?;
     Ok(rows
         .iter()
         .map(|r| Transition {

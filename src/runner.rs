@@ -79,6 +79,27 @@ pub async fn run_job(
         }
         _ => {
             let m = crate::backup::run(cfg, state, name, trigger, progress, cancel).await?;
+            // Retention runs after each committed backup; a prune problem
+            // is logged, never a failed backup.
+            if job.retention().is_some() {
+                match crate::prune::job(cfg, name, &crate::prune::Options::default()).await {
+                    Ok(r) => {
+                        for e in &r.errors {
+                            tracing::warn!(job = name, error = %e, "prune");
+                        }
+                        if !r.deleted.is_empty() || !r.orphans.is_empty() {
+                            tracing::info!(
+                                job = name,
+                                deleted = r.deleted.len(),
+                                orphans = r.orphans.len(),
+                                bytes = r.bytes_freed,
+                                "retention applied"
+                            );
+                        }
+                    }
+                    Err(e) => tracing::warn!(job = name, error = %e, "retention failed"),
+                }
+            }
             // A new backup may end an RPO violation: say so now, not at the next check.
             if job.rpo().is_some() {
                 if let Err(e) = crate::rpo::evaluate(cfg, state, name).await {

@@ -5,6 +5,7 @@ mod alerts;
 mod backups;
 mod config_cmd;
 mod progress;
+mod prune;
 mod restore;
 mod rpo;
 mod run;
@@ -41,6 +42,8 @@ enum Command {
     Restore(restore::Args),
     /// Check stored backups against their manifests (size, SHA-256; --deep: decode and read)
     Verify(verify::Args),
+    /// Apply retention (and sweep orphans): never the newest, nothing in use or locked
+    Prune(prune::Args),
     /// RPO per job: target, age of the newest backup, status, compliance over a window
     Rpo(rpo::Args),
     /// Run every scheduled job on its schedule (under systemd: Type=notify)
@@ -98,6 +101,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Daemon => Ok(drctl::daemon::run(cli.config.clone()).await?),
         Command::Status(a) => status::status(&load()?, a).await,
         Command::Logs(a) => status::logs(&load()?, a).await,
+        Command::Prune(a) => prune::exec(&load()?, a).await,
         Command::Rpo(a) => rpo::exec(&load()?, a).await,
         Command::Verify(a) => verify::exec(&load()?, a).await,
         Command::Alerts(a) => alerts::exec(&load()?, a).await,

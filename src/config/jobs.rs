@@ -104,6 +104,9 @@ job_kind! {
             skip_serializing_if = "Option::is_none"
         )]
         pub rpo: Option<Duration>,
+        /// Grandfather-father-son retention, applied after each backup and by `drctl prune`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub retention: Option<crate::retention::Policy>,
         pub repository: String,
         #[serde(default)]
         pub compression: Compression,
@@ -211,6 +214,9 @@ job_kind! {
             skip_serializing_if = "Option::is_none"
         )]
         pub rpo: Option<Duration>,
+        /// Grandfather-father-son retention, applied after each backup and by `drctl prune`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub retention: Option<crate::retention::Policy>,
         pub repository: String,
         #[serde(default)]
         pub compression: Compression,
@@ -263,6 +269,15 @@ impl JobConfig {
         match self {
             JobConfig::Postgres(j) => j.encryption.as_ref(),
             JobConfig::Files(j) => j.encryption.as_ref(),
+            JobConfig::Verify(_) => None,
+        }
+    }
+
+    /// The job's retention policy, if it sets one (backup kinds only).
+    pub fn retention(&self) -> Option<&crate::retention::Policy> {
+        match self {
+            JobConfig::Postgres(j) => j.retention.as_ref(),
+            JobConfig::Files(j) => j.retention.as_ref(),
             JobConfig::Verify(_) => None,
         }
     }

@@ -21,7 +21,7 @@ pub use jobs::{
     VerifyScope,
 };
 pub use render::render_masked;
-pub use repositories::{LocalRepository, RepositoryConfig, S3Repository};
+pub use repositories::{LocalRepository, LockMode, ObjectLock, RepositoryConfig, S3Repository};
 
 use crate::error::{Error, Result};
 use crate::ids::JobName;

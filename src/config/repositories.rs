@@ -40,6 +40,33 @@ pub struct S3Repository {
     pub upload_concurrency: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<super::Encryption>,
+    /// e.g. `STANDARD_IA`, `GLACIER_IR` (default: the bucket's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+    /// Server-side encryption: `AES256` or `aws:kms` (with `kms_key_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+    /// Object Lock retention on every object written (the bucket must have
+    /// Object Lock enabled): nobody holding these credentials can delete a
+    /// backup younger than `days` (compliance mode: not even the root user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<ObjectLock>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectLock {
+    pub mode: LockMode,
+    pub days: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    Governance,
+    Compliance,
 }
 
 impl RepositoryConfig {
@@ -69,6 +96,21 @@ impl RepositoryConfig {
                 }
             }
             RepositoryConfig::S3(s) => {
+                match (s.sse.as_deref(), &s.kms_key_id) {
+                    (None | Some("AES256"), None) | (Some("aws:kms"), _) => {}
+                    (None | Some("AES256"), Some(_)) => {
+                        return Err(("kms_key_id", "kms_key_id needs sse = \"aws:kms\"".into()))
+                    }
+                    (Some(other), _) => {
+                        return Err((
+                            "sse",
+                            format!("expected \"AES256\" or \"aws:kms\", got {other:?}"),
+                        ))
+                    }
+                }
+                if s.object_lock.as_ref().is_some_and(|l| l.days == 0) {
+                    return Err(("object_lock.days", "expected at least 1 day".into()));
+                }
                 if s.bucket.is_empty() {
                     return Err(("bucket", "expected a bucket name".into()));
                 }

@@ -185,13 +185,17 @@ impl Backend for LocalBackend {
                     let p = entry.path();
                     if ft.is_dir() {
                         stack.push(p);
-                    } else if ft.is_file() && !entry.file_name().to_string_lossy().starts_with('.')
-                    {
-                        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                    } else if ft.is_file() {
+                        // Partial files (`.NAME.partial-*`) are listed too:
+                        // a killed writer leaves them, and prune sweeps them.
+                        let meta = entry.metadata().ok();
                         if let Ok(rel) = p.strip_prefix(&root) {
                             out.push(ObjectInfo {
                                 key: rel.to_string_lossy().into_owned(),
-                                size,
+                                size: meta.as_ref().map(|m| m.len()).unwrap_or(0),
+                                modified: meta
+                                    .and_then(|m| m.modified().ok())
+                                    .map(chrono::DateTime::<chrono::Utc>::from),
                             });
                         }
                     }
@@ -207,9 +211,14 @@ impl Backend for LocalBackend {
         let path = self.path(key);
         match tokio::fs::remove_file(&path).await {
             Ok(()) => {
-                // Tidy the backup's directory once it is empty (fails harmlessly otherwise).
-                if let Some(parent) = path.parent() {
-                    let _ = tokio::fs::remove_dir(parent).await;
+                // Tidy directories left empty, up to the repository root
+                // (remove_dir fails harmlessly on a non-empty one).
+                let mut dir = path.parent();
+                while let Some(d) = dir.filter(|d| d.starts_with(&self.root) && *d != self.root) {
+                    if tokio::fs::remove_dir(d).await.is_err() {
+                        break;
+                    }
+                    dir = d.parent();
                 }
                 Ok(())
             }

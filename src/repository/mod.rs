@@ -31,6 +31,16 @@ pub type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
+    /// Last modification, when the store reports it.
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A multipart upload that was started and never completed or aborted.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Object storage, by key relative to the repository root.
@@ -47,7 +57,18 @@ pub trait Backend: Send + Sync {
     /// Every object below `prefix` (recursive), in no particular order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
     async fn delete(&self, key: &str) -> Result<()>;
+    /// Incomplete multipart uploads below `prefix`; `None` if the store
+    /// cannot list them (a local directory has none).
+    async fn incomplete_uploads(&self, _prefix: &str) -> Result<Option<Vec<Upload>>> {
+        Ok(None)
+    }
+    async fn abort_upload(&self, _upload: &Upload) -> Result<()> {
+        Ok(())
+    }
 }
+
+/// Directory inside a backup holding its leases (see [`Repository::lease`]).
+pub const LEASES: &str = "leases";
 
 /// A named repository with the backup protocol on top of its backend.
 pub struct Repository {
@@ -176,6 +197,40 @@ impl Repository {
     /// Every object of one backup (manifest included), for tests and pruning.
     pub async fn objects_of(&self, job: &JobName, id: &BackupId) -> Result<Vec<ObjectInfo>> {
         self.backend.list(&format!("{job}/{id}/")).await
+    }
+
+    /// Every object under `job/` (all backups, partial or committed).
+    pub async fn objects_of_job(&self, job: &JobName) -> Result<Vec<ObjectInfo>> {
+        self.backend.list(&format!("{job}/")).await
+    }
+
+    /// Mark a backup as in use (a restore or drill reads it) so prune on any
+    /// host leaves it alone. Release with [`Repository::release`]; a lease
+    /// left by a dead process stops counting after a day.
+    pub async fn lease(&self, job: &JobName, id: &BackupId, purpose: &str) -> Result<String> {
+        let key = format!(
+            "{job}/{id}/{LEASES}/{}-{}-{:08x}.json",
+            crate::backup::host_name()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect::<String>(),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        let body = serde_json::json!({
+            "purpose": purpose,
+            "host": crate::backup::host_name(),
+            "pid": std::process::id(),
+            "at": chrono::Utc::now(),
+        });
+        self.backend
+            .put_if_absent(&key, body.to_string().into_bytes())
+            .await?;
+        Ok(key)
+    }
+
+    pub async fn release(&self, lease: &str) -> Result<()> {
+        self.backend.delete(lease).await
     }
 
     pub fn backend(&self) -> &dyn Backend {

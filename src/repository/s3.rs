@@ -5,7 +5,7 @@
 //! failure path aborts the upload so no half-object is left billed and
 //! invisible. The manifest is put with `If-None-Match: *`.
 
-use super::{Backend, BoxRead, ObjectInfo};
+use super::{Backend, BoxRead, ObjectInfo, Upload};
 use crate::config::S3Repository;
 use crate::error::{Error, Result};
 use async_trait::async_trait;
@@ -28,6 +28,43 @@ pub struct S3Backend {
     prefix: String,
     part_size: u64,
     concurrency: usize,
+    storage_class: Option<String>,
+    sse: Option<String>,
+    kms_key_id: Option<String>,
+    lock: Option<crate::config::ObjectLock>,
+}
+
+/// Storage class, server-side encryption and Object Lock retention, on any
+/// request builder that writes an object (PutObject, CreateMultipartUpload).
+macro_rules! write_options {
+    ($b:expr, $s:expr) => {{
+        let mut b = $b;
+        if let Some(c) = &$s.storage_class {
+            b = b.storage_class(aws_sdk_s3::types::StorageClass::from(c.as_str()));
+        }
+        if let Some(e) = &$s.sse {
+            b = b.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::from(e.as_str()));
+        }
+        if let Some(k) = &$s.kms_key_id {
+            b = b.ssekms_key_id(k);
+        }
+        if let Some(l) = &$s.lock {
+            let until = chrono::Utc::now() + chrono::Duration::days(i64::from(l.days));
+            b = b
+                .object_lock_mode(match l.mode {
+                    crate::config::LockMode::Governance => {
+                        aws_sdk_s3::types::ObjectLockMode::Governance
+                    }
+                    crate::config::LockMode::Compliance => {
+                        aws_sdk_s3::types::ObjectLockMode::Compliance
+                    }
+                })
+                .object_lock_retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(
+                    until.timestamp(),
+                ));
+        }
+        b
+    }};
 }
 
 fn err_text<E: std::error::Error>(e: E) -> String {
@@ -61,6 +98,10 @@ impl S3Backend {
                 .to_owned(),
             part_size: cfg.part_size.map(|s| s.as_u64()).unwrap_or(DEFAULT_PART),
             concurrency: cfg.upload_concurrency.unwrap_or(2),
+            storage_class: cfg.storage_class.clone(),
+            sse: cfg.sse.clone(),
+            kms_key_id: cfg.kms_key_id.clone(),
+            lock: cfg.object_lock.clone(),
         })
     }
 
@@ -213,8 +254,7 @@ impl Backend for S3Backend {
             .map_err(|e| Error::repo(&self.name, format!("reading source for {key}: {e}")))?;
         let written = if first.len() < part_size {
             let n = first.len() as u64;
-            self.client
-                .put_object()
+            write_options!(self.client.put_object(), self)
                 .bucket(&self.bucket)
                 .key(&key)
                 .body(ByteStream::from(first))
@@ -223,9 +263,7 @@ impl Backend for S3Backend {
                 .map_err(|e| self.err(&format!("uploading {key}"), err_text(e)))?;
             n
         } else {
-            let created = self
-                .client
-                .create_multipart_upload()
+            let created = write_options!(self.client.create_multipart_upload(), self)
                 .bucket(&self.bucket)
                 .key(&key)
                 .send()
@@ -268,9 +306,7 @@ impl Backend for S3Backend {
 
     async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
         let key = self.full_key(key);
-        match self
-            .client
-            .put_object()
+        match write_options!(self.client.put_object(), self)
             .bucket(&self.bucket)
             .key(&key)
             .if_none_match("*")
@@ -335,12 +371,87 @@ impl Backend for S3Backend {
                         out.push(ObjectInfo {
                             key: rel.to_owned(),
                             size: o.size().unwrap_or(0).max(0) as u64,
+                            modified: o
+                                .last_modified()
+                                .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), 0)),
                         });
                     }
                 }
             }
         }
         Ok(out)
+    }
+
+    async fn incomplete_uploads(&self, prefix: &str) -> Result<Option<Vec<Upload>>> {
+        let full = self.full_key(prefix);
+        let strip = if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.prefix)
+        };
+        let mut out = Vec::new();
+        let mut key_marker: Option<String> = None;
+        let mut id_marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&full)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await;
+            let page = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    let code = e.as_service_error().and_then(|s| {
+                        aws_sdk_s3::error::ProvideErrorMetadata::code(s).map(str::to_owned)
+                    });
+                    if code.as_deref() == Some("NotImplemented") {
+                        return Ok(None);
+                    }
+                    return Err(self.err(
+                        &format!("listing incomplete uploads under {full}"),
+                        err_text(e),
+                    ));
+                }
+            };
+            for u in page.uploads() {
+                if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
+                    out.push(Upload {
+                        key: k.strip_prefix(&strip).unwrap_or(k).to_owned(),
+                        upload_id: id.to_owned(),
+                        initiated: u
+                            .initiated()
+                            .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), 0)),
+                    });
+                }
+            }
+            if page.is_truncated() == Some(true) {
+                key_marker = page.next_key_marker().map(str::to_owned);
+                id_marker = page.next_upload_id_marker().map(str::to_owned);
+                if key_marker.is_none() && id_marker.is_none() {
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+        Ok(Some(out))
+    }
+
+    async fn abort_upload(&self, u: &Upload) -> Result<()> {
+        let full = self.full_key(&u.key);
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .upload_id(&u.upload_id)
+            .send()
+            .await
+            .map_err(|e| self.err(&format!("aborting the upload of {full}"), err_text(e)))?;
+        Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<()> {

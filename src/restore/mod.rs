@@ -150,11 +150,25 @@ pub async fn run(
         .unwrap_or_else(|| cfg.config.state_dir.join("tmp"));
     std::fs::create_dir_all(&tmp_dir)
         .map_err(|e| Error::io(format!("creating {}", tmp_dir.display()), e))?;
-    let mut report = match r.config {
-        JobConfig::Postgres(j) => postgres::run(&r, j, req, &tmp_dir, progress).await?,
-        JobConfig::Files(_) => files::run(&r, req, &tmp_dir, progress).await?,
-        other => return Err(not_restorable(other)),
+    // Keep prune (on any host) away from the backup while it is read.
+    let lease = match r.repo.lease(&r.job, &r.manifest.id, "restore").await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot lease the backup; a concurrent prune could remove it");
+            None
+        }
     };
+    let result = match r.config {
+        JobConfig::Postgres(j) => postgres::run(&r, j, req, &tmp_dir, progress).await,
+        JobConfig::Files(_) => files::run(&r, req, &tmp_dir, progress).await,
+        other => Err(not_restorable(other)),
+    };
+    if let Some(l) = lease {
+        if let Err(e) = r.repo.release(&l).await {
+            tracing::warn!(error = %e, lease = %l, "cannot release the lease; it expires in a day");
+        }
+    }
+    let mut report = result?;
     report.total_seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

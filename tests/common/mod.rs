@@ -480,7 +480,18 @@ pub fn tool_wrappers(scripts: &[(&str, &str)]) -> PathBuf {
 /// and drops new ones at once: an S3 endpoint that dies mid-upload.
 pub fn cutting_proxy(target: String, budget: u64) -> u16 {
     use std::sync::atomic::{AtomicU64, Ordering};
+    let sent = AtomicU64::new(0);
+    proxy(target, move |chunk| {
+        sent.fetch_add(chunk.len() as u64, Ordering::SeqCst) + chunk.len() as u64 <= budget
+    })
+}
+
+/// A loopback TCP proxy to `target` that cuts a connection (both ways)
+/// as soon as `pass` refuses a chunk the client sent. Faults by real means:
+/// the client sees a reset connection, as with a flaky network or store.
+pub fn proxy(target: String, pass: impl Fn(&[u8]) -> bool + Send + Sync + 'static) -> u16 {
     use std::sync::Arc;
+    let pass = Arc::new(pass);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -492,16 +503,11 @@ pub fn cutting_proxy(target: String, budget: u64) -> u16 {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap().port()).unwrap();
-            let sent = Arc::new(AtomicU64::new(0));
             loop {
                 let Ok((client, _)) = listener.accept().await else {
                     continue;
                 };
-                if sent.load(Ordering::SeqCst) >= budget {
-                    drop(client);
-                    continue;
-                }
-                let sent = sent.clone();
+                let pass = pass.clone();
                 let target = target.clone();
                 tokio::spawn(async move {
                     let Ok(upstream) = tokio::net::TcpStream::connect(&target).await else {
@@ -513,9 +519,7 @@ pub fn cutting_proxy(target: String, budget: u64) -> u16 {
                         let mut buf = vec![0u8; 64 * 1024];
                         loop {
                             let n = cr.read(&mut buf).await.unwrap_or(0);
-                            if n == 0
-                                || sent.fetch_add(n as u64, Ordering::SeqCst) + n as u64 > budget
-                            {
+                            if n == 0 || !pass(&buf[..n]) {
                                 return;
                             }
                             if uw.write_all(&buf[..n]).await.is_err() {

@@ -1,0 +1,69 @@
+//! `drctl prune [--job JOB]... [--dry-run] [--orphan-age 1d] [--json]`
+
+use drctl::config::LoadedConfig;
+use drctl::prune::{self, Options};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Only this job (repeatable) [default: every backup job]
+    #[arg(long)]
+    job: Vec<String>,
+    /// Show what would be deleted; delete nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Data without a manifest older than this is an orphan and removed
+    #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
+    orphan_age: std::time::Duration,
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
+    let only = (!a.job.is_empty()).then_some(a.job.as_slice());
+    let jobs = drctl::verify::backup_jobs(cfg, only)?;
+    let opts = Options {
+        dry_run: a.dry_run,
+        orphan_age: a.orphan_age,
+    };
+    let mut reports = Vec::new();
+    for j in &jobs {
+        reports.push(prune::job(cfg, j, &opts).await?);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for r in &reports {
+            let verb = if r.dry_run { "would delete" } else { "deleted" };
+            println!(
+                "{}: kept {}, {verb} {} ({}), skipped {}, orphans {}, uploads aborted {}",
+                r.job,
+                r.kept.len(),
+                r.deleted.len(),
+                super::human_bytes(r.bytes_freed),
+                r.skipped.len(),
+                r.orphans.len(),
+                r.uploads_aborted.len()
+            );
+            for id in &r.deleted {
+                println!("  {verb} {id}");
+            }
+            for s in &r.skipped {
+                println!("  kept {} ({})", s.id, s.why);
+            }
+            for o in &r.orphans {
+                println!("  orphan {o}");
+            }
+            for n in &r.notes {
+                println!("  note: {n}");
+            }
+            for e in &r.errors {
+                println!("  ERROR {e}");
+            }
+        }
+    }
+    let errors: usize = reports.iter().map(|r| r.errors.len()).sum();
+    if errors > 0 {
+        anyhow::bail!("prune finished with {errors} error(s); see above");
+    }
+    Ok(())
+}

@@ -782,3 +782,125 @@ fn prune_leaves_a_leased_backup_alone_until_the_lease_expires_and_restores_relea
     );
     assert!(!w.repo_dir().join("hist").join(&ids[0]).exists());
 }
+
+#[tokio::test]
+async fn s3_storage_class_encryption_and_object_lock_are_applied_and_prune_respects_the_lock() {
+    let moto = Moto::start();
+    let client = moto.client().await;
+    let bucket = unique("locked").replace('_', "-");
+    client
+        .create_bucket()
+        .bucket(&bucket)
+        .object_lock_enabled_for_bucket(true)
+        .send()
+        .await
+        .unwrap();
+    let src = scratch_dir("drctl-lock-src-");
+    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
+    let w = World::new(&format!(
+        "[repositories.vault]\ntype = \"s3\"\nbucket = \"{bucket}\"\nprefix = \"db1\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\npath_style = true\nstorage_class = \"STANDARD_IA\"\nsse = \"AES256\"\nobject_lock = {{ mode = \"governance\", days = 1 }}\n[jobs.hist]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"vault\"\nretention = {{ keep_last = 1 }}\n",
+        moto.endpoint,
+        src.display()
+    ));
+    let first = w.drctl(&["run", "hist"]).ok().stdout.trim().to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = w.drctl(&["run", "hist"]).ok().stdout.trim().to_owned();
+
+    for key in [
+        format!("db1/hist/{first}/manifest.json"),
+        format!("db1/hist/{first}/files.tar.zst"),
+    ] {
+        let head = client
+            .head_object()
+            .bucket(&bucket)
+            .key(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            head.storage_class().map(|c| c.as_str()),
+            Some("STANDARD_IA"),
+            "{key}"
+        );
+        assert_eq!(
+            head.server_side_encryption().map(|e| e.as_str()),
+            Some("AES256"),
+            "{key}"
+        );
+        assert_eq!(
+            head.object_lock_mode().map(|m| m.as_str()),
+            Some("GOVERNANCE"),
+            "{key}"
+        );
+        let until = head.object_lock_retain_until_date().unwrap().secs();
+        let in_a_day = chrono::Utc::now().timestamp() + 86_400;
+        assert!(
+            (until - in_a_day).abs() < 120,
+            "{key}: retain until {until}"
+        );
+    }
+
+    // keep_last = 1, but the older backup is still locked: kept, and said why.
+    let r = w.drctl(&["prune", "--json"]);
+    r.ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(v[0]["deleted"].as_array().unwrap().is_empty(), "{v}");
+    assert_eq!(v[0]["skipped"][0]["id"], first.as_str());
+    assert!(
+        v[0]["skipped"][0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("object lock"),
+        "{v}"
+    );
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&w.drctl(&["backups", "hist", "--json"]).ok().stdout).unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[1]["id"], second.as_str());
+
+    // And the store itself refuses to destroy a locked version (ransomware with our keys).
+    let versions = client
+        .list_object_versions()
+        .bucket(&bucket)
+        .prefix(format!("db1/hist/{first}/manifest.json"))
+        .send()
+        .await
+        .unwrap();
+    let vid = versions.versions()[0].version_id().unwrap().to_owned();
+    let del = client
+        .delete_object()
+        .bucket(&bucket)
+        .key(format!("db1/hist/{first}/manifest.json"))
+        .version_id(vid)
+        .send()
+        .await;
+    assert!(del.is_err(), "a locked version must not be deletable");
+
+    // A multipart upload a killed run left incomplete is aborted by the sweep.
+    let stale = format!(
+        "db1/hist/{}-deadhost-00000001/database.dump.zst",
+        "20260101T000000Z"
+    );
+    client
+        .create_multipart_upload()
+        .bucket(&bucket)
+        .key(&stale)
+        .send()
+        .await
+        .unwrap();
+    let r = w.drctl(&["prune", "--orphan-age", "0s", "--json"]);
+    r.ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        v[0]["uploads_aborted"],
+        serde_json::json!([stale.trim_start_matches("db1/")]),
+        "{v}"
+    );
+    let left = client
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(left.uploads().is_empty());
+}

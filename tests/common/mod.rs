@@ -633,3 +633,48 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (code, body)
 }
+
+/// moto's S3 server (`pip install "moto[server]"`), a second, independent
+/// S3 implementation with Object Lock and ListMultipartUploads, on a free
+/// loopback port; stopped on drop.
+pub struct Moto {
+    pub endpoint: String,
+    child: Child,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install \"moto[server]\"; .ci/run installs it)");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        wait_until(Duration::from_secs(30), "moto_server to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Moto { endpoint, child }
+    }
+
+    pub async fn client(&self) -> aws_sdk_s3::Client {
+        let creds =
+            aws_sdk_s3::config::Credentials::new(access_key(), secret_key(), None, None, "test");
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .credentials_provider(creds)
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

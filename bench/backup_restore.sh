@@ -9,6 +9,7 @@
 #   backup : drctl run           vs pg_dump -Fc -Z0 > /dev/null, pg_dump -Fc, pg_dump | gzip
 #   restore: drctl restore -j2   vs pg_restore -j2 (local -Fc file), gunzip | psql
 #   memory : drctl peak RSS on the full database and on a quarter of it
+#   trust  : encrypted backup and restore (age) vs plain; verify and verify --deep
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_GB=${1:-1.2}
@@ -53,6 +54,8 @@ size=$(q postgres "SELECT pg_size_pretty(pg_database_size('bench'))")
 size_small=$(q postgres "SELECT pg_size_pretty(pg_database_size('bench_small'))")
 echo "database: $size (quarter: $size_small); cores: $(nproc)"
 
+age-keygen -o "$tmp/age.key" 2>/dev/null
+recipient=$(age-keygen -y "$tmp/age.key")
 cat > "$tmp/drctl.toml" <<TOML
 state_dir = "$tmp/state"
 [repositories.local]
@@ -71,6 +74,11 @@ count_rows_max_table_size = "0B"
 type = "postgres"
 url = "$base/bench_small"
 repository = "local"
+[jobs.sealed]
+type = "postgres"
+url = "$base/bench"
+repository = "local"
+encryption = { recipients = ["$recipient"], identity_file = "$tmp/age.key" }
 TOML
 
 t() { local s=$(date +%s.%N); "$@"; python3 -c "print(f'{$(date +%s.%N) - $s:.2f}')"; }
@@ -84,6 +92,9 @@ rm -f "$tmp/bench.dump.zst"
 read -r drb drb_rss < <($rss "$drctl" -c "$tmp/drctl.toml" run bench)
 read -r drnc _ < <($rss "$drctl" -c "$tmp/drctl.toml" run nocount)
 read -r _ small_rss < <($rss "$drctl" -c "$tmp/drctl.toml" run small)
+read -r drenc drenc_rss < <($rss "$drctl" -c "$tmp/drctl.toml" run sealed)
+ver=$(t "$drctl" -c "$tmp/drctl.toml" verify --job bench)
+verd=$(t "$drctl" -c "$tmp/drctl.toml" verify --job sealed --deep)
 stored=$(du -sb "$tmp/repo/bench" | cut -f1)
 echo "restore ..."
 q postgres "CREATE DATABASE r_pg TEMPLATE template0"
@@ -91,6 +102,7 @@ pgr=$(t pg_restore -j2 -d r_pg "$tmp/bench.dump"); q postgres "DROP DATABASE r_p
 q postgres "CREATE DATABASE r_psql TEMPLATE template0"
 gzr=$(t sh -c "gunzip -c $tmp/bench.sql.gz | psql -X -q -d $base/r_psql > /dev/null"); q postgres "DROP DATABASE r_psql"
 read -r drr drr_rss < <($rss "$drctl" -c "$tmp/drctl.toml" restore --latest --job bench --jobs 2 --to "$base/r_drctl")
+read -r dre _ < <($rss "$drctl" -c "$tmp/drctl.toml" restore --latest --job sealed --jobs 2 --to "$base/r_sealed")
 
 ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
 mib() { python3 -c "print(f'{$1/1024:.1f} MiB')"; }
@@ -103,12 +115,16 @@ echo "| pg_dump \| gzip | $gz | $(ratio $drb $gz) |"
 echo "| pg_dump -Fc -Z0 \| zstd -1 > file (same codec, no checks) | $zp | $(ratio $drb $zp) |"
 echo "| drctl run, row counts off (count_rows_max_table_size = 0) | $drnc | $(ratio $drnc $raw) vs raw |"
 echo "| drctl run (zstd -1, sha256, fsync, row counts in the snapshot) | $drb | |"
+echo "| drctl run, encrypted (age, X25519) | $drenc | $(ratio $drenc $drb) vs unencrypted, $(ratio $drenc $raw) vs raw |"
+echo "| drctl verify (re-read + SHA-256) | $ver | |"
+echo "| drctl verify --deep, encrypted (decrypt, decompress, pg_restore --list) | $verd | |"
 echo
 echo "| restore | seconds | drctl vs this |"
 echo "| --- | --- | --- |"
 echo "| pg_restore -j2 from local pg_dump -Fc file | $pgr | $(ratio $drr $pgr) (target <= 1.15x) |"
 echo "| gunzip -c \| psql | $gzr | $(ratio $drr $gzr) |"
 echo "| drctl restore --latest --jobs 2 (fetch, verify, decompress, restore) | $drr | |"
+echo "| drctl restore, encrypted backup | $dre | $(ratio $dre $drr) vs unencrypted |"
 echo
 echo "stored: drctl $(numfmt --to=iec $stored), pg_dump -Fc $(numfmt --to=iec $(stat -c %s $tmp/bench.dump)), pg_dump|gzip $(numfmt --to=iec $(stat -c %s $tmp/bench.sql.gz))"
-echo "drctl peak RSS: backup $(mib $drb_rss) ($size), backup $(mib $small_rss) ($size_small), restore $(mib $drr_rss) (target <= 64 MiB, flat)"
+echo "drctl peak RSS: backup $(mib $drb_rss) ($size), backup $(mib $small_rss) ($size_small), encrypted backup $(mib $drenc_rss), restore $(mib $drr_rss) (target <= 64 MiB, flat)"

@@ -9,6 +9,7 @@ pub mod backup;
 pub mod config;
 pub mod coordination;
 pub mod daemon;
+pub mod drill;
 pub mod error;
 pub mod ids;
 pub mod jobs;

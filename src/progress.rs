@@ -11,6 +11,9 @@ pub struct Progress {
     /// Expected total for the current phase, 0 when unknown.
     pub total: AtomicU64,
     phase: Mutex<String>,
+    /// Time spent decrypting and decompressing (overlaps the download: the
+    /// stages stream), for drill timings.
+    decode_nanos: AtomicU64,
 }
 
 impl Progress {
@@ -24,6 +27,13 @@ impl Progress {
     }
     pub fn phase(&self) -> String {
         self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+    pub fn add_decode_time(&self, d: std::time::Duration) {
+        self.decode_nanos
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+    pub fn decode_seconds(&self) -> f64 {
+        self.decode_nanos.load(Ordering::Relaxed) as f64 / 1e9
     }
     pub fn add(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);

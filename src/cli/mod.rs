@@ -4,6 +4,7 @@
 mod alerts;
 mod backups;
 mod config_cmd;
+mod drill;
 mod progress;
 mod prune;
 mod restore;
@@ -54,6 +55,11 @@ enum Command {
     Logs(status::LogsArgs),
     /// Firing alerts and the delivery outbox; `alerts test` checks each channel
     Alerts(alerts::Args),
+    /// Restore drills: run one, list them
+    Drill {
+        #[command(subcommand)]
+        command: drill::DrillCommand,
+    },
     /// Inspect the configuration
     Config {
         #[command(subcommand)]
@@ -105,6 +111,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Rpo(a) => rpo::exec(&load()?, a).await,
         Command::Verify(a) => verify::exec(&load()?, a).await,
         Command::Alerts(a) => alerts::exec(&load()?, a).await,
+        Command::Drill { command } => drill::exec(&load()?, command).await,
         Command::Config { command } => config_cmd::exec(cli.config.as_deref(), command),
     }
 }

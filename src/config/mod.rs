@@ -6,6 +6,7 @@
 //! operator fixes a config in one pass rather than one error per attempt.
 
 mod alerts;
+mod drills;
 mod encryption;
 mod jobs;
 mod render;
@@ -15,6 +16,7 @@ pub use alerts::{
     AlertsConfig, ChannelConfig, EmailChannel, JobAlerts, PingChannel, Routes, SlackChannel,
     SmtpSecurity, WebhookChannel,
 };
+pub use drills::{DrillConfig, DrillTarget, SqlCheck};
 pub use encryption::{Encryption, IDENTITY_ENV};
 pub use jobs::{
     Compression, FilesJob, JobConfig, LockScope, PathEntry, PostgresJob, Scheduling, VerifyJob,
@@ -59,6 +61,7 @@ const ENV_KEYS: &[&str] = &[
     "jobs",
     "daemon",
     "alerts",
+    "drills",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +86,11 @@ pub struct Config {
     pub coordination: Option<CoordinationConfig>,
     #[serde(default)]
     pub alerts: AlertsConfig,
+    /// Optional directory of `*.toml` files holding more `[drills.*]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drills_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub drills: BTreeMap<String, DrillConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,14 +167,6 @@ pub struct LoadedConfig {
     figment: Figment,
 }
 
-/// Only `[jobs.*]` may appear in a job file.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JobFile {
-    #[serde(default)]
-    jobs: BTreeMap<String, toml::Value>,
-}
-
 impl LoadedConfig {
     /// Load from `path`, or from [`DEFAULT_CONFIG_PATH`], or else the embedded defaults.
     pub fn load(path: Option<&Path>) -> Result<Self> {
@@ -197,6 +197,8 @@ impl LoadedConfig {
                 http: HttpConfig::default(),
                 coordination: None,
                 alerts: AlertsConfig::default(),
+                drills_dir: None,
+                drills: BTreeMap::new(),
             },
             files,
             figment: main,
@@ -238,15 +240,22 @@ impl LoadedConfig {
     }
 
     fn merge_job_files(&mut self) -> Result<()> {
+        self.merge_dir("schedules_dir", "DRCTL_SCHEDULES_DIR", "jobs")?;
+        self.merge_dir("drills_dir", "DRCTL_DRILLS_DIR", "drills")
+    }
+
+    /// Merge `dir_key/*.toml` (sorted), each holding only `[section.*]`
+    /// tables; a name defined twice is an error naming both files.
+    fn merge_dir(&mut self, dir_key: &str, dir_env: &str, section: &str) -> Result<()> {
         let dir: Option<PathBuf> = self
             .figment
-            .extract_inner("schedules_dir")
+            .extract_inner(dir_key)
             .ok()
-            .or_else(|| std::env::var_os("DRCTL_SCHEDULES_DIR").map(PathBuf::from));
+            .or_else(|| std::env::var_os(dir_env).map(PathBuf::from));
         let Some(dir) = dir else { return Ok(()) };
         let entries = std::fs::read_dir(&dir).map_err(|e| Error::Config {
-            file: self.file_of("schedules_dir"),
-            key: "schedules_dir".into(),
+            file: self.file_of(dir_key),
+            key: dir_key.into(),
             message: format!("cannot read directory {}: {e}", dir.display()),
         })?;
         let mut files: Vec<PathBuf> = entries
@@ -256,22 +265,39 @@ impl LoadedConfig {
         files.sort();
         let mut defined: BTreeMap<String, String> = self
             .figment
-            .extract_inner::<BTreeMap<String, toml::Value>>("jobs")
+            .extract_inner::<BTreeMap<String, toml::Value>>(section)
             .unwrap_or_default()
             .into_keys()
             .map(|k| (k, self.main_file()))
             .collect();
         for f in files {
             let one = Figment::from(Toml::file_exact(&f));
-            let jf: JobFile = one
+            let table: BTreeMap<String, toml::Value> = one
                 .extract()
                 .map_err(|e| figment_error(e, f.display().to_string()))?;
-            for name in jf.jobs.keys() {
+            if let Some(other) = table.keys().find(|k| *k != section) {
+                return Err(Error::Config {
+                    file: f.display().to_string(),
+                    key: other.clone(),
+                    message: format!(
+                        "unknown key (expected only [{section}.NAME] tables in {dir_key} files)"
+                    ),
+                });
+            }
+            let names: Vec<String> = table
+                .get(section)
+                .and_then(|v| v.as_table())
+                .map(|t| t.keys().cloned().collect())
+                .unwrap_or_default();
+            for name in names {
                 if let Some(prev) = defined.insert(name.clone(), f.display().to_string()) {
                     return Err(Error::Config {
                         file: f.display().to_string(),
-                        key: format!("jobs.{name}"),
-                        message: format!("job already defined in {prev} (expected each job once)"),
+                        key: format!("{section}.{name}"),
+                        message: format!(
+                            "{} already defined in {prev} (expected each once)",
+                            section.trim_end_matches('s')
+                        ),
                     });
                 }
             }
@@ -370,6 +396,27 @@ impl LoadedConfig {
                 }
             }
             if let Err((field, msg)) = job.validate() {
+                errors.push((format!("{key}.{field}"), msg));
+            }
+        }
+        for (name, d) in &self.config.drills {
+            let key = format!("drills.{name}");
+            if let Err(msg) = JobName::parse(name) {
+                errors.push((key.clone(), msg));
+            }
+            match self.config.jobs.get(&d.job) {
+                Some(JobConfig::Postgres(_)) => {}
+                Some(other) => errors.push((
+                    format!("{key}.job"),
+                    format!(
+                        "{:?} is a {} job (expected a postgres backup job)",
+                        d.job,
+                        other.kind()
+                    ),
+                )),
+                None => errors.push((format!("{key}.job"), format!("no job named {:?}", d.job))),
+            }
+            if let Err((field, msg)) = d.validate() {
                 errors.push((format!("{key}.{field}"), msg));
             }
         }

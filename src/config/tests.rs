@@ -117,8 +117,9 @@ fn job_files_merge_and_duplicates_name_both_files() {
     );
     let (file, key, msg) = config_err(LoadedConfig::load(Some(&main)));
     assert!(file.ends_with("c.toml"), "{file}");
+    assert_eq!(key, "repositories");
     assert!(
-        msg.contains("unknown field") && msg.contains("repositories"),
+        msg.contains("unknown key") && msg.contains("[jobs.NAME]"),
         "{key}: {msg}"
     );
 }
@@ -237,7 +238,49 @@ fn the_repositorys_example_job_files_load() {
     let c = LoadedConfig::load(Some(&main)).unwrap();
     assert!(c.config.jobs.contains_key("appdb"));
     assert!(c.config.jobs.contains_key("configs"));
+    assert!(c.config.jobs.contains_key("verify-nightly"));
     assert_eq!(c.config.jobs["appdb"].schedule(), Some("0 0 2 * * *"));
+    assert!(c.config.jobs["appdb"].retention().is_some());
+}
+
+#[test]
+fn the_repositorys_example_drills_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let main = write(
+        dir.path(),
+        "drctl.toml",
+        &format!(
+            "schedules_dir = {:?}\ndrills_dir = {:?}\n[repositories.offsite]\ntype = \"s3\"\nbucket = \"b\"\n[repositories.local]\ntype = \"local\"\npath = \"/var/backups/drctl\"\n",
+            root.join("schedules"),
+            root.join("restore-drills")
+        ),
+    );
+    let c = LoadedConfig::load(Some(&main)).unwrap();
+    let d = &c.config.drills["appdb-weekly"];
+    assert_eq!(d.job, "appdb");
+    assert_eq!(d.checks.len(), 2);
+    assert_eq!(d.rto, Some(std::time::Duration::from_secs(1800)));
+    assert!(c.config.drills["appdb-ephemeral"].target.ephemeral);
+}
+
+#[test]
+fn a_drill_defined_twice_names_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let drills = dir.path().join("drills");
+    std::fs::create_dir(&drills).unwrap();
+    let body = "[drills.x]\njob = \"a\"\ntarget = { ephemeral = true }\n";
+    write(&drills, "1.toml", body);
+    write(&drills, "2.toml", body);
+    let main = write(
+        dir.path(),
+        "drctl.toml",
+        &format!("drills_dir = {drills:?}\n[repositories.r]\ntype = \"local\"\npath = \"/tmp/r\"\n[jobs.a]\ntype = \"postgres\"\nurl_env = \"X\"\nrepository = \"r\"\n"),
+    );
+    let (file, key, msg) = config_err(LoadedConfig::load(Some(&main)));
+    assert!(file.ends_with("2.toml"), "{file}");
+    assert_eq!(key, "drills.x");
+    assert!(msg.contains("1.toml"), "{msg}");
 }
 
 /// The alert config from the alerts issue, exactly as written there.

@@ -136,6 +136,10 @@ async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Response {
         "Next scheduled run (Unix time)",
         next,
     );
+    match crate::drill::list(&d.state, None, None, 1000).await {
+        Ok(runs) => register_drills(&mut reg, &d.config(), runs),
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
     match crate::rpo::saved(&d.state).await {
         Ok(rows) => register_rpo(&mut reg, rows),
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
@@ -238,5 +242,80 @@ fn register_rpo(reg: &mut Registry, rows: Vec<(String, f64, bool, Option<f64>)>)
         "drctl_rpo_compliant",
         "1 while the newest backup is younger than the RPO target (as of the last evaluation)",
         compliant,
+    );
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DrillLabels {
+    drill: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DrillPhaseLabels {
+    drill: String,
+    phase: String,
+}
+
+/// From the drill records (newest first): the last success, the last
+/// finished run's phase durations, and the configured RTO.
+fn register_drills(
+    reg: &mut Registry,
+    cfg: &crate::config::LoadedConfig,
+    runs: Vec<crate::drill::DrillRecord>,
+) {
+    let success = Family::<DrillLabels, FloatGauge>::default();
+    let duration = Family::<DrillPhaseLabels, FloatGauge>::default();
+    let rto = Family::<DrillLabels, FloatGauge>::default();
+    for (name, d) in &cfg.config.drills {
+        let l = DrillLabels {
+            drill: name.clone(),
+        };
+        if let Some(r) = d.rto {
+            rto.get_or_create(&l).set(r.as_secs_f64());
+        }
+        let mine = runs.iter().filter(|r| &r.drill == name);
+        if let Some(ok) = mine
+            .clone()
+            .find(|r| r.outcome == "passed" || r.outcome == "over_rto")
+            .and_then(|r| r.finished_at.as_deref())
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        {
+            success
+                .get_or_create(&l)
+                .set(ok.timestamp_millis() as f64 / 1000.0);
+        }
+        if let Some(last) = mine.clone().find(|r| r.finished_at.is_some()) {
+            for p in &last.phases {
+                duration
+                    .get_or_create(&DrillPhaseLabels {
+                        drill: name.clone(),
+                        phase: p.name.clone(),
+                    })
+                    .set(p.seconds);
+            }
+            if let Some(t) = last.total_seconds {
+                duration
+                    .get_or_create(&DrillPhaseLabels {
+                        drill: name.clone(),
+                        phase: "total".into(),
+                    })
+                    .set(t);
+            }
+        }
+    }
+    reg.register(
+        "drctl_drill_last_success_timestamp_seconds",
+        "When the drill last passed (restored and verified; over-RTO counts), Unix time",
+        success,
+    );
+    reg.register(
+        "drctl_drill_duration_seconds",
+        "Phase durations of the drill's last run (fetch includes decrypt_decompress, which streams inside it)",
+        duration,
+    );
+    reg.register(
+        "drctl_drill_rto_target_seconds",
+        "The drill's RTO target",
+        rto,
     );
 }

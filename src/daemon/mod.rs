@@ -158,6 +158,41 @@ impl Daemon {
         alerter.job_finished(name, &result).await;
     }
 
+    /// A drill's tick: run it unless it is running or we are stopping.
+    fn drill_tick(self: &Arc<Self>, name: String) {
+        if self.stopping.is_cancelled() {
+            return;
+        }
+        let key = format!("drill:{name}");
+        let inserted = self
+            .running
+            .lock()
+            .map(|mut r| r.insert(key.clone()))
+            .unwrap_or(false);
+        if !inserted {
+            tracing::warn!(drill = %name, "skipped: the previous drill is still running");
+            return;
+        }
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            let cfg = me.config();
+            let opts = crate::drill::Options {
+                id: None,
+                keep: false,
+                trigger: "schedule".into(),
+                cancel: me.hard_stop.child_token(),
+                progress: Progress::new(),
+            };
+            match crate::drill::run(&cfg, &me.state, &name, opts).await {
+                Ok(r) => tracing::info!(drill = %name, outcome = %r.outcome, seconds = r.total_seconds.unwrap_or(0.0), "drill finished"),
+                Err(e) => tracing::error!(drill = %name, error = %e, "drill could not run"),
+            }
+            if let Ok(mut r) = me.running.lock() {
+                r.remove(&key);
+            }
+        });
+    }
+
     /// "3 jobs, next: appdb at 02:00:00 UTC"
     fn status_line(&self) -> String {
         let cfg = self.config();
@@ -222,6 +257,36 @@ async fn register(sched: &JobScheduler, d: &Arc<Daemon>, cfg: &LoadedConfig) -> 
                 .add(job)
                 .await
                 .map_err(|e| Error::Other(format!("scheduling job {name}: {e}")))?,
+        );
+    }
+    Ok(ids)
+}
+
+async fn register_drills(
+    sched: &JobScheduler,
+    d: &Arc<Daemon>,
+    cfg: &LoadedConfig,
+) -> Result<Vec<Uuid>> {
+    let mut ids = Vec::new();
+    for (name, drill) in &cfg.config.drills {
+        let Some(expr) = &drill.schedule else {
+            continue;
+        };
+        let s = Schedule::parse(expr, drill.timezone.as_deref())
+            .map_err(|(_, m)| Error::Other(format!("drill {name}: {m}")))?;
+        let daemon = d.clone();
+        let drill_name = name.clone();
+        let job = Job::new_async_tz(s.expr.as_str(), s.tz, move |_id, _lock| {
+            let daemon = daemon.clone();
+            let name = drill_name.clone();
+            Box::pin(async move { daemon.drill_tick(name) })
+        })
+        .map_err(|e| Error::Other(format!("scheduling drill {name}: {e}")))?;
+        ids.push(
+            sched
+                .add(job)
+                .await
+                .map_err(|e| Error::Other(format!("scheduling drill {name}: {e}")))?,
         );
     }
     Ok(ids)
@@ -317,6 +382,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         |e: tokio_cron_scheduler::JobSchedulerError| Error::Other(format!("scheduler: {e}"));
     let mut sched = JobScheduler::new().await.map_err(sched_err)?;
     let mut ids = register(&sched, &d, &cfg).await?;
+    ids.extend(register_drills(&sched, &d, &cfg).await?);
     let mut offsets = utc_offsets(&cfg, Utc::now());
     if cfg.config.http.enabled {
         let addr = cfg.config.http.listen;
@@ -379,6 +445,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
                             *c = new.clone();
                         }
                         ids = register(&sched, &d, &new).await?;
+                        ids.extend(register_drills(&sched, &d, &new).await?);
                         offsets = utc_offsets(&new, Utc::now());
                         tracing::info!(jobs = new.config.jobs.len(), "configuration reloaded");
                     }
@@ -399,6 +466,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
                         let _ = sched.remove(&id).await;
                     }
                     ids = register(&sched, &d, &cfg).await?;
+                    ids.extend(register_drills(&sched, &d, &cfg).await?);
                     offsets = now_offsets;
                 }
                 notify::status(&d.status_line());

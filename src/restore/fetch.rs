@@ -123,10 +123,13 @@ where
     W: tokio::io::AsyncWrite + Unpin,
 {
     let (tx, rx) = tokio::sync::mpsc::channel(8);
-    let mut decoded = decoder(
-        unseal(channel_reader(rx), artifact, keys),
-        artifact.compression,
-    );
+    let mut decoded = Timed {
+        inner: decoder(
+            unseal(channel_reader(rx), artifact, keys),
+            artifact.compression,
+        ),
+        progress: progress.clone(),
+    };
     let write = async {
         let n = tokio::io::copy(&mut decoded, &mut w).await?;
         w.flush().await?;
@@ -144,6 +147,29 @@ where
             ),
         }),
         (Ok(()), Ok(n)) => Ok(n),
+    }
+}
+
+/// Adds the time spent inside the decode stages (decrypt, decompress) to
+/// the progress counters. Waiting for the network returns `Pending` at once,
+/// so this is close to the CPU time of decoding.
+struct Timed {
+    inner: crate::stream::BoxRead,
+    progress: Option<Arc<Progress>>,
+}
+
+impl tokio::io::AsyncRead for Timed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let t = std::time::Instant::now();
+        let r = self.inner.as_mut().poll_read(cx, buf);
+        if let Some(p) = &self.progress {
+            p.add_decode_time(t.elapsed());
+        }
+        r
     }
 }
 

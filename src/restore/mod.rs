@@ -64,9 +64,13 @@ pub struct Report {
     pub safety_copy: Option<String>,
     pub bytes_fetched: u64,
     pub fetch_seconds: f64,
+    /// Decrypting and decompressing, inside (overlapping) the fetch.
+    pub decode_seconds: f64,
     pub restore_seconds: f64,
     pub total_seconds: f64,
     pub roles_created: Vec<String>,
+    /// Every role the globals dump names (drills check they exist).
+    pub roles_expected: Vec<String>,
     pub warnings: Vec<String>,
 }
 

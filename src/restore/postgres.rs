@@ -143,12 +143,17 @@ pub async fn run(
             .map(|g| g.stored_bytes)
             .unwrap_or(0);
     report.fetch_seconds = t0.elapsed().as_secs_f64();
+    report.decode_seconds = progress.decode_seconds();
 
     // 2. Roles, then the database.
     let t1 = Instant::now();
     let admin = dest.with_database(&job.maintenance_db);
     let mut conn = admin.connect().await?;
     if let Some(sql) = &globals {
+        let text = String::from_utf8_lossy(sql);
+        report.roles_expected = text.lines().filter_map(role_of).collect();
+        report.roles_expected.sort();
+        report.roles_expected.dedup();
         let (created, warnings) =
             create_missing_roles(&tools, &admin, &mut conn, &String::from_utf8_lossy(sql)).await?;
         report.roles_created = created;

@@ -1,0 +1,182 @@
+//! `drctl drill run NAME [--id ID] [--keep]`, `drctl drill list`
+
+use super::progress::Bar;
+use drctl::config::LoadedConfig;
+use drctl::drill::{self, DrillRecord, Options};
+use drctl::progress::Progress;
+use drctl::state::State;
+
+#[derive(clap::Subcommand)]
+pub enum DrillCommand {
+    /// Restore the newest backup (or --id) into a scratch database, verify it, time it
+    Run {
+        name: String,
+        /// This backup instead of the newest
+        #[arg(long)]
+        id: Option<String>,
+        /// Keep the scratch database (after a passing drill) for inspection
+        #[arg(long)]
+        keep: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Configured drills and their recent runs
+    List {
+        #[arg(short = 'n', default_value_t = 20)]
+        n: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A failed drill (exit 1; over-RTO is exit 0 with a warning).
+#[derive(Debug, thiserror::Error)]
+#[error("drill {0} {1}")]
+pub struct DrillFailed(String, String);
+
+pub async fn exec(cfg: &LoadedConfig, cmd: DrillCommand) -> anyhow::Result<()> {
+    let state = State::open(&cfg.config.state_dir).await?;
+    match cmd {
+        DrillCommand::Run {
+            name,
+            id,
+            keep,
+            json,
+        } => {
+            let progress = Progress::new();
+            let bar = Bar::start(progress.clone());
+            let rec = drill::run(
+                cfg,
+                &state,
+                &name,
+                Options {
+                    id,
+                    keep,
+                    trigger: "cli".into(),
+                    cancel: super::cancel_on_signals(),
+                    progress,
+                },
+            )
+            .await;
+            bar.finish();
+            let rec = rec?;
+            let _ = drctl::alerts::deliver_due(
+                cfg,
+                &state,
+                Some(tokio::time::Instant::now() + std::time::Duration::from_secs(20)),
+            )
+            .await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rec)?);
+            } else {
+                print(&rec);
+            }
+            match rec.outcome.as_str() {
+                "passed" | "over_rto" => Ok(()),
+                "interrupted" => Err(drctl::Error::Interrupted(format!("drill {name}")).into()),
+                other => Err(DrillFailed(
+                    name,
+                    format!(
+                        "{other} in the {} phase: {}",
+                        rec.failed_phase.as_deref().unwrap_or("?"),
+                        rec.error.as_deref().unwrap_or("")
+                    ),
+                )
+                .into()),
+            }
+        }
+        DrillCommand::List { n, json } => {
+            let runs = drill::list(&state, None, None, n).await?;
+            if json {
+                let v = serde_json::json!({
+                    "drills": cfg.config.drills,
+                    "runs": runs,
+                });
+                println!(
+                    "{}",
+                    drctl::secret::redact(&serde_json::to_string_pretty(&v)?)
+                );
+                return Ok(());
+            }
+            println!(
+                "{:<18} {:<12} {:<22} {:>8} {:>10}",
+                "DRILL", "JOB", "SCHEDULE", "RTO", "LAST"
+            );
+            for (name, d) in &cfg.config.drills {
+                let last = runs
+                    .iter()
+                    .find(|r| &r.drill == name)
+                    .map(|r| r.outcome.clone())
+                    .unwrap_or_else(|| "never".into());
+                println!(
+                    "{:<18} {:<12} {:<22} {:>8} {:>10}",
+                    name,
+                    d.job,
+                    d.schedule.as_deref().unwrap_or("-"),
+                    d.rto
+                        .map(|r| humantime::format_duration(r).to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    last
+                );
+            }
+            println!();
+            for r in &runs {
+                println!(
+                    "{:>5} {:<18} {:<26} {:<11} {:>8} {}",
+                    r.id,
+                    r.drill,
+                    r.started_at,
+                    r.outcome,
+                    r.total_seconds
+                        .map(|t| format!("{t:.1}s"))
+                        .unwrap_or_else(|| "-".into()),
+                    r.backup_id.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print(r: &DrillRecord) {
+    println!(
+        "drill {} ({}): {}",
+        r.drill,
+        r.job,
+        r.outcome.to_uppercase()
+    );
+    println!(
+        "  backup   {} ({:.0}s old)",
+        r.backup_id.as_deref().unwrap_or("-"),
+        r.backup_age_seconds.unwrap_or(0.0)
+    );
+    println!("  target   {}", r.target.as_deref().unwrap_or("-"));
+    for p in &r.phases {
+        println!("  {:<20} {:>8.2}s", p.name, p.seconds);
+    }
+    println!(
+        "  {:<20} {:>8.2}s{}",
+        "total",
+        r.total_seconds.unwrap_or(0.0),
+        r.rto_seconds
+            .map(|t| format!(" (RTO {t:.0}s)"))
+            .unwrap_or_default()
+    );
+    let bad = r.checks.iter().filter(|c| !c.ok).count();
+    println!("  checks   {} passed, {} failed", r.checks.len() - bad, bad);
+    for c in r.checks.iter().filter(|c| !c.ok) {
+        println!(
+            "    FAIL {} {}: expected {}, got {}",
+            c.kind,
+            c.name,
+            c.expected,
+            c.got.as_deref().unwrap_or("nothing")
+        );
+    }
+    if let Some(e) = &r.error {
+        println!("  error    {e}");
+    }
+    for s in &r.swept {
+        println!("  removed leftover {s}");
+    }
+}

@@ -1,0 +1,461 @@
+//! Timed restore drills: restore the newest backup of a job into a scratch
+//! database (on a server, or a throwaway local cluster), prove it complete
+//! (row counts from the backup's own snapshot, roles, SQL checks), time
+//! every phase against the RTO, record it, alert, and always clean up.
+
+pub mod checks;
+mod scratch;
+mod store;
+
+pub use store::list;
+
+use crate::alerts::{Alerter, Condition, Severity};
+use crate::config::{JobConfig, LoadedConfig};
+use crate::error::{Error, Result};
+use crate::jobs::postgres::quote_ident;
+use crate::progress::Progress;
+use crate::state::State;
+use checks::{CheckResult, Expect};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Phase {
+    pub name: String,
+    pub seconds: f64,
+}
+
+/// One drill run, as stored and reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillRecord {
+    pub id: i64,
+    pub drill: String,
+    pub job: String,
+    pub host: String,
+    pub trigger: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// passed | over_rto | failed | interrupted (running while in progress)
+    pub outcome: String,
+    pub failed_phase: Option<String>,
+    pub error: Option<String>,
+    pub backup_id: Option<String>,
+    pub backup_age_seconds: Option<f64>,
+    pub target: Option<String>,
+    /// fetch (download + verify, streaming through the decoders),
+    /// decrypt_decompress (inside fetch), restore, verify, cleanup.
+    pub phases: Vec<Phase>,
+    pub total_seconds: Option<f64>,
+    pub rto_seconds: Option<f64>,
+    pub checks: Vec<CheckResult>,
+    /// Leftovers of earlier drills removed first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub swept: Vec<String>,
+}
+
+impl DrillRecord {
+    pub fn phase(&self, name: &str) -> Option<f64> {
+        self.phases
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.seconds)
+    }
+}
+
+pub struct Options {
+    pub id: Option<String>,
+    /// Leave the scratch database in place for inspection.
+    pub keep: bool,
+    pub trigger: String,
+    pub cancel: CancellationToken,
+    pub progress: Arc<Progress>,
+}
+
+/// Run drill `name`. Errors only when the drill cannot even start (unknown
+/// name, state unwritable); a drill that fails is an `Ok` record with
+/// outcome `failed`.
+pub async fn run(
+    cfg: &LoadedConfig,
+    state: &State,
+    name: &str,
+    opts: Options,
+) -> Result<DrillRecord> {
+    let d = cfg.config.drills.get(name).ok_or_else(|| Error::Config {
+        file: cfg.file_of("drills"),
+        key: format!("drills.{name}"),
+        message: format!(
+            "no such drill (expected one of: {})",
+            cfg.config
+                .drills
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })?;
+    let (_, job) = cfg.job(&d.job)?;
+    let JobConfig::Postgres(pg_job) = job else {
+        return Err(Error::Other(format!(
+            "drill {name}: job {} is not a postgres job",
+            d.job
+        )));
+    };
+    // One run of a drill at a time on this host (daemon and CLI alike).
+    let _lock =
+        crate::lock::HostLock::try_acquire(&cfg.config.state_dir, &format!(".drill-{name}"))?
+            .map_err(|holder| {
+                Error::Other(format!("drill {name} is already running ({holder})"))
+            })?;
+    let started = Instant::now();
+    let id = store::start(state, name, &d.job, &opts.trigger).await?;
+    let mut rec = DrillRecord {
+        id,
+        drill: name.to_owned(),
+        job: d.job.clone(),
+        host: crate::backup::host_name(),
+        trigger: opts.trigger.clone(),
+        started_at: chrono::Utc::now().to_rfc3339(),
+        finished_at: None,
+        outcome: "running".into(),
+        failed_phase: None,
+        error: None,
+        backup_id: None,
+        backup_age_seconds: None,
+        target: None,
+        phases: Vec::new(),
+        total_seconds: None,
+        rto_seconds: d.rto.map(|r| r.as_secs_f64()),
+        checks: Vec::new(),
+        swept: Vec::new(),
+    };
+    let mut scratch = None;
+    let result = phases(cfg, d, pg_job, &opts, &mut rec, &mut scratch).await;
+
+    // Cleanup always runs: after success, failure or cancellation.
+    opts.progress.set_phase("cleanup", 0);
+    let t = Instant::now();
+    let mut cleanup_err = None;
+    if let Some(s) = &scratch {
+        if opts.keep && result.is_ok() {
+            tracing::info!(scratch = %s.display(), "kept for inspection (--keep)");
+        } else if let Err(e) = s.remove().await {
+            cleanup_err = Some(e.to_string());
+        }
+    }
+    rec.phases.push(Phase {
+        name: "cleanup".into(),
+        seconds: t.elapsed().as_secs_f64(),
+    });
+    let total = started.elapsed().as_secs_f64();
+    rec.total_seconds = Some(total);
+    rec.finished_at = Some(chrono::Utc::now().to_rfc3339());
+    match (result, cleanup_err) {
+        (Err((phase, e)), _) => {
+            rec.outcome = if matches!(e, Error::Interrupted(_)) {
+                "interrupted"
+            } else {
+                "failed"
+            }
+            .into();
+            rec.failed_phase = Some(phase.into());
+            rec.error = Some(crate::secret::redact(&e.to_string()));
+        }
+        (Ok(()), Some(e)) => {
+            rec.outcome = "failed".into();
+            rec.failed_phase = Some("cleanup".into());
+            rec.error = Some(crate::secret::redact(&e));
+        }
+        (Ok(()), None) => {
+            rec.outcome = match d.rto {
+                Some(rto) if total > rto.as_secs_f64() => "over_rto",
+                _ => "passed",
+            }
+            .into();
+        }
+    }
+    store::finish(state, id, &rec).await?;
+    alert(cfg, state, &rec).await;
+    Ok(rec)
+}
+
+type PhaseResult = std::result::Result<(), (&'static str, Error)>;
+
+async fn phases(
+    cfg: &LoadedConfig,
+    d: &crate::config::DrillConfig,
+    pg_job: &crate::config::PostgresJob,
+    opts: &Options,
+    rec: &mut DrillRecord,
+    scratch_out: &mut Option<scratch::Scratch>,
+) -> PhaseResult {
+    let at = |phase: &'static str| move |e: Error| (phase, e);
+    // Which backup, and how old its data is.
+    let req0 = crate::restore::RestoreRequest {
+        job: Some(d.job.clone()),
+        id: opts.id.clone(),
+        to: None,
+        jobs: d.jobs,
+        dry_run: true,
+        confirmed: true,
+        tmp_dir: None,
+        cancel: opts.cancel.clone(),
+        identity: None,
+    };
+    opts.progress.set_phase("fetch", 0);
+    let resolved = crate::restore::resolve(cfg, &req0)
+        .await
+        .map_err(at("fetch"))?;
+    let m = resolved.manifest.clone();
+    drop(resolved);
+    rec.backup_id = Some(m.id.to_string());
+    rec.backup_age_seconds =
+        Some((chrono::Utc::now() - m.started_at).num_milliseconds() as f64 / 1000.0);
+
+    let (scratch, swept) = scratch::prepare(&d.target, &d.job, pg_job, &cfg.config.state_dir)
+        .await
+        .map_err(at("fetch"))?;
+    rec.swept = swept;
+    rec.target = Some(scratch.display());
+    let url = scratch.url();
+    let target = scratch.target().map_err(at("restore"))?;
+    *scratch_out = Some(scratch);
+
+    let req = crate::restore::RestoreRequest {
+        id: Some(m.id.to_string()),
+        to: Some(url),
+        dry_run: false,
+        ..req0
+    };
+    let restored = crate::restore::run(cfg, &req, opts.progress.clone()).await;
+    let report = match restored {
+        Ok(r) => r,
+        Err(e) => {
+            // The restore's own phase marker says where it stopped.
+            let phase = if opts.progress.phase() == "restore" {
+                "restore"
+            } else {
+                "fetch"
+            };
+            return Err((phase, e));
+        }
+    };
+    rec.phases.push(Phase {
+        name: "fetch".into(),
+        seconds: report.fetch_seconds,
+    });
+    rec.phases.push(Phase {
+        name: "decrypt_decompress".into(),
+        seconds: report.decode_seconds,
+    });
+    rec.phases.push(Phase {
+        name: "restore".into(),
+        seconds: report.restore_seconds,
+    });
+
+    opts.progress.set_phase("verify", 0);
+    let t = Instant::now();
+    let verified = crate::restore::cancellable(
+        &opts.cancel,
+        "verifying the drill",
+        verify(&target, &m, &report.roles_expected, d, &mut rec.checks),
+    )
+    .await;
+    rec.phases.push(Phase {
+        name: "verify".into(),
+        seconds: t.elapsed().as_secs_f64(),
+    });
+    verified.map_err(at("verify"))?;
+    let failed: Vec<String> = rec
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| {
+            format!(
+                "{} {}: expected {}, got {}",
+                c.kind,
+                c.name,
+                c.expected,
+                c.got.as_deref().unwrap_or("nothing")
+            )
+        })
+        .collect();
+    if !failed.is_empty() {
+        return Err((
+            "verify",
+            Error::Other(format!(
+                "{} check(s) failed: {}",
+                failed.len(),
+                failed.join("; ")
+            )),
+        ));
+    }
+    Ok(())
+}
+
+async fn verify(
+    target: &crate::pg::PgTarget,
+    m: &crate::manifest::Manifest,
+    roles: &[String],
+    d: &crate::config::DrillConfig,
+    out: &mut Vec<CheckResult>,
+) -> Result<()> {
+    let mut conn = target.connect().await?;
+    for t in &m.tables {
+        let Some(expected) = t.rows else { continue };
+        let sql = format!(
+            "SELECT count(*) FROM {}.{}",
+            quote_ident(&t.schema),
+            quote_ident(&t.name)
+        );
+        let got: Option<i64> = sqlx::query_scalar(&sql).fetch_one(&mut conn).await.ok();
+        out.push(CheckResult {
+            kind: "rows".into(),
+            name: format!("{}.{}", t.schema, t.name),
+            expected: expected.to_string(),
+            got: Some(
+                got.map(|g| g.to_string())
+                    .unwrap_or_else(|| "missing table".into()),
+            ),
+            ok: got == Some(expected),
+        });
+    }
+    if !roles.is_empty() {
+        let present: Vec<String> =
+            sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1)")
+                .bind(roles)
+                .fetch_all(&mut conn)
+                .await
+                .map_err(|e| Error::pg("listing roles", e))?;
+        for r in roles {
+            let ok = present.contains(r);
+            out.push(CheckResult {
+                kind: "role".into(),
+                name: r.clone(),
+                expected: "exists".into(),
+                got: Some(if ok { "exists" } else { "missing" }.into()),
+                ok,
+            });
+        }
+    }
+    for c in &d.checks {
+        let expect = Expect::parse(&c.expect).map_err(Error::Other)?;
+        let got = sql_check(&mut conn, &c.sql, d.check_timeout).await;
+        let (got, ok) = match got {
+            Ok(v) => {
+                let ok = expect.holds(v.as_deref());
+                (v, ok)
+            }
+            Err(e) => (Some(format!("error: {e}")), false),
+        };
+        out.push(CheckResult {
+            kind: "sql".into(),
+            name: c.sql.clone(),
+            expected: expect.to_string(),
+            got,
+            ok,
+        });
+    }
+    Ok(())
+}
+
+/// The first column of the first row, as text, in a read-only transaction.
+async fn sql_check(
+    conn: &mut sqlx::PgConnection,
+    sql: &str,
+    timeout: std::time::Duration,
+) -> std::result::Result<Option<String>, String> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
+    sqlx::query("SET TRANSACTION READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| e.to_string())?;
+    sqlx::query(&format!(
+        "SET LOCAL statement_timeout = {}",
+        timeout.as_millis()
+    ))
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| e.to_string())?;
+    let wrapped = format!(
+        "SELECT (t.c)::text FROM ({}) AS t(c) LIMIT 1",
+        sql.trim().trim_end_matches(';')
+    );
+    let row = sqlx::query(&wrapped)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tx.rollback().await;
+    Ok(row.and_then(|r| r.try_get::<Option<String>, _>(0).ok().flatten()))
+}
+
+async fn alert(cfg: &LoadedConfig, state: &State, r: &DrillRecord) {
+    let alerter = Alerter::new(cfg, state);
+    let failed_key = format!("drill_failed:{}", r.drill);
+    let rto_key = format!("drill_over_rto:{}", r.drill);
+    let res = match r.outcome.as_str() {
+        "failed" => {
+            let mut c = Condition::new(
+                "drill_failed",
+                &r.drill,
+                Severity::Critical,
+                format!(
+                    "restore drill {} failed in the {} phase",
+                    r.drill,
+                    r.failed_phase.as_deref().unwrap_or("?")
+                ),
+            );
+            c.job = Some(r.job.clone());
+            c.detail = r.error.clone();
+            c.hint = Some(format!(
+                "The newest backup of {} did not restore and verify cleanly: treat it as unusable until a drill passes. `drctl drill list` shows the run; `drctl drill run {} --keep` keeps the scratch database to inspect; `drctl verify --job {} --deep` checks the stored artifacts.",
+                r.job, r.drill, r.job
+            ));
+            alerter.raise(c).await
+        }
+        "passed" | "over_rto" => {
+            let cleared = alerter
+                .clear(
+                    &failed_key,
+                    format!("restore drill {} passes again", r.drill),
+                )
+                .await;
+            let rto = if r.outcome == "over_rto" {
+                let mut c = Condition::new(
+                    "drill_over_rto",
+                    &r.drill,
+                    Severity::Warning,
+                    format!("restore drill {} took longer than its RTO", r.drill),
+                );
+                c.job = Some(r.job.clone());
+                c.detail = Some(format!(
+                    "took {:.1}s, RTO is {:.1}s ({})",
+                    r.total_seconds.unwrap_or(0.0),
+                    r.rto_seconds.unwrap_or(0.0),
+                    r.phases
+                        .iter()
+                        .map(|p| format!("{} {:.1}s", p.name, p.seconds))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                c.hint = Some("Restores are slower than the runbook promises: raise `jobs` (parallel pg_restore), restore nearer the repository, or revise the RTO.".into());
+                alerter.raise(c).await
+            } else {
+                alerter
+                    .clear(
+                        &rto_key,
+                        format!("restore drill {} is within its RTO again", r.drill),
+                    )
+                    .await
+            };
+            cleared.and(rto)
+        }
+        _ => Ok(()),
+    };
+    if let Err(e) = res {
+        tracing::error!(drill = %r.drill, error = %e, "cannot record the drill alert");
+    }
+}

@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod pg;
 pub mod progress;
 pub mod prune;
+pub mod report;
 pub mod repository;
 pub mod restore;
 pub mod retention;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::receivers::HttpReceiver;
+use common::receivers::{self, HttpReceiver};
 use common::*;
 use std::time::Duration;
 
@@ -48,7 +48,8 @@ fn drill_world(drill_extra: &str, pg_bindir: Option<&std::path::Path>) -> Drill 
     let mut w = World::new(&format!(
         "[http]\nlisten = \"127.0.0.1:{}\"\n[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n[jobs.{job}]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"local\"\n{bindir}[alerts.channels.hook]\ntype = \"webhook\"\nurl = \"{}\"\n[alerts.routes]\ncritical = [\"hook\"]\nwarning = [\"hook\"]\n[drills.weekly]\njob = \"{job}\"\n{drill_extra}",
         free_port(),
-        hook.url("/alerts")
+        hook.url("/alerts"),
+        drill_extra = drill_extra.replace("{job}", &job)
     ));
     w.set_env("APP_DATABASE_URL", &pg.url(&src));
     w.set_env("DRILL_PG_URL", &pg.url("postgres"));
@@ -322,4 +323,187 @@ fn the_daemon_runs_a_scheduled_drill_and_exports_its_metrics() {
         daemon.log()
     );
     assert!(d.scratch_dbs().is_empty(), "{:?}", d.scratch_dbs());
+}
+
+/// Pixels of a PNG within a small distance of `rgb`.
+fn count_color(png_path: &std::path::Path, rgb: (u8, u8, u8)) -> usize {
+    let decoder = png::Decoder::new(std::fs::File::open(png_path).unwrap());
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let step = info.color_type.samples();
+    buf[..info.buffer_size()]
+        .chunks(step)
+        .filter(|p| {
+            (p[0] as i32 - rgb.0 as i32).abs() < 12
+                && (p[1] as i32 - rgb.1 as i32).abs() < 12
+                && (p[2] as i32 - rgb.2 as i32).abs() < 12
+        })
+        .count()
+}
+
+#[test]
+fn the_report_shows_drills_rto_and_rpo_in_every_format_and_renders_in_chromium() {
+    let d = drill_world(
+        &format!("{SERVER}rto = \"10m\"\n[drills.strict]\njob = \"{{job}}\"\n{SERVER}[[drills.strict.checks]]\nsql = \"SELECT 1\"\nexpect = \"= 2\"\n"),
+        None,
+    );
+    let mut text = std::fs::read_to_string(&d.w.config).unwrap();
+    text = text.replacen(
+        "repository = \"local\"\n",
+        "repository = \"local\"\nrpo = \"1h\"\n",
+        1,
+    );
+    std::fs::write(&d.w.config, text).unwrap();
+    d.w.drctl(&["run", &d.job]).ok();
+    for _ in 0..2 {
+        let (r, v) = run_drill(&d.w, &[]);
+        assert_eq!(r.code, 0, "{v}");
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    assert_eq!(d.w.drctl(&["drill", "run", "strict"]).code, 1);
+
+    let r =
+        d.w.drctl(&["drill", "report", "--format", "json", "--since", "1d"]);
+    r.ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let weekly = v["drills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["drill"] == "weekly")
+        .unwrap();
+    assert_eq!(
+        (weekly["runs"].as_u64(), weekly["passed"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(weekly["rto_seconds"], 600.0);
+    let strict = v["drills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["drill"] == "strict")
+        .unwrap();
+    assert_eq!(strict["failed"], 1);
+    assert_eq!(strict["latest"]["failed_phase"], "verify");
+    let job = v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["job"] == d.job.as_str())
+        .unwrap();
+    assert_eq!(job["rpo_seconds"], 3600.0);
+    assert_eq!(job["rpo"]["compliance"], 1.0, "{job}");
+    assert_eq!(job["drills_passed"], 2);
+
+    let md = d.w.drctl(&["drill", "report", "--since", "1d"]);
+    md.ok();
+    assert!(
+        md.stdout.contains("| weekly |") && md.stdout.contains("FAILING: strict"),
+        "{}",
+        md.stdout
+    );
+
+    let html_path = d.w.dir.join("report.html");
+    d.w.drctl(&[
+        "drill",
+        "report",
+        "--format",
+        "html",
+        "--since",
+        "1d",
+        "-o",
+        html_path.to_str().unwrap(),
+    ])
+    .ok();
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    assert!(html.contains("<svg") && html.contains("<table id=\"runs\""));
+    assert!(
+        !html.contains("<script")
+            && !html.contains("<link")
+            && !html.contains("src=")
+            && !html.contains("href=")
+            && !html.contains("url("),
+        "self-contained"
+    );
+    assert!(!html.contains(PG_PASSWORD));
+
+    // Rendered by a real browser: the chart's line and RTO line and the
+    // tables' header shading are on the screenshot.
+    let shot = d.w.dir.join("report.png");
+    let out = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1000,2000",
+        ])
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("file://{}", html_path.display()))
+        .output()
+        .expect("chromium (Debian package chromium; .ci/run installs it)");
+    assert!(
+        shot.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = count_color(&shot, (0x1f, 0x77, 0xb4));
+    let rto = count_color(&shot, (0xd6, 0x27, 0x28));
+    let header = count_color(&shot, (0xf3, 0xf3, 0xf3));
+    let passed = count_color(&shot, (0x2c, 0xa0, 0x2c));
+    assert!(line > 300, "chart line pixels: {line}");
+    assert!(rto > 300, "RTO line pixels: {rto}");
+    assert!(header > 5000, "table header pixels: {header}");
+    assert!(passed > 100, "passed markers and badges: {passed}");
+}
+
+#[test]
+fn the_weekly_report_arrives_by_email_as_html_with_a_text_alternative() {
+    let mut smtp = receivers::SmtpServer::prepare("drctl", "smtp-report-pw-5521");
+    smtp.start();
+    let d = drill_world(&format!("{SERVER}rto = \"10m\"\n"), None);
+    let mut text = std::fs::read_to_string(&d.w.config).unwrap();
+    text.push_str(&smtp.channel_toml("mail", "SMTP_PASSWORD"));
+    text.push_str("[reports.weekly]\nschedule = \"*/2 * * * * *\"\nchannels = [\"mail\", \"hook\"]\nsince = \"7d\"\n");
+    std::fs::write(&d.w.config, text).unwrap();
+    let mut w = d.w;
+    w.set_env("SMTP_PASSWORD", "smtp-report-pw-5521");
+    w.drctl(&["run", &d.job]).ok();
+    let (r, _) = run_drill(&w, &[]);
+    r.ok();
+    let mut daemon = Daemon::start(&w);
+    wait_until(Duration::from_secs(60), "the report email", || {
+        !smtp.mails().is_empty()
+    });
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait(Duration::from_secs(60)), Some(0));
+    let m = &smtp.mails()[0];
+    let subject = m.header("Subject").unwrap();
+    assert!(
+        subject.contains("[drctl REPORT]") && subject.contains("all passing"),
+        "{subject}"
+    );
+    assert!(
+        m.header("Content-Type")
+            .unwrap()
+            .contains("multipart/alternative"),
+        "{:?}",
+        m.header("Content-Type")
+    );
+    let body = m.body();
+    assert!(
+        body.contains("Content-Type: text/plain") && body.contains("# DR drill report"),
+        "{body}"
+    );
+    assert!(
+        body.contains("Content-Type: text/html") && body.contains("<svg"),
+        "{body}"
+    );
+    // The webhook gets the same report as JSON with the HTML inside.
+    let posts = d.hook.requests("/alerts");
+    assert!(posts.iter().any(|p| p.json()["kind"] == "report"
+        && p.json()["html"]
+            .as_str()
+            .is_some_and(|h| h.contains("<svg"))));
 }

@@ -31,11 +31,17 @@ pub struct Notification {
     pub at: DateTime<Utc>,
     /// 1 for the first notification of a condition, 2 for the first repeat...
     pub count: i64,
+    /// An HTML version (reports): email sends it with the text as alternative.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
 }
 
 impl Notification {
     /// `CRITICAL`, `RESOLVED`, `TEST`...
     pub fn label(&self) -> String {
+        if self.kind == "report" {
+            return "REPORT".into();
+        }
         match self.event {
             Event::Resolved => "RESOLVED".into(),
             Event::Test => "TEST".into(),
@@ -59,6 +65,9 @@ impl Notification {
 
     /// The plain-text body (email, and the Slack fallback).
     pub fn text(&self) -> String {
+        if self.kind == "report" {
+            return format!("{}\n", self.detail.as_deref().unwrap_or(""));
+        }
         let mut out = format!("{}: {}\n\n", self.label(), self.summary);
         let mut line = |k: &str, v: &str| out.push_str(&format!("{k:<9}{v}\n"));
         line("host:", &self.host);
@@ -94,6 +103,26 @@ impl Notification {
 
     /// Slack incoming-webhook payload: a fallback `text` and one mrkdwn block.
     pub fn slack_json(&self) -> serde_json::Value {
+        if self.kind == "report" {
+            // The drills table of the Markdown report, as a code block.
+            let md = self.detail.as_deref().unwrap_or("");
+            let drills = md
+                .split("## Drills")
+                .nth(1)
+                .and_then(|rest| rest.split("\n## ").next())
+                .unwrap_or("")
+                .trim();
+            let body = format!(
+                ":bar_chart: *DR drill report* on `{}`: {}\n```{}```",
+                esc(&self.host),
+                esc(&self.summary),
+                esc(&clip(drills, 2800))
+            );
+            return serde_json::json!({
+                "text": format!("DR drill report on {}: {}", self.host, self.summary),
+                "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": body}}]
+            });
+        }
         let icon = match (self.event, self.severity) {
             (Event::Resolved, _) => ":white_check_mark:",
             (Event::Test, _) => ":wave:",

@@ -265,7 +265,33 @@ impl<'a> Alerter<'a> {
             since: None,
             at: Utc::now(),
             count: 1,
+            html: None,
         }
+    }
+
+    /// Queue a report to `channels` (not routed by severity).
+    pub async fn report(
+        &self,
+        name: &str,
+        channels: &[String],
+        headline: String,
+        markdown: String,
+        html: String,
+    ) -> Result<()> {
+        let mut n = self.notification(
+            Event::Notice,
+            &format!("report:{name}"),
+            "report",
+            Severity::Info,
+            None,
+            headline,
+        );
+        n.detail = Some(markdown);
+        n.html = Some(html);
+        for ch in channels {
+            store::enqueue(self.state, ch, &n, self.expiry(ch)).await?;
+        }
+        Ok(())
     }
 
     /// Ping channels that follow `job`.

@@ -138,6 +138,7 @@ fn notification_of(a: &AlertRow, event: Event, now: DateTime<Utc>, host: &str) -
         since: Some(a.started_at),
         at: now,
         count: a.notifications,
+        html: None,
     }
 }
 

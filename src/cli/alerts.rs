@@ -155,6 +155,7 @@ async fn test(cfg: &LoadedConfig, only: Option<String>, json: bool) -> anyhow::R
                 since: None,
                 at: chrono::Utc::now(),
                 count: 1,
+                html: None,
             };
             match channels::build(name, ch) {
                 Ok(c) => c.send(&n).await.map_err(|e| e.to_string()),

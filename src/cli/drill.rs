@@ -20,6 +20,17 @@ pub enum DrillCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The DR drill report: drills, RTO against target, RPO compliance, runs, a chart
+    Report {
+        /// The window
+        #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+        #[arg(long, value_enum, default_value_t = Format::Md)]
+        format: Format,
+        /// Write here instead of stdout
+        #[arg(short = 'o', long)]
+        output: Option<std::path::PathBuf>,
+    },
     /// Configured drills and their recent runs
     List {
         #[arg(short = 'n', default_value_t = 20)]
@@ -27,6 +38,13 @@ pub enum DrillCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    Html,
+    Md,
+    Json,
 }
 
 /// A failed drill (exit 1; over-RTO is exit 0 with a warning).
@@ -84,6 +102,27 @@ pub async fn exec(cfg: &LoadedConfig, cmd: DrillCommand) -> anyhow::Result<()> {
                 )
                 .into()),
             }
+        }
+        DrillCommand::Report {
+            since,
+            format,
+            output,
+        } => {
+            let r = drctl::report::build(cfg, &state, since).await?;
+            let text = match format {
+                Format::Html => drctl::report::html(&r),
+                Format::Md => drctl::report::markdown(&r),
+                Format::Json => drctl::report::json(&r),
+            };
+            match output {
+                Some(p) => {
+                    std::fs::write(&p, text)
+                        .map_err(|e| drctl::Error::io(format!("writing {}", p.display()), e))?;
+                    eprintln!("report written to {} ({})", p.display(), r.headline());
+                }
+                None => println!("{text}"),
+            }
+            Ok(())
         }
         DrillCommand::List { n, json } => {
             let runs = drill::list(&state, None, None, n).await?;

@@ -92,3 +92,21 @@ impl DrillConfig {
         Ok(())
     }
 }
+
+/// `[reports.NAME]`: the DR drill report on a schedule, to alert channels
+/// (email: HTML with a text alternative; Slack: a summary; webhook: JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportSchedule {
+    pub schedule: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    pub channels: Vec<String>,
+    /// The window the report covers.
+    #[serde(default = "default_window", with = "humantime_serde")]
+    pub since: Duration,
+}
+
+fn default_window() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}

@@ -16,7 +16,7 @@ pub use alerts::{
     AlertsConfig, ChannelConfig, EmailChannel, JobAlerts, PingChannel, Routes, SlackChannel,
     SmtpSecurity, WebhookChannel,
 };
-pub use drills::{DrillConfig, DrillTarget, SqlCheck};
+pub use drills::{DrillConfig, DrillTarget, ReportSchedule, SqlCheck};
 pub use encryption::{Encryption, IDENTITY_ENV};
 pub use jobs::{
     Compression, FilesJob, JobConfig, LockScope, PathEntry, PostgresJob, Scheduling, VerifyJob,
@@ -62,6 +62,7 @@ const ENV_KEYS: &[&str] = &[
     "daemon",
     "alerts",
     "drills",
+    "reports",
 ];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,6 +92,8 @@ pub struct Config {
     pub drills_dir: Option<PathBuf>,
     #[serde(default)]
     pub drills: BTreeMap<String, DrillConfig>,
+    #[serde(default)]
+    pub reports: BTreeMap<String, ReportSchedule>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -199,6 +202,7 @@ impl LoadedConfig {
                 alerts: AlertsConfig::default(),
                 drills_dir: None,
                 drills: BTreeMap::new(),
+                reports: BTreeMap::new(),
             },
             files,
             figment: main,
@@ -418,6 +422,23 @@ impl LoadedConfig {
             }
             if let Err((field, msg)) = d.validate() {
                 errors.push((format!("{key}.{field}"), msg));
+            }
+        }
+        for (name, r) in &self.config.reports {
+            let key = format!("reports.{name}");
+            if let Err((field, msg)) =
+                crate::schedule::Schedule::parse(&r.schedule, r.timezone.as_deref())
+            {
+                errors.push((format!("{key}.{field}"), msg));
+            }
+            if r.channels.is_empty() {
+                errors.push((
+                    format!("{key}.channels"),
+                    "expected at least one channel".into(),
+                ));
+            }
+            if let Err(m) = self.config.alerts.check_route(&r.channels) {
+                errors.push((format!("{key}.channels"), m));
             }
         }
         if errors.is_empty() {

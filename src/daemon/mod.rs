@@ -193,6 +193,37 @@ impl Daemon {
         });
     }
 
+    /// Build report `name` and queue it to its channels (the alert worker delivers).
+    async fn report_tick(&self, name: &str) {
+        if self.stopping.is_cancelled() {
+            return;
+        }
+        let cfg = self.config();
+        let Some(r) = cfg.config.reports.get(name) else {
+            return;
+        };
+        let built = match crate::report::build(&cfg, &self.state, r.since).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(report = name, error = %e, "cannot build the report");
+                return;
+            }
+        };
+        let queued = crate::alerts::Alerter::new(&cfg, &self.state)
+            .report(
+                name,
+                &r.channels,
+                built.headline(),
+                crate::report::markdown(&built),
+                crate::report::html(&built),
+            )
+            .await;
+        match queued {
+            Ok(()) => tracing::info!(report = name, "report queued"),
+            Err(e) => tracing::error!(report = name, error = %e, "cannot queue the report"),
+        }
+    }
+
     /// "3 jobs, next: appdb at 02:00:00 UTC"
     fn status_line(&self) -> String {
         let cfg = self.config();
@@ -287,6 +318,24 @@ async fn register_drills(
                 .add(job)
                 .await
                 .map_err(|e| Error::Other(format!("scheduling drill {name}: {e}")))?,
+        );
+    }
+    for (name, r) in &cfg.config.reports {
+        let s = Schedule::parse(&r.schedule, r.timezone.as_deref())
+            .map_err(|(_, m)| Error::Other(format!("report {name}: {m}")))?;
+        let daemon = d.clone();
+        let report_name = name.clone();
+        let job = Job::new_async_tz(s.expr.as_str(), s.tz, move |_id, _lock| {
+            let daemon = daemon.clone();
+            let name = report_name.clone();
+            Box::pin(async move { daemon.report_tick(&name).await })
+        })
+        .map_err(|e| Error::Other(format!("scheduling report {name}: {e}")))?;
+        ids.push(
+            sched
+                .add(job)
+                .await
+                .map_err(|e| Error::Other(format!("scheduling report {name}: {e}")))?,
         );
     }
     Ok(ids)

@@ -80,12 +80,22 @@ impl Email {
             .subject(n.subject())
             // A Message-ID (lettre makes one from the hostname) keeps spam
             // filters and threading happy.
-            .message_id(None)
-            .header(ContentType::TEXT_PLAIN);
+            .message_id(None);
         for to in &self.cfg.to {
             m = m.to(addr(to)?);
         }
-        m.body(n.text()).map_err(|e| e.to_string())
+        match &n.html {
+            Some(html) => m
+                .multipart(lettre::message::MultiPart::alternative_plain_html(
+                    n.text(),
+                    html.clone(),
+                ))
+                .map_err(|e| e.to_string()),
+            None => m
+                .header(ContentType::TEXT_PLAIN)
+                .body(n.text())
+                .map_err(|e| e.to_string()),
+        }
     }
 }
 

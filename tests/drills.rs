@@ -141,6 +141,17 @@ fn a_drill_passes_on_a_good_backup_with_exact_row_counts_roles_and_checks() {
         .contains(&format!("drctl_drill_{}_", d.job)));
     assert!(!v.to_string().contains(PG_PASSWORD));
 
+    // --id picks the backup; --keep leaves the scratch database for a look,
+    // and the next drill sweeps it.
+    let (r, v) = run_drill(&d.w, &["--id", &backup, "--keep"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(v["backup_id"], backup.as_str());
+    let kept = d.scratch_dbs();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let (_, v) = run_drill(&d.w, &[]);
+    assert_eq!(v["swept"], serde_json::json!(kept));
+    assert!(d.scratch_dbs().is_empty());
+
     let r = d.w.drctl(&["drill", "list", "--json"]);
     r.ok();
     let l: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
@@ -465,7 +476,10 @@ fn the_weekly_report_arrives_by_email_as_html_with_a_text_alternative() {
     let d = drill_world(&format!("{SERVER}rto = \"10m\"\n"), None);
     let mut text = std::fs::read_to_string(&d.w.config).unwrap();
     text.push_str(&smtp.channel_toml("mail", "SMTP_PASSWORD"));
-    text.push_str("[reports.weekly]\nschedule = \"*/2 * * * * *\"\nchannels = [\"mail\", \"hook\"]\nsince = \"7d\"\n");
+    text.push_str(&format!(
+        "[alerts.channels.ops]\ntype = \"slack\"\nwebhook_url = \"{}\"\n[reports.weekly]\nschedule = \"*/2 * * * * *\"\nchannels = [\"mail\", \"hook\", \"ops\"]\nsince = \"7d\"\n",
+        d.hook.url("/slack")
+    ));
     std::fs::write(&d.w.config, text).unwrap();
     let mut w = d.w;
     w.set_env("SMTP_PASSWORD", "smtp-report-pw-5521");

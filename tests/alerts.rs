@@ -47,6 +47,25 @@ fn slack_toml(name: &str) -> String {
     format!("[alerts.channels.{name}]\ntype = \"slack\"\nwebhook_url_env = \"SLACK_WEBHOOK_URL\"\n")
 }
 
+/// One job of `src` whose critical alerts go to Slack (the receiver's
+/// `/slack`), with `alerts` as the `[alerts]` keys.
+fn slack_world(
+    http: &HttpReceiver,
+    src: &Source,
+    job: &str,
+    job_extra: &str,
+    alerts: &str,
+) -> World {
+    let mut w = World::new(&format!(
+        "{}{}{}[alerts]\n{alerts}[alerts.routes]\ncritical = [\"ops\"]\n",
+        repo(),
+        src.job(job, job_extra),
+        slack_toml("ops"),
+    ));
+    w.set_env("SLACK_WEBHOOK_URL", &http.url("/slack"));
+    w
+}
+
 fn webhook_toml(name: &str, http: &HttpReceiver) -> String {
     format!(
         "[alerts.channels.{name}]\ntype = \"webhook\"\nurl = \"{}\"\nsecret_env = \"WEBHOOK_SECRET\"\n",
@@ -245,13 +264,7 @@ fn a_failure_reaches_email_slack_and_a_signed_webhook_once_and_recovery_resolves
 fn a_condition_failing_three_times_notifies_once_repeats_after_the_interval_and_resolves_once() {
     let http = HttpReceiver::start();
     let src = Source::new();
-    let mut w = World::new(&format!(
-        "{}{}{}[alerts]\nrepeat_interval = \"3s\"\n[alerts.routes]\ncritical = [\"ops\"]\n",
-        repo(),
-        src.job("nightly", ""),
-        slack_toml("ops"),
-    ));
-    w.set_env("SLACK_WEBHOOK_URL", &http.url("/slack"));
+    let w = slack_world(&http, &src, "nightly", "", "repeat_interval = \"3s\"\n");
     src.break_it();
     let first = Instant::now();
     assert_ne!(w.drctl(&["run", "nightly"]).code, 0);
@@ -531,13 +544,13 @@ fn alerts_test_reports_each_channel_and_names_a_missing_one() {
 fn a_rejected_message_does_not_block_the_next_and_an_undeliverable_one_expires_at_max_age() {
     let http = HttpReceiver::start();
     let src = Source::new();
-    let mut w = World::new(&format!(
-        "{}{}{}[alerts]\nmax_age = \"1s\"\nretry_initial = \"100ms\"\n[alerts.routes]\ncritical = [\"ops\"]\n",
-        repo(),
-        src.job("nightly", ""),
-        slack_toml("ops"),
-    ));
-    w.set_env("SLACK_WEBHOOK_URL", &http.url("/slack"));
+    let w = slack_world(
+        &http,
+        &src,
+        "nightly",
+        "",
+        "max_age = \"1s\"\nretry_initial = \"100ms\"\n",
+    );
     let row = |w: &World, event: &str| -> serde_json::Value {
         alerts_json(w)["outbox"]
             .as_array()
@@ -589,13 +602,13 @@ fn a_job_failing_tick_after_tick_under_the_daemon_alerts_once_repeats_once_and_r
     let http = HttpReceiver::start();
     let src = Source::new();
     src.break_it();
-    let mut w = World::new(&format!(
-        "{}{}{}[alerts]\nrepeat_interval = \"4s\"\n[alerts.routes]\ncritical = [\"ops\"]\n",
-        repo(),
-        src.job("ticker", "schedule = \"* * * * * *\"\n"),
-        slack_toml("ops"),
-    ));
-    w.set_env("SLACK_WEBHOOK_URL", &http.url("/slack"));
+    let w = slack_world(
+        &http,
+        &src,
+        "ticker",
+        "schedule = \"* * * * * *\"\n",
+        "repeat_interval = \"4s\"\n",
+    );
     let failed = |w: &World| {
         let r = w.drctl(&["logs", "ticker", "-n", "100", "--json"]);
         let v: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap_or_default();

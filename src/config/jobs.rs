@@ -57,6 +57,39 @@ macro_rules! job_kind {
     };
 }
 
+/// A backup kind: `job_kind!` plus the keys every backup kind shares
+/// (repository, compression, encryption, RPO, retention).
+macro_rules! backup_kind {
+    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        job_kind! {
+            $(#[$meta])*
+            pub struct $name {
+                /// Encrypt this job's backups (overrides the repository's `encryption`).
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub encryption: Option<super::Encryption>,
+                /// Recovery point objective: the newest committed backup must never
+                /// be older than this (`drctl rpo`, alerts, metrics).
+                #[serde(
+                    default,
+                    with = "humantime_serde",
+                    skip_serializing_if = "Option::is_none"
+                )]
+                pub rpo: Option<Duration>,
+                /// Grandfather-father-son retention, applied after each backup and by `drctl prune`.
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub retention: Option<crate::retention::Policy>,
+                pub repository: String,
+                #[serde(default)]
+                pub compression: Compression,
+                /// zstd 1..=19 (default 1), gzip 1..=9 (default 6).
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub compression_level: Option<i32>,
+                $($body)*
+            }
+        }
+    };
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
@@ -84,7 +117,7 @@ impl Compression {
     }
 }
 
-job_kind! {
+backup_kind! {
     pub struct PostgresJob {
         /// Connection URL inline. Prefer `url_env`/`url_file`: an inline password is a secret in a file.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,26 +126,6 @@ job_kind! {
         pub url_env: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub url_file: Option<PathBuf>,
-        /// Encrypt this job's backups (overrides the repository's `encryption`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub encryption: Option<super::Encryption>,
-        /// Recovery point objective: the newest committed backup must never
-        /// be older than this (`drctl rpo`, alerts, metrics).
-        #[serde(
-            default,
-            with = "humantime_serde",
-            skip_serializing_if = "Option::is_none"
-        )]
-        pub rpo: Option<Duration>,
-        /// Grandfather-father-son retention, applied after each backup and by `drctl prune`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub retention: Option<crate::retention::Policy>,
-        pub repository: String,
-        #[serde(default)]
-        pub compression: Compression,
-        /// zstd 1..=19 (default 1), gzip 1..=9 (default 6).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub compression_level: Option<i32>,
         /// zstd worker threads (default: half the cores, 1 to 4).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub compression_threads: Option<u32>,
@@ -200,28 +213,9 @@ impl PathEntry {
     }
 }
 
-job_kind! {
+backup_kind! {
     pub struct FilesJob {
         pub paths: Vec<PathEntry>,
-        /// Encrypt this job's backups (overrides the repository's `encryption`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub encryption: Option<super::Encryption>,
-        /// Recovery point objective: the newest committed backup must never
-        /// be older than this (`drctl rpo`, alerts, metrics).
-        #[serde(
-            default,
-            with = "humantime_serde",
-            skip_serializing_if = "Option::is_none"
-        )]
-        pub rpo: Option<Duration>,
-        /// Grandfather-father-son retention, applied after each backup and by `drctl prune`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub retention: Option<crate::retention::Policy>,
-        pub repository: String,
-        #[serde(default)]
-        pub compression: Compression,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub compression_level: Option<i32>,
     }
 }
 

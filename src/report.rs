@@ -38,6 +38,20 @@ pub struct JobSummary {
     pub drills_passed: usize,
 }
 
+impl JobSummary {
+    /// Compliance, violations and worst gap as printed ("-" without an RPO).
+    fn window_cells(&self) -> (String, String, String) {
+        match &self.rpo {
+            Some(w) => (
+                format!("{:.2}%", w.compliance * 100.0),
+                w.violations.to_string(),
+                opt_dur(w.worst_gap_seconds),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub generated_at: DateTime<Utc>,
@@ -230,14 +244,7 @@ pub fn markdown(r: &Report) -> String {
             .map(|s| if s.compliant { "ok" } else { "VIOLATED" })
             .unwrap_or("-");
         let age = j.rpo_status.as_ref().and_then(|s| s.age_seconds);
-        let (comp, viol, worst) = match &j.rpo {
-            Some(w) => (
-                format!("{:.2}%", w.compliance * 100.0),
-                w.violations.to_string(),
-                opt_dur(w.worst_gap_seconds),
-            ),
-            None => ("-".into(), "-".into(), "-".into()),
-        };
+        let (comp, viol, worst) = j.window_cells();
         let _ = writeln!(
             o,
             "| {} | {} | {now} | {} | {comp} | {viol} | {worst} | {} |",
@@ -514,14 +521,7 @@ pub fn html(r: &Report) -> String {
                 None => "-".into(),
             };
             let age = j.rpo_status.as_ref().and_then(|s| s.age_seconds);
-            let (comp, viol, worst) = match &j.rpo {
-                Some(w) => (
-                    format!("{:.2}%", w.compliance * 100.0),
-                    w.violations.to_string(),
-                    opt_dur(w.worst_gap_seconds),
-                ),
-                None => ("-".into(), "-".into(), "-".into()),
-            };
+            let (comp, viol, worst) = j.window_cells();
             vec![
                 esc(&j.job),
                 esc(&opt_dur(j.rpo_seconds)),

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Idle daemon cost: 10 scheduled jobs (none due), N idle minutes (default 5).
+# Idle daemon cost: 10 scheduled jobs (none due) with an RPO each (so the
+# RPO worker lists the repository every minute per job), an alert channel
+# and the outbox worker, N idle minutes (default 5).
 # Prints peak RSS and CPU seconds per idle minute (targets: <= 25 MiB, <= 0.1 s/min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +17,9 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
   for i in $(seq 1 10); do
     echo "[jobs.job$i]"; echo "type = \"files\""; echo "paths = [\"/etc/hostname\"]"
     echo "repository = \"local\""; echo "schedule = \"0 0 3 1 1 *\""; echo "catch_up = false"
+    echo "rpo = \"26h\""
   done
+  echo "[alerts.channels.hook]"; echo "type = \"webhook\""; echo "url = \"http://127.0.0.1:9/none\""
 } > "$tmp/drctl.toml"
 DRCTL_LOG=warn ./target/release/drctl -c "$tmp/drctl.toml" daemon &
 pid=$!

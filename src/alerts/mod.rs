@@ -219,10 +219,14 @@ impl<'a> Alerter<'a> {
     /// Promote pending conditions whose `for` has passed and repeat firing
     /// ones that are due; the daemon calls it every second.
     pub async fn sweep(&self) -> Result<()> {
-        let now = Utc::now();
-        store::sweep(self.state, &self.ctx(), now).await?;
-        store::forget_finished(self.state, KEEP_FINISHED, now).await?;
+        store::sweep(self.state, &self.ctx(), Utc::now()).await?;
         Ok(())
+    }
+
+    /// Drop finished outbox rows older than 30 days (the daemon, hourly:
+    /// a write transaction every second would fsync for nothing).
+    pub async fn forget_finished(&self) -> Result<u64> {
+        store::forget_finished(self.state, KEEP_FINISHED, Utc::now()).await
     }
 
     /// A one-off notice (no condition, no resolve).

@@ -632,14 +632,24 @@ async fn rpo_worker(d: Arc<Daemon>) {
 async fn alert_worker(d: Arc<Daemon>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut housekeeping = tokio::time::Instant::now()
+        .checked_sub(Duration::from_secs(3600))
+        .unwrap_or_else(tokio::time::Instant::now);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = d.stopping.cancelled() => return,
         }
         let cfg = d.config();
-        if let Err(e) = crate::alerts::Alerter::new(&cfg, &d.state).sweep().await {
+        let alerter = crate::alerts::Alerter::new(&cfg, &d.state);
+        if let Err(e) = alerter.sweep().await {
             tracing::error!(error = %e, "evaluating alerts");
+        }
+        if housekeeping.elapsed() >= Duration::from_secs(3600) {
+            housekeeping = tokio::time::Instant::now();
+            if let Err(e) = alerter.forget_finished().await {
+                tracing::warn!(error = %e, "forgetting old outbox rows");
+            }
         }
         let pass = crate::alerts::deliver_due(&cfg, &d.state, None);
         tokio::select! {

@@ -198,6 +198,31 @@ pub async fn evaluate(cfg: &LoadedConfig, state: &State, job: &str) -> Result<St
         }
     }
 
+    // Nothing new and nothing due: answer without a write (the daemon asks
+    // every target/10; a write per ask would fsync for nothing).
+    if let Some(sv) = seen
+        .as_ref()
+        .filter(|sv| sv.target_ms == target_ms && points.is_empty())
+    {
+        let (t, _) = replay(
+            sv.compliant,
+            sv.checked_at,
+            sv.newest_started,
+            &[],
+            now,
+            target_span,
+        );
+        if t.is_empty() {
+            return Ok(Status {
+                job: job.to_owned(),
+                target_seconds: target.as_secs_f64(),
+                compliant: sv.compliant,
+                since: sv.since,
+                newest_backup: sv.newest_id.clone(),
+                age_seconds: sv.newest_started.map(|n| secs(now - n)),
+            });
+        }
+    }
     let mut tx = state
         .pool()
         .begin_with("BEGIN IMMEDIATE")

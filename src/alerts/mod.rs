@@ -217,7 +217,7 @@ impl<'a> Alerter<'a> {
     }
 
     /// Promote pending conditions whose `for` has passed and repeat firing
-    /// ones that are due; the daemon calls it every second.
+    /// ones that are due; the daemon calls it every 5 s.
     pub async fn sweep(&self) -> Result<()> {
         store::sweep(self.state, &self.ctx(), Utc::now()).await?;
         Ok(())
@@ -382,6 +382,21 @@ impl<'a> Alerter<'a> {
 
 /// Delivered, failed and expired outbox rows are kept this long for `drctl alerts`.
 const KEEP_FINISHED: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Resolves when this process queues a notification (see `store::QUEUED`).
+pub async fn queued() {
+    store::QUEUED.notified().await
+}
+
+/// When the earliest undelivered row is due (None: nothing is waiting).
+pub async fn next_due(state: &State) -> Result<Option<DateTime<Utc>>> {
+    store::next_due(state).await
+}
+
+/// Is anything waiting in the outbox? (A cheap check before a delivery pass.)
+pub async fn has_pending(state: &State) -> Result<bool> {
+    store::has_pending(state).await
+}
 
 /// Counts for `/metrics`.
 pub async fn stats(state: &State) -> Result<AlertStats> {

@@ -280,6 +280,10 @@ pub(crate) async fn sweep(state: &State, ctx: &Ctx<'_>, now: DateTime<Utc>) -> R
     Ok(queued)
 }
 
+/// Woken whenever this process queues a notification, so the daemon's
+/// worker delivers at once rather than at its next poll.
+pub(crate) static QUEUED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 async fn insert(
     state: &State,
     conn: &mut SqliteConnection,
@@ -303,6 +307,7 @@ async fn insert(
     .execute(conn)
     .await
     .map_err(|e| state.err(e))?;
+    QUEUED.notify_one();
     Ok(())
 }
 
@@ -334,6 +339,26 @@ pub(crate) async fn deliveries(state: &State, limit: i64) -> Result<Vec<Delivery
         .await
         .map_err(|e| state.err(e))?;
     rows.iter().map(delivery_row).collect()
+}
+
+/// When the earliest undelivered row is due (None: the outbox is drained).
+pub(crate) async fn next_due(state: &State) -> Result<Option<DateTime<Utc>>> {
+    let at: Option<i64> = sqlx::query_scalar(
+        "SELECT min(next_attempt_at) FROM alert_deliveries WHERE state = 'pending'",
+    )
+    .fetch_one(state.pool())
+    .await
+    .map_err(|e| state.err(e))?;
+    Ok(at.map(from_ms))
+}
+
+pub(crate) async fn has_pending(state: &State) -> Result<bool> {
+    let row: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM alert_deliveries WHERE state = 'pending' LIMIT 1")
+            .fetch_optional(state.pool())
+            .await
+            .map_err(|e| state.err(e))?;
+    Ok(row.is_some())
 }
 
 /// Channels with undelivered rows.

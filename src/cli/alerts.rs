@@ -25,7 +25,7 @@ enum AlertsCommand {
         #[arg(long)]
         channel: Option<String>,
     },
-    /// Deliver due outbox rows now (the daemon does this every second)
+    /// Deliver due outbox rows now (the daemon does this every 5 s)
     Deliver,
 }
 

@@ -619,7 +619,7 @@ async fn rpo_worker(d: Arc<Daemon>) {
             .min()
             .copied()
             .unwrap_or(now + Duration::from_secs(1))
-            .min(tokio::time::Instant::now() + Duration::from_secs(1));
+            .min(tokio::time::Instant::now() + Duration::from_secs(5));
         tokio::select! {
             () = tokio::time::sleep_until(wake) => {}
             () = d.stopping.cancelled() => return,
@@ -627,17 +627,36 @@ async fn rpo_worker(d: Arc<Daemon>) {
     }
 }
 
-/// Every second: promote and repeat conditions, then deliver due outbox
+/// How often the alert worker looks at conditions and the outbox.
+const ALERT_TICK: Duration = Duration::from_secs(5);
+
+/// Every five seconds, and whenever this process queues a notification:
+/// promote and repeat conditions, then deliver due outbox
 /// rows. Stops at shutdown (the stop path does one last bounded pass).
 async fn alert_worker(d: Arc<Daemon>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut housekeeping = tokio::time::Instant::now()
         .checked_sub(Duration::from_secs(3600))
         .unwrap_or_else(tokio::time::Instant::now);
+    let mut first = true;
     loop {
+        // Sleep until the next retry is due, at most ALERT_TICK.
+        let wait = if std::mem::take(&mut first) {
+            Duration::ZERO
+        } else {
+            match crate::alerts::next_due(&d.state).await {
+                Ok(Some(at)) => (at - Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .min(ALERT_TICK),
+                _ => ALERT_TICK,
+            }
+            .max(Duration::from_millis(50))
+        };
         tokio::select! {
-            _ = tick.tick() => {}
+            () = tokio::time::sleep(wait) => {}
+            // Queued by this daemon: deliver now. Rows queued by `drctl run`
+            // in another process wait for the next poll at most.
+            () = crate::alerts::queued() => {}
             () = d.stopping.cancelled() => return,
         }
         let cfg = d.config();
@@ -650,6 +669,11 @@ async fn alert_worker(d: Arc<Daemon>) {
             if let Err(e) = alerter.forget_finished().await {
                 tracing::warn!(error = %e, "forgetting old outbox rows");
             }
+        }
+        match crate::alerts::has_pending(&d.state).await {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(e) => tracing::error!(error = %e, "reading the outbox"),
         }
         let pass = crate::alerts::deliver_due(&cfg, &d.state, None);
         tokio::select! {

@@ -93,8 +93,8 @@ read -r drb drb_rss < <($rss "$drctl" -c "$tmp/drctl.toml" run bench)
 read -r drnc _ < <($rss "$drctl" -c "$tmp/drctl.toml" run nocount)
 read -r _ small_rss < <($rss "$drctl" -c "$tmp/drctl.toml" run small)
 read -r drenc drenc_rss < <($rss "$drctl" -c "$tmp/drctl.toml" run sealed)
-ver=$(t "$drctl" -c "$tmp/drctl.toml" verify --job bench)
-verd=$(t "$drctl" -c "$tmp/drctl.toml" verify --job sealed --deep)
+ver=$(t sh -c "'$drctl' -c '$tmp/drctl.toml' verify --job bench > /dev/null")
+verd=$(t sh -c "'$drctl' -c '$tmp/drctl.toml' verify --job sealed --deep > /dev/null")
 stored=$(du -sb "$tmp/repo/bench" | cut -f1)
 echo "restore ..."
 q postgres "CREATE DATABASE r_pg TEMPLATE template0"

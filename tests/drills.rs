@@ -218,10 +218,22 @@ fn a_corrupted_artifact_fails_the_drill_in_fetch_and_leaves_nothing_behind() {
 #[test]
 fn an_rto_shorter_than_the_restore_marks_the_drill_over_rto_and_warns() {
     let d = drill_world(&format!("{SERVER}rto = \"1ms\"\n"), None);
+    // No row counts at backup time: the drill still checks every table exists.
+    let text = std::fs::read_to_string(&d.w.config).unwrap().replacen(
+        "repository = \"local\"\n",
+        "repository = \"local\"\ncount_rows_max_table_size = \"0B\"\n",
+        1,
+    );
+    std::fs::write(&d.w.config, text).unwrap();
     d.w.drctl(&["run", &d.job]).ok();
     let (r, v) = run_drill(&d.w, &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(v["outcome"], "over_rto");
+    let checks = v["checks"].as_array().unwrap();
+    assert!(checks.iter().all(|c| c["kind"] != "rows"), "{v}");
+    let tables: Vec<&serde_json::Value> = checks.iter().filter(|c| c["kind"] == "table").collect();
+    assert_eq!(tables.len(), 3, "{v}");
+    assert!(tables.iter().all(|c| c["ok"] == true));
     assert_eq!(v["rto_seconds"], 0.001);
     let alerts = d.hook.requests("/alerts");
     assert_eq!(alerts.len(), 1);

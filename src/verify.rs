@@ -223,8 +223,9 @@ async fn backup(
         let (ok, detail) = match r {
             Ok(d) => (true, d),
             Err(e) => {
-                integrity_failure |=
-                    matches!(e, Error::Integrity { .. } | Error::NotFound(_)) || is_missing(&e);
+                // A listed backup whose object is gone (NotFound from either
+                // backend) is damaged, not unreachable.
+                integrity_failure |= matches!(e, Error::Integrity { .. } | Error::NotFound(_));
                 (false, crate::secret::redact(&e.to_string()))
             }
         };
@@ -243,12 +244,6 @@ async fn backup(
         integrity_failure,
         artifacts,
     }
-}
-
-/// A listed backup whose artifact object is gone is damaged, not unreachable.
-fn is_missing(e: &Error) -> bool {
-    let t = e.to_string();
-    t.contains("NoSuchKey") || t.contains("No such file") || t.contains("not found")
 }
 
 async fn deep_check(

@@ -347,6 +347,13 @@ fn deep_verification_walks_a_files_backup_entry_by_entry() {
     assert!(detail.contains("6 tar entries"), "{detail}");
     let r = w.drctl(&["verify", "--job", "nope"]);
     assert_eq!(r.code, 2, "{}", r.all());
+    // An artifact that vanished from a listed backup is damage (exit 3).
+    let id = v["backups"][0]["backup_id"].as_str().unwrap().to_owned();
+    let name = v["backups"][0]["artifacts"][0]["name"].as_str().unwrap().to_owned();
+    std::fs::remove_file(w.repo_dir().join("configs").join(&id).join(&name)).unwrap();
+    let (code, v, _) = verify_json(&w, &["--job", "configs"]);
+    assert_eq!(code, 3, "{v}");
+    assert!(v["backups"][0]["artifacts"][0]["detail"].as_str().unwrap().contains("not found"), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

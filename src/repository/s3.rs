@@ -113,6 +113,15 @@ impl S3Backend {
         }
     }
 
+    /// A bucket key relative to the repository prefix (None: outside it).
+    fn relative<'k>(&self, key: &'k str) -> Option<&'k str> {
+        if self.prefix.is_empty() {
+            Some(key)
+        } else {
+            key.strip_prefix(&self.prefix)?.strip_prefix('/')
+        }
+    }
+
     fn err(&self, what: &str, e: impl std::fmt::Display) -> Error {
         Error::repo(&self.name, format!("{what}: {e}"))
     }
@@ -350,11 +359,6 @@ impl Backend for S3Backend {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let full = self.full_key(prefix);
-        let strip = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
         let mut out = Vec::new();
         let mut pages = self
             .client
@@ -367,7 +371,7 @@ impl Backend for S3Backend {
             let page = page.map_err(|e| self.err(&format!("listing {full}"), err_text(e)))?;
             for o in page.contents() {
                 if let Some(k) = o.key() {
-                    if let Some(rel) = k.strip_prefix(&strip) {
+                    if let Some(rel) = self.relative(k) {
                         out.push(ObjectInfo {
                             key: rel.to_owned(),
                             size: o.size().unwrap_or(0).max(0) as u64,
@@ -384,11 +388,6 @@ impl Backend for S3Backend {
 
     async fn incomplete_uploads(&self, prefix: &str) -> Result<Option<Vec<Upload>>> {
         let full = self.full_key(prefix);
-        let strip = if self.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.prefix)
-        };
         let mut out = Vec::new();
         let mut key_marker: Option<String> = None;
         let mut id_marker: Option<String> = None;
@@ -420,7 +419,7 @@ impl Backend for S3Backend {
             for u in page.uploads() {
                 if let (Some(k), Some(id)) = (u.key(), u.upload_id()) {
                     out.push(Upload {
-                        key: k.strip_prefix(&strip).unwrap_or(k).to_owned(),
+                        key: self.relative(k).unwrap_or(k).to_owned(),
                         upload_id: id.to_owned(),
                         initiated: u
                             .initiated()

@@ -323,18 +323,23 @@ pub fn s3() -> &'static S3 {
     })
 }
 
+/// An SDK client for a loopback S3 server, with the test credentials.
+pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    let creds =
+        aws_sdk_s3::config::Credentials::new(access_key(), secret_key(), None, None, "test");
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(creds)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
 impl S3 {
     pub async fn client(&self) -> aws_sdk_s3::Client {
-        let creds =
-            aws_sdk_s3::config::Credentials::new(access_key(), secret_key(), None, None, "test");
-        let conf = aws_sdk_s3::config::Builder::new()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .endpoint_url(&self.endpoint)
-            .force_path_style(true)
-            .credentials_provider(creds)
-            .build();
-        aws_sdk_s3::Client::from_conf(conf)
+        s3_client(&self.endpoint)
     }
 
     pub async fn create_bucket(&self) -> String {
@@ -659,16 +664,7 @@ impl Moto {
     }
 
     pub async fn client(&self) -> aws_sdk_s3::Client {
-        let creds =
-            aws_sdk_s3::config::Credentials::new(access_key(), secret_key(), None, None, "test");
-        let conf = aws_sdk_s3::config::Builder::new()
-            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-            .region(aws_sdk_s3::config::Region::new("us-east-1"))
-            .endpoint_url(&self.endpoint)
-            .force_path_style(true)
-            .credentials_provider(creds)
-            .build();
-        aws_sdk_s3::Client::from_conf(conf)
+        s3_client(&self.endpoint)
     }
 }
 

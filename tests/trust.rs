@@ -23,6 +23,18 @@ fn keypair(dir: &Path, name: &str) -> (PathBuf, String) {
     (path, id.to_public().to_string())
 }
 
+/// A local repository and one files job `job` (extra keys `extra`) over a
+/// scratch directory holding `a.conf`; returns the world and the directory.
+fn files_world(job: &str, extra: &str) -> (World, PathBuf) {
+    let src = scratch_dir("drctl-files-src-");
+    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
+    let w = World::new(&format!(
+        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n[jobs.{job}]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"local\"\n{extra}",
+        src.display()
+    ));
+    (w, src)
+}
+
 fn manifest(w: &World, job: &str, id: &str) -> serde_json::Value {
     serde_json::from_slice(
         &std::fs::read(w.repo_dir().join(job).join(id).join("manifest.json")).unwrap(),
@@ -332,14 +344,10 @@ fn zstd_frame_of(data: &[u8]) -> Vec<u8> {
 
 #[test]
 fn deep_verification_walks_a_files_backup_entry_by_entry() {
-    let src = scratch_dir("drctl-ver-files-");
-    for i in 0..5 {
+    let (w, src) = files_world("configs", "compression = \"gzip\"\n");
+    for i in 0..4 {
         std::fs::write(src.join(format!("f{i}.conf")), format!("value={i}\n")).unwrap();
     }
-    let w = World::new(&format!(
-        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n[jobs.configs]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"local\"\ncompression = \"gzip\"\n",
-        src.display()
-    ));
     w.drctl(&["run", "configs"]).ok();
     let (code, v, stderr) = verify_json(&w, &["--deep", "--job", "configs"]);
     assert_eq!(code, 0, "{stderr}");
@@ -349,11 +357,20 @@ fn deep_verification_walks_a_files_backup_entry_by_entry() {
     assert_eq!(r.code, 2, "{}", r.all());
     // An artifact that vanished from a listed backup is damage (exit 3).
     let id = v["backups"][0]["backup_id"].as_str().unwrap().to_owned();
-    let name = v["backups"][0]["artifacts"][0]["name"].as_str().unwrap().to_owned();
+    let name = v["backups"][0]["artifacts"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     std::fs::remove_file(w.repo_dir().join("configs").join(&id).join(&name)).unwrap();
     let (code, v, _) = verify_json(&w, &["--job", "configs"]);
     assert_eq!(code, 3, "{v}");
-    assert!(v["backups"][0]["artifacts"][0]["detail"].as_str().unwrap().contains("not found"), "{v}");
+    assert!(
+        v["backups"][0]["artifacts"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not found"),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -542,12 +559,10 @@ fn committed_dirs(w: &World, job: &str) -> std::collections::BTreeSet<String> {
 
 #[test]
 fn retention_on_400_backups_keeps_exactly_the_gfs_set_in_the_jobs_time_zone() {
-    let src = scratch_dir("drctl-ret-src-");
-    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
-    let w = World::new(&format!(
-        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n[jobs.hist]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"local\"\ntimezone = \"Europe/Berlin\"\nretention = {{ keep_last = 3, hourly = 24, daily = 7, weekly = 4, monthly = 12, yearly = 2 }}\n",
-        src.display()
-    ));
+    let (w, _src) = files_world(
+        "hist",
+        "timezone = \"Europe/Berlin\"\nretention = { keep_last = 3, hourly = 24, daily = 7, weekly = 4, monthly = 12, yearly = 2 }\n",
+    );
     let real = w.drctl(&["run", "hist"]).ok().stdout.trim().to_owned();
     // 399 backups over ~2 years, with irregular gaps (10 min to ~3 days):
     // several per hour, missed days, DST changes in Berlin.
@@ -721,12 +736,7 @@ async fn an_interrupted_prune_leaves_nothing_listed_that_cannot_restore_and_orph
 
 #[test]
 fn prune_leaves_a_leased_backup_alone_until_the_lease_expires_and_restores_release_theirs() {
-    let src = scratch_dir("drctl-lease-src-");
-    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
-    let w = World::new(&format!(
-        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n[jobs.hist]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"local\"\n",
-        src.display()
-    ));
+    let (w, _src) = files_world("hist", "");
     let mut ids = Vec::new();
     for _ in 0..3 {
         ids.push(w.drctl(&["run", "hist"]).ok().stdout.trim().to_owned());

@@ -180,6 +180,7 @@ pub(crate) async fn raise(
     query.execute(&mut *tx).await.map_err(|e| state.err(e))?;
     let n = evaluate(state, &mut tx, ctx, &c.key, now).await?;
     tx.commit().await.map_err(|e| state.err(e))?;
+    committed(n);
     Ok(n)
 }
 
@@ -261,6 +262,7 @@ pub(crate) async fn clear(
         queued = a.channels.len();
     }
     tx.commit().await.map_err(|e| state.err(e))?;
+    committed(queued);
     Ok(queued)
 }
 
@@ -277,11 +279,14 @@ pub(crate) async fn sweep(state: &State, ctx: &Ctx<'_>, now: DateTime<Utc>) -> R
         queued += evaluate(state, &mut tx, ctx, &key, now).await?;
         tx.commit().await.map_err(|e| state.err(e))?;
     }
+    committed(queued);
     Ok(queued)
 }
 
-/// Woken whenever this process queues a notification, so the daemon's
-/// worker delivers at once rather than at its next poll.
+/// Woken whenever this process has committed new outbox rows, so the
+/// daemon's worker delivers at once rather than at its next poll. Notified
+/// only after the commit: woken earlier, the worker would find nothing and
+/// sleep through the rows.
 pub(crate) static QUEUED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 async fn insert(
@@ -307,7 +312,6 @@ async fn insert(
     .execute(conn)
     .await
     .map_err(|e| state.err(e))?;
-    QUEUED.notify_one();
     Ok(())
 }
 
@@ -319,7 +323,15 @@ pub(crate) async fn enqueue(
     max_age: Duration,
 ) -> Result<()> {
     let mut conn = state.pool().acquire().await.map_err(|e| state.err(e))?;
-    insert(state, &mut conn, channel, n, max_age).await
+    insert(state, &mut conn, channel, n, max_age).await?;
+    committed(1);
+    Ok(())
+}
+
+fn committed(rows: usize) {
+    if rows > 0 {
+        QUEUED.notify_one();
+    }
 }
 
 pub(crate) async fn active(state: &State) -> Result<Vec<AlertRow>> {

@@ -52,13 +52,17 @@ impl fmt::Display for JobName {
     }
 }
 
-/// `20261122T020000Z-<host>-<random>`: sorts by time as a plain string, so the
-/// greatest id in one listing is the latest backup.
+/// `20261122T020000.123Z-<host>-<random>`: sorts by start time (to the
+/// millisecond) as a plain string, so the greatest id in one listing is the
+/// latest backup, also when two runs start within the same second. Ids from
+/// before milliseconds were added (`20261122T020000Z-...`) still parse.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct BackupId(String);
 
-const TS_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+const TS_FORMAT: &str = "%Y%m%dT%H%M%S%.3fZ";
+/// Accepts both the millisecond form and the older whole-second form.
+const TS_PARSE: &str = "%Y%m%dT%H%M%S%.fZ";
 
 impl BackupId {
     pub fn new(at: DateTime<Utc>, host: &str) -> Self {
@@ -82,9 +86,9 @@ impl BackupId {
         if !valid_component(s) || s.len() < 17 {
             return Err(format!("invalid backup id {s:?}"));
         }
-        NaiveDateTime::parse_from_str(&s[..16], TS_FORMAT).map_err(|_| {
+        Self::parse_timestamp(s).ok_or_else(|| {
             format!(
-                "invalid backup id {s:?}: it must start with a UTC timestamp like 20261122T020000Z"
+                "invalid backup id {s:?}: it must start with a UTC timestamp like 20261122T020000.000Z"
             )
         })?;
         Ok(BackupId(s.to_owned()))
@@ -92,9 +96,14 @@ impl BackupId {
 
     /// The time encoded in the id (the backup's start).
     pub fn timestamp(&self) -> DateTime<Utc> {
-        NaiveDateTime::parse_from_str(&self.0[..16], TS_FORMAT)
+        Self::parse_timestamp(&self.0).unwrap_or_default()
+    }
+
+    fn parse_timestamp(s: &str) -> Option<DateTime<Utc>> {
+        let end = s.find('Z')? + 1;
+        NaiveDateTime::parse_from_str(&s[..end], TS_PARSE)
+            .ok()
             .map(|n| n.and_utc())
-            .unwrap_or_default()
     }
 
     pub fn as_str(&self) -> &str {
@@ -130,7 +139,27 @@ mod tests {
         assert!(a < b);
         assert_eq!(BackupId::parse(a.as_str()).unwrap(), a);
         assert_eq!(a.timestamp().to_rfc3339(), "2026-11-22T02:00:00+00:00");
-        assert!(a.as_str().starts_with("20261122T020000Z-db1-example-com-"));
+        assert!(a
+            .as_str()
+            .starts_with("20261122T020000.000Z-db1-example-com-"));
+    }
+
+    #[test]
+    fn runs_within_one_second_order_by_milliseconds() {
+        // The suffix is random: only the milliseconds may decide the order.
+        for _ in 0..50 {
+            let a = BackupId::new("2026-11-22T02:00:00.120Z".parse().unwrap(), "h");
+            let b = BackupId::new("2026-11-22T02:00:00.870Z".parse().unwrap(), "h");
+            assert!(a < b, "{a} {b}");
+        }
+        let b = BackupId::new("2026-11-22T02:00:00.870Z".parse().unwrap(), "h");
+        assert_eq!(b.timestamp().timestamp_millis() % 1000, 870);
+    }
+
+    #[test]
+    fn whole_second_ids_from_older_versions_still_parse() {
+        let old = BackupId::parse("20261122T020000Z-db1-1a2b3c4d").unwrap();
+        assert_eq!(old.timestamp().to_rfc3339(), "2026-11-22T02:00:00+00:00");
     }
 
     #[test]

@@ -487,7 +487,7 @@ fn synthesize(
     let m = manifest(w, job, real_id);
     let mut ids = Vec::new();
     for (i, t) in times.iter().enumerate() {
-        let id = format!("{}-synth-{:08x}", t.format("%Y%m%dT%H%M%SZ"), i);
+        let id = format!("{}-synth-{:08x}", t.format("%Y%m%dT%H%M%S%.3fZ"), i);
         let dir = base.join(&id);
         std::fs::create_dir_all(&dir).unwrap();
         let mut mm = m.clone();
@@ -588,13 +588,13 @@ fn retention_on_400_backups_keeps_exactly_the_gfs_set_in_the_jobs_time_zone() {
     let mut all: Vec<(String, chrono::DateTime<chrono::Utc>)> = synth
         .iter()
         .map(|id| {
-            let ts = chrono::NaiveDateTime::parse_from_str(&id[..16], "%Y%m%dT%H%M%SZ")
+            let ts = chrono::NaiveDateTime::parse_from_str(&id[..20], "%Y%m%dT%H%M%S%.3fZ")
                 .unwrap()
                 .and_utc();
             (id.clone(), ts)
         })
         .collect();
-    let real_ts = chrono::NaiveDateTime::parse_from_str(&real[..16], "%Y%m%dT%H%M%SZ")
+    let real_ts = chrono::NaiveDateTime::parse_from_str(&real[..20], "%Y%m%dT%H%M%S%.3fZ")
         .unwrap()
         .and_utc();
     all.push((real.clone(), real_ts));

@@ -6,6 +6,7 @@
 
 pub mod alerts;
 pub mod backup;
+pub mod checks;
 pub mod config;
 pub mod coordination;
 pub mod daemon;

@@ -18,6 +18,8 @@ pub enum Outcome {
     Committed(Box<Manifest>),
     /// A check job (verify) ran and passed.
     Checked(Box<crate::verify::Summary>),
+    /// A maintenance or check kind ran; its verdict may be warning or critical.
+    Report(Box<crate::checks::Report>),
     /// Another run of the job holds the host lock; recorded as skipped.
     Skipped(String),
 }
@@ -76,6 +78,10 @@ pub async fn run_job(
         crate::config::JobConfig::Verify(v) => {
             let s = crate::jobs::verify::run(cfg, state, name, trigger, v, cancel).await?;
             Ok(Outcome::Checked(Box::new(s)))
+        }
+        j if !j.is_backup() => {
+            let r = crate::checks::run(cfg, state, name, trigger, j, cancel).await?;
+            Ok(Outcome::Report(Box::new(r)))
         }
         _ => {
             let m = crate::backup::run(cfg, state, name, trigger, progress, cancel).await?;

@@ -56,6 +56,12 @@ pub struct RunRecord {
     pub error: Option<String>,
     /// What child processes printed (bounded).
     pub output: Option<String>,
+    /// Maintenance and check kinds: `ok`, `warning` or `critical`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// Maintenance and check kinds: what the run found, per subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 impl State {
@@ -174,6 +180,23 @@ impl State {
         Ok(())
     }
 
+    /// A maintenance or check run's verdict and findings (JSON).
+    pub async fn set_run_result(
+        &self,
+        run: i64,
+        result: &str,
+        details: &serde_json::Value,
+    ) -> Result<()> {
+        sqlx::query("UPDATE runs SET result = ?, details = ? WHERE id = ?")
+            .bind(result)
+            .bind(crate::secret::redact(&details.to_string()))
+            .bind(run)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// Keep what child processes printed, bounded to the last 16 KiB.
     pub async fn set_run_output(&self, run: i64, output: &str) -> Result<()> {
         const KEEP: usize = 16 * 1024;
@@ -271,7 +294,7 @@ impl State {
     /// Most recent runs first; `job` filters.
     pub async fn runs(&self, job: Option<&str>, limit: i64) -> Result<Vec<RunRecord>> {
         let rows = sqlx::query(
-            "SELECT id, job, kind, host, trigger, started_at, finished_at, status, bytes, backup_id, error, output
+            "SELECT id, job, kind, host, trigger, started_at, finished_at, status, bytes, backup_id, error, output, result, details
              FROM runs WHERE (?1 IS NULL OR job = ?1) ORDER BY id DESC LIMIT ?2",
         )
         .bind(job)
@@ -294,6 +317,10 @@ impl State {
                     backup_id: r.try_get("backup_id")?,
                     error: r.try_get("error")?,
                     output: r.try_get("output")?,
+                    result: r.try_get("result")?,
+                    details: r
+                        .try_get::<Option<String>, _>("details")?
+                        .and_then(|d| serde_json::from_str(&d).ok()),
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()

@@ -156,6 +156,12 @@ pub(crate) async fn raise(
     let active = existing
         .as_ref()
         .is_some_and(|a| a.state == "pending" || a.state == "firing");
+    // A firing warning that turns critical (a certificate from 20 to 5 days
+    // left) notifies at once, on the critical route, instead of waiting for
+    // the next repeat.
+    let escalated = existing
+        .as_ref()
+        .is_some_and(|a| a.state == "firing" && c.severity > a.severity);
     let channels_json = serde_json::to_string(channels).unwrap_or_else(|_| "[]".into());
     let q = if active {
         "UPDATE alerts SET kind = ?, severity = ?, job = ?, summary = ?, detail = ?, hint = ?, channels = ?, for_ms = ?, repeat_ms = ?, updated_at = ? WHERE key = ?"
@@ -178,7 +184,7 @@ pub(crate) async fn raise(
         query = query.bind(ms(now));
     }
     query.execute(&mut *tx).await.map_err(|e| state.err(e))?;
-    let n = evaluate(state, &mut tx, ctx, &c.key, now).await?;
+    let n = evaluate(state, &mut tx, ctx, &c.key, now, escalated).await?;
     tx.commit().await.map_err(|e| state.err(e))?;
     committed(n);
     Ok(n)
@@ -191,12 +197,14 @@ async fn evaluate(
     ctx: &Ctx<'_>,
     key: &str,
     now: DateTime<Utc>,
+    escalated: bool,
 ) -> Result<usize> {
     let Some(mut a) = get(state, conn, key).await? else {
         return Ok(0);
     };
     let now_ms = ms(now);
     let event = match a.state.as_str() {
+        "firing" if escalated => Event::Firing,
         "pending" if now_ms - ms(a.started_at) >= a.for_ms => Event::Firing,
         "firing"
             if a.last_notified_at
@@ -276,7 +284,7 @@ pub(crate) async fn sweep(state: &State, ctx: &Ctx<'_>, now: DateTime<Utc>) -> R
     let mut queued = 0;
     for key in keys {
         let mut tx = begin(state).await?;
-        queued += evaluate(state, &mut tx, ctx, &key, now).await?;
+        queued += evaluate(state, &mut tx, ctx, &key, now, false).await?;
         tx.commit().await.map_err(|e| state.err(e))?;
     }
     committed(queued);

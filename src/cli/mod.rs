@@ -85,6 +85,8 @@ pub fn main() -> ExitCode {
         Err(e) => {
             let code = if e.downcast_ref::<run::Skipped>().is_some() {
                 6
+            } else if let Some(p) = e.downcast_ref::<run::Problem>() {
+                i32::from(p.code)
             } else {
                 e.downcast_ref::<Error>().map(Error::exit_code).unwrap_or(1)
             };

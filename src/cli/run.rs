@@ -11,6 +11,14 @@ use drctl::state::State;
 #[error("{0}")]
 pub struct Skipped(pub String);
 
+/// A check job's verdict was warning (exit 7) or critical (exit 8).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Problem {
+    pub code: u8,
+    pub message: String,
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The job to run
@@ -55,6 +63,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     let m = match result? {
         Outcome::Committed(m) => m,
         Outcome::Checked(s) => return super::verify::print(&s, a.json),
+        Outcome::Report(r) => return print_report(&r, a.json),
         Outcome::Skipped(reason) => return Err(Skipped(reason).into()),
     };
     if a.json {
@@ -71,4 +80,28 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         println!("{}", m.id);
     }
     Ok(())
+}
+
+/// Print a maintenance or check run; warning and critical verdicts become
+/// exit 7 and 8 with what is wrong in the message.
+fn print_report(r: &drctl::checks::Report, json: bool) -> anyhow::Result<()> {
+    use drctl::checks::Level;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r.json())?);
+    } else {
+        for f in &r.findings {
+            println!("{:<8} {}: {}", f.level.as_str(), f.subject, f.message);
+        }
+        eprintln!("{} ({}): {}", r.job, r.kind, r.summary);
+    }
+    let code = match r.level() {
+        Level::Ok => return Ok(()),
+        Level::Warning => 7,
+        Level::Critical => 8,
+    };
+    Err(Problem {
+        code,
+        message: format!("job {}: {}", r.job, r.describe_problems()),
+    }
+    .into())
 }

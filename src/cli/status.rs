@@ -39,7 +39,15 @@ pub async fn status(cfg: &LoadedConfig, a: StatusArgs) -> anyhow::Result<()> {
     );
     for r in rows {
         let (last, outcome, dur) = match &r.last_run {
-            Some(run) => (run.started_at.clone(), run.status.clone(), duration(run)),
+            // A check's verdict says more than "succeeded".
+            Some(run) => (
+                run.started_at.clone(),
+                match (&run.result, run.status.as_str()) {
+                    (Some(v), "succeeded") => v.clone(),
+                    _ => run.status.clone(),
+                },
+                duration(run),
+            ),
             None => ("never".into(), "-".into(), "-".into()),
         };
         println!(
@@ -52,6 +60,9 @@ pub async fn status(cfg: &LoadedConfig, a: StatusArgs) -> anyhow::Result<()> {
             dur,
             r.next_run.as_deref().unwrap_or("-")
         );
+        for p in problems(r.last_run.as_ref()) {
+            println!("    {p}");
+        }
     }
     Ok(())
 }
@@ -83,4 +94,27 @@ pub async fn logs(cfg: &LoadedConfig, a: LogsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// "critical: /: 93% used ..." for each finding of a check run that is not ok.
+fn problems(run: Option<&RunRecord>) -> Vec<String> {
+    let Some(findings) = run
+        .and_then(|r| r.details.as_ref())
+        .and_then(|d| d.get("findings"))
+        .and_then(|f| f.as_array())
+    else {
+        return Vec::new();
+    };
+    findings
+        .iter()
+        .filter(|f| f["level"] != "ok")
+        .map(|f| {
+            format!(
+                "{}: {}: {}",
+                f["level"].as_str().unwrap_or("?"),
+                f["subject"].as_str().unwrap_or("?"),
+                f["message"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
 }

@@ -11,6 +11,13 @@ pub enum JobConfig {
     Postgres(PostgresJob),
     Files(FilesJob),
     Verify(VerifyJob),
+    Vacuum(super::maintenance::VacuumJob),
+    Reindex(super::maintenance::ReindexJob),
+    PruneFiles(super::maintenance::PruneFilesJob),
+    PruneImages(super::maintenance::PruneImagesJob),
+    Disk(super::maintenance::DiskJob),
+    CertExpiry(super::maintenance::CertExpiryJob),
+    Health(super::maintenance::HealthJob),
 }
 
 /// Declares a job kind's config struct with the keys every kind shares
@@ -56,6 +63,8 @@ macro_rules! job_kind {
         }
     };
 }
+
+pub(crate) use job_kind;
 
 /// A backup kind: `job_kind!` plus the keys every backup kind shares
 /// (repository, compression, encryption, RPO, retention).
@@ -150,7 +159,7 @@ backup_kind! {
     }
 }
 
-fn default_retry_delay() -> Duration {
+pub(crate) fn default_retry_delay() -> Duration {
     Duration::from_secs(30)
 }
 fn default_startup_wait() -> Duration {
@@ -246,7 +255,19 @@ impl JobConfig {
             JobConfig::Postgres(_) => "postgres",
             JobConfig::Files(_) => "files",
             JobConfig::Verify(_) => "verify",
+            JobConfig::Vacuum(_) => "vacuum",
+            JobConfig::Reindex(_) => "reindex",
+            JobConfig::PruneFiles(_) => "prune_files",
+            JobConfig::PruneImages(_) => "prune_images",
+            JobConfig::Disk(_) => "disk",
+            JobConfig::CertExpiry(_) => "cert_expiry",
+            JobConfig::Health(_) => "health",
         }
+    }
+
+    /// Backups are the kinds that write to a repository.
+    pub fn is_backup(&self) -> bool {
+        matches!(self, JobConfig::Postgres(_) | JobConfig::Files(_))
     }
 
     /// The repository a backup job writes to (None for kinds that store nothing).
@@ -254,7 +275,7 @@ impl JobConfig {
         match self {
             JobConfig::Postgres(j) => Some(&j.repository),
             JobConfig::Files(j) => Some(&j.repository),
-            JobConfig::Verify(_) => None,
+            _ => None,
         }
     }
 
@@ -263,7 +284,7 @@ impl JobConfig {
         match self {
             JobConfig::Postgres(j) => j.encryption.as_ref(),
             JobConfig::Files(j) => j.encryption.as_ref(),
-            JobConfig::Verify(_) => None,
+            _ => None,
         }
     }
 
@@ -272,7 +293,7 @@ impl JobConfig {
         match self {
             JobConfig::Postgres(j) => j.retention.as_ref(),
             JobConfig::Files(j) => j.retention.as_ref(),
-            JobConfig::Verify(_) => None,
+            _ => None,
         }
     }
 
@@ -281,7 +302,7 @@ impl JobConfig {
         match self {
             JobConfig::Postgres(j) => j.rpo,
             JobConfig::Files(j) => j.rpo,
-            JobConfig::Verify(_) => None,
+            _ => None,
         }
         .filter(|d| !d.is_zero())
     }
@@ -306,6 +327,13 @@ impl JobConfig {
             JobConfig::Postgres(j) => of!(j, true),
             JobConfig::Files(j) => of!(j, true),
             JobConfig::Verify(j) => of!(j, false),
+            JobConfig::Vacuum(j) => of!(j, false),
+            JobConfig::Reindex(j) => of!(j, false),
+            JobConfig::PruneFiles(j) => of!(j, false),
+            JobConfig::PruneImages(j) => of!(j, false),
+            JobConfig::Disk(j) => of!(j, false),
+            JobConfig::CertExpiry(j) => of!(j, false),
+            JobConfig::Health(j) => of!(j, false),
         }
     }
 
@@ -313,7 +341,22 @@ impl JobConfig {
         self.scheduling().schedule
     }
 
-    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub(crate) fn validate(&self) -> Result<(), (String, String)> {
+        let own = |r: Result<(), (&'static str, String)>| r.map_err(|(k, m)| (k.to_owned(), m));
+        match self {
+            JobConfig::Vacuum(j) => j.validate(),
+            JobConfig::Reindex(j) => j.validate(),
+            JobConfig::PruneFiles(j) => j.validate(),
+            JobConfig::PruneImages(j) => j.validate(),
+            JobConfig::Disk(j) => j.validate(),
+            JobConfig::CertExpiry(j) => j.validate(),
+            JobConfig::Health(j) => j.validate(),
+            _ => Ok(()),
+        }?;
+        own(self.validate_common())
+    }
+
+    fn validate_common(&self) -> Result<(), (&'static str, String)> {
         if let Some(e) = self.own_encryption() {
             e.validate()?;
         }
@@ -350,7 +393,7 @@ impl JobConfig {
                 }
                 check_level(j.compression, j.compression_level)?;
             }
-            JobConfig::Verify(_) => {}
+            _ => {}
         }
         Ok(())
     }

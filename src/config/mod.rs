@@ -9,6 +9,7 @@ mod alerts;
 mod drills;
 mod encryption;
 mod jobs;
+mod maintenance;
 mod render;
 mod repositories;
 
@@ -21,6 +22,11 @@ pub use encryption::{Encryption, IDENTITY_ENV};
 pub use jobs::{
     Compression, FilesJob, JobConfig, LockScope, PathEntry, PostgresJob, Scheduling, VerifyJob,
     VerifyScope,
+};
+pub use maintenance::strip_userinfo;
+pub use maintenance::{
+    CertExpiryJob, DiskJob, HealthCheck, HealthJob, ProbeType, PruneFilesJob, PruneImagesJob,
+    ReindexJob, VacuumJob, Window,
 };
 pub use render::render_masked;
 pub use repositories::{LocalRepository, LockMode, ObjectLock, RepositoryConfig, S3Repository};

@@ -144,6 +144,10 @@ async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Response {
         Ok(rows) => register_rpo(&mut reg, rows),
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
+    match crate::checks::metrics::all(&d.state).await {
+        Ok(rows) => register_checks(&mut reg, &d.config(), rows),
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
     match crate::alerts::stats(&d.state).await {
         Ok(a) => register_alerts(&mut reg, a),
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
@@ -174,6 +178,35 @@ struct SeverityLabels {
 struct DeliveryLabels {
     channel: String,
     state: String,
+}
+
+type Labels = Vec<(String, String)>;
+
+/// Values maintenance and check runs stored (`checks::metrics`), for jobs
+/// still in the config.
+fn register_checks(
+    reg: &mut Registry,
+    cfg: &crate::config::LoadedConfig,
+    rows: Vec<crate::checks::metrics::Stored>,
+) {
+    for (name, help, counter) in crate::checks::metrics::HELP {
+        let mine = rows
+            .iter()
+            .filter(|r| r.name == *name && cfg.config.jobs.contains_key(&r.job));
+        if *counter {
+            let fam = Family::<Labels, Counter<f64, AtomicU64>>::default();
+            for r in mine {
+                fam.get_or_create(&r.labels).inc_by(r.value);
+            }
+            reg.register(*name, *help, fam);
+        } else {
+            let fam = Family::<Labels, FloatGauge>::default();
+            for r in mine {
+                fam.get_or_create(&r.labels).set(r.value);
+            }
+            reg.register(*name, *help, fam);
+        }
+    }
 }
 
 fn register_alerts(reg: &mut Registry, a: crate::alerts::AlertStats) {

@@ -135,6 +135,13 @@ impl Daemon {
                         "scheduled check passed"
                     );
                 }
+                Ok(Outcome::Report(r)) => {
+                    tracing::info!(
+                        job = name,
+                        result = r.level().as_str(),
+                        "scheduled run finished"
+                    );
+                }
                 Ok(Outcome::Skipped(_)) | Err(Error::Interrupted(_)) => {}
                 Err(e) if attempt < sched.retries => {
                     tracing::warn!(job = name, attempt = attempt + 1, retry_in = ?delay, error = %crate::secret::redact(&e.to_string()), "run failed; retrying");

@@ -2,8 +2,15 @@
 //! repository and reports what it measured; `backup.rs` turns that into a
 //! manifest and commits it.
 
+pub mod cert_expiry;
+pub mod disk;
 pub mod files;
+pub mod health;
 pub mod postgres;
+pub mod prune_files;
+pub mod prune_images;
+pub mod reindex;
+pub mod vacuum;
 pub mod verify;
 
 use crate::config::Compression;
@@ -14,6 +21,36 @@ use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::stream::{encoder, BoxRead, Measure};
 use std::sync::Arc;
+
+/// What a maintenance or check kind gets to work with.
+pub struct CheckCtx<'a> {
+    pub cfg: &'a crate::config::LoadedConfig,
+    pub state: &'a crate::state::State,
+    pub job: &'a str,
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+/// Run a maintenance or check kind (`checks::run` records and alerts).
+pub async fn run_check(
+    ctx: &CheckCtx<'_>,
+    job: &crate::config::JobConfig,
+) -> Result<crate::checks::Report> {
+    use crate::config::JobConfig;
+    match job {
+        JobConfig::Vacuum(j) => vacuum::run(ctx, j).await,
+        JobConfig::Reindex(j) => reindex::run(ctx, j).await,
+        JobConfig::PruneFiles(j) => prune_files::run(ctx, j).await,
+        JobConfig::PruneImages(j) => prune_images::run(ctx, j).await,
+        JobConfig::Disk(j) => disk::run(ctx, j).await,
+        JobConfig::CertExpiry(j) => cert_expiry::run(ctx, j).await,
+        JobConfig::Health(j) => health::run(ctx, j).await,
+        other => Err(crate::Error::Other(format!(
+            "job {} is a {} job, not a maintenance or check job",
+            ctx.job,
+            other.kind()
+        ))),
+    }
+}
 
 /// What a backup kind gets to work with.
 pub struct BackupCtx<'a> {

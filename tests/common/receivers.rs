@@ -33,6 +33,8 @@ impl Request {
 struct HttpState {
     requests: Vec<Request>,
     statuses: VecDeque<u16>,
+    /// Body of 200 answers (default "ok").
+    body: Option<String>,
 }
 
 pub struct HttpReceiver {
@@ -75,10 +77,12 @@ impl HttpReceiver {
                                 at: std::time::Instant::now(),
                             });
                             let code = s.statuses.pop_front().unwrap_or(200);
-                            (
-                                axum::http::StatusCode::from_u16(code).unwrap(),
-                                if code == 200 { "ok" } else { "unavailable" },
-                            )
+                            let body = match (&s.body, code) {
+                                (Some(b), 200) => b.clone(),
+                                (None, 200) => "ok".to_owned(),
+                                _ => "unavailable".to_owned(),
+                            };
+                            (axum::http::StatusCode::from_u16(code).unwrap(), body)
                         }
                     },
                 );
@@ -95,6 +99,11 @@ impl HttpReceiver {
     /// Answer the next requests with these statuses, then 200 again.
     pub fn queue_statuses(&self, codes: &[u16]) {
         self.state.lock().unwrap().statuses.extend(codes);
+    }
+
+    /// Answer 200s with this body from now on.
+    pub fn set_body(&self, body: &str) {
+        self.state.lock().unwrap().body = Some(body.to_owned());
     }
 
     /// Every request so far to `path`, oldest first.

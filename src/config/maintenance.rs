@@ -1,0 +1,679 @@
+//! Config of the maintenance and check kinds: vacuum, reindex, prune_files,
+//! prune_images, disk, cert_expiry, health. Thresholds default to what the
+//! seed runbooks and PostgreSQL's own autovacuum use.
+
+use super::jobs::{default_retry_delay, job_kind, one_url_source, LockScope};
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+type KeyError = (String, String);
+
+fn err(key: impl Into<String>, msg: impl Into<String>) -> KeyError {
+    (key.into(), msg.into())
+}
+
+fn d(secs: u64) -> Duration {
+    Duration::from_secs(secs)
+}
+fn default_lock_timeout() -> Duration {
+    d(5)
+}
+fn default_statement_timeout() -> Duration {
+    d(3600)
+}
+fn yes() -> bool {
+    true
+}
+
+job_kind! {
+    /// `type = "vacuum"`: `VACUUM (ANALYZE)` on the tables that need it.
+    pub struct VacuumJob {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub url: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub url_env: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub url_file: Option<PathBuf>,
+        /// Only these tables (`schema.table` or `table` in `public`), each run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub tables: Option<Vec<String>>,
+        /// Every table of the database, whatever its statistics say.
+        #[serde(default)]
+        pub all: bool,
+        /// `VACUUM FULL` (rewrites and locks each table exclusively).
+        #[serde(default)]
+        pub full: bool,
+        #[serde(default = "yes")]
+        pub analyze: bool,
+        /// A table needs vacuum with at least this many dead tuples...
+        #[serde(default = "default_min_dead")]
+        pub min_dead_tuples: u64,
+        /// ...making up at least this share of its tuples.
+        #[serde(default = "default_ratio")]
+        pub dead_ratio: f64,
+        /// Or rows modified since the last analyze above this share of its rows.
+        #[serde(default = "default_ratio")]
+        pub analyze_ratio: f64,
+        /// Or its relfrozenxid older than this many transactions (wraparound).
+        #[serde(default = "default_freeze_age")]
+        pub freeze_age: i64,
+        #[serde(default = "default_lock_timeout", with = "humantime_serde")]
+        pub lock_timeout: Duration,
+        #[serde(default = "default_statement_timeout", with = "humantime_serde")]
+        pub statement_timeout: Duration,
+        /// `"01:00-05:00"` in the job's time zone: no table is started outside it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub window: Option<String>,
+    }
+}
+
+fn default_min_dead() -> u64 {
+    1000
+}
+fn default_ratio() -> f64 {
+    0.1
+}
+fn default_freeze_age() -> i64 {
+    150_000_000
+}
+
+job_kind! {
+    /// `type = "reindex"`: `REINDEX INDEX CONCURRENTLY` for bloated indexes.
+    pub struct ReindexJob {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub url: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub url_env: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub url_file: Option<PathBuf>,
+        /// Only these indexes (`schema.index` or `index` in `public`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub indexes: Option<Vec<String>>,
+        /// Every index of the database.
+        #[serde(default)]
+        pub all: bool,
+        /// Reindex when the estimated bloat exceeds this share of the index.
+        #[serde(default = "default_bloat")]
+        pub bloat_ratio: f64,
+        /// Smaller indexes are never worth it.
+        #[serde(default = "default_min_index")]
+        pub min_size: ByteSize,
+        /// Drop invalid `_ccnew` leftovers of an interrupted concurrent reindex.
+        #[serde(default = "yes")]
+        pub drop_invalid: bool,
+        #[serde(default = "default_lock_timeout", with = "humantime_serde")]
+        pub lock_timeout: Duration,
+        #[serde(default = "default_statement_timeout", with = "humantime_serde")]
+        pub statement_timeout: Duration,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub window: Option<String>,
+    }
+}
+
+fn default_bloat() -> f64 {
+    0.3
+}
+fn default_min_index() -> ByteSize {
+    ByteSize::mib(1)
+}
+
+job_kind! {
+    /// `type = "prune_files"`: `find -mtime +30 -delete` with guard rails.
+    pub struct PruneFilesJob {
+        /// Globs (`**` included); each one's literal prefix is a root no
+        /// deletion leaves.
+        pub paths: Vec<String>,
+        #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+        pub older_than: Option<Duration>,
+        /// The newest N matching files of each directory are always kept.
+        #[serde(default)]
+        pub keep_last: usize,
+        /// Delete oldest first until the matching files fit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub max_total_size: Option<ByteSize>,
+        /// gzip files older than this in place (logrotate's `compress`).
+        #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+        pub compress_older_than: Option<Duration>,
+        #[serde(default)]
+        pub dry_run: bool,
+    }
+}
+
+job_kind! {
+    /// `type = "prune_images"`: `docker image prune` with keep_last per repository.
+    pub struct PruneImagesJob {
+        /// Docker Engine socket (default: `$DOCKER_HOST`, else /var/run/docker.sock).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub socket: Option<PathBuf>,
+        /// Only images created longer ago than this are removed.
+        #[serde(default = "default_until", with = "humantime_serde")]
+        pub until: Duration,
+        /// The newest N tags of each repository are kept, used or not.
+        #[serde(default)]
+        pub keep_last: usize,
+        /// Remove dangling (untagged) images.
+        #[serde(default = "yes")]
+        pub dangling: bool,
+        /// Remove tagged images no container uses.
+        #[serde(default = "yes")]
+        pub unused: bool,
+        #[serde(default)]
+        pub dry_run: bool,
+        #[serde(default = "default_docker_timeout", with = "humantime_serde")]
+        pub timeout: Duration,
+    }
+}
+
+fn default_until() -> Duration {
+    d(168 * 3600)
+}
+fn default_docker_timeout() -> Duration {
+    d(120)
+}
+
+job_kind! {
+    /// `type = "disk"`: `df` against thresholds, space and inodes.
+    pub struct DiskJob {
+        pub mounts: Vec<PathBuf>,
+        /// Percent used at which the mount is a warning.
+        #[serde(default = "default_disk_warn")]
+        pub warn: f64,
+        #[serde(default = "default_disk_critical")]
+        pub critical: f64,
+        /// Inode thresholds (default: the same as space).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub inodes_warn: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub inodes_critical: Option<f64>,
+    }
+}
+
+fn default_disk_warn() -> f64 {
+    80.0
+}
+fn default_disk_critical() -> f64 {
+    90.0
+}
+
+job_kind! {
+    /// `type = "cert_expiry"`: `openssl x509 -enddate` for files and endpoints.
+    pub struct CertExpiryJob {
+        /// PEM files or globs; every certificate of a chain is checked.
+        #[serde(default)]
+        pub files: Vec<String>,
+        /// `host:port` (SNI = host), or `name@host:port` to send another SNI.
+        #[serde(default)]
+        pub endpoints: Vec<String>,
+        #[serde(default = "default_warn_days", with = "humantime_serde")]
+        pub warn: Duration,
+        #[serde(default = "default_critical_days", with = "humantime_serde")]
+        pub critical: Duration,
+        /// Connect and handshake timeout per endpoint.
+        #[serde(default = "default_tls_timeout", with = "humantime_serde")]
+        pub timeout: Duration,
+    }
+}
+
+fn default_warn_days() -> Duration {
+    d(30 * 86400)
+}
+fn default_critical_days() -> Duration {
+    d(7 * 86400)
+}
+fn default_tls_timeout() -> Duration {
+    d(10)
+}
+
+job_kind! {
+    /// `type = "health"`: checks with retries and Gatus-style thresholds.
+    pub struct HealthJob {
+        pub checks: Vec<HealthCheck>,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeType {
+    Http,
+    Tcp,
+    Postgres,
+    Redis,
+    Command,
+}
+
+/// One health check. A flat struct (serde's `flatten` cannot be combined
+/// with `deny_unknown_fields`); `validate` rejects keys of another type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(rename = "type")]
+    pub probe: ProbeType,
+    /// Names the check in alerts and metrics (default: its target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Further attempts within one run after a failed one.
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default = "default_probe_delay", with = "humantime_serde")]
+    pub retry_delay: Duration,
+    /// Per attempt.
+    #[serde(default = "default_probe_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive failed runs before the check is down (and alerts).
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    /// Consecutive passing runs before a down check is up again.
+    #[serde(default = "one")]
+    pub success_threshold: u32,
+    /// `critical` (default) or `warning` while down.
+    #[serde(default = "default_severity")]
+    pub severity: String,
+    // http, postgres, redis
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<PathBuf>,
+    // http
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Default: any 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
+    /// RFC 6901 pointer into a JSON body, e.g. `/status`...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_pointer: Option<String>,
+    /// ...and the value it must equal (`"ok"`, `true`, `3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_equals: Option<toml::Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    // tcp
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    // command
+    /// argv, no shell: `["pg_isready", "-q"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub expect_exit: i32,
+}
+
+fn default_probe_delay() -> Duration {
+    d(5)
+}
+fn default_probe_timeout() -> Duration {
+    d(10)
+}
+fn default_failure_threshold() -> u32 {
+    2
+}
+fn one() -> u32 {
+    1
+}
+fn default_severity() -> String {
+    "critical".into()
+}
+
+impl HealthCheck {
+    /// The check's name: `name`, else its target without secrets.
+    pub fn display_name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        let target = match self.probe {
+            ProbeType::Tcp => self.address.clone(),
+            ProbeType::Command => self.command.as_ref().map(|c| c.join(" ")),
+            _ => self
+                .url
+                .as_deref()
+                .map(strip_userinfo)
+                .or_else(|| self.url_env.as_ref().map(|e| format!("${e}")))
+                .or_else(|| self.url_file.as_ref().map(|f| f.display().to_string())),
+        };
+        format!(
+            "{}:{}",
+            serde_json::to_value(self.probe)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            target.unwrap_or_default()
+        )
+    }
+
+    fn validate(&self, key: &str) -> Result<(), KeyError> {
+        let has_url = self.url.is_some() || self.url_env.is_some() || self.url_file.is_some();
+        let http_only = [
+            ("method", self.method.is_some()),
+            ("expect_status", self.expect_status.is_some()),
+            ("body_contains", self.body_contains.is_some()),
+            ("json_pointer", self.json_pointer.is_some()),
+            ("json_equals", self.json_equals.is_some()),
+            ("headers", !self.headers.is_empty()),
+        ];
+        let type_name = |t: ProbeType| format!("{t:?}").to_lowercase();
+        let not_for = |k: &str| {
+            err(
+                format!("{key}.{k}"),
+                format!("not a key of {} checks", type_name(self.probe)),
+            )
+        };
+        if self.probe != ProbeType::Http {
+            if let Some((k, _)) = http_only.iter().find(|(_, set)| *set) {
+                return Err(not_for(k));
+            }
+        }
+        if self.probe != ProbeType::Tcp && self.address.is_some() {
+            return Err(not_for("address"));
+        }
+        if self.probe != ProbeType::Command && self.command.is_some() {
+            return Err(not_for("command"));
+        }
+        match self.probe {
+            ProbeType::Http | ProbeType::Postgres | ProbeType::Redis => {
+                one_url_source(&self.url, &self.url_env, &self.url_file)
+                    .map_err(|m| err(format!("{key}.url"), m))?;
+                if let Some(u) = &self.url {
+                    let schemes: &[&str] = match self.probe {
+                        ProbeType::Http => &["http://", "https://"],
+                        ProbeType::Postgres => &["postgres://", "postgresql://"],
+                        _ => &["redis://", "rediss://"],
+                    };
+                    if !schemes.iter().any(|s| u.starts_with(s)) {
+                        return Err(err(
+                            format!("{key}.url"),
+                            format!("expected a URL starting with {}", schemes.join(" or ")),
+                        ));
+                    }
+                }
+            }
+            ProbeType::Tcp => {
+                let a = self.address.as_deref().unwrap_or("");
+                if a.rsplit_once(':')
+                    .and_then(|(_, p)| p.parse::<u16>().ok())
+                    .is_none()
+                {
+                    return Err(err(
+                        format!("{key}.address"),
+                        "expected host:port, e.g. \"127.0.0.1:6379\"",
+                    ));
+                }
+                if has_url {
+                    return Err(not_for("url"));
+                }
+            }
+            ProbeType::Command => {
+                if self.command.as_ref().is_none_or(|c| c.is_empty()) {
+                    return Err(err(
+                        format!("{key}.command"),
+                        "expected a non-empty argv list, e.g. [\"pg_isready\", \"-q\"]",
+                    ));
+                }
+                if has_url {
+                    return Err(not_for("url"));
+                }
+            }
+        }
+        if let Some(p) = &self.json_pointer {
+            if !p.is_empty() && !p.starts_with('/') {
+                return Err(err(
+                    format!("{key}.json_pointer"),
+                    "expected an RFC 6901 pointer starting with '/', e.g. \"/status\"",
+                ));
+            }
+            if self.json_equals.is_none() {
+                return Err(err(
+                    format!("{key}.json_equals"),
+                    "expected the value json_pointer must equal",
+                ));
+            }
+        }
+        if let Some(m) = &self.method {
+            if reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).is_err() {
+                return Err(err(format!("{key}.method"), "expected an HTTP method"));
+            }
+        }
+        if self.failure_threshold == 0 || self.success_threshold == 0 {
+            return Err(err(
+                format!("{key}.failure_threshold"),
+                "thresholds must be at least 1",
+            ));
+        }
+        if !matches!(self.severity.as_str(), "critical" | "warning") {
+            return Err(err(
+                format!("{key}.severity"),
+                "expected \"critical\" or \"warning\"",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `postgres://user:secret@host/db` -> `postgres://host/db` for names and logs.
+pub fn strip_userinfo(u: &str) -> String {
+    match url::Url::parse(u) {
+        Ok(mut p) => {
+            let _ = p.set_password(None);
+            let _ = p.set_username("");
+            p.to_string()
+        }
+        Err(_) => crate::secret::redact(u),
+    }
+}
+
+/// `"01:00-05:00"`: a daily window, possibly across midnight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub start: chrono::NaiveTime,
+    pub end: chrono::NaiveTime,
+}
+
+impl Window {
+    pub fn parse(s: &str) -> Result<Window, String> {
+        let bad = || format!("expected \"HH:MM-HH:MM\", e.g. \"01:00-05:00\", got {s:?}");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let t = |x: &str| chrono::NaiveTime::parse_from_str(x.trim(), "%H:%M").map_err(|_| bad());
+        let w = Window {
+            start: t(a)?,
+            end: t(b)?,
+        };
+        if w.start == w.end {
+            return Err(format!("{s:?} is an empty window"));
+        }
+        Ok(w)
+    }
+
+    pub fn contains(&self, t: chrono::NaiveTime) -> bool {
+        if self.start < self.end {
+            self.start <= t && t < self.end
+        } else {
+            t >= self.start || t < self.end
+        }
+    }
+}
+
+fn ratio(key: &str, v: f64) -> Result<(), KeyError> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(err(
+            key,
+            format!("expected a share between 0 and 1, got {v}"),
+        ))
+    }
+}
+
+fn percent(key: &str, v: f64) -> Result<(), KeyError> {
+    if (0.0..=100.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(err(key, format!("expected a percentage 0..=100, got {v}")))
+    }
+}
+
+fn window(w: &Option<String>) -> Result<(), KeyError> {
+    if let Some(w) = w {
+        Window::parse(w).map_err(|m| err("window", m))?;
+    }
+    Ok(())
+}
+
+fn url(u: &Option<String>, e: &Option<String>, f: &Option<PathBuf>) -> Result<(), KeyError> {
+    one_url_source(u, e, f).map_err(|m| err("url", m))?;
+    if let Some(u) = u {
+        if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+            return Err(err("url", "expected a postgres:// URL"));
+        }
+    }
+    Ok(())
+}
+
+impl VacuumJob {
+    pub(crate) fn validate(&self) -> Result<(), KeyError> {
+        url(&self.url, &self.url_env, &self.url_file)?;
+        ratio("dead_ratio", self.dead_ratio)?;
+        ratio("analyze_ratio", self.analyze_ratio)?;
+        if self.all && self.tables.is_some() {
+            return Err(err(
+                "all",
+                "expected either `all = true` or `tables`, not both",
+            ));
+        }
+        window(&self.window)
+    }
+}
+
+impl ReindexJob {
+    pub(crate) fn validate(&self) -> Result<(), KeyError> {
+        url(&self.url, &self.url_env, &self.url_file)?;
+        ratio("bloat_ratio", self.bloat_ratio)?;
+        if self.all && self.indexes.is_some() {
+            return Err(err(
+                "all",
+                "expected either `all = true` or `indexes`, not both",
+            ));
+        }
+        window(&self.window)
+    }
+}
+
+impl PruneFilesJob {
+    pub(crate) fn validate(&self) -> Result<(), KeyError> {
+        if self.paths.is_empty() {
+            return Err(err("paths", "expected at least one glob"));
+        }
+        for p in &self.paths {
+            if !p.starts_with('/') {
+                return Err(err("paths", format!("expected absolute globs, got {p:?}")));
+            }
+            if p.split('/').any(|c| c == "..") {
+                return Err(err("paths", format!("`..` is not allowed in {p:?}")));
+            }
+            glob::Pattern::new(p).map_err(|e| err("paths", format!("{p:?}: {e}")))?;
+            if crate::jobs::prune_files::root_of(p) == std::path::Path::new("/") {
+                return Err(err(
+                    "paths",
+                    format!(
+                        "{p:?} would walk the whole filesystem: start it with a literal directory"
+                    ),
+                ));
+            }
+        }
+        if self.older_than.is_none()
+            && self.max_total_size.is_none()
+            && self.compress_older_than.is_none()
+        {
+            return Err(err(
+                "older_than",
+                "expected at least one of older_than, max_total_size, compress_older_than",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl DiskJob {
+    pub(crate) fn validate(&self) -> Result<(), KeyError> {
+        if self.mounts.is_empty() {
+            return Err(err("mounts", "expected at least one mount point"));
+        }
+        if let Some(m) = self.mounts.iter().find(|m| !m.is_absolute()) {
+            return Err(err("mounts", format!("expected absolute paths, got {m:?}")));
+        }
+        percent("warn", self.warn)?;
+        percent("critical", self.critical)?;
+        if self.warn > self.critical {
+            return Err(err("warn", "expected warn <= critical"));
+        }
+        for (k, v) in [
+            ("inodes_warn", self.inodes_warn),
+            ("inodes_critical", self.inodes_critical),
+        ] {
+            if let Some(v) = v {
+                percent(k, v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CertExpiryJob {
+    pub(crate) fn validate(&self) -> Result<(), KeyError> {
+        if self.files.is_empty() && self.endpoints.is_empty() {
+            return Err(err("files", "expected `files` or `endpoints` (or both)"));
+        }
+        for f in &self.files {
+            glob::Pattern::new(f).map_err(|e| err("files", format!("{f:?}: {e}")))?;
+        }
+        for e in &self.endpoints {
+            crate::jobs::cert_expiry::Endpoint::parse(e).map_err(|m| err("endpoints", m))?;
+        }
+        if self.critical > self.warn {
+            return Err(err(
+                "critical",
+                "expected critical <= warn (both are time left)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl HealthJob {
+    pub(crate) fn validate(&self) -> Result<(), KeyError> {
+        if self.checks.is_empty() {
+            return Err(err("checks", "expected at least one [[jobs.NAME.checks]]"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, c) in self.checks.iter().enumerate() {
+            c.validate(&format!("checks[{i}]"))?;
+            if !names.insert(c.display_name()) {
+                return Err(err(
+                    format!("checks[{i}].name"),
+                    format!(
+                        "two checks are named {:?}; give each a distinct `name`",
+                        c.display_name()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PruneImagesJob {
+    pub(crate) fn validate(&self) -> Result<(), KeyError> {
+        if !self.dangling && !self.unused {
+            return Err(err(
+                "dangling",
+                "with dangling = false and unused = false nothing is pruned",
+            ));
+        }
+        Ok(())
+    }
+}

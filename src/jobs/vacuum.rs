@@ -1,0 +1,312 @@
+//! The `vacuum` kind: R1's monthly `VACUUM ANALYZE`, on the tables that need
+//! it. Tables are chosen from `pg_stat_user_tables` the way autovacuum
+//! would (dead tuples above a share of the table, rows modified since the
+//! last analyze, transaction-ID age near wraparound), or listed, or all.
+//! Each statement runs under `lock_timeout`/`statement_timeout`; a table
+//! whose lock is held elsewhere is skipped and reported, the rest go on.
+//! No new table starts outside `window`. Choosing reads only catalogs and
+//! statistics (no locks); each table's exact size (`pg_table_size`, which
+//! takes a lock) is read right before its VACUUM, under the same
+//! `lock_timeout`, so a locked table is skipped at that point.
+
+use crate::checks::{Finding, Level, Report, Sample};
+use crate::config::VacuumJob;
+use crate::error::{Error, Result};
+use crate::jobs::postgres::quote_ident;
+use crate::jobs::CheckCtx;
+use crate::pg::{Failure, Session};
+use serde::Serialize;
+use serde_json::json;
+use sqlx::Row;
+
+/// One table's statistics.
+#[derive(Debug, Clone, Serialize)]
+struct TableStats {
+    name: String,
+    dead: i64,
+    live: i64,
+    modified: i64,
+    xid_age: i64,
+    bytes: i64,
+}
+
+/// What happened to one table.
+#[derive(Debug, Serialize)]
+struct TableRun {
+    table: String,
+    why: String,
+    statement: String,
+    dead_before: i64,
+    dead_after: Option<i64>,
+    bytes_before: i64,
+    bytes_after: Option<i64>,
+    seconds: f64,
+    result: String,
+}
+
+/// Statistics of user tables; `size` is `pg_table_size(c.oid)` (exact,
+/// locks) or an estimate from `relpages` (no lock).
+fn stats_sql(size: &str) -> String {
+    format!(
+        "SELECT quote_ident(s.schemaname) || '.' || quote_ident(s.relname) AS name,
+            s.n_dead_tup AS dead, s.n_live_tup AS live, s.n_mod_since_analyze AS modified,
+            age(c.relfrozenxid)::bigint AS xid_age, {size} AS bytes, c.reltuples::float8 AS reltuples
+       FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid"
+    )
+}
+const EXACT: &str = "pg_table_size(c.oid)";
+const CATALOG: &str = "c.relpages::bigint * current_setting('block_size')::bigint";
+
+fn stats_of(r: &sqlx::postgres::PgRow) -> std::result::Result<TableStats, sqlx::Error> {
+    Ok(TableStats {
+        name: r.try_get("name")?,
+        dead: r.try_get("dead")?,
+        live: r.try_get("live")?,
+        modified: r.try_get("modified")?,
+        xid_age: r.try_get("xid_age")?,
+        bytes: r.try_get("bytes")?,
+    })
+}
+
+/// One table's current statistics (None: it no longer exists).
+async fn stats(
+    s: &mut Session,
+    name: &str,
+    size: &str,
+) -> std::result::Result<Option<TableStats>, Failure> {
+    let classify = |e: sqlx::Error| crate::pg::maintenance_failure(&e);
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut s.conn)
+        .await
+        .map_err(classify)?;
+    let row = sqlx::query(&format!(
+        "{} WHERE s.relid = to_regclass($1)",
+        stats_sql(size)
+    ))
+    .bind(name)
+    .fetch_optional(&mut s.conn)
+    .await
+    .map_err(classify)?;
+    row.as_ref().map(stats_of).transpose().map_err(classify)
+}
+
+/// `schema.table` or `table` (in `public`) -> a quoted name.
+pub fn qualified(name: &str) -> String {
+    match name.split_once('.') {
+        Some((schema, rel)) => format!("{}.{}", quote_ident(schema), quote_ident(rel)),
+        None => format!("public.{}", quote_ident(name)),
+    }
+}
+
+/// The tables to process, most dead tuples first, each with its reason.
+async fn choose(
+    s: &mut Session,
+    job: &VacuumJob,
+) -> Result<(Vec<(TableStats, String)>, Vec<Finding>)> {
+    let mut missing = Vec::new();
+    if let Some(list) = &job.tables {
+        let mut out = Vec::new();
+        for t in list {
+            let found = stats(s, &qualified(t), CATALOG)
+                .await
+                .map_err(|f| Error::Other(format!("reading statistics of {t}: {f:?}")))?;
+            match found {
+                Some(st) => out.push((st, "listed".to_owned())),
+                None => missing.push(Finding::new(
+                    t.as_str(),
+                    Level::Warning,
+                    "no such table (listed in `tables`)",
+                )),
+            }
+        }
+        return Ok((out, missing));
+    }
+    let rows = sqlx::query(&format!(
+        "{} ORDER BY s.n_dead_tup DESC, 1",
+        stats_sql(CATALOG)
+    ))
+    .fetch_all(&mut s.conn)
+    .await
+    .map_err(|e| Error::pg("reading pg_stat_user_tables", e))?;
+    let mut out = Vec::new();
+    for r in &rows {
+        let st = stats_of(r).map_err(|e| Error::pg("reading pg_stat_user_tables", e))?;
+        let reltuples: f64 = r.try_get("reltuples").unwrap_or(0.0);
+        let total = (st.live + st.dead).max(1) as f64;
+        let mut why = Vec::new();
+        if job.all {
+            why.push("all tables".to_owned());
+        }
+        if st.dead >= job.min_dead_tuples as i64 && st.dead as f64 / total >= job.dead_ratio {
+            why.push(format!(
+                "{} dead tuples ({:.0}%)",
+                st.dead,
+                100.0 * st.dead as f64 / total
+            ));
+        }
+        if job.analyze
+            && st.modified >= job.min_dead_tuples as i64
+            && st.modified as f64 >= job.analyze_ratio * reltuples.max(0.0)
+        {
+            why.push(format!(
+                "{} rows modified since the last analyze",
+                st.modified
+            ));
+        }
+        if st.xid_age >= job.freeze_age {
+            why.push(format!("relfrozenxid age {}", st.xid_age));
+        }
+        if !why.is_empty() {
+            out.push((st, why.join(", ")));
+        }
+    }
+    Ok((out, missing))
+}
+
+pub async fn run(ctx: &CheckCtx<'_>, job: &VacuumJob) -> Result<Report> {
+    let mut s = Session::open(
+        job.url.as_deref(),
+        job.url_env.as_deref(),
+        job.url_file.as_deref(),
+        job.lock_timeout,
+        job.statement_timeout,
+        job.window.as_deref(),
+        job.timezone.as_deref(),
+        "drctl vacuum",
+    )
+    .await?;
+    let mut report = Report::new(ctx.job, "vacuum");
+    let (tables, missing) = choose(&mut s, job).await?;
+    report.findings.extend(missing);
+    let mut runs = Vec::new();
+    let mut removed: i64 = 0;
+    let mut not_started = Vec::new();
+    for (chosen, why) in tables {
+        if ctx.cancel.is_cancelled() {
+            break;
+        }
+        if !s.window_open() {
+            not_started.push(chosen.name.clone());
+            continue;
+        }
+        // Fresh numbers and the exact size; a table locked elsewhere stops here.
+        let before = match stats(&mut s, &chosen.name, EXACT).await {
+            Ok(Some(b)) => b,
+            Ok(None) => continue,
+            Err(f) => {
+                let msg = f.describe(job.lock_timeout, job.statement_timeout);
+                report.findings.push(Finding::new(
+                    chosen.name.as_str(),
+                    Level::Warning,
+                    msg.clone(),
+                ));
+                runs.push(TableRun {
+                    table: chosen.name.clone(),
+                    why,
+                    statement: String::new(),
+                    dead_before: chosen.dead,
+                    dead_after: None,
+                    bytes_before: chosen.bytes,
+                    bytes_after: None,
+                    seconds: 0.0,
+                    result: msg,
+                });
+                continue;
+            }
+        };
+        // A table that only needs fresh statistics gets ANALYZE, not VACUUM.
+        let needs_vacuum = job.all
+            || job.tables.is_some()
+            || why.contains("dead tuples")
+            || why.contains("relfrozenxid");
+        let statement = if needs_vacuum {
+            let mut opts = Vec::new();
+            if job.full {
+                opts.push("FULL");
+            }
+            if job.analyze {
+                opts.push("ANALYZE");
+            }
+            if opts.is_empty() {
+                format!("VACUUM {}", before.name)
+            } else {
+                format!("VACUUM ({}) {}", opts.join(", "), before.name)
+            }
+        } else {
+            format!("ANALYZE {}", before.name)
+        };
+        let started = std::time::Instant::now();
+        let outcome = s.exec(&statement).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let after = match &outcome {
+            Ok(()) => stats(&mut s, &before.name, EXACT).await.ok().flatten(),
+            Err(_) => None,
+        };
+        let result = match &outcome {
+            Ok(()) => "ok".to_owned(),
+            Err(f) => {
+                let msg = f.describe(job.lock_timeout, job.statement_timeout);
+                report.findings.push(Finding::new(
+                    before.name.as_str(),
+                    Level::Warning,
+                    msg.clone(),
+                ));
+                msg
+            }
+        };
+        if let Some(a) = &after {
+            removed += (before.dead - a.dead).max(0);
+            report.findings.push(Finding::new(
+                before.name.as_str(),
+                Level::Ok,
+                format!("{statement}: dead tuples {} -> {}", before.dead, a.dead),
+            ));
+        }
+        runs.push(TableRun {
+            table: before.name.clone(),
+            why,
+            statement,
+            dead_before: before.dead,
+            dead_after: after.as_ref().map(|a| a.dead),
+            bytes_before: before.bytes,
+            bytes_after: after.as_ref().map(|a| a.bytes),
+            seconds,
+            result,
+        });
+    }
+    let target = s.target.display();
+    s.close().await;
+    if ctx.cancel.is_cancelled() {
+        return Err(Error::Interrupted(format!(
+            "vacuum job {} cancelled",
+            ctx.job
+        )));
+    }
+    let done = runs.iter().filter(|r| r.result == "ok").count();
+    let skipped = runs.len() - done;
+    report.summary = format!(
+        "{done} tables vacuumed or analyzed on {target}, {removed} dead tuples removed{}{}",
+        if skipped > 0 {
+            format!(", {skipped} skipped")
+        } else {
+            String::new()
+        },
+        if not_started.is_empty() {
+            String::new()
+        } else {
+            format!(", {} left for the next window", not_started.len())
+        }
+    );
+    report.samples.push(Sample::counter(
+        "drctl_vacuum_dead_tuples_removed",
+        &[("job", ctx.job)],
+        removed as f64,
+    ));
+    report.details = json!({
+        "database": target,
+        "tables": runs,
+        "dead_tuples_removed": removed,
+        "outside_window": not_started,
+    });
+    Ok(report)
+}

@@ -1,0 +1,118 @@
+//! A connection for maintenance statements (VACUUM, REINDEX): every
+//! statement runs under the job's `lock_timeout` and `statement_timeout`, so
+//! a long-held lock makes drctl give up on one table instead of queueing
+//! behind it and blocking the application's queries queued behind drctl.
+
+use super::PgTarget;
+use crate::config::{resolve_secret, Window};
+use crate::error::Result;
+use chrono_tz::Tz;
+use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
+use std::time::Duration;
+
+pub struct Session {
+    pub conn: PgConnection,
+    pub target: PgTarget,
+    window: Option<(Window, Tz)>,
+}
+
+/// Why one maintenance statement did not complete.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// `lock_timeout` passed waiting for a lock (SQLSTATE 55P03).
+    LockTimeout,
+    /// `statement_timeout` (or a cancel) ended it (SQLSTATE 57014).
+    Timeout,
+    Other(String),
+}
+
+impl Failure {
+    pub fn describe(&self, lock_timeout: Duration, statement_timeout: Duration) -> String {
+        match self {
+            Failure::LockTimeout => format!(
+                "skipped: no lock within lock_timeout {} (another session holds a conflicting lock)",
+                humantime::format_duration(lock_timeout)
+            ),
+            Failure::Timeout => format!(
+                "stopped by statement_timeout {}",
+                humantime::format_duration(statement_timeout)
+            ),
+            Failure::Other(m) => m.clone(),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+impl Session {
+    pub async fn open(
+        url: Option<&str>,
+        url_env: Option<&str>,
+        url_file: Option<&std::path::Path>,
+        lock_timeout: Duration,
+        statement_timeout: Duration,
+        window: Option<&str>,
+        timezone: Option<&str>,
+        application: &str,
+    ) -> Result<Session> {
+        let url = resolve_secret(url, url_env, url_file, "database URL")?;
+        let target = PgTarget::parse(url.expose())?;
+        let mut conn = target
+            .connect_options()
+            .application_name(application)
+            .connect()
+            .await
+            .map_err(|e| crate::Error::pg(format!("connecting to {}", target.display()), e))?;
+        let set = format!(
+            "SET lock_timeout = {}; SET statement_timeout = {}",
+            lock_timeout.as_millis().max(1),
+            statement_timeout.as_millis()
+        );
+        conn.execute(sqlx::raw_sql(&set))
+            .await
+            .map_err(|e| crate::Error::pg("setting lock_timeout and statement_timeout", e))?;
+        let window = match window {
+            Some(w) => Some((
+                Window::parse(w).map_err(crate::Error::Other)?,
+                crate::schedule::parse_timezone(timezone).map_err(crate::Error::Other)?,
+            )),
+            None => None,
+        };
+        Ok(Session {
+            conn,
+            target,
+            window,
+        })
+    }
+
+    /// May a new table or index be started now?
+    pub fn window_open(&self) -> bool {
+        match &self.window {
+            None => true,
+            Some((w, tz)) => w.contains(chrono::Utc::now().with_timezone(tz).time()),
+        }
+    }
+
+    /// Run one statement with the simple protocol (VACUUM refuses to run
+    /// in a transaction block).
+    pub async fn exec(&mut self, sql: &str) -> std::result::Result<(), Failure> {
+        match self.conn.execute(sqlx::raw_sql(sql)).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(maintenance_failure(&e)),
+        }
+    }
+
+    pub async fn close(self) {
+        let _ = self.conn.close().await;
+    }
+}
+
+pub fn maintenance_failure(e: &sqlx::Error) -> Failure {
+    if let Some(db) = e.as_database_error() {
+        match db.code().as_deref() {
+            Some("55P03") => return Failure::LockTimeout,
+            Some("57014") => return Failure::Timeout,
+            _ => {}
+        }
+    }
+    Failure::Other(crate::secret::redact(&e.to_string()))
+}

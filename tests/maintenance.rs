@@ -810,6 +810,7 @@ fn health_probes_tcp_postgres_redis_and_command_against_real_servers() {
          [[jobs.deps.checks]]\ntype = \"command\"\nname = \"script\"\ncommand = [\"sh\", \"-c\", \"test ! -e {{dir}}/broken || {{ echo boom >&2; exit 3; }}\"]\nfailure_threshold = 1\n\
          [jobs.down]\ntype = \"health\"\n\
          [[jobs.down.checks]]\ntype = \"tcp\"\naddress = \"127.0.0.1:{dead}\"\nfailure_threshold = 1\n\
+         [[jobs.down.checks]]\ntype = \"http\"\nurl = \"http://ops:hunter-pw@127.0.0.1:{dead}/health\"\nfailure_threshold = 1\n\
          [[jobs.down.checks]]\ntype = \"postgres\"\nname = \"db\"\nurl = \"postgres://postgres:wrong@127.0.0.1:{dead}/postgres\"\nfailure_threshold = 1\ntimeout = \"3s\"\n",
         redis.port
     ));
@@ -1368,4 +1369,58 @@ fn prune_images_against_a_real_docker_engine_keeps_used_new_and_newest_tags() {
     let r = w.drctl(&["run", "images"]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("Docker engine"), "{}", r.stderr);
+}
+
+// ---------------------------------------------------------------- under the daemon
+
+#[test]
+fn the_daemon_runs_check_jobs_on_schedule_and_alerts_firing_then_resolved() {
+    let hooks = HttpReceiver::start();
+    let port = free_port();
+    let http = free_port();
+    let mut w = World::new(&format!(
+        "[http]\nlisten = \"127.0.0.1:{http}\"\n\
+         [alerts.channels.hooks]\ntype = \"webhook\"\nurl = \"{}\"\nsecret_env = \"HOOK_SECRET\"\n[alerts.routes]\ncritical = [\"hooks\"]\n\
+         [jobs.tcp-health]\ntype = \"health\"\nschedule = \"* * * * * *\"\n\
+         [[jobs.tcp-health.checks]]\ntype = \"tcp\"\nname = \"svc\"\naddress = \"127.0.0.1:{port}\"\nfailure_threshold = 2\ntimeout = \"1s\"\n",
+        hooks.url("/hook")
+    ));
+    w.set_env("HOOK_SECRET", "daemon-hook-secret");
+    let d = Daemon::start(&w);
+    let events = || -> Vec<String> {
+        hooks
+            .requests("/hook")
+            .iter()
+            .map(|r| r.json()["event"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    wait_until(Duration::from_secs(30), "the down alert", || {
+        !events().is_empty()
+    });
+    assert_eq!(events(), vec!["firing"], "{}", d.log());
+    let (_, body) = http_get(http, "/metrics");
+    assert!(
+        body.contains("drctl_health_up{job=\"tcp-health\",check=\"svc\"} 0"),
+        "{body}"
+    );
+
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    wait_until(Duration::from_secs(30), "the resolve", || {
+        events().len() == 2
+    });
+    assert_eq!(events(), vec!["firing", "resolved"]);
+    let (_, body) = http_get(http, "/metrics");
+    assert!(
+        body.contains("drctl_health_up{job=\"tcp-health\",check=\"svc\"} 1"),
+        "{body}"
+    );
+    drop(listener);
+    let runs = w.drctl(&["logs", "tcp-health", "--json", "-n", "100"]);
+    let v: Value = serde_json::from_str(&runs.stdout).unwrap();
+    assert!(v.as_array().unwrap().len() >= 3, "one run per tick");
+    assert!(v
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["trigger"] == "schedule"));
 }

@@ -26,6 +26,8 @@ async fn probe(c: &HealthCheck) -> std::result::Result<String, String> {
             c.url_file.as_deref(),
             "health check URL",
         )
+        // Errors quote URLs (reqwest, redis): scrub the password part too.
+        .inspect(|u| crate::secret::register_url_password(u.expose()))
         .map_err(|e| e.to_string())
     };
     let work = async {

@@ -461,9 +461,8 @@ fn prune_files_size_cap_compression_and_files_open_for_writing() {
         logs.display()
     ));
     let (code, v, stderr) = run_json(&w, "cap");
-    // s0 (open) cannot go, so s1, s2, s3, s4 go oldest first until the rest fits:
-    // s0 + s5 = 2000 <= 2500 after deleting s1..s4? Oldest first stops as soon as it fits:
-    // 6000 -> 5000 (s1) -> 4000 (s2) -> 3000 (s3) -> 2000 (s4).
+    // 6000 bytes against a 2500 cap, oldest first: s0 is open (skipped),
+    // then s1..s4 go (6000 -> 2000); s5 is kept by keep_last anyway.
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(names_under(&logs), vec!["s0.log", "s5.log"]);
     assert_eq!(

@@ -344,22 +344,16 @@ impl<'a> Alerter<'a> {
     pub async fn job_finished(&self, job: &str, result: &Result<crate::runner::Outcome>) {
         use crate::runner::Outcome;
         let r = match result {
-            // A check run that ended critical pings /fail: the dead man's
-            // switch shows what the alert says. Its findings alert on their own.
-            Ok(Outcome::Report(r)) if r.level() == crate::checks::Level::Critical => {
-                let ping = self
-                    .ping(job, Event::PingFail, Some(r.describe_problems()))
-                    .await;
-                let clear = self
-                    .clear(
-                        &Condition::job_failed_key(job),
-                        format!("job {job} recovered"),
-                    )
-                    .await;
-                ping.and(clear)
-            }
-            Ok(Outcome::Committed(_) | Outcome::Checked(_) | Outcome::Report(_)) => {
-                let ping = self.ping(job, Event::PingSuccess, None).await;
+            Ok(outcome @ (Outcome::Committed(_) | Outcome::Checked(_) | Outcome::Report(_))) => {
+                // A check run that ended critical pings /fail: the dead man's
+                // switch shows what the alert says. Its findings alert on their own.
+                let ping = match outcome {
+                    Outcome::Report(r) if r.level() == crate::checks::Level::Critical => {
+                        self.ping(job, Event::PingFail, Some(r.describe_problems()))
+                            .await
+                    }
+                    _ => self.ping(job, Event::PingSuccess, None).await,
+                };
                 let clear = self
                     .clear(
                         &Condition::job_failed_key(job),

@@ -28,15 +28,68 @@ fn yes() -> bool {
     true
 }
 
-job_kind! {
+/// A PostgreSQL maintenance kind: `job_kind!` plus the connection, the
+/// timeouts every statement runs under, and the window.
+macro_rules! pg_maintenance_kind {
+    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
+        job_kind! {
+            $(#[$meta])*
+            pub struct $name {
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub url: Option<String>,
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub url_env: Option<String>,
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub url_file: Option<PathBuf>,
+                /// A statement waiting longer than this for a lock gives up on its object.
+                #[serde(default = "default_lock_timeout", with = "humantime_serde")]
+                pub lock_timeout: Duration,
+                #[serde(default = "default_statement_timeout", with = "humantime_serde")]
+                pub statement_timeout: Duration,
+                /// `"01:00-05:00"` in the job's time zone: nothing new starts outside it.
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub window: Option<String>,
+                $($body)*
+            }
+        }
+
+        impl $name {
+            /// How `pg::Session` connects for this job.
+            pub fn session(&self) -> SessionSpec<'_> {
+                SessionSpec {
+                    url: self.url.as_deref(),
+                    url_env: self.url_env.as_deref(),
+                    url_file: self.url_file.as_deref(),
+                    lock_timeout: self.lock_timeout,
+                    statement_timeout: self.statement_timeout,
+                    window: self.window.as_deref(),
+                    timezone: self.timezone.as_deref(),
+                }
+            }
+
+            fn validate_session(&self) -> Result<(), KeyError> {
+                url(&self.url, &self.url_env, &self.url_file)?;
+                window(&self.window)
+            }
+        }
+    };
+}
+
+/// Connection and limits of a PostgreSQL maintenance job.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSpec<'a> {
+    pub url: Option<&'a str>,
+    pub url_env: Option<&'a str>,
+    pub url_file: Option<&'a std::path::Path>,
+    pub lock_timeout: Duration,
+    pub statement_timeout: Duration,
+    pub window: Option<&'a str>,
+    pub timezone: Option<&'a str>,
+}
+
+pg_maintenance_kind! {
     /// `type = "vacuum"`: `VACUUM (ANALYZE)` on the tables that need it.
     pub struct VacuumJob {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub url: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub url_env: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub url_file: Option<PathBuf>,
         /// Only these tables (`schema.table` or `table` in `public`), each run.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub tables: Option<Vec<String>>,
@@ -60,13 +113,6 @@ job_kind! {
         /// Or its relfrozenxid older than this many transactions (wraparound).
         #[serde(default = "default_freeze_age")]
         pub freeze_age: i64,
-        #[serde(default = "default_lock_timeout", with = "humantime_serde")]
-        pub lock_timeout: Duration,
-        #[serde(default = "default_statement_timeout", with = "humantime_serde")]
-        pub statement_timeout: Duration,
-        /// `"01:00-05:00"` in the job's time zone: no table is started outside it.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub window: Option<String>,
     }
 }
 
@@ -80,15 +126,9 @@ fn default_freeze_age() -> i64 {
     150_000_000
 }
 
-job_kind! {
+pg_maintenance_kind! {
     /// `type = "reindex"`: `REINDEX INDEX CONCURRENTLY` for bloated indexes.
     pub struct ReindexJob {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub url: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub url_env: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub url_file: Option<PathBuf>,
         /// Only these indexes (`schema.index` or `index` in `public`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub indexes: Option<Vec<String>>,
@@ -104,12 +144,6 @@ job_kind! {
         /// Drop invalid `_ccnew` leftovers of an interrupted concurrent reindex.
         #[serde(default = "yes")]
         pub drop_invalid: bool,
-        #[serde(default = "default_lock_timeout", with = "humantime_serde")]
-        pub lock_timeout: Duration,
-        #[serde(default = "default_statement_timeout", with = "humantime_serde")]
-        pub statement_timeout: Duration,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub window: Option<String>,
     }
 }
 
@@ -536,7 +570,7 @@ fn url(u: &Option<String>, e: &Option<String>, f: &Option<PathBuf>) -> Result<()
 
 impl VacuumJob {
     pub(crate) fn validate(&self) -> Result<(), KeyError> {
-        url(&self.url, &self.url_env, &self.url_file)?;
+        self.validate_session()?;
         ratio("dead_ratio", self.dead_ratio)?;
         ratio("analyze_ratio", self.analyze_ratio)?;
         if self.all && self.tables.is_some() {
@@ -551,7 +585,7 @@ impl VacuumJob {
 
 impl ReindexJob {
     pub(crate) fn validate(&self) -> Result<(), KeyError> {
-        url(&self.url, &self.url_env, &self.url_file)?;
+        self.validate_session()?;
         ratio("bloat_ratio", self.bloat_ratio)?;
         if self.all && self.indexes.is_some() {
             return Err(err(

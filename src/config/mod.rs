@@ -26,7 +26,7 @@ pub use jobs::{
 pub use maintenance::strip_userinfo;
 pub use maintenance::{
     CertExpiryJob, DiskJob, HealthCheck, HealthJob, ProbeType, PruneFilesJob, PruneImagesJob,
-    ReindexJob, VacuumJob, Window,
+    ReindexJob, SessionSpec, VacuumJob, Window,
 };
 pub use render::render_masked;
 pub use repositories::{LocalRepository, LockMode, ObjectLock, RepositoryConfig, S3Repository};

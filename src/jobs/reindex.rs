@@ -154,17 +154,7 @@ async fn size_of(s: &mut Session, name: &str) -> Option<i64> {
 }
 
 pub async fn run(ctx: &CheckCtx<'_>, job: &ReindexJob) -> Result<Report> {
-    let mut s = Session::open(
-        job.url.as_deref(),
-        job.url_env.as_deref(),
-        job.url_file.as_deref(),
-        job.lock_timeout,
-        job.statement_timeout,
-        job.window.as_deref(),
-        job.timezone.as_deref(),
-        "drctl reindex",
-    )
-    .await?;
+    let mut s = Session::open(job.session(), "drctl reindex").await?;
     let mut report = Report::new(ctx.job, "reindex");
     let mut dropped = Vec::new();
     sweep_invalid(&mut s, job, &mut dropped, &mut report.findings).await?;

@@ -164,17 +164,7 @@ async fn choose(
 }
 
 pub async fn run(ctx: &CheckCtx<'_>, job: &VacuumJob) -> Result<Report> {
-    let mut s = Session::open(
-        job.url.as_deref(),
-        job.url_env.as_deref(),
-        job.url_file.as_deref(),
-        job.lock_timeout,
-        job.statement_timeout,
-        job.window.as_deref(),
-        job.timezone.as_deref(),
-        "drctl vacuum",
-    )
-    .await?;
+    let mut s = Session::open(job.session(), "drctl vacuum").await?;
     let mut report = Report::new(ctx.job, "vacuum");
     let (tables, missing) = choose(&mut s, job).await?;
     report.findings.extend(missing);

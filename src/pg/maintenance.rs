@@ -4,7 +4,7 @@
 //! behind it and blocking the application's queries queued behind drctl.
 
 use super::PgTarget;
-use crate::config::{resolve_secret, Window};
+use crate::config::{resolve_secret, SessionSpec, Window};
 use crate::error::Result;
 use chrono_tz::Tz;
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
@@ -42,19 +42,9 @@ impl Failure {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 impl Session {
-    pub async fn open(
-        url: Option<&str>,
-        url_env: Option<&str>,
-        url_file: Option<&std::path::Path>,
-        lock_timeout: Duration,
-        statement_timeout: Duration,
-        window: Option<&str>,
-        timezone: Option<&str>,
-        application: &str,
-    ) -> Result<Session> {
-        let url = resolve_secret(url, url_env, url_file, "database URL")?;
+    pub async fn open(spec: SessionSpec<'_>, application: &str) -> Result<Session> {
+        let url = resolve_secret(spec.url, spec.url_env, spec.url_file, "database URL")?;
         let target = PgTarget::parse(url.expose())?;
         let mut conn = target
             .connect_options()
@@ -64,16 +54,16 @@ impl Session {
             .map_err(|e| crate::Error::pg(format!("connecting to {}", target.display()), e))?;
         let set = format!(
             "SET lock_timeout = {}; SET statement_timeout = {}",
-            lock_timeout.as_millis().max(1),
-            statement_timeout.as_millis()
+            spec.lock_timeout.as_millis().max(1),
+            spec.statement_timeout.as_millis()
         );
         conn.execute(sqlx::raw_sql(&set))
             .await
             .map_err(|e| crate::Error::pg("setting lock_timeout and statement_timeout", e))?;
-        let window = match window {
+        let window = match spec.window {
             Some(w) => Some((
                 Window::parse(w).map_err(crate::Error::Other)?,
-                crate::schedule::parse_timezone(timezone).map_err(crate::Error::Other)?,
+                crate::schedule::parse_timezone(spec.timezone).map_err(crate::Error::Other)?,
             )),
             None => None,
         };

@@ -6,7 +6,14 @@ use super::LoadedConfig;
 fn is_secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     // A Slack incoming-webhook URL is itself the credential.
-    (k.contains("password") || k.contains("secret") || k.contains("token") || k == "webhook_url")
+    // Health check headers (`Authorization = "Bearer ..."`) are credentials too.
+    (k.contains("password")
+        || k.contains("secret")
+        || k.contains("token")
+        || k == "webhook_url"
+        || k == "authorization"
+        || k == "cookie"
+        || k == "x-api-key")
         && !k.ends_with("_env")
         && !k.ends_with("_file")
 }

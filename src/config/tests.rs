@@ -397,3 +397,16 @@ fn check_output_masks_inline_slack_urls_and_secrets() {
         "{out}"
     );
 }
+
+#[test]
+fn check_output_masks_health_check_credentials() {
+    let (_d, r) = load_str(
+        "[jobs.h]\ntype = \"health\"\n[[jobs.h.checks]]\ntype = \"http\"\nurl = \"https://ops:pw-in-url-77@api.example.com/health\"\nheaders = { Authorization = \"Bearer tok-88\", Accept = \"application/json\" }\n",
+    );
+    let out = render_masked(&r.unwrap());
+    assert!(
+        !out.contains("pw-in-url-77") && !out.contains("tok-88"),
+        "{out}"
+    );
+    assert!(out.contains("application/json"), "{out}");
+}

@@ -900,27 +900,27 @@ fn df_percent(path: &str) -> f64 {
 fn disk_thresholds_on_the_real_root_mount() {
     let used = df_percent("/");
     assert!(
-        (2.0..=98.0).contains(&used),
-        "the test needs / between 2% and 98% used, it is {used}%"
+        (5.0..=95.0).contains(&used),
+        "the test needs / between 5% and 95% used, it is {used}%"
     );
     let w = World::new(&format!(
         "[jobs.disk]\ntype = \"disk\"\nmounts = [\"/\", \"/nonexistent-mount\"]\nwarn = 80\ncritical = 90\nschedule = \"0 */10 * * * *\"\n\
          [jobs.fine]\ntype = \"disk\"\nmounts = [\"/\"]\nwarn = {}\ncritical = {}\n\
          [jobs.warn]\ntype = \"disk\"\nmounts = [\"/\"]\nwarn = {}\ncritical = {}\n\
          [jobs.crit]\ntype = \"disk\"\nmounts = [\"/\"]\nwarn = {}\ncritical = {}\n",
-        used + 1.5,
-        used + 2.0,
-        used - 1.5,
-        used + 2.0,
-        used - 2.0,
-        used - 1.5,
+        used + 3.0,
+        used + 4.0,
+        used - 3.0,
+        used + 4.0,
+        used - 4.0,
+        used - 3.0,
     ));
     let (code, v, e) = run_json(&w, "fine");
     assert_eq!(code, 0, "{e}");
     let ratio = v["details"]["mounts"][0]["used_ratio"].as_f64().unwrap();
     // df rounds its percentage up.
     assert!(
-        (ratio * 100.0 - used).abs() <= 1.0,
+        (ratio * 100.0 - used).abs() <= 1.5,
         "drctl {ratio} vs df {used}%"
     );
     let (code, _, e) = run_json(&w, "warn");
@@ -1022,7 +1022,7 @@ fn runs_outside_the_daemon_feed_metrics_status_and_logs() {
         1.0
     );
     let ratio = line("drctl_disk_used_ratio{mount=\"/\"}");
-    assert!((ratio * 100.0 - df_percent("/")).abs() <= 1.0);
+    assert!((ratio * 100.0 - df_percent("/")).abs() <= 1.5);
     assert_eq!(line("drctl_prune_bytes_freed_total{job=\"logs\"}"), 1234.0);
     assert_eq!(line("drctl_check_result{job=\"certs\"}"), 1.0);
     assert!(

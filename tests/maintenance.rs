@@ -1423,3 +1423,35 @@ fn the_daemon_runs_check_jobs_on_schedule_and_alerts_firing_then_resolved() {
         .iter()
         .all(|r| r["trigger"] == "schedule"));
 }
+
+#[test]
+fn sigterm_interrupts_a_check_run_kills_its_probe_and_records_it() {
+    let w = World::new(
+        "[jobs.slow]\ntype = \"health\"\n[[jobs.slow.checks]]\ntype = \"command\"\nname = \"slow\"\ncommand = [\"sh\", \"-c\", \"sleep 3; touch {dir}/finished\"]\ntimeout = \"60s\"\n",
+    );
+    let mut child = w
+        .command(&["run", "slow"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(20), "the run to start", || {
+        let r = w.drctl(&["logs", "slow", "--json"]);
+        r.stdout.contains("\"running\"")
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        !w.dir.join("finished").exists(),
+        "the probe was killed with the run"
+    );
+    let r = w.drctl(&["logs", "slow", "--json"]);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v[0]["status"], "interrupted", "{v:#}");
+}

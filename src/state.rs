@@ -11,6 +11,16 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+/// The last `max` bytes of `text` (fewer, to start on a character): what a
+/// tool printed last is what explains its failure.
+pub fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Clone)]
@@ -199,13 +209,8 @@ impl State {
 
     /// Keep what child processes printed, bounded to the last 16 KiB.
     pub async fn set_run_output(&self, run: i64, output: &str) -> Result<()> {
-        const KEEP: usize = 16 * 1024;
-        let mut start = output.len().saturating_sub(KEEP);
-        while !output.is_char_boundary(start) {
-            start += 1;
-        }
         sqlx::query("UPDATE runs SET output = ? WHERE id = ?")
-            .bind(crate::secret::redact(&output[start..]))
+            .bind(crate::secret::redact(tail(output, 16 * 1024)))
             .bind(run)
             .execute(&self.pool)
             .await

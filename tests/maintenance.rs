@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::receivers::HttpReceiver;
+use common::receivers::{serve_on_loopback, HttpReceiver};
 use common::*;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,13 @@ fn run_json(w: &World, job: &str) -> (i32, Value, String) {
     let r = w.drctl(&["run", job, "--json"]);
     let v = serde_json::from_str(&r.stdout).unwrap_or(Value::Null);
     (r.code, v, r.stderr)
+}
+
+/// `drctl config check` on `body` must fail with exit 2; its stderr.
+fn config_error(body: &str) -> String {
+    let r = World::new(body).drctl(&["config", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    r.stderr
 }
 
 fn finding<'a>(v: &'a Value, subject_part: &str) -> &'a Value {
@@ -329,6 +336,71 @@ fn reindex_shrinks_a_bloated_index_and_cleans_an_invalid_ccnew_leftover() {
     );
 }
 
+#[test]
+fn a_reindex_stopped_by_lock_timeout_reports_its_leftover_and_the_next_run_cleans_up() {
+    let pg = pg();
+    let db = pg.create_db("reidxfail");
+    pg.psql(
+        &db,
+        "CREATE TABLE r (id int) WITH (autovacuum_enabled = false);
+         INSERT INTO r SELECT generate_series(1, 200000);
+         CREATE INDEX r_id ON r (id);
+         DELETE FROM r WHERE id % 10 <> 0;",
+    );
+    pg.psql(&db, "VACUUM ANALYZE r");
+    // An old snapshot REINDEX CONCURRENTLY must wait for, past lock_timeout.
+    let snapshot = Session::open(
+        &db,
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM r; SELECT pg_sleep(600);",
+    );
+    wait_until(Duration::from_secs(20), "the snapshot holder", || {
+        pg.psql(&db, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(600)%' AND state = 'active' AND pid <> pg_backend_pid()") == "1"
+    });
+    let before = index_bytes(pg, &db, "r_id");
+    let mut w = World::new(
+        "[jobs.reindex]\ntype = \"reindex\"\nurl_env = \"APP_DATABASE_URL\"\nmin_size = \"64KiB\"\nlock_timeout = \"500ms\"\n",
+    );
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    let (code, v, stderr) = run_json(&w, "reindex");
+    drop(snapshot);
+    assert_eq!(code, 7, "{stderr}");
+    assert!(
+        stderr.contains("public.r_id") && stderr.contains("lock_timeout"),
+        "{stderr}"
+    );
+    // The blocker still reads r, so dropping the leftover must wait too: it
+    // is tried, reported, and left for the next run.
+    let leftover = &v["details"]["invalid_dropped"][0];
+    assert_eq!(leftover["index"], "public.r_id_ccnew", "{v:#}");
+    assert!(
+        leftover["result"]
+            .as_str()
+            .unwrap()
+            .contains("lock_timeout"),
+        "{leftover}"
+    );
+    assert_eq!(finding(&v, "r_id_ccnew")["level"], "warning");
+    assert_eq!(
+        index_bytes(pg, &db, "r_id"),
+        before,
+        "the original index is intact"
+    );
+
+    // Blocker gone: the next run drops the leftover and rebuilds the index.
+    let (code, v, stderr) = run_json(&w, "reindex");
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        v["details"]["invalid_dropped"][0]["result"], "dropped",
+        "{v:#}"
+    );
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM pg_index WHERE NOT indisvalid"),
+        "0"
+    );
+    assert!(index_bytes(pg, &db, "r_id") * 3 < before);
+    assert!(active_alerts(&w).is_empty(), "resolved");
+}
+
 // ---------------------------------------------------------------- prune_files
 
 fn file_at(path: &Path, bytes: usize, days_old: f64) {
@@ -507,22 +579,17 @@ fn prune_files_size_cap_compression_and_files_open_for_writing() {
 
 #[test]
 fn prune_files_config_errors_name_the_key() {
-    let w = World::new(
+    let e = config_error(
         "[jobs.logs]\ntype = \"prune_files\"\npaths = [\"logs/*.log\"]\nolder_than = \"30d\"\n",
     );
-    let r = w.drctl(&["config", "check"]);
-    assert_eq!(r.code, 2);
     assert!(
-        r.stderr.contains("jobs.logs.paths") && r.stderr.contains("absolute"),
-        "{}",
-        r.stderr
+        e.contains("jobs.logs.paths") && e.contains("absolute"),
+        "{e}"
     );
-    let w = World::new(
+    let e = config_error(
         "[jobs.logs]\ntype = \"prune_files\"\npaths = [\"/*/x.log\"]\nolder_than = \"30d\"\n",
     );
-    let r = w.drctl(&["config", "check"]);
-    assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("whole filesystem"), "{}", r.stderr);
+    assert!(e.contains("whole filesystem"), "{e}");
 }
 
 // ---------------------------------------------------------------- cert_expiry
@@ -565,29 +632,18 @@ fn tls_server(c: &TestCert) -> u16 {
         )
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let (s, _) = l.accept().await.unwrap();
-                let a = acceptor.clone();
-                tokio::spawn(async move {
-                    if let Ok(mut tls) = a.accept(s).await {
-                        use tokio::io::AsyncWriteExt;
-                        let _ = tls.shutdown().await;
-                    }
-                });
-            }
-        });
-    });
-    port
+    serve_on_loopback(move |l| async move {
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            let a = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = a.accept(s).await {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    })
 }
 
 #[test]
@@ -858,23 +914,19 @@ fn health_probes_tcp_postgres_redis_and_command_against_real_servers() {
 
 #[test]
 fn health_config_errors_name_the_check_and_key() {
-    let w = World::new(
+    let e = config_error(
         "[jobs.h]\ntype = \"health\"\n[[jobs.h.checks]]\ntype = \"tcp\"\naddress = \"localhost\"\n",
     );
-    let r = w.drctl(&["config", "check"]);
-    assert_eq!(r.code, 2);
     assert!(
-        r.stderr.contains("jobs.h.checks[0].address") && r.stderr.contains("host:port"),
-        "{}",
-        r.stderr
+        e.contains("jobs.h.checks[0].address") && e.contains("host:port"),
+        "{e}"
     );
-    let w = World::new("[jobs.h]\ntype = \"health\"\n[[jobs.h.checks]]\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\nexpect_status = 200\n");
-    let r = w.drctl(&["config", "check"]);
-    assert_eq!(r.code, 2);
+    let e = config_error(
+        "[jobs.h]\ntype = \"health\"\n[[jobs.h.checks]]\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\nexpect_status = 200\n",
+    );
     assert!(
-        r.stderr.contains("checks[0].expect_status") && r.stderr.contains("tcp"),
-        "{}",
-        r.stderr
+        e.contains("checks[0].expect_status") && e.contains("not a key of tcp checks"),
+        "{e}"
     );
 }
 

@@ -278,6 +278,19 @@ pub enum ProbeType {
     Command,
 }
 
+impl ProbeType {
+    /// The `type` value as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeType::Http => "http",
+            ProbeType::Tcp => "tcp",
+            ProbeType::Postgres => "postgres",
+            ProbeType::Redis => "redis",
+            ProbeType::Command => "command",
+        }
+    }
+}
+
 /// One health check. A flat struct (serde's `flatten` cannot be combined
 /// with `deny_unknown_fields`); `validate` rejects keys of another type.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -371,14 +384,7 @@ impl HealthCheck {
                 .or_else(|| self.url_env.as_ref().map(|e| format!("${e}")))
                 .or_else(|| self.url_file.as_ref().map(|f| f.display().to_string())),
         };
-        format!(
-            "{}:{}",
-            serde_json::to_value(self.probe)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default(),
-            target.unwrap_or_default()
-        )
+        format!("{}:{}", self.probe.as_str(), target.unwrap_or_default())
     }
 
     fn validate(&self, key: &str) -> Result<(), KeyError> {
@@ -391,11 +397,10 @@ impl HealthCheck {
             ("json_equals", self.json_equals.is_some()),
             ("headers", !self.headers.is_empty()),
         ];
-        let type_name = |t: ProbeType| format!("{t:?}").to_lowercase();
         let not_for = |k: &str| {
             err(
                 format!("{key}.{k}"),
-                format!("not a key of {} checks", type_name(self.probe)),
+                format!("not a key of {} checks", self.probe.as_str()),
             )
         };
         if self.probe != ProbeType::Http {

@@ -164,13 +164,7 @@ async fn command(c: &HealthCheck) -> std::result::Result<String, String> {
         .map_err(|e| format!("cannot run {prog}: {e}"))?;
     let code = out.status.code();
     let tail = |b: &[u8]| {
-        let s = String::from_utf8_lossy(b);
-        let s = s.trim();
-        let start = s.len().saturating_sub(300);
-        let start = (start..=s.len())
-            .find(|i| s.is_char_boundary(*i))
-            .unwrap_or(s.len());
-        crate::secret::redact(&s[start..])
+        crate::secret::redact(crate::state::tail(String::from_utf8_lossy(b).trim(), 300))
     };
     if code == Some(c.expect_exit) {
         Ok(format!("{} exited {}", argv.join(" "), c.expect_exit))

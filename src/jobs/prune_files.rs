@@ -116,6 +116,9 @@ fn matches(pattern: &str) -> std::result::Result<Vec<Candidate>, String> {
 /// Paths some process holds open for writing (as `lsof`/`fuser` see them).
 fn open_for_writing(candidates: &BTreeMap<PathBuf, Candidate>) -> HashSet<PathBuf> {
     let mut open = HashSet::new();
+    if candidates.is_empty() {
+        return open; // no /proc walk when nothing matched
+    }
     let Ok(procs) = procfs::process::all_processes() else {
         return open;
     };

@@ -106,6 +106,10 @@ async fn sweep_invalid(
             .try_get("relname")
             .map_err(|e| Error::pg("listing invalid indexes", e))?;
         let bytes: i64 = r.try_get("bytes").unwrap_or(0);
+        // The second sweep of a run sees what the first already reported.
+        if findings.iter().any(|f| f.subject == name) {
+            continue;
+        }
         if !is_reindex_leftover(&relname) {
             findings.push(Finding::new(
                 name.as_str(),
@@ -248,7 +252,7 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &ReindexJob) -> Result<Report> {
     // A reindex that failed above (lock_timeout while waiting for old
     // transactions) leaves its _ccnew behind: clean it now, not next month.
     if runs.iter().any(|r| r.result != "ok") {
-        sweep_invalid(&mut s, job, &mut dropped, &mut Vec::new()).await?;
+        sweep_invalid(&mut s, job, &mut dropped, &mut report.findings).await?;
     }
     let target = s.target.display();
     s.close().await;

@@ -11,6 +11,28 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+/// Bind a free loopback port and run `serve` on its listener in a thread
+/// with its own runtime (tests are synchronous); returns the port.
+pub fn serve_on_loopback<F, Fut>(serve: F) -> u16
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(
+            async move { serve(tokio::net::TcpListener::from_std(listener).unwrap()).await },
+        );
+    });
+    port
+}
+
 #[derive(Debug, Clone)]
 pub struct Request {
     pub method: String,
@@ -45,49 +67,39 @@ pub struct HttpReceiver {
 impl HttpReceiver {
     pub fn start() -> HttpReceiver {
         let state = Arc::new(Mutex::new(HttpState::default()));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        listener.set_nonblocking(true).unwrap();
         let st = state.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let app = axum::Router::new().fallback(
-                    move |method: axum::http::Method,
-                          uri: axum::http::Uri,
-                          headers: axum::http::HeaderMap,
-                          body: axum::body::Bytes| {
-                        let st = st.clone();
-                        async move {
-                            let mut s = st.lock().unwrap();
-                            s.requests.push(Request {
-                                method: method.to_string(),
-                                path: uri.path().to_owned(),
-                                headers: headers
-                                    .iter()
-                                    .map(|(k, v)| {
-                                        (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
-                                    })
-                                    .collect(),
-                                body: body.to_vec(),
-                                at: std::time::Instant::now(),
-                            });
-                            let code = s.statuses.pop_front().unwrap_or(200);
-                            let body = match (&s.body, code) {
-                                (Some(b), 200) => b.clone(),
-                                (None, 200) => "ok".to_owned(),
-                                _ => "unavailable".to_owned(),
-                            };
-                            (axum::http::StatusCode::from_u16(code).unwrap(), body)
-                        }
-                    },
-                );
-                axum::serve(listener, app).await.unwrap();
-            });
+        let port = serve_on_loopback(move |listener| async move {
+            let app = axum::Router::new().fallback(
+                move |method: axum::http::Method,
+                      uri: axum::http::Uri,
+                      headers: axum::http::HeaderMap,
+                      body: axum::body::Bytes| {
+                    let st = st.clone();
+                    async move {
+                        let mut s = st.lock().unwrap();
+                        s.requests.push(Request {
+                            method: method.to_string(),
+                            path: uri.path().to_owned(),
+                            headers: headers
+                                .iter()
+                                .map(|(k, v)| {
+                                    (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
+                                })
+                                .collect(),
+                            body: body.to_vec(),
+                            at: std::time::Instant::now(),
+                        });
+                        let code = s.statuses.pop_front().unwrap_or(200);
+                        let body = match (&s.body, code) {
+                            (Some(b), 200) => b.clone(),
+                            (None, 200) => "ok".to_owned(),
+                            _ => "unavailable".to_owned(),
+                        };
+                        (axum::http::StatusCode::from_u16(code).unwrap(), body)
+                    }
+                },
+            );
+            axum::serve(listener, app).await.unwrap();
         });
         HttpReceiver { port, state }
     }

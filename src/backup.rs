@@ -56,6 +56,20 @@ pub async fn run(
         })?),
         None => None,
     };
+    // Announce the backup in the repository before its first byte: an
+    // orphan or multipart sweep on any host leaves a leased directory alone,
+    // however long pg_dump takes (the lease renews itself).
+    let lease = repo.lease(&job_name, &id, "backup in progress").await;
+    let lease = match lease {
+        Ok(l) => l,
+        Err(e) => {
+            let text = crate::secret::redact(&e.to_string());
+            state
+                .finish_run(run_id, RunStatus::Failed, None, None, Some(&text))
+                .await?;
+            return Err(e);
+        }
+    };
     let ctx = BackupCtx {
         job: &job_name,
         id: &id,
@@ -105,6 +119,11 @@ pub async fn run(
         }
         Err(e) => Err(e),
     };
+    // The commit (or the failure) ends the lease; a committed backup needs
+    // none, and a failed one's objects are removed below.
+    if let Err(e) = lease.release().await {
+        tracing::warn!(error = %e, "cannot remove the backup's lease; it expires by itself");
+    }
     match committed {
         Ok(m) => {
             state
@@ -120,6 +139,7 @@ pub async fn run(
                 tracing::warn!(error = %e, "could not cache the backup in local state");
             }
             tracing::info!(job = name, backup = %id, bytes = m.stored_bytes(), "backup committed");
+            after_commit(cfg, state, &repo, &m).await;
             Ok(m)
         }
         Err(e) => {
@@ -155,5 +175,143 @@ async fn discard_partial(repo: &Repository, job: &crate::ids::JobName, id: &Back
             }
         }
         Err(e) => tracing::warn!(error = %e, "could not list partial objects"),
+    }
+}
+
+/// After a commit: compare this host's clock with the store's (the time it
+/// gave the manifest) and raise `clock_skew:HOST` for every host whose
+/// newest backup of this job claims a start ahead of the store's clock
+/// (such backups are never latest, never count for RPO or fill a retention
+/// slot); a host whose newest backup is sane has its condition resolved.
+async fn after_commit(cfg: &LoadedConfig, state: &State, repo: &Repository, m: &Manifest) {
+    let refs = match repo.list_backups(&m.job).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list backups to compare clocks and sources");
+            return;
+        }
+    };
+    check_clocks(cfg, state, m, &refs).await;
+    check_source(cfg, state, repo, m, &refs).await;
+}
+
+/// Two hosts that give different databases the same job name share one
+/// prefix: each one's retention deletes the other's backups and `restore
+/// --latest` picks whichever ran last. Compare this backup's source with
+/// the previous one's and raise (or resolve) `job_collision:JOB`.
+async fn check_source(
+    cfg: &LoadedConfig,
+    state: &State,
+    repo: &Repository,
+    m: &Manifest,
+    refs: &[crate::repository::BackupRef],
+) {
+    let Some(mine) = m.source_identity() else {
+        return;
+    };
+    let Some(prev) = refs.iter().rev().find(|b| b.id < m.id) else {
+        return;
+    };
+    let Ok(pm) = repo.read_manifest(&m.job, &prev.id).await else {
+        return;
+    };
+    let alerter = crate::alerts::Alerter::new(cfg, state);
+    let key = format!("job_collision:{}", m.job);
+    let r = match pm.source_identity() {
+        Some(theirs) if theirs != mine => {
+            let mut c = crate::alerts::Condition::new(
+                "job_collision",
+                m.job.as_str(),
+                crate::alerts::Severity::Critical,
+                format!(
+                    "backups of job {} come from two sources: database {} on server {} (host {}) and database {} on server {} (host {})",
+                    m.job, mine.1, mine.0, m.host, theirs.1, theirs.0, pm.host
+                ),
+            );
+            c.job = Some(m.job.to_string());
+            c.hint = Some(format!(
+                "Give the job a different name on one of the hosts (or its own prefix). Until the two newest backups of {} come from one source, prune deletes nothing and a restore into a database refuses a backup of another one without --force-source.",
+                m.job
+            ));
+            alerter.raise(c).await
+        }
+        _ => {
+            alerter
+                .clear(
+                    &key,
+                    format!("backups of {} come from one source again", m.job),
+                )
+                .await
+        }
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "cannot record the job-collision alert");
+    }
+}
+
+async fn check_clocks(
+    cfg: &LoadedConfig,
+    state: &State,
+    m: &Manifest,
+    refs: &[crate::repository::BackupRef],
+) {
+    if let Some(at) = refs
+        .iter()
+        .find(|b| b.id == m.id)
+        .and_then(|b| b.committed_at)
+    {
+        let off = (m.finished_at - at).abs();
+        if off > chrono::TimeDelta::minutes(1) {
+            tracing::warn!(
+                job = %m.job,
+                store_time = %at,
+                host_time = %m.finished_at,
+                "this host's clock and the repository's differ by {}s; check NTP",
+                off.num_seconds()
+            );
+        }
+    }
+    let mut newest: std::collections::BTreeMap<&str, &crate::repository::BackupRef> =
+        Default::default();
+    for b in refs {
+        let e = newest.entry(b.id.host()).or_insert(b);
+        if b.committed_at > e.committed_at {
+            *e = b;
+        }
+    }
+    let alerter = crate::alerts::Alerter::new(cfg, state);
+    for (host, b) in newest {
+        let key = format!("clock_skew:{host}");
+        let r = match b.clock_skew() {
+            Some(ahead) => {
+                let mut c = crate::alerts::Condition::new(
+                    "clock_skew",
+                    host,
+                    crate::alerts::Severity::Warning,
+                    format!(
+                        "backup {} of {} claims a start {} ahead of the repository's clock",
+                        b.id,
+                        m.job,
+                        humantime::format_duration(ahead.to_std().unwrap_or_default())
+                    ),
+                );
+                c.job = Some(m.job.to_string());
+                c.hint = Some(format!(
+                    "Fix the clock on {host} (chrony or systemd-timesyncd). Until then its backups are not used as latest, not counted for RPO and fill no retention slot."
+                ));
+                alerter.raise(c).await
+            }
+            None => {
+                alerter
+                    .clear(
+                        &key,
+                        format!("{host}'s newest backup of {} has a sane time", m.job),
+                    )
+                    .await
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "cannot record the clock-skew alert");
+        }
     }
 }

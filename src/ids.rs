@@ -106,6 +106,11 @@ impl BackupId {
             .map(|n| n.and_utc())
     }
 
+    /// The (sanitised) host name the id was made on.
+    pub fn host(&self) -> &str {
+        let rest = self.0.split_once('-').map(|(_, r)| r).unwrap_or("");
+        rest.rsplit_once('-').map(|(h, _)| h).unwrap_or(rest)
+    }
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -12,6 +12,7 @@ pub mod coordination;
 pub mod daemon;
 pub mod drill;
 pub mod error;
+pub mod faults;
 pub mod ids;
 pub mod jobs;
 pub mod keys;

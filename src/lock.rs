@@ -13,6 +13,18 @@ pub struct HostLock {
 }
 
 impl HostLock {
+    /// A lock named after any string (a restore target URL or directory),
+    /// hashed into a file name.
+    pub fn try_acquire_keyed(
+        state_dir: &Path,
+        prefix: &str,
+        key: &str,
+    ) -> Result<std::result::Result<HostLock, String>> {
+        use sha2::Digest;
+        let h = hex::encode(sha2::Sha256::digest(key.as_bytes()));
+        Self::try_acquire(state_dir, &format!("{prefix}-{}", &h[..16]))
+    }
+
     /// Take the lock for `job`, or return who holds it.
     pub fn try_acquire(
         state_dir: &Path,

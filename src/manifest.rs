@@ -46,6 +46,18 @@ pub struct PostgresSource {
     /// `full` or `no-role-passwords` (when the user may not read pg_authid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub globals: Option<String>,
+    /// The server's `pg_control_system().system_identifier` (unique per
+    /// cluster, shared by its physical replicas): with `database`, which
+    /// source the backup is of (when the user may read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
+}
+
+impl PostgresSource {
+    /// `(system identifier, database)`, when the system identifier is known.
+    pub fn identity(&self) -> Option<(&str, &str)> {
+        Some((self.system_identifier.as_deref()?, self.database.as_str()))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -95,7 +107,36 @@ impl Manifest {
                 ),
             });
         }
+        m.check_artifact_names()
+            .map_err(|message| crate::Error::Integrity {
+                artifact: key.into(),
+                message,
+            })?;
         Ok(m)
+    }
+
+    /// Every artifact name must be exactly the one drctl writes for its
+    /// content, compression and encryption: a manifest is read from a store
+    /// others may write to, and its names become object keys and paths, so
+    /// `../../etc/x` (or any name not of our making) is refused outright.
+    fn check_artifact_names(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for a in &self.artifacts {
+            let Some(base) = artifact_base(&a.content) else {
+                return Err(format!("unknown artifact content {:?}", a.content));
+            };
+            let expected = artifact_name(base, a.compression, !a.encryption_recipients.is_empty());
+            if a.name != expected {
+                return Err(format!(
+                    "artifact name {:?} is not the name drctl writes for {} (expected {expected:?})",
+                    a.name, a.content
+                ));
+            }
+            if !seen.insert(a.content.as_str()) {
+                return Err(format!("artifact {} is listed twice", a.content));
+            }
+        }
+        Ok(())
     }
 
     pub fn stored_bytes(&self) -> u64 {
@@ -104,7 +145,77 @@ impl Manifest {
     pub fn raw_bytes(&self) -> u64 {
         self.artifacts.iter().map(|a| a.raw_bytes).sum()
     }
+    /// Which source the backup is of (see [`PostgresSource::identity`]).
+    pub fn source_identity(&self) -> Option<(&str, &str)> {
+        self.source.as_ref()?.identity()
+    }
     pub fn artifact(&self, content: &str) -> Option<&Artifact> {
         self.artifacts.iter().find(|a| a.content == content)
+    }
+}
+
+/// The base name of the artifact holding `content`, or `None` for a content
+/// drctl does not write.
+pub fn artifact_base(content: &str) -> Option<&'static str> {
+    match content {
+        "pg_dump_custom" => Some("database.dump"),
+        "pg_globals_sql" => Some("globals.sql"),
+        "tar" => Some("files.tar"),
+        _ => None,
+    }
+}
+
+/// `database.dump.zst.age`: base, then compression suffix, then `.age`.
+pub fn artifact_name(base: &str, compression: Compression, encrypted: bool) -> String {
+    format!(
+        "{base}{}{}",
+        compression.suffix(),
+        if encrypted { ".age" } else { "" }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(name: &str, content: &str) -> Vec<u8> {
+        let m = Manifest {
+            format: FORMAT,
+            id: crate::ids::BackupId::parse("20261122T020000.123Z-h-abcd").unwrap(),
+            job: JobName::parse("appdb").unwrap(),
+            kind: "postgres".into(),
+            host: "h".into(),
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            drctl_version: "x".into(),
+            source: None,
+            artifacts: vec![Artifact {
+                name: name.into(),
+                content: content.into(),
+                raw_bytes: 1,
+                stored_bytes: 1,
+                sha256: "00".into(),
+                compression: Compression::Zstd,
+                encryption_recipients: vec![],
+            }],
+            tables: vec![],
+        };
+        m.to_json()
+    }
+
+    #[test]
+    fn artifact_names_are_the_ones_drctl_writes() {
+        assert!(Manifest::parse(&sample("database.dump.zst", "pg_dump_custom"), "k").is_ok());
+        for (name, content) in [
+            ("../../../etc/passwd", "pg_globals_sql"),
+            ("/etc/passwd", "pg_globals_sql"),
+            ("globals.sql", "pg_globals_sql"),
+            ("database.dump.zst", "pg_globals_sql"),
+            ("x/../globals.sql.zst", "pg_globals_sql"),
+            ("globals.sql.zst", "shell_script"),
+        ] {
+            let e = Manifest::parse(&sample(name, content), "k").unwrap_err();
+            assert_eq!(e.exit_code(), 3, "{name}: {e}");
+        }
     }
 }

@@ -20,14 +20,15 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// A lease older than this is a dead process's: it no longer protects.
-pub const LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
-
 #[derive(Debug, Clone)]
 pub struct Options {
     pub dry_run: bool,
     /// Unreferenced data younger than this is a backup still being written.
     pub orphan_age: Duration,
+    /// What verifications and drills found, by backup id (see
+    /// `State::verdicts`): damaged backups fill no slot, the newest proven
+    /// one is kept.
+    pub verdicts: std::collections::HashMap<String, crate::state::Verdict>,
 }
 
 impl Default for Options {
@@ -35,6 +36,7 @@ impl Default for Options {
         Options {
             dry_run: false,
             orphan_age: Duration::from_secs(24 * 3600),
+            verdicts: Default::default(),
         }
     }
 }
@@ -113,12 +115,17 @@ pub async fn job(cfg: &LoadedConfig, name: &str, opts: &Options) -> Result<Repor
             d.objects.push(o);
         }
     }
-    fn live_lease(d: &Dir, now: DateTime<Utc>) -> Option<&ObjectInfo> {
-        d.leases.iter().find(|l| {
-            l.modified
-                .is_none_or(|m| (now - m).to_std().unwrap_or_default() < LEASE_TTL)
-        })
-    }
+    // A lease not renewed within the TTL is a dead process's.
+    let ttl = repo.lease_ttl();
+    let live_lease = |d: &Dir, now: DateTime<Utc>| -> Option<ObjectInfo> {
+        d.leases
+            .iter()
+            .find(|l| {
+                l.modified
+                    .is_none_or(|m| (now - m).to_std().unwrap_or_default() < ttl)
+            })
+            .cloned()
+    };
     let lock_until = |id: &BackupId| -> Option<DateTime<Utc>> {
         match repo_cfg {
             RepositoryConfig::S3(s) => s.object_lock.as_ref().map(|l| {
@@ -130,22 +137,68 @@ pub async fn job(cfg: &LoadedConfig, name: &str, opts: &Options) -> Result<Repor
     };
 
     // Retention over committed backups.
-    let committed: Vec<(String, DateTime<Utc>)> = dirs
+    let candidates: Vec<crate::retention::Candidate> = dirs
         .iter()
         .filter(|(_, d)| d.manifest)
-        .map(|(id, _)| (id.to_string(), id.timestamp()))
+        .map(|(id, d)| {
+            let committed_at = d
+                .objects
+                .iter()
+                .find(|o| o.key.ends_with(&format!("/{}", crate::manifest::FILE_NAME)))
+                .and_then(|o| o.modified);
+            let known = opts.verdicts.get(id.as_str()).copied().unwrap_or_default();
+            crate::retention::Candidate {
+                id: id.to_string(),
+                at: id.timestamp(),
+                skewed: crate::repository::skew(id.timestamp(), committed_at).is_some(),
+                stored_at: committed_at,
+                damaged: known.damaged,
+                proven: known.proven,
+            }
+        })
         .collect();
-    let policy = jc.retention().cloned();
-    let keep = match &policy {
-        Some(p) => crate::retention::keep(&committed, p, tz),
-        None => committed
-            .iter()
-            .map(|(id, _)| (id.as_str(), vec!["no retention policy"]))
-            .collect(),
-    };
+    // Nothing is deleted while the newest backup's manifest is unreadable:
+    // that is what a commit that went wrong looks like (a full disk, a
+    // store that lost the object), and deleting older backups then could
+    // delete the last good one.
+    let mut sane = candidates.iter().rev().filter(|c| !c.skewed);
+    let newest_two: Vec<_> = sane.by_ref().take(2).collect();
+    let mut identities = Vec::new();
+    for (i, c) in newest_two.iter().enumerate() {
+        let Ok(id) = BackupId::parse(&c.id) else {
+            continue;
+        };
+        match repo.read_manifest(&job_name, &id).await {
+            Ok(m) => identities.push(
+                m.source_identity()
+                    .map(|(s, d)| (s.to_owned(), d.to_owned())),
+            ),
+            Err(e @ (Error::Integrity { .. } | Error::NotFound(_))) if i == 0 => {
+                return Err(Error::Integrity {
+                    artifact: format!("{job_name}/{id}"),
+                    message: format!(
+                        "the newest backup's manifest is unreadable ({e}); retention deletes nothing until it is dealt with: check the storage, then remove that backup's directory or run a new backup"
+                    ),
+                })
+            }
+            Err(Error::Integrity { .. } | Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Two sources writing under one job name: each side's policy would
+    // delete the other's backups.
+    if let [Some(a), Some(b)] = identities.as_slice() {
+        if a != b {
+            return Err(Error::Refused(format!(
+                "job collision: the two newest backups of {job_name} are of different sources (database {} on server {}, database {} on server {}); retention deletes nothing until one host uses another job name",
+                a.1, a.0, b.1, b.0
+            )));
+        }
+    }
+    let keep = crate::retention::decide(&candidates, jc.retention(), tz);
     for (id, reasons) in &keep {
         report.kept.push(Kept {
-            id: (*id).to_owned(),
+            id: id.clone(),
             reasons: reasons.clone(),
         });
     }
@@ -231,7 +284,15 @@ pub async fn job(cfg: &LoadedConfig, name: &str, opts: &Options) -> Result<Repor
                 let old = u
                     .initiated
                     .is_some_and(|t| (now - t).to_std().unwrap_or_default() >= opts.orphan_age);
-                if !old {
+                // A backup still being written holds a lease on its directory.
+                let leased = u
+                    .key
+                    .strip_prefix(&prefix)
+                    .and_then(|rest| rest.split_once('/'))
+                    .and_then(|(id, _)| BackupId::parse(id).ok())
+                    .and_then(|id| dirs.get(&id))
+                    .is_some_and(|d| live_lease(d, now).is_some());
+                if !old || leased {
                     continue;
                 }
                 if !opts.dry_run {

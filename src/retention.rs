@@ -82,9 +82,169 @@ pub fn keep<'a>(
     kept
 }
 
+/// A committed backup as retention sees it, with what is known about it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub id: String,
+    pub at: DateTime<Utc>,
+    /// Its host's clock ran ahead of the store's: its time cannot be trusted.
+    pub skewed: bool,
+    /// When the store says it was committed (its real age, for a skewed one).
+    pub stored_at: Option<DateTime<Utc>>,
+    /// The last verification found it damaged.
+    pub damaged: bool,
+    /// A deep verification or a drill proved it restorable (and nothing
+    /// found it damaged since).
+    pub proven: bool,
+}
+
+/// The whole retention decision: which backups stay, and why.
+///
+/// - A backup with an untrustworthy time (`skewed`) or known `damaged`
+///   fills no policy slot, so it cannot push out real, good backups. A
+///   skewed one is kept (its data may be the newest there is); a damaged
+///   one is not, unless nothing better exists.
+/// - The newest backup proven restorable is kept on top of the policy's
+///   picks ("last verified"): retention never leaves only unproven copies.
+/// - Without a policy everything is kept.
+pub fn decide(backups: &[Candidate], policy: Option<&Policy>, tz: Tz) -> BTreeMap<String, Reasons> {
+    let mut kept: BTreeMap<String, Reasons> = BTreeMap::new();
+    let Some(policy) = policy else {
+        for b in backups {
+            kept.entry(b.id.clone())
+                .or_default()
+                .push("no retention policy");
+        }
+        return kept;
+    };
+    let slots: Vec<(String, DateTime<Utc>)> = backups
+        .iter()
+        .filter(|b| !b.skewed && !b.damaged)
+        .map(|b| (b.id.clone(), b.at))
+        .collect();
+    for (id, reasons) in keep(&slots, policy, tz) {
+        kept.insert(id.to_owned(), reasons);
+    }
+    // A skewed backup is kept while the store's time puts it inside the
+    // span the policy keeps (its data may be the newest there is), and
+    // goes once real backups older than it are let go.
+    let oldest_kept = slots
+        .iter()
+        .filter(|(id, _)| kept.contains_key(id))
+        .map(|(_, at)| *at)
+        .min();
+    for b in backups.iter().filter(|b| b.skewed) {
+        let inside = match (b.stored_at, oldest_kept) {
+            (Some(stored), Some(oldest)) => stored >= oldest,
+            _ => true,
+        };
+        if inside {
+            kept.entry(b.id.clone())
+                .or_default()
+                .push("clock skew: not counted");
+        }
+    }
+    let newest_proven = backups
+        .iter()
+        .filter(|b| b.proven && !b.damaged && !b.skewed)
+        .max_by(|a, b| a.at.cmp(&b.at).then(a.id.cmp(&b.id)));
+    if let Some(b) = newest_proven {
+        kept.entry(b.id.clone()).or_default().push("last verified");
+    }
+    if slots.is_empty() {
+        // Every trustworthy backup is known damaged: keep the newest of
+        // them anyway; partly damaged beats nothing at all.
+        if let Some(b) = backups
+            .iter()
+            .filter(|b| !b.skewed)
+            .max_by(|a, b| a.at.cmp(&b.at).then(a.id.cmp(&b.id)))
+        {
+            kept.entry(b.id.clone())
+                .or_default()
+                .push("newest (damaged, nothing better)");
+        }
+    }
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cand(id: &str, t: &str) -> Candidate {
+        Candidate {
+            id: id.into(),
+            at: at(t),
+            skewed: false,
+            stored_at: Some(at(t)),
+            damaged: false,
+            proven: false,
+        }
+    }
+
+    #[test]
+    fn a_backup_from_the_future_neither_fills_a_slot_nor_pushes_out_real_ones() {
+        // Written at 01:00 by a host whose clock said 05:00.
+        let mut b = vec![
+            cand("real1", "2026-11-20T02:00:00Z"),
+            cand("future", "2026-11-21T05:00:00Z"),
+            cand("real2", "2026-11-21T02:00:00Z"),
+        ];
+        b[1].skewed = true;
+        b[1].stored_at = Some(at("2026-11-21T01:00:00Z"));
+        let p = Policy {
+            keep_last: 2,
+            ..Policy::default()
+        };
+        let k = decide(&b, Some(&p), Tz::UTC);
+        assert_eq!(
+            k.keys().map(String::as_str).collect::<Vec<_>>(),
+            vec!["future", "real1", "real2"]
+        );
+        assert_eq!(k["future"], vec!["clock skew: not counted"]);
+        // Once real backups older than it go, it goes too.
+        b.push(cand("real3", "2026-11-22T02:00:00Z"));
+        let k = decide(&b, Some(&p), Tz::UTC);
+        assert_eq!(
+            k.keys().map(String::as_str).collect::<Vec<_>>(),
+            vec!["real2", "real3"]
+        );
+    }
+
+    #[test]
+    fn damaged_backups_fill_no_slot_and_the_last_verified_one_stays() {
+        let mut b = vec![
+            cand("good_old", "2026-11-18T02:00:00Z"),
+            cand("proven", "2026-11-19T02:00:00Z"),
+            cand("ok", "2026-11-20T02:00:00Z"),
+            cand("bad1", "2026-11-21T02:00:00Z"),
+            cand("bad2", "2026-11-22T02:00:00Z"),
+        ];
+        b[1].proven = true;
+        b[3].damaged = true;
+        b[4].damaged = true;
+        let p = Policy {
+            keep_last: 1,
+            ..Policy::default()
+        };
+        let k = decide(&b, Some(&p), Tz::UTC);
+        assert_eq!(
+            k.keys().map(String::as_str).collect::<Vec<_>>(),
+            vec!["ok", "proven"]
+        );
+        assert_eq!(k["proven"], vec!["last verified"]);
+        // All damaged: the newest stays anyway.
+        for c in &mut b {
+            c.damaged = true;
+        }
+        let k = decide(&b, Some(&p), Tz::UTC);
+        assert_eq!(
+            k.keys().map(String::as_str).collect::<Vec<_>>(),
+            vec!["bad2"]
+        );
+        // No policy: everything stays.
+        assert_eq!(decide(&b, None, Tz::UTC).len(), 5);
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()

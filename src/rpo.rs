@@ -165,7 +165,14 @@ pub async fn evaluate(cfg: &LoadedConfig, state: &State, job: &str) -> Result<St
         .repository()
         .ok_or_else(|| Error::Other(format!("job {job} stores no backups")))?;
     let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
-    let listed = repo.list_backups(&job_name).await?;
+    // A backup whose host's clock ran ahead claims a freshness it does not
+    // have: it never counts (see `BackupRef::clock_skew`).
+    let listed: Vec<_> = repo
+        .list_backups(&job_name)
+        .await?
+        .into_iter()
+        .filter(|b| b.clock_skew().is_none())
+        .collect();
     let now = Utc::now();
     let seen = load(state, state.pool(), job).await?;
     let target_ms = target.as_millis() as i64;

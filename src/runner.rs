@@ -88,7 +88,14 @@ pub async fn run_job(
             // Retention runs after each committed backup; a prune problem
             // is logged, never a failed backup.
             if job.retention().is_some() {
-                match crate::prune::job(cfg, name, &crate::prune::Options::default()).await {
+                let opts = crate::prune::Options {
+                    verdicts: match job.repository() {
+                        Some(repo) => state.verdicts(repo, name).await.unwrap_or_default(),
+                        None => Default::default(),
+                    },
+                    ..crate::prune::Options::default()
+                };
+                match crate::prune::job(cfg, name, &opts).await {
                     Ok(r) => {
                         for e in &r.errors {
                             tracing::warn!(job = name, error = %e, "prune");

@@ -135,3 +135,41 @@ mod tests {
         );
     }
 }
+
+/// How long the scheduler is overdue for a job, if it is: `next_due` is
+/// the job's first occurrence after its last tick (or after the daemon
+/// started, if it never ticked); when that is more than `grace` in the past,
+/// the tick that should have come did not. A scheduler that died ("cron
+/// died months ago") shows here while the process looks alive.
+pub fn overdue(
+    next_due: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    grace: chrono::TimeDelta,
+) -> Option<chrono::TimeDelta> {
+    let late = now - next_due?;
+    (late > grace).then_some(late)
+}
+
+#[cfg(test)]
+mod liveness_tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_tick_is_overdue_only_after_the_grace() {
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let g = chrono::TimeDelta::minutes(1);
+        let every_second = Schedule::parse("* * * * * *", None).unwrap();
+        let last = t("2026-12-01T02:00:00Z");
+        let next = every_second.next_after(last);
+        assert_eq!(next, Some(t("2026-12-01T02:00:01Z")));
+        assert_eq!(overdue(next, t("2026-12-01T02:00:30Z"), g), None);
+        assert_eq!(
+            overdue(next, t("2026-12-01T02:05:01Z"), g),
+            Some(chrono::TimeDelta::minutes(5))
+        );
+        let nightly = Schedule::parse("0 0 2 * * *", None).unwrap();
+        let next = nightly.next_after(t("2026-12-01T02:00:00.1Z"));
+        assert_eq!(overdue(next, t("2026-12-01T23:00:00Z"), g), None);
+        assert!(overdue(next, t("2026-12-02T02:01:30Z"), g).is_some());
+    }
+}

@@ -74,6 +74,13 @@ pub struct RunRecord {
     pub details: Option<serde_json::Value>,
 }
 
+/// What is known about one backup from verifications and drills.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub damaged: bool,
+    pub proven: bool,
+}
+
 impl State {
     /// Open (creating if needed) `state_dir/state.db` and run migrations.
     pub async fn open(state_dir: &Path) -> Result<Self> {
@@ -188,6 +195,65 @@ impl State {
             .await
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Record what a verification (or a drill) found about one backup.
+    /// `proven`: it was read through to the data (deep check, drill) and
+    /// passed. A failure marks it damaged until a later check passes.
+    pub async fn record_verdict(
+        &self,
+        repository: &str,
+        job: &str,
+        backup_id: &str,
+        ok: bool,
+        proven: bool,
+    ) -> Result<()> {
+        let now = Utc::now().timestamp_millis();
+        sqlx::query(
+            "INSERT INTO verdicts (repository, job, backup_id, damaged, proven_at, checked_at) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT (repository, job, backup_id) DO UPDATE SET
+               damaged = excluded.damaged,
+               proven_at = CASE WHEN excluded.damaged = 1 THEN NULL ELSE coalesce(excluded.proven_at, verdicts.proven_at) END,
+               checked_at = excluded.checked_at",
+        )
+        .bind(repository)
+        .bind(job)
+        .bind(backup_id)
+        .bind(!ok)
+        .bind((ok && proven).then_some(now))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Every recorded verdict of `job` in `repository`, by backup id.
+    pub async fn verdicts(
+        &self,
+        repository: &str,
+        job: &str,
+    ) -> Result<std::collections::HashMap<String, Verdict>> {
+        let rows = sqlx::query(
+            "SELECT backup_id, damaged, proven_at FROM verdicts WHERE repository = ? AND job = ?",
+        )
+        .bind(repository)
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>(0),
+                    Verdict {
+                        damaged: r.get::<bool, _>(1),
+                        proven: r.get::<Option<i64>, _>(2).is_some(),
+                    },
+                )
+            })
+            .collect())
     }
 
     /// A maintenance or check run's verdict and findings (JSON).

@@ -4,8 +4,8 @@
 //! Shallow: every artifact is read back and its size and SHA-256 compared
 //! with the manifest (no key needed: the hash is of the stored bytes).
 //! Deep: also decrypted and decompressed to the end, PostgreSQL dumps fed to
-//! `pg_restore --list` (which reads the archive's table of contents), tar
-//! archives walked entry by entry.
+//! `pg_restore -f /dev/null` (which reads every data block, so a dump cut
+//! short fails), tar archives walked entry by entry.
 
 use crate::config::{JobConfig, LoadedConfig};
 use crate::error::{Error, Result};
@@ -52,6 +52,10 @@ pub struct BackupCheck {
 pub struct Summary {
     pub backups: Vec<BackupCheck>,
     pub bytes_read: u64,
+    /// Jobs that have no committed backup yet (nothing to verify).
+    pub without_backups: Vec<String>,
+    /// Read through to the data (decoded, archive read to its end).
+    pub deep: bool,
 }
 
 impl Summary {
@@ -101,6 +105,23 @@ impl Summary {
 pub async fn report(cfg: &LoadedConfig, state: &crate::state::State, s: &Summary, all: bool) {
     use crate::alerts::{Alerter, Condition, Severity};
     let scope = if all { "all" } else { "latest" };
+    // Retention reads these: damaged backups fill no slot, the newest
+    // proven one is kept. Only integrity failures count as damage (an
+    // unreachable store says nothing about the backup).
+    for b in &s.backups {
+        let Some(repo) = cfg.job(&b.job).ok().and_then(|(_, j)| j.repository()) else {
+            continue;
+        };
+        if !b.ok && !b.integrity_failure {
+            continue;
+        }
+        if let Err(e) = state
+            .record_verdict(repo, &b.job, &b.backup_id, b.ok, s.deep)
+            .await
+        {
+            tracing::warn!(job = %b.job, backup = %b.backup_id, error = %e, "cannot record the verification");
+        }
+    }
     let alerter = Alerter::new(cfg, state);
     let mut jobs: Vec<&str> = s.backups.iter().map(|b| b.job.as_str()).collect();
     jobs.dedup();
@@ -170,25 +191,58 @@ pub fn backup_jobs(cfg: &LoadedConfig, only: Option<&[String]>) -> Result<Vec<St
 }
 
 /// Verify the newest (or every) committed backup of each job in `jobs`.
+///
+/// What cannot be read is a finding, not a reason to stop: an unreadable
+/// manifest is a damaged backup (and the rest are still checked), a job
+/// with no backup yet is listed in [`Summary::without_backups`].
 pub async fn run(cfg: &LoadedConfig, jobs: &[String], opts: &Options) -> Result<Summary> {
-    let mut summary = Summary::default();
+    let mut summary = Summary {
+        deep: opts.deep,
+        ..Summary::default()
+    };
     for name in jobs {
         let (job_name, job) = cfg.job(name)?;
         let repo_name = job
             .repository()
             .ok_or_else(|| Error::Other(format!("job {name} stores no backups")))?;
         let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
-        let ids: Vec<_> = if opts.all {
-            repo.list_backups(&job_name)
-                .await?
-                .into_iter()
-                .map(|b| b.id)
-                .collect()
+        let listed = repo.list_backups(&job_name).await?;
+        let refs: Vec<_> = if opts.all {
+            listed
         } else {
-            vec![repo.latest(&job_name).await?.id]
+            // The newest one `restore --latest` would pick, plus every newer
+            // one it would pass over (those are what needs reporting).
+            let cut = listed
+                .iter()
+                .rposition(|b| b.clock_skew().is_none())
+                .unwrap_or(0);
+            listed.into_iter().skip(cut).collect()
         };
-        for id in ids {
-            let m = repo.read_manifest(&job_name, &id).await?;
+        if refs.is_empty() {
+            summary.without_backups.push(name.clone());
+            continue;
+        }
+        for b in refs {
+            let m = match repo.read_manifest(&job_name, &b.id).await {
+                Ok(m) => m,
+                Err(e @ (Error::Integrity { .. } | Error::NotFound(_))) => {
+                    summary.backups.push(BackupCheck {
+                        job: name.clone(),
+                        backup_id: b.id.to_string(),
+                        finished_at: String::new(),
+                        ok: false,
+                        integrity_failure: true,
+                        artifacts: vec![ArtifactCheck {
+                            name: crate::manifest::FILE_NAME.into(),
+                            stored_bytes: 0,
+                            ok: false,
+                            detail: crate::secret::redact(&e.to_string()),
+                        }],
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let keys = if opts.deep {
                 crate::keys::for_manifest(cfg, job, &m, opts.identity.as_deref())?
             } else {
@@ -261,53 +315,37 @@ async fn deep_check(
                 _ => None,
             };
             let tools = crate::pg::PgTools::locate(bindir.as_deref());
+            // `--list` would stop after the table of contents, which a
+            // custom archive written to a pipe carries first: a dump cut
+            // short still lists. Restoring to /dev/null reads every data
+            // block to its end, so a truncated or malformed archive fails.
             let mut child = crate::pg::spawn_tool(
                 &tools.path("pg_restore"),
-                &["--list".to_string()],
+                &crate::pg::archive::check_args(),
                 &[],
                 true,
-                true,
+                false,
             )?;
             let stdin = child.child.stdin.take();
-            let stdout = child.child.stdout.take();
-            let lines = tokio::spawn(async move {
-                use tokio::io::AsyncBufReadExt;
-                let mut n = 0usize;
-                if let Some(out) = stdout {
-                    let mut lines = tokio::io::BufReader::new(out).lines();
-                    while let Ok(Some(l)) = lines.next_line().await {
-                        if !l.starts_with(';') && !l.trim().is_empty() {
-                            n += 1;
-                        }
-                    }
-                }
-                n
-            });
             let raw =
                 fetch::to_writer(repo, job_name, &m.id, a, Lenient(stdin), None, keys).await?;
             child.finish().await.map_err(|e| Error::Integrity {
                 artifact: a.name.clone(),
-                message: format!("pg_restore --list rejects the archive: {e}"),
+                message: format!("pg_restore cannot read the archive to its end: {e}"),
             })?;
-            let entries = lines.await.unwrap_or(0);
             if raw != a.raw_bytes {
                 return Err(size_mismatch(a, raw));
             }
             Ok(format!(
-                "SHA-256 matches; decoded {raw} bytes; pg_restore --list reads {entries} entries"
+                "SHA-256 matches; decoded {raw} bytes; pg_restore read every data block"
             ))
         }
         "tar" => {
             let (w, r) = tokio::io::duplex(1 << 20);
+            // The same checks a restore applies before extracting, so an
+            // archive that verifies is one that restores.
             let walk = tokio::task::spawn_blocking(move || {
-                let mut archive = tar::Archive::new(tokio_util::io::SyncIoBridge::new(r));
-                let mut n = 0usize;
-                for e in archive.entries()? {
-                    let mut e = e?;
-                    std::io::copy(&mut e, &mut std::io::sink())?;
-                    n += 1;
-                }
-                Ok::<usize, std::io::Error>(n)
+                crate::restore::files::check_archive(tokio_util::io::SyncIoBridge::new(r))
             });
             let raw =
                 fetch::to_writer(repo, job_name, &m.id, a, Lenient(Some(w)), None, keys).await?;
@@ -317,6 +355,10 @@ async fn deep_check(
                 .map_err(|e| Error::Integrity {
                     artifact: a.name.clone(),
                     message: format!("not a readable tar archive: {e}"),
+                })?
+                .map_err(|why| Error::Integrity {
+                    artifact: a.name.clone(),
+                    message: format!("a restore would refuse this archive: {why}"),
                 })?;
             if raw != a.raw_bytes {
                 return Err(size_mismatch(a, raw));

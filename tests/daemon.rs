@@ -107,11 +107,42 @@ fn metrics_health_and_status_are_served_and_the_exposition_parses() {
         "drctl_backup_size_bytes",
         "drctl_job_duration_seconds",
         "drctl_scheduler_up",
+        "drctl_scheduler_last_tick_timestamp_seconds",
     ] {
         assert!(samples.contains(name), "{name} missing: {samples}");
     }
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(20)), Some(0), "{}", d.log());
+}
+
+#[test]
+fn a_scheduler_that_stops_firing_turns_health_red_a_minute_after_a_missed_tick() {
+    let mut w = files_world("tick", "* * * * * *");
+    // Every scheduled tick hangs before it is counted: the scheduler is
+    // dead while the process, its HTTP endpoint and its signals live on.
+    w.set_env("DRCTL_FAULT_PAUSE", "scheduler.tick");
+    let port = http_port(&w);
+    let d = Daemon::start(&w);
+    wait_until(Duration::from_secs(20), "the endpoint", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let started = Instant::now();
+    assert_eq!(http_get(port, "/health").0, 200, "green at first");
+    wait_until(Duration::from_secs(120), "/health turns red", || {
+        http_get(port, "/health").0 == 503
+    });
+    assert!(
+        started.elapsed() >= Duration::from_secs(55),
+        "not before the minute's grace"
+    );
+    let (_, body) = http_get(port, "/health");
+    assert!(body.contains("scheduler overdue: tick"), "{body}");
+    let (_, metrics) = http_get(port, "/metrics");
+    assert!(
+        metrics.contains("drctl_scheduler_overdue_jobs 1"),
+        "{metrics}"
+    );
+    d.signal(libc::SIGKILL);
 }
 
 #[test]

@@ -23,6 +23,11 @@ struct Row {
     stored_bytes: u64,
     raw_bytes: u64,
     duration_seconds: f64,
+    /// `ok`, `unreadable` (its manifest cannot be read: not restorable) or
+    /// `clock_skew` (its host's clock ran ahead: never taken as latest).
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<String>,
 }
 
 pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
@@ -44,8 +49,40 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         };
         let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
         for b in repo.list_backups(&job).await? {
-            let m = repo.read_manifest(&job, &b.id).await?;
+            let m = match repo.read_manifest(&job, &b.id).await {
+                Ok(m) => m,
+                // One damaged manifest must not hide every other backup.
+                Err(e @ (drctl::Error::Integrity { .. } | drctl::Error::NotFound(_))) => {
+                    let text = drctl::secret::redact(&e.to_string());
+                    eprintln!(
+                        "drctl: warning: backup {} of {job} is not restorable: {text}",
+                        b.id
+                    );
+                    rows.push(Row {
+                        job: JobName::to_string(&job),
+                        id: b.id.to_string(),
+                        repository: repo_name.to_owned(),
+                        finished_at: String::new(),
+                        stored_bytes: 0,
+                        raw_bytes: 0,
+                        duration_seconds: 0.0,
+                        status: "unreadable",
+                        problem: Some(text),
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let skew = b.clock_skew();
             rows.push(Row {
+                status: if skew.is_some() { "clock_skew" } else { "ok" },
+                problem: skew.map(|d| {
+                    format!(
+                        "written by {} whose clock ran {} ahead of the store's",
+                        m.host,
+                        humantime::format_duration(d.to_std().unwrap_or_default())
+                    )
+                }),
                 job: JobName::to_string(&job),
                 id: m.id.to_string(),
                 repository: repo_name.to_owned(),
@@ -67,17 +104,19 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<12} {:<44} {:<26} {:>10} {:>9}",
+        "{:<12} {:<44} {:<26} {:>10} {:>9}  STATUS",
         "JOB", "ID", "FINISHED", "SIZE", "DURATION"
     );
     for r in rows {
         println!(
-            "{:<12} {:<44} {:<26} {:>10} {:>8.1}s",
+            "{:<12} {:<44} {:<26} {:>10} {:>8.1}s  {}{}",
             r.job,
             r.id,
             r.finished_at,
             super::human_bytes(r.stored_bytes),
-            r.duration_seconds
+            r.duration_seconds,
+            r.status,
+            r.problem.map(|p| format!(" ({p})")).unwrap_or_default()
         );
     }
     Ok(())

@@ -13,7 +13,7 @@ pub fn exec(path: Option<&Path>, c: ConfigCommand) -> anyhow::Result<()> {
     match c {
         ConfigCommand::Check => {
             let cfg = LoadedConfig::load(path)?;
-            print!("{}", render_masked(&cfg));
+            println!("{}", render_masked(&cfg).trim_end());
             eprintln!(
                 "config ok: {} repositories, {} jobs",
                 cfg.config.repositories.len(),

@@ -1,6 +1,15 @@
 //! Command-line front end. Thin: each subcommand file parses its arguments,
 //! calls one library entry point and renders text, JSON or a progress bar.
 
+/// `println!` for the CLI: a reader that closed our stdout (`drctl backups
+/// | head`) ends the program quietly, as with any Unix tool, instead of the
+/// panic std's println! gives on EPIPE. (SIGPIPE stays ignored: a child's
+/// closed stdin must be an error we can report, not a signal that kills us.)
+macro_rules! println {
+    () => { $crate::cli::out_line(format_args!("")) };
+    ($($arg:tt)*) => { $crate::cli::out_line(format_args!($($arg)*)) };
+}
+
 mod alerts;
 mod backups;
 mod config_cmd;
@@ -150,6 +159,18 @@ pub fn cancel_on_signals() -> tokio_util::sync::CancellationToken {
         t.cancel();
     });
     token
+}
+
+pub fn out_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("drctl: error: writing to stdout: {e}");
+        std::process::exit(1);
+    }
 }
 
 /// Bytes as an operator reads them.

@@ -21,12 +21,15 @@ pub struct Args {
 pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     let only = (!a.job.is_empty()).then_some(a.job.as_slice());
     let jobs = drctl::verify::backup_jobs(cfg, only)?;
-    let opts = Options {
-        dry_run: a.dry_run,
-        orphan_age: a.orphan_age,
-    };
+    let state = drctl::state::State::open(&cfg.config.state_dir).await?;
     let mut reports = Vec::new();
     for j in &jobs {
+        let repo = cfg.job(j)?.1.repository().unwrap_or_default();
+        let opts = Options {
+            dry_run: a.dry_run,
+            orphan_age: a.orphan_age,
+            verdicts: state.verdicts(repo, j).await?,
+        };
         reports.push(prune::job(cfg, j, &opts).await?);
     }
     if a.json {

@@ -39,6 +39,13 @@ pub struct Args {
     /// [default: $DRCTL_AGE_IDENTITY_FILE, else encryption.identity_file]
     #[arg(long, short = 'i')]
     identity: Option<PathBuf>,
+    /// Files backups: keep setuid, setgid and sticky bits (dropped by default)
+    #[arg(long)]
+    preserve_modes: bool,
+    /// Replace the job's own database even with a backup taken from another
+    /// server or database (refused by default: two hosts sharing a job name)
+    #[arg(long)]
+    force_source: bool,
     #[arg(long)]
     json: bool,
 }
@@ -72,7 +79,14 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         tmp_dir: a.tmp_dir,
         cancel: super::cancel_on_signals(),
         identity: a.identity,
+        preserve_modes: a.preserve_modes,
+        force_source: a.force_source,
     };
+    // A restore killed half-way is finished or rolled back first, and says so.
+    let state = drctl::state::State::open(&cfg.config.state_dir).await?;
+    for note in drctl::restore::journal::recover(cfg, &state).await {
+        eprintln!("drctl: {note}");
+    }
     let plan = restore::plan(cfg, &req).await?;
     if a.dry_run {
         if a.json {

@@ -28,6 +28,11 @@ fn duration(r: &RunRecord) -> String {
 
 pub async fn status(cfg: &LoadedConfig, a: StatusArgs) -> anyhow::Result<()> {
     let state = State::open(&cfg.config.state_dir).await?;
+    // A restore killed half-way explains itself here (and is finished or
+    // rolled back) before anything else is shown.
+    for note in drctl::restore::journal::recover(cfg, &state).await {
+        eprintln!("drctl: {note}");
+    }
     let rows = drctl::status::jobs(cfg, &state, chrono::Utc::now()).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -17,7 +17,7 @@ pub struct Args {
     /// Every committed backup
     #[arg(long)]
     all: bool,
-    /// Also decrypt, decompress and read the archive (pg_restore --list, tar entries)
+    /// Also decrypt, decompress and read the archive (pg_restore reads every data block; tar entries checked)
     #[arg(long)]
     deep: bool,
     /// age identity file for --deep on encrypted backups
@@ -49,6 +49,15 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     }
     match summary.error() {
         Some(e) => Err(e.into()),
+        // A job named on the command line that has nothing to verify is an
+        // answer the caller asked for; without --job it is only reported.
+        None if only.is_some() && !summary.without_backups.is_empty() => {
+            Err(drctl::Error::NotFound(format!(
+                "no committed backup of {} to verify",
+                summary.without_backups.join(", ")
+            ))
+            .into())
+        }
         None => Ok(()),
     }
 }
@@ -78,6 +87,9 @@ pub fn print(s: &Summary, json: bool) -> anyhow::Result<()> {
                 a.detail
             );
         }
+    }
+    for j in &s.without_backups {
+        println!("none {j}: no committed backup yet");
     }
     let bad = s.failed().count();
     eprintln!(

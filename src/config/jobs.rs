@@ -185,7 +185,7 @@ job_kind! {
         /// `latest` (default): the newest backup of each job; `all`: every one.
         #[serde(default)]
         pub scope: VerifyScope,
-        /// Also decrypt, decompress and read the archive (`pg_restore --list`).
+        /// Also decrypt, decompress and read the archive (pg_restore reads every data block).
         #[serde(default)]
         pub deep: bool,
     }

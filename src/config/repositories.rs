@@ -17,6 +17,16 @@ pub struct LocalRepository {
     pub path: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<super::Encryption>,
+    /// How long a lease (a restore, drill or backup at work) protects its
+    /// backup from prune on every host without being renewed; holders renew
+    /// it every quarter of this. Every host sharing the repository must
+    /// agree on it. Default 24h.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lease_ttl: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +63,13 @@ pub struct S3Repository {
     /// backup younger than `days` (compliance mode: not even the root user).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object_lock: Option<ObjectLock>,
+    /// See [`LocalRepository::lease_ttl`].
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub lease_ttl: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -70,6 +87,16 @@ pub enum LockMode {
 }
 
 impl RepositoryConfig {
+    /// How long an unrenewed lease protects a backup (default 24h).
+    pub fn lease_ttl(&self) -> std::time::Duration {
+        let set = match self {
+            RepositoryConfig::Local(l) => l.lease_ttl,
+            RepositoryConfig::S3(s) => s.lease_ttl,
+        };
+        set.unwrap_or(std::time::Duration::from_secs(24 * 3600))
+            .max(std::time::Duration::from_secs(1))
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             RepositoryConfig::Local(_) => "local",

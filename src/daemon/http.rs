@@ -48,10 +48,21 @@ async fn statuses(d: &Daemon) -> Result<Vec<JobStatus>, Response> {
 
 async fn health(AxState(d): AxState<Arc<Daemon>>) -> Response {
     if d.stopping.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response()
-    } else {
-        (StatusCode::OK, "ok\n").into_response()
+        return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response();
     }
+    let late = d.overdue();
+    if !late.is_empty() {
+        let list: Vec<String> = late
+            .iter()
+            .map(|(job, l)| format!("{job} ({}s late)", l.num_seconds()))
+            .collect();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("scheduler overdue: {}\n", list.join(", ")),
+        )
+            .into_response();
+    }
+    (StatusCode::OK, "ok\n").into_response()
 }
 
 async fn status(AxState(d): AxState<Arc<Daemon>>) -> Response {
@@ -111,6 +122,22 @@ async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Response {
             .set(i64::from(running.contains(&j.job)));
     }
     reg.register("drctl_job_runs", "Runs on this host by outcome", runs);
+    if let Some(t) = d.last_tick() {
+        let g = FloatGauge::default();
+        g.set(t.timestamp_millis() as f64 / 1000.0);
+        reg.register(
+            "drctl_scheduler_last_tick_timestamp_seconds",
+            "When the scheduler last fired a job (it stops moving if the scheduler dies)",
+            g,
+        );
+    }
+    let overdue = Gauge::<i64>::default();
+    overdue.set(d.overdue().len() as i64);
+    reg.register(
+        "drctl_scheduler_overdue_jobs",
+        "Scheduled jobs whose due tick is more than a minute late",
+        overdue,
+    );
     reg.register(
         "drctl_job_duration_seconds",
         "Duration of the job's last run",

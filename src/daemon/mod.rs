@@ -41,9 +41,44 @@ struct Daemon {
     /// Cancelled when the grace period is over: running jobs stop.
     hard_stop: CancellationToken,
     tasks: TaskTracker,
+    /// When the scheduler last fired each job (liveness: see `overdue`).
+    ticks: Mutex<BTreeMap<String, chrono::DateTime<Utc>>>,
+    started: chrono::DateTime<Utc>,
 }
 
 impl Daemon {
+    fn saw_tick(&self, name: &str) {
+        if let Ok(mut t) = self.ticks.lock() {
+            t.insert(name.to_owned(), Utc::now());
+        }
+    }
+
+    /// The newest tick of any job.
+    fn last_tick(&self) -> Option<chrono::DateTime<Utc>> {
+        self.ticks
+            .lock()
+            .ok()
+            .and_then(|t| t.values().max().copied())
+    }
+
+    /// Scheduled jobs whose due tick has not come, and how late it is.
+    fn overdue(&self) -> Vec<(String, chrono::TimeDelta)> {
+        let now = Utc::now();
+        let ticks = self.ticks.lock().map(|t| t.clone()).unwrap_or_default();
+        scheduled(&self.config())
+            .into_iter()
+            .filter_map(|(name, s)| {
+                let since = ticks
+                    .get(&name)
+                    .copied()
+                    .unwrap_or(self.started)
+                    .max(self.started);
+                crate::schedule::overdue(s.next_after(since), now, chrono::TimeDelta::minutes(1))
+                    .map(|late| (name, late))
+            })
+            .collect()
+    }
+
     fn config(&self) -> Arc<LoadedConfig> {
         self.config
             .read()
@@ -53,6 +88,10 @@ impl Daemon {
 
     /// A tick: start the job unless it is running or we are stopping.
     async fn tick(self: &Arc<Self>, name: String, trigger: &'static str) {
+        if trigger == "schedule" {
+            crate::faults::point("scheduler.tick").await;
+            self.saw_tick(&name);
+        }
         if self.stopping.is_cancelled() {
             return;
         }
@@ -282,6 +321,11 @@ fn utc_offsets(cfg: &LoadedConfig, now: chrono::DateTime<Utc>) -> BTreeMap<Strin
 async fn register(sched: &JobScheduler, d: &Arc<Daemon>, cfg: &LoadedConfig) -> Result<Vec<Uuid>> {
     let mut ids = Vec::new();
     for (name, s) in scheduled(cfg) {
+        // Liveness counts from when a job was first scheduled (a job added
+        // by SIGHUP is not "late" for the hours before it existed).
+        if let Ok(mut t) = d.ticks.lock() {
+            t.entry(name.clone()).or_insert_with(Utc::now);
+        }
         let daemon = d.clone();
         let job_name = name.clone();
         let job = Job::new_async_tz(s.expr.as_str(), s.tz, move |_id, _lock| {
@@ -433,6 +477,8 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         stopping: CancellationToken::new(),
         hard_stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        ticks: Mutex::new(BTreeMap::new()),
+        started: Utc::now(),
     });
     let sched_err =
         |e: tokio_cron_scheduler::JobSchedulerError| Error::Other(format!("scheduler: {e}"));
@@ -510,7 +556,14 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
                 notify::ready(&d.status_line());
             }
             _ = heartbeat.tick() => {
-                notify::watchdog();
+                // The watchdog is fed only while the scheduler keeps firing:
+                // a scheduler that stopped gets the daemon restarted.
+                let late = d.overdue();
+                if late.is_empty() {
+                    notify::watchdog();
+                } else {
+                    tracing::error!(?late, "scheduled ticks are overdue; not feeding the systemd watchdog");
+                }
                 // tokio-cron-scheduler fixes a job's UTC offset when the job
                 // is created; re-register when a zone's offset changes (DST),
                 // so "02:00 Europe/Berlin" stays 02:00 local all year.

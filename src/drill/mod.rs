@@ -177,6 +177,15 @@ pub async fn run(
         }
     }
     store::finish(state, id, &rec).await?;
+    // A drill that restored and checked the backup proves it restorable:
+    // retention keeps the newest such backup.
+    if matches!(rec.outcome.as_str(), "passed" | "over_rto") {
+        if let (Some(repo), Some(backup)) = (job.repository(), rec.backup_id.as_deref()) {
+            if let Err(e) = state.record_verdict(repo, &d.job, backup, true, true).await {
+                tracing::warn!(error = %e, "cannot record the drill's verdict");
+            }
+        }
+    }
     alert(cfg, state, &rec).await;
     Ok(rec)
 }
@@ -203,6 +212,8 @@ async fn phases(
         tmp_dir: None,
         cancel: opts.cancel.clone(),
         identity: None,
+        preserve_modes: false,
+        force_source: false,
     };
     opts.progress.set_phase("fetch", 0);
     let resolved = crate::restore::resolve(cfg, &req0)

@@ -126,11 +126,7 @@ impl BackupCtx<'_> {
     where
         R: tokio::io::AsyncRead + Send + Unpin + 'static,
     {
-        let name = format!(
-            "{base}{}{}",
-            packing.compression.suffix(),
-            if self.seal.is_some() { ".age" } else { "" }
-        );
+        let name = crate::manifest::artifact_name(base, packing.compression, self.seal.is_some());
         let (raw, raw_m) = Measure::count_only(source);
         let raw = if show_progress {
             raw.with_progress(self.progress.clone())

@@ -25,6 +25,15 @@ pub fn target(job: &PostgresJob) -> Result<PgTarget> {
     PgTarget::parse(url.expose())
 }
 
+/// The cluster's system identifier, if this user may read it (superusers
+/// and members of pg_read_all_stats/pg_monitor usually can).
+pub async fn system_identifier(conn: &mut sqlx::PgConnection) -> Option<String> {
+    sqlx::query_scalar::<_, String>("SELECT system_identifier::text FROM pg_control_system()")
+        .fetch_one(conn)
+        .await
+        .ok()
+}
+
 /// Quote an identifier for SQL: `"a""b"`.
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
@@ -44,6 +53,7 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
     .await
     .map_err(|e| Error::pg("reading server facts", e))?;
     let server_num: i32 = row.get("num");
+    let system_identifier = system_identifier(&mut conn).await;
     let db_size: i64 = row.get("size");
     let dump_version = tools.check_against_server("pg_dump", server_num).await?;
     let passfile = target.passfile()?;
@@ -89,6 +99,10 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
     ];
     let child = spawn_tool(&tools.path("pg_dump"), &args, &env, false, true)?;
     let (stdout, waiter) = child.into_checked_stdout()?;
+    // A pg_dump that stops early but exits 0 (a wrapper, a full pipe
+    // buffer lost, a bug) must be a failed run, not a committed backup.
+    let (stdout, copy) = crate::stream::tee(stdout, 8);
+    let checker = crate::pg::archive::spawn_check(&tools, copy)?;
     let hint = Some((db_size.max(0) as u64) / 2);
     let (stored, counts) = tokio::join!(
         ctx.store(
@@ -110,6 +124,9 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
         output.push_str(text);
     }
     let dump = first_cause(stored, dumped)?;
+    checker
+        .await
+        .map_err(|e| Error::Other(format!("archive check: {e}")))??;
     let tables = counts?;
     tx.commit()
         .await
@@ -128,6 +145,7 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
         dump_tool_version: dump_version.text,
         snapshot,
         globals: globals_mode,
+        system_identifier,
     };
     Ok(BackupOutput {
         source: Some(source),

@@ -51,6 +51,16 @@ pub fn spawn_tool(
         })
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // kill_on_drop needs drctl alive to run; if drctl is SIGKILLed the
+    // kernel sends the child SIGKILL instead (a pg_restore that outlived
+    // drctl finished databases nothing would ever remove).
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::io(format!("starting {}", program.display()), e))?;

@@ -2,6 +2,7 @@
 //! connection targets without secrets in argv, client tool discovery and
 //! version checks, and child processes whose exit status is part of the stream.
 
+pub mod archive;
 mod child;
 mod maintenance;
 mod target;

@@ -127,9 +127,20 @@ impl Backend for LocalBackend {
         let mut f = tokio::fs::File::create(&tmp)
             .await
             .map_err(|e| self.err(format!("creating {}", tmp.display()), e))?;
+        // tokio's File buffers: without flush() a failed write (ENOSPC)
+        // stays inside it and an empty file would be linked into place.
         let written = async {
             f.write_all(&bytes).await?;
-            f.sync_all().await
+            f.flush().await?;
+            f.sync_all().await?;
+            let on_disk = f.metadata().await?.len();
+            if on_disk != bytes.len() as u64 {
+                return Err(std::io::Error::other(format!(
+                    "wrote {} bytes but {on_disk} are on disk",
+                    bytes.len()
+                )));
+            }
+            Ok(())
         }
         .await;
         drop(f);

@@ -65,6 +65,12 @@ pub trait Backend: Send + Sync {
     async fn abort_upload(&self, _upload: &Upload) -> Result<()> {
         Ok(())
     }
+    /// Read back the retention the store applied to `key` and fail if it is
+    /// not the configured Object Lock (some S3-compatible stores accept the
+    /// headers and ignore them). Nothing to check without Object Lock.
+    async fn check_lock(&self, _key: &str) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Directory inside a backup holding its leases (see [`Repository::lease`]).
@@ -73,7 +79,24 @@ pub const LEASES: &str = "leases";
 /// A named repository with the backup protocol on top of its backend.
 pub struct Repository {
     pub name: String,
-    backend: Box<dyn Backend>,
+    backend: std::sync::Arc<dyn Backend>,
+    lease_ttl: std::time::Duration,
+}
+
+/// A lease that renews itself (every quarter of the TTL, by rewriting its
+/// object so the store's timestamp moves) until released or dropped. A
+/// dropped lease stops renewing and expires after the TTL: a killed process
+/// protects its backup a little too long, never too short.
+pub struct HeldLease {
+    pub key: String,
+    backend: std::sync::Arc<dyn Backend>,
+    _renew: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+impl HeldLease {
+    pub async fn release(self) -> Result<()> {
+        self.backend.delete(&self.key).await
+    }
 }
 
 /// A committed backup as found in a listing.
@@ -81,17 +104,52 @@ pub struct Repository {
 pub struct BackupRef {
     pub job: JobName,
     pub id: BackupId,
+    /// When the store says the manifest was written (S3 `LastModified`,
+    /// file mtime): a time the writing host's clock cannot fake.
+    pub committed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// How far a backup's own start time may run ahead of the store's commit
+/// time before its writer's clock is taken to be wrong.
+pub const SKEW_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
+impl BackupRef {
+    /// How far ahead of the store's clock the writing host's clock ran, when
+    /// it ran ahead by more than [`SKEW_TOLERANCE`]. Such a backup claims to
+    /// be newer than it is: it is never "latest", never counts for RPO and
+    /// never fills a retention slot (or it would push out real, newer ones).
+    pub fn clock_skew(&self) -> Option<chrono::TimeDelta> {
+        skew(self.id.timestamp(), self.committed_at)
+    }
+}
+
+/// The pure rule behind [`BackupRef::clock_skew`].
+pub fn skew(
+    started: chrono::DateTime<chrono::Utc>,
+    committed_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Option<chrono::TimeDelta> {
+    let ahead = started - committed_at?;
+    (ahead > SKEW_TOLERANCE).then_some(ahead)
+}
+
+/// The newest usable backup and what was passed over to find it.
+pub struct Latest {
+    pub backup: BackupRef,
+    pub manifest: Manifest,
+    /// One line per newer backup that was skipped, and why.
+    pub skipped: Vec<String>,
 }
 
 impl Repository {
     pub async fn open(name: &str, cfg: &RepositoryConfig) -> Result<Self> {
-        let backend: Box<dyn Backend> = match cfg {
-            RepositoryConfig::Local(l) => Box::new(LocalBackend::new(name, &l.path)),
-            RepositoryConfig::S3(s) => Box::new(S3Backend::connect(name, s).await?),
+        let backend: std::sync::Arc<dyn Backend> = match cfg {
+            RepositoryConfig::Local(l) => std::sync::Arc::new(LocalBackend::new(name, &l.path)),
+            RepositoryConfig::S3(s) => std::sync::Arc::new(S3Backend::connect(name, s).await?),
         };
         Ok(Repository {
             name: name.to_owned(),
             backend,
+            lease_ttl: cfg.lease_ttl(),
         })
     }
 
@@ -121,16 +179,85 @@ impl Repository {
     }
 
     /// The commit point of a backup. Fails if a manifest is already there.
+    ///
+    /// It cannot lie: every artifact the manifest names must be in the store
+    /// with its recorded size right before the manifest is written (an
+    /// orphan sweep elsewhere, or a store that lost an object, fails the run
+    /// instead of committing a hole), and the manifest is read back and
+    /// compared after writing (a store that accepted a truncated or empty
+    /// object fails the run, and that manifest is removed again).
     pub async fn commit(&self, m: &Manifest) -> Result<()> {
-        self.backend
-            .put_if_absent(&Self::manifest_key(&m.job, &m.id), m.to_json())
-            .await
+        let present = self.objects_of(&m.job, &m.id).await?;
+        for a in &m.artifacts {
+            let key = Self::artifact_key(&m.job, &m.id, &a.name);
+            match present.iter().find(|o| o.key == key) {
+                Some(o) if o.size == a.stored_bytes => {}
+                Some(o) => {
+                    return Err(Error::repo(
+                        &self.name,
+                        format!(
+                            "{key} holds {} bytes, {} were written; not committing",
+                            o.size, a.stored_bytes
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(Error::repo(
+                        &self.name,
+                        format!("{key} vanished before the commit (deleted by someone else?); not committing"),
+                    ))
+                }
+            }
+        }
+        // A store that silently ignores Object Lock must fail the run before
+        // the backup counts, not be found out when someone deletes it.
+        if let Some(a) = m.artifacts.first() {
+            self.backend
+                .check_lock(&Self::artifact_key(&m.job, &m.id, &a.name))
+                .await?;
+        }
+        let key = Self::manifest_key(&m.job, &m.id);
+        self.backend.put_if_absent(&key, m.to_json()).await?;
+        let mut last = None;
+        for attempt in 0..3 {
+            match self.read_manifest(&m.job, &m.id).await {
+                Ok(back) if &back == m => return Ok(()),
+                Ok(_) => {
+                    last = Some(Error::repo(
+                        &self.name,
+                        format!("{key} reads back different from what was written"),
+                    ));
+                    break;
+                }
+                Err(e @ (Error::Integrity { .. } | Error::NotFound(_))) => {
+                    last = Some(Error::repo(
+                        &self.name,
+                        format!("{key} does not read back: {e}"),
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    // Transport trouble: the manifest may well be fine, so
+                    // it stays (discard_partial leaves a committed backup).
+                    last = Some(e);
+                    tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+                    continue;
+                }
+            }
+        }
+        let e = last.unwrap_or_else(|| Error::repo(&self.name, format!("{key}: read back failed")));
+        if matches!(&e, Error::Repository { message, .. } if message.contains("read back")) {
+            if let Err(d) = self.backend.delete(&key).await {
+                tracing::error!(key = %key, error = %d, "cannot remove a manifest that does not read back; prune and restore will report it as unreadable");
+            }
+        }
+        Err(e)
     }
 
     /// Committed backups of `job`, oldest first, from one listing.
     pub async fn list_backups(&self, job: &JobName) -> Result<Vec<BackupRef>> {
         let prefix = format!("{job}/");
-        let mut ids: Vec<BackupId> = self
+        let mut refs: Vec<BackupRef> = self
             .backend
             .list(&prefix)
             .await?
@@ -138,28 +265,73 @@ impl Repository {
             .filter_map(|o| {
                 let rest = o.key.strip_prefix(&prefix)?;
                 let (id, file) = rest.split_once('/')?;
-                (file == manifest::FILE_NAME).then(|| BackupId::parse(id).ok())?
+                let id = (file == manifest::FILE_NAME).then(|| BackupId::parse(id).ok())??;
+                Some(BackupRef {
+                    job: job.clone(),
+                    id,
+                    committed_at: o.modified,
+                })
             })
             .collect();
-        ids.sort();
-        ids.dedup();
-        Ok(ids
-            .into_iter()
-            .map(|id| BackupRef {
-                job: job.clone(),
-                id,
-            })
-            .collect())
+        refs.sort_by(|a, b| a.id.cmp(&b.id));
+        refs.dedup_by(|a, b| a.id == b.id);
+        Ok(refs)
     }
 
-    /// The newest committed backup of `job`.
+    fn none_committed(&self, job: &JobName) -> Error {
+        Error::NotFound(format!(
+            "no committed backup of job {job} in repository {} ({})",
+            self.name,
+            self.location()
+        ))
+    }
+
+    /// The newest committed backup of `job` whose writer's clock was sane
+    /// (see [`BackupRef::clock_skew`]), without reading its manifest.
     pub async fn latest(&self, job: &JobName) -> Result<BackupRef> {
-        self.list_backups(job).await?.pop().ok_or_else(|| {
-            Error::NotFound(format!(
-                "no committed backup of job {job} in repository {} ({})",
-                self.name,
-                self.location()
-            ))
+        self.list_backups(job)
+            .await?
+            .into_iter()
+            .rev()
+            .find(|b| b.clock_skew().is_none())
+            .ok_or_else(|| self.none_committed(job))
+    }
+
+    /// The newest backup of `job` that can actually be used: written by a
+    /// host whose clock was sane, with a manifest that reads and parses.
+    /// Newer ones that fail either test are passed over (and named), so one
+    /// damaged manifest or one host with a wrong clock cannot hide the good
+    /// backups behind it.
+    pub async fn latest_usable(&self, job: &JobName) -> Result<Latest> {
+        let mut skipped = Vec::new();
+        for b in self.list_backups(job).await?.into_iter().rev() {
+            if let Some(ahead) = b.clock_skew() {
+                skipped.push(format!(
+                    "{}: its host's clock ran {} ahead of the store's; not used as latest",
+                    b.id,
+                    humantime::format_duration(ahead.to_std().unwrap_or_default())
+                ));
+                continue;
+            }
+            match self.read_manifest(job, &b.id).await {
+                Ok(manifest) => {
+                    return Ok(Latest {
+                        backup: b,
+                        manifest,
+                        skipped,
+                    })
+                }
+                Err(e @ (Error::Integrity { .. } | Error::NotFound(_))) => {
+                    skipped.push(format!("{}: {e}", b.id));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let e = self.none_committed(job);
+        Err(if skipped.is_empty() {
+            e
+        } else {
+            Error::NotFound(format!("{e}; passed over: {}", skipped.join("; ")))
         })
     }
 
@@ -204,33 +376,59 @@ impl Repository {
         self.backend.list(&format!("{job}/")).await
     }
 
-    /// Mark a backup as in use (a restore or drill reads it) so prune on any
-    /// host leaves it alone. Release with [`Repository::release`]; a lease
-    /// left by a dead process stops counting after a day.
-    pub async fn lease(&self, job: &JobName, id: &BackupId, purpose: &str) -> Result<String> {
+    /// Mark a backup as in use (a restore or drill reads it, or a backup is
+    /// still being written) so prune on any host leaves it alone, orphan and
+    /// incomplete-upload sweeps included. The lease is renewed while held;
+    /// failing to write it at first is an error (work that cannot protect
+    /// its backup does not start).
+    pub async fn lease(&self, job: &JobName, id: &BackupId, purpose: &str) -> Result<HeldLease> {
+        let host = crate::backup::host_name();
         let key = format!(
             "{job}/{id}/{LEASES}/{}-{}-{:08x}.json",
-            crate::backup::host_name()
-                .chars()
+            host.chars()
                 .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
                 .collect::<String>(),
             std::process::id(),
             rand::random::<u32>()
         );
-        let body = serde_json::json!({
-            "purpose": purpose,
-            "host": crate::backup::host_name(),
-            "pid": std::process::id(),
-            "at": chrono::Utc::now(),
+        let purpose = purpose.to_owned();
+        let body = move || {
+            serde_json::json!({
+                "purpose": purpose,
+                "host": host,
+                "pid": std::process::id(),
+                "at": chrono::Utc::now(),
+            })
+            .to_string()
+            .into_bytes()
+        };
+        self.backend.put_if_absent(&key, body()).await?;
+        let (backend, k, every) = (self.backend.clone(), key.clone(), self.lease_ttl / 4);
+        let renew = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let bytes = body();
+                let n = bytes.len() as u64;
+                let reader: BoxRead = Box::pin(std::io::Cursor::new(bytes));
+                if let Err(e) = backend.put_stream(&k, reader, Some(n)).await {
+                    tracing::warn!(lease = %k, error = %e, "cannot renew a lease; retrying at the next interval");
+                }
+            }
         });
-        self.backend
-            .put_if_absent(&key, body.to_string().into_bytes())
-            .await?;
-        Ok(key)
+        Ok(HeldLease {
+            key,
+            backend: self.backend.clone(),
+            _renew: tokio_util::task::AbortOnDropHandle::new(renew),
+        })
     }
 
+    /// Delete a lease by key (a dead process's, found in the restore journal).
     pub async fn release(&self, lease: &str) -> Result<()> {
         self.backend.delete(lease).await
+    }
+
+    pub fn lease_ttl(&self) -> std::time::Duration {
+        self.lease_ttl
     }
 
     pub fn backend(&self) -> &dyn Backend {

@@ -453,6 +453,57 @@ impl Backend for S3Backend {
         Ok(())
     }
 
+    async fn check_lock(&self, key: &str) -> Result<()> {
+        let Some(lock) = &self.lock else {
+            return Ok(());
+        };
+        let full = self.full_key(key);
+        let ignored = |why: String| {
+            Error::repo(
+                &self.name,
+                format!(
+                    "object_lock is configured but the store did not apply it to {full} ({why}); backups here are deletable. Use a bucket with Object Lock enabled on a store that enforces it, or remove object_lock"
+                ),
+            )
+        };
+        // HEAD carries the applied retention (x-amz-object-lock-*) on every
+        // store that implements Object Lock; GetObjectRetention is rarer.
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| ignored(format!("reading it back failed: {}", err_text(e))))?;
+        let want = match lock.mode {
+            crate::config::LockMode::Governance => aws_sdk_s3::types::ObjectLockMode::Governance,
+            crate::config::LockMode::Compliance => aws_sdk_s3::types::ObjectLockMode::Compliance,
+        };
+        match out.object_lock_mode() {
+            None => return Err(ignored("it carries no Object Lock mode".into())),
+            Some(m) if *m != want => {
+                return Err(ignored(format!("its Object Lock mode is {}", m.as_str())))
+            }
+            Some(_) => {}
+        }
+        let min = chrono::Utc::now() + chrono::Duration::days(i64::from(lock.days))
+            - chrono::Duration::days(1);
+        let until = out
+            .object_lock_retain_until_date()
+            .map(|d| d.secs())
+            .unwrap_or(0);
+        if until < min.timestamp() {
+            return Err(ignored(format!(
+                "it is retained only until {}",
+                chrono::DateTime::from_timestamp(until, 0)
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| "never".into())
+            )));
+        }
+        Ok(())
+    }
+
     async fn delete(&self, key: &str) -> Result<()> {
         let full = self.full_key(key);
         self.client

@@ -49,7 +49,17 @@ async fn read_hashed(
     progress: Option<Arc<Progress>>,
 ) -> Result<()> {
     let key = Repository::artifact_key(job, id, &artifact.name);
-    let mut reader = repo.get_artifact(job, id, &artifact.name).await?;
+    let mut reader = repo
+        .get_artifact(job, id, &artifact.name)
+        .await
+        .map_err(|e| match e {
+            // The manifest names it, so a missing object is damage.
+            Error::NotFound(_) => Error::Integrity {
+                artifact: key.clone(),
+                message: "listed in the manifest but missing from the repository".into(),
+            },
+            other => other,
+        })?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut sink = Some(sink);
@@ -115,7 +125,7 @@ pub async fn to_writer<W>(
     job: &JobName,
     id: &BackupId,
     artifact: &Artifact,
-    mut w: W,
+    w: W,
     progress: Option<Arc<Progress>>,
     keys: &Keys,
 ) -> Result<u64>
@@ -130,6 +140,11 @@ where
         ),
         progress: progress.clone(),
     };
+    let write_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut w = WriteSide {
+        inner: w,
+        failed: write_failed.clone(),
+    };
     let write = async {
         let n = tokio::io::copy(&mut decoded, &mut w).await?;
         w.flush().await?;
@@ -140,6 +155,11 @@ where
     let (read, written) = tokio::join!(read_hashed(repo, job, id, artifact, tx, progress), write);
     match (read, written) {
         (Err(e), _) => Err(e),
+        // Our side failed (a full --tmp-dir, a consumer that exited): the
+        // backup is fine, so this is not an integrity failure.
+        (Ok(()), Err(e)) if write_failed.load(std::sync::atomic::Ordering::SeqCst) => Err(
+            Error::io(format!("writing the decoded {}", artifact.name), e),
+        ),
         (Ok(()), Err(e)) => Err(Error::Integrity {
             artifact: artifact.name.clone(),
             message: format!(
@@ -147,6 +167,50 @@ where
             ),
         }),
         (Ok(()), Ok(n)) => Ok(n),
+    }
+}
+
+/// Remembers whether an error came from the destination (disk full, a
+/// consumer gone) rather than from decoding, which `copy` cannot tell.
+struct WriteSide<W> {
+    inner: W,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<W> WriteSide<W> {
+    fn note<T>(
+        &self,
+        r: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        if let std::task::Poll::Ready(Err(_)) = &r {
+            self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        r
+    }
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteSide<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(r)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(r)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.note(r)
     }
 }
 

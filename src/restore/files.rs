@@ -1,6 +1,9 @@
-//! Restoring a `files` backup into a directory. Entries are extracted with
-//! `tar`'s `unpack_in`, which refuses absolute paths, `..` and writes
-//! through symlinked parents, so nothing lands outside the directory.
+//! Restoring a `files` backup into a directory. The whole archive is
+//! checked first ([`check_entry`]: no absolute path, no `..`, no link out
+//! of the target, no device or FIFO), so a bad entry refuses the restore
+//! with nothing extracted; then `tar`'s `unpack_in` (which also refuses
+//! writes through symlinked parents) extracts it, setuid/setgid bits
+//! dropped unless `--preserve-modes`.
 
 use super::{base_plan, fetch, Plan, Report, Resolved, RestoreRequest};
 use crate::error::{Error, Result};
@@ -15,6 +18,15 @@ fn target_dir(req: &RestoreRequest) -> Result<PathBuf> {
             "a files backup restores into a directory: pass --to DIR".into(),
         )),
     }
+}
+
+/// What identifies the restore's target, for the per-target lock.
+pub fn target_key(req: &RestoreRequest) -> Result<String> {
+    let dir = target_dir(req)?;
+    Ok(std::path::absolute(&dir)
+        .unwrap_or(dir)
+        .display()
+        .to_string())
 }
 
 pub fn plan(r: &Resolved<'_>, req: &RestoreRequest) -> Result<Plan> {
@@ -54,7 +66,13 @@ pub async fn run(
         artifact: r.manifest.id.to_string(),
         message: "manifest lists no tar artifact".into(),
     })?;
-    let tmp = tmp_dir.join(format!("{}-{}.tar", r.job, r.manifest.id));
+    let tmp = tmp_dir.join(format!(
+        ".drctl-restore-{}-{}-{}-{:08x}.tar",
+        r.job,
+        r.manifest.id,
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     progress.set_phase("fetch", artifact.stored_bytes);
     let t0 = std::time::Instant::now();
     let fetch = fetch::to_file(
@@ -74,7 +92,8 @@ pub async fn run(
     let t1 = std::time::Instant::now();
     let tmp2 = tmp.clone();
     let dir2 = dir.clone();
-    let extracted = tokio::task::spawn_blocking(move || extract(&tmp2, &dir2)).await;
+    let preserve = req.preserve_modes;
+    let extracted = tokio::task::spawn_blocking(move || extract(&tmp2, &dir2, preserve)).await;
     let _ = std::fs::remove_file(&tmp);
     let warnings = extracted.map_err(|e| Error::Other(format!("extracting: {e}")))??;
     Ok(Report {
@@ -88,11 +107,113 @@ pub async fn run(
     })
 }
 
-fn extract(archive: &Path, dir: &Path) -> Result<Vec<String>> {
-    let f = std::fs::File::open(archive)
-        .map_err(|e| Error::io(format!("opening {}", archive.display()), e))?;
-    let mut a = tar::Archive::new(f);
+/// What a files archive may hold, decided per entry before anything is
+/// written: a relative path without `..`, and a regular file, directory or
+/// link that stays inside the target. Anything else refuses the restore
+/// (an archive drctl wrote never holds it, so it means tampering or a bug).
+pub fn check_entry(
+    path: &Path,
+    kind: tar::EntryType,
+    link: Option<&Path>,
+) -> std::result::Result<(), String> {
+    use std::path::Component;
+    let shown = path.display();
+    let mut depth = 0usize;
+    for c in path.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => return Err(format!("{shown:?} contains `..`")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!("{shown:?} is an absolute path"))
+            }
+        }
+    }
+    match kind {
+        tar::EntryType::Regular
+        | tar::EntryType::Continuous
+        | tar::EntryType::Directory
+        | tar::EntryType::GNULongName
+        | tar::EntryType::GNULongLink
+        | tar::EntryType::XHeader
+        | tar::EntryType::XGlobalHeader => Ok(()),
+        tar::EntryType::Symlink => {
+            let target = link.ok_or_else(|| format!("{shown:?}: symlink without a target"))?;
+            // Resolve lexically from the link's own directory.
+            let mut at = depth.saturating_sub(1) as isize;
+            for c in target.components() {
+                match c {
+                    Component::Normal(_) => at += 1,
+                    Component::CurDir => {}
+                    Component::ParentDir => at -= 1,
+                    Component::RootDir | Component::Prefix(_) => {
+                        return Err(format!(
+                            "{shown:?} links to the absolute path {:?}",
+                            target.display()
+                        ))
+                    }
+                }
+                if at < 0 {
+                    return Err(format!(
+                        "{shown:?} links out of the target ({:?})",
+                        target.display()
+                    ));
+                }
+            }
+            Ok(())
+        }
+        tar::EntryType::Link => {
+            let target = link.ok_or_else(|| format!("{shown:?}: hard link without a target"))?;
+            check_entry(target, tar::EntryType::Regular, None)
+                .map_err(|e| format!("{shown:?} is a hard link to {e}"))
+        }
+        other => Err(format!(
+            "{shown:?} is a {other:?} entry (devices, FIFOs and sockets are not restored)"
+        )),
+    }
+}
+
+/// Every entry of the archive through [`check_entry`]: the first problem,
+/// and the number of entries. Used before extraction and by `verify --deep`.
+pub fn check_archive<R: std::io::Read>(
+    reader: R,
+) -> std::io::Result<std::result::Result<usize, String>> {
+    let mut a = tar::Archive::new(reader);
+    let mut n = 0usize;
+    for e in a.entries()? {
+        let mut e = e?;
+        let path = e.path()?.into_owned();
+        let link = e.link_name()?.map(|l| l.into_owned());
+        if let Err(why) = check_entry(&path, e.header().entry_type(), link.as_deref()) {
+            return Ok(Err(why));
+        }
+        std::io::copy(&mut e, &mut std::io::sink())?;
+        n += 1;
+    }
+    Ok(Ok(n))
+}
+
+fn extract(archive: &Path, dir: &Path, preserve_modes: bool) -> Result<Vec<String>> {
+    let open = || {
+        std::fs::File::open(archive)
+            .map_err(|e| Error::io(format!("opening {}", archive.display()), e))
+    };
+    // Pass 1: refuse the whole restore before the first byte is written.
+    match check_archive(std::io::BufReader::new(open()?)) {
+        Ok(Ok(_)) => {}
+        Ok(Err(why)) => {
+            return Err(Error::Refused(format!(
+                "the archive holds an entry that cannot be restored safely, so nothing was extracted: {why}"
+            )))
+        }
+        Err(e) => return Err(Error::io("reading the archive", e)),
+    }
+    let mut a = tar::Archive::new(open()?);
     a.set_preserve_permissions(true);
+    if !preserve_modes {
+        // setuid, setgid and sticky bits only with --preserve-modes.
+        a.set_mask(0o7000);
+    }
     a.set_overwrite(true);
     let mut warnings = Vec::new();
     for entry in a
@@ -106,12 +227,43 @@ fn extract(archive: &Path, dir: &Path) -> Result<Vec<String>> {
             .unwrap_or_default();
         match entry.unpack_in(dir) {
             Ok(true) => {}
-            Ok(false) => warnings.push(format!(
-                "skipped {path:?}: it would land outside {}",
-                dir.display()
-            )),
+            Ok(false) => {
+                return Err(Error::Refused(format!(
+                    "{path:?} would land outside {}; extraction stopped",
+                    dir.display()
+                )))
+            }
             Err(e) => return Err(Error::io(format!("extracting {path}"), e)),
         }
     }
+    warnings.shrink_to_fit();
     Ok(warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tar::EntryType as T;
+
+    #[test]
+    fn entries_that_leave_the_target_or_are_not_files_are_refused() {
+        let ok = |p: &str, k, l: Option<&str>| check_entry(Path::new(p), k, l.map(Path::new));
+        assert!(ok("etc/app/conf", T::Regular, None).is_ok());
+        assert!(ok("./a/b", T::Directory, None).is_ok());
+        assert!(ok("a/b/link", T::Symlink, Some("../c")).is_ok());
+        assert!(ok("a/hard", T::Link, Some("a/b/file")).is_ok());
+        for (p, k, l) in [
+            ("../x", T::Regular, None),
+            ("a/../../x", T::Regular, None),
+            ("/etc/passwd", T::Regular, None),
+            ("a/link", T::Symlink, Some("../../etc")),
+            ("link", T::Symlink, Some("/etc")),
+            ("a/hard", T::Link, Some("../outside")),
+            ("dev/sda", T::Block, None),
+            ("dev/tty", T::Char, None),
+            ("run/fifo", T::Fifo, None),
+        ] {
+            assert!(ok(p, k, l).is_err(), "{p} {k:?} {l:?}");
+        }
+    }
 }

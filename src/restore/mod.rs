@@ -5,6 +5,7 @@
 
 pub mod fetch;
 pub mod files;
+pub mod journal;
 pub mod postgres;
 
 use crate::config::{JobConfig, LoadedConfig};
@@ -36,6 +37,10 @@ pub struct RestoreRequest {
     pub cancel: CancellationToken,
     /// age identity file for encrypted backups (else env, else config).
     pub identity: Option<PathBuf>,
+    /// Files restores: keep setuid/setgid/sticky bits (dropped by default).
+    pub preserve_modes: bool,
+    /// Replace the job's own database even with a backup of another source.
+    pub force_source: bool,
 }
 
 /// What a restore will do, printed by `--dry-run` and before confirmation.
@@ -115,11 +120,19 @@ pub async fn resolve<'a>(cfg: &'a LoadedConfig, req: &RestoreRequest) -> Result<
         .repository()
         .ok_or_else(|| Error::Other(format!("job {name} stores no backups")))?;
     let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
-    let id = match &req.id {
-        Some(id) => BackupId::parse(id).map_err(Error::Other)?,
-        None => repo.latest(&job).await?.id,
+    let manifest = match &req.id {
+        Some(id) => {
+            let id = BackupId::parse(id).map_err(Error::Other)?;
+            repo.read_manifest(&job, &id).await?
+        }
+        None => {
+            let latest = repo.latest_usable(&job).await?;
+            for s in &latest.skipped {
+                tracing::warn!(job = %job, "passing over a newer backup: {s}");
+            }
+            latest.manifest
+        }
     };
-    let manifest = repo.read_manifest(&job, &id).await?;
     let keys = crate::keys::for_manifest(cfg, config, &manifest, req.identity.as_deref())?;
     Ok(Resolved {
         job,
@@ -154,23 +167,70 @@ pub async fn run(
         .unwrap_or_else(|| cfg.config.state_dir.join("tmp"));
     std::fs::create_dir_all(&tmp_dir)
         .map_err(|e| Error::io(format!("creating {}", tmp_dir.display()), e))?;
-    // Keep prune (on any host) away from the backup while it is read.
-    let lease = match r.repo.lease(&r.job, &r.manifest.id, "restore").await {
-        Ok(l) => Some(l),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot lease the backup; a concurrent prune could remove it");
-            None
-        }
+    // Finish or roll back restores that were killed before this one starts.
+    let state = crate::state::State::open(&cfg.config.state_dir).await?;
+    for note in journal::recover(cfg, &state).await {
+        tracing::warn!("{note}");
+    }
+    // One restore per target on this host: a second one into the same
+    // database or directory is refused before it touches anything.
+    let target = match r.config {
+        JobConfig::Postgres(j) => postgres::target_key(j, req)?,
+        JobConfig::Files(_) => files::target_key(req)?,
+        other => return Err(not_restorable(other)),
     };
+    let _target_lock =
+        crate::lock::HostLock::try_acquire_keyed(&cfg.config.state_dir, ".restore", &target)?
+    .map_err(|holder| {
+        Error::Refused(format!(
+            "another restore into {target} is running ({holder}); wait for it or pick another target"
+        ))
+    })?;
+    // Keep prune (on any host) away from the backup while it is read. A
+    // restore that cannot protect its backup does not start.
+    let lease = r
+        .repo
+        .lease(&r.job, &r.manifest.id, "restore")
+        .await
+        .map_err(|e| {
+            Error::repo(
+                &r.repo.name,
+                format!("cannot lease backup {} before reading it (a concurrent prune could remove it), so the restore does not start: {e}", r.manifest.id),
+            )
+        })?;
+    let journal = journal::Journal::begin(
+        &state,
+        r.job.as_str(),
+        r.manifest.id.as_str(),
+        &r.repo.name,
+        &target,
+        Some(&lease.key),
+    )
+    .await?;
     let result = match r.config {
-        JobConfig::Postgres(j) => postgres::run(&r, j, req, &tmp_dir, progress).await,
+        JobConfig::Postgres(j) => postgres::run(&r, j, req, &tmp_dir, progress, &journal).await,
         JobConfig::Files(_) => files::run(&r, req, &tmp_dir, progress).await,
         other => Err(not_restorable(other)),
     };
-    if let Some(l) = lease {
-        if let Err(e) = r.repo.release(&l).await {
-            tracing::warn!(error = %e, lease = %l, "cannot release the lease; it expires in a day");
+    match &result {
+        Ok(_) => journal.step(journal::Step::Done).await?,
+        Err(e) => {
+            // The same repairs a later recovery would make, now.
+            let cleaned = match journal::entry(&state, journal.id).await {
+                Ok(entry) => {
+                    let why = crate::secret::redact(&e.to_string());
+                    journal::settle(cfg, &state, &entry, Some(&why)).await
+                }
+                Err(err) => Err(err),
+            };
+            if let Err(err) = cleaned {
+                tracing::error!(error = %err, "cleaning up after the failed restore; `drctl status` retries");
+            }
         }
+    }
+    let key = lease.key.clone();
+    if let Err(e) = lease.release().await {
+        tracing::warn!(error = %e, lease = %key, "cannot release the lease; it expires after the repository's lease_ttl");
     }
     let mut report = result?;
     report.total_seconds = started.elapsed().as_secs_f64();

@@ -42,6 +42,11 @@ fn side_name(base: &str, suffix: &str) -> String {
     format!("{b}{suffix}")
 }
 
+/// What identifies the restore's target, for the per-target lock.
+pub fn target_key(job: &PostgresJob, req: &RestoreRequest) -> Result<String> {
+    Ok(destination(job, req)?.0.display())
+}
+
 pub fn plan(r: &Resolved<'_>, job: &PostgresJob, req: &RestoreRequest) -> Result<Plan> {
     let (dest, replaces) = destination(job, req)?;
     let mut steps = vec![
@@ -73,6 +78,7 @@ pub async fn run(
     req: &RestoreRequest,
     tmp_dir: &Path,
     progress: Arc<Progress>,
+    journal: &super::journal::Journal,
 ) -> Result<Report> {
     let (dest, replaces) = destination(job, req)?;
     if replaces && !req.confirmed {
@@ -103,7 +109,16 @@ pub async fn run(
         }
         None => None,
     };
-    let dump_file = tmp_dir.join(format!(".drctl-restore-{}-{}.dump", r.job, m.id));
+    // Unique per restore: two restores of one backup (a drill and an
+    // incident, two --to targets) must not share a temporary file.
+    let dump_file = tmp_dir.join(format!(
+        ".drctl-restore-{}-{}-{}-{:08x}.dump",
+        r.job,
+        m.id,
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    journal.temp_file(&dump_file).await?;
     let needed = dump.raw_bytes + dump.raw_bytes / 20 + 64 * 1024 * 1024;
     let free = free_space(tmp_dir)?;
     let streamed = free < needed;
@@ -149,6 +164,9 @@ pub async fn run(
     let t1 = Instant::now();
     let admin = dest.with_database(&job.maintenance_db);
     let mut conn = admin.connect().await?;
+    if replaces && !req.force_source {
+        refuse_another_source(r, &mut conn, &dest.database).await?;
+    }
     if let Some(sql) = &globals {
         let text = String::from_utf8_lossy(sql);
         report.roles_expected = text.lines().filter_map(role_of).collect();
@@ -170,6 +188,16 @@ pub async fn run(
         dest.database.clone()
     };
     let created_db = !exists || replaces;
+    let safety = side_name(&dest.database, &format!("_pre_restore_{stamp}"));
+    journal
+        .names(
+            replaces.then_some(dest.database.as_str()),
+            &into,
+            created_db,
+            (replaces && exists).then_some(safety.as_str()),
+        )
+        .await?;
+    journal.step(super::journal::Step::Restoring).await?;
     if created_db {
         create_database(&mut conn, &into, m.source.as_ref()).await?;
     }
@@ -198,12 +226,73 @@ pub async fn run(
         return Err(e);
     }
 
+    // Database-level properties (ACLs such as REVOKE CONNECT, ALTER
+    // DATABASE .. SET, the comment) live in the dump's DATABASE entries,
+    // which pg_restore applies only with --create: apply them to the new
+    // database before it takes the real name.
+    if let Some(src) = m.source.as_ref() {
+        if streamed {
+            report.warnings.push("database-level properties (GRANT/REVOKE on the database, ALTER DATABASE .. SET, its comment) were not re-applied: the dump was streamed (no room for a temporary copy)".into());
+        } else {
+            let applied =
+                apply_database_properties(&tools, &admin, &dump_file, &src.database, &into).await;
+            if let Err(e) = applied {
+                if created_db {
+                    let _ = sqlx::query(&format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        quote_ident(&into)
+                    ))
+                    .execute(&mut conn)
+                    .await;
+                }
+                return Err(e);
+            }
+        }
+    }
+
     // 3. Swap names so the old database is kept aside.
     if replaces {
-        report.safety_copy = swap(&mut conn, &dest.database, &into, exists, &stamp).await?;
+        report.safety_copy =
+            swap(&mut conn, &dest.database, &into, exists, &safety, journal).await?;
     }
     report.restore_seconds = t1.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Replacing the job's own database with a backup of *another* source is
+/// what two hosts sharing a job name look like: refuse (before anything is
+/// touched) when the server being restored into has backups of its own in
+/// this job and the chosen one is not among them. A new server (a real
+/// disaster recovery) has none, so it is never refused.
+async fn refuse_another_source(
+    r: &Resolved<'_>,
+    conn: &mut sqlx::PgConnection,
+    database: &str,
+) -> Result<()> {
+    let Some((b_sys, b_db)) = r.manifest.source_identity() else {
+        return Ok(());
+    };
+    let Some(live) = crate::jobs::postgres::system_identifier(conn).await else {
+        return Ok(());
+    };
+    if b_sys == live && b_db == database {
+        return Ok(());
+    }
+    for b in r.repo.list_backups(&r.job).await?.iter().rev().take(20) {
+        if b.id == r.manifest.id {
+            continue;
+        }
+        let Ok(m) = r.repo.read_manifest(&r.job, &b.id).await else {
+            continue;
+        };
+        if m.source_identity() == Some((live.as_str(), database)) {
+            return Err(Error::Refused(format!(
+                "backup {} is of database {b_db} on server {b_sys} (host {}), but {database} here (server {live}) has backups of its own in job {} (e.g. {}): two hosts share this job name. Nothing was changed; pass --force-source to restore it anyway",
+                r.manifest.id, r.manifest.host, r.job, b.id
+            )));
+        }
+    }
+    Ok(())
 }
 
 struct RemoveOnDrop(std::path::PathBuf);
@@ -298,30 +387,133 @@ async fn pg_restore(
         }
         None => {
             // Second pass of a streamed restore: the artifact was verified
-            // moments ago; stream it again through the decoder into stdin.
+            // moments ago, but the store may have changed since, so what
+            // feeds pg_restore is hashed again and a mismatch fails the
+            // restore (the new database is then dropped, never swapped in).
             let mut child = spawn_tool(&tools.path("pg_restore"), &args, &env, true, false)?;
-            let mut stdin = child
+            let stdin = child
                 .child
                 .stdin
                 .take()
                 .ok_or_else(|| Error::Other("pg_restore stdin".into()))?;
-            let reader = r
-                .repo
-                .get_artifact(&r.job, &r.manifest.id, &dump.name)
-                .await?;
-            let (measured, _) = crate::stream::Measure::count_only(crate::stream::decoder(
-                crate::keys::unseal(reader, dump, &r.keys),
-                dump.compression,
-            ));
-            let mut measured = measured.with_progress(progress.clone());
-            let copied = tokio::io::copy(&mut measured, &mut stdin).await;
-            drop(stdin);
+            let fed = fetch::to_writer(
+                &r.repo,
+                &r.job,
+                &r.manifest.id,
+                dump,
+                stdin,
+                Some(progress.clone()),
+                &r.keys,
+            )
+            .await;
             let finished = child.finish().await;
-            finished?;
-            copied.map_err(|e| Error::io("streaming the dump into pg_restore", e))?;
+            match (fed, finished) {
+                (Err(e @ Error::Integrity { .. }), _) => return Err(e),
+                // pg_restore stopped reading: its own error says why.
+                (Err(_), Err(tool)) => return Err(tool),
+                (Err(e), Ok(_)) => return Err(e),
+                (Ok(_), finished) => {
+                    finished?;
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// The SQL of the dump's database-level entries (DATABASE PROPERTIES, and
+/// ACL / COMMENT / SECURITY LABEL on the database), rewritten from the
+/// source database's name to `into`, applied with psql.
+async fn apply_database_properties(
+    tools: &PgTools,
+    admin: &PgTarget,
+    dump: &Path,
+    source_db: &str,
+    into: &str,
+) -> Result<()> {
+    let args = vec![
+        "--create".to_string(),
+        "--schema-only".into(),
+        "--file=-".into(),
+        dump.display().to_string(),
+    ];
+    let mut child = spawn_tool(&tools.path("pg_restore"), &args, &[], false, true)?;
+    let mut out = child
+        .child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Other("pg_restore stdout".into()))?;
+    let mut text = String::new();
+    use tokio::io::AsyncReadExt;
+    let read = out.read_to_string(&mut text).await;
+    child.finish().await?;
+    read.map_err(|e| Error::io("reading pg_restore's schema output", e))?;
+    let sql = retarget(&database_entries(&text), source_db, into);
+    if sql.trim().is_empty() {
+        return Ok(());
+    }
+    let passfile = admin.passfile()?;
+    let env = admin.child_env(passfile.as_ref());
+    let args = vec![
+        "-X".to_string(),
+        "-q".into(),
+        "--no-password".into(),
+        "-v".into(),
+        "ON_ERROR_STOP=1".into(),
+    ];
+    let mut child = spawn_tool(&tools.path("psql"), &args, &env, true, false)?;
+    if let Some(mut stdin) = child.child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        stdin
+            .write_all(sql.as_bytes())
+            .await
+            .map_err(|e| Error::io("sending database properties to psql", e))?;
+    }
+    child.finish().await?;
+    Ok(())
+}
+
+/// From pg_restore's text output, the statements of the entries that
+/// belong to the database itself. Entries start with a header comment
+/// `-- Name: N; Type: T; Schema: S; Owner: O`.
+fn database_entries(script: &str) -> String {
+    let mut out = String::new();
+    let mut keep = false;
+    for line in script.lines() {
+        if let Some(h) = line.strip_prefix("-- Name: ") {
+            let ty = h
+                .split("; ")
+                .find_map(|p| p.strip_prefix("Type: "))
+                .unwrap_or("");
+            keep = ty == "DATABASE PROPERTIES"
+                || (matches!(ty, "ACL" | "COMMENT" | "SECURITY LABEL")
+                    && h.starts_with("DATABASE "));
+            continue;
+        }
+        // psql meta-commands (`\connect`, `\restrict`/`\unrestrict` of
+        // newer pg_dump) are pg_restore's framing, not the entry's SQL.
+        if keep && !line.starts_with('\\') && !line.starts_with("--") && !line.trim().is_empty() {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `DATABASE <source>` (as pg_dump quotes it) becomes `DATABASE <into>`.
+fn retarget(sql: &str, source: &str, into: &str) -> String {
+    let plain = source
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !source.starts_with(|c: char| c.is_ascii_digit());
+    let to = format!("DATABASE {}", quote_ident(into));
+    let mut s = sql.replace(&format!("DATABASE {}", quote_ident(source)), &to);
+    if plain {
+        for end in [" ", ";", "\n"] {
+            s = s.replace(&format!("DATABASE {source}{end}"), &format!("{to}{end}"));
+        }
+    }
+    s
 }
 
 /// Run the globals dump minus every statement about a role that already
@@ -422,8 +614,10 @@ async fn swap(
     name: &str,
     restored: &str,
     existed: bool,
-    stamp: &str,
+    safety: &str,
+    journal: &super::journal::Journal,
 ) -> Result<Option<String>> {
+    use super::journal::Step;
     let q = quote_ident;
     if !existed {
         sqlx::query(&format!(
@@ -436,7 +630,9 @@ async fn swap(
         .map_err(|e| Error::pg("renaming the restored database", e))?;
         return Ok(None);
     }
-    let safety = side_name(name, &format!("_pre_restore_{stamp}"));
+    // Journaled first: a kill from here on is finished or rolled back by
+    // the next `drctl restore` / `drctl status`, never left closed.
+    journal.step(Step::Closed).await?;
     sqlx::query(&format!(
         "ALTER DATABASE {} ALLOW_CONNECTIONS false",
         q(name)
@@ -444,6 +640,7 @@ async fn swap(
     .execute(&mut *conn)
     .await
     .map_err(|e| Error::pg(format!("closing {name} to new connections"), e))?;
+    crate::faults::point("restore.swap.closed").await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left: i64 = sqlx::query_scalar(
@@ -474,7 +671,7 @@ async fn swap(
         sqlx::query(&format!(
             "ALTER DATABASE {} RENAME TO {}",
             q(name),
-            q(&safety)
+            q(safety)
         ))
         .execute(&mut *conn)
         .await?;
@@ -502,14 +699,16 @@ async fn swap(
             e,
         ));
     }
+    journal.step(Step::Swapped).await?;
+    crate::faults::point("restore.swap.renamed").await;
     sqlx::query(&format!(
         "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-        q(&safety)
+        q(safety)
     ))
     .execute(&mut *conn)
     .await
     .map_err(|e| Error::pg(format!("reopening {safety}"), e))?;
-    Ok(Some(safety))
+    Ok(Some(safety.to_owned()))
 }
 
 #[cfg(test)]
@@ -525,6 +724,20 @@ mod tests {
         assert!(out.contains("ALTER ROLE app WITH LOGIN"));
         assert!(out.contains("GRANT app TO"));
         assert!(!out.contains("TABLESPACE"));
+    }
+
+    #[test]
+    fn database_properties_are_picked_from_the_script_and_retargeted() {
+        let script = "--\n-- Name: app; Type: DATABASE; Schema: -; Owner: postgres\n--\n\nCREATE DATABASE app WITH TEMPLATE = template0;\n\n\\connect app\n\n--\n-- Name: DATABASE app; Type: COMMENT; Schema: -; Owner: postgres\n--\n\nCOMMENT ON DATABASE app IS 'the app';\n\n--\n-- Name: app; Type: DATABASE PROPERTIES; Schema: -; Owner: postgres\n--\n\nALTER DATABASE app SET work_mem TO '8MB';\n\n\\connect app\n\n--\n-- Name: t; Type: TABLE; Schema: public; Owner: postgres\n--\n\nCREATE TABLE public.t (i int);\n\n--\n-- Name: DATABASE app; Type: ACL; Schema: -; Owner: postgres\n--\n\nREVOKE CONNECT,TEMPORARY ON DATABASE app FROM PUBLIC;\n";
+        let got = retarget(&database_entries(script), "app", "app_restoring_1");
+        assert_eq!(
+            got,
+            "COMMENT ON DATABASE \"app_restoring_1\" IS 'the app';\nALTER DATABASE \"app_restoring_1\" SET work_mem TO '8MB';\nREVOKE CONNECT,TEMPORARY ON DATABASE \"app_restoring_1\" FROM PUBLIC;\n"
+        );
+        assert_eq!(
+            retarget("ALTER DATABASE \"My Db\" SET x TO 1;\n", "My Db", "n"),
+            "ALTER DATABASE \"n\" SET x TO 1;\n"
+        );
     }
 
     #[test]

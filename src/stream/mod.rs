@@ -7,7 +7,9 @@ mod codec;
 pub mod crypt;
 mod guarded;
 mod measure;
+mod tee;
 
 pub use codec::{decoder, encoder, BoxRead};
 pub use guarded::{guarded, Guarded, Verdict};
 pub use measure::{Measure, Measured};
+pub use tee::{tee, Tee};

@@ -466,9 +466,17 @@ pub fn tool_wrappers(scripts: &[(&str, &str)]) -> PathBuf {
         let path = dir.join(tool);
         if let Some((_, body)) = scripts.iter().find(|(t, _)| *t == tool) {
             let real = pg_bin(tool);
+            // A pg_restore wrapper is about restores: the backup's own
+            // archive check (`pg_restore --file=/dev/null`) goes straight
+            // to the real tool.
+            let pass = if tool == "pg_restore" {
+                "case \" $* \" in *\" --file=/dev/null \"*) exec \"$REAL\" \"$@\";; esac\n"
+            } else {
+                ""
+            };
             std::fs::write(
                 &path,
-                format!("#!/bin/bash\nREAL={}\n{}\n", real.display(), body),
+                format!("#!/bin/bash\nREAL={}\n{pass}{}\n", real.display(), body),
             )
             .unwrap();
             use std::os::unix::fs::PermissionsExt;

@@ -212,7 +212,10 @@ pub async fn job(cfg: &LoadedConfig, name: &str, opts: &Options) -> Result<Repor
         if let Some(l) = live_lease(d, now) {
             report.skipped.push(Skipped {
                 id: id.to_string(),
-                why: format!("in use by a restore or drill (lease {})", l.key),
+                why: format!(
+                    "in use by a restore, drill or backup in progress (lease {})",
+                    l.key
+                ),
             });
             continue;
         }

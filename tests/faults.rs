@@ -949,8 +949,12 @@ fn random_kills_and_store_faults_never_make_a_false_restorable() {
     let kill_rounds = rounds() * 2;
     for round in 0..kill_rounds {
         let to = format!("chaos_to_{round}");
-        let (args, refused_target): (Vec<String>, bool) = match round % 6 {
+        let (args, refused_target): (Vec<String>, bool) = match round % 7 {
             0 | 1 => (vec!["run".into(), "appdb".into()], false),
+            6 => (
+                vec!["verify".into(), "--all".into(), "--deep".into()],
+                false,
+            ),
             2 => (
                 vec![
                     "restore".into(),
@@ -993,7 +997,7 @@ fn random_kills_and_store_faults_never_make_a_false_restorable() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let delay = Duration::from_millis(rng.below(2500));
+        let delay = Duration::from_millis(rng.below(900));
         let start = std::time::Instant::now();
         let mut killed = false;
         loop {
@@ -1072,7 +1076,8 @@ fn random_kills_and_store_faults_never_make_a_false_restorable() {
         }
     }
 
-    // Store faults: an S3 endpoint that resets connections mid-request.
+    // Store faults: an S3 endpoint that resets connections mid-request and
+    // answers 503 SlowDown in storms.
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     let rate = Arc::new(AtomicU64::new(0));
@@ -1080,14 +1085,21 @@ fn random_kills_and_store_faults_never_make_a_false_restorable() {
     let (r2, f2) = (rate.clone(), faults.clone());
     let dice = std::sync::Mutex::new(Rng(seed.rotate_left(17) | 1));
     let target = s3().endpoint.trim_start_matches("http://").to_owned();
-    let port = proxy(target, move |_| {
+    let port = fault_proxy(target, move |chunk| {
         let per_mille = r2.load(Ordering::SeqCst);
         let roll = dice.lock().unwrap().below(1000);
-        if roll < per_mille {
-            f2.fetch_add(1, Ordering::SeqCst);
-            false
+        if roll >= per_mille {
+            return Fault::Pass;
+        }
+        f2.fetch_add(1, Ordering::SeqCst);
+        // A request's first chunk may get a 503 SlowDown; any chunk a reset.
+        let starts_request = [&b"GET "[..], b"PUT ", b"POST ", b"HEAD ", b"DELETE "]
+            .iter()
+            .any(|m| chunk.starts_with(m));
+        if starts_request && roll % 2 == 0 {
+            Fault::SlowDown
         } else {
-            true
+            Fault::Cut
         }
     });
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -1145,4 +1157,246 @@ fn random_kills_and_store_faults_never_make_a_false_restorable() {
         "seed {seed}: {t:?}"
     );
     assert!(t.kills + t.completed == kill_rounds);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_backup_survives_a_concurrent_orphan_sweep_and_its_commit_rechecks_what_it_wrote() {
+    let pg = pg();
+    let src = pg.create_db("slow");
+    pg.seed(&src, &unique("slow_owner"), 100);
+    // pg_dump waits 6 s (a lock wait) after the globals are stored.
+    let bin = tool_wrappers(&[(
+        "pg_dump",
+        "case \"$*\" in *--version*) exec \"$REAL\" \"$@\";; esac; sleep 6; exec \"$REAL\" \"$@\"",
+    )]);
+    let bucket = s3().create_bucket().await;
+    let mut w = World::new(&format!(
+        "[repositories.offsite]\ntype = \"s3\"\nbucket = \"{bucket}\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\npath_style = true\n[jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"offsite\"\npg_bindir = \"{}\"\n",
+        s3().endpoint,
+        bin.display()
+    ));
+    w.set_env("APP_DATABASE_URL", &pg.url(&src));
+    let spawn = || {
+        w.command(&["run", "appdb"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // A prune with a 2-second orphan age on another host, mid-backup.
+    let child = spawn();
+    std::thread::sleep(Duration::from_secs(4));
+    let p = w.drctl(&["prune", "--orphan-age", "2s", "--json"]);
+    p.ok();
+    let report: serde_json::Value = serde_json::from_str(&p.stdout).unwrap();
+    assert_eq!(
+        report[0]["orphans"].as_array().unwrap().len(),
+        0,
+        "{report}"
+    );
+    let r = Run::from(child.wait_with_output().unwrap());
+    r.ok();
+    let first = r.stdout.trim().to_owned();
+    w.drctl(&["verify", "--deep"]).ok();
+
+    // Someone deletes an artifact of the running backup anyway: the commit
+    // checks every artifact it names and fails instead of listing a hole.
+    let child = spawn();
+    std::thread::sleep(Duration::from_secs(3));
+    let client = s3().client().await;
+    let objects = client
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("appdb/")
+        .send()
+        .await
+        .unwrap();
+    let victim = objects
+        .contents()
+        .iter()
+        .filter_map(|o| o.key())
+        .find(|k| k.ends_with("globals.sql.zst") && !k.contains(&first))
+        .expect("the running backup's globals")
+        .to_owned();
+    client
+        .delete_object()
+        .bucket(&bucket)
+        .key(&victim)
+        .send()
+        .await
+        .unwrap();
+    let r = Run::from(child.wait_with_output().unwrap());
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("vanished before the commit"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(listed_ids(&w), vec![first]);
+}
+
+#[test]
+fn a_restore_longer_than_the_lease_ttl_keeps_its_backup_and_one_without_a_lease_never_starts() {
+    let pg = pg();
+    let src = pg.create_db("longres");
+    pg.seed(&src, &unique("longres_owner"), 100);
+    let before = pg.fingerprint(&src);
+    let mut w = local_world("retention = { keep_last = 1 }");
+    std::fs::write(
+        &w.config,
+        std::fs::read_to_string(&w.config)
+            .unwrap()
+            .replace("path = \"", "lease_ttl = \"2s\"\npath = \""),
+    )
+    .unwrap();
+    w.set_env("APP_DATABASE_URL", &pg.url(&src));
+    let old = w.drctl(&["run", "appdb"]).ok().stdout.trim().to_owned();
+    // A pg_restore that runs three lease TTLs.
+    let marker = scratch_dir("drctl-longres-").join("started");
+    let bin = tool_wrappers(&[(
+        "pg_restore",
+        &format!("touch {}; sleep 6; exec \"$REAL\" \"$@\"", marker.display()),
+    )]);
+    append(&w, &format!("pg_bindir = \"{}\"\n", bin.display()));
+    let target = unique("longres_dst");
+    let child = w
+        .command(&["restore", "--id", &old, "--to", &pg.url(&target)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_path(&marker, Duration::from_secs(20));
+    // Another backup, whose retention (keep_last = 1) would take the old one.
+    w.drctl(&["run", "appdb"]).ok();
+    std::thread::sleep(Duration::from_secs(3));
+    let p = w.drctl(&["prune", "--json"]);
+    p.ok();
+    assert!(p.stdout.contains("in use by a restore"), "{}", p.stdout);
+    assert!(listed_ids(&w).contains(&old));
+    Run::from(child.wait_with_output().unwrap()).ok();
+    assert_eq!(pg.fingerprint(&target), before);
+    // Released at the end: now the policy applies.
+    w.drctl(&["prune"]).ok();
+    assert!(!listed_ids(&w).contains(&old));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_that_cannot_lease_its_backup_does_not_start() {
+    let pg = pg();
+    let src = pg.create_db("nolease");
+    pg.seed(&src, &unique("nolease_owner"), 20);
+    let bucket = s3().create_bucket().await;
+    let body = |endpoint: &str| {
+        format!(
+            "[repositories.offsite]\ntype = \"s3\"\nbucket = \"{bucket}\"\nregion = \"us-east-1\"\nendpoint = \"{endpoint}\"\npath_style = true\n[jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"offsite\"\n"
+        )
+    };
+    let mut w = World::new(&body(&s3().endpoint));
+    w.set_env("APP_DATABASE_URL", &pg.url(&src));
+    w.drctl(&["run", "appdb"]).ok();
+    // A store that refuses every lease write (a policy, a full quota).
+    let target = s3().endpoint.trim_start_matches("http://").to_owned();
+    let port = proxy(target, |chunk| {
+        !(chunk.starts_with(b"PUT ") && chunk.windows(8).any(|w| w == b"/leases/"))
+    });
+    let mut r = World::new(&body(&format!("http://127.0.0.1:{port}")));
+    r.set_env("APP_DATABASE_URL", &pg.url(&src));
+    let dst = unique("nolease_dst");
+    let out = r.drctl(&["restore", "--latest", "--to", &pg.url(&dst)]);
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(out.stderr.contains("cannot lease"), "{}", out.stderr);
+    assert!(!pg.db_exists(&dst));
+}
+
+#[test]
+fn files_restores_refuse_unsafe_archives_before_writing_and_drop_setuid_bits() {
+    use std::os::unix::fs::PermissionsExt;
+    let src = scratch_dir("drctl-files-src-");
+    std::fs::write(src.join("app.conf"), "x=1\n").unwrap();
+    std::fs::write(src.join("tool"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(src.join("tool"), std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::os::unix::fs::symlink("app.conf", src.join("current")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", src.join("outside")).unwrap();
+    let fifo = src.join("pipe");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let w = World::new(&format!(
+        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n[jobs.configs]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"local\"\n",
+        src.display()
+    ));
+    // What a restore would refuse never enters the archive, and the run says so.
+    let r = w.drctl(&["run", "configs"]);
+    r.ok();
+    let id = r.stdout.trim().to_owned();
+    assert!(
+        r.stderr.contains("pipe") && r.stderr.contains("outside"),
+        "{}",
+        r.stderr
+    );
+    w.drctl(&["verify", "--deep"]).ok();
+
+    let rel = src.strip_prefix("/").unwrap();
+    let out = scratch_dir("drctl-files-dst-").join("a");
+    w.drctl(&["restore", "--latest", "--to", out.to_str().unwrap()])
+        .ok();
+    let tool = std::fs::metadata(out.join(rel).join("tool")).unwrap();
+    assert_eq!(tool.permissions().mode() & 0o7777, 0o755, "setuid dropped");
+    assert_eq!(
+        std::fs::read_link(out.join(rel).join("current")).unwrap(),
+        Path::new("app.conf")
+    );
+    assert!(
+        !out.join(rel).join("pipe").exists()
+            && std::fs::symlink_metadata(out.join(rel).join("outside")).is_err()
+    );
+    let kept = scratch_dir("drctl-files-dst-").join("b");
+    w.drctl(&[
+        "restore",
+        "--latest",
+        "--to",
+        kept.to_str().unwrap(),
+        "--preserve-modes",
+    ])
+    .ok();
+    let tool = std::fs::metadata(kept.join(rel).join("tool")).unwrap();
+    assert_eq!(tool.permissions().mode() & 0o7777, 0o4755);
+
+    // An archive with a `..` entry after a harmless one (tampered, or written
+    // by a bug): refused whole, nothing extracted; verify --deep says so.
+    let mut raw = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut raw);
+        for name in ["ok/first.txt", "zz/../../evil.txt"] {
+            let mut h = tar::Header::new_old();
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_size(3);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            b.append(&h, &b"hi\n"[..]).unwrap();
+        }
+        b.finish().unwrap();
+    }
+    let stored = zstd(&["-1", "-c"], &raw);
+    let repo = w.repo_dir();
+    let dir = repo.join("configs").join(&id);
+    std::fs::write(dir.join("files.tar.zst"), &stored).unwrap();
+    let mpath = dir.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m["artifacts"][0]["sha256"] = sha256_hex(&stored).into();
+    m["artifacts"][0]["stored_bytes"] = stored.len().into();
+    m["artifacts"][0]["raw_bytes"] = raw.len().into();
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let bad = scratch_dir("drctl-files-dst-").join("c");
+    let r = w.drctl(&["restore", "--latest", "--to", bad.to_str().unwrap()]);
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert!(r.stderr.contains(".."), "{}", r.stderr);
+    assert!(!bad.join("ok").exists(), "nothing extracted");
+    assert!(!bad.parent().unwrap().join("evil.txt").exists());
+    let v = w.drctl(&["verify", "--deep"]);
+    assert_eq!(v.code, 3, "{}", v.all());
+    assert!(v.stdout.contains("a restore would refuse"), "{}", v.stdout);
 }

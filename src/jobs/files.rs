@@ -44,28 +44,67 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &FilesJob) -> Result<BackupOutput>
     let produced = producer
         .await
         .map_err(|e| Error::Other(format!("tar writer: {e}")))?;
-    produced.map_err(Error::Other)?;
+    let skipped = produced.map_err(Error::Other)?;
+    let output: String = skipped.iter().map(|s| format!("skipped {s}\n")).collect();
+    for s in &skipped {
+        tracing::warn!("not in the archive: {s}");
+    }
     Ok(BackupOutput {
         artifacts: vec![stored?],
+        output,
         ..Default::default()
     })
 }
 
-fn write_tar<W: std::io::Write>(w: W, paths: &[std::path::PathBuf]) -> Result<(), String> {
+/// The archive holds only what a restore accepts (`restore::files::
+/// check_entry`): directories, regular files and links that stay inside
+/// the tree. Anything else (a FIFO, a socket, a device, a symlink to an
+/// absolute path or out of the tree) is left out and named in the run's
+/// output, so every committed backup restores as a whole.
+fn write_tar<W: std::io::Write>(w: W, paths: &[std::path::PathBuf]) -> Result<Vec<String>, String> {
     let mut b = tar::Builder::new(w);
     b.follow_symlinks(false);
+    let mut skipped = Vec::new();
     for p in paths {
-        let name = p.strip_prefix("/").unwrap_or(p);
-        let meta = std::fs::symlink_metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
-        let r = if meta.is_dir() {
-            b.append_dir_all(name, p)
-        } else {
-            b.append_path_with_name(p, name)
-        };
-        r.map_err(|e| format!("adding {} to the archive: {e}", p.display()))?;
+        for entry in walkdir::WalkDir::new(p)
+            .follow_links(false)
+            .sort_by_file_name()
+        {
+            let entry = entry.map_err(|e| format!("reading {}: {e}", p.display()))?;
+            let path = entry.path();
+            let name = path.strip_prefix("/").unwrap_or(path);
+            let ft = entry.file_type();
+            let (kind, link) = if ft.is_dir() {
+                (tar::EntryType::Directory, None)
+            } else if ft.is_file() {
+                (tar::EntryType::Regular, None)
+            } else if ft.is_symlink() {
+                let target = std::fs::read_link(path)
+                    .map_err(|e| format!("reading the link {}: {e}", path.display()))?;
+                (tar::EntryType::Symlink, Some(target))
+            } else {
+                skipped.push(format!(
+                    "{} (not a file, directory or link)",
+                    path.display()
+                ));
+                continue;
+            };
+            if let Err(why) = crate::restore::files::check_entry(name, kind, link.as_deref()) {
+                skipped.push(format!("{} ({why})", path.display()));
+                continue;
+            }
+            let r = if ft.is_dir() {
+                b.append_dir(name, path)
+            } else {
+                b.append_path_with_name(path, name)
+            };
+            r.map_err(|e| format!("adding {} to the archive: {e}", path.display()))?;
+        }
     }
     let mut w = b
         .into_inner()
         .map_err(|e| format!("finishing the archive: {e}"))?;
-    w.flush().map_err(|e| format!("finishing the archive: {e}"))
+    w.flush()
+        .map_err(|e| format!("finishing the archive: {e}"))?;
+    Ok(skipped)
 }

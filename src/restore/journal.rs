@@ -224,6 +224,11 @@ impl Journal {
         Ok(())
     }
 
+    /// drctl created `restoring` itself (so recovery may drop it).
+    pub async fn created(&self) -> Result<()> {
+        self.set("created", "1").await
+    }
+
     pub async fn step(&self, step: Step) -> Result<()> {
         self.set("step", step.as_str()).await
     }
@@ -310,6 +315,12 @@ pub async fn settle(
     let mut conn = if needs_db { admin(cfg, e).await? } else { None };
     let mut existing = Vec::new();
     if let Some(c) = conn.as_mut() {
+        // A statement of the dead restore may still be running on the server
+        // (a CREATE DATABASE completes after its client is gone): stop it
+        // and wait, so what exists is what stays.
+        if let Some(r) = &e.restoring {
+            settle_statements(c, r).await?;
+        }
         let names: Vec<String> = [&e.database, &e.restoring, &e.safety]
             .into_iter()
             .flatten()
@@ -389,6 +400,26 @@ pub async fn settle(
         tracing::warn!("{note}");
     }
     Ok(note)
+}
+
+/// Terminate active statements that mention `name` (other than ours) and
+/// wait until they are gone (at most 30 s).
+async fn settle_statements(c: &mut sqlx::PgConnection, name: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE pid <> pg_backend_pid() AND state <> 'idle' AND position($1 in query) > 0",
+        )
+        .bind(name)
+        .fetch_one(&mut *c)
+        .await
+        .map_err(|err| Error::pg("stopping the interrupted restore's statements", err))?;
+        if left == 0 || std::time::Instant::now() > deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// A connection to the target's server with the job's own credentials, when

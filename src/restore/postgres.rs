@@ -189,17 +189,23 @@ pub async fn run(
     };
     let created_db = !exists || replaces;
     let safety = side_name(&dest.database, &format!("_pre_restore_{stamp}"));
+    // `<db>_restoring_<stamp>` is ours from the start; a `--to` target only
+    // once our CREATE DATABASE succeeded (recovery never drops a database
+    // someone else created).
     journal
         .names(
             replaces.then_some(dest.database.as_str()),
             &into,
-            created_db,
+            replaces,
             (replaces && exists).then_some(safety.as_str()),
         )
         .await?;
     journal.step(super::journal::Step::Restoring).await?;
     if created_db {
         create_database(&mut conn, &into, m.source.as_ref()).await?;
+        if !replaces {
+            journal.created().await?;
+        }
     }
 
     progress.set_phase("restore", dump.raw_bytes);
@@ -354,10 +360,21 @@ async fn create_database(
             lit(&s.ctype)
         ));
     }
-    sqlx::query(&sql)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| Error::pg(format!("creating database {name}"), e))?;
+    sqlx::query(&sql).execute(&mut *conn).await.map_err(|e| {
+        // Two restores racing to create one target (from two hosts): the
+        // loser is refused in words, not with pg_database's index error.
+        let taken = e
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c == "23505" || c == "42P04");
+        if taken {
+            Error::Refused(format!(
+                "database {name} was created by someone else meanwhile (another restore?); nothing was restored"
+            ))
+        } else {
+            Error::pg(format!("creating database {name}"), e)
+        }
+    })?;
     Ok(())
 }
 

@@ -503,8 +503,26 @@ pub fn cutting_proxy(target: String, budget: u64) -> u16 {
 /// as soon as `pass` refuses a chunk the client sent. Faults by real means:
 /// the client sees a reset connection, as with a flaky network or store.
 pub fn proxy(target: String, pass: impl Fn(&[u8]) -> bool + Send + Sync + 'static) -> u16 {
+    fault_proxy(
+        target,
+        move |c| if pass(c) { Fault::Pass } else { Fault::Cut },
+    )
+}
+
+/// What a [`fault_proxy`] does with a chunk the client sent.
+pub enum Fault {
+    Pass,
+    /// Reset the connection (both ways): a flaky network, a dying store.
+    Cut,
+    /// Answer `503 SlowDown` as S3 does under load, and close.
+    SlowDown,
+}
+
+/// A loopback TCP proxy to `target` that applies `decide` to every chunk
+/// the client sends: forward it, cut the connection, or answer 503 SlowDown.
+pub fn fault_proxy(target: String, decide: impl Fn(&[u8]) -> Fault + Send + Sync + 'static) -> u16 {
     use std::sync::Arc;
-    let pass = Arc::new(pass);
+    let pass = Arc::new(decide);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -532,18 +550,31 @@ pub fn proxy(target: String, pass: impl Fn(&[u8]) -> bool + Send + Sync + 'stati
                         let mut buf = vec![0u8; 64 * 1024];
                         loop {
                             let n = cr.read(&mut buf).await.unwrap_or(0);
-                            if n == 0 || !pass(&buf[..n]) {
-                                return;
+                            if n == 0 {
+                                return false;
+                            }
+                            match pass(&buf[..n]) {
+                                Fault::Pass => {}
+                                Fault::Cut => return false,
+                                Fault::SlowDown => return true,
                             }
                             if uw.write_all(&buf[..n]).await.is_err() {
-                                return;
+                                return false;
                             }
                         }
                     };
-                    let down = tokio::io::copy(&mut ur, &mut cw);
-                    tokio::select! {
-                        _ = up => {}
-                        _ = down => {}
+                    let slow_down = {
+                        let down = tokio::io::copy(&mut ur, &mut cw);
+                        tokio::select! {
+                            s = up => s,
+                            _ = down => false,
+                        }
+                    };
+                    if slow_down {
+                        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                        let resp = format!("HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                        let _ = cw.write_all(resp.as_bytes()).await;
+                        let _ = cw.shutdown().await;
                     }
                 });
             }

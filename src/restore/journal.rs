@@ -119,19 +119,7 @@ pub fn plan(e: &Entry, exists: &dyn Fn(&str) -> bool) -> (Vec<Fix>, Step, String
                 format!("{what} stopped during pg_restore; rolled back: {left}"),
             )
         }
-        Step::Closed if e.safety.as_deref().is_some_and(exists) => {
-            keep_open(&mut fixes, &e.safety);
-            keep_open(&mut fixes, &e.database);
-            (
-                fixes,
-                Step::Done,
-                format!(
-                    "{what} stopped right after its swap; finished: connections re-opened, the replaced database is {}",
-                    e.safety.as_deref().unwrap_or("?")
-                ),
-            )
-        }
-        Step::Closed => {
+        Step::Closed if !e.safety.as_deref().is_some_and(exists) => {
             keep_open(&mut fixes, &e.database);
             drop_restoring(&mut fixes);
             (
@@ -143,14 +131,16 @@ pub fn plan(e: &Entry, exists: &dyn Fn(&str) -> bool) -> (Vec<Fix>, Step, String
                 ),
             )
         }
-        Step::Swapped => {
+        // The renames are one transaction: once the safety copy exists the
+        // swap happened, whether or not the journal got to say so.
+        Step::Swapped | Step::Closed => {
             keep_open(&mut fixes, &e.safety);
             keep_open(&mut fixes, &e.database);
             (
                 fixes,
                 Step::Done,
                 format!(
-                    "{what} stopped after its swap; finished: {} holds the restored data, the replaced one is {}",
+                    "{what} stopped after its swap; finished: connections re-opened, {} holds the restored data, the replaced one is {}",
                     e.database.as_deref().unwrap_or("?"),
                     e.safety.as_deref().unwrap_or("?")
                 ),

@@ -469,24 +469,7 @@ async fn apply_database_properties(
     if sql.trim().is_empty() {
         return Ok(());
     }
-    let passfile = admin.passfile()?;
-    let env = admin.child_env(passfile.as_ref());
-    let args = vec![
-        "-X".to_string(),
-        "-q".into(),
-        "--no-password".into(),
-        "-v".into(),
-        "ON_ERROR_STOP=1".into(),
-    ];
-    let mut child = spawn_tool(&tools.path("psql"), &args, &env, true, false)?;
-    if let Some(mut stdin) = child.child.stdin.take() {
-        use tokio::io::AsyncWriteExt;
-        stdin
-            .write_all(sql.as_bytes())
-            .await
-            .map_err(|e| Error::io("sending database properties to psql", e))?;
-    }
-    child.finish().await?;
+    psql_script(tools, admin, &sql, true, "database properties").await?;
     Ok(())
 }
 
@@ -552,6 +535,24 @@ async fn create_missing_roles(
     if created.is_empty() {
         return Ok((created, Vec::new()));
     }
+    let stderr = psql_script(tools, admin, &filtered, false, "roles").await?;
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("ERROR"))
+        .map(|l| format!("globals: {l}"))
+        .collect();
+    Ok((created, warnings))
+}
+
+/// Run `sql` through psql against `admin` (password in a passfile, never
+/// argv); returns psql's stderr. `stop_on_error`: ON_ERROR_STOP.
+async fn psql_script(
+    tools: &PgTools,
+    admin: &PgTarget,
+    sql: &str,
+    stop_on_error: bool,
+    what: &str,
+) -> Result<String> {
     let passfile = admin.passfile()?;
     let env = admin.child_env(passfile.as_ref());
     let args = vec![
@@ -559,23 +560,17 @@ async fn create_missing_roles(
         "-q".into(),
         "--no-password".into(),
         "-v".into(),
-        "ON_ERROR_STOP=0".into(),
+        format!("ON_ERROR_STOP={}", u8::from(stop_on_error)),
     ];
     let mut child = spawn_tool(&tools.path("psql"), &args, &env, true, false)?;
     if let Some(mut stdin) = child.child.stdin.take() {
         use tokio::io::AsyncWriteExt;
         stdin
-            .write_all(filtered.as_bytes())
+            .write_all(sql.as_bytes())
             .await
-            .map_err(|e| Error::io("sending roles to psql", e))?;
+            .map_err(|e| Error::io(format!("sending {what} to psql"), e))?;
     }
-    let stderr = child.finish().await?;
-    let warnings = stderr
-        .lines()
-        .filter(|l| l.contains("ERROR"))
-        .map(|l| format!("globals: {l}"))
-        .collect();
-    Ok((created, warnings))
+    child.finish().await
 }
 
 /// The role a `CREATE ROLE`/`ALTER ROLE` line is about.

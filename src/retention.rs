@@ -102,8 +102,8 @@ pub struct Candidate {
 ///
 /// - A backup with an untrustworthy time (`skewed`) or known `damaged`
 ///   fills no policy slot, so it cannot push out real, good backups. A
-///   skewed one is kept (its data may be the newest there is); a damaged
-///   one is not, unless nothing better exists.
+///   skewed one is kept while the store's clock puts it inside the kept
+///   span; a damaged one goes, unless it is the newest (always kept).
 /// - The newest backup proven restorable is kept on top of the policy's
 ///   picks ("last verified"): retention never leaves only unproven copies.
 /// - Without a policy everything is kept.
@@ -151,17 +151,16 @@ pub fn decide(backups: &[Candidate], policy: Option<&Policy>, tz: Tz) -> BTreeMa
     if let Some(b) = newest_proven {
         kept.entry(b.id.clone()).or_default().push("last verified");
     }
-    if slots.is_empty() {
-        // Every trustworthy backup is known damaged: keep the newest of
-        // them anyway; partly damaged beats nothing at all.
-        if let Some(b) = backups
-            .iter()
-            .filter(|b| !b.skewed)
-            .max_by(|a, b| a.at.cmp(&b.at).then(a.id.cmp(&b.id)))
-        {
-            kept.entry(b.id.clone())
-                .or_default()
-                .push("newest (damaged, nothing better)");
+    // The newest backup stays whatever is known about it: "damaged" may be
+    // one bad artifact of several, and deleting cannot be undone.
+    if let Some(b) = backups
+        .iter()
+        .filter(|b| !b.skewed)
+        .max_by(|a, b| a.at.cmp(&b.at).then(a.id.cmp(&b.id)))
+    {
+        let r = kept.entry(b.id.clone()).or_default();
+        if r.is_empty() {
+            r.push("newest, though damaged");
         }
     }
     kept
@@ -230,9 +229,11 @@ mod tests {
         let k = decide(&b, Some(&p), Tz::UTC);
         assert_eq!(
             k.keys().map(String::as_str).collect::<Vec<_>>(),
-            vec!["ok", "proven"]
+            vec!["bad2", "ok", "proven"]
         );
         assert_eq!(k["proven"], vec!["last verified"]);
+        assert_eq!(k["ok"], vec!["last", "newest"]);
+        assert_eq!(k["bad2"], vec!["newest, though damaged"]);
         // All damaged: the newest stays anyway.
         for c in &mut b {
             c.damaged = true;

@@ -1400,3 +1400,46 @@ fn files_restores_refuse_unsafe_archives_before_writing_and_drop_setuid_bits() {
     assert_eq!(v.code, 3, "{}", v.all());
     assert!(v.stdout.contains("a restore would refuse"), "{}", v.stdout);
 }
+
+#[test]
+fn retention_keeps_the_last_good_backup_when_the_newest_ones_are_known_damaged() {
+    let pg = pg();
+    let src = pg.create_db("dmg");
+    pg.seed(&src, &unique("dmg_owner"), 50);
+    let before = pg.fingerprint(&src);
+    let mut w = local_world("");
+    w.set_env("APP_DATABASE_URL", &pg.url(&src));
+    let good = w.drctl(&["run", "appdb"]).ok().stdout.trim().to_owned();
+    let bad: Vec<String> = (0..3)
+        .map(|_| w.drctl(&["run", "appdb"]).ok().stdout.trim().to_owned())
+        .collect();
+    // Bit rot in the three newest dumps, found by a full verification.
+    for id in &bad {
+        let p = w
+            .repo_dir()
+            .join("appdb")
+            .join(id)
+            .join("database.dump.zst");
+        let mut bytes = std::fs::read(&p).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x10;
+        std::fs::write(&p, &bytes).unwrap();
+    }
+    assert_eq!(w.drctl(&["verify", "--all"]).code, 3);
+    append(&w, "retention = { keep_last = 1 }\n");
+    let r = w.drctl(&["prune", "--json"]);
+    r.ok();
+    let ids = listed_ids(&w);
+    assert!(
+        ids.contains(&good),
+        "the last good backup stays: {ids:?}\n{}",
+        r.stdout
+    );
+    assert!(ids.contains(&bad[2]), "the newest stays too: {ids:?}");
+    assert!(!ids.contains(&bad[0]) && !ids.contains(&bad[1]), "{ids:?}");
+    // And it restores.
+    let target = unique("dmg_dst");
+    w.drctl(&["restore", "--id", &good, "--to", &pg.url(&target)])
+        .ok();
+    assert_eq!(pg.fingerprint(&target), before);
+}

@@ -898,7 +898,7 @@ struct Tally {
 fn leftovers(w: &World, db: &str) -> Vec<String> {
     let pg = pg();
     let mut out: Vec<String> = pg
-        .psql("postgres", &format!("SELECT string_agg(datname, ',') FROM pg_database WHERE datname LIKE '{db}_restoring_%' OR datname LIKE 'chaos_to_%'"))
+        .psql("postgres", &format!("SELECT string_agg(datname, ',') FROM pg_database WHERE datname LIKE '{db}_restoring_%' OR datname LIKE 'chaos_to_%' OR datname LIKE 'drctl_drill_%'"))
         .split(',')
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
@@ -936,7 +936,7 @@ fn random_kills_and_store_faults_never_make_a_false_restorable() {
 
     // Kills at random points of backup, restore (swap included), prune,
     // verify and a refused restore, on a local repository.
-    let mut w = local_world("[jobs.appdb.retention]\nkeep_last = 2");
+    let mut w = local_world("retention = { keep_last = 2 }");
     std::fs::write(
         &w.config,
         std::fs::read_to_string(&w.config)
@@ -945,6 +945,11 @@ fn random_kills_and_store_faults_never_make_a_false_restorable() {
     )
     .unwrap();
     w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    w.set_env("DRILL_PG_URL", &pg.url("postgres"));
+    append(
+        &w,
+        "[drills.chaos]\njob = \"appdb\"\ntarget = { server_url_env = \"DRILL_PG_URL\" }\n",
+    );
     let mut good: Vec<String> = vec![w.drctl(&["run", "appdb"]).ok().stdout.trim().to_owned()];
     let kill_rounds = rounds() * 2;
     for round in 0..kill_rounds {
@@ -1442,4 +1447,85 @@ fn retention_keeps_the_last_good_backup_when_the_newest_ones_are_known_damaged()
     w.drctl(&["restore", "--id", &good, "--to", &pg.url(&target)])
         .ok();
     assert_eq!(pg.fingerprint(&target), before);
+}
+
+#[test]
+fn a_scratch_directory_that_fills_up_mid_fetch_is_a_local_failure_that_leaves_nothing() {
+    let pg = pg();
+    let src = pg.create_db("scratchfull");
+    pg.seed(&src, &unique("scratchfull_owner"), 50);
+    pg.psql(&src, "CREATE TABLE bulk AS SELECT i, repeat(md5(i::text), 8) AS t FROM generate_series(1, 100000) i");
+    let mut w = local_world("");
+    w.set_env("APP_DATABASE_URL", &pg.url(&src));
+    let id = w.drctl(&["run", "appdb"]).ok().stdout.trim().to_owned();
+    let m = read_manifest(&w.repo_dir(), &id);
+    let raw = m["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["content"] == "pg_dump_custom")
+        .unwrap()["raw_bytes"]
+        .as_u64()
+        .unwrap();
+    // Room for the free-space check to pass; then something else takes it
+    // the moment the temporary dump appears (another process, a log burst).
+    let needed = raw + raw / 20 + 64 * 1024 * 1024;
+    let fs = Tmpfs::mount(needed + (8 << 20));
+    fs.fill_leaving((needed + (1 << 20)) / 4096 * 4096);
+    let dir = fs.path.clone();
+    let filler = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let started = std::fs::read_dir(&dir)
+                .map(|d| {
+                    d.flatten().any(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with(".drctl-restore-")
+                    })
+                })
+                .unwrap_or(false);
+            if started {
+                use std::io::Write;
+                let mut f = std::fs::File::create(dir.join("burst")).unwrap();
+                let chunk = vec![1u8; 1 << 20];
+                while f.write_all(&chunk).is_ok() {}
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    });
+    let target = unique("scratchfull_dst");
+    // drctl waits 2 s after creating its temporary dump: the filler's window.
+    let r = Run::from(
+        w.command(&[
+            "restore",
+            "--latest",
+            "--to",
+            &pg.url(&target),
+            "--jobs",
+            "2",
+            "--tmp-dir",
+            fs.path.to_str().unwrap(),
+        ])
+        .env("DRCTL_FAULT_PAUSE", "restore.fetch.file:2000")
+        .output()
+        .unwrap(),
+    );
+    assert!(
+        filler.join().unwrap(),
+        "the restore never created its temporary dump"
+    );
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("No space left"), "{}", r.stderr);
+    assert!(!r.stderr.contains("integrity"), "{}", r.stderr);
+    assert!(!pg.db_exists(&target), "nothing restored");
+    let left: Vec<_> = std::fs::read_dir(&fs.path)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".drctl-restore-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

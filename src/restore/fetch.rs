@@ -109,6 +109,7 @@ pub async fn to_file(
     let f = tokio::fs::File::create(dest)
         .await
         .map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
+    crate::faults::point("restore.fetch.file").await;
     let w = tokio::io::BufWriter::with_capacity(1 << 20, f);
     let result = to_writer(repo, job, id, artifact, w, progress, keys).await;
     if result.is_err() {

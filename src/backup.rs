@@ -255,12 +255,35 @@ async fn check_clocks(
     m: &Manifest,
     refs: &[crate::repository::BackupRef],
 ) {
+    let alerter = crate::alerts::Alerter::new(cfg, state);
+    let mut own_off = false;
     if let Some(at) = refs
         .iter()
         .find(|b| b.id == m.id)
         .and_then(|b| b.committed_at)
     {
         let off = (m.finished_at - at).abs();
+        if off > crate::repository::SKEW_TOLERANCE {
+            own_off = true;
+            // This host's own clock is off (ahead or behind) by more than
+            // the tolerance: say so where it pages, not only in a log.
+            let mut c = crate::alerts::Condition::new(
+                "clock_skew",
+                m.id.host(),
+                crate::alerts::Severity::Warning,
+                format!(
+                    "this host's clock and the repository's differ by {}s (backup {} of {})",
+                    off.num_seconds(),
+                    m.id,
+                    m.job
+                ),
+            );
+            c.job = Some(m.job.to_string());
+            c.hint = Some("Fix the clock (chrony or systemd-timesyncd). Backups from a clock that runs ahead are never used as latest; one that runs behind sorts its backups before others'.".into());
+            if let Err(e) = alerter.raise(c).await {
+                tracing::warn!(error = %e, "cannot record the clock-skew alert");
+            }
+        }
         if off > chrono::TimeDelta::minutes(1) {
             tracing::warn!(
                 job = %m.job,
@@ -279,7 +302,6 @@ async fn check_clocks(
             *e = b;
         }
     }
-    let alerter = crate::alerts::Alerter::new(cfg, state);
     for (host, b) in newest {
         let key = format!("clock_skew:{host}");
         let r = match b.clock_skew() {
@@ -301,6 +323,7 @@ async fn check_clocks(
                 ));
                 alerter.raise(c).await
             }
+            None if own_off && host == m.id.host() => Ok(()),
             None => {
                 alerter
                     .clear(

@@ -29,6 +29,8 @@ pub struct Options {
     /// `State::verdicts`): damaged backups fill no slot, the newest proven
     /// one is kept.
     pub verdicts: std::collections::HashMap<String, crate::state::Verdict>,
+    /// The backup the calling run has just committed (never deleted by it).
+    pub just_made: Option<String>,
 }
 
 impl Default for Options {
@@ -37,6 +39,7 @@ impl Default for Options {
             dry_run: false,
             orphan_age: Duration::from_secs(24 * 3600),
             verdicts: Default::default(),
+            just_made: None,
         }
     }
 }
@@ -154,6 +157,7 @@ pub async fn job(cfg: &LoadedConfig, name: &str, opts: &Options) -> Result<Repor
                 stored_at: committed_at,
                 damaged: known.damaged,
                 proven: known.proven,
+                just_made: opts.just_made.as_deref() == Some(id.as_str()),
             }
         })
         .collect();

@@ -96,6 +96,10 @@ pub struct Candidate {
     /// A deep verification or a drill proved it restorable (and nothing
     /// found it damaged since).
     pub proven: bool,
+    /// The backup the run applying retention has just committed: kept
+    /// whatever its id says (a host whose clock runs behind gives it an id
+    /// older than others').
+    pub just_made: bool,
 }
 
 /// The whole retention decision: which backups stay, and why.
@@ -144,6 +148,9 @@ pub fn decide(backups: &[Candidate], policy: Option<&Policy>, tz: Tz) -> BTreeMa
                 .push("clock skew: not counted");
         }
     }
+    for b in backups.iter().filter(|b| b.just_made) {
+        kept.entry(b.id.clone()).or_default().push("just made");
+    }
     let newest_proven = backups
         .iter()
         .filter(|b| b.proven && !b.damaged && !b.skewed)
@@ -178,6 +185,7 @@ mod tests {
             stored_at: Some(at(t)),
             damaged: false,
             proven: false,
+            just_made: false,
         }
     }
 
@@ -201,6 +209,12 @@ mod tests {
             vec!["future", "real1", "real2"]
         );
         assert_eq!(k["future"], vec!["clock skew: not counted"]);
+        // A run whose clock is behind: its own backup sorts oldest but stays.
+        let mut behind = b.clone();
+        behind.push(cand("behind", "2026-11-01T00:00:00Z"));
+        behind[3].just_made = true;
+        let k = decide(&behind, Some(&p), Tz::UTC);
+        assert_eq!(k["behind"], vec!["just made"]);
         // Once real backups older than it go, it goes too.
         b.push(cand("real3", "2026-11-22T02:00:00Z"));
         let k = decide(&b, Some(&p), Tz::UTC);

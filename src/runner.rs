@@ -93,6 +93,7 @@ pub async fn run_job(
                         Some(repo) => state.verdicts(repo, name).await.unwrap_or_default(),
                         None => Default::default(),
                     },
+                    just_made: Some(m.id.to_string()),
                     ..crate::prune::Options::default()
                 };
                 match crate::prune::job(cfg, name, &opts).await {

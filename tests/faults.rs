@@ -351,6 +351,14 @@ fn a_clock_running_ahead_once_costs_no_real_backup_and_never_becomes_latest() {
     skewed_run(&w1, "skewhost", "+30d", &["run", "appdb"]).ok();
     let real = w1.drctl(&["run", "appdb"]).ok().stdout.trim().to_owned();
     assert!(listed_ids(&w1).contains(&real));
+    // A host 30 days behind: its run's retention never deletes the backup
+    // that run just made (its id sorts before the others'), and it says why.
+    let behind = skewed_run(&w1, "behindhost", "-30d", &["run", "appdb"]);
+    behind.ok();
+    let behind_id = behind.stdout.trim().to_owned();
+    assert!(listed_ids(&w1).contains(&behind_id), "{}", behind.all());
+    let alerts = w1.drctl(&["alerts", "--json"]).ok().stdout.clone();
+    assert!(alerts.contains("clock_skew:behindhost"), "{alerts}");
     let target = unique("skew_dst1");
     w1.drctl(&["restore", "--latest", "--to", &pg.url(&target)])
         .ok();

@@ -29,6 +29,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
             dry_run: a.dry_run,
             orphan_age: a.orphan_age,
             verdicts: state.verdicts(repo, j).await?,
+            just_made: None,
         };
         reports.push(prune::job(cfg, j, &opts).await?);
     }

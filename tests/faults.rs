@@ -960,6 +960,7 @@ fn random_kills_and_store_faults_never_make_a_false_restorable() {
     );
     let mut good: Vec<String> = vec![w.drctl(&["run", "appdb"]).ok().stdout.trim().to_owned()];
     let kill_rounds = rounds() * 2;
+    let mut took = [Duration::from_millis(600); 8];
     for round in 0..kill_rounds {
         let to = format!("chaos_to_{round}");
         let (args, refused_target): (Vec<String>, bool) = match round % 7 {
@@ -1010,7 +1011,10 @@ fn random_kills_and_store_faults_never_make_a_false_restorable() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let delay = Duration::from_millis(rng.below(900));
+        // Kill within the operation's own duration (as last measured), so
+        // nearly every round lands inside it, wherever that is.
+        let op = round % 8;
+        let delay = Duration::from_millis(rng.below(took[op as usize].as_millis() as u64));
         let start = std::time::Instant::now();
         let mut killed = false;
         loop {
@@ -1029,6 +1033,7 @@ fn random_kills_and_store_faults_never_make_a_false_restorable() {
             t.kills += 1;
         } else {
             t.completed += 1;
+            took[op as usize] = start.elapsed();
         }
         // Recovery: the next command finishes or rolls back what was cut.
         w.drctl(&["status"]).ok();

@@ -261,6 +261,27 @@ pub async fn job(cfg: &LoadedConfig, name: &str, opts: &Options) -> Result<Repor
         report.bytes_freed += bytes;
     }
 
+    // Expired leases of kept backups: a process that died holding one (a
+    // killed restore, a backup killed after its commit) left it; it no
+    // longer protects anything, so it goes like any orphaned object.
+    for (id, d) in dirs.iter().filter(|(_, d)| d.manifest) {
+        if report.deleted.contains(&id.to_string()) {
+            continue;
+        }
+        for l in d.leases.iter().filter(|l| {
+            l.modified
+                .is_some_and(|m| (now - m).to_std().unwrap_or_default() >= ttl)
+        }) {
+            if !opts.dry_run {
+                if let Err(e) = repo.backend().delete(&l.key).await {
+                    report.errors.push(format!("expired lease {}: {e}", l.key));
+                    continue;
+                }
+            }
+            report.orphans.push(l.key.clone());
+        }
+    }
+
     // Orphans: data that never got (or lost) its manifest.
     for (id, d) in dirs.iter().filter(|(_, d)| !d.manifest) {
         let newest = d

@@ -95,14 +95,13 @@ pub async fn run(
     let preserve = req.preserve_modes;
     let extracted = tokio::task::spawn_blocking(move || extract(&tmp2, &dir2, preserve)).await;
     let _ = std::fs::remove_file(&tmp);
-    let warnings = extracted.map_err(|e| Error::Other(format!("extracting: {e}")))??;
+    extracted.map_err(|e| Error::Other(format!("extracting: {e}")))??;
     Ok(Report {
         backup_id: r.manifest.id.to_string(),
         target: dir.display().to_string(),
         bytes_fetched: artifact.stored_bytes,
         fetch_seconds,
         restore_seconds: t1.elapsed().as_secs_f64(),
-        warnings,
         ..Default::default()
     })
 }
@@ -193,7 +192,7 @@ pub fn check_archive<R: std::io::Read>(
     Ok(Ok(n))
 }
 
-fn extract(archive: &Path, dir: &Path, preserve_modes: bool) -> Result<Vec<String>> {
+fn extract(archive: &Path, dir: &Path, preserve_modes: bool) -> Result<()> {
     let open = || {
         std::fs::File::open(archive)
             .map_err(|e| Error::io(format!("opening {}", archive.display()), e))
@@ -215,7 +214,6 @@ fn extract(archive: &Path, dir: &Path, preserve_modes: bool) -> Result<Vec<Strin
         a.set_mask(0o7000);
     }
     a.set_overwrite(true);
-    let mut warnings = Vec::new();
     for entry in a
         .entries()
         .map_err(|e| Error::io("reading the archive", e))?
@@ -236,8 +234,7 @@ fn extract(archive: &Path, dir: &Path, preserve_modes: bool) -> Result<Vec<Strin
             Err(e) => return Err(Error::io(format!("extracting {path}"), e)),
         }
     }
-    warnings.shrink_to_fit();
-    Ok(warnings)
+    Ok(())
 }
 
 #[cfg(test)]

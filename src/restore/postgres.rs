@@ -222,12 +222,7 @@ pub async fn run(
     let restored = cancellable(&req.cancel, &format!("restore into {into}"), restore).await;
     if let Err(e) = restored {
         if created_db {
-            let _ = sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                quote_ident(&into)
-            ))
-            .execute(&mut conn)
-            .await;
+            drop_database(&mut conn, &into).await;
         }
         return Err(e);
     }
@@ -244,12 +239,7 @@ pub async fn run(
                 apply_database_properties(&tools, &admin, &dump_file, &src.database, &into).await;
             if let Err(e) = applied {
                 if created_db {
-                    let _ = sqlx::query(&format!(
-                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                        quote_ident(&into)
-                    ))
-                    .execute(&mut conn)
-                    .await;
+                    drop_database(&mut conn, &into).await;
                 }
                 return Err(e);
             }
@@ -299,6 +289,15 @@ async fn refuse_another_source(
         }
     }
     Ok(())
+}
+
+/// Best effort: drop a database this restore created and did not finish
+/// (the journal's cleanup repeats it when it can reach the server).
+async fn drop_database(conn: &mut sqlx::PgConnection, name: &str) {
+    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
+    if let Err(e) = sqlx::query(&sql).execute(conn).await {
+        tracing::warn!(database = name, error = %e, "cannot drop the unfinished database");
+    }
 }
 
 struct RemoveOnDrop(std::path::PathBuf);

@@ -8,7 +8,9 @@
 //! returns exactly when a backup is committed (its `finished_at`) young
 //! enough. So the transitions in SQLite are exact whether the daemon looked
 //! every 100 ms or was down for a day, and compliance over a window is a sum
-//! over them.
+//! over them. Times come from the store's clock where it gives one (the
+//! manifest's `LastModified`/mtime), so a host clock that is off shifts
+//! nothing: see [`Point::on_store_clock`].
 
 use crate::alerts::{Alerter, Condition, Severity};
 use crate::config::LoadedConfig;
@@ -27,6 +29,29 @@ pub struct Point {
     pub started: DateTime<Utc>,
     /// When it became restorable (manifest committed).
     pub finished: DateTime<Utc>,
+}
+
+impl Point {
+    /// A backup's point on the store's clock where the store gives one.
+    /// Its manifest's times come from the writing host's clock, which may be
+    /// off (ahead by less than the skew tolerance, or behind by any amount)
+    /// and still count: it became restorable when the store says the
+    /// manifest landed, and its data was taken the run's own duration (a
+    /// difference, which a constant offset does not change) before that.
+    pub fn on_store_clock(
+        started: DateTime<Utc>,
+        finished: DateTime<Utc>,
+        committed_at: Option<DateTime<Utc>>,
+    ) -> Point {
+        let Some(committed) = committed_at else {
+            return Point { started, finished };
+        };
+        let took = (finished - started).max(Span::zero());
+        Point {
+            started: committed - took,
+            finished: committed,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -191,10 +216,11 @@ pub async fn evaluate(cfg: &LoadedConfig, state: &State, job: &str) -> Result<St
     for b in &unseen {
         match repo.read_manifest(&job_name, &b.id).await {
             Ok(m) => {
-                points.push(Point {
-                    started: m.started_at,
-                    finished: m.finished_at,
-                });
+                points.push(Point::on_store_clock(
+                    m.started_at,
+                    m.finished_at,
+                    b.committed_at,
+                ));
                 if newest_id.as_deref().is_none_or(|k| b.id.as_str() > k) {
                     newest_id = Some(b.id.to_string());
                 }
@@ -487,6 +513,21 @@ mod tests {
             started: t(start),
             finished: t(finish),
         }
+    }
+
+    #[test]
+    fn the_store_clock_decides_when_a_backup_was_taken_and_landed() {
+        // No store time: the manifest's own.
+        assert_eq!(Point::on_store_clock(t(0), t(30), None), p(0, 30));
+        // A host 5 minutes ahead or 2 hours behind: the store's commit,
+        // the run's duration before it.
+        assert_eq!(Point::on_store_clock(t(300), t(330), Some(t(31))), p(1, 31));
+        assert_eq!(
+            Point::on_store_clock(t(-7200), t(-7170), Some(t(31))),
+            p(1, 31)
+        );
+        // A clock that jumped back mid-run has no negative duration.
+        assert_eq!(Point::on_store_clock(t(10), t(5), Some(t(6))), p(6, 6));
     }
 
     #[test]

@@ -371,6 +371,38 @@ fn a_clock_running_ahead_once_costs_no_real_backup_and_never_becomes_latest() {
     assert_eq!(pg.psql(&target, "SELECT k FROM public.\"Odd Name\""), "5");
 }
 
+#[test]
+fn rpo_age_comes_from_the_store_clock_not_the_writing_host() {
+    let pg = pg();
+    let src = pg.create_db("rpoclock");
+    pg.seed(&src, &unique("rpoclock_owner"), 10);
+    let mut w = local_world("rpo = \"1h\"");
+    w.set_env("APP_DATABASE_URL", &pg.url(&src));
+    let age = |w: &World| {
+        let r = w.drctl(&["rpo", "--json"]);
+        r.ok();
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        (
+            v[0]["compliant"].as_bool().unwrap(),
+            v[0]["age_seconds"].as_f64().unwrap(),
+        )
+    };
+    // A host two hours behind just made a backup: fresh, by the store.
+    skewed_run(&w, "behindhost", "-2h", &["run", "appdb"]).ok();
+    let (ok, secs) = age(&w);
+    assert!(ok && (0.0..120.0).contains(&secs), "{ok} {secs}");
+    // A host 5 minutes ahead (within the skew tolerance, so it counts):
+    // its backup is not 5 minutes younger than now.
+    let w2 = {
+        let mut w2 = local_world("rpo = \"1h\"");
+        w2.set_env("APP_DATABASE_URL", &pg.url(&src));
+        w2
+    };
+    skewed_run(&w2, "aheadhost", "+5m", &["run", "appdb"]).ok();
+    let (ok, secs) = age(&w2);
+    assert!(ok && (0.0..120.0).contains(&secs), "{ok} {secs}");
+}
+
 /// `drctl args` as another host (its own UTS namespace and host name) whose
 /// clock is shifted by `offset` (libfaketime): one of two hosts sharing a
 /// repository, with a wrong clock. Root only, as CI runs.
@@ -1543,4 +1575,122 @@ fn a_scratch_directory_that_fills_up_mid_fetch_is_a_local_failure_that_leaves_no
         .filter(|n| n.starts_with(".drctl-restore-"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_scratch_directory_of_any_size_restores_or_refuses_before_touching_the_target() {
+    let pg = pg();
+    let src = pg.create_db("scratchsweep");
+    pg.seed(&src, &unique("scratchsweep_owner"), 50);
+    let want = pg.fingerprint(&src);
+    let mut w = local_world("");
+    w.set_env("APP_DATABASE_URL", &pg.url(&src));
+    let id = w.drctl(&["run", "appdb"]).ok().stdout.trim().to_owned();
+    let raw = read_manifest(&w.repo_dir(), &id)["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["content"] == "pg_dump_custom")
+        .unwrap()["raw_bytes"]
+        .as_u64()
+        .unwrap();
+    // What a temporary dump needs (the dump, 5 %, 64 MiB of headroom), in
+    // pages: sizes from "nothing fits" through "one page short" to "fits".
+    let needed = (raw + raw / 20 + (64 << 20)).div_ceil(4096);
+    let fs = Tmpfs::mount((needed + 64) * 4096);
+    for free in [0, 1, needed / 2, needed - 1, needed + 1] {
+        for jobs in ["1", "2"] {
+            let _ = std::fs::remove_file(fs.path.join("filler"));
+            fs.fill_leaving(free * 4096);
+            let target = unique("scratchsweep_dst");
+            let r = w.drctl(&[
+                "restore",
+                "--id",
+                &id,
+                "--to",
+                &pg.url(&target),
+                "--jobs",
+                jobs,
+                "--tmp-dir",
+                fs.path.to_str().unwrap(),
+            ]);
+            let what = format!("free {free} pages, --jobs {jobs}: {}", r.all());
+            if free > needed || jobs == "1" {
+                // Room for the file, or streamed (verified first, then read
+                // again and checked while restoring).
+                assert_eq!(r.code, 0, "{what}");
+                assert_eq!(pg.fingerprint(&target), want, "{what}");
+            } else {
+                assert_eq!(r.code, 1, "{what}");
+                assert!(r.stderr.contains("bytes free"), "{what}");
+                assert!(!pg.db_exists(&target), "{what}");
+            }
+            let left: Vec<_> = std::fs::read_dir(&fs.path)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".drctl-restore-"))
+                .collect();
+            assert!(left.is_empty(), "{what}: {left:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_multipart_upload_completed_without_a_part_is_never_committed() {
+    if s3().root.is_none() {
+        return; // an external endpoint loses no parts on request
+    }
+    let client = s3().client().await;
+    let bucket = unique(LOSSY_BUCKET).replace('_', "-");
+    client.create_bucket().bucket(&bucket).send().await.unwrap();
+    // 12 MiB that zstd cannot shrink: three parts, of which the store drops
+    // the last at completion and answers 200.
+    let src = scratch_dir("drctl-parts-src-");
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let noise: Vec<u8> = (0..12 * 1024 * 1024 / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    std::fs::write(src.join("small.conf"), "x=1\n").unwrap();
+    let w = World::new(&format!(
+        "[repositories.vault]\ntype = \"s3\"\nbucket = \"{bucket}\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\npath_style = true\npart_size = \"5MiB\"\n[jobs.hist]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"vault\"\nretention = {{ keep_last = 1 }}\n",
+        s3().endpoint,
+        src.display()
+    ));
+    // One part only: nothing to lose.
+    let good = w.drctl(&["run", "hist"]).ok().stdout.trim().to_owned();
+
+    std::fs::write(src.join("blob.bin"), &noise).unwrap();
+    let r = w.drctl(&["run", "hist"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("files.tar.zst") && r.stderr.contains("the store reports"),
+        "{}",
+        r.stderr
+    );
+    // Nothing listed but the good backup, which retention kept and which
+    // still reads to its end; no manifest names the short object.
+    let listed = w.drctl(&["backups", "hist", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed.ok().stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["id"], good.as_str());
+    w.drctl(&["verify", "--deep"]).ok();
+    let objects = client
+        .list_objects_v2()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    let manifests: Vec<_> = objects
+        .contents()
+        .iter()
+        .filter_map(|o| o.key())
+        .filter(|k| k.ends_with("manifest.json"))
+        .collect();
+    assert_eq!(manifests, vec![format!("hist/{good}/manifest.json")]);
 }

@@ -268,6 +268,163 @@ pub struct S3 {
     pub root: Option<PathBuf>,
 }
 
+/// Buckets whose name starts with this lose the last part of every
+/// multipart upload at completion, and the store still answers 200: the store bug a
+/// commit must catch ("CompleteMultipartUpload answered 200 with a part
+/// missing").
+pub const LOSSY_BUCKET: &str = "lossy-";
+
+/// The in-process store: s3s-fs as it is, except for [`LOSSY_BUCKET`]s.
+struct Store(s3s_fs::FileSystem);
+
+#[async_trait::async_trait]
+impl s3s::S3 for Store {
+    async fn create_bucket(
+        &self,
+        req: s3s::S3Request<s3s::dto::CreateBucketInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CreateBucketOutput>> {
+        self.0.create_bucket(req).await
+    }
+
+    async fn copy_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::CopyObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CopyObjectOutput>> {
+        self.0.copy_object(req).await
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: s3s::S3Request<s3s::dto::DeleteBucketInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteBucketOutput>> {
+        self.0.delete_bucket(req).await
+    }
+
+    async fn delete_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::DeleteObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectOutput>> {
+        self.0.delete_object(req).await
+    }
+
+    async fn delete_objects(
+        &self,
+        req: s3s::S3Request<s3s::dto::DeleteObjectsInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::DeleteObjectsOutput>> {
+        self.0.delete_objects(req).await
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: s3s::S3Request<s3s::dto::GetBucketLocationInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetBucketLocationOutput>> {
+        self.0.get_bucket_location(req).await
+    }
+
+    async fn get_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::GetObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::GetObjectOutput>> {
+        self.0.get_object(req).await
+    }
+
+    async fn head_bucket(
+        &self,
+        req: s3s::S3Request<s3s::dto::HeadBucketInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadBucketOutput>> {
+        self.0.head_bucket(req).await
+    }
+
+    async fn head_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::HeadObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadObjectOutput>> {
+        self.0.head_object(req).await
+    }
+
+    async fn list_buckets(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListBucketsInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListBucketsOutput>> {
+        self.0.list_buckets(req).await
+    }
+
+    async fn list_objects(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListObjectsInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsOutput>> {
+        self.0.list_objects(req).await
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
+        self.0.list_objects_v2(req).await
+    }
+
+    async fn put_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::PutObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
+        self.0.put_object(req).await
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: s3s::S3Request<s3s::dto::CreateMultipartUploadInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CreateMultipartUploadOutput>> {
+        self.0.create_multipart_upload(req).await
+    }
+
+    async fn upload_part(
+        &self,
+        req: s3s::S3Request<s3s::dto::UploadPartInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::UploadPartOutput>> {
+        self.0.upload_part(req).await
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: s3s::S3Request<s3s::dto::UploadPartCopyInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::UploadPartCopyOutput>> {
+        self.0.upload_part_copy(req).await
+    }
+
+    async fn list_parts(
+        &self,
+        req: s3s::S3Request<s3s::dto::ListPartsInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListPartsOutput>> {
+        self.0.list_parts(req).await
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: s3s::S3Request<s3s::dto::AbortMultipartUploadInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::AbortMultipartUploadOutput>> {
+        self.0.abort_multipart_upload(req).await
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        mut req: s3s::S3Request<s3s::dto::CompleteMultipartUploadInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::CompleteMultipartUploadOutput>> {
+        if req.input.bucket.starts_with(LOSSY_BUCKET) {
+            if let Some(parts) = req
+                .input
+                .multipart_upload
+                .as_mut()
+                .and_then(|m| m.parts.as_mut())
+            {
+                if parts.len() > 1 {
+                    parts.pop();
+                }
+            }
+        }
+        self.0.complete_multipart_upload(req).await
+    }
+}
+
 static S3_SERVER: OnceLock<S3> = OnceLock::new();
 
 pub fn s3() -> &'static S3 {
@@ -293,7 +450,7 @@ pub fn s3() -> &'static S3 {
                 let fs = s3s_fs::FileSystem::new(&fs_root)
                     .map_err(|e| format!("{e:?}"))
                     .unwrap();
-                let mut b = s3s::service::S3ServiceBuilder::new(fs);
+                let mut b = s3s::service::S3ServiceBuilder::new(Store(fs));
                 b.set_auth(s3s::auth::SimpleAuth::from_single(
                     S3_ACCESS_KEY,
                     S3_SECRET_KEY,
@@ -516,6 +673,9 @@ pub enum Fault {
     Cut,
     /// Answer `503 SlowDown` as S3 does under load, and close.
     SlowDown,
+    /// Forward these bytes instead of the chunk: a request altered on the
+    /// way (a store or gateway that loses part of what it was told).
+    Replace(Vec<u8>),
 }
 
 /// A loopback TCP proxy to `target` that applies `decide` to every chunk
@@ -553,12 +713,13 @@ pub fn fault_proxy(target: String, decide: impl Fn(&[u8]) -> Fault + Send + Sync
                             if n == 0 {
                                 return false;
                             }
-                            match pass(&buf[..n]) {
-                                Fault::Pass => {}
+                            let sent = match pass(&buf[..n]) {
+                                Fault::Pass => uw.write_all(&buf[..n]).await,
                                 Fault::Cut => return false,
                                 Fault::SlowDown => return true,
-                            }
-                            if uw.write_all(&buf[..n]).await.is_err() {
+                                Fault::Replace(bytes) => uw.write_all(&bytes).await,
+                            };
+                            if sent.is_err() {
                                 return false;
                             }
                         }

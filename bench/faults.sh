@@ -2,7 +2,7 @@
 # The long fault run: `bench/faults.sh [--rounds N] [--seed S]`.
 #
 # Runs the fault suite's random test (tests/faults.rs) with N rounds
-# (default 60): 2N SIGKILLs at random points of backup, restore (the swap
+# (default 64: about 110 SIGKILLs) at random points of backup, restore (the swap
 # of the job's own database included), prune and a refused restore, each
 # followed by recovery and a sweep; then 4N backups and restores through an
 # S3 endpoint that resets connections mid-request at random. After every
@@ -14,7 +14,7 @@
 # network-less UTS namespaces for its other tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=60
+rounds=64
 seed=""
 while [ $# -gt 0 ]; do
   case "$1" in

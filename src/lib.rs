@@ -7,6 +7,7 @@
 pub mod alerts;
 pub mod backup;
 pub mod checks;
+pub mod child_env;
 pub mod config;
 pub mod coordination;
 pub mod daemon;

@@ -78,9 +78,76 @@ pub fn register_url_password(url_text: &str) {
     }
 }
 
+/// Query parameters that carry credentials in the URLs operators paste
+/// (`?token=`, presigned `X-Amz-Signature=`, `?password=`, API keys).
+fn secret_param(name: &str) -> bool {
+    const EXACT: [&str; 5] = ["sig", "pass", "pwd", "auth", "apikey"];
+    const PART: [&str; 6] = [
+        "password",
+        "passwd",
+        "token",
+        "secret",
+        "signature",
+        "credential",
+    ];
+    let n = name.to_ascii_lowercase();
+    EXACT.contains(&n.as_str()) || n.ends_with("key") || PART.iter().any(|p| n.contains(p))
+}
+
+/// `text` with a URL's password and secret query values replaced by `***`
+/// (None when `text` is not a URL or holds neither): for showing a
+/// configured URL in `config check`, `/status` and the state database.
+pub fn mask_url(text: &str) -> Option<String> {
+    let mut u = url::Url::parse(text).ok()?;
+    u.host_str()?;
+    let mut changed = false;
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
+        changed = true;
+    }
+    let pairs: Vec<(String, String)> = u
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if pairs.iter().any(|(k, _)| secret_param(k)) {
+        let masked: Vec<(String, String)> = pairs
+            .into_iter()
+            .map(|(k, v)| {
+                if secret_param(&k) {
+                    (k, "***".to_owned())
+                } else {
+                    (k, v)
+                }
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(masked);
+        changed = true;
+    }
+    changed.then(|| u.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_passwords_and_secret_query_values() {
+        assert_eq!(
+            mask_url("postgres://app:pw@db/app?sslmode=require&password=x").as_deref(),
+            Some("postgres://app:***@db/app?sslmode=require&password=***")
+        );
+        assert_eq!(
+            mask_url("https://api.example/health?token=abc&verbose=1").as_deref(),
+            Some("https://api.example/health?token=***&verbose=1")
+        );
+        assert_eq!(
+            mask_url("https://s3.example/b/k?X-Amz-Signature=f00&api_key=1").as_deref(),
+            Some("https://s3.example/b/k?X-Amz-Signature=***&api_key=***")
+        );
+        assert_eq!(mask_url("https://api.example/health?verbose=1"), None);
+        assert_eq!(mask_url("not a url"), None);
+        assert_eq!(mask_url("/var/lib/drctl"), None);
+    }
 
     #[test]
     fn secrets_never_format_and_are_scrubbed() {

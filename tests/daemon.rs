@@ -432,6 +432,10 @@ fn the_shipped_systemd_units_verify_cleanly_and_drctl_service_is_hardened() {
             "{unit}: {err}"
         );
     }
+    for unit in ["drctl.service", "drctl-run@.service"] {
+        let text = std::fs::read_to_string(systemd.join(unit)).unwrap();
+        assert!(text.contains("\nLimitNOFILE=65536\n"), "{unit}");
+    }
     let out = std::process::Command::new("systemd-analyze")
         .args(["security", "--offline=true", "--threshold=20", "--no-pager"])
         .arg(dir.join("drctl.service"))
@@ -591,4 +595,131 @@ fn an_unreachable_database_is_waited_for_without_blocking_other_jobs() {
     );
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(20)), Some(0));
+}
+
+/// Raise this process's open-file limit to its hard limit (the attack below
+/// needs more than a default 1024 of its own).
+fn raise_nofile() {
+    unsafe {
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut l), 0);
+        l.rlim_cur = l.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &l), 0);
+    }
+}
+
+#[test]
+fn idle_connections_from_any_local_user_cannot_starve_the_scheduler() {
+    use std::os::unix::process::CommandExt;
+    raise_nofile();
+    let w = files_world("tick", "* * * * * *");
+    let port = http_port(&w);
+    let log = w.dir.join("daemon-nofile.log");
+    let mut cmd = w.command(&["daemon"]);
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()));
+    // The descriptor limit of a unit without LimitNOFILE.
+    unsafe {
+        cmd.pre_exec(|| {
+            let l = libc::rlimit {
+                rlim_cur: 1024,
+                rlim_max: 1024,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &l) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let daemon_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until(Duration::from_secs(30), "a first run", || {
+        count(&runs(&w, "tick"), "succeeded") >= 1
+    });
+    let before = runs(&w, "tick").len();
+
+    // 1,100 connections that never send a byte, held for 15 s (once the
+    // daemon's slots and the kernel's accept queue are full, further ones
+    // only wait: give the attempts 5 s in all).
+    let mut held = Vec::new();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let tried = Instant::now();
+    for _ in 0..1100 {
+        if tried.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)) {
+            held.push(s);
+        }
+    }
+    assert!(held.len() > 100, "only {} connections opened", held.len());
+    let opened = held.len();
+    std::thread::sleep(Duration::from_secs(15));
+    let during = runs(&w, "tick");
+    drop(held);
+
+    // Every tick of the window ran and was recorded: one a second.
+    let new = &during[..during.len() - before];
+    assert!(
+        new.len() >= 12,
+        "{} runs recorded in 15 s with {opened} idle connections open:\n{}",
+        new.len(),
+        daemon_log()
+    );
+    assert_eq!(count(new, "failed"), 0, "{new:?}");
+    assert!(
+        !daemon_log().contains("Too many open files"),
+        "{}",
+        daemon_log()
+    );
+    // And the endpoint serves again at once.
+    assert_eq!(http_get(port, "/health").0, 200);
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let _ = child.wait();
+}
+
+#[test]
+fn a_run_that_fails_before_it_can_be_recorded_is_still_counted_and_turns_health_red() {
+    let w = files_world("tick", "* * * * * *");
+    // Where the host locks live is a file: every run fails before its run
+    // row is written (as with no descriptors left).
+    std::fs::create_dir_all(w.dir.join("state")).unwrap();
+    std::fs::write(w.dir.join("state/locks"), "not a directory").unwrap();
+    let port = http_port(&w);
+    let mut d = Daemon::start(&w);
+    wait_until(Duration::from_secs(20), "the endpoint", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "unrecorded failures counted",
+        || {
+            http_get(port, "/metrics")
+                .1
+                .contains("drctl_internal_errors_total{kind=\"run_not_recorded\"}")
+        },
+    );
+    assert!(runs(&w, "tick").is_empty(), "nothing reached the database");
+    let (_, metrics) = http_get(port, "/metrics");
+    let failed = metrics
+        .lines()
+        .find(|l| l.starts_with("drctl_job_runs_total{job=\"tick\",outcome=\"failed\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(failed >= 1, "{metrics}");
+    let (code, body) = http_get(port, "/health");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("internal error: tick: a run failed and could not be recorded"),
+        "{body}"
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(20)), Some(0), "{}", d.log());
 }

@@ -13,6 +13,25 @@ pub fn exec(path: Option<&Path>, c: ConfigCommand) -> anyhow::Result<()> {
     match c {
         ConfigCommand::Check => {
             let cfg = LoadedConfig::load(path)?;
+            let refs = cfg.unresolved_refs();
+            if !refs.is_empty() {
+                if other_user_than_service(&cfg) {
+                    // The service's environment (EnvironmentFile=,
+                    // credentials) is not ours: say so, do not fail.
+                    for e in &refs {
+                        eprintln!("drctl: warning: {e} (checked as another user than the service's: its environment may hold it)");
+                    }
+                } else {
+                    for e in refs.iter().skip(1) {
+                        eprintln!("drctl: error: {e}");
+                    }
+                    return Err(refs
+                        .into_iter()
+                        .next()
+                        .map(anyhow::Error::from)
+                        .unwrap_or_else(|| anyhow::anyhow!("unresolved references")));
+                }
+            }
             println!("{}", render_masked(&cfg).trim_end());
             eprintln!(
                 "config ok: {} repositories, {} jobs",
@@ -22,4 +41,13 @@ pub fn exec(path: Option<&Path>, c: ConfigCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Whether we run as another user than the one owning the state directory
+/// (the service's user, once it has run): then the service's environment
+/// and credentials are not visible here.
+fn other_user_than_service(cfg: &LoadedConfig) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(&cfg.config.state_dir)
+        .is_ok_and(|m| m.uid() != nix::unistd::geteuid().as_raw())
 }

@@ -233,10 +233,15 @@ impl AlertsConfig {
             };
             match ch {
                 ChannelConfig::Email(e) => {
+                    if e.host.trim().is_empty() {
+                        check("host", Err("expected the SMTP server's host name".into()));
+                    }
                     check("to", non_empty(&e.to, "at least one recipient address"));
-                    for a in std::iter::once(&e.from).chain(&e.to) {
+                    for (field, a) in
+                        std::iter::once(("from", &e.from)).chain(e.to.iter().map(|t| ("to", t)))
+                    {
                         check(
-                            "to",
+                            field,
                             a.parse::<lettre::Address>()
                                 .map(|_| ())
                                 .map_err(|err| format!("{a:?} is not an email address ({err})")),
@@ -263,15 +268,20 @@ impl AlertsConfig {
                         );
                     }
                 }
-                ChannelConfig::Slack(s) => check(
-                    "webhook_url",
-                    super::jobs::one_url_source(
-                        &s.webhook_url,
-                        &s.webhook_url_env,
-                        &s.webhook_url_file,
-                    )
-                    .map_err(|m| m.replace("url", "webhook_url")),
-                ),
+                ChannelConfig::Slack(s) => {
+                    check(
+                        "webhook_url",
+                        super::jobs::one_url_source(
+                            &s.webhook_url,
+                            &s.webhook_url_env,
+                            &s.webhook_url_file,
+                        )
+                        .map_err(|m| m.replace("url", "webhook_url")),
+                    );
+                    if let Some(u) = &s.webhook_url {
+                        check("webhook_url", http_url(u));
+                    }
+                }
                 ChannelConfig::Webhook(w) => {
                     check("url", http_url(&w.url));
                     let n = [
@@ -326,6 +336,25 @@ impl AlertsConfig {
                 "expected a positive duration".into(),
             ));
         }
+        // An outbox row older than max_age expires unsent: at or below the
+        // first retry delay, a delivery that fails once is never retried
+        // (and "0s" expires every alert before its first attempt).
+        if self.max_age <= self.retry_initial {
+            errors.push((
+                "alerts.max_age".into(),
+                format!(
+                    "expected more than retry_initial ({}): alerts older than max_age expire unsent, got {}",
+                    humantime::format_duration(self.retry_initial),
+                    humantime::format_duration(self.max_age)
+                ),
+            ));
+        }
+        if self.retry_max < Duration::from_secs(1) || self.retry_max < self.retry_initial {
+            errors.push((
+                "alerts.retry_max".into(),
+                "expected at least 1s and at least retry_initial (the backoff between delivery attempts)".into(),
+            ));
+        }
         errors
     }
 
@@ -369,9 +398,18 @@ fn non_empty(v: &[String], what: &str) -> Result<(), String> {
     }
 }
 
+/// The value is not echoed: webhook and Slack URLs carry their tokens.
 fn http_url(u: &str) -> Result<(), String> {
     match url::Url::parse(u) {
-        Ok(p) if p.scheme() == "http" || p.scheme() == "https" => Ok(()),
-        _ => Err(format!("expected an http:// or https:// URL, got {u:?}")),
+        Ok(p) if (p.scheme() == "http" || p.scheme() == "https") && p.host_str().is_some() => {
+            Ok(())
+        }
+        Ok(p) => Err(format!(
+            "expected an http:// or https:// URL with a host, got a {}: URL (value not shown)",
+            p.scheme()
+        )),
+        Err(e) => Err(format!(
+            "expected an http:// or https:// URL, got something that is not a URL ({e}; value not shown)"
+        )),
     }
 }

@@ -362,16 +362,45 @@ impl JobConfig {
         }
         let s = self.scheduling();
         if let Some(expr) = s.schedule {
-            crate::schedule::Schedule::parse(expr, s.timezone)?;
+            let parsed = crate::schedule::Schedule::parse(expr, s.timezone)?;
+            // "0 0 2 30 2 *" (Feb 30) parses and never fires.
+            if parsed.next_after(chrono::Utc::now()).is_none() {
+                return Err((
+                    "schedule",
+                    format!("{expr:?} never fires (no such date); a job that never runs backs up nothing"),
+                ));
+            }
         } else if s.timezone.is_some() {
             crate::schedule::parse_timezone(s.timezone).map_err(|m| ("timezone", m))?;
+        }
+        if let Some(r) = self.retention() {
+            if r.is_empty() {
+                return Err((
+                    "retention",
+                    "keeps nothing but the newest backup: set keep_last, hourly, daily, weekly, monthly or yearly to at least 1 (or remove retention to keep every backup)".into(),
+                ));
+            }
         }
         match self {
             JobConfig::Postgres(j) => {
                 one_url_source(&j.url, &j.url_env, &j.url_file).map_err(|m| ("url", m))?;
+                if j.startup_wait > MAX_STARTUP_WAIT {
+                    return Err((
+                        "startup_wait",
+                        "expected at most 7 days (how long a missed run waits for its database at start)".into(),
+                    ));
+                }
                 if let Some(u) = &j.url {
                     if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
                         return Err(("url", "expected a postgres:// URL".into()));
+                    }
+                    let query_password = url::Url::parse(u)
+                        .is_ok_and(|p| p.query_pairs().any(|(k, _)| k == "password"));
+                    if query_password {
+                        return Err((
+                            "url",
+                            "put the password in the userinfo (postgres://user:password@host/db) or use url_env/url_file, not in the query".into(),
+                        ));
                     }
                 }
                 check_level(j.compression, j.compression_level)?;
@@ -398,6 +427,10 @@ impl JobConfig {
         Ok(())
     }
 }
+
+/// The longest `startup_wait` accepted; beyond it the wait is a typo (and
+/// `now + wait` would leave the clock's range).
+const MAX_STARTUP_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 fn check_level(c: Compression, level: Option<i32>) -> Result<(), (&'static str, String)> {
     let Some(l) = level else { return Ok(()) };

@@ -222,10 +222,10 @@ impl LoadedConfig {
                     .iter()
                     .any(|top| k.as_str().to_ascii_lowercase().starts_with(top))
             }));
-        loaded.config = loaded
-            .figment
-            .extract::<Config>()
-            .map_err(|e| figment_error(e, loaded.main_file()))?;
+        loaded.config = loaded.figment.extract::<Config>().map_err(|e| {
+            let root = loaded.figment.extract::<figment::value::Dict>().ok();
+            figment_error(e, loaded.main_file(), root.as_ref())
+        })?;
         loaded.validate()?;
         Ok(loaded)
     }
@@ -235,6 +235,43 @@ impl LoadedConfig {
             .first()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "<embedded defaults>".into())
+    }
+
+    /// Every `*_env` variable that is unset and every `*_file` that cannot
+    /// be read, as config errors naming file and key. Checked by `config
+    /// check`, at daemon start and on reload, not by every command: an
+    /// operator's shell need not hold the service's secrets to list backups.
+    pub fn unresolved_refs(&self) -> Vec<Error> {
+        let mut out = Vec::new();
+        let Ok(root) = self.figment.extract::<figment::value::Dict>() else {
+            return out;
+        };
+        let mut refs = Vec::new();
+        collect_refs(&root, "", &mut refs);
+        for (key, value) in refs {
+            let problem = if key.ends_with("_env") {
+                resolve_secret(None, Some(&value), None, "").err().map(|_| {
+                    format!("environment variable {value} is not set (expected the value there)")
+                })
+            } else {
+                resolve_secret(None, None, Some(Path::new(&value)), "")
+                    .err()
+                    .map(|e| {
+                        format!(
+                            "cannot read {value}: {}",
+                            e.to_string().trim_start_matches(": ")
+                        )
+                    })
+            };
+            if let Some(message) = problem {
+                out.push(Error::Config {
+                    file: self.file_of(&key),
+                    key,
+                    message,
+                });
+            }
+        }
+        out
     }
 
     /// The file that supplied `key`, for error messages.
@@ -284,7 +321,7 @@ impl LoadedConfig {
             let one = Figment::from(Toml::file_exact(&f));
             let table: BTreeMap<String, toml::Value> = one
                 .extract()
-                .map_err(|e| figment_error(e, f.display().to_string()))?;
+                .map_err(|e| figment_error(e, f.display().to_string(), None))?;
             if let Some(other) = table.keys().find(|k| *k != section) {
                 return Err(Error::Config {
                     file: f.display().to_string(),
@@ -513,7 +550,11 @@ impl LoadedConfig {
 
 /// Turn figment's error (which may hold several) into one config error that
 /// names the file and key of the first and lists the rest.
-fn figment_error(err: figment::Error, fallback_file: String) -> Error {
+fn figment_error(
+    err: figment::Error,
+    fallback_file: String,
+    root: Option<&figment::value::Dict>,
+) -> Error {
     let mut parts = Vec::new();
     for e in err {
         let file = e
@@ -525,12 +566,15 @@ fn figment_error(err: figment::Error, fallback_file: String) -> Error {
                 other => other.to_string(),
             })
             .unwrap_or_else(|| fallback_file.clone());
-        let key = if e.path.is_empty() {
+        let mut key = if e.path.is_empty() {
             "-".to_string()
         } else {
             e.path.join(".")
         };
-        let mut message = crate::secret::redact(&e.kind.to_string());
+        if let Some(field) = root.and_then(|r| field_of(r, &e.path, &e.kind)) {
+            key = format!("{key}.{field}");
+        }
+        let mut message = crate::secret::redact(&scrub(&e.kind.to_string()));
         // Values from DRCTL_* variables are merged into the file's tables; say
         // which variables touch this key so the operator looks there too.
         let vars: Vec<String> = env_overrides()
@@ -557,6 +601,141 @@ fn figment_error(err: figment::Error, fallback_file: String) -> Error {
     Error::Config { file, key, message }
 }
 
+/// The field an error inside `path` is about, when serde could not say:
+/// inside internally tagged enums (every job kind is one) it reports the
+/// table (`jobs.appdb: expected u32`), not the field. Found by the value it
+/// complains about, when exactly one field of the table holds it.
+fn field_of(
+    root: &figment::value::Dict,
+    path: &[String],
+    kind: &figment::error::Kind,
+) -> Option<String> {
+    use figment::error::Kind;
+    use figment::value::Value;
+    let (first, rest) = path.split_first()?;
+    let mut table = match root.get(first)? {
+        Value::Dict(_, d) => d,
+        _ => return None,
+    };
+    for p in rest {
+        table = match table.get(p)? {
+            Value::Dict(_, d) => d,
+            _ => return None,
+        };
+    }
+    match kind {
+        Kind::UnknownField(f, _) if table.contains_key(f) => Some(f.clone()),
+        Kind::UnknownVariant(v, _) => {
+            let mut hits = Vec::new();
+            holding(
+                table,
+                &figment::error::Actual::Str(v.clone()),
+                "",
+                &mut hits,
+            );
+            match hits.as_slice() {
+                [one] => Some(one.clone()),
+                _ => None,
+            }
+        }
+        Kind::InvalidType(actual, _) | Kind::InvalidValue(actual, _) => {
+            let mut hits = Vec::new();
+            holding(table, actual, "", &mut hits);
+            match hits.as_slice() {
+                [one] => Some(one.clone()),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Dotted paths under `table` whose value is `actual` (sub-tables included:
+/// `retention = { keep_last = -2 }`).
+fn holding(
+    table: &figment::value::Dict,
+    actual: &figment::error::Actual,
+    prefix: &str,
+    out: &mut Vec<String>,
+) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        if v.to_actual() == *actual {
+            out.push(key.clone());
+        }
+        if let figment::value::Value::Dict(_, d) = v {
+            holding(d, actual, &key, out);
+        }
+    }
+}
+
+/// What a config error may say: the position and the key, never a value.
+/// The TOML parser quotes the offending line (`password = "S3cret" x`) and
+/// serde the offending value (`found string "S3cret"`): a secret in the
+/// wrong place is still a secret, and this message reaches stderr and, on
+/// SIGHUP, the journal. Long messages are cut (a 10 MB value stays home).
+fn scrub(message: &str) -> String {
+    const TYPES: [&str; 7] = [
+        "string ",
+        "signed int ",
+        "unsigned int ",
+        "float ",
+        "char ",
+        "bytes ",
+        "map key ",
+    ];
+    // The parser's source snippet: "  |", "6 | password = ...", "  |   ^".
+    let snippet = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with('|')
+            || t.split_once(" |")
+                .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let mut text = message
+        .lines()
+        .filter(|l| !snippet(l) && !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(": ");
+    for t in TYPES {
+        let mut from = 0;
+        while let Some(at) = text[from..].find(t).map(|i| i + from) {
+            let value_at = at + t.len();
+            let Some(quote) = text[value_at..]
+                .chars()
+                .next()
+                .filter(|c| *c == '"' || *c == '`')
+            else {
+                from = value_at;
+                continue;
+            };
+            // The value runs to its closing quote before ", expected", or
+            // to the last quote.
+            let tail = &text[value_at + 1..];
+            let end = tail
+                .find(&format!("{quote}, expected"))
+                .or_else(|| tail.rfind(quote))
+                .map(|e| value_at + 1 + e + 1)
+                .unwrap_or(text.len());
+            text.replace_range(value_at..end, "(value not shown)");
+            from = value_at;
+        }
+    }
+    const MAX: usize = 600;
+    if text.len() > MAX {
+        let mut cut = MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
 /// `DRCTL_*` variables that override config keys, with the key each sets.
 fn env_overrides() -> Vec<(String, String)> {
     std::env::vars()
@@ -571,6 +750,32 @@ fn env_overrides() -> Vec<(String, String)> {
                 .then_some((var, key))
         })
         .collect()
+}
+
+/// `(key, value)` of every string `*_env` / `*_file` setting under `dict`.
+fn collect_refs(dict: &figment::value::Dict, prefix: &str, out: &mut Vec<(String, String)>) {
+    use figment::value::Value;
+    for (k, v) in dict {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            Value::Dict(_, d) => collect_refs(d, &key, out),
+            Value::Array(_, items) => {
+                for (i, item) in items.iter().enumerate() {
+                    if let Value::Dict(_, d) = item {
+                        collect_refs(d, &format!("{key}.{i}"), out);
+                    }
+                }
+            }
+            Value::String(_, s) if k.ends_with("_env") || k.ends_with("_file") => {
+                out.push((key, s.clone()));
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Read a secret named by a `*_env` / `*_file` pair or an inline value.

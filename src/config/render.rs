@@ -29,13 +29,9 @@ fn mask(value: &mut toml::Value, key: &str) {
         toml::Value::String(s) => {
             if is_secret_key(key) {
                 *s = "***".into();
-            } else if key == "url" || key.ends_with("_url") {
-                if let Ok(mut u) = url::Url::parse(s) {
-                    if u.password().is_some() {
-                        let _ = u.set_password(Some("***"));
-                        *s = u.to_string();
-                    }
-                }
+            } else if let Some(masked) = crate::secret::mask_url(s) {
+                // Any URL, under any key: userinfo and ?token= alike.
+                *s = masked;
             }
         }
         _ => {}

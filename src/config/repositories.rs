@@ -112,6 +112,8 @@ impl RepositoryConfig {
         }
     }
 
+    /// Object Lock periods above a century are a typo, and their arithmetic
+    /// (now + days) would leave chrono's range.
     pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
         if let Some(e) = self.encryption() {
             e.validate()?;
@@ -135,8 +137,14 @@ impl RepositoryConfig {
                         ))
                     }
                 }
-                if s.object_lock.as_ref().is_some_and(|l| l.days == 0) {
-                    return Err(("object_lock.days", "expected at least 1 day".into()));
+                if s.object_lock
+                    .as_ref()
+                    .is_some_and(|l| !(1..=MAX_LOCK_DAYS).contains(&l.days))
+                {
+                    return Err((
+                        "object_lock.days",
+                        format!("expected 1 to {MAX_LOCK_DAYS} days"),
+                    ));
                 }
                 if s.bucket.is_empty() {
                     return Err(("bucket", "expected a bucket name".into()));
@@ -161,7 +169,10 @@ impl RepositoryConfig {
                     return Err(("upload_concurrency", "expected at least 1".into()));
                 }
                 if let Some(e) = &s.endpoint {
-                    if url::Url::parse(e).is_err() {
+                    let web = url::Url::parse(e).is_ok_and(|u| {
+                        (u.scheme() == "http" || u.scheme() == "https") && u.host_str().is_some()
+                    });
+                    if !web {
                         return Err((
                             "endpoint",
                             format!("expected a URL like http://127.0.0.1:9000, got {e:?}"),
@@ -173,3 +184,6 @@ impl RepositoryConfig {
         Ok(())
     }
 }
+
+/// The longest Object Lock period accepted (100 years).
+pub const MAX_LOCK_DAYS: u32 = 36_500;

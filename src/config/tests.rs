@@ -410,3 +410,29 @@ fn check_output_masks_health_check_credentials() {
     );
     assert!(out.contains("application/json"), "{out}");
 }
+
+#[test]
+fn config_errors_never_quote_a_value_or_a_line() {
+    let parse = "TOML parse error at line 6, column 21\n  |\n6 | password = \"S3cret\" x\n  |                     ^\nexpected newline, `#`\n";
+    assert_eq!(
+        scrub(parse),
+        "TOML parse error at line 6, column 21: expected newline, `#`"
+    );
+    assert_eq!(
+        scrub("invalid type: found string \"S3cret \\\" x\", expected u32"),
+        "invalid type: found string (value not shown), expected u32"
+    );
+    assert_eq!(
+        scrub("invalid type: found signed int `12345678`, expected a string"),
+        "invalid type: found signed int (value not shown), expected a string"
+    );
+    // Field names are not values.
+    let unknown = "unknown field: found `kind`, expected `one of `schedule``";
+    assert_eq!(scrub(unknown), unknown);
+    let huge = format!(
+        "invalid type: found string \"{}\", expected u32",
+        "x".repeat(10 << 20)
+    );
+    assert!(scrub(&huge).len() < 700);
+    assert!(scrub(&"é".repeat(1000)).ends_with('…'));
+}

@@ -18,6 +18,64 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Connections served at once. Beyond it, new ones wait in the kernel's
+/// accept queue and cost the daemon no descriptor: however many connections
+/// a local user opens, the scheduler keeps the descriptors its runs need.
+const MAX_CONNECTIONS: usize = 64;
+/// A client gets this long to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No connection lives longer (keep-alive included): a scraper reconnects,
+/// a client that trickles or idles gives its slot back.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// Request headers beyond this are refused (431); the routes take no body.
+const MAX_REQUEST_BYTES: usize = 16 * 1024;
+
+/// Serve `app` on `listener` until `stop`, with the limits above. axum's
+/// `serve` has neither timeouts nor a connection limit: 1,100 idle
+/// connections used to exhaust the daemon's descriptors and fail every
+/// scheduled run.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router, stop: CancellationToken) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s,
+            () = stop.cancelled() => return,
+        };
+        let Ok(slot) = slot else { return };
+        let sock = tokio::select! {
+            a = listener.accept() => a,
+            () = stop.cancelled() => return,
+        };
+        let sock = match sock {
+            Ok((sock, _)) => sock,
+            Err(e) => {
+                // EMFILE and friends: back off rather than spin; the
+                // connection stays queued in the kernel meanwhile.
+                tracing::warn!(error = %e, "HTTP endpoint cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_BYTES);
+            let conn = http.serve_connection(TokioIo::new(sock), service);
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_LIFETIME, conn) => {}
+                () = stop.cancelled() => {}
+            }
+        });
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
@@ -28,6 +86,11 @@ struct JobLabels {
 struct OutcomeLabels {
     job: String,
     outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -62,6 +125,13 @@ async fn health(AxState(d): AxState<Arc<Daemon>>) -> Response {
         )
             .into_response();
     }
+    if let Some(e) = d.internal.recent(chrono::Utc::now()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("internal error: {e}\n"),
+        )
+            .into_response();
+    }
     (StatusCode::OK, "ok\n").into_response()
 }
 
@@ -88,7 +158,10 @@ async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Response {
     for j in &jobs {
         let l = JobLabels { job: j.job.clone() };
         for outcome in ["succeeded", "failed", "interrupted", "skipped"] {
-            let n = j.runs.get(outcome).copied().unwrap_or(0).max(0) as u64;
+            let mut n = j.runs.get(outcome).copied().unwrap_or(0).max(0) as u64;
+            if outcome == "failed" {
+                n += d.internal.unrecorded(&j.job);
+            }
             runs.get_or_create(&OutcomeLabels {
                 job: j.job.clone(),
                 outcome: outcome.into(),
@@ -122,6 +195,17 @@ async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Response {
             .set(i64::from(running.contains(&j.job)));
     }
     reg.register("drctl_job_runs", "Runs on this host by outcome", runs);
+    let internal = Family::<KindLabels, Counter>::default();
+    for (kind, n) in d.internal.errors() {
+        internal
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc_by(n);
+    }
+    reg.register(
+        "drctl_internal_errors",
+        "Errors inside the daemon itself (a run that could not be recorded, ...), counted in memory",
+        internal,
+    );
     if let Some(t) = d.last_tick() {
         let g = FloatGauge::default();
         g.set(t.timestamp_millis() as f64 / 1000.0);

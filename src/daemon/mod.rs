@@ -12,6 +12,7 @@
 //! (`lock.rs`) keeps `drctl run` and the daemon apart.
 
 mod http;
+mod internal;
 mod notify;
 
 use crate::config::LoadedConfig;
@@ -44,6 +45,8 @@ struct Daemon {
     /// When the scheduler last fired each job (liveness: see `overdue`).
     ticks: Mutex<BTreeMap<String, chrono::DateTime<Utc>>>,
     started: chrono::DateTime<Utc>,
+    /// Failures the state database may never have got (see `internal`).
+    internal: internal::Internal,
 }
 
 impl Daemon {
@@ -112,6 +115,12 @@ impl Daemon {
                 .await
             {
                 tracing::error!(error = %e, "cannot record a skipped run");
+                self.internal.note(
+                    "record_skipped",
+                    None,
+                    format!("{name}: cannot record a skipped run: {e}"),
+                    Utc::now(),
+                );
             }
             return;
         }
@@ -149,6 +158,7 @@ impl Daemon {
         }
         let alerter = crate::alerts::Alerter::new(&cfg, &self.state);
         alerter.job_started(name).await;
+        let began = Utc::now();
         let mut delay = sched.retry_delay;
         let mut attempt = 0;
         let result = loop {
@@ -195,13 +205,40 @@ impl Daemon {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(job = name, error = %crate::secret::redact(&e.to_string()), "run failed");
+                    let text = crate::secret::redact(&e.to_string());
+                    tracing::error!(job = name, error = %text, "run failed");
+                    self.count_if_unrecorded(name, began, &text).await;
                 }
             }
             break result;
         };
         // Only the final outcome alerts: a failure a retry fixed is no news.
         alerter.job_finished(name, &result).await;
+    }
+
+    /// A final failure that never reached the state database (it failed
+    /// before its run was written, or the database itself is failing) is
+    /// counted in memory: `/metrics` and `/health` still show it.
+    async fn count_if_unrecorded(&self, name: &str, began: chrono::DateTime<Utc>, error: &str) {
+        let newest = self.state.runs(Some(name), 1).await;
+        let recorded = match &newest {
+            Ok(runs) => {
+                internal::recorded_since(runs.first().map(|r| r.started_at.as_str()), began)
+            }
+            Err(_) => false,
+        };
+        if !recorded {
+            tracing::error!(
+                job = name,
+                "the failed run could not be recorded; counted in memory"
+            );
+            self.internal.note(
+                "run_not_recorded",
+                Some(name),
+                format!("{name}: a run failed and could not be recorded: {error}"),
+                Utc::now(),
+            );
+        }
     }
 
     /// A drill's tick: run it unless it is running or we are stopping.
@@ -467,8 +504,19 @@ async fn wait_for_database(
 }
 
 /// Run the daemon until SIGTERM/SIGINT.
+/// Load the config and insist every `*_env`/`*_file` reference resolves: a
+/// daemon that starts (or reloads) without a secret fails every run later,
+/// far from the change that caused it.
+fn load_resolved(path: Option<&std::path::Path>) -> Result<LoadedConfig> {
+    let cfg = LoadedConfig::load(path)?;
+    match cfg.unresolved_refs().into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(cfg),
+    }
+}
+
 pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
-    let cfg = Arc::new(LoadedConfig::load(config_path.as_deref())?);
+    let cfg = Arc::new(load_resolved(config_path.as_deref())?);
     let state = State::open(&cfg.config.state_dir).await?;
     let d = Arc::new(Daemon {
         config: RwLock::new(cfg.clone()),
@@ -479,6 +527,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         tasks: TaskTracker::new(),
         ticks: Mutex::new(BTreeMap::new()),
         started: Utc::now(),
+        internal: internal::Internal::default(),
     });
     let sched_err =
         |e: tokio_cron_scheduler::JobSchedulerError| Error::Other(format!("scheduler: {e}"));
@@ -497,14 +546,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         tracing::info!(%addr, "serving /metrics, /health and /status");
         let app = http::router(d.clone());
         let stop = d.stopping.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "HTTP endpoint failed");
-            }
-        });
+        tokio::spawn(http::serve(listener, app, stop));
     }
     sched.start().await.map_err(sched_err)?;
     let alert_worker = tokio::spawn(alert_worker(d.clone()));
@@ -537,7 +579,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 notify::reloading();
-                match LoadedConfig::load(config_path.as_deref()) {
+                match load_resolved(config_path.as_deref()) {
                     Ok(new) => {
                         for id in ids.drain(..) {
                             let _ = sched.remove(&id).await;

@@ -179,13 +179,15 @@ async fn sweep_databases(admin: &PgTarget, job: &str) -> Result<Vec<String>> {
 /// (initdb refuses root), as ourselves otherwise.
 fn server_tool(tools: &PgTools, tool: &str) -> tokio::process::Command {
     let path = tools.path(tool);
-    if nix::unistd::geteuid().is_root() {
+    let mut c = if nix::unistd::geteuid().is_root() {
         let mut c = tokio::process::Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(path);
         c
     } else {
         tokio::process::Command::new(path)
-    }
+    };
+    crate::child_env::restrict(&mut c);
+    c
 }
 
 async fn run(mut c: tokio::process::Command, what: &str) -> Result<()> {

@@ -155,7 +155,9 @@ async fn http(c: &HealthCheck, url: &str) -> std::result::Result<String, String>
 async fn command(c: &HealthCheck) -> std::result::Result<String, String> {
     let argv = c.command.as_deref().unwrap_or_default();
     let (prog, args) = argv.split_first().ok_or("empty command")?;
-    let out = tokio::process::Command::new(prog)
+    let mut cmd = tokio::process::Command::new(prog);
+    crate::child_env::restrict(&mut cmd);
+    let out = cmd
         .args(args)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)

@@ -36,8 +36,8 @@ pub fn spawn_tool(
         .unwrap_or("tool")
         .to_owned();
     let mut cmd = Command::new(program);
+    crate::child_env::restrict(&mut cmd);
     cmd.args(args)
-        .env_remove("PGPASSWORD")
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(if pipe_stdin {
             Stdio::piped()
@@ -55,10 +55,25 @@ pub fn spawn_tool(
     // kernel sends the child SIGKILL instead (a pg_restore that outlived
     // drctl finished databases nothing would ever remove).
     // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    // The libpq passfile is an unlinked file named as /dev/fd/N (see
+    // `pg::target::PassFile`): this child, and only it, inherits N.
+    let passfd = env
+        .iter()
+        .find(|(k, _)| k == "PGPASSFILE")
+        .and_then(|(_, v)| v.strip_prefix("/dev/fd/"))
+        .and_then(|n| n.parse::<i32>().ok());
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
+                .map_err(std::io::Error::from)?;
+            if let Some(fd) = passfd {
+                use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+                // SAFETY: the parent keeps the file open until the child is
+                // gone (the PassFile outlives every spawn that names it).
+                let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
+                fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(std::io::Error::from)?;
+            }
+            Ok(())
         });
     }
     let mut child = cmd

@@ -1,5 +1,7 @@
 //! A PostgreSQL connection target parsed from a URL. The password never goes
-//! into argv or a child's environment: children get a 0600 `PGPASSFILE`.
+//! into argv or a child's environment: children get a `PGPASSFILE` that is
+//! an unlinked 0600 file named `/dev/fd/N` (inherited by that child only),
+//! so no path ever holds it and a SIGKILL cannot leave it behind.
 
 use crate::error::{Error, Result};
 use crate::secret::Secret;
@@ -18,14 +20,17 @@ pub struct PgTarget {
     params: Vec<(String, String)>,
 }
 
-/// A libpq password file that is removed when dropped.
+/// A libpq password file without a name: gone with its last descriptor.
 pub struct PassFile {
-    file: tempfile::NamedTempFile,
+    /// Held open: the file exists only as long as this descriptor.
+    _open: std::fs::File,
+    path: std::path::PathBuf,
 }
 
 impl PassFile {
+    /// `/dev/fd/N`: `pg::spawn_tool` lets the child inherit N.
     pub fn path(&self) -> &std::path::Path {
-        self.file.path()
+        &self.path
     }
 }
 
@@ -43,7 +48,14 @@ impl PgTarget {
             return Err(bad("scheme must be postgres://"));
         }
         let decode = percent_decode;
-        let password = u.password().map(|p| Secret::new(decode(p)));
+        // The URL's userinfo first; else PGPASSWORD, as libpq would (and it
+        // reaches children through the passfile, never their environment).
+        let password = u.password().map(|p| Secret::new(decode(p))).or_else(|| {
+            std::env::var("PGPASSWORD")
+                .ok()
+                .filter(|p| !p.is_empty())
+                .map(Secret::new)
+        });
         let mut params = Vec::new();
         let mut host = u.host_str().map(str::to_owned).unwrap_or_default();
         let mut port = u.port().unwrap_or(5432);
@@ -94,7 +106,16 @@ impl PgTarget {
     }
 
     pub fn connect_options(&self) -> PgConnectOptions {
-        let mut o = PgConnectOptions::new_without_pgpass()
+        let base = match &self.password {
+            Some(_) => PgConnectOptions::new_without_pgpass(),
+            // No password given: libpq's passfile (PGPASSFILE, ~/.pgpass),
+            // looked up for this very target, as the children will.
+            None => self
+                .passfile_lookup_url()
+                .and_then(|u| u.as_str().parse().ok())
+                .unwrap_or_else(PgConnectOptions::new_without_pgpass),
+        };
+        let mut o = base
             .host(&self.host)
             .port(self.port)
             .username(&self.user)
@@ -118,6 +139,17 @@ impl PgTarget {
         o
     }
 
+    /// This target as a password-less URL, for sqlx's passfile lookup (None
+    /// for a Unix socket directory, which a URL host cannot hold).
+    fn passfile_lookup_url(&self) -> Option<url::Url> {
+        let mut u = url::Url::parse("postgres://localhost/").ok()?;
+        u.set_host(Some(&self.host)).ok()?;
+        u.set_port(Some(self.port)).ok()?;
+        u.set_username(&self.user).ok()?;
+        u.path_segments_mut().ok()?.push(&self.database);
+        Some(u)
+    }
+
     pub async fn connect(&self) -> Result<sqlx::PgConnection> {
         self.connect_options()
             .connect()
@@ -130,17 +162,19 @@ impl PgTarget {
         let Some(p) = &self.password else {
             return Ok(None);
         };
-        let mut file = tempfile::Builder::new()
-            .prefix("drctl-pgpass-")
-            .tempfile()
-            .map_err(|e| Error::io("creating a libpq password file", e))?;
-        // tempfile creates files 0600; say so explicitly in case the umask is odd.
+        // O_TMPFILE where the file system has it: never linked anywhere.
+        let mut file =
+            tempfile::tempfile().map_err(|e| Error::io("creating a libpq password file", e))?;
+        // libpq refuses a passfile readable by group or others.
         use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o600));
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io("creating a libpq password file", e))?;
         writeln!(file, "*:*:*:*:{}", escape_pgpass(p.expose()))
             .and_then(|_| file.flush())
             .map_err(|e| Error::io("writing a libpq password file", e))?;
-        Ok(Some(PassFile { file }))
+        use std::os::fd::AsRawFd;
+        let path = std::path::PathBuf::from(format!("/dev/fd/{}", file.as_raw_fd()));
+        Ok(Some(PassFile { _open: file, path }))
     }
 
     /// libpq environment for a child process: everything but the password.
@@ -155,6 +189,9 @@ impl PgTarget {
         ];
         if let Some(pf) = passfile {
             env.push(("PGPASSFILE".into(), pf.path().display().to_string()));
+        } else if let Ok(own) = std::env::var("PGPASSFILE") {
+            // The operator's own passfile (no password anywhere else).
+            env.push(("PGPASSFILE".into(), own));
         }
         for (k, v) in &self.params {
             let var = match k.as_str() {

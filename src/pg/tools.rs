@@ -48,7 +48,9 @@ impl PgTools {
     }
 
     pub async fn version(&self, tool: &str) -> Result<ToolVersion> {
-        let out = tokio::process::Command::new(self.path(tool))
+        let mut cmd = tokio::process::Command::new(self.path(tool));
+        crate::child_env::restrict(&mut cmd);
+        let out = cmd
             .arg("--version")
             .output()
             .await

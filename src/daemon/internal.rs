@@ -1,0 +1,115 @@
+//! What went wrong inside the daemon itself, kept in memory: a run that
+//! failed before it could be recorded (no descriptors, a full disk, a
+//! locked state database) must still be counted, exported and visible in
+//! `/health`, because the state database that normally carries it is the
+//! very thing that may be failing.
+
+use chrono::{DateTime, TimeDelta, Utc};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// How long an internal error keeps `/health` red after it last happened.
+pub const HEALTH_WINDOW: TimeDelta = TimeDelta::minutes(10);
+
+#[derive(Default)]
+pub struct Internal {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default, Clone)]
+struct Inner {
+    /// Final failures of scheduled runs the state database never got.
+    unrecorded: BTreeMap<String, u64>,
+    /// Every internal error by kind (`run_not_recorded`, `record_skipped`, ...).
+    errors: BTreeMap<&'static str, u64>,
+    last: Option<(DateTime<Utc>, String)>,
+}
+
+impl Internal {
+    /// Count an internal error; `job` when a run of it went unrecorded.
+    pub fn note(&self, kind: &'static str, job: Option<&str>, message: String, at: DateTime<Utc>) {
+        let mut i = match self.inner.lock() {
+            Ok(i) => i,
+            Err(p) => p.into_inner(),
+        };
+        *i.errors.entry(kind).or_default() += 1;
+        if let Some(job) = job {
+            *i.unrecorded.entry(job.to_owned()).or_default() += 1;
+        }
+        i.last = Some((at, message));
+    }
+
+    fn snapshot(&self) -> Inner {
+        match self.inner.lock() {
+            Ok(i) => i.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Failed runs of `job` that only memory knows of.
+    pub fn unrecorded(&self, job: &str) -> u64 {
+        self.snapshot().unrecorded.get(job).copied().unwrap_or(0)
+    }
+
+    pub fn errors(&self) -> BTreeMap<&'static str, u64> {
+        self.snapshot().errors
+    }
+
+    /// The last internal error, if it is recent enough to keep `/health` red.
+    pub fn recent(&self, now: DateTime<Utc>) -> Option<String> {
+        recent(self.snapshot().last.as_ref(), now)
+    }
+}
+
+fn recent(last: Option<&(DateTime<Utc>, String)>, now: DateTime<Utc>) -> Option<String> {
+    let (at, message) = last?;
+    (now - *at <= HEALTH_WINDOW).then(|| format!("{message} ({}s ago)", (now - *at).num_seconds()))
+}
+
+/// Whether the newest recorded run (its start, RFC 3339) belongs to an
+/// attempt sequence that began at `since`: if not, the failure that just
+/// happened never reached the state database.
+pub fn recorded_since(newest_started: Option<&str>, since: DateTime<Utc>) -> bool {
+    newest_started
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .is_some_and(|t| t.with_timezone(&Utc) >= since - TimeDelta::seconds(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    #[test]
+    fn counts_by_kind_and_job_and_stays_red_for_the_window() {
+        let i = Internal::default();
+        assert_eq!(i.recent(t(0)), None);
+        i.note(
+            "run_not_recorded",
+            Some("appdb"),
+            "appdb: EMFILE".into(),
+            t(0),
+        );
+        i.note("record_skipped", None, "locked".into(), t(1));
+        assert_eq!(i.unrecorded("appdb"), 1);
+        assert_eq!(i.unrecorded("other"), 0);
+        assert_eq!(i.errors().get("run_not_recorded"), Some(&1));
+        assert_eq!(i.errors().get("record_skipped"), Some(&1));
+        assert_eq!(i.recent(t(61)).as_deref(), Some("locked (60s ago)"));
+        assert_eq!(i.recent(t(1) + HEALTH_WINDOW + TimeDelta::seconds(1)), None);
+    }
+
+    #[test]
+    fn a_run_counts_as_recorded_only_when_it_started_with_the_attempts() {
+        let since = DateTime::parse_from_rfc3339("2027-01-15T08:00:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert!(recorded_since(Some("2027-01-15T08:00:05.200Z"), since));
+        assert!(!recorded_since(Some("2027-01-15T07:59:00Z"), since));
+        assert!(!recorded_since(None, since));
+        assert!(!recorded_since(Some("garbage"), since));
+    }
+}

@@ -1,0 +1,288 @@
+//! Hostile input and secrets: canary secrets in every place a secret can be
+//! configured, then every place they must never reach is searched.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+/// Every canary, as configured; none may appear where it does not belong.
+/// The test cluster's own password (in its URL) is one too.
+fn canaries() -> Vec<String> {
+    let mut c: Vec<String> = ["CanaryAwsSecret2", "CanarySmtpPw3", "CanaryHookSecret4"]
+        .map(String::from)
+        .to_vec();
+    c.push(db_password());
+    c
+}
+
+fn db_password() -> String {
+    let u = url::Url::parse(&pg().url("postgres")).unwrap();
+    let pw = u.password().expect("the test cluster's URL has a password");
+    assert!(pw.len() >= 8, "a password long enough to find: {pw}");
+    pw.to_owned()
+}
+
+/// Canary hits in `text`, with where they were found.
+fn hits(place: &str, text: &str) -> Vec<String> {
+    canaries()
+        .into_iter()
+        .filter(|c| text.contains(c.as_str()))
+        .map(|c| format!("{c} in {place}"))
+        .collect()
+}
+
+/// A wrapper that records its argv and environment into `dir`, then runs
+/// the real tool (its environment is exactly what drctl gave pg_dump).
+fn recording(dir: &Path, tool: &str) -> String {
+    format!(
+        "printf '%s\\n' \"$*\" >> {d}/argv-{tool}; tr '\\0' '\\n' < /proc/$$/environ >> {d}/environ-{tool}; exec \"$REAL\" \"$@\"",
+        d = dir.display()
+    )
+}
+
+#[test]
+fn canary_secrets_never_reach_a_child_argv_or_a_file_left_behind() {
+    let pg = pg();
+    let db = pg.create_db("canary");
+    pg.seed(&db, &unique("canary_owner"), 10);
+    let seen = scratch_dir("drctl-canary-seen-");
+    let bin = tool_wrappers(&[
+        ("pg_dump", &recording(&seen, "pg_dump")),
+        ("pg_dumpall", &recording(&seen, "pg_dumpall")),
+        ("pg_restore", &recording(&seen, "pg_restore")),
+        ("psql", &recording(&seen, "psql")),
+    ]);
+    let url = pg.url(&db);
+    let probe = format!("{}/environ-probe", seen.display());
+    let mut w = World::new(&format!(
+        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\
+         [alerts.channels.mail]\ntype = \"email\"\nhost = \"127.0.0.1\"\nport = 1\nsecurity = \"none\"\nfrom = \"drctl@example.test\"\nto = [\"ops@example.test\"]\nusername = \"drctl\"\npassword_env = \"SMTP_PASSWORD\"\n\
+         [alerts.channels.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:1/hook\"\nsecret_env = \"WEBHOOK_SECRET\"\n\
+         [jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"local\"\npg_bindir = \"{}\"\n\
+         [jobs.probe]\ntype = \"health\"\n[[jobs.probe.checks]]\ntype = \"command\"\nname = \"env\"\ncommand = [\"sh\", \"-c\", \"tr '\\\\0' '\\\\n' < /proc/$$/environ > {probe}\"]\n",
+        bin.display()
+    ));
+    w.set_env("APP_DATABASE_URL", &url);
+    w.set_env("AWS_SECRET_ACCESS_KEY", "CanaryAwsSecret2");
+    w.set_env("SMTP_PASSWORD", "CanarySmtpPw3");
+    w.set_env("WEBHOOK_SECRET", "CanaryHookSecret4");
+
+    let backup = w.drctl(&["run", "appdb"]);
+    backup.ok();
+    w.drctl(&["run", "probe"]).ok();
+    let target = unique("canary_dst");
+    let restore = w.drctl(&[
+        "restore",
+        "--latest",
+        "--job",
+        "appdb",
+        "--to",
+        &pg.url(&target),
+    ]);
+    restore.ok();
+
+    let mut found = Vec::new();
+    let mut children = 0;
+    for e in std::fs::read_dir(&seen).unwrap().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        children += 1;
+        found.extend(hits(&e.file_name().to_string_lossy(), &text));
+        if e.file_name().to_string_lossy().starts_with("environ-pg") {
+            // The password reaches libpq only as an unnamed passfile.
+            assert!(text.contains("PGPASSFILE=/dev/fd/"), "{text}");
+        }
+    }
+    assert!(children >= 5, "the wrappers recorded {children} files");
+    for (place, text) in [
+        ("run output", backup.all()),
+        ("restore output", restore.all()),
+    ] {
+        found.extend(hits(place, &text));
+    }
+    for (place, dir) in [("state", w.dir.join("state")), ("repository", w.repo_dir())] {
+        for f in walk(&dir) {
+            let bytes = std::fs::read(&f).unwrap_or_default();
+            found.extend(hits(
+                &format!("{place} {}", f.display()),
+                &String::from_utf8_lossy(&bytes),
+            ));
+        }
+    }
+    assert!(found.is_empty(), "{found:#?}");
+}
+
+#[test]
+fn pgpassword_reaches_children_through_the_passfile_and_a_killed_run_leaves_no_passfile() {
+    let pg = pg();
+    let db = pg.create_db("pgpw");
+    pg.seed(&db, &unique("pgpw_owner"), 10);
+    let seen = scratch_dir("drctl-pgpw-seen-");
+    let marker = seen.join("dumping");
+    let bin = tool_wrappers(&[
+        (
+            "pg_dumpall",
+            &format!(
+                "cat \"$PGPASSFILE\" > {d}/passfile-pg_dumpall; exec \"$REAL\" \"$@\"",
+                d = seen.display()
+            ),
+        ),
+        (
+            "pg_dump",
+            &format!(
+                "case \"$*\" in *--version*) exec \"$REAL\" \"$@\";; esac; touch {}; sleep 30; exec \"$REAL\" \"$@\"",
+                marker.display()
+            ),
+        ),
+    ]);
+    let tmp = scratch_dir("drctl-pgpw-tmp-");
+    let mut w = World::new(&format!(
+        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n[jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"local\"\npg_bindir = \"{}\"\n",
+        bin.display()
+    ));
+    // The URL without its password; the password in PGPASSWORD only.
+    let mut url = url::Url::parse(&pg.url(&db)).unwrap();
+    url.set_password(None).unwrap();
+    w.set_env("APP_DATABASE_URL", url.as_str());
+    w.set_env("PGPASSWORD", &db_password());
+    w.set_env("TMPDIR", tmp.to_str().unwrap());
+    let mut child = w
+        .command(&["run", "appdb"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_path(&marker, std::time::Duration::from_secs(30));
+    // pg_dumpall (before pg_dump) read the password from the passfile.
+    let pf = std::fs::read_to_string(seen.join("passfile-pg_dumpall")).unwrap();
+    assert!(pf.contains(&db_password()), "{pf}");
+    // Mid-run, and after a SIGKILL: no passfile anywhere in the temp dir.
+    let listing = || -> Vec<String> {
+        walk(&tmp)
+            .into_iter()
+            .map(|p| p.display().to_string())
+            .collect()
+    };
+    assert_eq!(listing(), Vec::<String>::new());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(listing(), Vec::<String>::new());
+}
+
+/// Every regular file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// One case of `tests/corpus/configs.txt`.
+struct Case {
+    name: String,
+    exit: i32,
+    key: String,
+    body: String,
+}
+
+fn corpus() -> Vec<Case> {
+    let text = include_str!("corpus/configs.txt");
+    text.split("\n=== ")
+        .skip(1)
+        .map(|block| {
+            let (head, body) = block.split_once("\n---\n").expect("a --- line");
+            let mut lines = head.lines();
+            let name = lines.next().unwrap().trim().to_owned();
+            let mut exit = None;
+            let mut key = String::new();
+            for l in lines {
+                if let Some(n) = l.strip_prefix("exit ") {
+                    exit = Some(n.trim().parse().unwrap());
+                } else if let Some(k) = l.strip_prefix("key ") {
+                    key = k.to_owned();
+                } else if l.trim() == "key" {
+                    key.clear();
+                }
+            }
+            Case {
+                name,
+                exit: exit.expect("an exit line"),
+                key,
+                body: body.to_owned(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn every_config_of_the_hostile_corpus_gets_its_exit_code_and_names_its_key() {
+    let cases = corpus();
+    assert!(cases.len() >= 150, "{} cases", cases.len());
+    let dir = scratch_dir("drctl-corpus-");
+    let mut wrong = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        let file = dir.join(format!("case-{i}.toml"));
+        std::fs::write(&file, c.body.replace("{dir}", dir.to_str().unwrap())).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_drctl"))
+            .arg("-c")
+            .arg(&file)
+            .args(["config", "check"])
+            .env_remove("DRCTL_CONFIG")
+            .output()
+            .unwrap();
+        let code = out.status.code().unwrap_or(-1);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        let mut why = Vec::new();
+        if code != c.exit {
+            why.push(format!("exit {code}, expected {}", c.exit));
+        }
+        if c.exit == 2 {
+            let named = if c.name.starts_with("syntax.") {
+                err.contains(&c.key)
+            } else {
+                err.contains(&format!("key `{}`", c.key))
+            };
+            if !named {
+                why.push(format!("does not name `{}`", c.key));
+            }
+            if !err.contains(file.to_str().unwrap()) {
+                why.push("does not name the file".into());
+            }
+        }
+        if text.contains("S3cretCanary") {
+            why.push("echoes the canary".into());
+        }
+        if text.contains("panicked") {
+            why.push("panicked".into());
+        }
+        if !why.is_empty() {
+            wrong.push(format!(
+                "{}: {}\n    {}",
+                c.name,
+                why.join("; "),
+                err.trim()
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases wrong:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+}

@@ -60,6 +60,12 @@ pub enum Error {
     #[error("interrupted: {0}")]
     Interrupted(String),
 
+    /// The command line asks for something malformed or ambiguous (a bad
+    /// `--id`, `--to`, `--tmp-dir`, a missing `--job`): exit 2, like a
+    /// config error, so scripts tell "you called me wrong" from "it failed".
+    #[error("usage: {0}")]
+    Usage(String),
+
     #[error("{0}")]
     Other(String),
 }
@@ -68,7 +74,7 @@ impl Error {
     /// The process exit code for this error, as documented in the README.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config { .. } | Error::Key(_) => 2,
+            Error::Config { .. } | Error::Key(_) | Error::Usage(_) => 2,
             Error::Integrity { .. } => 3,
             Error::Refused(_) => 4,
             Error::NotFound(_) => 5,

@@ -56,6 +56,10 @@ pub struct Summary {
     pub without_backups: Vec<String>,
     /// Read through to the data (decoded, archive read to its end).
     pub deep: bool,
+    /// Jobs that could not be verified at all (repository unreachable,
+    /// listing failed), with why: the others were still verified.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unreachable: Vec<(String, String)>,
 }
 
 impl Summary {
@@ -63,7 +67,7 @@ impl Summary {
         self.backups.iter().filter(|b| !b.ok)
     }
     pub fn ok(&self) -> bool {
-        self.failed().next().is_none()
+        self.failed().next().is_none() && self.unreachable.is_empty()
     }
     /// One line per failed artifact, for errors and alerts.
     pub fn problems(&self) -> String {
@@ -80,7 +84,20 @@ impl Summary {
     /// The error `drctl verify` exits with when something failed.
     pub fn error(&self) -> Option<Error> {
         let bad: Vec<&BackupCheck> = self.failed().collect();
-        let first = bad.first()?;
+        let Some(first) = bad.first() else {
+            let lines: Vec<String> = self
+                .unreachable
+                .iter()
+                .map(|(j, e)| format!("{j}: {e}"))
+                .collect();
+            return (!lines.is_empty()).then(|| {
+                Error::Other(format!(
+                    "{} job(s) could not be verified (the others were):\n{}",
+                    lines.len(),
+                    lines.join("\n")
+                ))
+            });
+        };
         let message = format!(
             "{} of {} backup(s) failed verification:\n{}",
             bad.len(),
@@ -201,59 +218,73 @@ pub async fn run(cfg: &LoadedConfig, jobs: &[String], opts: &Options) -> Result<
         ..Summary::default()
     };
     for name in jobs {
-        let (job_name, job) = cfg.job(name)?;
-        let repo_name = job
-            .repository()
-            .ok_or_else(|| Error::Other(format!("job {name} stores no backups")))?;
-        let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
-        let listed = repo.list_backups(&job_name).await?;
-        let refs: Vec<_> = if opts.all {
-            listed
-        } else {
-            // The newest one `restore --latest` would pick, plus every newer
-            // one it would pass over (those are what needs reporting).
-            let cut = listed
-                .iter()
-                .rposition(|b| b.clock_skew().is_none())
-                .unwrap_or(0);
-            listed.into_iter().skip(cut).collect()
-        };
-        if refs.is_empty() {
-            summary.without_backups.push(name.clone());
-            continue;
-        }
-        for b in refs {
-            let m = match repo.read_manifest(&job_name, &b.id).await {
-                Ok(m) => m,
-                Err(e @ (Error::Integrity { .. } | Error::NotFound(_))) => {
-                    summary.backups.push(BackupCheck {
-                        job: name.clone(),
-                        backup_id: b.id.to_string(),
-                        finished_at: String::new(),
-                        ok: false,
-                        integrity_failure: true,
-                        artifacts: vec![ArtifactCheck {
-                            name: crate::manifest::FILE_NAME.into(),
-                            stored_bytes: 0,
-                            ok: false,
-                            detail: crate::secret::redact(&e.to_string()),
-                        }],
-                    });
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let keys = if opts.deep {
-                crate::keys::for_manifest(cfg, job, &m, opts.identity.as_deref())?
-            } else {
-                None
-            };
-            let check = backup(&repo, &job_name, job, &m, opts.deep, &keys).await;
-            summary.bytes_read += check.artifacts.iter().map(|a| a.stored_bytes).sum::<u64>();
-            summary.backups.push(check);
+        if let Err(e) = job(cfg, name, opts, &mut summary).await {
+            // One broken repository is an error for its jobs only: the
+            // others are still verified, and the summary fails.
+            if jobs.len() == 1 {
+                return Err(e);
+            }
+            summary
+                .unreachable
+                .push((name.clone(), crate::secret::redact(&e.to_string())));
         }
     }
     Ok(summary)
+}
+
+async fn job(cfg: &LoadedConfig, name: &str, opts: &Options, summary: &mut Summary) -> Result<()> {
+    let (job_name, job) = cfg.job(name)?;
+    let repo_name = job
+        .repository()
+        .ok_or_else(|| Error::Other(format!("job {name} stores no backups")))?;
+    let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
+    let listed = repo.list_backups(&job_name).await?;
+    let refs: Vec<_> = if opts.all {
+        listed
+    } else {
+        // The newest one `restore --latest` would pick, plus every newer
+        // one it would pass over (those are what needs reporting).
+        let cut = listed
+            .iter()
+            .rposition(|b| b.clock_skew().is_none())
+            .unwrap_or(0);
+        listed.into_iter().skip(cut).collect()
+    };
+    if refs.is_empty() {
+        summary.without_backups.push(name.to_owned());
+        return Ok(());
+    }
+    for b in refs {
+        let m = match repo.read_manifest(&job_name, &b.id).await {
+            Ok(m) => m,
+            Err(e @ (Error::Integrity { .. } | Error::NotFound(_))) => {
+                summary.backups.push(BackupCheck {
+                    job: name.to_owned(),
+                    backup_id: b.id.to_string(),
+                    finished_at: String::new(),
+                    ok: false,
+                    integrity_failure: true,
+                    artifacts: vec![ArtifactCheck {
+                        name: crate::manifest::FILE_NAME.into(),
+                        stored_bytes: 0,
+                        ok: false,
+                        detail: crate::secret::redact(&e.to_string()),
+                    }],
+                });
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let keys = if opts.deep {
+            crate::keys::for_manifest(cfg, job, &m, opts.identity.as_deref())?
+        } else {
+            None
+        };
+        let check = backup(&repo, &job_name, job, &m, opts.deep, &keys).await;
+        summary.bytes_read += check.artifacts.iter().map(|a| a.stored_bytes).sum::<u64>();
+        summary.backups.push(check);
+    }
+    Ok(())
 }
 
 async fn backup(

@@ -638,6 +638,8 @@ fn nix_kill(pid: u32, sig: i32) {
 #[test]
 fn environment_overrides_apply_and_bad_ones_are_named() {
     let mut w = local_world("APP_DATABASE_URL", "");
+    // `config check` resolves url_env: the variable must be there.
+    w.set_env("APP_DATABASE_URL", &pg().url("postgres"));
     w.set_env("DRCTL_JOBS__APPDB__COMPRESSION", "gzip");
     let r = w.drctl(&["config", "check"]);
     r.ok();

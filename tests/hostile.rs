@@ -9,9 +9,15 @@ use std::path::Path;
 /// Every canary, as configured; none may appear where it does not belong.
 /// The test cluster's own password (in its URL) is one too.
 fn canaries() -> Vec<String> {
-    let mut c: Vec<String> = ["CanaryAwsSecret2", "CanarySmtpPw3", "CanaryHookSecret4"]
-        .map(String::from)
-        .to_vec();
+    let mut c: Vec<String> = [
+        "CanaryAwsSecret2",
+        "CanarySmtpPw3",
+        "CanaryHookSecret4",
+        "CanaryHealthToken6",
+        "CanarySlackToken7",
+    ]
+    .map(String::from)
+    .to_vec();
     c.push(db_password());
     c
 }
@@ -59,8 +65,10 @@ fn canary_secrets_never_reach_a_child_argv_or_a_file_left_behind() {
         "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\
          [alerts.channels.mail]\ntype = \"email\"\nhost = \"127.0.0.1\"\nport = 1\nsecurity = \"none\"\nfrom = \"drctl@example.test\"\nto = [\"ops@example.test\"]\nusername = \"drctl\"\npassword_env = \"SMTP_PASSWORD\"\n\
          [alerts.channels.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:1/hook\"\nsecret_env = \"WEBHOOK_SECRET\"\n\
+         [alerts.channels.slack]\ntype = \"slack\"\nwebhook_url = \"http://LOCALHOST:1/services/T0/B0/CanarySlackToken7\"\n\
          [jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"local\"\npg_bindir = \"{}\"\n\
-         [jobs.probe]\ntype = \"health\"\n[[jobs.probe.checks]]\ntype = \"command\"\nname = \"env\"\ncommand = [\"sh\", \"-c\", \"tr '\\\\0' '\\\\n' < /proc/$$/environ > {probe}\"]\n",
+         [jobs.probe]\ntype = \"health\"\n[[jobs.probe.checks]]\ntype = \"command\"\nname = \"env\"\ncommand = [\"sh\", \"-c\", \"tr '\\\\0' '\\\\n' < /proc/$$/environ > {probe}\"]\n\
+         [jobs.tokenprobe]\ntype = \"health\"\n[[jobs.tokenprobe.checks]]\ntype = \"http\"\nurl = \"http://LOCALHOST:1/health?token=CanaryHealthToken6\"\nfailure_threshold = 1\n",
         bin.display()
     ));
     w.set_env("APP_DATABASE_URL", &url);
@@ -71,6 +79,18 @@ fn canary_secrets_never_reach_a_child_argv_or_a_file_left_behind() {
     let backup = w.drctl(&["run", "appdb"]);
     backup.ok();
     w.drctl(&["run", "probe"]).ok();
+    // A probe whose URL carries a token, failing (nothing listens): its
+    // message, the run record and the status must not show the token.
+    let tokenprobe = w.drctl(&["run", "tokenprobe"]);
+    assert_eq!(tokenprobe.code, 8, "{}", tokenprobe.all());
+    let status = w.drctl(&["status", "--json"]);
+    let config = w.drctl(&["config", "check"]);
+    config.ok();
+    // Every channel fails (nothing listens): the errors, as the HTTP client
+    // normalises the URL (`localhost`), must not carry the Slack token.
+    let alerts_test = w.drctl(&["alerts", "test"]);
+    assert_eq!(alerts_test.code, 1, "{}", alerts_test.all());
+    let alerts = w.drctl(&["alerts", "--json"]);
     let target = unique("canary_dst");
     let restore = w.drctl(&[
         "restore",
@@ -97,6 +117,11 @@ fn canary_secrets_never_reach_a_child_argv_or_a_file_left_behind() {
     for (place, text) in [
         ("run output", backup.all()),
         ("restore output", restore.all()),
+        ("health probe output", tokenprobe.all()),
+        ("status --json", status.all()),
+        ("config check", config.all()),
+        ("alerts test", alerts_test.all()),
+        ("alerts --json", alerts.all()),
     ] {
         found.extend(hits(place, &text));
     }
@@ -285,4 +310,111 @@ fn every_config_of_the_hostile_corpus_gets_its_exit_code_and_names_its_key() {
         cases.len(),
         wrong.join("\n")
     );
+}
+
+#[test]
+fn one_broken_repository_stops_only_its_jobs_and_usage_errors_exit_2() {
+    let src = scratch_dir("drctl-iso-src-");
+    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
+    let not_a_dir = scratch_dir("drctl-iso-").join("file");
+    std::fs::write(&not_a_dir, "a repository path that is a file").unwrap();
+    let w = World::new(&format!(
+        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\
+         [repositories.broken]\ntype = \"local\"\npath = \"{}\"\n\
+         [jobs.good]\ntype = \"files\"\npaths = [\"{src}\"]\nrepository = \"local\"\nretention = {{ keep_last = 2 }}\n\
+         [jobs.bad]\ntype = \"files\"\npaths = [\"{src}\"]\nrepository = \"broken\"\n\
+         [alerts.channels.hc]\ntype = \"ping\"\nurl = \"http://127.0.0.1:1/ping\"\n",
+        not_a_dir.display(),
+        src = src.display()
+    ));
+    let id = w.drctl(&["run", "good"]).ok().stdout.trim().to_owned();
+
+    let listed = w.drctl(&["backups", "--json"]);
+    assert_ne!(listed.code, 0, "{}", listed.all());
+    assert!(listed.stdout.contains(&id), "{}", listed.all());
+    assert!(listed.stderr.contains("bad"), "{}", listed.all());
+
+    let verified = w.drctl(&["verify"]);
+    assert_ne!(verified.code, 0, "{}", verified.all());
+    assert!(
+        verified.stdout.contains(&format!("ok   good/{id}")),
+        "{}",
+        verified.all()
+    );
+    assert!(
+        verified.stdout.contains("FAIL bad: cannot verify"),
+        "{}",
+        verified.all()
+    );
+
+    let pruned = w.drctl(&["prune"]);
+    assert_ne!(pruned.code, 0, "{}", pruned.all());
+    assert!(pruned.stdout.contains("good: kept 1"), "{}", pruned.all());
+
+    // Usage errors: exit 2, and nothing restored.
+    let dst = scratch_dir("drctl-iso-dst-");
+    for args in [
+        vec!["restore", "--latest", "--to", dst.to_str().unwrap()],
+        vec![
+            "restore",
+            "--id",
+            "not-an-id",
+            "--job",
+            "good",
+            "--to",
+            dst.to_str().unwrap(),
+        ],
+        vec![
+            "restore",
+            "--latest",
+            "--job",
+            "good",
+            "--to",
+            dst.to_str().unwrap(),
+            "--tmp-dir",
+            "/nonexistent/drctl-tmp",
+        ],
+        vec![
+            "restore",
+            "--latest",
+            "--job",
+            "good",
+            "--to-env",
+            "DRCTL_TEST_UNSET_TARGET",
+        ],
+    ] {
+        let r = w.drctl(&args);
+        assert_eq!(r.code, 2, "{args:?}: {}", r.all());
+        assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 0, "{args:?}");
+    }
+    assert!(!std::path::Path::new("/nonexistent/drctl-tmp").exists());
+
+    // A ping channel is skipped by `alerts test`, not failed.
+    let t = w.drctl(&["alerts", "test", "--json"]);
+    assert_eq!(t.code, 0, "{}", t.all());
+    assert!(t.stdout.contains("\"skipped\": true"), "{}", t.stdout);
+}
+
+#[test]
+fn a_daemon_refuses_to_start_without_the_secrets_its_jobs_name() {
+    let w = World::new(
+        "[http]\nenabled = false\n[repositories.local]\ntype = \"local\"\npath = \"{dir}/repo\"\n\
+         [jobs.appdb]\ntype = \"postgres\"\nurl_env = \"DRCTL_TEST_NEVER_SET\"\nschedule = \"0 0 2 * * *\"\nrepository = \"local\"\n",
+    );
+    let r = Run::from(
+        w.command(&["daemon"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("key `jobs.appdb.url_env`")
+            && r.stderr.contains("DRCTL_TEST_NEVER_SET is not set"),
+        "{}",
+        r.stderr
+    );
+    // `config check` says the same (and exits 2 as the service's own user).
+    let c = w.drctl(&["config", "check"]);
+    assert_eq!(c.code, 2, "{}", c.all());
 }

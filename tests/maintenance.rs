@@ -1136,7 +1136,9 @@ expect_status = 200
 retries = 3
 retry_delay = "5s"
 "#;
-    let w = World::new(issue);
+    let mut w = World::new(issue);
+    // `config check` resolves every url_env the config names.
+    w.set_env("APP_DATABASE_URL", "postgres://app@127.0.0.1:5432/app");
     let r = w.drctl(&["config", "check"]);
     r.ok();
     let s = w.drctl(&["status", "--json"]);
@@ -1161,10 +1163,11 @@ retry_delay = "5s"
     }
     // The repo's schedules/ examples load too.
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("schedules");
-    let w = World::new(&format!(
+    let mut w = World::new(&format!(
         "schedules_dir = \"{}\"\n[repositories.offsite]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo2\"\n",
         examples.display()
     ));
+    w.set_env("APP_DATABASE_URL", "postgres://app@127.0.0.1:5432/app");
     let r = w.drctl(&["config", "check"]);
     r.ok();
 }

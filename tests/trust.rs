@@ -433,26 +433,35 @@ async fn an_rpo_of_two_seconds_goes_violated_then_compliant_with_exact_transitio
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(std::time::Duration::from_secs(30)), Some(0));
 
-    // The transitions are the exact times, computed from the manifests.
+    // The transitions are the exact times, computed from the manifests on
+    // the store's clock: restorable when the manifest landed (its mtime in
+    // a local repository), taken the run's duration before that.
     let m1 = manifest(&w, "nightly", &first);
-    let m2 = manifest(&w, "nightly", &second);
     let t = |v: &serde_json::Value| {
         v.as_str()
             .unwrap()
             .parse::<chrono::DateTime<chrono::Utc>>()
             .unwrap()
     };
+    let landed = |id: &str| -> chrono::DateTime<chrono::Utc> {
+        std::fs::metadata(w.repo_dir().join("nightly").join(id).join("manifest.json"))
+            .unwrap()
+            .modified()
+            .unwrap()
+            .into()
+    };
+    let took = |m: &serde_json::Value| t(&m["finished_at"]) - t(&m["started_at"]);
     let state = w.state().await;
     let tr = drctl::rpo::transitions(&state, "nightly").await.unwrap();
     assert_eq!(tr.len(), 3, "{tr:?}");
     assert!(tr[0].compliant);
     assert!(!tr[1].compliant);
-    let violated_at = t(&m1["started_at"]) + chrono::Duration::seconds(2);
+    let violated_at = landed(&first) - took(&m1) + chrono::Duration::seconds(2);
     assert_eq!(tr[1].at.timestamp_millis(), violated_at.timestamp_millis());
     assert!(tr[2].compliant);
     assert_eq!(
         tr[2].at.timestamp_millis(),
-        t(&m2["finished_at"]).timestamp_millis()
+        landed(&second).timestamp_millis()
     );
 
     // One alert, one resolve.

@@ -42,60 +42,86 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
             .collect(),
     };
     let mut rows = Vec::new();
-    for name in names {
-        let (job, jc) = cfg.job(&name)?;
-        let Some(repo_name) = jc.repository() else {
-            continue;
-        };
-        let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
-        for b in repo.list_backups(&job).await? {
-            let m = match repo.read_manifest(&job, &b.id).await {
-                Ok(m) => m,
-                // One damaged manifest must not hide every other backup.
-                Err(e @ (drctl::Error::Integrity { .. } | drctl::Error::NotFound(_))) => {
-                    let text = drctl::secret::redact(&e.to_string());
-                    eprintln!(
-                        "drctl: warning: backup {} of {job} is not restorable: {text}",
-                        b.id
-                    );
-                    rows.push(Row {
-                        job: JobName::to_string(&job),
-                        id: b.id.to_string(),
-                        repository: repo_name.to_owned(),
-                        finished_at: String::new(),
-                        stored_bytes: 0,
-                        raw_bytes: 0,
-                        duration_seconds: 0.0,
-                        status: "unreadable",
-                        problem: Some(text),
-                    });
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let skew = b.clock_skew();
-            rows.push(Row {
-                status: if skew.is_some() { "clock_skew" } else { "ok" },
-                problem: skew.map(|d| {
-                    format!(
-                        "written by {} whose clock ran {} ahead of the store's",
-                        m.host,
-                        humantime::format_duration(d.to_std().unwrap_or_default())
-                    )
-                }),
-                job: JobName::to_string(&job),
-                id: m.id.to_string(),
-                repository: repo_name.to_owned(),
-                finished_at: m
-                    .finished_at
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                stored_bytes: m.stored_bytes(),
-                raw_bytes: m.raw_bytes(),
-                duration_seconds: (m.finished_at - m.started_at).num_milliseconds() as f64 / 1000.0,
-            });
+    // One broken repository hides nothing of the others: listed, then the
+    // exit status says which job could not be.
+    let mut failed = Vec::new();
+    for name in &names {
+        match job_rows(cfg, name, &mut rows).await {
+            Ok(()) => {}
+            Err(e) if names.len() == 1 => return Err(e.into()),
+            Err(e) => {
+                eprintln!(
+                    "drctl: error: {name}: cannot list: {}",
+                    drctl::secret::redact(&e.to_string())
+                );
+                failed.push(e);
+            }
         }
     }
-    if a.json {
+    print(rows, a.json)?;
+    match failed.into_iter().next() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+async fn job_rows(cfg: &LoadedConfig, name: &str, rows: &mut Vec<Row>) -> drctl::Result<()> {
+    let (job, jc) = cfg.job(name)?;
+    let Some(repo_name) = jc.repository() else {
+        return Ok(());
+    };
+    let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
+    for b in repo.list_backups(&job).await? {
+        let m = match repo.read_manifest(&job, &b.id).await {
+            Ok(m) => m,
+            // One damaged manifest must not hide every other backup.
+            Err(e @ (drctl::Error::Integrity { .. } | drctl::Error::NotFound(_))) => {
+                let text = drctl::secret::redact(&e.to_string());
+                eprintln!(
+                    "drctl: warning: backup {} of {job} is not restorable: {text}",
+                    b.id
+                );
+                rows.push(Row {
+                    job: JobName::to_string(&job),
+                    id: b.id.to_string(),
+                    repository: repo_name.to_owned(),
+                    finished_at: String::new(),
+                    stored_bytes: 0,
+                    raw_bytes: 0,
+                    duration_seconds: 0.0,
+                    status: "unreadable",
+                    problem: Some(text),
+                });
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let skew = b.clock_skew();
+        rows.push(Row {
+            status: if skew.is_some() { "clock_skew" } else { "ok" },
+            problem: skew.map(|d| {
+                format!(
+                    "written by {} whose clock ran {} ahead of the store's",
+                    m.host,
+                    humantime::format_duration(d.to_std().unwrap_or_default())
+                )
+            }),
+            job: JobName::to_string(&job),
+            id: m.id.to_string(),
+            repository: repo_name.to_owned(),
+            finished_at: m
+                .finished_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            stored_bytes: m.stored_bytes(),
+            raw_bytes: m.raw_bytes(),
+            duration_seconds: (m.finished_at - m.started_at).num_milliseconds() as f64 / 1000.0,
+        });
+    }
+    Ok(())
+}
+
+fn print(rows: Vec<Row>, json: bool) -> anyhow::Result<()> {
+    if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }

@@ -23,15 +23,24 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     let jobs = drctl::verify::backup_jobs(cfg, only)?;
     let state = drctl::state::State::open(&cfg.config.state_dir).await?;
     let mut reports = Vec::new();
+    // One broken repository stops pruning for its jobs only.
+    let mut failed: Vec<(String, drctl::Error)> = Vec::new();
     for j in &jobs {
         let repo = cfg.job(j)?.1.repository().unwrap_or_default();
-        let opts = Options {
-            dry_run: a.dry_run,
-            orphan_age: a.orphan_age,
-            verdicts: state.verdicts(repo, j).await?,
-            just_made: None,
+        let report = async {
+            let opts = Options {
+                dry_run: a.dry_run,
+                orphan_age: a.orphan_age,
+                verdicts: state.verdicts(repo, j).await?,
+                just_made: None,
+            };
+            prune::job(cfg, j, &opts).await
         };
-        reports.push(prune::job(cfg, j, &opts).await?);
+        match report.await {
+            Ok(r) => reports.push(r),
+            Err(e) if jobs.len() == 1 => return Err(e.into()),
+            Err(e) => failed.push((j.clone(), e)),
+        }
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
@@ -64,6 +73,17 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
                 println!("  ERROR {e}");
             }
         }
+    }
+    for (j, e) in &failed {
+        eprintln!(
+            "drctl: error: {j}: not pruned: {}",
+            drctl::secret::redact(&e.to_string())
+        );
+    }
+    // The first job that could not be pruned decides the exit code (a
+    // refusal stays 4, an unreadable newest manifest 3).
+    if let Some((_, e)) = failed.into_iter().next() {
+        return Err(e.into());
     }
     let errors: usize = reports.iter().map(|r| r.errors.len()).sum();
     if errors > 0 {

@@ -21,8 +21,13 @@ pub struct Args {
     job: Option<String>,
     /// Target: a postgres:// URL (created if missing, must be empty), or a directory for files backups.
     /// Without it, the job's own database is replaced and the old one kept as a safety copy.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "to_env")]
     to: Option<String>,
+    /// Read the target from this environment variable instead (a URL with a
+    /// password stays out of argv and `ps`); or give a URL without password
+    /// and set PGPASSWORD or PGPASSFILE
+    #[arg(long, value_name = "VAR")]
+    to_env: Option<String>,
     /// Parallel pg_restore jobs
     #[arg(long, default_value_t = 1)]
     jobs: usize,
@@ -69,10 +74,22 @@ fn print_plan(p: &Plan) {
 }
 
 pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
+    let to = match &a.to_env {
+        Some(var) => match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Some(v.trim().to_owned()),
+            _ => {
+                return Err(drctl::Error::Usage(format!(
+                    "--to-env {var}: the variable is not set (expected the target URL there)"
+                ))
+                .into())
+            }
+        },
+        None => a.to,
+    };
     let mut req = RestoreRequest {
         job: a.job,
         id: a.id,
-        to: a.to,
+        to,
         jobs: a.jobs.max(1),
         dry_run: a.dry_run,
         confirmed: a.yes,

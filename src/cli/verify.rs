@@ -91,6 +91,9 @@ pub fn print(s: &Summary, json: bool) -> anyhow::Result<()> {
     for j in &s.without_backups {
         println!("none {j}: no committed backup yet");
     }
+    for (j, e) in &s.unreachable {
+        println!("FAIL {j}: cannot verify: {e}");
+    }
     let bad = s.failed().count();
     eprintln!(
         "{} backup(s) verified, {} failed, {} read",

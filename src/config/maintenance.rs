@@ -500,7 +500,10 @@ pub fn strip_userinfo(u: &str) -> String {
         Ok(mut p) => {
             let _ = p.set_password(None);
             let _ = p.set_username("");
-            p.to_string()
+            // `?token=...` is a credential too: it must not reach /status,
+            // `status --json` or the state database with the check's name.
+            let shown = p.to_string();
+            crate::secret::mask_url(&shown).unwrap_or(shown)
         }
         Err(_) => crate::secret::redact(u),
     }

@@ -248,6 +248,7 @@ impl LoadedConfig {
         };
         let mut refs = Vec::new();
         collect_refs(&root, "", &mut refs);
+        let merged = self.figment.find_value("").ok();
         for (key, value) in refs {
             let problem = if key.ends_with("_env") {
                 resolve_secret(None, Some(&value), None, "").err().map(|_| {
@@ -265,7 +266,7 @@ impl LoadedConfig {
             };
             if let Some(message) = problem {
                 out.push(Error::Config {
-                    file: self.file_of(&key),
+                    file: self.file_in(merged.as_ref(), &key),
                     key,
                     message,
                 });
@@ -276,14 +277,32 @@ impl LoadedConfig {
 
     /// The file that supplied `key`, for error messages.
     pub fn file_of(&self, key: &str) -> String {
-        self.figment
-            .find_metadata(key)
-            .and_then(|m| m.source.as_ref())
-            .map(|s| match s {
-                figment::Source::File(p) => p.display().to_string(),
-                other => other.to_string(),
-            })
-            .unwrap_or_else(|| self.main_file())
+        self.file_in(self.figment.find_value("").ok().as_ref(), key)
+    }
+
+    /// [`Self::file_of`] against a merged `root` computed once: figment
+    /// merges every provider again for each lookup, which made a config
+    /// with thousands of errors take minutes (quadratic). A key that is not
+    /// in the config (an expected but missing field) takes its table's file.
+    fn file_in(&self, root: Option<&figment::value::Value>, key: &str) -> String {
+        let mut k = key;
+        while let Some(root) = root {
+            let source = root
+                .find_ref(k)
+                .and_then(|v| self.figment.get_metadata(v.tag()))
+                .and_then(|m| m.source.as_ref());
+            if let Some(s) = source {
+                return match s {
+                    figment::Source::File(p) => p.display().to_string(),
+                    other => other.to_string(),
+                };
+            }
+            match k.rfind('.') {
+                Some(i) => k = &k[..i],
+                None => break,
+            }
+        }
+        self.main_file()
     }
 
     fn merge_job_files(&mut self) -> Result<()> {
@@ -487,8 +506,9 @@ impl LoadedConfig {
         if errors.is_empty() {
             return Ok(());
         }
+        let root = self.figment.find_value("").ok();
         let mut it = errors.into_iter().map(|(key, message)| {
-            let file = self.file_of(&key);
+            let file = self.file_in(root.as_ref(), &key);
             Error::Config { file, key, message }
         });
         let first = it.next().expect("errors is not empty");

@@ -101,7 +101,11 @@ async fn http(c: &HealthCheck, url: &str) -> std::result::Result<String, String>
         req = req.header(k, v);
     }
     let resp = req.send().await.map_err(|e| {
-        crate::secret::redact(&format!("{method} {shown}: {}", crate::error::chain(&e)))
+        // Without reqwest's copy of the URL: it holds the unmasked query.
+        crate::secret::redact(&format!(
+            "{method} {shown}: {}",
+            crate::error::chain(&e.without_url())
+        ))
     })?;
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();

@@ -9,7 +9,6 @@ use super::{Backend, BoxRead, ObjectInfo, Upload};
 use crate::config::S3Repository;
 use crate::error::{Error, Result};
 use async_trait::async_trait;
-use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -67,8 +66,49 @@ macro_rules! write_options {
     }};
 }
 
+/// An SDK error as one line an operator can act on: the causes' messages
+/// (`service error: NoSuchBucket: The specified bucket does not exist`), not
+/// the SDK's debug dump of the raw response, and a hint for the common ones.
 fn err_text<E: std::error::Error>(e: E) -> String {
-    DisplayErrorContext(e).to_string()
+    let text = crate::error::chain(&e);
+    match hint(&text) {
+        Some(h) => format!("{text} ({h})"),
+        None => text,
+    }
+}
+
+/// What to check for the errors operators meet while setting up a bucket.
+fn hint(text: &str) -> Option<&'static str> {
+    const HINTS: [(&[&str], &str); 6] = [
+        (
+            &["InvalidAccessKeyId", "SignatureDoesNotMatch"],
+            "check the access key and secret (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the profile or the instance role)",
+        ),
+        (
+            &["AccessDenied", "Forbidden"],
+            "the credentials work but may not do this: check the bucket policy and the IAM permissions (s3:GetObject, PutObject, ListBucket, DeleteObject)",
+        ),
+        (
+            &["NoSuchBucket"],
+            "the bucket does not exist: check `bucket`, `region` and `endpoint`",
+        ),
+        (
+            &["PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraint"],
+            "the bucket is in another region: set `region` to the bucket's",
+        ),
+        (
+            &["dispatch failure", "Connection refused", "dns error", "tcp connect"],
+            "cannot reach the store: check `endpoint`, DNS and the network",
+        ),
+        (
+            &["timed out", "TimeoutError"],
+            "the store did not answer in time: check the network, or the store's load",
+        ),
+    ];
+    HINTS
+        .iter()
+        .find(|(needles, _)| needles.iter().any(|n| text.contains(n)))
+        .map(|(_, h)| *h)
 }
 
 impl S3Backend {
@@ -514,5 +554,28 @@ impl Backend for S3Backend {
             .await
             .map_err(|e| self.err(&format!("deleting {full}"), err_text(e)))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_store_errors_get_a_hint_and_others_none() {
+        assert!(
+            hint("service error: NoSuchBucket: The specified bucket does not exist")
+                .is_some_and(|h| h.contains("`bucket`"))
+        );
+        assert!(
+            hint("dispatch failure: io error: Connection refused (os error 111)")
+                .is_some_and(|h| h.contains("endpoint"))
+        );
+        assert!(hint("service error: AccessDenied: Access Denied")
+            .is_some_and(|h| h.contains("policy")));
+        assert_eq!(
+            hint("service error: SlowDown: Please reduce your request rate."),
+            None
+        );
     }
 }

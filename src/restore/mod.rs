@@ -103,7 +103,7 @@ pub async fn resolve<'a>(cfg: &'a LoadedConfig, req: &RestoreRequest) -> Result<
             match backups.as_slice() {
                 [one] => (*one).clone(),
                 _ => {
-                    return Err(Error::Other(format!(
+                    return Err(Error::Usage(format!(
                         "more than one backup job is configured; name one with --job ({})",
                         backups
                             .iter()
@@ -122,7 +122,7 @@ pub async fn resolve<'a>(cfg: &'a LoadedConfig, req: &RestoreRequest) -> Result<
     let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
     let manifest = match &req.id {
         Some(id) => {
-            let id = BackupId::parse(id).map_err(Error::Other)?;
+            let id = BackupId::parse(id).map_err(|e| Error::Usage(format!("--id: {e}")))?;
             repo.read_manifest(&job, &id).await?
         }
         None => {
@@ -161,6 +161,14 @@ pub async fn run(
 ) -> Result<Report> {
     let started = std::time::Instant::now();
     let r = resolve(cfg, req).await?;
+    // A --tmp-dir that does not exist is a typo, not a place to create
+    // (the default under state_dir is created).
+    if let Some(dir) = req.tmp_dir.as_ref().filter(|d| !d.is_dir()) {
+        return Err(Error::Usage(format!(
+            "--tmp-dir {} is not an existing directory",
+            dir.display()
+        )));
+    }
     let tmp_dir = req
         .tmp_dir
         .clone()

@@ -24,11 +24,12 @@ fn destination(job: &PostgresJob, req: &RestoreRequest) -> Result<(PgTarget, boo
     match &req.to {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             crate::secret::register_url_password(url);
-            Ok((PgTarget::parse(url)?, false))
+            let target = PgTarget::parse(url).map_err(|e| Error::Usage(format!("--to: {e}")))?;
+            Ok((target, false))
         }
-        Some(other) => Err(Error::Other(format!(
-            "--to for a PostgreSQL backup must be a postgres:// URL, got {other:?}"
-        ))),
+        Some(_) => Err(Error::Usage(
+            "--to for a PostgreSQL backup must be a postgres:// URL".into(),
+        )),
         None => Ok((job_target(job)?, true)),
     }
 }

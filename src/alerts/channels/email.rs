@@ -70,7 +70,7 @@ impl Email {
         })
     }
 
-    fn message(&self, n: &Notification) -> Result<Message, String> {
+    pub(super) fn message(&self, n: &Notification) -> Result<Message, String> {
         let addr = |a: &str| {
             a.parse::<lettre::message::Mailbox>()
                 .map_err(|e| format!("{a:?}: {e}"))
@@ -78,9 +78,10 @@ impl Email {
         let mut m = Message::builder()
             .from(addr(&self.cfg.from)?)
             .subject(n.subject())
-            // A Message-ID (lettre makes one from the hostname) keeps spam
-            // filters and threading happy.
-            .message_id(None);
+            // One Message-ID per notification, the same on every retry of
+            // its outbox row: deliveries are at-least-once, and mail systems
+            // drop duplicates by it.
+            .message_id(Some(message_id(n)));
         for to in &self.cfg.to {
             m = m.to(addr(to)?);
         }
@@ -123,5 +124,65 @@ impl Channel for Email {
                 }
             }
         }
+    }
+}
+
+/// `<notification id@host>`, the host reduced to what a Message-ID allows.
+fn message_id(n: &Notification) -> String {
+    let host: String = n
+        .host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+        .collect();
+    let host = if host.is_empty() {
+        "drctl".into()
+    } else {
+        host
+    };
+    format!("<{}@{host}>", n.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::{Event, Severity};
+
+    #[test]
+    fn every_retry_of_a_notification_carries_one_message_id() {
+        let cfg: EmailChannel = toml::from_str(
+            "host = \"127.0.0.1\"\nfrom = \"drctl@example.test\"\nto = [\"ops@example.test\"]\n",
+        )
+        .unwrap();
+        let mail = Email::new(&cfg).unwrap();
+        let n = Notification {
+            id: "0b7e2c1a-1111-2222-3333-444455556666".into(),
+            event: Event::Firing,
+            key: "job_failed:appdb".into(),
+            kind: "job_failed".into(),
+            severity: Severity::Critical,
+            host: "db 1/prod".into(),
+            job: Some("appdb".into()),
+            summary: "appdb failed".into(),
+            detail: None,
+            hint: None,
+            since: None,
+            at: chrono::Utc::now(),
+            count: 1,
+            html: None,
+        };
+        let header = |m: &Message| {
+            String::from_utf8_lossy(&m.formatted())
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+                .unwrap()
+                .to_owned()
+        };
+        let first = header(&mail.message(&n).unwrap());
+        let retry = header(&mail.message(&n).unwrap());
+        assert_eq!(first, retry);
+        assert!(
+            first.contains("<0b7e2c1a-1111-2222-3333-444455556666@db1prod>"),
+            "{first}"
+        );
     }
 }

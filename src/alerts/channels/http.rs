@@ -18,8 +18,11 @@ pub(super) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
 /// waits), connection errors and timeouts, retried until `max_age`.
 pub(super) async fn send(req: reqwest::RequestBuilder) -> Result<String, SendError> {
     let resp = req.send().await.map_err(|e| {
-        // reqwest's Display hides the cause ("error sending request"); keep the chain.
-        let msg = crate::error::chain(&e);
+        // reqwest's Display hides the cause ("error sending request"); keep
+        // the chain, without the URL: reqwest prints it normalised
+        // (`LOCALHOST` lower-cased, `:443` dropped), a form the secret
+        // registry would not recognise, and Slack and ping URLs are tokens.
+        let msg = crate::error::chain(&e.without_url());
         SendError::Transient(msg)
     })?;
     let status = resp.status();

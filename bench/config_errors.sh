@@ -5,8 +5,9 @@
 # every error listed) in time linear in N. Prints N, seconds, errors listed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -q
-bin=target/release/drctl
+# DRCTL_BIN=target/debug/drctl measures a debug build instead.
+bin=${DRCTL_BIN:-target/release/drctl}
+[ -n "${DRCTL_BIN:-}" ] || cargo build --release --locked -q
 dir=$(mktemp -d /tmp/drctl-config-errors.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 sizes=("$@")

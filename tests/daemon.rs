@@ -723,3 +723,76 @@ fn a_run_that_fails_before_it_can_be_recorded_is_still_counted_and_turns_health_
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(20)), Some(0), "{}", d.log());
 }
+
+#[test]
+fn runs_failing_on_a_full_state_disk_are_counted_and_alerted_once_it_has_room() {
+    use common::receivers::HttpReceiver;
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "mounts a tmpfs: run as root (CI does)"
+    );
+    let hook = HttpReceiver::start();
+    let src = scratch_dir("drctl-full-src-");
+    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
+    let w = World::new(&format!(
+        "{}{}[alerts.channels.hook]\ntype = \"webhook\"\nurl = \"{}\"\n[alerts.routes]\ncritical = [\"hook\"]\n",
+        local_repo(),
+        files_job("tick", "* * * * * *", &src),
+        hook.url("/alerts")
+    ));
+    // The state directory on a small file system of its own.
+    let state = w.dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(state.clone());
+    let port = http_port(&w);
+    let mut d = Daemon::start(&w);
+    wait_until(Duration::from_secs(30), "a first run", || {
+        count(&runs(&w, "tick"), "succeeded") >= 1
+    });
+    // Fill it: runs can no longer be recorded, nor their alerts queued.
+    let filler = state.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 1 << 16];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    wait_until(
+        Duration::from_secs(30),
+        "unrecorded failures counted",
+        || {
+            http_get(port, "/metrics")
+                .1
+                .contains("drctl_internal_errors_total{kind=\"run_not_recorded\"}")
+        },
+    );
+    assert_eq!(http_get(port, "/health").0, 503);
+    assert!(
+        hook.requests("/alerts").is_empty(),
+        "nothing could be queued yet"
+    );
+    // Room again: the failure is alerted (then resolved by the next run).
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(Duration::from_secs(30), "the job_failed alert", || {
+        hook.requests("/alerts")
+            .iter()
+            .any(|r| r.text().contains("job_failed:tick"))
+    });
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(20)), Some(0), "{}", d.log());
+}

@@ -62,13 +62,14 @@ fn canary_secrets_never_reach_a_child_argv_or_a_file_left_behind() {
     let url = pg.url(&db);
     let probe = format!("{}/environ-probe", seen.display());
     let mut w = World::new(&format!(
-        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\
+        "[http]\nlisten = \"127.0.0.1:{}\"\n[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\
          [alerts.channels.mail]\ntype = \"email\"\nhost = \"127.0.0.1\"\nport = 1\nsecurity = \"none\"\nfrom = \"drctl@example.test\"\nto = [\"ops@example.test\"]\nusername = \"drctl\"\npassword_env = \"SMTP_PASSWORD\"\n\
          [alerts.channels.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:1/hook\"\nsecret_env = \"WEBHOOK_SECRET\"\n\
          [alerts.channels.slack]\ntype = \"slack\"\nwebhook_url = \"http://LOCALHOST:1/services/T0/B0/CanarySlackToken7\"\n\
          [jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"local\"\npg_bindir = \"{}\"\n\
          [jobs.probe]\ntype = \"health\"\n[[jobs.probe.checks]]\ntype = \"command\"\nname = \"env\"\ncommand = [\"sh\", \"-c\", \"tr '\\\\0' '\\\\n' < /proc/$$/environ > {probe}\"]\n\
          [jobs.tokenprobe]\ntype = \"health\"\n[[jobs.tokenprobe.checks]]\ntype = \"http\"\nurl = \"http://LOCALHOST:1/health?token=CanaryHealthToken6\"\nfailure_threshold = 1\n",
+        free_port(),
         bin.display()
     ));
     w.set_env("APP_DATABASE_URL", &url);
@@ -91,6 +92,24 @@ fn canary_secrets_never_reach_a_child_argv_or_a_file_left_behind() {
     let alerts_test = w.drctl(&["alerts", "test"]);
     assert_eq!(alerts_test.code, 1, "{}", alerts_test.all());
     let alerts = w.drctl(&["alerts", "--json"]);
+    // The daemon's log and its endpoint.
+    let port = http_port(&w);
+    let mut d = Daemon::start(&w);
+    wait_until(std::time::Duration::from_secs(20), "the endpoint", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let served: Vec<(String, String)> = ["/metrics", "/status", "/health"]
+        .iter()
+        .map(|p| (format!("GET {p}"), http_get(port, p).1))
+        .collect();
+    d.signal(libc::SIGTERM);
+    assert_eq!(
+        d.wait(std::time::Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        d.log()
+    );
+    let daemon_log = d.log();
     let target = unique("canary_dst");
     let restore = w.drctl(&[
         "restore",
@@ -122,8 +141,12 @@ fn canary_secrets_never_reach_a_child_argv_or_a_file_left_behind() {
         ("config check", config.all()),
         ("alerts test", alerts_test.all()),
         ("alerts --json", alerts.all()),
+        ("daemon log", daemon_log),
     ] {
         found.extend(hits(place, &text));
+    }
+    for (place, text) in &served {
+        found.extend(hits(place, text));
     }
     for (place, dir) in [("state", w.dir.join("state")), ("repository", w.repo_dir())] {
         for f in walk(&dir) {
@@ -417,4 +440,31 @@ fn a_daemon_refuses_to_start_without_the_secrets_its_jobs_name() {
     // `config check` says the same (and exits 2 as the service's own user).
     let c = w.drctl(&["config", "check"]);
     assert_eq!(c.code, 2, "{}", c.all());
+}
+
+#[test]
+fn a_ten_megabyte_value_is_never_echoed() {
+    let dir = scratch_dir("drctl-huge-");
+    let file = dir.join("huge.toml");
+    let huge = "S3cretCanary".repeat(10 * 1024 * 1024 / 12);
+    std::fs::write(
+        &file,
+        format!("[alerts.channels.m]\ntype = \"email\"\nhost = \"h\"\nfrom = \"a@b.c\"\nto = [\"c@d.e\"]\nport = \"{huge}\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drctl"))
+        .arg("-c")
+        .arg(&file)
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", &err[..err.len().min(500)]);
+    assert!(err.len() < 2000, "{} bytes of error", err.len());
+    assert!(err.contains("key `alerts.channels.m.port`"), "{err}");
+    assert!(
+        !err.contains("S3cretCanary"),
+        "{}",
+        &err[..err.len().min(500)]
+    );
 }

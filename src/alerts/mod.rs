@@ -341,7 +341,10 @@ impl<'a> Alerter<'a> {
 
     /// A run of `job` ended for good (after retries): ping, and raise or clear
     /// its failure condition. A skipped or interrupted run changes nothing.
-    pub async fn job_finished(&self, job: &str, result: &Result<crate::runner::Outcome>) {
+    /// Raise or clear the job's conditions for its final outcome. Returns
+    /// false when that could not be queued (the state database failing):
+    /// the daemon keeps such a failure and raises it again later.
+    pub async fn job_finished(&self, job: &str, result: &Result<crate::runner::Outcome>) -> bool {
         use crate::runner::Outcome;
         let r = match result {
             Ok(outcome @ (Outcome::Committed(_) | Outcome::Checked(_) | Outcome::Report(_))) => {
@@ -382,9 +385,10 @@ impl<'a> Alerter<'a> {
                 ping.and(raise)
             }
         };
-        if let Err(e) = r {
+        if let Err(e) = &r {
             tracing::error!(job, error = %e, "cannot queue the alert");
         }
+        r.is_ok()
     }
 }
 

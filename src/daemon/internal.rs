@@ -23,6 +23,9 @@ struct Inner {
     /// Every internal error by kind (`run_not_recorded`, `record_skipped`, ...).
     errors: BTreeMap<&'static str, u64>,
     last: Option<(DateTime<Utc>, String)>,
+    /// Failures whose alert could not be queued: (job, error), raised again
+    /// by the alert worker until the state database takes them.
+    deferred: Vec<(String, String)>,
 }
 
 impl Internal {
@@ -44,6 +47,36 @@ impl Internal {
             Ok(i) => i.clone(),
             Err(p) => p.into_inner().clone(),
         }
+    }
+
+    /// Keep a failure whose alert could not be queued.
+    pub fn defer_alert(&self, job: &str, error: String) {
+        let mut i = match self.inner.lock() {
+            Ok(i) => i,
+            Err(p) => p.into_inner(),
+        };
+        // One pending alert per job is enough: it says the job fails.
+        i.deferred.retain(|(j, _)| j != job);
+        i.deferred.push((job.to_owned(), error));
+    }
+
+    /// The failures waiting for their alert (emptied; re-defer what fails).
+    pub fn take_deferred(&self) -> Vec<(String, String)> {
+        let mut i = match self.inner.lock() {
+            Ok(i) => i,
+            Err(p) => p.into_inner(),
+        };
+        std::mem::take(&mut i.deferred)
+    }
+
+    /// The deferred failure of `job`, if any (taken).
+    pub fn take_deferred_job(&self, job: &str) -> Option<String> {
+        let mut i = match self.inner.lock() {
+            Ok(i) => i,
+            Err(p) => p.into_inner(),
+        };
+        let at = i.deferred.iter().position(|(j, _)| j == job)?;
+        Some(i.deferred.remove(at).1)
     }
 
     /// Failed runs of `job` that only memory knows of.
@@ -100,6 +133,22 @@ mod tests {
         assert_eq!(i.errors().get("record_skipped"), Some(&1));
         assert_eq!(i.recent(t(61)).as_deref(), Some("locked (60s ago)"));
         assert_eq!(i.recent(t(1) + HEALTH_WINDOW + TimeDelta::seconds(1)), None);
+    }
+
+    #[test]
+    fn one_deferred_alert_per_job_until_taken() {
+        let i = Internal::default();
+        i.defer_alert("appdb", "disk full".into());
+        i.defer_alert("appdb", "still full".into());
+        i.defer_alert("web", "x".into());
+        assert_eq!(
+            i.take_deferred(),
+            vec![
+                ("appdb".into(), "still full".into()),
+                ("web".into(), "x".into())
+            ]
+        );
+        assert!(i.take_deferred().is_empty());
     }
 
     #[test]

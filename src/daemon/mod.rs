@@ -212,8 +212,25 @@ impl Daemon {
             }
             break result;
         };
+        // A failure whose alert the state database refused earlier is
+        // raised first, so that this outcome (a recovery) follows it.
+        if let Some(error) = self.internal.take_deferred_job(name) {
+            if !alerter
+                .job_finished(name, &Err(Error::Other(error.clone())))
+                .await
+            {
+                self.internal.defer_alert(name, error);
+            }
+        }
         // Only the final outcome alerts: a failure a retry fixed is no news.
-        alerter.job_finished(name, &result).await;
+        if !alerter.job_finished(name, &result).await {
+            if let Err(e) = &result {
+                // The state database refused the alert (full, locked): keep
+                // it; the alert worker raises it once the database takes it.
+                self.internal
+                    .defer_alert(name, crate::secret::redact(&e.to_string()));
+            }
+        }
     }
 
     /// A final failure that never reached the state database (it failed
@@ -763,6 +780,12 @@ async fn alert_worker(d: Arc<Daemon>) {
         }
         let cfg = d.config();
         let alerter = crate::alerts::Alerter::new(&cfg, &d.state);
+        for (job, error) in d.internal.take_deferred() {
+            let failed = Err(Error::Other(error.clone()));
+            if !alerter.job_finished(&job, &failed).await {
+                d.internal.defer_alert(&job, error);
+            }
+        }
         if let Err(e) = alerter.sweep().await {
             tracing::error!(error = %e, "evaluating alerts");
         }

@@ -52,6 +52,19 @@ fn db_succeeded(w: &World, job: &str) -> usize {
         .count()
 }
 
+/// Wait until the daemon on `port` exports a run it could not record.
+fn wait_unrecorded_counted(port: u16) {
+    wait_until(
+        Duration::from_secs(30),
+        "unrecorded failures counted",
+        || {
+            http_get(port, "/metrics")
+                .1
+                .contains("drctl_internal_errors_total{kind=\"run_not_recorded\"}")
+        },
+    );
+}
+
 fn count(runs: &[serde_json::Value], status: &str) -> usize {
     runs.iter().filter(|r| r["status"] == status).count()
 }
@@ -123,9 +136,7 @@ fn a_scheduler_that_stops_firing_turns_health_red_a_minute_after_a_missed_tick()
     w.set_env("DRCTL_FAULT_PAUSE", "scheduler.tick");
     let port = http_port(&w);
     let d = Daemon::start(&w);
-    wait_until(Duration::from_secs(20), "the endpoint", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    wait_for_endpoint(port);
     let started = Instant::now();
     assert_eq!(http_get(port, "/health").0, 200, "green at first");
     wait_until(Duration::from_secs(120), "/health turns red", || {
@@ -693,18 +704,8 @@ fn a_run_that_fails_before_it_can_be_recorded_is_still_counted_and_turns_health_
     std::fs::write(w.dir.join("state/locks"), "not a directory").unwrap();
     let port = http_port(&w);
     let mut d = Daemon::start(&w);
-    wait_until(Duration::from_secs(20), "the endpoint", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    wait_until(
-        Duration::from_secs(30),
-        "unrecorded failures counted",
-        || {
-            http_get(port, "/metrics")
-                .1
-                .contains("drctl_internal_errors_total{kind=\"run_not_recorded\"}")
-        },
-    );
+    wait_for_endpoint(port);
+    wait_unrecorded_counted(port);
     assert!(runs(&w, "tick").is_empty(), "nothing reached the database");
     let (_, metrics) = http_get(port, "/metrics");
     let failed = metrics
@@ -772,15 +773,7 @@ fn runs_failing_on_a_full_state_disk_are_counted_and_alerted_once_it_has_room() 
         let chunk = vec![0u8; 1 << 16];
         while f.write_all(&chunk).is_ok() {}
     }
-    wait_until(
-        Duration::from_secs(30),
-        "unrecorded failures counted",
-        || {
-            http_get(port, "/metrics")
-                .1
-                .contains("drctl_internal_errors_total{kind=\"run_not_recorded\"}")
-        },
-    );
+    wait_unrecorded_counted(port);
     assert_eq!(http_get(port, "/health").0, 503);
     assert!(
         hook.requests("/alerts").is_empty(),

@@ -71,6 +71,28 @@ fn record(a: &mut serde_json::Value, stored: &[u8], raw_len: usize) {
     a["raw_bytes"] = raw_len.into();
 }
 
+/// The raw (decompressed) size of a backup's dump, from its manifest.
+fn dump_raw_bytes(repo: &Path, id: &str) -> u64 {
+    read_manifest(repo, id)["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["content"] == "pg_dump_custom")
+        .unwrap()["raw_bytes"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Temporary dumps a restore left in `dir`.
+fn restore_leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".drctl-restore-"))
+        .collect()
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
@@ -1505,15 +1527,7 @@ fn a_scratch_directory_that_fills_up_mid_fetch_is_a_local_failure_that_leaves_no
     let mut w = local_world("");
     w.set_env("APP_DATABASE_URL", &pg.url(&src));
     let id = w.drctl(&["run", "appdb"]).ok().stdout.trim().to_owned();
-    let m = read_manifest(&w.repo_dir(), &id);
-    let raw = m["artifacts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["content"] == "pg_dump_custom")
-        .unwrap()["raw_bytes"]
-        .as_u64()
-        .unwrap();
+    let raw = dump_raw_bytes(&w.repo_dir(), &id);
     // Room for the free-space check to pass; then something else takes it
     // the moment the temporary dump appears (another process, a log burst).
     let needed = raw + raw / 20 + 64 * 1024 * 1024;
@@ -1568,12 +1582,7 @@ fn a_scratch_directory_that_fills_up_mid_fetch_is_a_local_failure_that_leaves_no
     assert!(r.stderr.contains("No space left"), "{}", r.stderr);
     assert!(!r.stderr.contains("integrity"), "{}", r.stderr);
     assert!(!pg.db_exists(&target), "nothing restored");
-    let left: Vec<_> = std::fs::read_dir(&fs.path)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".drctl-restore-"))
-        .collect();
+    let left = restore_leftovers(&fs.path);
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -1586,14 +1595,7 @@ fn a_scratch_directory_of_any_size_restores_or_refuses_before_touching_the_targe
     let mut w = local_world("");
     w.set_env("APP_DATABASE_URL", &pg.url(&src));
     let id = w.drctl(&["run", "appdb"]).ok().stdout.trim().to_owned();
-    let raw = read_manifest(&w.repo_dir(), &id)["artifacts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["content"] == "pg_dump_custom")
-        .unwrap()["raw_bytes"]
-        .as_u64()
-        .unwrap();
+    let raw = dump_raw_bytes(&w.repo_dir(), &id);
     // What a temporary dump needs (the dump, 5 %, 64 MiB of headroom), in
     // pages: sizes from "nothing fits" through "one page short" to "fits".
     let needed = (raw + raw / 20 + (64 << 20)).div_ceil(4096);
@@ -1625,12 +1627,7 @@ fn a_scratch_directory_of_any_size_restores_or_refuses_before_touching_the_targe
                 assert!(r.stderr.contains("bytes free"), "{what}");
                 assert!(!pg.db_exists(&target), "{what}");
             }
-            let left: Vec<_> = std::fs::read_dir(&fs.path)
-                .unwrap()
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(".drctl-restore-"))
-                .collect();
+            let left = restore_leftovers(&fs.path);
             assert!(left.is_empty(), "{what}: {left:?}");
         }
     }

@@ -95,9 +95,7 @@ fn canary_secrets_never_reach_a_child_argv_or_a_file_left_behind() {
     // The daemon's log and its endpoint.
     let port = http_port(&w);
     let mut d = Daemon::start(&w);
-    wait_until(std::time::Duration::from_secs(20), "the endpoint", || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    wait_for_endpoint(port);
     let served: Vec<(String, String)> = ["/metrics", "/status", "/health"]
         .iter()
         .map(|p| (format!("GET {p}"), http_get(port, p).1))

@@ -814,6 +814,13 @@ pub fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
 }
 
 /// The `[http] listen` port of a world's config.
+/// Wait until something listens on the loopback `port` (a daemon's endpoint).
+pub fn wait_for_endpoint(port: u16) {
+    wait_until(Duration::from_secs(20), "the endpoint", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
 pub fn http_port(w: &World) -> u16 {
     let text = std::fs::read_to_string(&w.config).unwrap();
     let at = text.find("127.0.0.1:").unwrap() + "127.0.0.1:".len();

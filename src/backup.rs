@@ -15,11 +15,6 @@ use chrono::Utc;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// This host's name as recorded in ids and manifests.
-pub fn host_name() -> String {
-    gethostname::gethostname().to_string_lossy().into_owned()
-}
-
 /// Run backup job `name` now. Returns the committed manifest.
 ///
 /// Cancelling `cancel` stops the run: child processes are killed, partial
@@ -40,7 +35,7 @@ pub async fn run(
         ))
     })?;
     let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
-    let host = host_name();
+    let host = crate::host::name();
     let started = Utc::now();
     let id = BackupId::new(started, &host);
     let run_id = state

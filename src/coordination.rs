@@ -30,11 +30,7 @@ fn lock_key(job: &str) -> i64 {
 }
 
 fn me() -> String {
-    format!(
-        "drctl:{}:{}",
-        crate::backup::host_name(),
-        std::process::id()
-    )
+    format!("drctl:{}:{}", crate::host::name(), std::process::id())
 }
 
 impl ClusterLock {

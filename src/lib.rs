@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod drill;
 pub mod error;
 pub mod faults;
+pub mod host;
 pub mod ids;
 pub mod jobs;
 pub mod keys;

@@ -43,11 +43,7 @@ impl HostLock {
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut locked) => {
-                let me = format!(
-                    "pid {} on {}",
-                    std::process::id(),
-                    crate::backup::host_name()
-                );
+                let me = format!("pid {} on {}", std::process::id(), crate::host::name());
                 let _ = locked.set_len(0);
                 let _ = locked.rewind();
                 let _ = locked.write_all(me.as_bytes());

@@ -169,7 +169,7 @@ pub async fn build(cfg: &LoadedConfig, state: &State, since: Duration) -> Result
         generated_at: to,
         from,
         to,
-        host: crate::backup::host_name(),
+        host: crate::host::name(),
         drills,
         jobs,
         notes,

@@ -169,12 +169,12 @@ where
     Ok(r.map(|r| Saved {
         target_ms: r.get("target_ms"),
         compliant: r.get::<i64, _>("compliant") != 0,
-        since: crate::alerts::from_ms(r.get("since")),
-        checked_at: crate::alerts::from_ms(r.get("checked_at")),
+        since: crate::state::from_ms(r.get("since")),
+        checked_at: crate::state::from_ms(r.get("checked_at")),
         newest_id: r.get("newest_id"),
         newest_started: r
             .get::<Option<i64>, _>("newest_started_at")
-            .map(crate::alerts::from_ms),
+            .map(crate::state::from_ms),
     }))
 }
 
@@ -301,7 +301,7 @@ pub async fn evaluate(cfg: &LoadedConfig, state: &State, job: &str) -> Result<St
     for t in &transitions {
         sqlx::query("INSERT INTO rpo_transitions (job, at, compliant, target_ms, first) VALUES (?, ?, ?, ?, ?)")
             .bind(job)
-            .bind(crate::alerts::ms(t.at))
+            .bind(crate::state::ms(t.at))
             .bind(t.compliant)
             .bind(target_ms)
             .bind(first)
@@ -320,10 +320,10 @@ pub async fn evaluate(cfg: &LoadedConfig, state: &State, job: &str) -> Result<St
     .bind(job)
     .bind(target_ms)
     .bind(compliant)
-    .bind(crate::alerts::ms(since))
-    .bind(crate::alerts::ms(now))
+    .bind(crate::state::ms(since))
+    .bind(crate::state::ms(now))
     .bind(&newest_id)
-    .bind(newest_started.map(crate::alerts::ms))
+    .bind(newest_started.map(crate::state::ms))
     .execute(&mut *tx)
     .await
     .map_err(|e| state.err(e))?;
@@ -414,7 +414,7 @@ pub async fn window(
         .iter()
         .map(|r| {
             (
-                crate::alerts::from_ms(r.get("at")),
+                crate::state::from_ms(r.get("at")),
                 r.get::<i64, _>("compliant") != 0,
                 r.get("target_ms"),
             )
@@ -474,7 +474,7 @@ pub async fn transitions(state: &State, job: &str) -> Result<Vec<Transition>> {
     Ok(rows
         .iter()
         .map(|r| Transition {
-            at: crate::alerts::from_ms(r.get("at")),
+            at: crate::state::from_ms(r.get("at")),
             compliant: r.get::<i64, _>("compliant") != 0,
         })
         .collect())
@@ -495,7 +495,7 @@ pub async fn saved(state: &State) -> Result<Vec<(String, f64, bool, Option<f64>)
                 r.get::<String, _>("job"),
                 r.get::<i64, _>("target_ms") as f64 / 1000.0,
                 r.get::<i64, _>("compliant") != 0,
-                newest.map(|n| secs(now - crate::alerts::from_ms(n))),
+                newest.map(|n| secs(now - crate::state::from_ms(n))),
             )
         })
         .collect())

@@ -24,6 +24,36 @@ pub enum Outcome {
     Skipped(String),
 }
 
+/// `result` as alerting sees it (see [`crate::alerts::Finished`]).
+pub fn finished(
+    cfg: &LoadedConfig,
+    job: &str,
+    result: &Result<Outcome>,
+) -> crate::alerts::Finished {
+    use crate::alerts::Finished;
+    match result {
+        Ok(Outcome::Report(r)) if r.level() == crate::checks::Level::Critical => {
+            Finished::Succeeded {
+                critical: Some(r.describe_problems()),
+            }
+        }
+        Ok(Outcome::Committed(_) | Outcome::Checked(_) | Outcome::Report(_)) => {
+            Finished::Succeeded { critical: None }
+        }
+        Ok(Outcome::Skipped(_)) | Err(crate::Error::Interrupted(_)) => Finished::Quiet,
+        Err(e) => Finished::Failed {
+            error: e.to_string(),
+            // A verify job that found damage raised backup_damaged for each
+            // job concerned.
+            already_alerted: matches!(e, crate::Error::Integrity { .. })
+                && matches!(
+                    cfg.config.jobs.get(job),
+                    Some(crate::config::JobConfig::Verify(_))
+                ),
+        },
+    }
+}
+
 pub async fn run_job(
     cfg: &LoadedConfig,
     state: &State,
@@ -121,6 +151,77 @@ pub async fn run_job(
                 }
             }
             Ok(Outcome::Committed(Box::new(m)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::Finished;
+    use crate::Error;
+
+    #[test]
+    fn outcomes_become_what_alerting_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drctl.toml");
+        std::fs::write(
+            &path,
+            "[repositories.local]\ntype = \"local\"\npath = \"/tmp/r\"\n\
+             [jobs.files]\ntype = \"files\"\npaths = [\"/etc/hostname\"]\nrepository = \"local\"\n\
+             [jobs.check]\ntype = \"verify\"\n",
+        )
+        .unwrap();
+        let cfg = LoadedConfig::load(Some(&path)).unwrap();
+        let damage = || Error::Integrity {
+            artifact: "files/x".into(),
+            message: "sha256 mismatch".into(),
+        };
+        let cases: Vec<(&str, Result<Outcome>, Finished)> = vec![
+            (
+                "files",
+                Ok(Outcome::Skipped("busy".into())),
+                Finished::Quiet,
+            ),
+            (
+                "files",
+                Err(Error::Interrupted("SIGTERM".into())),
+                Finished::Quiet,
+            ),
+            (
+                "files",
+                Err(Error::Other("disk full".into())),
+                Finished::Failed {
+                    error: "disk full".into(),
+                    already_alerted: false,
+                },
+            ),
+            // A verify run's damage raised backup_damaged already.
+            (
+                "check",
+                Err(damage()),
+                Finished::Failed {
+                    error: damage().to_string(),
+                    already_alerted: true,
+                },
+            ),
+            // The same error from a backup job pages as a failure.
+            (
+                "files",
+                Err(damage()),
+                Finished::Failed {
+                    error: damage().to_string(),
+                    already_alerted: false,
+                },
+            ),
+            (
+                "check",
+                Ok(Outcome::Checked(Box::default())),
+                Finished::Succeeded { critical: None },
+            ),
+        ];
+        for (job, result, want) in cases {
+            assert_eq!(finished(&cfg, job, &result), want, "{job}: {result:?}");
         }
     }
 }

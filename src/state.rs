@@ -23,6 +23,17 @@ pub fn tail(text: &str, max: usize) -> &str {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The time codec of the tables that store Unix milliseconds (alerts, the
+/// outbox, RPO): one place, so every module reads and writes them alike.
+pub fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// See [`ms`]; an out-of-range value reads as the epoch, never a panic.
+pub fn from_ms(v: i64) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_millis(v).unwrap_or_default()
+}
+
 #[derive(Clone)]
 pub struct State {
     pool: SqlitePool,
@@ -298,7 +309,7 @@ impl State {
         )
         .bind(job)
         .bind(kind)
-        .bind(crate::backup::host_name())
+        .bind(crate::host::name())
         .bind(trigger)
         .bind(&now)
         .bind(&now)
@@ -318,7 +329,7 @@ impl State {
         )
         .bind(Utc::now().to_rfc3339())
         .bind(job)
-        .bind(crate::backup::host_name())
+        .bind(crate::host::name())
         .execute(&self.pool)
         .await
         .map_err(|e| self.err(e))?;

@@ -137,7 +137,7 @@ fn a_failure_reaches_email_slack_and_a_signed_webhook_once_and_recovery_resolves
     w.set_env("SMTP_PASSWORD", SMTP_PASSWORD);
     w.set_env("SLACK_WEBHOOK_URL", &http.url("/slack"));
     w.set_env("WEBHOOK_SECRET", WEBHOOK_SECRET);
-    let host = drctl::backup::host_name();
+    let host = drctl::host::name();
 
     src.break_it();
     let run = w.drctl(&["run", "nightly"]);

@@ -153,7 +153,7 @@ impl<'a> Alerter<'a> {
         Alerter {
             cfg,
             state,
-            host: crate::backup::host_name(),
+            host: crate::host::name(),
         }
     }
 
@@ -339,23 +339,21 @@ impl<'a> Alerter<'a> {
         }
     }
 
-    /// A run of `job` ended for good (after retries): ping, and raise or clear
-    /// its failure condition. A skipped or interrupted run changes nothing.
-    /// Raise or clear the job's conditions for its final outcome. Returns
-    /// false when that could not be queued (the state database failing):
-    /// the daemon keeps such a failure and raises it again later.
-    pub async fn job_finished(&self, job: &str, result: &Result<crate::runner::Outcome>) -> bool {
-        use crate::runner::Outcome;
-        let r = match result {
-            Ok(outcome @ (Outcome::Committed(_) | Outcome::Checked(_) | Outcome::Report(_))) => {
+    /// A run of `job` ended for good (after retries): ping, and raise or
+    /// clear its failure condition. Returns false when that could not be
+    /// queued (the state database failing): the daemon keeps such a failure
+    /// and raises it again later.
+    pub async fn job_finished(&self, job: &str, finished: &Finished) -> bool {
+        let r = match finished {
+            Finished::Succeeded { critical } => {
                 // A check run that ended critical pings /fail: the dead man's
                 // switch shows what the alert says. Its findings alert on their own.
-                let ping = match outcome {
-                    Outcome::Report(r) if r.level() == crate::checks::Level::Critical => {
-                        self.ping(job, Event::PingFail, Some(r.describe_problems()))
+                let ping = match critical {
+                    Some(problems) => {
+                        self.ping(job, Event::PingFail, Some(problems.clone()))
                             .await
                     }
-                    _ => self.ping(job, Event::PingSuccess, None).await,
+                    None => self.ping(job, Event::PingSuccess, None).await,
                 };
                 let clear = self
                     .clear(
@@ -365,19 +363,14 @@ impl<'a> Alerter<'a> {
                     .await;
                 ping.and(clear)
             }
-            Ok(Outcome::Skipped(_)) | Err(crate::Error::Interrupted(_)) => Ok(()),
-            Err(e) => {
-                let err = crate::secret::redact(&e.to_string());
+            Finished::Quiet => Ok(()),
+            Finished::Failed {
+                error,
+                already_alerted,
+            } => {
+                let err = crate::secret::redact(error);
                 let ping = self.ping(job, Event::PingFail, Some(err.clone())).await;
-                // A verify job that found damage has raised backup_damaged
-                // for each job concerned; one page per problem, not two.
-                let is_verify = self
-                    .cfg
-                    .config
-                    .jobs
-                    .get(job)
-                    .is_some_and(|j| matches!(j, crate::config::JobConfig::Verify(_)));
-                let raise = if is_verify && matches!(e, crate::Error::Integrity { .. }) {
+                let raise = if *already_alerted {
                     Ok(())
                 } else {
                     self.raise(Condition::job_failed(job, &err)).await
@@ -390,6 +383,23 @@ impl<'a> Alerter<'a> {
         }
         r.is_ok()
     }
+}
+
+/// How a run ended, as alerting sees it. A neutral type: the engine turns
+/// its outcome into this, so alerts know nothing of job kinds or the runner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    /// The run did its work; a check run may have found `critical` problems
+    /// (they alert on their own; the dead man's switch gets /fail).
+    Succeeded { critical: Option<String> },
+    /// Skipped or interrupted: nothing changes.
+    Quiet,
+    /// The run failed. `already_alerted`: what it found raised its own
+    /// conditions (a verify run's `backup_damaged`): one page, not two.
+    Failed {
+        error: String,
+        already_alerted: bool,
+    },
 }
 
 /// Delivered, failed and expired outbox rows are kept this long for `drctl alerts`.
@@ -423,12 +433,4 @@ pub async fn active(state: &State) -> Result<Vec<AlertRow>> {
 /// The outbox, newest first.
 pub async fn outbox(state: &State, limit: i64) -> Result<Vec<DeliveryRow>> {
     store::deliveries(state, limit).await
-}
-
-pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-pub(crate) fn from_ms(v: i64) -> DateTime<Utc> {
-    DateTime::<Utc>::from_timestamp_millis(v).unwrap_or_default()
 }

@@ -6,9 +6,10 @@
 //! condition at once notify once.
 
 use super::message::Notification;
-use super::{from_ms, ms, Condition, Event, Severity, Timing};
+use super::{Condition, Event, Severity, Timing};
 use crate::error::Result;
 use crate::state::State;
+use crate::state::{from_ms, ms};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{Row, SqliteConnection};

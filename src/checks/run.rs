@@ -18,7 +18,7 @@ pub async fn run(
     job: &JobConfig,
     cancel: CancellationToken,
 ) -> Result<Report> {
-    let host = crate::backup::host_name();
+    let host = crate::host::name();
     let run = state
         .start_run(name, job.kind(), &host, trigger, Utc::now())
         .await?;

@@ -128,7 +128,7 @@ async fn test(cfg: &LoadedConfig, only: Option<String>, json: bool) -> anyhow::R
             .into());
         }
     }
-    let host = drctl::backup::host_name();
+    let host = drctl::host::name();
     let mut results = Vec::new();
     for (name, ch) in all {
         if only.as_ref().is_some_and(|o| o != name) {

@@ -46,7 +46,8 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     )
     .await;
     bar.finish();
-    let _ = alerter.job_finished(&a.job, &result).await;
+    let finished = drctl::runner::finished(cfg, &a.job, &result);
+    let _ = alerter.job_finished(&a.job, &finished).await;
     // Deliver what this run queued (and anything else due) now, bounded; the
     // daemon, or the next run, retries whatever is left.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);

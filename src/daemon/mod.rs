@@ -215,15 +215,13 @@ impl Daemon {
         // A failure whose alert the state database refused earlier is
         // raised first, so that this outcome (a recovery) follows it.
         if let Some(error) = self.internal.take_deferred_job(name) {
-            if !alerter
-                .job_finished(name, &Err(Error::Other(error.clone())))
-                .await
-            {
+            if !alerter.job_finished(name, &deferred(&error)).await {
                 self.internal.defer_alert(name, error);
             }
         }
         // Only the final outcome alerts: a failure a retry fixed is no news.
-        if !alerter.job_finished(name, &result).await {
+        let finished = crate::runner::finished(&cfg, name, &result);
+        if !alerter.job_finished(name, &finished).await {
             if let Err(e) = &result {
                 // The state database refused the alert (full, locked): keep
                 // it; the alert worker raises it once the database takes it.
@@ -752,6 +750,14 @@ const ALERT_TICK: Duration = Duration::from_secs(5);
 /// Every five seconds, and whenever this process queues a notification:
 /// promote and repeat conditions, then deliver due outbox
 /// rows. Stops at shutdown (the stop path does one last bounded pass).
+/// A failure kept because the state database refused its alert.
+fn deferred(error: &str) -> crate::alerts::Finished {
+    crate::alerts::Finished::Failed {
+        error: error.to_owned(),
+        already_alerted: false,
+    }
+}
+
 async fn alert_worker(d: Arc<Daemon>) {
     let mut housekeeping = tokio::time::Instant::now()
         .checked_sub(Duration::from_secs(3600))
@@ -781,8 +787,7 @@ async fn alert_worker(d: Arc<Daemon>) {
         let cfg = d.config();
         let alerter = crate::alerts::Alerter::new(&cfg, &d.state);
         for (job, error) in d.internal.take_deferred() {
-            let failed = Err(Error::Other(error.clone()));
-            if !alerter.job_finished(&job, &failed).await {
+            if !alerter.job_finished(&job, &deferred(&error)).await {
                 d.internal.defer_alert(&job, error);
             }
         }

@@ -115,7 +115,7 @@ pub async fn run(
         id,
         drill: name.to_owned(),
         job: d.job.clone(),
-        host: crate::backup::host_name(),
+        host: crate::host::name(),
         trigger: opts.trigger.clone(),
         started_at: chrono::Utc::now().to_rfc3339(),
         finished_at: None,

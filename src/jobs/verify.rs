@@ -15,7 +15,7 @@ pub async fn run(
     job: &VerifyJob,
     cancel: CancellationToken,
 ) -> Result<Summary> {
-    let host = crate::backup::host_name();
+    let host = crate::host::name();
     let run = state
         .start_run(name, "verify", &host, trigger, Utc::now())
         .await?;

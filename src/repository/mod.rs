@@ -382,7 +382,7 @@ impl Repository {
     /// failing to write it at first is an error (work that cannot protect
     /// its backup does not start).
     pub async fn lease(&self, job: &JobName, id: &BackupId, purpose: &str) -> Result<HeldLease> {
-        let host = crate::backup::host_name();
+        let host = crate::host::name();
         let key = format!(
             "{job}/{id}/{LEASES}/{}-{}-{:08x}.json",
             host.chars()

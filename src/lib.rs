@@ -6,6 +6,7 @@
 
 pub mod alerts;
 pub mod backup;
+pub mod check_run;
 pub mod checks;
 pub mod child_env;
 pub mod config;
@@ -34,6 +35,8 @@ pub mod secret;
 pub mod state;
 pub mod status;
 pub mod stream;
+pub mod tar_entry;
+pub mod values;
 pub mod verify;
 
 pub use error::{Error, Result};

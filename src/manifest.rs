@@ -1,8 +1,8 @@
 //! The manifest: the versioned JSON document that makes a backup exist.
 //! It is written last; data without one is not a backup.
 
-use crate::config::Compression;
 use crate::ids::{BackupId, JobName};
+use crate::values::Compression;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 

@@ -110,7 +110,7 @@ pub async fn run_job(
             Ok(Outcome::Checked(Box::new(s)))
         }
         j if !j.is_backup() => {
-            let r = crate::checks::run(cfg, state, name, trigger, j, cancel).await?;
+            let r = crate::check_run::run(cfg, state, name, trigger, j, cancel).await?;
             Ok(Outcome::Report(Box::new(r)))
         }
         _ => {

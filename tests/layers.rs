@@ -143,6 +143,90 @@ fn no_import_cycles_among_source_files() {
     assert!(found.is_empty(), "import cycles: {found:#?}");
 }
 
+/// The layers of `src/`, bottom first (ARCHITECTURE.md, "Layers"): a
+/// module may use its own layer (without cycles) and the ones below.
+const LAYERS: [(&str, &[&str]); 5] = [
+    (
+        "values and rules",
+        &[
+            "error",
+            "secret",
+            "host",
+            "ids",
+            "faults",
+            "progress",
+            "values",
+            "tar_entry",
+            "child_env",
+            "schedule",
+            "retention",
+            "manifest",
+            "stream",
+        ],
+    ),
+    ("configuration", &["config"]),
+    (
+        "storage and services",
+        &[
+            "state",
+            "lock",
+            "repository",
+            "pg",
+            "keys",
+            "alerts",
+            "checks",
+            "coordination",
+        ],
+    ),
+    (
+        "engine",
+        &[
+            "jobs",
+            "verify",
+            "restore",
+            "backup",
+            "check_run",
+            "prune",
+            "rpo",
+            "drill",
+            "status",
+            "report",
+            "runner",
+        ],
+    ),
+    ("entry points", &["daemon", "cli"]),
+];
+
+fn layer_of(module: &str) -> Option<usize> {
+    let top = module.split("::").next().unwrap_or(module);
+    LAYERS.iter().position(|(_, mods)| mods.contains(&top))
+}
+
+#[test]
+fn every_module_sits_in_a_layer_and_imports_only_its_own_or_lower_ones() {
+    let g = edges(&modules());
+    let mut wrong = Vec::new();
+    for (m, targets) in &g {
+        let Some(from) = layer_of(m) else {
+            wrong.push(format!(
+                "{m} is in no layer (add it to LAYERS and ARCHITECTURE.md)"
+            ));
+            continue;
+        };
+        for t in targets {
+            match layer_of(t) {
+                Some(to) if to <= from => {}
+                Some(to) => wrong.push(format!(
+                    "{m} ({}) imports {t} ({})",
+                    LAYERS[from].0, LAYERS[to].0
+                )),
+                None => {}
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
 #[test]
 fn the_core_has_none_of_its_old_back_edges() {
     let g = edges(&modules());

@@ -8,9 +8,6 @@
 //! or gone), and stores the samples for `/metrics`.
 
 pub mod metrics;
-mod run;
-
-pub use run::run;
 
 use serde::{Deserialize, Serialize};
 

@@ -87,7 +87,7 @@ impl DrillConfig {
             return Err(("jobs", "expected at least 1".into()));
         }
         for c in &self.checks {
-            crate::drill::checks::Expect::parse(&c.expect).map_err(|m| ("checks.expect", m))?;
+            crate::values::Expect::parse(&c.expect).map_err(|m| ("checks.expect", m))?;
         }
         Ok(())
     }

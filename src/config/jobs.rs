@@ -99,32 +99,7 @@ macro_rules! backup_kind {
     };
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    #[default]
-    Zstd,
-    Gzip,
-    None,
-}
-
-impl Compression {
-    /// File-name suffix of a stored artifact, so `zstd -d`/`gunzip` know what it is.
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Compression::Zstd => ".zst",
-            Compression::Gzip => ".gz",
-            Compression::None => "",
-        }
-    }
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Compression::Zstd => "zstd",
-            Compression::Gzip => "gzip",
-            Compression::None => "none",
-        }
-    }
-}
+pub use crate::values::Compression;
 
 backup_kind! {
     pub struct PostgresJob {

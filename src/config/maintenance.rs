@@ -618,7 +618,7 @@ impl PruneFilesJob {
                 return Err(err("paths", format!("`..` is not allowed in {p:?}")));
             }
             glob::Pattern::new(p).map_err(|e| err("paths", format!("{p:?}: {e}")))?;
-            if crate::jobs::prune_files::root_of(p) == std::path::Path::new("/") {
+            if crate::values::root_of(p) == std::path::Path::new("/") {
                 return Err(err(
                     "paths",
                     format!(
@@ -674,7 +674,7 @@ impl CertExpiryJob {
             glob::Pattern::new(f).map_err(|e| err("files", format!("{f:?}: {e}")))?;
         }
         for e in &self.endpoints {
-            crate::jobs::cert_expiry::Endpoint::parse(e).map_err(|m| err("endpoints", m))?;
+            crate::values::Endpoint::parse(e).map_err(|m| err("endpoints", m))?;
         }
         if self.critical > self.warn {
             return Err(err(

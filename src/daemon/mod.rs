@@ -494,7 +494,7 @@ async fn wait_for_database(
     limit: Duration,
     stop: &CancellationToken,
 ) -> bool {
-    let Ok(target) = crate::jobs::postgres::target(job) else {
+    let Ok(target) = crate::pg::job_target(job) else {
         return true;
     };
     let deadline = tokio::time::Instant::now() + limit;

@@ -12,7 +12,7 @@ pub use store::list;
 use crate::alerts::{Alerter, Condition, Severity};
 use crate::config::{JobConfig, LoadedConfig};
 use crate::error::{Error, Result};
-use crate::jobs::postgres::quote_ident;
+use crate::pg::quote_ident;
 use crate::progress::Progress;
 use crate::state::State;
 use checks::{CheckResult, Expect};

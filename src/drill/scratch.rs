@@ -4,7 +4,7 @@
 
 use crate::config::{DrillTarget, PostgresJob};
 use crate::error::{Error, Result};
-use crate::jobs::postgres::quote_ident;
+use crate::pg::quote_ident;
 use crate::pg::{PgTarget, PgTools};
 use std::path::{Path, PathBuf};
 

@@ -20,34 +20,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// `host:port`, `[v6]:port`, or `sni@host:port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub sni: String,
-    pub host: String,
-    pub port: u16,
-}
-
-impl Endpoint {
-    pub fn parse(s: &str) -> std::result::Result<Endpoint, String> {
-        let bad = || format!("expected \"host:port\" or \"name@host:port\", got {s:?}");
-        let (sni, addr) = match s.split_once('@') {
-            Some((n, a)) => (Some(n), a),
-            None => (None, s),
-        };
-        let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || sni == Some("") {
-            return Err(bad());
-        }
-        Ok(Endpoint {
-            sni: sni.unwrap_or(host).to_owned(),
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
+pub use crate::values::Endpoint;
 
 /// What one certificate says.
 #[derive(Debug, Clone, Serialize)]

@@ -89,7 +89,7 @@ fn write_tar<W: std::io::Write>(w: W, paths: &[std::path::PathBuf]) -> Result<Ve
                 ));
                 continue;
             };
-            if let Err(why) = crate::restore::files::check_entry(name, kind, link.as_deref()) {
+            if let Err(why) = crate::tar_entry::check_entry(name, kind, link.as_deref()) {
                 skipped.push(format!("{} ({why})", path.display()));
                 continue;
             }

@@ -30,7 +30,7 @@ pub struct CheckCtx<'a> {
     pub cancel: tokio_util::sync::CancellationToken,
 }
 
-/// Run a maintenance or check kind (`checks::run` records and alerts).
+/// Run a maintenance or check kind (`check_run::run` records and alerts).
 pub async fn run_check(
     ctx: &CheckCtx<'_>,
     job: &crate::config::JobConfig,

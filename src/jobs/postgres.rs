@@ -8,36 +8,13 @@
 //! come from `pg_dumpall --globals-only`.
 
 use super::{BackupCtx, BackupOutput, Packing};
-use crate::config::{resolve_secret, PostgresJob};
+use crate::config::PostgresJob;
 use crate::error::{Error, Result};
 use crate::manifest::{PostgresSource, TableCount};
 use crate::pg::{spawn_tool, PgTarget, PgTools};
 use sqlx::{Connection, Row};
 
-/// Resolve the job's connection URL from `url`, `url_env` or `url_file`.
-pub fn target(job: &PostgresJob) -> Result<PgTarget> {
-    let url = resolve_secret(
-        job.url.as_deref(),
-        job.url_env.as_deref(),
-        job.url_file.as_deref(),
-        "database URL",
-    )?;
-    PgTarget::parse(url.expose())
-}
-
-/// The cluster's system identifier, if this user may read it (superusers
-/// and members of pg_read_all_stats/pg_monitor usually can).
-pub async fn system_identifier(conn: &mut sqlx::PgConnection) -> Option<String> {
-    sqlx::query_scalar::<_, String>("SELECT system_identifier::text FROM pg_control_system()")
-        .fetch_one(conn)
-        .await
-        .ok()
-}
-
-/// Quote an identifier for SQL: `"a""b"`.
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+pub use crate::pg::{job_target as target, quote_ident, system_identifier};
 
 pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutput> {
     let target = target(job)?;

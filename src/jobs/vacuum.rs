@@ -12,8 +12,8 @@
 use crate::checks::{Finding, Level, Report, Sample};
 use crate::config::VacuumJob;
 use crate::error::{Error, Result};
-use crate::jobs::postgres::quote_ident;
 use crate::jobs::CheckCtx;
+use crate::pg::quote_ident;
 use crate::pg::{Failure, Session};
 use serde::Serialize;
 use serde_json::json;

@@ -10,7 +10,7 @@
 
 use crate::config::{JobConfig, LoadedConfig};
 use crate::error::{Error, Result};
-use crate::jobs::postgres::quote_ident;
+use crate::pg::quote_ident;
 use crate::state::State;
 use sqlx::Row;
 
@@ -418,7 +418,7 @@ async fn admin(cfg: &LoadedConfig, e: &Entry) -> Result<Option<sqlx::PgConnectio
     let Ok((_, JobConfig::Postgres(job))) = cfg.job(&e.job) else {
         return Ok(None);
     };
-    let t = crate::jobs::postgres::target(job)?;
+    let t = crate::pg::job_target(job)?;
     let server = |d: &str| d.rsplit_once('/').map(|(s, _)| s.to_owned());
     if server(&t.display()) != server(&e.target) {
         return Ok(None);

@@ -9,7 +9,7 @@
 use super::{base_plan, cancellable, fetch, free_space, Plan, Report, Resolved, RestoreRequest};
 use crate::config::PostgresJob;
 use crate::error::{Error, Result};
-use crate::jobs::postgres::{quote_ident, target as job_target};
+use crate::pg::{job_target, quote_ident};
 use crate::pg::{spawn_tool, PgTarget, PgTools};
 use crate::progress::Progress;
 use sqlx::Row;
@@ -269,7 +269,7 @@ async fn refuse_another_source(
     let Some((b_sys, b_db)) = r.manifest.source_identity() else {
         return Ok(());
     };
-    let Some(live) = crate::jobs::postgres::system_identifier(conn).await else {
+    let Some(live) = crate::pg::system_identifier(conn).await else {
         return Ok(());
     };
     if b_sys == live && b_db == database {

@@ -2,7 +2,7 @@
 //! frame checksum on (it is off by default), so `zstd -t` alone can check an
 //! artifact; gzip is flate2 underneath, readable by `gunzip`.
 
-use crate::config::Compression;
+use crate::values::Compression;
 use async_compression::tokio::bufread::{GzipDecoder, GzipEncoder, ZstdDecoder, ZstdEncoder};
 use async_compression::zstd::CParameter;
 use async_compression::Level;

@@ -1,8 +1,8 @@
 //! Running a maintenance or check kind as a recorded run: the run record,
 //! one alert condition per subject that is not ok, and metric samples.
 
-use super::{alert_kind, Level, Report, Sample};
 use crate::alerts::{Alerter, Condition, Severity};
+use crate::checks::{alert_kind, Level, Report, Sample};
 use crate::config::{JobConfig, LoadedConfig};
 use crate::error::{Error, Result};
 use crate::jobs::CheckCtx;
@@ -62,7 +62,7 @@ pub async fn run(
     state
         .finish_run(run, RunStatus::Succeeded, report.bytes, None, None)
         .await?;
-    if let Err(e) = super::metrics::record(state, name, &report.samples).await {
+    if let Err(e) = crate::checks::metrics::record(state, name, &report.samples).await {
         tracing::error!(job = name, error = %e, "cannot store the run's metrics");
     }
     if let Err(e) = alert(cfg, state, &report).await {

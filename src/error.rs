@@ -70,17 +70,76 @@ pub enum Error {
     Other(String),
 }
 
-impl Error {
-    /// The process exit code for this error, as documented in the README.
-    pub fn exit_code(&self) -> i32 {
+/// Every exit code drctl uses: the one table. The README's "Exit codes"
+/// table is checked against it by a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Success,
+    /// The operation failed (database, tool, repository, I/O).
+    Failed,
+    /// Configuration or usage error; an encrypted backup without its key.
+    Usage,
+    /// An artifact does not match its manifest; a manifest cannot be read.
+    Integrity,
+    /// Refused without consent or against a safety rule.
+    Refused,
+    NotFound,
+    /// The job is already running on this host.
+    Skipped,
+    /// A maintenance or check job found a warning.
+    Warning,
+    /// A check job found something critical.
+    Critical,
+    Interrupted,
+}
+
+impl Exit {
+    pub const ALL: [Exit; 10] = [
+        Exit::Success,
+        Exit::Failed,
+        Exit::Usage,
+        Exit::Integrity,
+        Exit::Refused,
+        Exit::NotFound,
+        Exit::Skipped,
+        Exit::Warning,
+        Exit::Critical,
+        Exit::Interrupted,
+    ];
+
+    /// The process exit status.
+    pub fn code(self) -> u8 {
         match self {
-            Error::Config { .. } | Error::Key(_) | Error::Usage(_) => 2,
-            Error::Integrity { .. } => 3,
-            Error::Refused(_) => 4,
-            Error::NotFound(_) => 5,
-            Error::Interrupted(_) => 130,
-            _ => 1,
+            Exit::Success => 0,
+            Exit::Failed => 1,
+            Exit::Usage => 2,
+            Exit::Integrity => 3,
+            Exit::Refused => 4,
+            Exit::NotFound => 5,
+            Exit::Skipped => 6,
+            Exit::Warning => 7,
+            Exit::Critical => 8,
+            Exit::Interrupted => 130,
         }
+    }
+}
+
+impl Error {
+    /// What this error exits with.
+    pub fn exit(&self) -> Exit {
+        match self {
+            Error::Config { .. } | Error::Key(_) | Error::Usage(_) => Exit::Usage,
+            Error::Integrity { .. } => Exit::Integrity,
+            Error::Refused(_) => Exit::Refused,
+            Error::NotFound(_) => Exit::NotFound,
+            Error::Interrupted(_) => Exit::Interrupted,
+            _ => Exit::Failed,
+        }
+    }
+
+    /// The process exit code for this error (see [`Exit`]).
+    pub fn exit_code(&self) -> i32 {
+        i32::from(self.exit().code())
     }
 
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {

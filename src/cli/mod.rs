@@ -92,19 +92,20 @@ pub fn main() -> ExitCode {
     match rt.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = if e.downcast_ref::<run::Skipped>().is_some() {
-                6
+            use drctl::error::Exit;
+            let exit = if e.downcast_ref::<run::Skipped>().is_some() {
+                Exit::Skipped
             } else if let Some(p) = e.downcast_ref::<run::Problem>() {
-                i32::from(p.code)
+                p.exit
             } else {
-                e.downcast_ref::<Error>().map(Error::exit_code).unwrap_or(1)
+                e.downcast_ref::<Error>().map_or(Exit::Failed, Error::exit)
             };
             let mut text = format!("{e}");
             for cause in e.chain().skip(1) {
                 text.push_str(&format!(": {cause}"));
             }
             eprintln!("drctl: error: {}", drctl::secret::redact(&text));
-            ExitCode::from(code.clamp(0, 255) as u8)
+            ExitCode::from(exit.code())
         }
     }
 }

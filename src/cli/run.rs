@@ -15,7 +15,7 @@ pub struct Skipped(pub String);
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Problem {
-    pub code: u8,
+    pub exit: drctl::error::Exit,
     pub message: String,
 }
 
@@ -95,13 +95,13 @@ fn print_report(r: &drctl::checks::Report, json: bool) -> anyhow::Result<()> {
         }
         eprintln!("{} ({}): {}", r.job, r.kind, r.summary);
     }
-    let code = match r.level() {
+    let exit = match r.level() {
         Level::Ok => return Ok(()),
-        Level::Warning => 7,
-        Level::Critical => 8,
+        Level::Warning => drctl::error::Exit::Warning,
+        Level::Critical => drctl::error::Exit::Critical,
     };
     Err(Problem {
-        code,
+        exit,
         message: format!("job {}: {}", r.job, r.describe_problems()),
     }
     .into())

@@ -790,6 +790,9 @@ fn collect_refs(dict: &figment::value::Dict, prefix: &str, out: &mut Vec<(String
                     }
                 }
             }
+            // An age identity is needed by restores only, and a backup host
+            // should not hold one: its absence is no error here.
+            Value::String(_, _) if k == "identity_file" => {}
             Value::String(_, s) if k.ends_with("_env") || k.ends_with("_file") => {
                 out.push((key, s.clone()));
             }

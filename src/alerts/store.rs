@@ -21,14 +21,74 @@ pub(crate) struct Ctx<'a> {
     pub max_age: Duration,
 }
 
+/// Where a condition is in its life: a closed set, stored as its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(rename_all = "lowercase")]
+pub enum AlertState {
+    /// Holding, waiting out `for` before it notifies.
+    Pending,
+    Firing,
+    Resolved,
+}
+
+impl AlertState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertState::Pending => "pending",
+            AlertState::Firing => "firing",
+            AlertState::Resolved => "resolved",
+        }
+    }
+
+    /// Pending or firing: the condition holds.
+    pub fn active(self) -> bool {
+        matches!(self, AlertState::Pending | AlertState::Firing)
+    }
+}
+
+impl std::fmt::Display for AlertState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// What an active condition is due for at `now` (pure: the alert state
+/// machine's timing). `since_start`/`since_notified` are milliseconds.
+pub(crate) fn due(
+    state: AlertState,
+    escalated: bool,
+    since_start: i64,
+    since_notified: Option<i64>,
+    for_ms: i64,
+    repeat_ms: i64,
+) -> Option<Event> {
+    match state {
+        // A firing warning that turned critical notifies at once.
+        AlertState::Firing if escalated => Some(Event::Firing),
+        AlertState::Pending if since_start >= for_ms => Some(Event::Firing),
+        AlertState::Firing if since_notified.is_some_and(|t| t >= repeat_ms) => Some(Event::Repeat),
+        _ => None,
+    }
+}
+
+/// What clearing a condition in `state` does: (resolve it, notify).
+/// A pending one never notified, so it resolves silently (damping).
+pub(crate) fn on_clear(state: AlertState) -> (bool, bool) {
+    match state {
+        AlertState::Pending => (true, false),
+        AlertState::Firing => (true, true),
+        AlertState::Resolved => (false, false),
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct AlertRow {
     pub key: String,
     pub kind: String,
     pub severity: Severity,
     pub job: Option<String>,
-    /// pending (waiting out `for`) | firing | resolved
-    pub state: String,
+    pub state: AlertState,
     pub summary: String,
     pub detail: Option<String>,
     pub channels: Vec<String>,
@@ -61,14 +121,22 @@ pub struct DeliveryRow {
     pub notification: Notification,
 }
 
-fn alert_row(r: &sqlx::sqlite::SqliteRow) -> AlertRow {
+/// A row of `alerts`; an unknown severity or state is an error, never a
+/// silent default.
+fn alert_row(r: &sqlx::sqlite::SqliteRow) -> Result<AlertRow> {
     let channels: String = r.get("channels");
-    AlertRow {
+    let closed = |col: &str, e: sqlx::Error| {
+        crate::Error::Other(format!(
+            "alert {}: unreadable {col}: {e}",
+            r.get::<String, _>("key")
+        ))
+    };
+    Ok(AlertRow {
         key: r.get("key"),
         kind: r.get("kind"),
-        severity: Severity::parse(r.get::<&str, _>("severity")),
+        severity: r.try_get("severity").map_err(|e| closed("severity", e))?,
         job: r.get("job"),
-        state: r.get("state"),
+        state: r.try_get("state").map_err(|e| closed("state", e))?,
         summary: r.get("summary"),
         detail: r.get("detail"),
         channels: serde_json::from_str(&channels).unwrap_or_default(),
@@ -79,7 +147,7 @@ fn alert_row(r: &sqlx::sqlite::SqliteRow) -> AlertRow {
         hint: r.get("hint"),
         for_ms: r.get("for_ms"),
         repeat_ms: r.get("repeat_ms"),
-    }
+    })
 }
 
 fn delivery_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeliveryRow> {
@@ -121,7 +189,7 @@ async fn get(state: &State, conn: &mut SqliteConnection, key: &str) -> Result<Op
         .fetch_optional(conn)
         .await
         .map_err(|e| state.err(e))?;
-    Ok(r.as_ref().map(alert_row))
+    r.as_ref().map(alert_row).transpose()
 }
 
 fn notification_of(a: &AlertRow, event: Event, now: DateTime<Utc>, host: &str) -> Notification {
@@ -154,15 +222,13 @@ pub(crate) async fn raise(
 ) -> Result<usize> {
     let mut tx = begin(state).await?;
     let existing = get(state, &mut tx, &c.key).await?;
-    let active = existing
-        .as_ref()
-        .is_some_and(|a| a.state == "pending" || a.state == "firing");
+    let active = existing.as_ref().is_some_and(|a| a.state.active());
     // A firing warning that turns critical (a certificate from 20 to 5 days
     // left) notifies at once, on the critical route, instead of waiting for
     // the next repeat.
     let escalated = existing
         .as_ref()
-        .is_some_and(|a| a.state == "firing" && c.severity > a.severity);
+        .is_some_and(|a| a.state == AlertState::Firing && c.severity > a.severity);
     let channels_json = serde_json::to_string(channels).unwrap_or_else(|_| "[]".into());
     let q = if active {
         "UPDATE alerts SET kind = ?, severity = ?, job = ?, summary = ?, detail = ?, hint = ?, channels = ?, for_ms = ?, repeat_ms = ?, updated_at = ? WHERE key = ?"
@@ -204,16 +270,15 @@ async fn evaluate(
         return Ok(0);
     };
     let now_ms = ms(now);
-    let event = match a.state.as_str() {
-        "firing" if escalated => Event::Firing,
-        "pending" if now_ms - ms(a.started_at) >= a.for_ms => Event::Firing,
-        "firing"
-            if a.last_notified_at
-                .is_some_and(|t| now_ms - ms(t) >= a.repeat_ms) =>
-        {
-            Event::Repeat
-        }
-        _ => return Ok(0),
+    let Some(event) = due(
+        a.state,
+        escalated,
+        now_ms - ms(a.started_at),
+        a.last_notified_at.map(|t| now_ms - ms(t)),
+        a.for_ms,
+        a.repeat_ms,
+    ) else {
+        return Ok(0);
     };
     a.notifications += 1;
     sqlx::query(
@@ -246,8 +311,8 @@ pub(crate) async fn clear(
     let Some(mut a) = get(state, &mut tx, key).await? else {
         return Ok(0);
     };
-    let was = a.state.clone();
-    if was != "pending" && was != "firing" {
+    let (resolve, notify) = on_clear(a.state);
+    if !resolve {
         return Ok(0);
     }
     sqlx::query(
@@ -260,8 +325,7 @@ pub(crate) async fn clear(
     .await
     .map_err(|e| state.err(e))?;
     let mut queued = 0;
-    // A pending condition never notified: it resolves silently (damping).
-    if was == "firing" {
+    if notify {
         a.summary = summary.to_owned();
         a.hint = None;
         let n = notification_of(&a, Event::Resolved, now, ctx.host);
@@ -350,7 +414,7 @@ pub(crate) async fn active(state: &State) -> Result<Vec<AlertRow>> {
     .fetch_all(state.pool())
     .await
     .map_err(|e| state.err(e))?;
-    Ok(rows.iter().map(alert_row).collect())
+    rows.iter().map(alert_row).collect()
 }
 
 pub(crate) async fn deliveries(state: &State, limit: i64) -> Result<Vec<DeliveryRow>> {
@@ -515,4 +579,53 @@ pub(crate) async fn forget_finished(
         .map_err(|e| state.err(e))?;
     tx.commit().await.map_err(|e| state.err(e))?;
     Ok(r.rows_affected())
+}
+
+#[cfg(test)]
+mod state_machine {
+    use super::*;
+    use AlertState::*;
+
+    /// (state, escalated, ms since start, ms since last notification, due)
+    type Case = (AlertState, bool, i64, Option<i64>, Option<Event>);
+
+    #[test]
+    fn timing_of_firing_repeats_and_escalation() {
+        const FOR: i64 = 60_000;
+        const REPEAT: i64 = 4 * 3_600_000;
+        let cases: [Case; 10] = [
+            // Pending waits out `for`, then fires exactly at it.
+            (Pending, false, 0, None, None),
+            (Pending, false, FOR - 1, None, None),
+            (Pending, false, FOR, None, Some(Event::Firing)),
+            // Firing repeats at repeat_interval after the last notification.
+            (Firing, false, REPEAT * 3, Some(REPEAT - 1), None),
+            (Firing, false, REPEAT * 3, Some(REPEAT), Some(Event::Repeat)),
+            // A firing warning that turns critical notifies at once.
+            (Firing, true, 10, Some(10), Some(Event::Firing)),
+            // Escalation of a pending one waits for `for` like any other.
+            (Pending, true, 10, None, None),
+            // Resolved is never due.
+            (Resolved, false, REPEAT * 9, Some(REPEAT * 9), None),
+            (Resolved, true, REPEAT * 9, None, None),
+            // A firing row never notified (an old state file) does not repeat.
+            (Firing, false, REPEAT * 2, None, None),
+        ];
+        for (state, escalated, start, notified, want) in cases {
+            assert_eq!(
+                due(state, escalated, start, notified, FOR, REPEAT),
+                want,
+                "{state} escalated={escalated} start={start} notified={notified:?}"
+            );
+        }
+        assert_eq!(due(Pending, false, 0, None, 0, REPEAT), Some(Event::Firing));
+    }
+
+    #[test]
+    fn clearing_resolves_active_ones_and_notifies_only_what_fired() {
+        assert_eq!(on_clear(Pending), (true, false));
+        assert_eq!(on_clear(Firing), (true, true));
+        assert_eq!(on_clear(Resolved), (false, false));
+        assert!(Pending.active() && Firing.active() && !Resolved.active());
+    }
 }

@@ -14,7 +14,7 @@
 use crate::config::{LoadedConfig, RepositoryConfig};
 use crate::error::{Error, Result};
 use crate::ids::BackupId;
-use crate::repository::{ObjectInfo, Repository, LEASES};
+use crate::repository::{ObjectInfo, Repository, Upload, LEASES};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -73,36 +73,21 @@ pub struct Report {
     pub errors: Vec<String>,
 }
 
-#[derive(Default)]
-struct Dir {
-    objects: Vec<ObjectInfo>,
-    leases: Vec<ObjectInfo>,
-    manifest: bool,
+/// One backup directory of a listing: its objects, its leases, and whether
+/// its manifest is among them.
+#[derive(Debug, Default, Clone)]
+pub struct Dir {
+    pub objects: Vec<ObjectInfo>,
+    pub leases: Vec<ObjectInfo>,
+    pub manifest: bool,
 }
 
-/// Prune `job` (a backup job) by its `retention` (no policy: orphans only).
-pub async fn job(cfg: &LoadedConfig, name: &str, opts: &Options) -> Result<Report> {
-    let (job_name, jc) = cfg.job(name)?;
-    let repo_name = jc
-        .repository()
-        .ok_or_else(|| Error::Other(format!("job {name} stores no backups to prune")))?;
-    let repo_cfg = cfg.repository(repo_name)?;
-    let repo = Repository::open(repo_name, repo_cfg).await?;
-    let tz = crate::schedule::parse_timezone(jc.scheduling().timezone).map_err(Error::Other)?;
-    let now = Utc::now();
-    let mut report = Report {
-        job: name.to_owned(),
-        dry_run: opts.dry_run,
-        ..Report::default()
-    };
-
-    let prefix = format!("{job_name}/");
+/// A job's listing grouped by backup id (`{job}/{id}/...`; anything else
+/// under the prefix is not drctl's and is left alone).
+pub fn group(objects: Vec<ObjectInfo>, prefix: &str) -> BTreeMap<BackupId, Dir> {
     let mut dirs: BTreeMap<BackupId, Dir> = BTreeMap::new();
-    for o in repo.objects_of_job(&job_name).await? {
-        let Some(rest) = o.key.strip_prefix(&prefix) else {
-            continue;
-        };
-        let Some((id, file)) = rest.split_once('/') else {
+    for o in objects {
+        let Some((id, file)) = o.key.strip_prefix(prefix).and_then(|r| r.split_once('/')) else {
             continue;
         };
         let Ok(id) = BackupId::parse(id) else {
@@ -118,30 +103,224 @@ pub async fn job(cfg: &LoadedConfig, name: &str, opts: &Options) -> Result<Repor
             d.objects.push(o);
         }
     }
-    // A lease not renewed within the TTL is a dead process's.
-    let ttl = repo.lease_ttl();
-    let live_lease = |d: &Dir, now: DateTime<Utc>| -> Option<ObjectInfo> {
+    dirs
+}
+
+/// The clock and limits a plan is made against.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub now: DateTime<Utc>,
+    /// A lease older than this is a dead process's.
+    pub lease_ttl: Duration,
+    /// The repository's Object Lock period, if any.
+    pub lock_days: Option<u32>,
+    pub orphan_age: Duration,
+}
+
+impl Rules {
+    fn older(&self, t: DateTime<Utc>, than: Duration) -> bool {
+        (self.now - t).to_std().unwrap_or_default() >= than
+    }
+
+    /// A lease renewed within the TTL (or without a time: kept, to be safe).
+    fn live_lease<'a>(&self, d: &'a Dir) -> Option<&'a ObjectInfo> {
         d.leases
             .iter()
-            .find(|l| {
-                l.modified
-                    .is_none_or(|m| (now - m).to_std().unwrap_or_default() < ttl)
+            .find(|l| l.modified.is_none_or(|m| !self.older(m, self.lease_ttl)))
+    }
+
+    /// Until when Object Lock retains a backup (from its upload; a day's
+    /// margin covers long backups).
+    fn locked_until(&self, id: &BackupId) -> Option<DateTime<Utc>> {
+        self.lock_days
+            .map(|days| id.timestamp() + chrono::Duration::days(i64::from(days) + 1))
+            .filter(|u| *u > self.now)
+    }
+}
+
+/// A backup the plan deletes: its manifest first, then the rest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Doomed {
+    pub id: BackupId,
+    pub manifest: String,
+    pub rest: Vec<String>,
+    pub bytes: u64,
+}
+
+/// What a prune does, decided from the listing alone (pure): `apply` runs
+/// it, `--dry-run` reports it.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub kept: Vec<Kept>,
+    pub skipped: Vec<Skipped>,
+    pub delete: Vec<Doomed>,
+    /// Expired leases of kept backups (a process died holding them).
+    pub expired_leases: Vec<String>,
+    /// Directories without a manifest, old enough and unleased.
+    pub orphans: Vec<(BackupId, Vec<ObjectInfo>)>,
+    /// Incomplete multipart uploads old enough and unleased.
+    pub aborts: Vec<Upload>,
+}
+
+/// Decide a prune: `keep` is the retention decision over the committed
+/// backups; everything else committed goes unless a live lease or Object
+/// Lock protects it.
+pub fn plan(
+    dirs: &BTreeMap<BackupId, Dir>,
+    keep: &BTreeMap<String, crate::retention::Reasons>,
+    prefix: &str,
+    uploads: &[Upload],
+    rules: &Rules,
+) -> Plan {
+    let mut p = Plan {
+        kept: keep
+            .iter()
+            .map(|(id, reasons)| Kept {
+                id: id.clone(),
+                reasons: reasons.clone(),
             })
-            .cloned()
+            .collect(),
+        ..Plan::default()
     };
-    let lock_until = |id: &BackupId| -> Option<DateTime<Utc>> {
-        match repo_cfg {
-            RepositoryConfig::S3(s) => s.object_lock.as_ref().map(|l| {
-                // Retention runs from the upload; a day's margin covers long backups.
-                id.timestamp() + chrono::Duration::days(i64::from(l.days) + 1)
-            }),
-            _ => None,
+    for (id, d) in dirs
+        .iter()
+        .filter(|(id, d)| d.manifest && !keep.contains_key(id.as_str()))
+    {
+        if let Some(l) = rules.live_lease(d) {
+            p.skipped.push(Skipped {
+                id: id.to_string(),
+                why: format!(
+                    "in use by a restore, drill or backup in progress (lease {})",
+                    l.key
+                ),
+            });
+            continue;
+        }
+        if let Some(until) = rules.locked_until(id) {
+            p.skipped.push(Skipped {
+                id: id.to_string(),
+                why: format!(
+                    "object lock retains it until about {}",
+                    until.format("%Y-%m-%d %H:%M UTC")
+                ),
+            });
+            continue;
+        }
+        let manifest = format!("{prefix}{id}/{}", crate::manifest::FILE_NAME);
+        p.delete.push(Doomed {
+            id: id.clone(),
+            rest: d
+                .objects
+                .iter()
+                .chain(&d.leases)
+                .map(|o| o.key.clone())
+                .filter(|k| *k != manifest)
+                .collect(),
+            manifest,
+            bytes: d.objects.iter().map(|o| o.size).sum(),
+        });
+    }
+    let doomed: Vec<&BackupId> = p.delete.iter().map(|d| &d.id).collect();
+    // Expired leases of kept backups: a process that died holding one (a
+    // killed restore, a backup killed after its commit) left it; it no
+    // longer protects anything, so it goes like any orphaned object.
+    for (_, d) in dirs
+        .iter()
+        .filter(|(id, d)| d.manifest && !doomed.contains(id))
+    {
+        p.expired_leases.extend(
+            d.leases
+                .iter()
+                .filter(|l| l.modified.is_some_and(|m| rules.older(m, rules.lease_ttl)))
+                .map(|l| l.key.clone()),
+        );
+    }
+    // Orphans: data that never got (or lost) its manifest.
+    for (id, d) in dirs.iter().filter(|(_, d)| !d.manifest) {
+        let newest = d
+            .objects
+            .iter()
+            .chain(&d.leases)
+            .filter_map(|o| o.modified)
+            .max();
+        if newest.is_some_and(|m| rules.older(m, rules.orphan_age)) && rules.live_lease(d).is_none()
+        {
+            p.orphans.push((
+                id.clone(),
+                d.objects.iter().chain(&d.leases).cloned().collect(),
+            ));
+        }
+    }
+    for u in uploads {
+        let old = u
+            .initiated
+            .is_some_and(|t| rules.older(t, rules.orphan_age));
+        // A backup still being written holds a lease on its directory.
+        let leased = u
+            .key
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split_once('/'))
+            .and_then(|(id, _)| BackupId::parse(id).ok())
+            .and_then(|id| dirs.get(&id))
+            .is_some_and(|d| rules.live_lease(d).is_some());
+        if old && !leased {
+            p.aborts.push(u.clone());
+        }
+    }
+    p
+}
+
+/// Prune `job` (a backup job) by its `retention` (no policy: orphans only).
+pub async fn job(cfg: &LoadedConfig, name: &str, opts: &Options) -> Result<Report> {
+    let (job_name, jc) = cfg.job(name)?;
+    let repo_name = jc
+        .repository()
+        .ok_or_else(|| Error::Other(format!("job {name} stores no backups to prune")))?;
+    let repo_cfg = cfg.repository(repo_name)?;
+    let repo = Repository::open(repo_name, repo_cfg).await?;
+    let tz = crate::schedule::parse_timezone(jc.scheduling().timezone).map_err(Error::Other)?;
+    let prefix = format!("{job_name}/");
+    let dirs = group(repo.objects_of_job(&job_name).await?, &prefix);
+    let candidates = candidates(&dirs, opts);
+    refuse_unsafe(&repo, &job_name, &candidates).await?;
+    let keep = crate::retention::decide(&candidates, jc.retention(), tz);
+    let mut report = Report {
+        job: name.to_owned(),
+        dry_run: opts.dry_run,
+        ..Report::default()
+    };
+    let uploads = match repo.backend().incomplete_uploads(&prefix).await {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            if matches!(repo_cfg, RepositoryConfig::S3(_)) {
+                report.notes.push(
+                    "the store does not list incomplete multipart uploads (ListMultipartUploads); set a bucket lifecycle rule AbortIncompleteMultipartUpload instead".into(),
+                );
+            }
+            Vec::new()
+        }
+        Err(e) => {
+            report.errors.push(e.to_string());
+            Vec::new()
         }
     };
+    let rules = Rules {
+        now: Utc::now(),
+        lease_ttl: repo.lease_ttl(),
+        lock_days: match repo_cfg {
+            RepositoryConfig::S3(s) => s.object_lock.as_ref().map(|l| l.days),
+            _ => None,
+        },
+        orphan_age: opts.orphan_age,
+    };
+    let plan = plan(&dirs, &keep, &prefix, &uploads, &rules);
+    apply(&repo, name, plan, opts.dry_run, &mut report).await;
+    Ok(report)
+}
 
-    // Retention over committed backups.
-    let candidates: Vec<crate::retention::Candidate> = dirs
-        .iter()
+/// The committed backups as retention sees them.
+fn candidates(dirs: &BTreeMap<BackupId, Dir>, opts: &Options) -> Vec<crate::retention::Candidate> {
+    dirs.iter()
         .filter(|(_, d)| d.manifest)
         .map(|(id, d)| {
             let committed_at = d
@@ -160,19 +339,31 @@ pub async fn job(cfg: &LoadedConfig, name: &str, opts: &Options) -> Result<Repor
                 just_made: opts.just_made.as_deref() == Some(id.as_str()),
             }
         })
+        .collect()
+}
+
+/// Refuse to delete anything while the newest backup's manifest is
+/// unreadable (what a commit that went wrong looks like: a full disk, a
+/// store that lost the object; deleting older backups then could delete the
+/// last good one) or while the two newest come from different sources (two
+/// hosts under one job name: each side's policy would delete the other's).
+async fn refuse_unsafe(
+    repo: &Repository,
+    job_name: &crate::ids::JobName,
+    candidates: &[crate::retention::Candidate],
+) -> Result<()> {
+    let newest_two: Vec<_> = candidates
+        .iter()
+        .rev()
+        .filter(|c| !c.skewed)
+        .take(2)
         .collect();
-    // Nothing is deleted while the newest backup's manifest is unreadable:
-    // that is what a commit that went wrong looks like (a full disk, a
-    // store that lost the object), and deleting older backups then could
-    // delete the last good one.
-    let mut sane = candidates.iter().rev().filter(|c| !c.skewed);
-    let newest_two: Vec<_> = sane.by_ref().take(2).collect();
     let mut identities = Vec::new();
     for (i, c) in newest_two.iter().enumerate() {
         let Ok(id) = BackupId::parse(&c.id) else {
             continue;
         };
-        match repo.read_manifest(&job_name, &id).await {
+        match repo.read_manifest(job_name, &id).await {
             Ok(m) => identities.push(
                 m.source_identity()
                     .map(|(s, d)| (s.to_owned(), d.to_owned())),
@@ -189,8 +380,6 @@ pub async fn job(cfg: &LoadedConfig, name: &str, opts: &Options) -> Result<Repor
             Err(e) => return Err(e),
         }
     }
-    // Two sources writing under one job name: each side's policy would
-    // delete the other's backups.
     if let [Some(a), Some(b)] = identities.as_slice() {
         if a != b {
             return Err(Error::Refused(format!(
@@ -199,144 +388,198 @@ pub async fn job(cfg: &LoadedConfig, name: &str, opts: &Options) -> Result<Repor
             )));
         }
     }
-    let keep = crate::retention::decide(&candidates, jc.retention(), tz);
-    for (id, reasons) in &keep {
-        report.kept.push(Kept {
-            id: id.clone(),
-            reasons: reasons.clone(),
-        });
-    }
-    let doomed: Vec<BackupId> = dirs
-        .iter()
-        .filter(|(id, d)| d.manifest && !keep.contains_key(id.as_str()))
-        .map(|(id, _)| id.clone())
-        .collect();
-    for id in doomed {
-        let Some(d) = dirs.get(&id) else { continue };
-        if let Some(l) = live_lease(d, now) {
-            report.skipped.push(Skipped {
-                id: id.to_string(),
-                why: format!(
-                    "in use by a restore, drill or backup in progress (lease {})",
-                    l.key
-                ),
-            });
-            continue;
-        }
-        if let Some(until) = lock_until(&id).filter(|u| *u > now) {
-            report.skipped.push(Skipped {
-                id: id.to_string(),
-                why: format!(
-                    "object lock retains it until about {}",
-                    until.format("%Y-%m-%d %H:%M UTC")
-                ),
-            });
-            continue;
-        }
-        let bytes: u64 = d.objects.iter().map(|o| o.size).sum();
-        if !opts.dry_run {
-            let manifest = format!("{prefix}{id}/{}", crate::manifest::FILE_NAME);
-            if let Err(e) = repo.backend().delete(&manifest).await {
+    Ok(())
+}
+
+/// Carry out `plan` (with `dry_run`, only report it). A delete that fails
+/// is an error in the report and leaves the rest of that backup for the
+/// next prune; the manifest goes first, so a listed backup is never
+/// missing its data.
+async fn apply(repo: &Repository, name: &str, plan: Plan, dry_run: bool, report: &mut Report) {
+    let store = repo.backend();
+    report.kept = plan.kept;
+    report.skipped = plan.skipped;
+    for d in plan.delete {
+        if !dry_run {
+            if let Err(e) = store.delete(&d.manifest).await {
                 report
                     .errors
-                    .push(format!("{id}: deleting the manifest: {e}"));
+                    .push(format!("{}: deleting the manifest: {e}", d.id));
                 continue;
             }
-            for o in d
-                .objects
-                .iter()
-                .chain(&d.leases)
-                .filter(|o| o.key != manifest)
-            {
-                if let Err(e) = repo.backend().delete(&o.key).await {
+            for key in &d.rest {
+                if let Err(e) = store.delete(key).await {
                     report.errors.push(format!(
-                        "{id}: deleting {} (left as an orphan for the next prune): {e}",
-                        o.key
+                        "{}: deleting {key} (left as an orphan for the next prune): {e}",
+                        d.id
                     ));
                 }
             }
         }
-        tracing::info!(job = name, backup = %id, dry_run = opts.dry_run, "pruned");
-        report.deleted.push(id.to_string());
-        report.bytes_freed += bytes;
+        tracing::info!(job = name, backup = %d.id, dry_run, "pruned");
+        report.deleted.push(d.id.to_string());
+        report.bytes_freed += d.bytes;
     }
-
-    // Expired leases of kept backups: a process that died holding one (a
-    // killed restore, a backup killed after its commit) left it; it no
-    // longer protects anything, so it goes like any orphaned object.
-    for (id, d) in dirs.iter().filter(|(_, d)| d.manifest) {
-        if report.deleted.contains(&id.to_string()) {
-            continue;
-        }
-        for l in d.leases.iter().filter(|l| {
-            l.modified
-                .is_some_and(|m| (now - m).to_std().unwrap_or_default() >= ttl)
-        }) {
-            if !opts.dry_run {
-                if let Err(e) = repo.backend().delete(&l.key).await {
-                    report.errors.push(format!("expired lease {}: {e}", l.key));
-                    continue;
-                }
+    for key in plan.expired_leases {
+        if !dry_run {
+            if let Err(e) = store.delete(&key).await {
+                report.errors.push(format!("expired lease {key}: {e}"));
+                continue;
             }
-            report.orphans.push(l.key.clone());
         }
+        report.orphans.push(key);
     }
-
-    // Orphans: data that never got (or lost) its manifest.
-    for (id, d) in dirs.iter().filter(|(_, d)| !d.manifest) {
-        let newest = d
-            .objects
-            .iter()
-            .chain(&d.leases)
-            .filter_map(|o| o.modified)
-            .max();
-        let old = newest.is_some_and(|m| (now - m).to_std().unwrap_or_default() >= opts.orphan_age);
-        if !old || live_lease(d, now).is_some() {
-            continue;
-        }
-        for o in d.objects.iter().chain(&d.leases) {
-            if !opts.dry_run {
-                if let Err(e) = repo.backend().delete(&o.key).await {
+    for (id, objects) in plan.orphans {
+        for o in objects {
+            if !dry_run {
+                if let Err(e) = store.delete(&o.key).await {
                     report.errors.push(format!("orphan {}: {e}", o.key));
                     continue;
                 }
             }
             report.bytes_freed += o.size;
-            report.orphans.push(o.key.clone());
+            report.orphans.push(o.key);
         }
-        tracing::info!(job = name, backup = %id, dry_run = opts.dry_run, "swept orphaned objects");
+        tracing::info!(job = name, backup = %id, dry_run, "swept orphaned objects");
     }
-    match repo.backend().incomplete_uploads(&prefix).await {
-        Ok(Some(uploads)) => {
-            for u in uploads {
-                let old = u
-                    .initiated
-                    .is_some_and(|t| (now - t).to_std().unwrap_or_default() >= opts.orphan_age);
-                // A backup still being written holds a lease on its directory.
-                let leased = u
-                    .key
-                    .strip_prefix(&prefix)
-                    .and_then(|rest| rest.split_once('/'))
-                    .and_then(|(id, _)| BackupId::parse(id).ok())
-                    .and_then(|id| dirs.get(&id))
-                    .is_some_and(|d| live_lease(d, now).is_some());
-                if !old || leased {
-                    continue;
-                }
-                if !opts.dry_run {
-                    if let Err(e) = repo.backend().abort_upload(&u).await {
-                        report.errors.push(format!("upload of {}: {e}", u.key));
-                        continue;
-                    }
-                }
-                report.uploads_aborted.push(u.key);
+    for u in plan.aborts {
+        if !dry_run {
+            if let Err(e) = store.abort_upload(&u).await {
+                report.errors.push(format!("upload of {}: {e}", u.key));
+                continue;
             }
         }
-        Ok(None) if matches!(repo_cfg, RepositoryConfig::S3(_)) => report.notes.push(
-            "the store does not list incomplete multipart uploads (ListMultipartUploads); set a bucket lifecycle rule AbortIncompleteMultipartUpload instead".into(),
-        ),
-        Ok(None) => {}
-        Err(e) => report.errors.push(e.to_string()),
+        report.uploads_aborted.push(u.key);
     }
-    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+    fn id(s: i64) -> BackupId {
+        BackupId::parse(&format!(
+            "{}-h-0000000{}",
+            t(s).format("%Y%m%dT%H%M%S%.3fZ"),
+            s.rem_euclid(10)
+        ))
+        .unwrap()
+    }
+    fn obj(key: String, size: u64, at: i64) -> ObjectInfo {
+        ObjectInfo {
+            key,
+            size,
+            modified: Some(t(at)),
+        }
+    }
+    /// A backup directory made at `at`: manifest (or not), one dump, leases
+    /// written at the given times.
+    fn dir(b: &BackupId, at: i64, manifest: bool, leases: &[i64]) -> Vec<ObjectInfo> {
+        let mut v = vec![obj(format!("app/{b}/database.dump.zst"), 100, at)];
+        if manifest {
+            v.push(obj(format!("app/{b}/manifest.json"), 1, at));
+        }
+        for (n, l) in leases.iter().enumerate() {
+            v.push(obj(format!("app/{b}/{LEASES}/lease-{n}.json"), 1, *l));
+        }
+        v
+    }
+    fn rules(now: i64, lock_days: Option<u32>) -> Rules {
+        Rules {
+            now: t(now),
+            lease_ttl: Duration::from_secs(DAY as u64),
+            lock_days,
+            orphan_age: Duration::from_secs(DAY as u64),
+        }
+    }
+    fn keep(ids: &[&BackupId]) -> BTreeMap<String, crate::retention::Reasons> {
+        ids.iter().map(|i| (i.to_string(), vec!["last"])).collect()
+    }
+
+    #[test]
+    fn what_goes_what_stays_and_why() {
+        let (old, leased, locked, kept) = (id(0), id(10), id(20 * DAY), id(30 * DAY));
+        let now = 31 * DAY;
+        let mut objects = Vec::new();
+        objects.extend(dir(&old, 0, true, &[]));
+        // A restore reading it renewed its lease an hour ago.
+        objects.extend(dir(&leased, 10, true, &[now - 3600]));
+        objects.extend(dir(&locked, 20 * DAY, true, &[]));
+        // Kept, with a lease a dead process left 3 days ago.
+        objects.extend(dir(&kept, 30 * DAY, true, &[now - 3 * DAY]));
+        let dirs = group(objects, "app/");
+        let p = plan(&dirs, &keep(&[&kept]), "app/", &[], &rules(now, Some(30)));
+        assert_eq!(p.delete.len(), 1);
+        assert_eq!(p.delete[0].id, old);
+        assert_eq!(p.delete[0].manifest, format!("app/{old}/manifest.json"));
+        assert_eq!(
+            p.delete[0].rest,
+            vec![format!("app/{old}/database.dump.zst")]
+        );
+        assert_eq!(p.delete[0].bytes, 101);
+        let why: Vec<(&str, &str)> = p
+            .skipped
+            .iter()
+            .map(|s| (s.id.as_str(), s.why.split(' ').next().unwrap_or("")))
+            .collect();
+        assert_eq!(
+            why,
+            vec![(leased.as_str(), "in"), (locked.as_str(), "object")]
+        );
+        assert_eq!(
+            p.expired_leases,
+            vec![format!("app/{kept}/{LEASES}/lease-0.json")]
+        );
+        assert_eq!(p.kept.len(), 1);
+    }
+
+    #[test]
+    fn orphans_and_uploads_go_only_when_old_and_unleased() {
+        let (young, old, leased) = (id(5 * DAY), id(DAY), id(2 * DAY));
+        let now = 5 * DAY + 3600;
+        let mut objects = Vec::new();
+        objects.extend(dir(&young, 5 * DAY, false, &[]));
+        objects.extend(dir(&old, DAY, false, &[]));
+        // A slow backup: its data is old, its lease fresh.
+        objects.extend(dir(&leased, 2 * DAY, false, &[now - 60]));
+        let dirs = group(objects, "app/");
+        let upload = |b: &BackupId, at: i64| Upload {
+            key: format!("app/{b}/database.dump.zst"),
+            upload_id: "u".into(),
+            initiated: Some(t(at)),
+        };
+        let uploads = [
+            upload(&old, DAY),
+            upload(&leased, 2 * DAY),
+            upload(&young, 5 * DAY),
+        ];
+        let p = plan(&dirs, &BTreeMap::new(), "app/", &uploads, &rules(now, None));
+        let orphans: Vec<&BackupId> = p.orphans.iter().map(|(i, _)| i).collect();
+        assert_eq!(orphans, vec![&old]);
+        assert_eq!(p.orphans[0].1.len(), 1);
+        let aborted: Vec<&str> = p.aborts.iter().map(|u| u.key.as_str()).collect();
+        assert_eq!(
+            aborted,
+            vec![format!("app/{old}/database.dump.zst").as_str()]
+        );
+        assert!(p.delete.is_empty() && p.skipped.is_empty());
+    }
+
+    #[test]
+    fn a_listing_groups_by_backup_and_ignores_what_is_not_drctls() {
+        let b = id(0);
+        let mut objects = dir(&b, 0, true, &[7]);
+        objects.push(obj("app/not-an-id/x".into(), 1, 0));
+        objects.push(obj("app/README".into(), 1, 0));
+        let dirs = group(objects, "app/");
+        assert_eq!(dirs.len(), 1);
+        let d = &dirs[&b];
+        assert!(d.manifest);
+        assert_eq!((d.objects.len(), d.leases.len()), (2, 1));
+    }
 }

@@ -162,6 +162,47 @@ pub struct Plan {
     pub aborts: Vec<Upload>,
 }
 
+/// A committed backup retention lets go: deleted, unless a live lease or
+/// Object Lock protects it (then skipped, saying why).
+fn doom(
+    id: &BackupId,
+    d: &Dir,
+    prefix: &str,
+    rules: &Rules,
+) -> std::result::Result<Doomed, Skipped> {
+    if let Some(l) = rules.live_lease(d) {
+        return Err(Skipped {
+            id: id.to_string(),
+            why: format!(
+                "in use by a restore, drill or backup in progress (lease {})",
+                l.key
+            ),
+        });
+    }
+    if let Some(until) = rules.locked_until(id) {
+        return Err(Skipped {
+            id: id.to_string(),
+            why: format!(
+                "object lock retains it until about {}",
+                until.format("%Y-%m-%d %H:%M UTC")
+            ),
+        });
+    }
+    let manifest = format!("{prefix}{id}/{}", crate::manifest::FILE_NAME);
+    Ok(Doomed {
+        id: id.clone(),
+        rest: d
+            .objects
+            .iter()
+            .chain(&d.leases)
+            .map(|o| o.key.clone())
+            .filter(|k| *k != manifest)
+            .collect(),
+        manifest,
+        bytes: d.objects.iter().map(|o| o.size).sum(),
+    })
+}
+
 /// Decide a prune: `keep` is the retention decision over the committed
 /// backups; everything else committed goes unless a live lease or Object
 /// Lock protects it.
@@ -186,39 +227,10 @@ pub fn plan(
         .iter()
         .filter(|(id, d)| d.manifest && !keep.contains_key(id.as_str()))
     {
-        if let Some(l) = rules.live_lease(d) {
-            p.skipped.push(Skipped {
-                id: id.to_string(),
-                why: format!(
-                    "in use by a restore, drill or backup in progress (lease {})",
-                    l.key
-                ),
-            });
-            continue;
+        match doom(id, d, prefix, rules) {
+            Ok(d) => p.delete.push(d),
+            Err(s) => p.skipped.push(s),
         }
-        if let Some(until) = rules.locked_until(id) {
-            p.skipped.push(Skipped {
-                id: id.to_string(),
-                why: format!(
-                    "object lock retains it until about {}",
-                    until.format("%Y-%m-%d %H:%M UTC")
-                ),
-            });
-            continue;
-        }
-        let manifest = format!("{prefix}{id}/{}", crate::manifest::FILE_NAME);
-        p.delete.push(Doomed {
-            id: id.clone(),
-            rest: d
-                .objects
-                .iter()
-                .chain(&d.leases)
-                .map(|o| o.key.clone())
-                .filter(|k| *k != manifest)
-                .collect(),
-            manifest,
-            bytes: d.objects.iter().map(|o| o.size).sum(),
-        });
     }
     let doomed: Vec<&BackupId> = p.delete.iter().map(|d| &d.id).collect();
     // Expired leases of kept backups: a process that died holding one (a

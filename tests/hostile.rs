@@ -403,6 +403,7 @@ fn one_broken_repository_stops_only_its_jobs_and_usage_errors_exit_2() {
             "--to-env",
             "DRCTL_TEST_UNSET_TARGET",
         ],
+        vec!["drill", "run", "weekly", "--id", "not-an-id"],
     ] {
         let r = w.drctl(&args);
         assert_eq!(r.code, 2, "{args:?}: {}", r.all());

@@ -61,6 +61,12 @@ pub async fn exec(cfg: &LoadedConfig, cmd: DrillCommand) -> anyhow::Result<()> {
             keep,
             json,
         } => {
+            // A malformed --id is the caller's mistake (exit 2), not a
+            // failed drill to record and alert.
+            if let Some(id) = &id {
+                drctl::ids::BackupId::parse(id)
+                    .map_err(|e| drctl::Error::Usage(format!("--id: {e}")))?;
+            }
             let progress = Progress::new();
             let bar = Bar::start(progress.clone());
             let rec = drill::run(

@@ -6,6 +6,7 @@
 //! drop SVG still get every number in the tables).
 
 use crate::config::LoadedConfig;
+use crate::drill::DrillOutcome;
 use crate::drill::DrillRecord;
 use crate::error::Result;
 use crate::state::State;
@@ -69,13 +70,21 @@ impl Report {
         let failing: Vec<&str> = self
             .drills
             .iter()
-            .filter(|d| d.latest.as_ref().is_some_and(|l| l.outcome == "failed"))
+            .filter(|d| {
+                d.latest
+                    .as_ref()
+                    .is_some_and(|l| l.outcome == DrillOutcome::Failed)
+            })
             .map(|d| d.drill.as_str())
             .collect();
         let over: Vec<&str> = self
             .drills
             .iter()
-            .filter(|d| d.latest.as_ref().is_some_and(|l| l.outcome == "over_rto"))
+            .filter(|d| {
+                d.latest
+                    .as_ref()
+                    .is_some_and(|l| l.outcome == DrillOutcome::OverRto)
+            })
             .map(|d| d.drill.as_str())
             .collect();
         let mut s = format!("{} drill(s)", self.drills.len());
@@ -115,19 +124,19 @@ pub async fn build(cfg: &LoadedConfig, state: &State, since: Duration) -> Result
     for (name, d) in &cfg.config.drills {
         let mut history: Vec<DrillRecord> = runs
             .iter()
-            .filter(|r| &r.drill == name && r.outcome != "running")
+            .filter(|r| &r.drill == name && r.outcome != DrillOutcome::Running)
             .cloned()
             .collect();
         history.reverse();
-        let count = |o: &str| history.iter().filter(|r| r.outcome == o).count();
+        let count = |o: DrillOutcome| history.iter().filter(|r| r.outcome == o).count();
         drills.push(DrillSummary {
             drill: name.clone(),
             job: d.job.clone(),
             rto_seconds: d.rto.map(|r| r.as_secs_f64()),
             runs: history.len(),
-            passed: count("passed"),
-            over_rto: count("over_rto"),
-            failed: count("failed") + count("interrupted"),
+            passed: count(DrillOutcome::Passed),
+            over_rto: count(DrillOutcome::OverRto),
+            failed: count(DrillOutcome::Failed) + count(DrillOutcome::Interrupted),
             latest: history.last().cloned(),
             history,
         });
@@ -469,7 +478,7 @@ pub fn html(r: &Report) -> String {
         .map(|d| {
             let (latest, time) = match &d.latest {
                 Some(l) => (
-                    format!("{} {}", badge(&l.outcome), esc(&day(&l.started_at))),
+                    format!("{} {}", badge(l.outcome.as_str()), esc(&day(&l.started_at))),
                     esc(&opt_dur(l.total_seconds)),
                 ),
                 None => ("never run".into(), "-".into()),
@@ -557,7 +566,7 @@ pub fn html(r: &Report) -> String {
                 esc(&run.drill),
                 format!(
                     "{}{}",
-                    badge(&run.outcome),
+                    badge(run.outcome.as_str()),
                     run.failed_phase
                         .as_deref()
                         .map(|p| format!(" in {}", esc(p)))

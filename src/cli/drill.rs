@@ -95,9 +95,11 @@ pub async fn exec(cfg: &LoadedConfig, cmd: DrillCommand) -> anyhow::Result<()> {
             } else {
                 print(&rec);
             }
-            match rec.outcome.as_str() {
-                "passed" | "over_rto" => Ok(()),
-                "interrupted" => Err(drctl::Error::Interrupted(format!("drill {name}")).into()),
+            match rec.outcome {
+                o if o.restored() => Ok(()),
+                drctl::drill::DrillOutcome::Interrupted => {
+                    Err(drctl::Error::Interrupted(format!("drill {name}")).into())
+                }
                 other => Err(DrillFailed(
                     name,
                     format!(
@@ -151,8 +153,7 @@ pub async fn exec(cfg: &LoadedConfig, cmd: DrillCommand) -> anyhow::Result<()> {
                 let last = runs
                     .iter()
                     .find(|r| &r.drill == name)
-                    .map(|r| r.outcome.clone())
-                    .unwrap_or_else(|| "never".into());
+                    .map_or("never", |r| r.outcome.as_str());
                 println!(
                     "{:<18} {:<12} {:<22} {:>8} {:>10}",
                     name,
@@ -188,7 +189,7 @@ fn print(r: &DrillRecord) {
         "drill {} ({}): {}",
         r.drill,
         r.job,
-        r.outcome.to_uppercase()
+        r.outcome.as_str().to_uppercase()
     );
     println!(
         "  backup   {} ({:.0}s old)",

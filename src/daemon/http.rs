@@ -420,7 +420,7 @@ fn register_drills(
         let mine = runs.iter().filter(|r| &r.drill == name);
         if let Some(ok) = mine
             .clone()
-            .find(|r| r.outcome == "passed" || r.outcome == "over_rto")
+            .find(|r| r.outcome.restored())
             .and_then(|r| r.finished_at.as_deref())
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         {

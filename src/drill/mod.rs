@@ -29,6 +29,43 @@ pub struct Phase {
 }
 
 /// One drill run, as stored and reported.
+/// How a drill ended: a closed set, stored by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(rename_all = "snake_case")]
+pub enum DrillOutcome {
+    /// Still in progress (or killed before it could say).
+    Running,
+    Passed,
+    /// Restored and verified, but slower than its RTO.
+    OverRto,
+    Failed,
+    Interrupted,
+}
+
+impl DrillOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrillOutcome::Running => "running",
+            DrillOutcome::Passed => "passed",
+            DrillOutcome::OverRto => "over_rto",
+            DrillOutcome::Failed => "failed",
+            DrillOutcome::Interrupted => "interrupted",
+        }
+    }
+
+    /// The backup was restored and verified (in time or not).
+    pub fn restored(self) -> bool {
+        matches!(self, DrillOutcome::Passed | DrillOutcome::OverRto)
+    }
+}
+
+impl std::fmt::Display for DrillOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct DrillRecord {
     pub id: i64,
@@ -38,8 +75,7 @@ pub struct DrillRecord {
     pub trigger: String,
     pub started_at: String,
     pub finished_at: Option<String>,
-    /// passed | over_rto | failed | interrupted (running while in progress)
-    pub outcome: String,
+    pub outcome: DrillOutcome,
     pub failed_phase: Option<String>,
     pub error: Option<String>,
     pub backup_id: Option<String>,
@@ -119,7 +155,7 @@ pub async fn run(
         trigger: opts.trigger.clone(),
         started_at: chrono::Utc::now().to_rfc3339(),
         finished_at: None,
-        outcome: "running".into(),
+        outcome: DrillOutcome::Running,
         failed_phase: None,
         error: None,
         backup_id: None,
@@ -155,31 +191,29 @@ pub async fn run(
     match (result, cleanup_err) {
         (Err((phase, e)), _) => {
             rec.outcome = if matches!(e, Error::Interrupted(_)) {
-                "interrupted"
+                DrillOutcome::Interrupted
             } else {
-                "failed"
-            }
-            .into();
+                DrillOutcome::Failed
+            };
             rec.failed_phase = Some(phase.into());
             rec.error = Some(crate::secret::redact(&e.to_string()));
         }
         (Ok(()), Some(e)) => {
-            rec.outcome = "failed".into();
+            rec.outcome = DrillOutcome::Failed;
             rec.failed_phase = Some("cleanup".into());
             rec.error = Some(crate::secret::redact(&e));
         }
         (Ok(()), None) => {
             rec.outcome = match d.rto {
-                Some(rto) if total > rto.as_secs_f64() => "over_rto",
-                _ => "passed",
-            }
-            .into();
+                Some(rto) if total > rto.as_secs_f64() => DrillOutcome::OverRto,
+                _ => DrillOutcome::Passed,
+            };
         }
     }
     store::finish(state, id, &rec).await?;
     // A drill that restored and checked the backup proves it restorable:
     // retention keeps the newest such backup.
-    if matches!(rec.outcome.as_str(), "passed" | "over_rto") {
+    if rec.outcome.restored() {
         if let (Some(repo), Some(backup)) = (job.repository(), rec.backup_id.as_deref()) {
             if let Err(e) = state.record_verdict(repo, &d.job, backup, true, true).await {
                 tracing::warn!(error = %e, "cannot record the drill's verdict");
@@ -424,8 +458,8 @@ async fn alert(cfg: &LoadedConfig, state: &State, r: &DrillRecord) {
     let alerter = Alerter::new(cfg, state);
     let failed_key = format!("drill_failed:{}", r.drill);
     let rto_key = format!("drill_over_rto:{}", r.drill);
-    let res = match r.outcome.as_str() {
-        "failed" => {
+    let res = match r.outcome {
+        DrillOutcome::Failed => {
             let mut c = Condition::new(
                 "drill_failed",
                 &r.drill,
@@ -444,14 +478,14 @@ async fn alert(cfg: &LoadedConfig, state: &State, r: &DrillRecord) {
             ));
             alerter.raise(c).await
         }
-        "passed" | "over_rto" => {
+        DrillOutcome::Passed | DrillOutcome::OverRto => {
             let cleared = alerter
                 .clear(
                     &failed_key,
                     format!("restore drill {} passes again", r.drill),
                 )
                 .await;
-            let rto = if r.outcome == "over_rto" {
+            let rto = if r.outcome == DrillOutcome::OverRto {
                 let mut c = Condition::new(
                     "drill_over_rto",
                     &r.drill,

@@ -26,7 +26,7 @@ pub(super) async fn finish(state: &State, id: i64, r: &DrillRecord) -> Result<()
         "UPDATE drills SET finished_at = ?, outcome = ?, failed_phase = ?, error = ?, backup_id = ?, backup_age_seconds = ?, target = ?, phases = ?, total_seconds = ?, rto_seconds = ?, checks = ? WHERE id = ?",
     )
     .bind(&r.finished_at)
-    .bind(&r.outcome)
+    .bind(r.outcome)
     .bind(&r.failed_phase)
     .bind(r.error.as_deref().map(crate::secret::redact))
     .bind(&r.backup_id)
@@ -43,10 +43,18 @@ pub(super) async fn finish(state: &State, id: i64, r: &DrillRecord) -> Result<()
     Ok(())
 }
 
-fn record(r: &sqlx::sqlite::SqliteRow) -> DrillRecord {
+/// A row of `drills`; an outcome drctl does not know is an error, not a
+/// guess.
+fn record(r: &sqlx::sqlite::SqliteRow) -> Result<DrillRecord> {
     let phases: String = r.get("phases");
     let checks: String = r.get("checks");
-    DrillRecord {
+    let outcome = r.try_get("outcome").map_err(|e| {
+        crate::Error::Other(format!(
+            "drill run {}: unreadable outcome: {e}",
+            r.get::<i64, _>("id")
+        ))
+    })?;
+    Ok(DrillRecord {
         id: r.get("id"),
         drill: r.get("drill"),
         job: r.get("job"),
@@ -54,7 +62,7 @@ fn record(r: &sqlx::sqlite::SqliteRow) -> DrillRecord {
         trigger: r.get("trigger"),
         started_at: r.get("started_at"),
         finished_at: r.get("finished_at"),
-        outcome: r.get("outcome"),
+        outcome,
         failed_phase: r.get("failed_phase"),
         error: r.get("error"),
         backup_id: r.get("backup_id"),
@@ -65,7 +73,7 @@ fn record(r: &sqlx::sqlite::SqliteRow) -> DrillRecord {
         rto_seconds: r.get("rto_seconds"),
         checks: serde_json::from_str::<Vec<CheckResult>>(&checks).unwrap_or_default(),
         swept: Vec::new(),
-    }
+    })
 }
 
 /// Drill runs, newest first; `since` is an RFC 3339 lower bound.
@@ -84,5 +92,5 @@ pub async fn list(
     .fetch_all(state.pool())
     .await
     .map_err(|e| state.err(e))?;
-    Ok(rows.iter().map(record).collect())
+    rows.iter().map(record).collect()
 }

@@ -6,7 +6,7 @@
 //! row twice.
 
 use super::channels::{self, SendError};
-use super::store::{self, Attempt};
+use super::store::{self, Attempt, DeliveryState};
 use crate::config::LoadedConfig;
 use crate::error::Result;
 use crate::state::State;
@@ -60,7 +60,7 @@ pub async fn deliver_due(
                     row.attempts,
                     row.last_error.as_deref().unwrap_or("none")
                 );
-                store::record(state, row.id, &Attempt::GiveUp("expired", why)).await?;
+                store::record(state, row.id, &Attempt::GiveUp(DeliveryState::Expired, why)).await?;
                 report.given_up += 1;
                 continue;
             }
@@ -78,7 +78,7 @@ pub async fn deliver_due(
             let Some(ch_cfg) = alerts.channels.get(&channel) else {
                 let why = format!("channel {channel} is no longer in [alerts.channels]");
                 tracing::error!(alert = %row.alert_key, "{why}; dropping the delivery");
-                store::record(state, row.id, &Attempt::GiveUp("failed", why)).await?;
+                store::record(state, row.id, &Attempt::GiveUp(DeliveryState::Failed, why)).await?;
                 report.given_up += 1;
                 continue;
             };
@@ -110,7 +110,8 @@ pub async fn deliver_due(
                 }
                 Err(SendError::Permanent(why)) => {
                     tracing::error!(channel = %channel, alert = %row.alert_key, error = %crate::secret::redact(&why), "alert rejected by the receiver; not retrying");
-                    store::record(state, row.id, &Attempt::GiveUp("failed", why)).await?;
+                    store::record(state, row.id, &Attempt::GiveUp(DeliveryState::Failed, why))
+                        .await?;
                     report.given_up += 1;
                 }
             }

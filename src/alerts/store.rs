@@ -104,14 +104,43 @@ pub struct AlertRow {
     repeat_ms: i64,
 }
 
+/// Where an outbox row is: a closed set, stored by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    /// Rejected for good (the receiver refuses this payload; channel gone).
+    Failed,
+    /// Older than `max_age` before it could be delivered.
+    Expired,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Expired => "expired",
+        }
+    }
+}
+
+impl std::fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct DeliveryRow {
     pub id: i64,
     pub alert_key: String,
     pub channel: String,
     pub event: String,
-    /// pending | delivered | failed | expired
-    pub state: String,
+    pub state: DeliveryState,
     pub attempts: i64,
     pub created_at: DateTime<Utc>,
     pub next_attempt_at: Option<DateTime<Utc>>,
@@ -158,7 +187,12 @@ fn delivery_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeliveryRow> {
             r.get::<i64, _>("id")
         ))
     })?;
-    let state: String = r.get("state");
+    let state: DeliveryState = r.try_get("state").map_err(|e| {
+        crate::Error::Other(format!(
+            "outbox row {}: unreadable state: {e}",
+            r.get::<i64, _>("id")
+        ))
+    })?;
     Ok(DeliveryRow {
         id: r.get("id"),
         alert_key: r.get("alert_key"),
@@ -166,7 +200,8 @@ fn delivery_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeliveryRow> {
         event: r.get("event"),
         attempts: r.get("attempts"),
         created_at: from_ms(r.get("created_at")),
-        next_attempt_at: (state == "pending").then(|| from_ms(r.get("next_attempt_at"))),
+        next_attempt_at: (state == DeliveryState::Pending)
+            .then(|| from_ms(r.get("next_attempt_at"))),
         expires_at: from_ms(r.get("expires_at")),
         delivered_at: r.get::<Option<i64>, _>("delivered_at").map(from_ms),
         last_error: r.get("last_error"),
@@ -473,8 +508,8 @@ pub(crate) enum Attempt {
     Delivered(String),
     /// Try again at the given time.
     Retry(String, DateTime<Utc>),
-    /// Will never succeed (rejected, expired, channel gone).
-    GiveUp(&'static str, String),
+    /// Will never succeed: `Failed` (rejected, channel gone) or `Expired`.
+    GiveUp(DeliveryState, String),
 }
 
 pub(crate) async fn record(state: &State, id: i64, attempt: &Attempt) -> Result<()> {
@@ -485,7 +520,7 @@ pub(crate) async fn record(state: &State, id: i64, attempt: &Attempt) -> Result<
         Attempt::Retry(e, _) | Attempt::GiveUp(_, e) => (false, e.as_str()),
     };
     let detail = crate::secret::redact(detail);
-    let counts = !matches!(attempt, Attempt::GiveUp("expired", _));
+    let counts = !matches!(attempt, Attempt::GiveUp(DeliveryState::Expired, _));
     if counts {
         sqlx::query("INSERT INTO alert_attempts (delivery_id, at, ok, detail) VALUES (?, ?, ?, ?)")
             .bind(id)

@@ -40,8 +40,11 @@ pub struct State {
     path: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// How a run ended: a closed set, stored by name (`sqlx::Type`; a row
+/// with a status drctl does not know is an error when read).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(rename_all = "snake_case")]
 pub enum RunStatus {
     Running,
     Succeeded,
@@ -62,6 +65,19 @@ impl RunStatus {
     }
 }
 
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// `status == "failed"` reads as the stored name does.
+impl PartialEq<&str> for RunStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
     pub id: i64,
@@ -71,7 +87,7 @@ pub struct RunRecord {
     pub trigger: String,
     pub started_at: String,
     pub finished_at: Option<String>,
-    pub status: String,
+    pub status: RunStatus,
     pub bytes: Option<i64>,
     pub backup_id: Option<String>,
     pub error: Option<String>,

@@ -47,9 +47,9 @@ pub async fn status(cfg: &LoadedConfig, a: StatusArgs) -> anyhow::Result<()> {
             // A check's verdict says more than "succeeded".
             Some(run) => (
                 run.started_at.clone(),
-                match (&run.result, run.status.as_str()) {
-                    (Some(v), "succeeded") => v.clone(),
-                    _ => run.status.clone(),
+                match (&run.result, run.status) {
+                    (Some(v), drctl::state::RunStatus::Succeeded) => v.clone(),
+                    _ => run.status.to_string(),
                 },
                 duration(run),
             ),

@@ -63,6 +63,141 @@ pub fn repository_of(tag: &str) -> &str {
     }
 }
 
+/// An image as the decision needs it (tags without `<none>:<none>`).
+#[derive(Debug, Clone)]
+struct Image {
+    id: String,
+    created: i64,
+    size: i64,
+    tags: Vec<String>,
+}
+
+/// The job's rules.
+struct Policy {
+    until_secs: i64,
+    until: std::time::Duration,
+    keep_last: usize,
+    dangling: bool,
+    unused: bool,
+}
+
+impl Policy {
+    fn of(job: &PruneImagesJob) -> Policy {
+        Policy {
+            until_secs: job.until.as_secs() as i64,
+            until: job.until,
+            keep_last: job.keep_last,
+            dangling: job.dangling,
+            unused: job.unused,
+        }
+    }
+}
+
+/// What to remove and what to keep, and why.
+#[derive(Debug)]
+struct Plan {
+    removals: Vec<Removal>,
+    kept: Vec<Kept>,
+    /// Sizes of images that go whole (the estimate a dry run reports).
+    sizes_of_removed: i64,
+}
+
+/// Decide from the listing alone (pure): images a container uses and images
+/// newer than `until` stay; dangling ones go (with `dangling`); tagged ones
+/// go tag by tag (with `unused`) except the newest `keep_last` tags of each
+/// repository.
+fn decide(images: &[Image], used: &HashSet<String>, p: &Policy, now: i64) -> Plan {
+    let old = |created: i64| now - created > p.until_secs;
+    let when = |created: i64| {
+        chrono::DateTime::<chrono::Utc>::from_timestamp(created, 0)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default()
+    };
+    let short = |id: &str| {
+        id.trim_start_matches("sha256:")
+            .chars()
+            .take(12)
+            .collect::<String>()
+    };
+    // The newest keep_last tags of each repository, used or not.
+    let mut by_repo: BTreeMap<&str, Vec<(i64, &str)>> = BTreeMap::new();
+    for img in images {
+        for tag in &img.tags {
+            by_repo
+                .entry(repository_of(tag))
+                .or_default()
+                .push((img.created, tag));
+        }
+    }
+    let mut newest: HashSet<&str> = HashSet::new();
+    for tags in by_repo.values_mut() {
+        tags.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(a.1)));
+        newest.extend(tags.iter().take(p.keep_last).map(|(_, t)| *t));
+    }
+    let mut plan = Plan {
+        removals: Vec::new(),
+        kept: Vec::new(),
+        sizes_of_removed: 0,
+    };
+    for img in images {
+        let id = short(&img.id);
+        let name = || img.tags.first().cloned().unwrap_or_else(|| id.clone());
+        if used.contains(&img.id) {
+            plan.kept.push(Kept {
+                reference: name(),
+                reason: "used by a container".into(),
+            });
+            continue;
+        }
+        if !old(img.created) {
+            plan.kept.push(Kept {
+                reference: name(),
+                reason: format!("newer than until ({})", humantime::format_duration(p.until)),
+            });
+            continue;
+        }
+        if img.tags.is_empty() {
+            if p.dangling {
+                plan.sizes_of_removed += img.size;
+                plan.removals.push(Removal {
+                    reference: img.id.clone(),
+                    image: id,
+                    created: when(img.created),
+                    size: img.size,
+                    reason: "dangling".into(),
+                    error: None,
+                });
+            }
+            continue;
+        }
+        let mut all_go = true;
+        for tag in &img.tags {
+            if newest.contains(tag.as_str()) {
+                all_go = false;
+                plan.kept.push(Kept {
+                    reference: tag.clone(),
+                    reason: format!("among the newest {} of {}", p.keep_last, repository_of(tag)),
+                });
+            } else if p.unused {
+                plan.removals.push(Removal {
+                    reference: tag.clone(),
+                    image: id.clone(),
+                    created: when(img.created),
+                    size: img.size,
+                    reason: "unused".into(),
+                    error: None,
+                });
+            } else {
+                all_go = false;
+            }
+        }
+        if all_go && p.unused {
+            plan.sizes_of_removed += img.size;
+        }
+    }
+    plan
+}
+
 async fn layers_size(d: &Docker) -> Option<i64> {
     d.df(None).await.ok().and_then(|r| r.layers_size)
 }
@@ -90,106 +225,30 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &PruneImagesJob) -> Result<Report> {
         .iter()
         .filter_map(|c| c.image_id.clone())
         .collect();
-    let now = chrono::Utc::now().timestamp();
-    let old = |created: i64| now - created > job.until.as_secs() as i64;
-    let when = |created: i64| {
-        chrono::DateTime::<chrono::Utc>::from_timestamp(created, 0)
-            .map(|t| t.to_rfc3339())
-            .unwrap_or_default()
-    };
-    let short = |id: &str| {
-        id.trim_start_matches("sha256:")
-            .chars()
-            .take(12)
-            .collect::<String>()
-    };
-
-    // The newest keep_last tags of each repository, used or not.
-    let mut by_repo: BTreeMap<&str, Vec<(i64, &str)>> = BTreeMap::new();
-    for img in &images {
-        for tag in img.repo_tags.iter().filter(|t| *t != "<none>:<none>") {
-            by_repo
-                .entry(repository_of(tag))
-                .or_default()
-                .push((img.created, tag));
-        }
-    }
-    let mut newest: HashSet<&str> = HashSet::new();
-    for tags in by_repo.values_mut() {
-        tags.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(a.1)));
-        newest.extend(tags.iter().take(job.keep_last).map(|(_, t)| *t));
-    }
-
-    let mut plan: Vec<Removal> = Vec::new();
-    let mut kept: Vec<Kept> = Vec::new();
-    let mut sizes_of_removed: i64 = 0;
-    for img in &images {
-        let tags: Vec<&String> = img
-            .repo_tags
-            .iter()
-            .filter(|t| *t != "<none>:<none>")
-            .collect();
-        let id = short(&img.id);
-        if used.contains(&img.id) {
-            kept.push(Kept {
-                reference: tags.first().map(|t| t.to_string()).unwrap_or(id),
-                reason: "used by a container".into(),
-            });
-            continue;
-        }
-        if !old(img.created) {
-            kept.push(Kept {
-                reference: tags.first().map(|t| t.to_string()).unwrap_or(id),
-                reason: format!(
-                    "newer than until ({})",
-                    humantime::format_duration(job.until)
-                ),
-            });
-            continue;
-        }
-        if tags.is_empty() {
-            if job.dangling {
-                sizes_of_removed += img.size;
-                plan.push(Removal {
-                    reference: img.id.clone(),
-                    image: id,
-                    created: when(img.created),
-                    size: img.size,
-                    reason: "dangling".into(),
-                    error: None,
-                });
-            }
-            continue;
-        }
-        let mut all_go = true;
-        for tag in tags {
-            if newest.contains(tag.as_str()) {
-                all_go = false;
-                kept.push(Kept {
-                    reference: tag.clone(),
-                    reason: format!(
-                        "among the newest {} of {}",
-                        job.keep_last,
-                        repository_of(tag)
-                    ),
-                });
-            } else if job.unused {
-                plan.push(Removal {
-                    reference: tag.clone(),
-                    image: id.clone(),
-                    created: when(img.created),
-                    size: img.size,
-                    reason: "unused".into(),
-                    error: None,
-                });
-            } else {
-                all_go = false;
-            }
-        }
-        if all_go && job.unused {
-            sizes_of_removed += img.size;
-        }
-    }
+    let listed: Vec<Image> = images
+        .iter()
+        .map(|i| Image {
+            id: i.id.clone(),
+            created: i.created,
+            size: i.size,
+            tags: i
+                .repo_tags
+                .iter()
+                .filter(|t| *t != "<none>:<none>")
+                .cloned()
+                .collect(),
+        })
+        .collect();
+    let Plan {
+        removals: mut plan,
+        kept,
+        sizes_of_removed,
+    } = decide(
+        &listed,
+        &used,
+        &Policy::of(job),
+        chrono::Utc::now().timestamp(),
+    );
 
     let before = if job.dry_run {
         None
@@ -277,6 +336,90 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &PruneImagesJob) -> Result<Report> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+
+    fn img(id: &str, age_days: i64, tags: &[&str]) -> Image {
+        Image {
+            id: format!("sha256:{id}"),
+            created: 100 * DAY - age_days * DAY,
+            size: 10,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+        }
+    }
+    fn policy(keep_last: usize, unused: bool) -> Policy {
+        Policy {
+            until_secs: 7 * DAY,
+            until: std::time::Duration::from_secs(7 * DAY as u64),
+            keep_last,
+            dangling: true,
+            unused,
+        }
+    }
+    fn removed(p: &Plan) -> Vec<&str> {
+        p.removals.iter().map(|r| r.reference.as_str()).collect()
+    }
+
+    #[test]
+    fn dangling_unused_used_recent_and_rollback_targets() {
+        let images = [
+            img("dangling", 30, &[]),
+            img("young", 1, &[]),
+            img("running", 60, &["app:1.0"]),
+            img("v11", 50, &["app:1.1"]),
+            img("v12", 40, &["app:1.2"]),
+            img("v13", 20, &["app:1.3", "app:latest"]),
+            img("other", 30, &["db:15"]),
+        ];
+        let used: HashSet<String> = ["sha256:running".to_owned()].into();
+        let p = decide(&images, &used, &policy(2, true), 100 * DAY);
+        // keep_last = 2 per repository: app:1.3 and app:latest (same image,
+        // the newest); app:1.2 and 1.1 go; app:1.0 is used; db:15 is the
+        // newest of its repository.
+        assert_eq!(removed(&p), vec!["sha256:dangling", "app:1.1", "app:1.2"]);
+        let reasons: Vec<(&str, &str)> = p
+            .kept
+            .iter()
+            .map(|k| {
+                (
+                    k.reference.as_str(),
+                    k.reason.split(' ').next().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert!(reasons.contains(&("young", "newer")), "{reasons:?}");
+        assert!(reasons.contains(&("app:1.0", "used")), "{reasons:?}");
+        assert!(reasons.contains(&("app:1.3", "among")), "{reasons:?}");
+        assert!(reasons.contains(&("db:15", "among")), "{reasons:?}");
+        assert_eq!(p.sizes_of_removed, 30);
+    }
+
+    #[test]
+    fn without_unused_only_dangling_images_go() {
+        let images = [
+            img("dangling", 30, &[]),
+            img("v1", 50, &["app:1"]),
+            img("v2", 40, &["app:2"]),
+        ];
+        let p = decide(&images, &HashSet::new(), &policy(1, false), 100 * DAY);
+        assert_eq!(removed(&p), vec!["sha256:dangling"]);
+        assert_eq!(p.sizes_of_removed, 10);
+    }
+
+    #[test]
+    fn an_image_goes_whole_only_when_every_tag_goes() {
+        // One image with two tags, one of them the rollback target (tags of
+        // one image tie on time; the greater name counts as newer).
+        let images = [
+            img("a", 30, &["app:2", "app:old"]),
+            img("b", 50, &["app:1"]),
+        ];
+        let p = decide(&images, &HashSet::new(), &policy(1, true), 100 * DAY);
+        assert_eq!(removed(&p), vec!["app:2", "app:1"]);
+        assert_eq!(p.sizes_of_removed, 10, "only b is freed");
+    }
+
     #[test]
     fn repositories_of_tags() {
         assert_eq!(super::repository_of("app:1.2"), "app");

@@ -63,6 +63,60 @@ pub fn repository_of(tag: &str) -> &str {
     }
 }
 
+/// The run's report: what was (or would be) removed and kept, and the bytes
+/// the engine says were reclaimed.
+fn report(
+    name: &str,
+    dry_run: bool,
+    plan: Vec<Removal>,
+    kept: Vec<Kept>,
+    freed: u64,
+    errors: usize,
+) -> Report {
+    let mut report = Report::new(name, "prune_images");
+    let removed = plan.iter().filter(|r| r.error.is_none()).count();
+    report.summary = format!(
+        "{} {removed} image references ({} dangling), {} {}; {} kept",
+        if dry_run { "would remove" } else { "removed" },
+        plan.iter()
+            .filter(|r| r.reason == "dangling" && r.error.is_none())
+            .count(),
+        if dry_run {
+            "would reclaim about"
+        } else {
+            "reclaimed"
+        },
+        bytesize::ByteSize(freed),
+        kept.len()
+    );
+    if errors > 0 {
+        let first = plan
+            .iter()
+            .find_map(|r| r.error.clone())
+            .unwrap_or_default();
+        report.findings.push(Finding::new(
+            "errors",
+            Level::Warning,
+            format!("{errors} images could not be removed: {first}"),
+        ));
+    }
+    if !dry_run {
+        report.bytes = Some(freed);
+        report.samples.push(Sample::counter(
+            "drctl_prune_bytes_freed",
+            &[("job", name)],
+            freed as f64,
+        ));
+    }
+    report.details = json!({
+        "dry_run": dry_run,
+        "removed": plan,
+        "kept": kept,
+        "bytes_reclaimed": freed,
+    });
+    report
+}
+
 /// An image as the decision needs it (tags without `<none>:<none>`).
 #[derive(Debug, Clone)]
 struct Image {
@@ -286,52 +340,7 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &PruneImagesJob) -> Result<Report> {
         (Some(b), Some(a)) => (b - a).max(0) as u64,
         _ => sizes_of_removed.max(0) as u64,
     };
-    let mut report = Report::new(ctx.job, "prune_images");
-    let removed = plan.iter().filter(|r| r.error.is_none()).count();
-    report.summary = format!(
-        "{} {removed} image references ({} dangling), {} {}; {} kept",
-        if job.dry_run {
-            "would remove"
-        } else {
-            "removed"
-        },
-        plan.iter()
-            .filter(|r| r.reason == "dangling" && r.error.is_none())
-            .count(),
-        if job.dry_run {
-            "would reclaim about"
-        } else {
-            "reclaimed"
-        },
-        bytesize::ByteSize(freed),
-        kept.len()
-    );
-    if errors > 0 {
-        let first = plan
-            .iter()
-            .find_map(|r| r.error.clone())
-            .unwrap_or_default();
-        report.findings.push(Finding::new(
-            "errors",
-            Level::Warning,
-            format!("{errors} images could not be removed: {first}"),
-        ));
-    }
-    if !job.dry_run {
-        report.bytes = Some(freed);
-        report.samples.push(Sample::counter(
-            "drctl_prune_bytes_freed",
-            &[("job", ctx.job)],
-            freed as f64,
-        ));
-    }
-    report.details = json!({
-        "dry_run": job.dry_run,
-        "removed": plan,
-        "kept": kept,
-        "bytes_reclaimed": freed,
-    });
-    Ok(report)
+    Ok(report(ctx.job, job.dry_run, plan, kept, freed, errors))
 }
 
 #[cfg(test)]

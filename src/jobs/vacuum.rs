@@ -99,6 +99,59 @@ pub fn qualified(name: &str) -> String {
 }
 
 /// The tables to process, most dead tuples first, each with its reason.
+/// Why a table needs work (empty: it does not), from its statistics alone.
+fn reasons(st: &TableStats, reltuples: f64, job: &VacuumJob) -> Vec<String> {
+    let total = (st.live + st.dead).max(1) as f64;
+    let mut why = Vec::new();
+    if job.all {
+        why.push("all tables".to_owned());
+    }
+    if st.dead >= job.min_dead_tuples as i64 && st.dead as f64 / total >= job.dead_ratio {
+        why.push(format!(
+            "{} dead tuples ({:.0}%)",
+            st.dead,
+            100.0 * st.dead as f64 / total
+        ));
+    }
+    if job.analyze
+        && st.modified >= job.min_dead_tuples as i64
+        && st.modified as f64 >= job.analyze_ratio * reltuples.max(0.0)
+    {
+        why.push(format!(
+            "{} rows modified since the last analyze",
+            st.modified
+        ));
+    }
+    if st.xid_age >= job.freeze_age {
+        why.push(format!("relfrozenxid age {}", st.xid_age));
+    }
+    why
+}
+
+/// The statement for a chosen table: a table that only needs fresh
+/// statistics gets ANALYZE, not VACUUM.
+fn statement(job: &VacuumJob, why: &str, table: &str) -> String {
+    let needs_vacuum = job.all
+        || job.tables.is_some()
+        || why.contains("dead tuples")
+        || why.contains("relfrozenxid");
+    if !needs_vacuum {
+        return format!("ANALYZE {table}");
+    }
+    let mut opts = Vec::new();
+    if job.full {
+        opts.push("FULL");
+    }
+    if job.analyze {
+        opts.push("ANALYZE");
+    }
+    if opts.is_empty() {
+        format!("VACUUM {table}")
+    } else {
+        format!("VACUUM ({}) {table}", opts.join(", "))
+    }
+}
+
 async fn choose(
     s: &mut Session,
     job: &VacuumJob,
@@ -132,30 +185,7 @@ async fn choose(
     for r in &rows {
         let st = stats_of(r).map_err(|e| Error::pg("reading pg_stat_user_tables", e))?;
         let reltuples: f64 = r.try_get("reltuples").unwrap_or(0.0);
-        let total = (st.live + st.dead).max(1) as f64;
-        let mut why = Vec::new();
-        if job.all {
-            why.push("all tables".to_owned());
-        }
-        if st.dead >= job.min_dead_tuples as i64 && st.dead as f64 / total >= job.dead_ratio {
-            why.push(format!(
-                "{} dead tuples ({:.0}%)",
-                st.dead,
-                100.0 * st.dead as f64 / total
-            ));
-        }
-        if job.analyze
-            && st.modified >= job.min_dead_tuples as i64
-            && st.modified as f64 >= job.analyze_ratio * reltuples.max(0.0)
-        {
-            why.push(format!(
-                "{} rows modified since the last analyze",
-                st.modified
-            ));
-        }
-        if st.xid_age >= job.freeze_age {
-            why.push(format!("relfrozenxid age {}", st.xid_age));
-        }
+        let why = reasons(&st, reltuples, job);
         if !why.is_empty() {
             out.push((st, why.join(", ")));
         }
@@ -204,27 +234,7 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &VacuumJob) -> Result<Report> {
                 continue;
             }
         };
-        // A table that only needs fresh statistics gets ANALYZE, not VACUUM.
-        let needs_vacuum = job.all
-            || job.tables.is_some()
-            || why.contains("dead tuples")
-            || why.contains("relfrozenxid");
-        let statement = if needs_vacuum {
-            let mut opts = Vec::new();
-            if job.full {
-                opts.push("FULL");
-            }
-            if job.analyze {
-                opts.push("ANALYZE");
-            }
-            if opts.is_empty() {
-                format!("VACUUM {}", before.name)
-            } else {
-                format!("VACUUM ({}) {}", opts.join(", "), before.name)
-            }
-        } else {
-            format!("ANALYZE {}", before.name)
-        };
+        let statement = statement(job, &why, &before.name);
         let started = std::time::Instant::now();
         let outcome = s.exec(&statement).await;
         let seconds = started.elapsed().as_secs_f64();
@@ -299,4 +309,66 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &VacuumJob) -> Result<Report> {
         "outside_window": not_started,
     });
     Ok(report)
+}
+
+#[cfg(test)]
+mod choice {
+    use super::*;
+
+    fn job(extra: &str) -> VacuumJob {
+        toml::from_str(&format!("url = \"postgres://app@127.0.0.1/app\"\n{extra}")).unwrap()
+    }
+    fn st(dead: i64, live: i64, modified: i64, xid_age: i64) -> TableStats {
+        TableStats {
+            name: "public.t".into(),
+            dead,
+            live,
+            modified,
+            xid_age,
+            bytes: 0,
+        }
+    }
+
+    #[test]
+    fn which_tables_need_work_and_what_statement_they_get() {
+        let j = job("");
+        // (stats, reltuples) -> the reasons' first words
+        let cases: [(TableStats, f64, Vec<&str>); 6] = [
+            (st(0, 100_000, 0, 0), 100_000.0, vec![]),
+            // Enough dead tuples and a high enough share.
+            (st(20_000, 80_000, 0, 0), 80_000.0, vec!["20000"]),
+            // Many dead tuples, but under 10 % of the table.
+            (st(5_000, 1_000_000, 0, 0), 1_000_000.0, vec![]),
+            // A high share of very few tuples (under min_dead_tuples).
+            (st(50, 50, 0, 0), 50.0, vec![]),
+            // Only stale statistics.
+            (st(0, 100_000, 20_000, 0), 100_000.0, vec!["20000"]),
+            // Wraparound protection, whatever the rest says.
+            (st(0, 10, 0, 200_000_000), 10.0, vec!["relfrozenxid"]),
+        ];
+        for (stats, reltuples, want) in cases {
+            let got = reasons(&stats, reltuples, &j);
+            let first: Vec<&str> = got
+                .iter()
+                .map(|r| r.split(' ').next().unwrap_or(""))
+                .collect();
+            assert_eq!(first, want, "{stats:?}");
+        }
+        assert_eq!(
+            statement(&j, "20000 rows modified since the last analyze", "public.t"),
+            "ANALYZE public.t"
+        );
+        assert_eq!(
+            statement(&j, "20000 dead tuples (20%)", "public.t"),
+            "VACUUM (ANALYZE) public.t"
+        );
+        assert_eq!(
+            statement(&job("full = true"), "relfrozenxid age 1", "t"),
+            "VACUUM (FULL, ANALYZE) t"
+        );
+        assert_eq!(
+            statement(&job("analyze = false\nall = true"), "all tables", "t"),
+            "VACUUM t"
+        );
+    }
 }

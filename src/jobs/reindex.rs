@@ -157,6 +157,26 @@ async fn size_of(s: &mut Session, name: &str) -> Option<i64> {
         .flatten()
 }
 
+/// Why an index of `bytes` and `pages` (about `expected` needed) is rebuilt,
+/// or None: every index with `all`, else one at least `min_size` whose
+/// estimated bloat reaches `bloat_ratio` (no estimate: left alone).
+fn why_reindex(job: &ReindexJob, bytes: i64, pages: i64, expected: Option<i64>) -> Option<String> {
+    if job.all {
+        return Some("all indexes".into());
+    }
+    let expected = expected?;
+    if (bytes as u64) < job.min_size.as_u64() || pages <= 0 {
+        return None;
+    }
+    let bloat = 1.0 - (expected as f64 / pages as f64).min(1.0);
+    (bloat >= job.bloat_ratio).then(|| {
+        format!(
+            "estimated bloat {:.0}% ({pages} pages, about {expected} needed)",
+            bloat * 100.0
+        )
+    })
+}
+
 pub async fn run(ctx: &CheckCtx<'_>, job: &ReindexJob) -> Result<Report> {
     let mut s = Session::open(job.session(), "drctl reindex").await?;
     let mut report = Report::new(ctx.job, "reindex");
@@ -188,24 +208,8 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &ReindexJob) -> Result<Report> {
             let bytes: i64 = r.try_get("bytes").unwrap_or(0);
             let pages: i64 = r.try_get("relpages").unwrap_or(0);
             let expected: Option<i64> = r.try_get("expected_pages").unwrap_or(None);
-            if job.all {
-                chosen.push((name, bytes, "all indexes".into()));
-                continue;
-            }
-            let Some(expected) = expected else { continue };
-            if (bytes as u64) < job.min_size.as_u64() || pages <= 0 {
-                continue;
-            }
-            let bloat = 1.0 - (expected as f64 / pages as f64).min(1.0);
-            if bloat >= job.bloat_ratio {
-                chosen.push((
-                    name,
-                    bytes,
-                    format!(
-                        "estimated bloat {:.0}% ({pages} pages, about {expected} needed)",
-                        bloat * 100.0
-                    ),
-                ));
+            if let Some(why) = why_reindex(job, bytes, pages, expected) {
+                chosen.push((name, bytes, why));
             }
         }
     }
@@ -291,6 +295,38 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &ReindexJob) -> Result<Report> {
 
 #[cfg(test)]
 mod tests {
+    use super::why_reindex;
+
+    #[test]
+    fn which_indexes_are_rebuilt() {
+        let job = |extra: &str| -> crate::config::ReindexJob {
+            toml::from_str(&format!("url = \"postgres://app@127.0.0.1/app\"\n{extra}")).unwrap()
+        };
+        let j = job("min_size = \"1MiB\"\nbloat_ratio = 0.3");
+        let mib = 1 << 20;
+        // (bytes, pages, expected) -> rebuilt
+        let cases = [
+            (10 * mib, 1000, Some(500), true),   // 50 % bloat
+            (10 * mib, 1000, Some(700), true),   // exactly 30 %
+            (10 * mib, 1000, Some(800), false),  // 20 %
+            (mib / 2, 1000, Some(100), false),   // bloated but small
+            (10 * mib, 1000, None, false),       // no estimate
+            (10 * mib, 0, Some(0), false),       // empty
+            (10 * mib, 1000, Some(5000), false), // estimate above size
+        ];
+        for (bytes, pages, expected, want) in cases {
+            assert_eq!(
+                why_reindex(&j, bytes, pages, expected).is_some(),
+                want,
+                "{bytes} {pages} {expected:?}"
+            );
+        }
+        assert_eq!(
+            why_reindex(&job("all = true"), 1, 0, None).as_deref(),
+            Some("all indexes")
+        );
+    }
+
     #[test]
     fn leftover_names() {
         for yes in ["orders_pkey_ccnew", "orders_pkey_ccnew1", "i_ccold12"] {

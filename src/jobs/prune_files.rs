@@ -158,20 +158,28 @@ fn gzip_in_place(path: &Path) -> std::result::Result<u64, String> {
     })
 }
 
-fn prune(job: &PruneFilesJob, now: SystemTime) -> std::result::Result<Outcome, String> {
-    let mut all: BTreeMap<PathBuf, Candidate> = BTreeMap::new();
-    for p in &job.paths {
-        for c in matches(p)? {
-            all.insert(c.path.clone(), c);
-        }
-    }
-    let mut out = Outcome {
-        dry_run: job.dry_run,
-        matched: all.len(),
-        matched_bytes: all.values().map(|c| c.bytes).sum(),
-        ..Outcome::default()
-    };
-    let open = open_for_writing(&all);
+/// What a prune_files run does, decided from the matched files alone.
+#[derive(Debug, Default, PartialEq)]
+struct FilesPlan {
+    /// Files protected by keep_last.
+    kept: usize,
+    /// Deleted, with why.
+    delete: BTreeMap<PathBuf, String>,
+    /// Compressed in place, with why.
+    compress: Vec<(PathBuf, String)>,
+    /// Left alone because a process has them open for writing.
+    skipped_open: Vec<PathBuf>,
+}
+
+/// Decide (pure): the newest `keep_last` of each directory stay, and so do
+/// files open for writing; then `older_than`, then `max_total_size` (oldest
+/// first), then `compress_older_than` for what is left.
+fn plan_files(
+    all: &BTreeMap<PathBuf, Candidate>,
+    open: &HashSet<PathBuf>,
+    job: &PruneFilesJob,
+    now: SystemTime,
+) -> FilesPlan {
     // keep_last: the newest N of each directory.
     let mut by_dir: BTreeMap<PathBuf, Vec<&Candidate>> = BTreeMap::new();
     for c in all.values() {
@@ -185,7 +193,6 @@ fn prune(job: &PruneFilesJob, now: SystemTime) -> std::result::Result<Outcome, S
         files.sort_by(|a, b| b.modified.cmp(&a.modified).then(b.path.cmp(&a.path)));
         protected.extend(files.iter().take(job.keep_last).map(|c| c.path.clone()));
     }
-    out.kept = protected.len();
     let age = |c: &Candidate| now.duration_since(c.modified).unwrap_or(Duration::ZERO);
     let mut doomed: BTreeMap<PathBuf, String> = BTreeMap::new();
     let mut skipped_open: HashSet<PathBuf> = HashSet::new();
@@ -226,15 +233,55 @@ fn prune(job: &PruneFilesJob, now: SystemTime) -> std::result::Result<Outcome, S
             }
         }
     }
-    for (path, reason) in &doomed {
-        let bytes = all[path].bytes;
+    let mut compress = Vec::new();
+    if let Some(limit) = job.compress_older_than {
+        for c in all.values() {
+            let compressed = c.path.extension().is_some_and(|e| e == "gz");
+            if compressed || doomed.contains_key(&c.path) || age(c) <= limit {
+                continue;
+            }
+            if deletable(c, &mut skipped_open) {
+                compress.push((
+                    c.path.clone(),
+                    format!("older than {}", humantime::format_duration(limit)),
+                ));
+            }
+        }
+    }
+    let mut skipped_open: Vec<PathBuf> = skipped_open.into_iter().collect();
+    skipped_open.sort();
+    FilesPlan {
+        kept: protected.len(),
+        delete: doomed,
+        compress,
+        skipped_open,
+    }
+}
+
+fn prune(job: &PruneFilesJob, now: SystemTime) -> std::result::Result<Outcome, String> {
+    let mut all: BTreeMap<PathBuf, Candidate> = BTreeMap::new();
+    for p in &job.paths {
+        for c in matches(p)? {
+            all.insert(c.path.clone(), c);
+        }
+    }
+    let mut out = Outcome {
+        dry_run: job.dry_run,
+        matched: all.len(),
+        matched_bytes: all.values().map(|c| c.bytes).sum(),
+        ..Outcome::default()
+    };
+    let plan = plan_files(&all, &open_for_writing(&all), job, now);
+    out.kept = plan.kept;
+    for (path, reason) in plan.delete {
+        let bytes = all[&path].bytes;
         if !job.dry_run {
             // Still the regular file we listed (not swapped for a symlink since).
-            match std::fs::symlink_metadata(path) {
+            match std::fs::symlink_metadata(&path) {
                 Ok(m) if m.file_type().is_file() => {}
                 _ => continue,
             }
-            if let Err(e) = std::fs::remove_file(path) {
+            if let Err(e) = std::fs::remove_file(&path) {
                 out.errors
                     .push(format!("cannot delete {}: {e}", path.display()));
                 continue;
@@ -242,48 +289,37 @@ fn prune(job: &PruneFilesJob, now: SystemTime) -> std::result::Result<Outcome, S
         }
         out.bytes_freed += bytes;
         out.deleted.push(Action {
-            path: path.clone(),
+            path,
             bytes,
             to_bytes: None,
-            reason: reason.clone(),
+            reason,
         });
     }
-    if let Some(limit) = job.compress_older_than {
-        for c in all.values() {
-            let compressed = c.path.extension().is_some_and(|e| e == "gz");
-            if compressed || doomed.contains_key(&c.path) || age(c) <= limit {
-                continue;
-            }
-            if !deletable(c, &mut skipped_open) {
-                continue;
-            }
-            let reason = format!("older than {}", humantime::format_duration(limit));
-            if job.dry_run {
+    for (path, reason) in plan.compress {
+        let bytes = all[&path].bytes;
+        if job.dry_run {
+            out.compressed.push(Action {
+                path,
+                bytes,
+                to_bytes: None,
+                reason,
+            });
+            continue;
+        }
+        match gzip_in_place(&path) {
+            Ok(size) => {
+                out.bytes_freed += bytes.saturating_sub(size);
                 out.compressed.push(Action {
-                    path: c.path.clone(),
-                    bytes: c.bytes,
-                    to_bytes: None,
+                    path,
+                    bytes,
+                    to_bytes: Some(size),
                     reason,
                 });
-                continue;
             }
-            match gzip_in_place(&c.path) {
-                Ok(size) => {
-                    out.bytes_freed += c.bytes.saturating_sub(size);
-                    out.compressed.push(Action {
-                        path: c.path.clone(),
-                        bytes: c.bytes,
-                        to_bytes: Some(size),
-                        reason,
-                    });
-                }
-                Err(e) => out.errors.push(e),
-            }
+            Err(e) => out.errors.push(e),
         }
     }
-    let mut skipped: Vec<PathBuf> = skipped_open.into_iter().collect();
-    skipped.sort();
-    out.skipped_open = skipped;
+    out.skipped_open = plan.skipped_open;
     out.remaining_bytes = out.matched_bytes.saturating_sub(out.bytes_freed);
     Ok(out)
 }
@@ -343,6 +379,94 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &PruneFilesJob) -> Result<Report> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const DAY: u64 = 86_400;
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1000 * DAY)
+    }
+    fn files(spec: &[(&str, u64, u64)]) -> BTreeMap<PathBuf, Candidate> {
+        spec.iter()
+            .map(|(p, bytes, age_days)| {
+                (
+                    PathBuf::from(p),
+                    Candidate {
+                        path: PathBuf::from(p),
+                        bytes: *bytes,
+                        modified: now() - Duration::from_secs(age_days * DAY),
+                    },
+                )
+            })
+            .collect()
+    }
+    fn job(extra: &str) -> PruneFilesJob {
+        toml::from_str(&format!("paths = [\"/var/log/app/*.log\"]\n{extra}")).unwrap()
+    }
+    fn deleted(p: &FilesPlan) -> Vec<&str> {
+        p.delete.keys().map(|k| k.to_str().unwrap()).collect()
+    }
+
+    #[test]
+    fn older_than_spares_the_newest_of_each_directory_and_open_files() {
+        let all = files(&[
+            ("/l/a/1.log", 10, 40),
+            ("/l/a/2.log", 10, 35),
+            ("/l/a/3.log", 10, 31),
+            ("/l/b/1.log", 10, 90),
+            ("/l/a/open.log", 10, 60),
+        ]);
+        let open: HashSet<PathBuf> = [PathBuf::from("/l/a/open.log")].into();
+        let p = plan_files(
+            &all,
+            &open,
+            &job("older_than = \"30d\"\nkeep_last = 1"),
+            now(),
+        );
+        // /l/a/3.log and /l/b/1.log are their directories' newest.
+        assert_eq!(deleted(&p), vec!["/l/a/1.log", "/l/a/2.log"]);
+        assert_eq!(p.skipped_open, vec![PathBuf::from("/l/a/open.log")]);
+        assert_eq!(p.kept, 2);
+    }
+
+    #[test]
+    fn max_total_size_deletes_oldest_first_until_under_the_cap() {
+        let all = files(&[
+            ("/l/1.log", 400, 5),
+            ("/l/2.log", 400, 4),
+            ("/l/3.log", 400, 3),
+            ("/l/4.log", 400, 2),
+        ]);
+        let p = plan_files(
+            &all,
+            &HashSet::new(),
+            &job("max_total_size = \"1000B\""),
+            now(),
+        );
+        assert_eq!(deleted(&p), vec!["/l/1.log", "/l/2.log"]);
+        assert!(p
+            .delete
+            .values()
+            .all(|why| why.starts_with("over max_total_size")));
+    }
+
+    #[test]
+    fn compression_takes_old_uncompressed_files_left_over() {
+        let all = files(&[
+            ("/l/old.log", 10, 20),
+            ("/l/done.log.gz", 10, 20),
+            ("/l/recent.log", 10, 1),
+            ("/l/ancient.log", 10, 100),
+        ]);
+        let p = plan_files(
+            &all,
+            &HashSet::new(),
+            &job("older_than = \"90d\"\ncompress_older_than = \"7d\""),
+            now(),
+        );
+        assert_eq!(deleted(&p), vec!["/l/ancient.log"]);
+        let compressed: Vec<&Path> = p.compress.iter().map(|(p, _)| p.as_path()).collect();
+        assert_eq!(compressed, vec![Path::new("/l/old.log")]);
+    }
 
     #[test]
     fn roots_are_the_literal_prefix() {

@@ -530,6 +530,117 @@ fn load_resolved(path: Option<&std::path::Path>) -> Result<LoadedConfig> {
     }
 }
 
+/// Stop: no new runs, running jobs get `grace` then are cancelled, the
+/// workers end, the stop notice is queued and, bounded, delivered.
+async fn shut_down(
+    d: &Arc<Daemon>,
+    mut sched: JobScheduler,
+    workers: [tokio::task::JoinHandle<()>; 2],
+    grace: Duration,
+) {
+    let running: Vec<String> = d
+        .running
+        .lock()
+        .map(|r| r.iter().cloned().collect())
+        .unwrap_or_default();
+    tracing::info!(
+        ?running,
+        ?grace,
+        "stopping: no new runs; waiting for running jobs"
+    );
+    notify::stopping(&format!(
+        "stopping, waiting for {} running job(s)",
+        running.len()
+    ));
+    d.stopping.cancel();
+    let _ = sched.shutdown().await;
+    d.tasks.close();
+    let cancelled = tokio::time::timeout(grace, d.tasks.wait()).await.is_err();
+    if cancelled {
+        tracing::warn!(?grace, "grace period over; cancelling running jobs");
+        d.hard_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(30), d.tasks.wait()).await;
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let cfg = d.config();
+    let (severity, summary) = stop_notice(&running, cancelled, grace);
+    let alerter = crate::alerts::Alerter::new(&cfg, &d.state);
+    if let Err(e) = alerter.notice("daemon_stopped", severity, summary).await {
+        tracing::error!(error = %e, "cannot queue the stop notice");
+    }
+    // Last delivery pass, bounded: what is left waits in the outbox for the next start.
+    let flush = Duration::from_secs(10);
+    match tokio::time::timeout(
+        flush,
+        crate::alerts::deliver_due(&cfg, &d.state, Some(tokio::time::Instant::now() + flush)),
+    )
+    .await
+    {
+        Ok(Err(e)) => tracing::error!(error = %e, "delivering alerts"),
+        Err(_) => tracing::warn!("alert delivery still busy at exit; the outbox keeps the rest"),
+        Ok(Ok(_)) => {}
+    }
+}
+
+/// Drop `old` schedules and register every job and drill of `cfg` again.
+async fn reschedule(
+    sched: &JobScheduler,
+    d: &Arc<Daemon>,
+    cfg: &LoadedConfig,
+    old: Vec<Uuid>,
+) -> Result<Vec<Uuid>> {
+    for id in old {
+        let _ = sched.remove(&id).await;
+    }
+    let mut ids = register(sched, d, cfg).await?;
+    ids.extend(register_drills(sched, d, cfg).await?);
+    Ok(ids)
+}
+
+/// Bind the endpoint (a taken port is a start error naming the key) and
+/// serve it until the daemon stops.
+async fn serve_http(d: &Arc<Daemon>, addr: std::net::SocketAddr) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Error::io(
+            format!("binding the HTTP endpoint {addr} ([http] listen)"),
+            e,
+        )
+    })?;
+    tracing::info!(%addr, "serving /metrics, /health and /status");
+    let app = http::router(d.clone());
+    tokio::spawn(http::serve(listener, app, d.stopping.clone()));
+    Ok(())
+}
+
+/// What the stop notice says: news only when jobs were still running.
+fn stop_notice(
+    running: &[String],
+    cancelled: bool,
+    grace: Duration,
+) -> (crate::alerts::Severity, String) {
+    use crate::alerts::Severity;
+    match (running.is_empty(), cancelled) {
+        (true, _) => (Severity::Info, "drctl daemon stopped".to_string()),
+        (false, false) => (
+            Severity::Warning,
+            format!(
+                "drctl daemon stopped with jobs still running ({}); they finished within the grace period",
+                running.join(", ")
+            ),
+        ),
+        (false, true) => (
+            Severity::Warning,
+            format!(
+                "drctl daemon stopped with jobs still running ({}); cancelled after the {} grace period, their runs are recorded as interrupted",
+                running.join(", "),
+                humantime::format_duration(grace)
+            ),
+        ),
+    }
+}
+
 pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     let cfg = Arc::new(load_resolved(config_path.as_deref())?);
     let state = State::open(&cfg.config.state_dir).await?;
@@ -546,22 +657,11 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     });
     let sched_err =
         |e: tokio_cron_scheduler::JobSchedulerError| Error::Other(format!("scheduler: {e}"));
-    let mut sched = JobScheduler::new().await.map_err(sched_err)?;
-    let mut ids = register(&sched, &d, &cfg).await?;
-    ids.extend(register_drills(&sched, &d, &cfg).await?);
+    let sched = JobScheduler::new().await.map_err(sched_err)?;
+    let mut ids = reschedule(&sched, &d, &cfg, Vec::new()).await?;
     let mut offsets = utc_offsets(&cfg, Utc::now());
     if cfg.config.http.enabled {
-        let addr = cfg.config.http.listen;
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            Error::io(
-                format!("binding the HTTP endpoint {addr} ([http] listen)"),
-                e,
-            )
-        })?;
-        tracing::info!(%addr, "serving /metrics, /health and /status");
-        let app = http::router(d.clone());
-        let stop = d.stopping.clone();
-        tokio::spawn(http::serve(listener, app, stop));
+        serve_http(&d, cfg.config.http.listen).await?;
     }
     sched.start().await.map_err(sched_err)?;
     let alert_worker = tokio::spawn(alert_worker(d.clone()));
@@ -596,15 +696,11 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
                 notify::reloading();
                 match load_resolved(config_path.as_deref()) {
                     Ok(new) => {
-                        for id in ids.drain(..) {
-                            let _ = sched.remove(&id).await;
-                        }
                         let new = Arc::new(new);
                         if let Ok(mut c) = d.config.write() {
                             *c = new.clone();
                         }
-                        ids = register(&sched, &d, &new).await?;
-                        ids.extend(register_drills(&sched, &d, &new).await?);
+                        ids = reschedule(&sched, &d, &new, ids).await?;
                         offsets = utc_offsets(&new, Utc::now());
                         tracing::info!(jobs = new.config.jobs.len(), "configuration reloaded");
                     }
@@ -628,11 +724,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
                 let now_offsets = utc_offsets(&cfg, Utc::now());
                 if now_offsets != offsets {
                     tracing::info!("a time zone changed its UTC offset; rescheduling");
-                    for id in ids.drain(..) {
-                        let _ = sched.remove(&id).await;
-                    }
-                    ids = register(&sched, &d, &cfg).await?;
-                    ids.extend(register_drills(&sched, &d, &cfg).await?);
+                    ids = reschedule(&sched, &d, &cfg, ids).await?;
                     offsets = now_offsets;
                 }
                 notify::status(&d.status_line());
@@ -640,70 +732,13 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         }
     }
 
-    let grace = cfg.config.daemon.grace_period;
-    let running: Vec<String> = d
-        .running
-        .lock()
-        .map(|r| r.iter().cloned().collect())
-        .unwrap_or_default();
-    tracing::info!(
-        ?running,
-        ?grace,
-        "stopping: no new runs; waiting for running jobs"
-    );
-    notify::stopping(&format!(
-        "stopping, waiting for {} running job(s)",
-        running.len()
-    ));
-    d.stopping.cancel();
-    let _ = sched.shutdown().await;
-    d.tasks.close();
-    let cancelled = tokio::time::timeout(grace, d.tasks.wait()).await.is_err();
-    if cancelled {
-        tracing::warn!(?grace, "grace period over; cancelling running jobs");
-        d.hard_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(30), d.tasks.wait()).await;
-    }
-    let _ = alert_worker.await;
-    let _ = rpo_worker.await;
-    let cfg = d.config();
-    let (severity, summary) = match (running.is_empty(), cancelled) {
-        (true, _) => (
-            crate::alerts::Severity::Info,
-            "drctl daemon stopped".to_string(),
-        ),
-        (false, false) => (
-            crate::alerts::Severity::Warning,
-            format!(
-                "drctl daemon stopped with jobs still running ({}); they finished within the grace period",
-                running.join(", ")
-            ),
-        ),
-        (false, true) => (
-            crate::alerts::Severity::Warning,
-            format!(
-                "drctl daemon stopped with jobs still running ({}); cancelled after the {} grace period, their runs are recorded as interrupted",
-                running.join(", "),
-                humantime::format_duration(grace)
-            ),
-        ),
-    };
-    let alerter = crate::alerts::Alerter::new(&cfg, &d.state);
-    if let Err(e) = alerter.notice("daemon_stopped", severity, summary).await {
-        tracing::error!(error = %e, "cannot queue the stop notice");
-    }
-    // Last delivery pass, bounded: what is left waits in the outbox for the next start.
-    let flush = Duration::from_secs(10);
-    match tokio::time::timeout(
-        flush,
-        crate::alerts::deliver_due(&cfg, &d.state, Some(tokio::time::Instant::now() + flush)),
+    shut_down(
+        &d,
+        sched,
+        [alert_worker, rpo_worker],
+        cfg.config.daemon.grace_period,
     )
-    .await
-    {
-        Ok(Err(e)) => tracing::error!(error = %e, "delivering alerts"),
-        Err(_) => tracing::warn!("alert delivery still busy at exit; the outbox keeps the rest"),
-        Ok(Ok(_)) => {}
-    }
+    .await;
     tracing::info!("daemon stopped");
     Ok(())
 }
@@ -818,6 +853,26 @@ async fn alert_worker(d: Arc<Daemon>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stop_notice_is_news_only_when_jobs_were_running() {
+        use crate::alerts::Severity;
+        let grace = Duration::from_secs(90);
+        assert_eq!(stop_notice(&[], false, grace).0, Severity::Info);
+        assert_eq!(stop_notice(&[], true, grace).0, Severity::Info);
+        let running = ["appdb".to_owned()];
+        let (sev, text) = stop_notice(&running, false, grace);
+        assert_eq!(sev, Severity::Warning);
+        assert!(
+            text.contains("appdb") && text.contains("finished within"),
+            "{text}"
+        );
+        let (_, text) = stop_notice(&running, true, grace);
+        assert!(
+            text.contains("1m 30s grace period") && text.contains("interrupted"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn offsets_change_across_dst_so_jobs_get_rescheduled() {

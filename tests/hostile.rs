@@ -15,6 +15,7 @@ fn canaries() -> Vec<String> {
         "CanaryHookSecret4",
         "CanaryHealthToken6",
         "CanarySlackToken7",
+        "CanaryPingUuid8",
     ]
     .map(String::from)
     .to_vec();
@@ -66,6 +67,7 @@ fn canary_secrets_never_reach_a_child_argv_or_a_file_left_behind() {
          [alerts.channels.mail]\ntype = \"email\"\nhost = \"127.0.0.1\"\nport = 1\nsecurity = \"none\"\nfrom = \"drctl@example.test\"\nto = [\"ops@example.test\"]\nusername = \"drctl\"\npassword_env = \"SMTP_PASSWORD\"\n\
          [alerts.channels.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:1/hook\"\nsecret_env = \"WEBHOOK_SECRET\"\n\
          [alerts.channels.slack]\ntype = \"slack\"\nwebhook_url = \"http://LOCALHOST:1/services/T0/B0/CanarySlackToken7\"\n\
+         [alerts.channels.hc]\ntype = \"ping\"\nurl = \"http://LOCALHOST:1/ping/CanaryPingUuid8\"\n\
          [jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"local\"\npg_bindir = \"{}\"\n\
          [jobs.probe]\ntype = \"health\"\n[[jobs.probe.checks]]\ntype = \"command\"\nname = \"env\"\ncommand = [\"sh\", \"-c\", \"tr '\\\\0' '\\\\n' < /proc/$$/environ > {probe}\"]\n\
          [jobs.tokenprobe]\ntype = \"health\"\n[[jobs.tokenprobe.checks]]\ntype = \"http\"\nurl = \"http://LOCALHOST:1/health?token=CanaryHealthToken6\"\nfailure_threshold = 1\n",

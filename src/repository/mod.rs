@@ -11,6 +11,8 @@
 //! manifests and an interrupted run can never become "latest".
 
 mod local;
+#[cfg(test)]
+pub mod memory;
 mod s3;
 
 pub use local::LocalBackend;
@@ -433,5 +435,165 @@ impl Repository {
 
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod protocol {
+    use super::memory::MemoryBackend;
+    use super::*;
+    use crate::manifest::Artifact;
+    use crate::values::Compression;
+    use std::sync::Arc;
+
+    fn repo() -> (Repository, Arc<MemoryBackend>) {
+        let mem = Arc::new(MemoryBackend::default());
+        let repo = Repository {
+            name: "mem".into(),
+            backend: mem.clone(),
+            lease_ttl: std::time::Duration::from_secs(3600),
+        };
+        (repo, mem)
+    }
+
+    fn job() -> JobName {
+        JobName::parse("appdb").unwrap()
+    }
+
+    /// A backup at `ms` past a fixed instant: its dump stored, manifest not.
+    async fn store(repo: &Repository, ms: i64) -> Manifest {
+        // In the past by the store's clock (ids ahead of it are skewed).
+        let at =
+            chrono::Utc::now() - chrono::TimeDelta::hours(1) + chrono::TimeDelta::milliseconds(ms);
+        let id = BackupId::new(at, "h");
+        let bytes = format!("dump of {id}").into_bytes();
+        let n = repo
+            .put_artifact(
+                &job(),
+                &id,
+                "database.dump.zst",
+                Box::pin(std::io::Cursor::new(bytes.clone())),
+                None,
+            )
+            .await
+            .unwrap();
+        Manifest {
+            format: manifest::FORMAT,
+            id,
+            job: job(),
+            kind: "postgres".into(),
+            host: "h".into(),
+            started_at: at,
+            finished_at: at,
+            drctl_version: "test".into(),
+            source: None,
+            artifacts: vec![Artifact {
+                name: "database.dump.zst".into(),
+                content: "pg_dump_custom".into(),
+                raw_bytes: n,
+                stored_bytes: n,
+                sha256: "00".into(),
+                compression: Compression::Zstd,
+                encryption_recipients: vec![],
+            }],
+            tables: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_lists_the_backup_and_latest_is_the_newest() {
+        let (repo, _) = repo();
+        let a = store(&repo, 0).await;
+        let b = store(&repo, 1000).await;
+        repo.commit(&a).await.unwrap();
+        repo.commit(&b).await.unwrap();
+        let listed: Vec<BackupId> = repo
+            .list_backups(&job())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(listed, vec![a.id.clone(), b.id.clone()]);
+        assert_eq!(repo.latest(&job()).await.unwrap().id, b.id);
+        // A second commit of the same backup never overwrites it.
+        assert!(repo.commit(&b).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_commit_refuses_a_missing_or_short_artifact_and_writes_no_manifest() {
+        let (repo, mem) = repo();
+        let m = store(&repo, 0).await;
+        let key = Repository::artifact_key(&m.job, &m.id, "database.dump.zst");
+        mem.tamper(&key, b"short".to_vec());
+        let e = repo.commit(&m).await.unwrap_err().to_string();
+        assert!(e.contains("bytes"), "{e}");
+        mem.remove(&key);
+        let e = repo.commit(&m).await.unwrap_err().to_string();
+        assert!(e.contains("vanished"), "{e}");
+        assert!(repo.list_backups(&job()).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_store_failing_at_any_step_of_the_commit_never_lists_a_backup_that_does_not_read() {
+        // The commit's calls: list (artifacts), put_if_absent (manifest),
+        // get (read back). Fail each in turn.
+        let mut refused = 0;
+        for (op, n) in [("list", 1), ("put_if_absent", 1), ("get", 1), ("get", 2)] {
+            let (repo, mem) = repo();
+            let m = store(&repo, 0).await;
+            mem.fail_nth(op, n);
+            let committed = repo.commit(&m).await;
+            let listed = repo.list_backups(&job()).await.unwrap();
+            match committed {
+                // Transport trouble on read back: retried, then it reads.
+                Ok(()) => assert_eq!(listed.len(), 1, "{op} #{n}"),
+                Err(_) => {
+                    refused += 1;
+                    for b in &listed {
+                        assert!(
+                            repo.read_manifest(&job(), &b.id).await.is_ok(),
+                            "{op} #{n}: listed but unreadable"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(
+            refused >= 2,
+            "the listing and the manifest write must fail the commit"
+        );
+    }
+
+    #[tokio::test]
+    async fn latest_usable_passes_over_an_unreadable_manifest() {
+        let (repo, mem) = repo();
+        let a = store(&repo, 0).await;
+        let b = store(&repo, 1000).await;
+        repo.commit(&a).await.unwrap();
+        repo.commit(&b).await.unwrap();
+        mem.tamper(
+            &Repository::manifest_key(&b.job, &b.id),
+            b"{ not json".to_vec(),
+        );
+        let l = repo.latest_usable(&job()).await.unwrap();
+        assert_eq!(l.manifest.id, a.id);
+        assert_eq!(l.skipped.len(), 1);
+        assert!(l.skipped[0].starts_with(b.id.as_str()), "{:?}", l.skipped);
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_an_object_in_the_backup_and_release_removes_it() {
+        let (repo, mem) = repo();
+        let m = store(&repo, 0).await;
+        repo.commit(&m).await.unwrap();
+        let lease = repo.lease(&job(), &m.id, "restore").await.unwrap();
+        assert!(lease.key.starts_with(&format!("appdb/{}/{LEASES}/", m.id)));
+        assert!(mem.keys().contains(&lease.key));
+        lease.release().await.unwrap();
+        assert!(mem.keys().iter().all(|k| !k.contains(LEASES)));
+        // A lease that cannot be written fails: the work does not start.
+        mem.fail_nth("put_if_absent", 1);
+        assert!(repo.lease(&job(), &m.id, "restore").await.is_err());
     }
 }

@@ -24,6 +24,143 @@ pub enum Outcome {
     Skipped(String),
 }
 
+/// How [`run_alerted`] retries a failed run.
+pub struct Attempts {
+    /// Further attempts after a failure (the job's `retries`; 0 for `drctl run`).
+    pub retries: u32,
+    /// The first wait; it doubles, up to an hour.
+    pub retry_delay: std::time::Duration,
+    /// Stop waiting between attempts when this is cancelled (shutdown).
+    pub stopping: CancellationToken,
+}
+
+/// What a long-running caller (the daemon) keeps when the state database
+/// cannot: a failure it never recorded, an alert it refused. `drctl run`
+/// keeps nothing (its exit status says it all).
+pub trait Keeper: Send + Sync {
+    /// A final failure that never reached the state database.
+    fn unrecorded(&self, _job: &str, _error: &str) {}
+    /// A failure whose alert could not be queued.
+    fn alert_refused(&self, _job: &str, _error: String) {}
+    /// A failure of `job` kept earlier, to raise before this outcome.
+    fn take_refused(&self, _job: &str) -> Option<String> {
+        None
+    }
+}
+
+/// Keeps nothing.
+pub struct NoKeeper;
+impl Keeper for NoKeeper {}
+
+/// Run a job as both `drctl run` and the daemon do: the start ping, the
+/// attempts (with backoff), and the final outcome's alerts; a failure is
+/// checked against the run records, and what the state database did not
+/// take goes to `keeper`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_alerted(
+    cfg: &LoadedConfig,
+    state: &State,
+    name: &str,
+    trigger: &str,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+    tick: Option<DateTime<Utc>>,
+    attempts: &Attempts,
+    keeper: &dyn Keeper,
+) -> Result<Outcome> {
+    let alerter = crate::alerts::Alerter::new(cfg, state);
+    alerter.job_started(name).await;
+    let began = Utc::now();
+    let mut delay = attempts.retry_delay;
+    let mut attempt = 0;
+    let result = loop {
+        let result = run_job(
+            cfg,
+            state,
+            name,
+            trigger,
+            progress.clone(),
+            cancel.child_token(),
+            // Only the first attempt claims the tick; retries run under the claim it won.
+            if attempt == 0 { tick } else { None },
+        )
+        .await;
+        match &result {
+            Err(e) if attempt < attempts.retries && !matches!(e, crate::Error::Interrupted(_)) => {
+                tracing::warn!(job = name, attempt = attempt + 1, retry_in = ?delay, error = %crate::secret::redact(&e.to_string()), "run failed; retrying");
+                let stopped = tokio::select! {
+                    () = tokio::time::sleep(delay) => false,
+                    () = attempts.stopping.cancelled() => true,
+                };
+                if !stopped {
+                    delay = (delay * 2).min(std::time::Duration::from_secs(3600));
+                    attempt += 1;
+                    continue;
+                }
+            }
+            Err(crate::Error::Interrupted(_)) => {}
+            Err(e) => {
+                let text = crate::secret::redact(&e.to_string());
+                tracing::error!(job = name, error = %text, "run failed");
+                let newest = state.runs(Some(name), 1).await;
+                let recorded = newest.is_ok_and(|runs| {
+                    recorded_since(runs.first().map(|r| r.started_at.as_str()), began)
+                });
+                if !recorded {
+                    keeper.unrecorded(name, &text);
+                }
+            }
+            Ok(o) if trigger != "cli" => {
+                tracing::info!(job = name, outcome = o.describe(), "run finished")
+            }
+            Ok(_) => {}
+        }
+        break result;
+    };
+    // A failure whose alert the state database refused earlier is raised
+    // first, so that this outcome (a recovery) follows it.
+    if let Some(error) = keeper.take_refused(name) {
+        let kept = crate::alerts::Finished::Failed {
+            error: error.clone(),
+            already_alerted: false,
+        };
+        if !alerter.job_finished(name, &kept).await {
+            keeper.alert_refused(name, error);
+        }
+    }
+    // Only the final outcome alerts: a failure a retry fixed is no news.
+    if !alerter
+        .job_finished(name, &finished(cfg, name, &result))
+        .await
+    {
+        if let Err(e) = &result {
+            keeper.alert_refused(name, crate::secret::redact(&e.to_string()));
+        }
+    }
+    result
+}
+
+/// Whether the newest recorded run (its start, RFC 3339) belongs to an
+/// attempt sequence that began at `since`: if not, the failure that just
+/// happened never reached the state database.
+pub fn recorded_since(newest_started: Option<&str>, since: DateTime<Utc>) -> bool {
+    newest_started
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .is_some_and(|t| t.with_timezone(&Utc) >= since - chrono::TimeDelta::seconds(1))
+}
+
+impl Outcome {
+    /// A few words for logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::Committed(m) => format!("committed {}", m.id),
+            Outcome::Checked(s) => format!("{} backups checked", s.backups.len()),
+            Outcome::Report(r) => format!("finished {}", r.level().as_str()),
+            Outcome::Skipped(why) => why.clone(),
+        }
+    }
+}
+
 /// `result` as alerting sees it (see [`crate::alerts::Finished`]).
 pub fn finished(
     cfg: &LoadedConfig,
@@ -160,6 +297,17 @@ mod tests {
     use super::*;
     use crate::alerts::Finished;
     use crate::Error;
+
+    #[test]
+    fn a_run_counts_as_recorded_only_when_it_started_with_the_attempts() {
+        let since = DateTime::parse_from_rfc3339("2027-01-15T08:00:05Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert!(recorded_since(Some("2027-01-15T08:00:05.200Z"), since));
+        assert!(!recorded_since(Some("2027-01-15T07:59:00Z"), since));
+        assert!(!recorded_since(None, since));
+        assert!(!recorded_since(Some("garbage"), since));
+    }
 
     #[test]
     fn outcomes_become_what_alerting_needs() {

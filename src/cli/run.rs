@@ -31,23 +31,28 @@ pub struct Args {
 pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     cfg.job(&a.job)?;
     let state = State::open(&cfg.config.state_dir).await?;
-    let alerter = drctl::alerts::Alerter::new(cfg, &state);
-    alerter.job_started(&a.job).await;
     let progress = Progress::new();
     let bar = Bar::start(progress.clone());
-    let result = drctl::runner::run_job(
+    // One attempt: retries are the scheduler's (a failed `drctl run` says
+    // so at once, in its exit status).
+    let once = drctl::runner::Attempts {
+        retries: 0,
+        retry_delay: std::time::Duration::ZERO,
+        stopping: tokio_util::sync::CancellationToken::new(),
+    };
+    let result = drctl::runner::run_alerted(
         cfg,
         &state,
         &a.job,
         "cli",
         progress,
-        super::cancel_on_signals(),
+        &super::cancel_on_signals(),
         None,
+        &once,
+        &drctl::runner::NoKeeper,
     )
     .await;
     bar.finish();
-    let finished = drctl::runner::finished(cfg, &a.job, &result);
-    let _ = alerter.job_finished(&a.job, &finished).await;
     // Deliver what this run queued (and anything else due) now, bounded; the
     // daemon, or the next run, retries whatever is left.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);

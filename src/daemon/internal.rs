@@ -94,18 +94,32 @@ impl Internal {
     }
 }
 
+impl crate::runner::Keeper for Internal {
+    fn unrecorded(&self, job: &str, error: &str) {
+        tracing::error!(
+            job,
+            "the failed run could not be recorded; counted in memory"
+        );
+        self.note(
+            "run_not_recorded",
+            Some(job),
+            format!("{job}: a run failed and could not be recorded: {error}"),
+            Utc::now(),
+        );
+    }
+
+    fn alert_refused(&self, job: &str, error: String) {
+        self.defer_alert(job, error);
+    }
+
+    fn take_refused(&self, job: &str) -> Option<String> {
+        self.take_deferred_job(job)
+    }
+}
+
 fn recent(last: Option<&(DateTime<Utc>, String)>, now: DateTime<Utc>) -> Option<String> {
     let (at, message) = last?;
     (now - *at <= HEALTH_WINDOW).then(|| format!("{message} ({}s ago)", (now - *at).num_seconds()))
-}
-
-/// Whether the newest recorded run (its start, RFC 3339) belongs to an
-/// attempt sequence that began at `since`: if not, the failure that just
-/// happened never reached the state database.
-pub fn recorded_since(newest_started: Option<&str>, since: DateTime<Utc>) -> bool {
-    newest_started
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .is_some_and(|t| t.with_timezone(&Utc) >= since - TimeDelta::seconds(1))
 }
 
 #[cfg(test)]
@@ -149,16 +163,5 @@ mod tests {
             ]
         );
         assert!(i.take_deferred().is_empty());
-    }
-
-    #[test]
-    fn a_run_counts_as_recorded_only_when_it_started_with_the_attempts() {
-        let since = DateTime::parse_from_rfc3339("2027-01-15T08:00:05Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        assert!(recorded_since(Some("2027-01-15T08:00:05.200Z"), since));
-        assert!(!recorded_since(Some("2027-01-15T07:59:00Z"), since));
-        assert!(!recorded_since(None, since));
-        assert!(!recorded_since(Some("garbage"), since));
     }
 }

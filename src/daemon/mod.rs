@@ -18,7 +18,6 @@ mod notify;
 use crate::config::LoadedConfig;
 use crate::error::{Error, Result};
 use crate::progress::Progress;
-use crate::runner::{run_job, Outcome};
 use crate::schedule::Schedule;
 use crate::state::State;
 use chrono::Utc;
@@ -156,104 +155,23 @@ impl Daemon {
                 () = self.stopping.cancelled() => return,
             }
         }
-        let alerter = crate::alerts::Alerter::new(&cfg, &self.state);
-        alerter.job_started(name).await;
-        let began = Utc::now();
-        let mut delay = sched.retry_delay;
-        let mut attempt = 0;
-        let result = loop {
-            let result = run_job(
-                &cfg,
-                &self.state,
-                name,
-                trigger,
-                Progress::new(),
-                self.hard_stop.child_token(),
-                // Only the first attempt claims the tick; retries run under the claim it won.
-                if attempt == 0 { at } else { None },
-            )
-            .await;
-            match &result {
-                Ok(Outcome::Committed(m)) => {
-                    tracing::info!(job = name, backup = %m.id, "scheduled run succeeded");
-                }
-                Ok(Outcome::Checked(s)) => {
-                    tracing::info!(
-                        job = name,
-                        backups = s.backups.len(),
-                        "scheduled check passed"
-                    );
-                }
-                Ok(Outcome::Report(r)) => {
-                    tracing::info!(
-                        job = name,
-                        result = r.level().as_str(),
-                        "scheduled run finished"
-                    );
-                }
-                Ok(Outcome::Skipped(_)) | Err(Error::Interrupted(_)) => {}
-                Err(e) if attempt < sched.retries => {
-                    tracing::warn!(job = name, attempt = attempt + 1, retry_in = ?delay, error = %crate::secret::redact(&e.to_string()), "run failed; retrying");
-                    let stopped = tokio::select! {
-                        () = tokio::time::sleep(delay) => false,
-                        () = self.stopping.cancelled() => true,
-                    };
-                    if !stopped {
-                        delay = (delay * 2).min(Duration::from_secs(3600));
-                        attempt += 1;
-                        continue;
-                    }
-                }
-                Err(e) => {
-                    let text = crate::secret::redact(&e.to_string());
-                    tracing::error!(job = name, error = %text, "run failed");
-                    self.count_if_unrecorded(name, began, &text).await;
-                }
-            }
-            break result;
+        let attempts = crate::runner::Attempts {
+            retries: sched.retries,
+            retry_delay: sched.retry_delay,
+            stopping: self.stopping.clone(),
         };
-        // A failure whose alert the state database refused earlier is
-        // raised first, so that this outcome (a recovery) follows it.
-        if let Some(error) = self.internal.take_deferred_job(name) {
-            if !alerter.job_finished(name, &deferred(&error)).await {
-                self.internal.defer_alert(name, error);
-            }
-        }
-        // Only the final outcome alerts: a failure a retry fixed is no news.
-        let finished = crate::runner::finished(&cfg, name, &result);
-        if !alerter.job_finished(name, &finished).await {
-            if let Err(e) = &result {
-                // The state database refused the alert (full, locked): keep
-                // it; the alert worker raises it once the database takes it.
-                self.internal
-                    .defer_alert(name, crate::secret::redact(&e.to_string()));
-            }
-        }
-    }
-
-    /// A final failure that never reached the state database (it failed
-    /// before its run was written, or the database itself is failing) is
-    /// counted in memory: `/metrics` and `/health` still show it.
-    async fn count_if_unrecorded(&self, name: &str, began: chrono::DateTime<Utc>, error: &str) {
-        let newest = self.state.runs(Some(name), 1).await;
-        let recorded = match &newest {
-            Ok(runs) => {
-                internal::recorded_since(runs.first().map(|r| r.started_at.as_str()), began)
-            }
-            Err(_) => false,
-        };
-        if !recorded {
-            tracing::error!(
-                job = name,
-                "the failed run could not be recorded; counted in memory"
-            );
-            self.internal.note(
-                "run_not_recorded",
-                Some(name),
-                format!("{name}: a run failed and could not be recorded: {error}"),
-                Utc::now(),
-            );
-        }
+        let _ = crate::runner::run_alerted(
+            &cfg,
+            &self.state,
+            name,
+            trigger,
+            Progress::new(),
+            &self.hard_stop,
+            at,
+            &attempts,
+            &self.internal,
+        )
+        .await;
     }
 
     /// A drill's tick: run it unless it is running or we are stopping.

@@ -43,9 +43,11 @@ pub trait Keeper: Send + Sync {
     /// A failure whose alert could not be queued.
     fn alert_refused(&self, _job: &str, _error: String) {}
     /// A failure of `job` kept earlier, to raise before this outcome.
-    fn take_refused(&self, _job: &str) -> Option<String> {
+    fn refused(&self, _job: &str) -> Option<String> {
         None
     }
+    /// That failure has been queued at last.
+    fn refused_raised(&self, _job: &str) {}
 }
 
 /// Keeps nothing.
@@ -119,13 +121,13 @@ pub async fn run_alerted(
     };
     // A failure whose alert the state database refused earlier is raised
     // first, so that this outcome (a recovery) follows it.
-    if let Some(error) = keeper.take_refused(name) {
+    if let Some(error) = keeper.refused(name) {
         let kept = crate::alerts::Finished::Failed {
-            error: error.clone(),
+            error,
             already_alerted: false,
         };
-        if !alerter.job_finished(name, &kept).await {
-            keeper.alert_refused(name, error);
+        if alerter.job_finished(name, &kept).await {
+            keeper.refused_raised(name);
         }
     }
     // Only the final outcome alerts: a failure a retry fixed is no news.

@@ -142,6 +142,13 @@ impl State {
         .map_err(|e| err(format!("locking {}: {e}", lock_path.display())))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A COMMIT that failed (a full disk) leaves its connection inside
+            // the transaction; back in the pool it would refuse every later
+            // BEGIN ("non-zero transaction depth") long after the disk has
+            // room again. Such a connection is closed (rolling back) instead.
+            .after_release(|conn, _| {
+                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+            })
             .connect_with(opts)
             .await
             .map_err(|e| err(e.to_string()))?;

@@ -199,6 +199,44 @@ impl<'a> Alerter<'a> {
         Ok(())
     }
 
+    /// Deliver `c` now, straight to its routed channels, without the
+    /// outbox: the path left when the state database refuses to queue (full,
+    /// locked). At-least-once: once the database takes the condition again,
+    /// it notifies through the outbox as usual. Returns how many channels
+    /// took it.
+    pub async fn send_direct(&self, c: &Condition) -> usize {
+        let mut n = self.notification(
+            Event::Firing,
+            &c.key,
+            &c.kind,
+            c.severity,
+            c.job.as_deref(),
+            c.summary.clone(),
+        );
+        n.detail = c.detail.clone();
+        n.hint = c.hint.clone();
+        let mut sent = 0;
+        for name in self.route(c.severity, c.job.as_deref()) {
+            let Some(cfg) = self.cfg.config.alerts.channels.get(&name) else {
+                continue;
+            };
+            if matches!(cfg, crate::config::ChannelConfig::Ping(_)) {
+                continue;
+            }
+            let outcome = match channels::build(&name, cfg) {
+                Ok(ch) => ch.send(&n).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(_) => sent += 1,
+                Err(e) => {
+                    tracing::error!(channel = %name, error = %crate::secret::redact(&e), "direct delivery failed")
+                }
+            }
+        }
+        sent
+    }
+
     fn ctx(&self) -> store::Ctx<'_> {
         store::Ctx {
             host: &self.host,

@@ -11,6 +11,27 @@ use std::sync::Mutex;
 /// How long an internal error keeps `/health` red after it last happened.
 pub const HEALTH_WINDOW: TimeDelta = TimeDelta::minutes(10);
 
+/// A failure whose alert the state database refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deferred {
+    pub job: String,
+    pub error: String,
+    pub since: DateTime<Utc>,
+    /// Already delivered straight to the channels (see `DIRECT_AFTER`).
+    pub sent_directly: bool,
+}
+
+/// How long a refused alert waits for the state database before it goes
+/// straight to the channels, bypassing the outbox.
+pub const DIRECT_AFTER: TimeDelta = TimeDelta::seconds(15);
+
+impl Deferred {
+    /// Due for direct delivery at `now`.
+    pub fn direct_due(&self, now: DateTime<Utc>) -> bool {
+        !self.sent_directly && now - self.since >= DIRECT_AFTER
+    }
+}
+
 #[derive(Default)]
 pub struct Internal {
     inner: Mutex<Inner>,
@@ -23,9 +44,9 @@ struct Inner {
     /// Every internal error by kind (`run_not_recorded`, `record_skipped`, ...).
     errors: BTreeMap<&'static str, u64>,
     last: Option<(DateTime<Utc>, String)>,
-    /// Failures whose alert could not be queued: (job, error), raised again
-    /// by the alert worker until the state database takes them.
-    deferred: Vec<(String, String)>,
+    /// Failures whose alert could not be queued, raised again by the alert
+    /// worker until the state database takes them.
+    deferred: Vec<Deferred>,
 }
 
 impl Internal {
@@ -49,19 +70,38 @@ impl Internal {
         }
     }
 
-    /// Keep a failure whose alert could not be queued.
+    /// Keep a failure whose alert could not be queued. A job that keeps
+    /// failing keeps its first refusal's time (and whether
+    /// it went out directly) with the newest error.
     pub fn defer_alert(&self, job: &str, error: String) {
         let mut i = match self.inner.lock() {
             Ok(i) => i,
             Err(p) => p.into_inner(),
         };
-        // One pending alert per job is enough: it says the job fails.
-        i.deferred.retain(|(j, _)| j != job);
-        i.deferred.push((job.to_owned(), error));
+        match i.deferred.iter_mut().find(|d| d.job == job) {
+            Some(d) => d.error = error,
+            None => i.deferred.push(Deferred {
+                job: job.to_owned(),
+                error,
+                since: Utc::now(),
+                sent_directly: false,
+            }),
+        }
     }
 
-    /// The failures waiting for their alert (emptied; re-defer what fails).
-    pub fn take_deferred(&self) -> Vec<(String, String)> {
+    /// Keep (again) a deferred failure; one per job is enough: it says the
+    /// job fails.
+    pub fn keep(&self, d: Deferred) {
+        let mut i = match self.inner.lock() {
+            Ok(i) => i,
+            Err(p) => p.into_inner(),
+        };
+        i.deferred.retain(|k| k.job != d.job);
+        i.deferred.push(d);
+    }
+
+    /// The failures waiting for their alert (emptied; keep what fails).
+    pub fn take_deferred(&self) -> Vec<Deferred> {
         let mut i = match self.inner.lock() {
             Ok(i) => i,
             Err(p) => p.into_inner(),
@@ -69,14 +109,16 @@ impl Internal {
         std::mem::take(&mut i.deferred)
     }
 
-    /// The deferred failure of `job`, if any (taken).
-    pub fn take_deferred_job(&self, job: &str) -> Option<String> {
-        let mut i = match self.inner.lock() {
+    /// The deferred failure of `job`, if any (kept until it is raised).
+    pub fn deferred_error(&self, job: &str) -> Option<String> {
+        let i = match self.inner.lock() {
             Ok(i) => i,
             Err(p) => p.into_inner(),
         };
-        let at = i.deferred.iter().position(|(j, _)| j == job)?;
-        Some(i.deferred.remove(at).1)
+        i.deferred
+            .iter()
+            .find(|d| d.job == job)
+            .map(|d| d.error.clone())
     }
 
     /// Failed runs of `job` that only memory knows of.
@@ -112,8 +154,16 @@ impl crate::runner::Keeper for Internal {
         self.defer_alert(job, error);
     }
 
-    fn take_refused(&self, job: &str) -> Option<String> {
-        self.take_deferred_job(job)
+    fn refused(&self, job: &str) -> Option<String> {
+        self.deferred_error(job)
+    }
+
+    fn refused_raised(&self, job: &str) {
+        let mut i = match self.inner.lock() {
+            Ok(i) => i,
+            Err(p) => p.into_inner(),
+        };
+        i.deferred.retain(|d| d.job != job);
     }
 }
 
@@ -155,13 +205,27 @@ mod tests {
         i.defer_alert("appdb", "disk full".into());
         i.defer_alert("appdb", "still full".into());
         i.defer_alert("web", "x".into());
-        assert_eq!(
-            i.take_deferred(),
-            vec![
-                ("appdb".into(), "still full".into()),
-                ("web".into(), "x".into())
-            ]
-        );
+        let taken = i.take_deferred();
+        let pairs: Vec<(&str, &str)> = taken
+            .iter()
+            .map(|d| (d.job.as_str(), d.error.as_str()))
+            .collect();
+        assert_eq!(pairs, vec![("appdb", "still full"), ("web", "x")]);
         assert!(i.take_deferred().is_empty());
+        // A job failing again keeps its first refusal's time.
+        assert!(taken[0].since <= taken[1].since);
+        let d = Deferred {
+            job: "appdb".into(),
+            error: "full".into(),
+            since: t(0),
+            sent_directly: false,
+        };
+        assert!(!d.direct_due(t(14)));
+        assert!(d.direct_due(t(15)));
+        let sent = Deferred {
+            sent_directly: true,
+            ..d
+        };
+        assert!(!sent.direct_due(t(100)));
     }
 }

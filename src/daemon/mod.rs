@@ -739,10 +739,19 @@ async fn alert_worker(d: Arc<Daemon>) {
         }
         let cfg = d.config();
         let alerter = crate::alerts::Alerter::new(&cfg, &d.state);
-        for (job, error) in d.internal.take_deferred() {
-            if !alerter.job_finished(&job, &deferred(&error)).await {
-                d.internal.defer_alert(&job, error);
+        for mut f in d.internal.take_deferred() {
+            if alerter.job_finished(&f.job, &deferred(&f.error)).await {
+                continue;
             }
+            // Still refused: after a while, straight to the channels.
+            if f.direct_due(Utc::now()) {
+                let c = crate::alerts::Condition::job_failed(&f.job, &f.error);
+                f.sent_directly = alerter.send_direct(&c).await > 0;
+                if f.sent_directly {
+                    tracing::warn!(job = %f.job, "job_failed delivered straight to the channels: the state database refuses to queue it");
+                }
+            }
+            d.internal.keep(f);
         }
         if let Err(e) = alerter.sweep().await {
             tracing::error!(error = %e, "evaluating alerts");

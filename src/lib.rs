@@ -4,6 +4,9 @@
 //! arguments, call into it and render results. Nothing in here writes to the
 //! terminal except through the [`progress::Progress`] counters the CLI polls.
 
+#[macro_use]
+mod names;
+
 pub mod alerts;
 pub mod backup;
 pub mod check_run;

@@ -157,6 +157,7 @@ const LAYERS: [(&str, &[&str]); 5] = [
             "progress",
             "values",
             "tar_entry",
+            "names",
             "child_env",
             "schedule",
             "retention",

@@ -17,7 +17,7 @@ mod store;
 
 pub use deliver::{deliver_due, DeliveryReport};
 pub use message::Notification;
-pub use store::{AlertRow, AlertStats, DeliveryRow};
+pub use store::{AlertRow, AlertState, AlertStats, DeliveryRow, DeliveryState};
 
 use crate::config::LoadedConfig;
 use crate::error::Result;

@@ -33,25 +33,17 @@ pub enum AlertState {
 }
 
 impl AlertState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlertState::Pending => "pending",
-            AlertState::Firing => "firing",
-            AlertState::Resolved => "resolved",
-        }
-    }
-
     /// Pending or firing: the condition holds.
     pub fn active(self) -> bool {
         matches!(self, AlertState::Pending | AlertState::Firing)
     }
 }
 
-impl std::fmt::Display for AlertState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.as_str())
-    }
-}
+names!(AlertState {
+    Pending => "pending",
+    Firing => "firing",
+    Resolved => "resolved",
+});
 
 /// What an active condition is due for at `now` (pure: the alert state
 /// machine's timing). `since_start`/`since_notified` are milliseconds.
@@ -117,22 +109,12 @@ pub enum DeliveryState {
     Expired,
 }
 
-impl DeliveryState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryState::Pending => "pending",
-            DeliveryState::Delivered => "delivered",
-            DeliveryState::Failed => "failed",
-            DeliveryState::Expired => "expired",
-        }
-    }
-}
-
-impl std::fmt::Display for DeliveryState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.as_str())
-    }
-}
+names!(DeliveryState {
+    Pending => "pending",
+    Delivered => "delivered",
+    Failed => "failed",
+    Expired => "expired",
+});
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DeliveryRow {

@@ -44,27 +44,19 @@ pub enum DrillOutcome {
 }
 
 impl DrillOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DrillOutcome::Running => "running",
-            DrillOutcome::Passed => "passed",
-            DrillOutcome::OverRto => "over_rto",
-            DrillOutcome::Failed => "failed",
-            DrillOutcome::Interrupted => "interrupted",
-        }
-    }
-
     /// The backup was restored and verified (in time or not).
     pub fn restored(self) -> bool {
         matches!(self, DrillOutcome::Passed | DrillOutcome::OverRto)
     }
 }
 
-impl std::fmt::Display for DrillOutcome {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.pad(self.as_str())
-    }
-}
+names!(DrillOutcome {
+    Running => "running",
+    Passed => "passed",
+    OverRto => "over_rto",
+    Failed => "failed",
+    Interrupted => "interrupted",
+});
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DrillRecord {

@@ -3,7 +3,7 @@
 //! commit it. Any failure before the commit leaves no manifest, so the
 //! attempt is never listed; its partial objects are removed best-effort.
 
-use crate::config::{JobConfig, LoadedConfig};
+use crate::config::{Kind, LoadedConfig};
 use crate::error::{Error, Result};
 use crate::ids::BackupId;
 use crate::jobs::{self, BackupCtx};
@@ -73,12 +73,12 @@ pub async fn run(
         seal,
     };
     let work = async {
-        match job {
-            JobConfig::Postgres(j) => jobs::postgres::backup(&ctx, j).await,
-            JobConfig::Files(j) => jobs::files::backup(&ctx, j).await,
+        match &job.kind {
+            Kind::Postgres(j) => jobs::postgres::backup(&ctx, j).await,
+            Kind::Files(j) => jobs::files::backup(&ctx, j).await,
             other => Err(Error::Other(format!(
                 "job {name} is a {} job, not a backup",
-                other.kind()
+                other.name()
             ))),
         }
     };
@@ -88,15 +88,7 @@ pub async fn run(
     };
     let committed = match produced {
         Ok(out) => {
-            let output = crate::secret::redact(out.output.trim());
-            if !output.is_empty() {
-                for line in output.lines() {
-                    tracing::info!(job = name, "{line}");
-                }
-                if let Err(e) = state.set_run_output(run_id, &output).await {
-                    tracing::warn!(error = %e, "could not record the run's output");
-                }
-            }
+            record_output(state, run_id, name, &out.output).await;
             let m = Manifest {
                 format: manifest::FORMAT,
                 id: id.clone(),
@@ -119,6 +111,35 @@ pub async fn run(
     if let Err(e) = lease.release().await {
         tracing::warn!(error = %e, "cannot remove the backup's lease; it expires by itself");
     }
+    let attempt = Attempt {
+        repo: &repo,
+        repo_name,
+        run_id,
+        job: &job_name,
+        id: &id,
+    };
+    conclude(cfg, state, &attempt, committed).await
+}
+
+/// One backup attempt, between its start and its record.
+struct Attempt<'a> {
+    repo: &'a Repository,
+    repo_name: &'a str,
+    run_id: i64,
+    job: &'a crate::ids::JobName,
+    id: &'a BackupId,
+}
+
+/// Record how the attempt ended: a committed backup is a success (cached,
+/// then retention and RPO run); anything else is a failure or an
+/// interruption whose partial objects are removed.
+async fn conclude(
+    cfg: &LoadedConfig,
+    state: &State,
+    a: &Attempt<'_>,
+    committed: Result<Manifest>,
+) -> Result<Manifest> {
+    let (name, id, run_id, repo) = (a.job.as_str(), a.id, a.run_id, a.repo);
     match committed {
         Ok(m) => {
             state
@@ -130,17 +151,17 @@ pub async fn run(
                     None,
                 )
                 .await?;
-            if let Err(e) = state.cache_backup(repo_name, &m).await {
+            if let Err(e) = state.cache_backup(a.repo_name, &m).await {
                 tracing::warn!(error = %e, "could not cache the backup in local state");
             }
             tracing::info!(job = name, backup = %id, bytes = m.stored_bytes(), "backup committed");
-            after_commit(cfg, state, &repo, &m).await;
+            after_commit(cfg, state, repo, &m).await;
             Ok(m)
         }
         Err(e) => {
             let text = crate::secret::redact(&e.to_string());
             tracing::error!(job = name, backup = %id, error = %text, "backup failed; no manifest written");
-            discard_partial(&repo, &job_name, &id).await;
+            discard_partial(repo, a.job, id).await;
             let status = match e {
                 Error::Interrupted(_) => RunStatus::Interrupted,
                 _ => RunStatus::Failed,
@@ -150,6 +171,20 @@ pub async fn run(
                 .await?;
             Err(e)
         }
+    }
+}
+
+/// Log what the job's child processes printed and keep it with the run.
+async fn record_output(state: &State, run_id: i64, name: &str, output: &str) {
+    let output = crate::secret::redact(output.trim());
+    if output.is_empty() {
+        return;
+    }
+    for line in output.lines() {
+        tracing::info!(job = name, "{line}");
+    }
+    if let Err(e) = state.set_run_output(run_id, &output).await {
+        tracing::warn!(error = %e, "could not record the run's output");
     }
 }
 

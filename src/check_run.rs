@@ -26,9 +26,10 @@ pub async fn run(
         cfg,
         state,
         job: name,
+        common: &job.common,
         cancel: cancel.clone(),
     };
-    let work = crate::jobs::run_check(&ctx, job);
+    let work = crate::jobs::run_check(&ctx, &job.kind);
     let result = tokio::select! {
         r = work => r,
         () = cancel.cancelled() => Err(Error::Interrupted(format!("job {name} cancelled"))),

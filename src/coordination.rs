@@ -93,50 +93,7 @@ impl ClusterLock {
             }
         }
         if let Some(tick) = tick {
-            let mut tx = conn
-                .begin()
-                .await
-                .map_err(|e| Error::pg("claiming the tick", e))?;
-            sqlx::query(
-                "CREATE TABLE IF NOT EXISTS drctl_tick_claims (job text NOT NULL, tick timestamptz NOT NULL, holder text NOT NULL,
-                   claimed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (job, tick))",
-            )
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| Error::pg("preparing tick claims", e))?;
-            let won = sqlx::query("INSERT INTO drctl_tick_claims (job, tick, holder) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                .bind(job)
-                .bind(tick)
-                .bind(me())
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| Error::pg("claiming the tick", e))?
-                .rows_affected()
-                == 1;
-            let holder: Option<String> = if won {
-                None
-            } else {
-                sqlx::query_scalar(
-                    "SELECT holder FROM drctl_tick_claims WHERE job = $1 AND tick = $2",
-                )
-                .bind(job)
-                .bind(tick)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(|e| Error::pg("reading the tick claim", e))?
-            };
-            // Old claims are history nobody needs.
-            sqlx::query(
-                "DELETE FROM drctl_tick_claims WHERE job = $1 AND tick < now() - interval '7 days'",
-            )
-            .bind(job)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| Error::pg("pruning tick claims", e))?;
-            tx.commit()
-                .await
-                .map_err(|e| Error::pg("claiming the tick", e))?;
-            if let Some(h) = holder {
+            if let Some(h) = claim_tick(&mut conn, job, tick).await? {
                 return Ok(Err(format!(
                     "tick {} already run by {h}",
                     tick.format("%Y-%m-%d %H:%M:%S UTC")
@@ -145,4 +102,56 @@ impl ClusterLock {
         }
         Ok(Ok(ClusterLock { _conn: conn }))
     }
+}
+
+/// Claim `tick` of `job` for this host; the holder of an earlier claim
+/// when another host ran it already (a tick runs once per cluster even
+/// when the lock changed hands in between).
+async fn claim_tick(
+    conn: &mut sqlx::PgConnection,
+    job: &str,
+    tick: DateTime<Utc>,
+) -> Result<Option<String>> {
+    let mut tx = conn
+        .begin()
+        .await
+        .map_err(|e| Error::pg("claiming the tick", e))?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS drctl_tick_claims (job text NOT NULL, tick timestamptz NOT NULL, holder text NOT NULL,
+           claimed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (job, tick))",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| Error::pg("preparing tick claims", e))?;
+    let won = sqlx::query("INSERT INTO drctl_tick_claims (job, tick, holder) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        .bind(job)
+        .bind(tick)
+        .bind(me())
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Error::pg("claiming the tick", e))?
+        .rows_affected()
+        == 1;
+    let holder: Option<String> = if won {
+        None
+    } else {
+        sqlx::query_scalar("SELECT holder FROM drctl_tick_claims WHERE job = $1 AND tick = $2")
+            .bind(job)
+            .bind(tick)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| Error::pg("reading the tick claim", e))?
+    };
+    // Old claims are history nobody needs.
+    sqlx::query(
+        "DELETE FROM drctl_tick_claims WHERE job = $1 AND tick < now() - interval '7 days'",
+    )
+    .bind(job)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| Error::pg("pruning tick claims", e))?;
+    tx.commit()
+        .await
+        .map_err(|e| Error::pg("claiming the tick", e))?;
+    Ok(holder)
 }

@@ -211,25 +211,7 @@ pub async fn evaluate(cfg: &LoadedConfig, state: &State, job: &str) -> Result<St
         .rev()
         .take(50)
         .collect();
-    let mut points = Vec::new();
-    let mut newest_id = known;
-    for b in &unseen {
-        match repo.read_manifest(&job_name, &b.id).await {
-            Ok(m) => {
-                points.push(Point::on_store_clock(
-                    m.started_at,
-                    m.finished_at,
-                    b.committed_at,
-                ));
-                if newest_id.as_deref().is_none_or(|k| b.id.as_str() > k) {
-                    newest_id = Some(b.id.to_string());
-                }
-            }
-            Err(e) => {
-                tracing::warn!(job, backup = %b.id, error = %e, "unreadable manifest; not counted for RPO")
-            }
-        }
-    }
+    let (points, mut newest_id) = read_points(&repo, &job_name, &unseen, known).await;
 
     // Nothing new and nothing due: answer without a write (the daemon asks
     // every target/10; a write per ask would fsync for nothing).
@@ -270,11 +252,127 @@ pub async fn evaluate(cfg: &LoadedConfig, state: &State, job: &str) -> Result<St
             newest_id = Some(theirs);
         }
     }
-    let (transitions, newest_started, mut compliant, mut since) = match &saved {
-        // First evaluation: tracking starts now, with the status as it is.
+    let (transitions, newest_started, compliant, since) =
+        advance(saved.as_ref(), &points, now, target_span);
+    if saved.as_ref().is_some_and(|s| s.target_ms != target_ms) {
+        tracing::info!(job, ?target, "RPO target changed");
+    }
+    let ev = Evaluated {
+        job,
+        target_ms,
+        now,
+        newest_id: newest_id.as_deref(),
+        newest_started,
+        first: saved.is_none(),
+    };
+    let (compliant, since) = record(state, &mut tx, &ev, &transitions, (compliant, since)).await?;
+    tx.commit().await.map_err(|e| state.err(e))?;
+
+    let status = Status {
+        job: job.to_owned(),
+        target_seconds: target.as_secs_f64(),
+        compliant,
+        since,
+        newest_backup: newest_id,
+        age_seconds: newest_started.map(|n| secs(now - n)),
+    };
+    alert(cfg, state, &status, target).await;
+    Ok(status)
+}
+
+/// What one evaluation leaves in the state database besides transitions.
+struct Evaluated<'a> {
+    job: &'a str,
+    target_ms: i64,
+    now: DateTime<Utc>,
+    newest_id: Option<&'a str>,
+    newest_started: Option<DateTime<Utc>>,
+    /// The job's first evaluation (its transition opens the history).
+    first: bool,
+}
+
+/// Append `transitions` and save the state they lead to from `status`
+/// (compliant, since); returns that state.
+async fn record(
+    state: &State,
+    tx: &mut sqlx::SqliteConnection,
+    ev: &Evaluated<'_>,
+    transitions: &[Transition],
+    status: (bool, DateTime<Utc>),
+) -> Result<(bool, DateTime<Utc>)> {
+    let (mut compliant, mut since) = status;
+    for t in transitions {
+        sqlx::query("INSERT INTO rpo_transitions (job, at, compliant, target_ms, first) VALUES (?, ?, ?, ?, ?)")
+            .bind(ev.job)
+            .bind(crate::state::ms(t.at))
+            .bind(t.compliant)
+            .bind(ev.target_ms)
+            .bind(ev.first)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| state.err(e))?;
+        compliant = t.compliant;
+        since = t.at;
+    }
+    sqlx::query(
+        "INSERT OR REPLACE INTO rpo_state (job, target_ms, compliant, since, checked_at, newest_id, newest_started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(ev.job)
+    .bind(ev.target_ms)
+    .bind(compliant)
+    .bind(crate::state::ms(since))
+    .bind(crate::state::ms(ev.now))
+    .bind(ev.newest_id)
+    .bind(ev.newest_started.map(crate::state::ms))
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| state.err(e))?;
+    Ok((compliant, since))
+}
+
+/// RPO points of `backups` from their manifests, and the newest id read
+/// (starting from `known`). An unreadable manifest is skipped and logged.
+async fn read_points(
+    repo: &Repository,
+    job_name: &crate::ids::JobName,
+    backups: &[&crate::repository::BackupRef],
+    known: Option<String>,
+) -> (Vec<Point>, Option<String>) {
+    let mut points = Vec::new();
+    let mut newest_id = known;
+    for b in backups {
+        match repo.read_manifest(job_name, &b.id).await {
+            Ok(m) => {
+                points.push(Point::on_store_clock(
+                    m.started_at,
+                    m.finished_at,
+                    b.committed_at,
+                ));
+                if newest_id.as_deref().is_none_or(|k| b.id.as_str() > k) {
+                    newest_id = Some(b.id.to_string());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(job = %job_name, backup = %b.id, error = %e, "unreadable manifest; not counted for RPO")
+            }
+        }
+    }
+    (points, newest_id)
+}
+
+/// The transitions since the saved state, the newest backup start, and the
+/// status before them (compliant, since). Without a saved state tracking
+/// starts now, with the status as it is.
+fn advance(
+    saved: Option<&Saved>,
+    points: &[Point],
+    now: DateTime<Utc>,
+    target: Span,
+) -> (Vec<Transition>, Option<DateTime<Utc>>, bool, DateTime<Utc>) {
+    match saved {
         None => {
             let newest = points.iter().map(|p| p.started).max();
-            let ok = newest.is_some_and(|n| now - n <= target_span);
+            let ok = newest.is_some_and(|n| now - n <= target);
             (
                 vec![Transition {
                     at: now,
@@ -290,55 +388,13 @@ pub async fn evaluate(cfg: &LoadedConfig, state: &State, job: &str) -> Result<St
                 s.compliant,
                 s.checked_at,
                 s.newest_started,
-                &points,
+                points,
                 now,
-                target_span,
+                target,
             );
             (t, n, s.compliant, s.since)
         }
-    };
-    let first = saved.is_none();
-    for t in &transitions {
-        sqlx::query("INSERT INTO rpo_transitions (job, at, compliant, target_ms, first) VALUES (?, ?, ?, ?, ?)")
-            .bind(job)
-            .bind(crate::state::ms(t.at))
-            .bind(t.compliant)
-            .bind(target_ms)
-            .bind(first)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| state.err(e))?;
-        compliant = t.compliant;
-        since = t.at;
     }
-    if saved.as_ref().is_some_and(|s| s.target_ms != target_ms) {
-        tracing::info!(job, ?target, "RPO target changed");
-    }
-    sqlx::query(
-        "INSERT OR REPLACE INTO rpo_state (job, target_ms, compliant, since, checked_at, newest_id, newest_started_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(job)
-    .bind(target_ms)
-    .bind(compliant)
-    .bind(crate::state::ms(since))
-    .bind(crate::state::ms(now))
-    .bind(&newest_id)
-    .bind(newest_started.map(crate::state::ms))
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| state.err(e))?;
-    tx.commit().await.map_err(|e| state.err(e))?;
-
-    let status = Status {
-        job: job.to_owned(),
-        target_seconds: target.as_secs_f64(),
-        compliant,
-        since,
-        newest_backup: newest_id,
-        age_seconds: newest_started.map(|n| secs(now - n)),
-    };
-    alert(cfg, state, &status, target).await;
-    Ok(status)
 }
 
 async fn alert(cfg: &LoadedConfig, state: &State, s: &Status, target: Duration) {

@@ -185,10 +185,11 @@ pub fn finished(
             // A verify job that found damage raised backup_damaged for each
             // job concerned.
             already_alerted: matches!(e, crate::Error::Integrity { .. })
-                && matches!(
-                    cfg.config.jobs.get(job),
-                    Some(crate::config::JobConfig::Verify(_))
-                ),
+                && cfg
+                    .config
+                    .jobs
+                    .get(job)
+                    .is_some_and(|j| matches!(j.kind, crate::config::Kind::Verify(_))),
         },
     }
 }
@@ -243,13 +244,13 @@ pub async fn run_job(
             "closed runs left open by a process that died"
         );
     }
-    match job {
-        crate::config::JobConfig::Verify(v) => {
+    match &job.kind {
+        crate::config::Kind::Verify(v) => {
             let s = crate::jobs::verify::run(cfg, state, name, trigger, v, cancel).await?;
             Ok(Outcome::Checked(Box::new(s)))
         }
-        j if !j.is_backup() => {
-            let r = crate::check_run::run(cfg, state, name, trigger, j, cancel).await?;
+        _ if !job.is_backup() => {
+            let r = crate::check_run::run(cfg, state, name, trigger, job, cancel).await?;
             Ok(Outcome::Report(Box::new(r)))
         }
         _ => {

@@ -7,7 +7,7 @@
 //! `pg_restore -f /dev/null` (which reads every data block, so a dump cut
 //! short fails), tar archives walked entry by entry.
 
-use crate::config::{JobConfig, LoadedConfig};
+use crate::config::{JobConfig, Kind, LoadedConfig};
 use crate::error::{Error, Result};
 use crate::ids::JobName;
 use crate::manifest::{Artifact, Manifest};
@@ -341,8 +341,8 @@ async fn deep_check(
 ) -> Result<String> {
     match a.content.as_str() {
         "pg_dump_custom" => {
-            let bindir = match job {
-                JobConfig::Postgres(p) => p.pg_bindir.clone(),
+            let bindir = match &job.kind {
+                Kind::Postgres(p) => p.pg_bindir.clone(),
                 _ => None,
             };
             let tools = crate::pg::PgTools::locate(bindir.as_deref());

@@ -217,6 +217,103 @@ fn default_ping_max_age() -> Duration {
     Duration::from_secs(3600)
 }
 
+impl ChannelConfig {
+    /// What is wrong with this channel's keys, as (field, message); `jobs`
+    /// are the configured job names (a ping may name only those).
+    fn errors(&self, jobs: &[&str]) -> Vec<(&'static str, String)> {
+        let mut errors = Vec::new();
+        let mut check = |field: &'static str, r: Result<(), String>| {
+            if let Err(m) = r {
+                errors.push((field, m));
+            }
+        };
+        match self {
+            ChannelConfig::Email(e) => {
+                if e.host.trim().is_empty() {
+                    check("host", Err("expected the SMTP server's host name".into()));
+                }
+                check("to", non_empty(&e.to, "at least one recipient address"));
+                for (field, a) in
+                    std::iter::once(("from", &e.from)).chain(e.to.iter().map(|t| ("to", t)))
+                {
+                    check(
+                        field,
+                        a.parse::<lettre::Address>()
+                            .map(|_| ())
+                            .map_err(|err| format!("{a:?} is not an email address ({err})")),
+                    );
+                }
+                let pw = [
+                    e.password.is_some(),
+                    e.password_env.is_some(),
+                    e.password_file.is_some(),
+                ]
+                .iter()
+                .filter(|b| **b)
+                .count();
+                if pw > 1 {
+                    check(
+                        "password",
+                        Err("set one of password, password_env, password_file".into()),
+                    );
+                }
+                if pw > 0 && e.username.is_none() {
+                    check(
+                        "username",
+                        Err("a password needs a username (expected username = \"...\")".into()),
+                    );
+                }
+            }
+            ChannelConfig::Slack(s) => {
+                check(
+                    "webhook_url",
+                    super::jobs::one_url_source(
+                        &s.webhook_url,
+                        &s.webhook_url_env,
+                        &s.webhook_url_file,
+                    )
+                    .map_err(|m| m.replace("url", "webhook_url")),
+                );
+                if let Some(u) = &s.webhook_url {
+                    check("webhook_url", http_url(u));
+                }
+            }
+            ChannelConfig::Webhook(w) => {
+                check("url", http_url(&w.url));
+                let n = [
+                    w.secret.is_some(),
+                    w.secret_env.is_some(),
+                    w.secret_file.is_some(),
+                ]
+                .iter()
+                .filter(|b| **b)
+                .count();
+                if n > 1 {
+                    check(
+                        "secret",
+                        Err("set one of secret, secret_env, secret_file".into()),
+                    );
+                }
+            }
+            ChannelConfig::Ping(p) => {
+                check(
+                    "url",
+                    super::jobs::one_url_source(&p.url, &p.url_env, &p.url_file),
+                );
+                if let Some(u) = &p.url {
+                    check("url", http_url(&u.replace("{job}", "job")));
+                }
+                for j in p.jobs.iter().flatten() {
+                    if !jobs.contains(&j.as_str()) {
+                        check("jobs", Err(format!("no job named {j:?}")));
+                    }
+                }
+            }
+        }
+        errors
+    }
+}
+
 impl AlertsConfig {
     /// Problems as (key under `alerts.`, message).
     pub(crate) fn validate(&self, jobs: &[&str]) -> Vec<(String, String)> {
@@ -226,93 +323,8 @@ impl AlertsConfig {
             if let Err(m) = crate::ids::JobName::parse(name) {
                 errors.push((key.clone(), m));
             }
-            let mut check = |field: &str, r: Result<(), String>| {
-                if let Err(m) = r {
-                    errors.push((format!("{key}.{field}"), m));
-                }
-            };
-            match ch {
-                ChannelConfig::Email(e) => {
-                    if e.host.trim().is_empty() {
-                        check("host", Err("expected the SMTP server's host name".into()));
-                    }
-                    check("to", non_empty(&e.to, "at least one recipient address"));
-                    for (field, a) in
-                        std::iter::once(("from", &e.from)).chain(e.to.iter().map(|t| ("to", t)))
-                    {
-                        check(
-                            field,
-                            a.parse::<lettre::Address>()
-                                .map(|_| ())
-                                .map_err(|err| format!("{a:?} is not an email address ({err})")),
-                        );
-                    }
-                    let pw = [
-                        e.password.is_some(),
-                        e.password_env.is_some(),
-                        e.password_file.is_some(),
-                    ]
-                    .iter()
-                    .filter(|b| **b)
-                    .count();
-                    if pw > 1 {
-                        check(
-                            "password",
-                            Err("set one of password, password_env, password_file".into()),
-                        );
-                    }
-                    if pw > 0 && e.username.is_none() {
-                        check(
-                            "username",
-                            Err("a password needs a username (expected username = \"...\")".into()),
-                        );
-                    }
-                }
-                ChannelConfig::Slack(s) => {
-                    check(
-                        "webhook_url",
-                        super::jobs::one_url_source(
-                            &s.webhook_url,
-                            &s.webhook_url_env,
-                            &s.webhook_url_file,
-                        )
-                        .map_err(|m| m.replace("url", "webhook_url")),
-                    );
-                    if let Some(u) = &s.webhook_url {
-                        check("webhook_url", http_url(u));
-                    }
-                }
-                ChannelConfig::Webhook(w) => {
-                    check("url", http_url(&w.url));
-                    let n = [
-                        w.secret.is_some(),
-                        w.secret_env.is_some(),
-                        w.secret_file.is_some(),
-                    ]
-                    .iter()
-                    .filter(|b| **b)
-                    .count();
-                    if n > 1 {
-                        check(
-                            "secret",
-                            Err("set one of secret, secret_env, secret_file".into()),
-                        );
-                    }
-                }
-                ChannelConfig::Ping(p) => {
-                    check(
-                        "url",
-                        super::jobs::one_url_source(&p.url, &p.url_env, &p.url_file),
-                    );
-                    if let Some(u) = &p.url {
-                        check("url", http_url(&u.replace("{job}", "job")));
-                    }
-                    for j in p.jobs.iter().flatten() {
-                        if !jobs.contains(&j.as_str()) {
-                            check("jobs", Err(format!("no job named {j:?}")));
-                        }
-                    }
-                }
+            for (field, m) in ch.errors(jobs) {
+                errors.push((format!("{key}.{field}"), m));
             }
         }
         for (sev, list) in [

@@ -1,136 +1,268 @@
-//! `[jobs.NAME]`: one variant per job kind, tagged by `type`.
+//! `[jobs.NAME]`: the keys every kind shares ([`Common`]), then the kind's
+//! own keys, tagged by `type`. The kinds are registered once, in [`kinds!`]:
+//! everything that has to know every kind (the `type` names, validation,
+//! which kinds store backups, the key lists of error messages) is generated
+//! from that one list and [`KindSpec`], which each kind implements next to
+//! its keys.
 
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// A key and what is wrong with it; the caller prefixes `jobs.NAME.`.
+pub(crate) type KeyError = (String, String);
+
+/// One `[jobs.NAME]` table. serde's `flatten` cannot be combined with
+/// `deny_unknown_fields` on this struct, but it does not have to be: the
+/// shared keys are taken by [`Common`] first, and every key left over must
+/// belong to the kind, whose struct denies the rest (the error then names
+/// the key: see `config::figment_error`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum JobConfig {
-    Postgres(PostgresJob),
-    Files(FilesJob),
-    Verify(VerifyJob),
-    Vacuum(super::maintenance::VacuumJob),
-    Reindex(super::maintenance::ReindexJob),
-    PruneFiles(super::maintenance::PruneFilesJob),
-    PruneImages(super::maintenance::PruneImagesJob),
-    Disk(super::maintenance::DiskJob),
-    CertExpiry(super::maintenance::CertExpiryJob),
-    Health(super::maintenance::HealthJob),
+pub struct JobConfig {
+    #[serde(flatten)]
+    pub common: Common,
+    #[serde(flatten)]
+    pub kind: Kind,
 }
 
-/// Declares a job kind's config struct with the keys every kind shares
-/// (schedule, time zone, jitter, retries, catch-up, lock, alert routes).
-/// serde's `flatten` cannot be combined with `deny_unknown_fields`, so the
-/// shared keys are spliced in here rather than nested.
-macro_rules! job_kind {
-    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
-        $(#[$meta])*
+/// The keys every job kind shares: when it runs, how it retries, whom it
+/// alerts. The daemon, `drctl run` and `drctl status` read only these.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Common {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    /// IANA time zone the schedule is read in (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Random delay up to this long before each scheduled run (spreads a fleet).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub jitter: Option<Duration>,
+    /// Further attempts after a failed run, with exponential backoff.
+    #[serde(default)]
+    pub retries: u32,
+    /// First retry delay; doubles per attempt, at most 1h.
+    #[serde(default = "default_retry_delay", with = "humantime_serde")]
+    pub retry_delay: Duration,
+    /// Run once at daemon start when the last success predates the previous
+    /// scheduled time (default: true for backups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<bool>,
+    /// `host` (default) or `cluster`: one run per tick across every host
+    /// sharing `[coordination]`.
+    #[serde(default)]
+    pub lock: LockScope,
+    /// This job's alert routes and timing (`[jobs.NAME.alerts]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<super::alerts::JobAlerts>,
+}
+
+/// What every kind says about itself. Implemented next to each kind's keys;
+/// the defaults fit a kind that stores nothing and checks nothing extra.
+pub trait KindSpec {
+    /// The keys this kind takes besides [`Common`]'s, for "unknown key"
+    /// messages. The default reads them from the kind's serde derive; a kind
+    /// that flattens a shared block lists its own (a unit test checks them).
+    fn keys() -> Vec<&'static str>
+    where
+        Self: Sized + for<'de> Deserialize<'de>,
+    {
+        super::introspect::fields::<Self>()
+    }
+    /// Checks serde cannot express (ranges, exclusive keys, globs).
+    fn validate(&self) -> Result<(), KeyError> {
+        Ok(())
+    }
+    /// The repository keys of a kind that writes backups.
+    fn storage(&self) -> Option<&Storage> {
+        None
+    }
+}
+
+/// Registers the job kinds: `Variant(Type) = "type name"`. Adding a kind is
+/// one line here plus its file; every match over all kinds is generated.
+macro_rules! kinds {
+    ($($(#[$m:meta])* $variant:ident($ty:ty) = $name:literal;)*) => {
+        /// The kind-specific part of a job, tagged by `type`.
         #[derive(Debug, Clone, Serialize, Deserialize)]
-        #[serde(deny_unknown_fields)]
-        pub struct $name {
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            pub schedule: Option<String>,
-            /// IANA time zone the schedule is read in (default UTC).
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            pub timezone: Option<String>,
-            /// Random delay up to this long before each scheduled run (spreads a fleet).
-            #[serde(
-                default,
-                with = "humantime_serde",
-                skip_serializing_if = "Option::is_none"
-            )]
-            pub jitter: Option<Duration>,
-            /// Further attempts after a failed run, with exponential backoff.
-            #[serde(default)]
-            pub retries: u32,
-            /// First retry delay; doubles per attempt, at most 1h.
-            #[serde(default = "default_retry_delay", with = "humantime_serde")]
-            pub retry_delay: Duration,
-            /// Run once at daemon start when the last success predates the previous
-            /// scheduled time (default: true for backups).
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            pub catch_up: Option<bool>,
-            /// `host` (default) or `cluster`: one run per tick across every host
-            /// sharing `[coordination]`.
-            #[serde(default)]
-            pub lock: LockScope,
-            /// This job's alert routes and timing (`[jobs.NAME.alerts]`).
-            #[serde(default, skip_serializing_if = "Option::is_none")]
-            pub alerts: Option<super::alerts::JobAlerts>,
-            $($body)*
+        #[serde(tag = "type")]
+        pub enum Kind {
+            $($(#[$m])* #[serde(rename = $name)] $variant($ty),)*
         }
-    };
-}
 
-pub(crate) use job_kind;
+        impl Kind {
+            /// Every `type` value, in registration order.
+            pub const NAMES: &'static [&'static str] = &[$($name),*];
 
-/// A backup kind: `job_kind!` plus the keys every backup kind shares
-/// (repository, compression, encryption, RPO, retention).
-macro_rules! backup_kind {
-    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
-        job_kind! {
-            $(#[$meta])*
-            pub struct $name {
-                /// Encrypt this job's backups (overrides the repository's `encryption`).
-                #[serde(default, skip_serializing_if = "Option::is_none")]
-                pub encryption: Option<super::Encryption>,
-                /// Recovery point objective: the newest committed backup must never
-                /// be older than this (`drctl rpo`, alerts, metrics).
-                #[serde(
-                    default,
-                    with = "humantime_serde",
-                    skip_serializing_if = "Option::is_none"
-                )]
-                pub rpo: Option<Duration>,
-                /// Grandfather-father-son retention, applied after each backup and by `drctl prune`.
-                #[serde(default, skip_serializing_if = "Option::is_none")]
-                pub retention: Option<crate::retention::Policy>,
-                pub repository: String,
-                #[serde(default)]
-                pub compression: Compression,
-                /// zstd 1..=19 (default 1), gzip 1..=9 (default 6).
-                #[serde(default, skip_serializing_if = "Option::is_none")]
-                pub compression_level: Option<i32>,
-                $($body)*
+            /// The `type` value as written in the config.
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Kind::$variant(_) => $name,)*
+                }
+            }
+
+            fn spec(&self) -> &dyn KindSpec {
+                match self {
+                    $(Kind::$variant(j) => j,)*
+                }
+            }
+
+            /// The keys a kind takes besides the shared ones (None: no such kind).
+            pub fn keys_of(name: &str) -> Option<Vec<&'static str>> {
+                match name {
+                    $($name => Some(<$ty as KindSpec>::keys()),)*
+                    _ => None,
+                }
             }
         }
     };
 }
 
+kinds! {
+    Postgres(PostgresJob) = "postgres";
+    Files(FilesJob) = "files";
+    Verify(VerifyJob) = "verify";
+    Vacuum(super::maintenance::VacuumJob) = "vacuum";
+    Reindex(super::maintenance::ReindexJob) = "reindex";
+    PruneFiles(super::maintenance::PruneFilesJob) = "prune_files";
+    PruneImages(super::maintenance::PruneImagesJob) = "prune_images";
+    Disk(super::maintenance::DiskJob) = "disk";
+    CertExpiry(super::maintenance::CertExpiryJob) = "cert_expiry";
+    Health(super::maintenance::HealthJob) = "health";
+}
+
+/// The keys every backup kind shares: where backups go, how they are
+/// packed, how long they are kept, how fresh they must be.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Storage {
+    /// Encrypt this job's backups (overrides the repository's `encryption`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<super::Encryption>,
+    /// Recovery point objective: the newest committed backup must never
+    /// be older than this (`drctl rpo`, alerts, metrics).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rpo: Option<Duration>,
+    /// Grandfather-father-son retention, applied after each backup and by `drctl prune`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<crate::retention::Policy>,
+    pub repository: String,
+    #[serde(default)]
+    pub compression: Compression,
+    /// zstd 1..=19 (default 1), gzip 1..=9 (default 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_level: Option<i32>,
+}
+
+impl Storage {
+    fn validate(&self) -> Result<(), KeyError> {
+        let own = |(k, m): (&str, String)| (k.to_owned(), m);
+        if let Some(e) = &self.encryption {
+            e.validate().map_err(own)?;
+        }
+        if self.retention.as_ref().is_some_and(|r| r.is_empty()) {
+            return Err((
+                "retention".into(),
+                "keeps nothing but the newest backup: set keep_last, hourly, daily, weekly, monthly or yearly to at least 1 (or remove retention to keep every backup)".into(),
+            ));
+        }
+        check_level(self.compression, self.compression_level).map_err(own)
+    }
+}
+
 pub use crate::values::Compression;
 
-backup_kind! {
-    pub struct PostgresJob {
-        /// Connection URL inline. Prefer `url_env`/`url_file`: an inline password is a secret in a file.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub url: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub url_env: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub url_file: Option<PathBuf>,
-        /// zstd worker threads (default: half the cores, 1 to 4).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub compression_threads: Option<u32>,
-        /// Directory holding `pg_dump`, `pg_dumpall`, `pg_restore`, `psql`
-        /// (default: the newest /usr/lib/postgresql/*/bin, else `$PATH`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub pg_bindir: Option<PathBuf>,
-        /// Tables up to this size get an exact row count in the dump's snapshot;
-        /// larger ones are listed with no count (and the manifest says so).
-        #[serde(default = "default_count_rows_max")]
-        pub count_rows_max_table_size: ByteSize,
-        /// Also dump roles and tablespaces (`pg_dumpall --globals-only`).
-        #[serde(default = "yes")]
-        pub globals: bool,
-        /// How long the daemon waits for this database at start before
-        /// declaring it unreachable (R3's "wait up to 60 s for the database").
-        #[serde(default = "default_startup_wait", with = "humantime_serde")]
-        pub startup_wait: Duration,
-        /// Database used for CREATE/ALTER DATABASE during restores.
-        #[serde(default = "default_maintenance_db")]
-        pub maintenance_db: String,
+/// `type = "postgres"`: `pg_dump -Fc` of one database (and the globals).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresJob {
+    #[serde(flatten)]
+    pub storage: Storage,
+    /// Connection URL inline. Prefer `url_env`/`url_file`: an inline password is a secret in a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<PathBuf>,
+    /// zstd worker threads (default: half the cores, 1 to 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_threads: Option<u32>,
+    /// Directory holding `pg_dump`, `pg_dumpall`, `pg_restore`, `psql`
+    /// (default: the newest /usr/lib/postgresql/*/bin, else `$PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_bindir: Option<PathBuf>,
+    /// Tables up to this size get an exact row count in the dump's snapshot;
+    /// larger ones are listed with no count (and the manifest says so).
+    #[serde(default = "default_count_rows_max")]
+    pub count_rows_max_table_size: ByteSize,
+    /// Also dump roles and tablespaces (`pg_dumpall --globals-only`).
+    #[serde(default = "yes")]
+    pub globals: bool,
+    /// How long the daemon waits for this database at start before
+    /// declaring it unreachable (R3's "wait up to 60 s for the database").
+    #[serde(default = "default_startup_wait", with = "humantime_serde")]
+    pub startup_wait: Duration,
+    /// Database used for CREATE/ALTER DATABASE during restores.
+    #[serde(default = "default_maintenance_db")]
+    pub maintenance_db: String,
+}
+
+impl KindSpec for PostgresJob {
+    fn keys() -> Vec<&'static str> {
+        let mut k = super::introspect::fields::<Storage>();
+        k.extend([
+            "url",
+            "url_env",
+            "url_file",
+            "compression_threads",
+            "pg_bindir",
+            "count_rows_max_table_size",
+            "globals",
+            "startup_wait",
+            "maintenance_db",
+        ]);
+        k
+    }
+
+    fn storage(&self) -> Option<&Storage> {
+        Some(&self.storage)
+    }
+
+    fn validate(&self) -> Result<(), KeyError> {
+        self.storage.validate()?;
+        let fail = |k: &str, m: &str| Err((k.to_owned(), m.to_owned()));
+        one_url_source(&self.url, &self.url_env, &self.url_file).map_err(|m| ("url".into(), m))?;
+        if self.startup_wait > MAX_STARTUP_WAIT {
+            return fail(
+                "startup_wait",
+                "expected at most 7 days (how long a missed run waits for its database at start)",
+            );
+        }
+        if let Some(u) = &self.url {
+            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
+                return fail("url", "expected a postgres:// URL");
+            }
+            let query_password =
+                url::Url::parse(u).is_ok_and(|p| p.query_pairs().any(|(k, _)| k == "password"));
+            if query_password {
+                return fail(
+                    "url",
+                    "put the password in the userinfo (postgres://user:password@host/db) or use url_env/url_file, not in the query",
+                );
+            }
+        }
+        if self.compression_threads == Some(0) {
+            return fail("compression_threads", "expected at least 1");
+        }
+        Ok(())
     }
 }
 
@@ -150,21 +282,23 @@ fn default_maintenance_db() -> String {
     "postgres".into()
 }
 
-job_kind! {
-    /// `type = "verify"`: re-read other jobs' backups and check them
-    /// against their manifests (`drctl verify` on a schedule).
-    pub struct VerifyJob {
-        /// Backup jobs to verify (default: every job with a repository).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub jobs: Option<Vec<String>>,
-        /// `latest` (default): the newest backup of each job; `all`: every one.
-        #[serde(default)]
-        pub scope: VerifyScope,
-        /// Also decrypt, decompress and read the archive (pg_restore reads every data block).
-        #[serde(default)]
-        pub deep: bool,
-    }
+/// `type = "verify"`: re-read other jobs' backups and check them
+/// against their manifests (`drctl verify` on a schedule).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyJob {
+    /// Backup jobs to verify (default: every job with a repository).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs: Option<Vec<String>>,
+    /// `latest` (default): the newest backup of each job; `all`: every one.
+    #[serde(default)]
+    pub scope: VerifyScope,
+    /// Also decrypt, decompress and read the archive (pg_restore reads every data block).
+    #[serde(default)]
+    pub deep: bool,
 }
+
+impl KindSpec for VerifyJob {}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -197,9 +331,38 @@ impl PathEntry {
     }
 }
 
-backup_kind! {
-    pub struct FilesJob {
-        pub paths: Vec<PathEntry>,
+/// `type = "files"`: a tar of paths (R0's `tar czf uploads.tar.gz`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilesJob {
+    #[serde(flatten)]
+    pub storage: Storage,
+    pub paths: Vec<PathEntry>,
+}
+
+impl KindSpec for FilesJob {
+    fn keys() -> Vec<&'static str> {
+        let mut k = super::introspect::fields::<Storage>();
+        k.push("paths");
+        k
+    }
+
+    fn storage(&self) -> Option<&Storage> {
+        Some(&self.storage)
+    }
+
+    fn validate(&self) -> Result<(), KeyError> {
+        self.storage.validate()?;
+        if self.paths.is_empty() {
+            return Err(("paths".into(), "expected at least one path".into()));
+        }
+        if let Some(p) = self.paths.iter().find(|p| !p.path().is_absolute()) {
+            return Err((
+                "paths".into(),
+                format!("expected absolute paths, got {:?}", p.path()),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -225,179 +388,81 @@ pub enum LockScope {
 }
 
 impl JobConfig {
+    /// The `type` value as written in the config.
     pub fn kind(&self) -> &'static str {
-        match self {
-            JobConfig::Postgres(_) => "postgres",
-            JobConfig::Files(_) => "files",
-            JobConfig::Verify(_) => "verify",
-            JobConfig::Vacuum(_) => "vacuum",
-            JobConfig::Reindex(_) => "reindex",
-            JobConfig::PruneFiles(_) => "prune_files",
-            JobConfig::PruneImages(_) => "prune_images",
-            JobConfig::Disk(_) => "disk",
-            JobConfig::CertExpiry(_) => "cert_expiry",
-            JobConfig::Health(_) => "health",
-        }
+        self.kind.name()
     }
 
     /// Backups are the kinds that write to a repository.
     pub fn is_backup(&self) -> bool {
-        matches!(self, JobConfig::Postgres(_) | JobConfig::Files(_))
+        self.storage().is_some()
+    }
+
+    /// The repository keys of a backup job (None for kinds that store nothing).
+    pub fn storage(&self) -> Option<&Storage> {
+        self.kind.spec().storage()
     }
 
     /// The repository a backup job writes to (None for kinds that store nothing).
     pub fn repository(&self) -> Option<&str> {
-        match self {
-            JobConfig::Postgres(j) => Some(&j.repository),
-            JobConfig::Files(j) => Some(&j.repository),
-            _ => None,
-        }
+        self.storage().map(|s| s.repository.as_str())
     }
 
     /// The job's own `encryption`, if it sets one.
     pub fn own_encryption(&self) -> Option<&super::Encryption> {
-        match self {
-            JobConfig::Postgres(j) => j.encryption.as_ref(),
-            JobConfig::Files(j) => j.encryption.as_ref(),
-            _ => None,
-        }
+        self.storage().and_then(|s| s.encryption.as_ref())
     }
 
     /// The job's retention policy, if it sets one (backup kinds only).
     pub fn retention(&self) -> Option<&crate::retention::Policy> {
-        match self {
-            JobConfig::Postgres(j) => j.retention.as_ref(),
-            JobConfig::Files(j) => j.retention.as_ref(),
-            _ => None,
-        }
+        self.storage().and_then(|s| s.retention.as_ref())
     }
 
     /// The job's RPO target, if it sets one (backup kinds only).
     pub fn rpo(&self) -> Option<Duration> {
-        match self {
-            JobConfig::Postgres(j) => j.rpo,
-            JobConfig::Files(j) => j.rpo,
-            _ => None,
-        }
-        .filter(|d| !d.is_zero())
+        self.storage().and_then(|s| s.rpo).filter(|d| !d.is_zero())
     }
 
     /// When and how the daemon runs this job.
     pub fn scheduling(&self) -> Scheduling<'_> {
-        macro_rules! of {
-            ($j:expr, $backup:expr) => {
-                Scheduling {
-                    schedule: $j.schedule.as_deref(),
-                    timezone: $j.timezone.as_deref(),
-                    jitter: $j.jitter,
-                    retries: $j.retries,
-                    retry_delay: $j.retry_delay,
-                    catch_up: $j.catch_up.unwrap_or($backup),
-                    lock: $j.lock,
-                    alerts: $j.alerts.as_ref(),
-                }
-            };
-        }
-        match self {
-            JobConfig::Postgres(j) => of!(j, true),
-            JobConfig::Files(j) => of!(j, true),
-            JobConfig::Verify(j) => of!(j, false),
-            JobConfig::Vacuum(j) => of!(j, false),
-            JobConfig::Reindex(j) => of!(j, false),
-            JobConfig::PruneFiles(j) => of!(j, false),
-            JobConfig::PruneImages(j) => of!(j, false),
-            JobConfig::Disk(j) => of!(j, false),
-            JobConfig::CertExpiry(j) => of!(j, false),
-            JobConfig::Health(j) => of!(j, false),
+        let c = &self.common;
+        Scheduling {
+            schedule: c.schedule.as_deref(),
+            timezone: c.timezone.as_deref(),
+            jitter: c.jitter,
+            retries: c.retries,
+            retry_delay: c.retry_delay,
+            catch_up: c.catch_up.unwrap_or(self.is_backup()),
+            lock: c.lock,
+            alerts: c.alerts.as_ref(),
         }
     }
 
     pub fn schedule(&self) -> Option<&str> {
-        self.scheduling().schedule
+        self.common.schedule.as_deref()
     }
 
-    pub(crate) fn validate(&self) -> Result<(), (String, String)> {
-        let own = |r: Result<(), (&'static str, String)>| r.map_err(|(k, m)| (k.to_owned(), m));
-        match self {
-            JobConfig::Vacuum(j) => j.validate(),
-            JobConfig::Reindex(j) => j.validate(),
-            JobConfig::PruneFiles(j) => j.validate(),
-            JobConfig::PruneImages(j) => j.validate(),
-            JobConfig::Disk(j) => j.validate(),
-            JobConfig::CertExpiry(j) => j.validate(),
-            JobConfig::Health(j) => j.validate(),
-            _ => Ok(()),
-        }?;
-        own(self.validate_common())
+    pub(crate) fn validate(&self) -> Result<(), KeyError> {
+        self.kind.spec().validate()?;
+        self.common.validate()
     }
+}
 
-    fn validate_common(&self) -> Result<(), (&'static str, String)> {
-        if let Some(e) = self.own_encryption() {
-            e.validate()?;
-        }
-        let s = self.scheduling();
-        if let Some(expr) = s.schedule {
-            let parsed = crate::schedule::Schedule::parse(expr, s.timezone)?;
+impl Common {
+    fn validate(&self) -> Result<(), KeyError> {
+        let own = |(k, m): (&str, String)| (k.to_owned(), m);
+        let tz = self.timezone.as_deref();
+        if let Some(expr) = &self.schedule {
+            let parsed = crate::schedule::Schedule::parse(expr, tz).map_err(own)?;
             // "0 0 2 30 2 *" (Feb 30) parses and never fires.
             if parsed.next_after(chrono::Utc::now()).is_none() {
                 return Err((
-                    "schedule",
+                    "schedule".into(),
                     format!("{expr:?} never fires (no such date); a job that never runs backs up nothing"),
                 ));
             }
-        } else if s.timezone.is_some() {
-            crate::schedule::parse_timezone(s.timezone).map_err(|m| ("timezone", m))?;
-        }
-        if let Some(r) = self.retention() {
-            if r.is_empty() {
-                return Err((
-                    "retention",
-                    "keeps nothing but the newest backup: set keep_last, hourly, daily, weekly, monthly or yearly to at least 1 (or remove retention to keep every backup)".into(),
-                ));
-            }
-        }
-        match self {
-            JobConfig::Postgres(j) => {
-                one_url_source(&j.url, &j.url_env, &j.url_file).map_err(|m| ("url", m))?;
-                if j.startup_wait > MAX_STARTUP_WAIT {
-                    return Err((
-                        "startup_wait",
-                        "expected at most 7 days (how long a missed run waits for its database at start)".into(),
-                    ));
-                }
-                if let Some(u) = &j.url {
-                    if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
-                        return Err(("url", "expected a postgres:// URL".into()));
-                    }
-                    let query_password = url::Url::parse(u)
-                        .is_ok_and(|p| p.query_pairs().any(|(k, _)| k == "password"));
-                    if query_password {
-                        return Err((
-                            "url",
-                            "put the password in the userinfo (postgres://user:password@host/db) or use url_env/url_file, not in the query".into(),
-                        ));
-                    }
-                }
-                check_level(j.compression, j.compression_level)?;
-                if j.compression_threads == Some(0) {
-                    return Err(("compression_threads", "expected at least 1".into()));
-                }
-            }
-            JobConfig::Files(j) => {
-                if j.paths.is_empty() {
-                    return Err(("paths", "expected at least one path".into()));
-                }
-                for p in &j.paths {
-                    if !p.path().is_absolute() {
-                        return Err((
-                            "paths",
-                            format!("expected absolute paths, got {:?}", p.path()),
-                        ));
-                    }
-                }
-                check_level(j.compression, j.compression_level)?;
-            }
-            _ => {}
+        } else if tz.is_some() {
+            crate::schedule::parse_timezone(tz).map_err(|m| ("timezone".into(), m))?;
         }
         Ok(())
     }

@@ -2,14 +2,12 @@
 //! prune_images, disk, cert_expiry, health. Thresholds default to what the
 //! seed runbooks and PostgreSQL's own autovacuum use.
 
-use super::jobs::{default_retry_delay, job_kind, one_url_source, LockScope};
+use super::jobs::{one_url_source, KeyError, KindSpec};
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
-
-type KeyError = (String, String);
 
 fn err(key: impl Into<String>, msg: impl Into<String>) -> KeyError {
     (key.into(), msg.into())
@@ -28,51 +26,44 @@ fn yes() -> bool {
     true
 }
 
-/// A PostgreSQL maintenance kind: `job_kind!` plus the connection, the
+/// The keys the PostgreSQL maintenance kinds share: the connection, the
 /// timeouts every statement runs under, and the window.
-macro_rules! pg_maintenance_kind {
-    ($(#[$meta:meta])* pub struct $name:ident { $($body:tt)* }) => {
-        job_kind! {
-            $(#[$meta])*
-            pub struct $name {
-                #[serde(default, skip_serializing_if = "Option::is_none")]
-                pub url: Option<String>,
-                #[serde(default, skip_serializing_if = "Option::is_none")]
-                pub url_env: Option<String>,
-                #[serde(default, skip_serializing_if = "Option::is_none")]
-                pub url_file: Option<PathBuf>,
-                /// A statement waiting longer than this for a lock gives up on its object.
-                #[serde(default = "default_lock_timeout", with = "humantime_serde")]
-                pub lock_timeout: Duration,
-                #[serde(default = "default_statement_timeout", with = "humantime_serde")]
-                pub statement_timeout: Duration,
-                /// `"01:00-05:00"` in the job's time zone: nothing new starts outside it.
-                #[serde(default, skip_serializing_if = "Option::is_none")]
-                pub window: Option<String>,
-                $($body)*
-            }
-        }
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Session {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<PathBuf>,
+    /// A statement waiting longer than this for a lock gives up on its object.
+    #[serde(default = "default_lock_timeout", with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    #[serde(default = "default_statement_timeout", with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// `"01:00-05:00"` in the job's time zone: nothing new starts outside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+}
 
-        impl $name {
-            /// How `pg::Session` connects for this job.
-            pub fn session(&self) -> SessionSpec<'_> {
-                SessionSpec {
-                    url: self.url.as_deref(),
-                    url_env: self.url_env.as_deref(),
-                    url_file: self.url_file.as_deref(),
-                    lock_timeout: self.lock_timeout,
-                    statement_timeout: self.statement_timeout,
-                    window: self.window.as_deref(),
-                    timezone: self.timezone.as_deref(),
-                }
-            }
-
-            fn validate_session(&self) -> Result<(), KeyError> {
-                url(&self.url, &self.url_env, &self.url_file)?;
-                window(&self.window)
-            }
+impl Session {
+    /// How `pg::Session` connects for a job whose schedule is read in `timezone`.
+    pub fn spec<'a>(&'a self, timezone: Option<&'a str>) -> SessionSpec<'a> {
+        SessionSpec {
+            url: self.url.as_deref(),
+            url_env: self.url_env.as_deref(),
+            url_file: self.url_file.as_deref(),
+            lock_timeout: self.lock_timeout,
+            statement_timeout: self.statement_timeout,
+            window: self.window.as_deref(),
+            timezone,
         }
-    };
+    }
+
+    fn validate(&self) -> Result<(), KeyError> {
+        url(&self.url, &self.url_env, &self.url_file)?;
+        window(&self.window)
+    }
 }
 
 /// Connection and limits of a PostgreSQL maintenance job.
@@ -87,33 +78,35 @@ pub struct SessionSpec<'a> {
     pub timezone: Option<&'a str>,
 }
 
-pg_maintenance_kind! {
-    /// `type = "vacuum"`: `VACUUM (ANALYZE)` on the tables that need it.
-    pub struct VacuumJob {
-        /// Only these tables (`schema.table` or `table` in `public`), each run.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub tables: Option<Vec<String>>,
-        /// Every table of the database, whatever its statistics say.
-        #[serde(default)]
-        pub all: bool,
-        /// `VACUUM FULL` (rewrites and locks each table exclusively).
-        #[serde(default)]
-        pub full: bool,
-        #[serde(default = "yes")]
-        pub analyze: bool,
-        /// A table needs vacuum with at least this many dead tuples...
-        #[serde(default = "default_min_dead")]
-        pub min_dead_tuples: u64,
-        /// ...making up at least this share of its tuples.
-        #[serde(default = "default_ratio")]
-        pub dead_ratio: f64,
-        /// Or rows modified since the last analyze above this share of its rows.
-        #[serde(default = "default_ratio")]
-        pub analyze_ratio: f64,
-        /// Or its relfrozenxid older than this many transactions (wraparound).
-        #[serde(default = "default_freeze_age")]
-        pub freeze_age: i64,
-    }
+/// `type = "vacuum"`: `VACUUM (ANALYZE)` on the tables that need it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VacuumJob {
+    #[serde(flatten)]
+    pub session: Session,
+    /// Only these tables (`schema.table` or `table` in `public`), each run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<Vec<String>>,
+    /// Every table of the database, whatever its statistics say.
+    #[serde(default)]
+    pub all: bool,
+    /// `VACUUM FULL` (rewrites and locks each table exclusively).
+    #[serde(default)]
+    pub full: bool,
+    #[serde(default = "yes")]
+    pub analyze: bool,
+    /// A table needs vacuum with at least this many dead tuples...
+    #[serde(default = "default_min_dead")]
+    pub min_dead_tuples: u64,
+    /// ...making up at least this share of its tuples.
+    #[serde(default = "default_ratio")]
+    pub dead_ratio: f64,
+    /// Or rows modified since the last analyze above this share of its rows.
+    #[serde(default = "default_ratio")]
+    pub analyze_ratio: f64,
+    /// Or its relfrozenxid older than this many transactions (wraparound).
+    #[serde(default = "default_freeze_age")]
+    pub freeze_age: i64,
 }
 
 fn default_min_dead() -> u64 {
@@ -126,25 +119,27 @@ fn default_freeze_age() -> i64 {
     150_000_000
 }
 
-pg_maintenance_kind! {
-    /// `type = "reindex"`: `REINDEX INDEX CONCURRENTLY` for bloated indexes.
-    pub struct ReindexJob {
-        /// Only these indexes (`schema.index` or `index` in `public`).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub indexes: Option<Vec<String>>,
-        /// Every index of the database.
-        #[serde(default)]
-        pub all: bool,
-        /// Reindex when the estimated bloat exceeds this share of the index.
-        #[serde(default = "default_bloat")]
-        pub bloat_ratio: f64,
-        /// Smaller indexes are never worth it.
-        #[serde(default = "default_min_index")]
-        pub min_size: ByteSize,
-        /// Drop invalid `_ccnew` leftovers of an interrupted concurrent reindex.
-        #[serde(default = "yes")]
-        pub drop_invalid: bool,
-    }
+/// `type = "reindex"`: `REINDEX INDEX CONCURRENTLY` for bloated indexes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReindexJob {
+    #[serde(flatten)]
+    pub session: Session,
+    /// Only these indexes (`schema.index` or `index` in `public`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub indexes: Option<Vec<String>>,
+    /// Every index of the database.
+    #[serde(default)]
+    pub all: bool,
+    /// Reindex when the estimated bloat exceeds this share of the index.
+    #[serde(default = "default_bloat")]
+    pub bloat_ratio: f64,
+    /// Smaller indexes are never worth it.
+    #[serde(default = "default_min_index")]
+    pub min_size: ByteSize,
+    /// Drop invalid `_ccnew` leftovers of an interrupted concurrent reindex.
+    #[serde(default = "yes")]
+    pub drop_invalid: bool,
 }
 
 fn default_bloat() -> f64 {
@@ -154,51 +149,59 @@ fn default_min_index() -> ByteSize {
     ByteSize::mib(1)
 }
 
-job_kind! {
-    /// `type = "prune_files"`: `find -mtime +30 -delete` with guard rails.
-    pub struct PruneFilesJob {
-        /// Globs (`**` included); each one's literal prefix is a root no
-        /// deletion leaves.
-        pub paths: Vec<String>,
-        #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
-        pub older_than: Option<Duration>,
-        /// The newest N matching files of each directory are always kept.
-        #[serde(default)]
-        pub keep_last: usize,
-        /// Delete oldest first until the matching files fit.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub max_total_size: Option<ByteSize>,
-        /// gzip files older than this in place (logrotate's `compress`).
-        #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
-        pub compress_older_than: Option<Duration>,
-        #[serde(default)]
-        pub dry_run: bool,
-    }
+/// `type = "prune_files"`: `find -mtime +30 -delete` with guard rails.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneFilesJob {
+    /// Globs (`**` included); each one's literal prefix is a root no
+    /// deletion leaves.
+    pub paths: Vec<String>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub older_than: Option<Duration>,
+    /// The newest N matching files of each directory are always kept.
+    #[serde(default)]
+    pub keep_last: usize,
+    /// Delete oldest first until the matching files fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_total_size: Option<ByteSize>,
+    /// gzip files older than this in place (logrotate's `compress`).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub compress_older_than: Option<Duration>,
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
-job_kind! {
-    /// `type = "prune_images"`: `docker image prune` with keep_last per repository.
-    pub struct PruneImagesJob {
-        /// Docker Engine socket (default: `$DOCKER_HOST`, else /var/run/docker.sock).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub socket: Option<PathBuf>,
-        /// Only images created longer ago than this are removed.
-        #[serde(default = "default_until", with = "humantime_serde")]
-        pub until: Duration,
-        /// The newest N tags of each repository are kept, used or not.
-        #[serde(default)]
-        pub keep_last: usize,
-        /// Remove dangling (untagged) images.
-        #[serde(default = "yes")]
-        pub dangling: bool,
-        /// Remove tagged images no container uses.
-        #[serde(default = "yes")]
-        pub unused: bool,
-        #[serde(default)]
-        pub dry_run: bool,
-        #[serde(default = "default_docker_timeout", with = "humantime_serde")]
-        pub timeout: Duration,
-    }
+/// `type = "prune_images"`: `docker image prune` with keep_last per repository.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneImagesJob {
+    /// Docker Engine socket (default: `$DOCKER_HOST`, else /var/run/docker.sock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// Only images created longer ago than this are removed.
+    #[serde(default = "default_until", with = "humantime_serde")]
+    pub until: Duration,
+    /// The newest N tags of each repository are kept, used or not.
+    #[serde(default)]
+    pub keep_last: usize,
+    /// Remove dangling (untagged) images.
+    #[serde(default = "yes")]
+    pub dangling: bool,
+    /// Remove tagged images no container uses.
+    #[serde(default = "yes")]
+    pub unused: bool,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default = "default_docker_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 fn default_until() -> Duration {
@@ -208,21 +211,21 @@ fn default_docker_timeout() -> Duration {
     d(120)
 }
 
-job_kind! {
-    /// `type = "disk"`: `df` against thresholds, space and inodes.
-    pub struct DiskJob {
-        pub mounts: Vec<PathBuf>,
-        /// Percent used at which the mount is a warning.
-        #[serde(default = "default_disk_warn")]
-        pub warn: f64,
-        #[serde(default = "default_disk_critical")]
-        pub critical: f64,
-        /// Inode thresholds (default: the same as space).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub inodes_warn: Option<f64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub inodes_critical: Option<f64>,
-    }
+/// `type = "disk"`: `df` against thresholds, space and inodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskJob {
+    pub mounts: Vec<PathBuf>,
+    /// Percent used at which the mount is a warning.
+    #[serde(default = "default_disk_warn")]
+    pub warn: f64,
+    #[serde(default = "default_disk_critical")]
+    pub critical: f64,
+    /// Inode thresholds (default: the same as space).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inodes_warn: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inodes_critical: Option<f64>,
 }
 
 fn default_disk_warn() -> f64 {
@@ -232,23 +235,23 @@ fn default_disk_critical() -> f64 {
     90.0
 }
 
-job_kind! {
-    /// `type = "cert_expiry"`: `openssl x509 -enddate` for files and endpoints.
-    pub struct CertExpiryJob {
-        /// PEM files or globs; every certificate of a chain is checked.
-        #[serde(default)]
-        pub files: Vec<String>,
-        /// `host:port` (SNI = host), or `name@host:port` to send another SNI.
-        #[serde(default)]
-        pub endpoints: Vec<String>,
-        #[serde(default = "default_warn_days", with = "humantime_serde")]
-        pub warn: Duration,
-        #[serde(default = "default_critical_days", with = "humantime_serde")]
-        pub critical: Duration,
-        /// Connect and handshake timeout per endpoint.
-        #[serde(default = "default_tls_timeout", with = "humantime_serde")]
-        pub timeout: Duration,
-    }
+/// `type = "cert_expiry"`: `openssl x509 -enddate` for files and endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertExpiryJob {
+    /// PEM files or globs; every certificate of a chain is checked.
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// `host:port` (SNI = host), or `name@host:port` to send another SNI.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    #[serde(default = "default_warn_days", with = "humantime_serde")]
+    pub warn: Duration,
+    #[serde(default = "default_critical_days", with = "humantime_serde")]
+    pub critical: Duration,
+    /// Connect and handshake timeout per endpoint.
+    #[serde(default = "default_tls_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 fn default_warn_days() -> Duration {
@@ -261,11 +264,11 @@ fn default_tls_timeout() -> Duration {
     d(10)
 }
 
-job_kind! {
-    /// `type = "health"`: checks with retries and Gatus-style thresholds.
-    pub struct HealthJob {
-        pub checks: Vec<HealthCheck>,
-    }
+/// `type = "health"`: checks with retries and Gatus-style thresholds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthJob {
+    pub checks: Vec<HealthCheck>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -387,33 +390,16 @@ impl HealthCheck {
         format!("{}:{}", self.probe.as_str(), target.unwrap_or_default())
     }
 
-    fn validate(&self, key: &str) -> Result<(), KeyError> {
+    /// The keys that say what is probed (`url`, `address`, `command`):
+    /// exactly those of the check's type.
+    fn validate_target(&self, key: &str) -> Result<(), KeyError> {
         let has_url = self.url.is_some() || self.url_env.is_some() || self.url_file.is_some();
-        let http_only = [
-            ("method", self.method.is_some()),
-            ("expect_status", self.expect_status.is_some()),
-            ("body_contains", self.body_contains.is_some()),
-            ("json_pointer", self.json_pointer.is_some()),
-            ("json_equals", self.json_equals.is_some()),
-            ("headers", !self.headers.is_empty()),
-        ];
         let not_for = |k: &str| {
             err(
                 format!("{key}.{k}"),
                 format!("not a key of {} checks", self.probe.as_str()),
             )
         };
-        if self.probe != ProbeType::Http {
-            if let Some((k, _)) = http_only.iter().find(|(_, set)| *set) {
-                return Err(not_for(k));
-            }
-        }
-        if self.probe != ProbeType::Tcp && self.address.is_some() {
-            return Err(not_for("address"));
-        }
-        if self.probe != ProbeType::Command && self.command.is_some() {
-            return Err(not_for("command"));
-        }
         match self.probe {
             ProbeType::Http | ProbeType::Postgres | ProbeType::Redis => {
                 one_url_source(&self.url, &self.url_env, &self.url_file)
@@ -459,6 +445,36 @@ impl HealthCheck {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn validate(&self, key: &str) -> Result<(), KeyError> {
+        let http_only = [
+            ("method", self.method.is_some()),
+            ("expect_status", self.expect_status.is_some()),
+            ("body_contains", self.body_contains.is_some()),
+            ("json_pointer", self.json_pointer.is_some()),
+            ("json_equals", self.json_equals.is_some()),
+            ("headers", !self.headers.is_empty()),
+        ];
+        let not_for = |k: &str| {
+            err(
+                format!("{key}.{k}"),
+                format!("not a key of {} checks", self.probe.as_str()),
+            )
+        };
+        if self.probe != ProbeType::Http {
+            if let Some((k, _)) = http_only.iter().find(|(_, set)| *set) {
+                return Err(not_for(k));
+            }
+        }
+        if self.probe != ProbeType::Tcp && self.address.is_some() {
+            return Err(not_for("address"));
+        }
+        if self.probe != ProbeType::Command && self.command.is_some() {
+            return Err(not_for("command"));
+        }
+        self.validate_target(key)?;
         if let Some(p) = &self.json_pointer {
             if !p.is_empty() && !p.starts_with('/') {
                 return Err(err(
@@ -576,9 +592,9 @@ fn url(u: &Option<String>, e: &Option<String>, f: &Option<PathBuf>) -> Result<()
     Ok(())
 }
 
-impl VacuumJob {
-    pub(crate) fn validate(&self) -> Result<(), KeyError> {
-        self.validate_session()?;
+impl KindSpec for VacuumJob {
+    fn validate(&self) -> Result<(), KeyError> {
+        self.session.validate()?;
         ratio("dead_ratio", self.dead_ratio)?;
         ratio("analyze_ratio", self.analyze_ratio)?;
         if self.all && self.tables.is_some() {
@@ -587,13 +603,28 @@ impl VacuumJob {
                 "expected either `all = true` or `tables`, not both",
             ));
         }
-        window(&self.window)
+        Ok(())
+    }
+
+    fn keys() -> Vec<&'static str> {
+        let mut k = super::introspect::fields::<Session>();
+        k.extend([
+            "tables",
+            "all",
+            "full",
+            "analyze",
+            "min_dead_tuples",
+            "dead_ratio",
+            "analyze_ratio",
+            "freeze_age",
+        ]);
+        k
     }
 }
 
-impl ReindexJob {
-    pub(crate) fn validate(&self) -> Result<(), KeyError> {
-        self.validate_session()?;
+impl KindSpec for ReindexJob {
+    fn validate(&self) -> Result<(), KeyError> {
+        self.session.validate()?;
         ratio("bloat_ratio", self.bloat_ratio)?;
         if self.all && self.indexes.is_some() {
             return Err(err(
@@ -601,12 +632,18 @@ impl ReindexJob {
                 "expected either `all = true` or `indexes`, not both",
             ));
         }
-        window(&self.window)
+        Ok(())
+    }
+
+    fn keys() -> Vec<&'static str> {
+        let mut k = super::introspect::fields::<Session>();
+        k.extend(["indexes", "all", "bloat_ratio", "min_size", "drop_invalid"]);
+        k
     }
 }
 
-impl PruneFilesJob {
-    pub(crate) fn validate(&self) -> Result<(), KeyError> {
+impl KindSpec for PruneFilesJob {
+    fn validate(&self) -> Result<(), KeyError> {
         if self.paths.is_empty() {
             return Err(err("paths", "expected at least one glob"));
         }
@@ -640,8 +677,8 @@ impl PruneFilesJob {
     }
 }
 
-impl DiskJob {
-    pub(crate) fn validate(&self) -> Result<(), KeyError> {
+impl KindSpec for DiskJob {
+    fn validate(&self) -> Result<(), KeyError> {
         if self.mounts.is_empty() {
             return Err(err("mounts", "expected at least one mount point"));
         }
@@ -665,8 +702,8 @@ impl DiskJob {
     }
 }
 
-impl CertExpiryJob {
-    pub(crate) fn validate(&self) -> Result<(), KeyError> {
+impl KindSpec for CertExpiryJob {
+    fn validate(&self) -> Result<(), KeyError> {
         if self.files.is_empty() && self.endpoints.is_empty() {
             return Err(err("files", "expected `files` or `endpoints` (or both)"));
         }
@@ -686,8 +723,8 @@ impl CertExpiryJob {
     }
 }
 
-impl HealthJob {
-    pub(crate) fn validate(&self) -> Result<(), KeyError> {
+impl KindSpec for HealthJob {
+    fn validate(&self) -> Result<(), KeyError> {
         if self.checks.is_empty() {
             return Err(err("checks", "expected at least one [[jobs.NAME.checks]]"));
         }
@@ -708,8 +745,8 @@ impl HealthJob {
     }
 }
 
-impl PruneImagesJob {
-    pub(crate) fn validate(&self) -> Result<(), KeyError> {
+impl KindSpec for PruneImagesJob {
+    fn validate(&self) -> Result<(), KeyError> {
         if !self.dangling && !self.unused {
             return Err(err(
                 "dangling",

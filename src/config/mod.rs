@@ -8,6 +8,7 @@
 mod alerts;
 mod drills;
 mod encryption;
+mod introspect;
 mod jobs;
 mod maintenance;
 mod render;
@@ -20,13 +21,13 @@ pub use alerts::{
 pub use drills::{DrillConfig, DrillTarget, ReportSchedule, SqlCheck};
 pub use encryption::{Encryption, IDENTITY_ENV};
 pub use jobs::{
-    Compression, FilesJob, JobConfig, LockScope, PathEntry, PostgresJob, Scheduling, VerifyJob,
-    VerifyScope,
+    Common, Compression, FilesJob, JobConfig, Kind, KindSpec, LockScope, PathEntry, PostgresJob,
+    Scheduling, Storage, VerifyJob, VerifyScope,
 };
 pub use maintenance::strip_userinfo;
 pub use maintenance::{
     CertExpiryJob, DiskJob, HealthCheck, HealthJob, ProbeType, PruneFilesJob, PruneImagesJob,
-    ReindexJob, SessionSpec, VacuumJob, Window,
+    ReindexJob, Session, SessionSpec, VacuumJob, Window,
 };
 pub use render::render_masked;
 pub use repositories::{LocalRepository, LockMode, ObjectLock, RepositoryConfig, S3Repository};
@@ -373,6 +374,8 @@ impl LoadedConfig {
         Ok(())
     }
 
+    /// Every semantic error of the merged config (all of them, not the
+    /// first), as one error naming the first's file and key.
     fn validate(&self) -> Result<()> {
         let mut errors = Vec::new();
         let http = &self.config.http;
@@ -402,107 +405,136 @@ impl LoadedConfig {
         let job_names: Vec<&str> = self.config.jobs.keys().map(String::as_str).collect();
         errors.extend(self.config.alerts.validate(&job_names));
         for (name, job) in &self.config.jobs {
-            let key = format!("jobs.{name}");
-            if let Some(a) = job.scheduling().alerts {
-                for (sev, list) in [
-                    ("critical", &a.critical),
-                    ("warning", &a.warning),
-                    ("info", &a.info),
-                ] {
-                    if let Some(list) = list {
-                        if let Err(m) = self.config.alerts.check_route(list) {
-                            errors.push((format!("{key}.alerts.{sev}"), m));
-                        }
-                    }
-                }
-            }
-            if let Err(msg) = JobName::parse(name) {
-                errors.push((key.clone(), msg));
-            }
-            if let Some(repo) = job.repository() {
-                if !self.config.repositories.contains_key(repo) {
-                    let known: Vec<&str> = self
-                        .config
-                        .repositories
-                        .keys()
-                        .map(String::as_str)
-                        .collect();
-                    errors.push((
-                        format!("{key}.repository"),
-                        format!(
-                            "no repository named {repo:?} (expected one of: {})",
-                            if known.is_empty() {
-                                "none defined".into()
-                            } else {
-                                known.join(", ")
-                            }
-                        ),
-                    ));
-                }
-            }
-            if job.scheduling().lock == LockScope::Cluster && self.config.coordination.is_none() {
-                errors.push((
-                    format!("{key}.lock"),
-                    "lock = \"cluster\" needs a [coordination] section with url_env (or url, url_file) naming a PostgreSQL database shared by the hosts".into(),
-                ));
-            }
-            if let JobConfig::Verify(v) = job {
-                for j in v.jobs.iter().flatten() {
-                    match self.config.jobs.get(j) {
-                        Some(t) if t.repository().is_some() => {}
-                        Some(t) => errors.push((
-                            format!("{key}.jobs"),
-                            format!(
-                                "{j:?} is a {} job and stores no backups (expected a backup job)",
-                                t.kind()
-                            ),
-                        )),
-                        None => errors.push((format!("{key}.jobs"), format!("no job named {j:?}"))),
-                    }
-                }
-            }
-            if let Err((field, msg)) = job.validate() {
-                errors.push((format!("{key}.{field}"), msg));
-            }
+            errors.extend(self.job_errors(name, job));
         }
         for (name, d) in &self.config.drills {
-            let key = format!("drills.{name}");
-            if let Err(msg) = JobName::parse(name) {
-                errors.push((key.clone(), msg));
-            }
-            match self.config.jobs.get(&d.job) {
-                Some(JobConfig::Postgres(_)) => {}
-                Some(other) => errors.push((
-                    format!("{key}.job"),
-                    format!(
-                        "{:?} is a {} job (expected a postgres backup job)",
-                        d.job,
-                        other.kind()
-                    ),
-                )),
-                None => errors.push((format!("{key}.job"), format!("no job named {:?}", d.job))),
-            }
-            if let Err((field, msg)) = d.validate() {
-                errors.push((format!("{key}.{field}"), msg));
-            }
+            errors.extend(self.drill_errors(name, d));
         }
         for (name, r) in &self.config.reports {
-            let key = format!("reports.{name}");
-            if let Err((field, msg)) =
-                crate::schedule::Schedule::parse(&r.schedule, r.timezone.as_deref())
-            {
-                errors.push((format!("{key}.{field}"), msg));
-            }
-            if r.channels.is_empty() {
-                errors.push((
-                    format!("{key}.channels"),
-                    "expected at least one channel".into(),
-                ));
-            }
-            if let Err(m) = self.config.alerts.check_route(&r.channels) {
-                errors.push((format!("{key}.channels"), m));
+            errors.extend(self.report_errors(name, r));
+        }
+        self.one_error(errors)
+    }
+
+    /// What is wrong with `[jobs.NAME]`, including references to other
+    /// sections (repository, channels, coordination, verified jobs).
+    fn job_errors(&self, name: &str, job: &JobConfig) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        let key = format!("jobs.{name}");
+        if let Some(a) = job.scheduling().alerts {
+            for (sev, list) in [
+                ("critical", &a.critical),
+                ("warning", &a.warning),
+                ("info", &a.info),
+            ] {
+                if let Some(list) = list {
+                    if let Err(m) = self.config.alerts.check_route(list) {
+                        errors.push((format!("{key}.alerts.{sev}"), m));
+                    }
+                }
             }
         }
+        if let Err(msg) = JobName::parse(name) {
+            errors.push((key.clone(), msg));
+        }
+        if let Some(repo) = job.repository() {
+            if !self.config.repositories.contains_key(repo) {
+                let known: Vec<&str> = self
+                    .config
+                    .repositories
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
+                errors.push((
+                    format!("{key}.repository"),
+                    format!(
+                        "no repository named {repo:?} (expected one of: {})",
+                        if known.is_empty() {
+                            "none defined".into()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+        if job.scheduling().lock == LockScope::Cluster && self.config.coordination.is_none() {
+            errors.push((
+                format!("{key}.lock"),
+                "lock = \"cluster\" needs a [coordination] section with url_env (or url, url_file) naming a PostgreSQL database shared by the hosts".into(),
+            ));
+        }
+        if let Kind::Verify(v) = &job.kind {
+            for j in v.jobs.iter().flatten() {
+                match self.config.jobs.get(j) {
+                    Some(t) if t.repository().is_some() => {}
+                    Some(t) => errors.push((
+                        format!("{key}.jobs"),
+                        format!(
+                            "{j:?} is a {} job and stores no backups (expected a backup job)",
+                            t.kind()
+                        ),
+                    )),
+                    None => errors.push((format!("{key}.jobs"), format!("no job named {j:?}"))),
+                }
+            }
+        }
+        if let Err((field, msg)) = job.validate() {
+            errors.push((format!("{key}.{field}"), msg));
+        }
+        errors
+    }
+
+    fn drill_errors(&self, name: &str, d: &DrillConfig) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        let key = format!("drills.{name}");
+        if let Err(msg) = JobName::parse(name) {
+            errors.push((key.clone(), msg));
+        }
+        match self.config.jobs.get(&d.job) {
+            Some(JobConfig {
+                kind: Kind::Postgres(_),
+                ..
+            }) => {}
+            Some(other) => errors.push((
+                format!("{key}.job"),
+                format!(
+                    "{:?} is a {} job (expected a postgres backup job)",
+                    d.job,
+                    other.kind()
+                ),
+            )),
+            None => errors.push((format!("{key}.job"), format!("no job named {:?}", d.job))),
+        }
+        if let Err((field, msg)) = d.validate() {
+            errors.push((format!("{key}.{field}"), msg));
+        }
+        errors
+    }
+
+    fn report_errors(&self, name: &str, r: &ReportSchedule) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        let key = format!("reports.{name}");
+        if let Err((field, msg)) =
+            crate::schedule::Schedule::parse(&r.schedule, r.timezone.as_deref())
+        {
+            errors.push((format!("{key}.{field}"), msg));
+        }
+        if r.channels.is_empty() {
+            errors.push((
+                format!("{key}.channels"),
+                "expected at least one channel".into(),
+            ));
+        }
+        if let Err(m) = self.config.alerts.check_route(&r.channels) {
+            errors.push((format!("{key}.channels"), m));
+        }
+        errors
+    }
+
+    /// `(key, message)` pairs as one config error (the first names its
+    /// file and key; the others follow as "also:" lines).
+    fn one_error(&self, errors: Vec<(String, String)>) -> Result<()> {
         if errors.is_empty() {
             return Ok(());
         }
@@ -594,7 +626,10 @@ fn figment_error(
         if let Some(field) = root.and_then(|r| field_of(r, &e.path, &e.kind)) {
             key = format!("{key}.{field}");
         }
-        let mut message = crate::secret::redact(&scrub(&e.kind.to_string()));
+        let mut message = match root.and_then(|r| unknown_job_key(r, &e.path, &e.kind)) {
+            Some(m) => m,
+            None => crate::secret::redact(&scrub(&e.kind.to_string())),
+        };
         // Values from DRCTL_* variables are merged into the file's tables; say
         // which variables touch this key so the operator looks there too.
         let vars: Vec<String> = env_overrides()
@@ -644,7 +679,9 @@ fn field_of(
         };
     }
     match kind {
-        Kind::UnknownField(f, _) if table.contains_key(f) => Some(f.clone()),
+        Kind::UnknownField(..) | Kind::Message(_) => unknown_field(kind)
+            .filter(|f| table.contains_key(*f))
+            .map(String::from),
         Kind::UnknownVariant(v, _) => {
             let mut hits = Vec::new();
             holding(
@@ -668,6 +705,47 @@ fn field_of(
         }
         _ => None,
     }
+}
+
+/// The unknown key of an error inside `[jobs.NAME]`: serde names it as
+/// `UnknownField` (listing the kind's own keys only) or, for a kind that
+/// flattens a shared block, as a bare message.
+fn unknown_field(kind: &figment::error::Kind) -> Option<&str> {
+    use figment::error::Kind;
+    match kind {
+        Kind::UnknownField(f, _) => Some(f),
+        Kind::Message(m) => m
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split_once('`'))
+            .map(|(f, _)| f),
+        _ => None,
+    }
+}
+
+/// "unknown key" inside a job, with every key its kind takes: the kind's
+/// own and those all kinds share (serde alone lists only one of the two).
+fn unknown_job_key(
+    root: &figment::value::Dict,
+    path: &[String],
+    kind: &figment::error::Kind,
+) -> Option<String> {
+    let [jobs, name] = path else { return None };
+    let field = unknown_field(kind)?;
+    let table = match root.get(jobs.as_str())? {
+        figment::value::Value::Dict(_, d) => match d.get(name.as_str())? {
+            figment::value::Value::Dict(_, t) => t,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let ty = table.get("type")?.as_str()?;
+    let own = jobs::Kind::keys_of(ty)?;
+    let shared = introspect::fields::<Common>();
+    Some(format!(
+        "unknown key `{field}` for a {ty} job: expected one of `{}`, or a key every job takes: `{}`",
+        own.join("`, `"),
+        shared.join("`, `")
+    ))
 }
 
 /// Dotted paths under `table` whose value is `actual` (sub-tables included:

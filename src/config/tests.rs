@@ -70,8 +70,8 @@ fn issue_config_loads_as_written() {
         }
         other => panic!("{other:?}"),
     }
-    match &c.config.jobs["configs"] {
-        JobConfig::Files(f) => assert_eq!(f.paths.len(), 2),
+    match &c.config.jobs["configs"].kind {
+        Kind::Files(f) => assert_eq!(f.paths.len(), 2),
         other => panic!("{other:?}"),
     }
     assert_eq!(c.config.jobs["appdb"].repository(), Some("offsite"));

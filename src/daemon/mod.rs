@@ -391,8 +391,8 @@ async fn catch_up(d: &Arc<Daemon>) {
         }
         tracing::info!(job = %name, last_success = ?last, "missed a scheduled run; catching up now");
         let daemon = d.clone();
-        let wait = match job {
-            crate::config::JobConfig::Postgres(p) => Some((p.clone(), p.startup_wait)),
+        let wait = match &job.kind {
+            crate::config::Kind::Postgres(p) => Some((p.clone(), p.startup_wait)),
             _ => None,
         };
         d.tasks.spawn(async move {
@@ -592,16 +592,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     let mut hup = signal(SignalKind::hangup()).map_err(io)?;
     let status = d.status_line();
     tracing::info!(%status, "daemon started");
-    if let Err(e) = crate::alerts::Alerter::new(&cfg, &d.state)
-        .notice(
-            "daemon_started",
-            crate::alerts::Severity::Info,
-            format!("drctl daemon started ({status})"),
-        )
-        .await
-    {
-        tracing::error!(error = %e, "cannot queue the start notice");
-    }
+    announce_start(&cfg, &d.state, &status).await;
     notify::ready(&status);
     let mut heartbeat =
         tokio::time::interval(notify::watchdog_interval().unwrap_or(Duration::from_secs(30)));
@@ -659,6 +650,20 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     .await;
     tracing::info!("daemon stopped");
     Ok(())
+}
+
+/// The `daemon_started` notice (info: a restart loop shows in the channels).
+async fn announce_start(cfg: &LoadedConfig, state: &State, status: &str) {
+    if let Err(e) = crate::alerts::Alerter::new(cfg, state)
+        .notice(
+            "daemon_started",
+            crate::alerts::Severity::Info,
+            format!("drctl daemon started ({status})"),
+        )
+        .await
+    {
+        tracing::error!(error = %e, "cannot queue the start notice");
+    }
 }
 
 /// Evaluates each job's RPO every `rpo::interval(target)` (a tenth of the

@@ -10,7 +10,7 @@ mod store;
 pub use store::list;
 
 use crate::alerts::{Alerter, Condition, Severity};
-use crate::config::{JobConfig, LoadedConfig};
+use crate::config::{Kind, LoadedConfig};
 use crate::error::{Error, Result};
 use crate::pg::quote_ident;
 use crate::progress::Progress;
@@ -125,7 +125,7 @@ pub async fn run(
         ),
     })?;
     let (_, job) = cfg.job(&d.job)?;
-    let JobConfig::Postgres(pg_job) = job else {
+    let Kind::Postgres(pg_job) = &job.kind else {
         return Err(Error::Other(format!(
             "drill {name}: job {} is not a postgres job",
             d.job
@@ -180,28 +180,10 @@ pub async fn run(
     let total = started.elapsed().as_secs_f64();
     rec.total_seconds = Some(total);
     rec.finished_at = Some(chrono::Utc::now().to_rfc3339());
-    match (result, cleanup_err) {
-        (Err((phase, e)), _) => {
-            rec.outcome = if matches!(e, Error::Interrupted(_)) {
-                DrillOutcome::Interrupted
-            } else {
-                DrillOutcome::Failed
-            };
-            rec.failed_phase = Some(phase.into());
-            rec.error = Some(crate::secret::redact(&e.to_string()));
-        }
-        (Ok(()), Some(e)) => {
-            rec.outcome = DrillOutcome::Failed;
-            rec.failed_phase = Some("cleanup".into());
-            rec.error = Some(crate::secret::redact(&e));
-        }
-        (Ok(()), None) => {
-            rec.outcome = match d.rto {
-                Some(rto) if total > rto.as_secs_f64() => DrillOutcome::OverRto,
-                _ => DrillOutcome::Passed,
-            };
-        }
-    }
+    let (outcome, failed_phase, error) = judge(result, cleanup_err, total, d.rto);
+    rec.outcome = outcome;
+    rec.failed_phase = failed_phase.map(String::from);
+    rec.error = error.map(|e| crate::secret::redact(&e));
     store::finish(state, id, &rec).await?;
     // A drill that restored and checked the backup proves it restorable:
     // retention keeps the newest such backup.
@@ -217,6 +199,32 @@ pub async fn run(
 }
 
 type PhaseResult = std::result::Result<(), (&'static str, Error)>;
+
+/// A drill's outcome, failed phase and error: the first failing phase
+/// decides (cancelled is `interrupted`); then a failed cleanup; a drill
+/// that passed every phase is `over_rto` when it took longer than its RTO.
+fn judge(
+    result: PhaseResult,
+    cleanup_err: Option<String>,
+    total_seconds: f64,
+    rto: Option<std::time::Duration>,
+) -> (DrillOutcome, Option<&'static str>, Option<String>) {
+    match (result, cleanup_err) {
+        (Err((phase, e)), _) => {
+            let outcome = if matches!(e, Error::Interrupted(_)) {
+                DrillOutcome::Interrupted
+            } else {
+                DrillOutcome::Failed
+            };
+            (outcome, Some(phase), Some(e.to_string()))
+        }
+        (Ok(()), Some(e)) => (DrillOutcome::Failed, Some("cleanup"), Some(e)),
+        (Ok(()), None) => match rto {
+            Some(rto) if total_seconds > rto.as_secs_f64() => (DrillOutcome::OverRto, None, None),
+            _ => (DrillOutcome::Passed, None, None),
+        },
+    }
+}
 
 async fn phases(
     cfg: &LoadedConfig,
@@ -279,18 +287,16 @@ async fn phases(
             return Err((phase, e));
         }
     };
-    rec.phases.push(Phase {
-        name: "fetch".into(),
-        seconds: report.fetch_seconds,
-    });
-    rec.phases.push(Phase {
-        name: "decrypt_decompress".into(),
-        seconds: report.decode_seconds,
-    });
-    rec.phases.push(Phase {
-        name: "restore".into(),
-        seconds: report.restore_seconds,
-    });
+    for (name, seconds) in [
+        ("fetch", report.fetch_seconds),
+        ("decrypt_decompress", report.decode_seconds),
+        ("restore", report.restore_seconds),
+    ] {
+        rec.phases.push(Phase {
+            name: name.into(),
+            seconds,
+        });
+    }
 
     opts.progress.set_phase("verify", 0);
     let t = Instant::now();
@@ -305,8 +311,16 @@ async fn phases(
         seconds: t.elapsed().as_secs_f64(),
     });
     verified.map_err(at("verify"))?;
-    let failed: Vec<String> = rec
-        .checks
+    match failed_checks(&rec.checks) {
+        Some(e) => Err(("verify", e)),
+        None => Ok(()),
+    }
+}
+
+/// The drill's verdict on its checks: None when all passed, else one
+/// error naming each failed check with what was expected and found.
+fn failed_checks(checks: &[CheckResult]) -> Option<Error> {
+    let failed: Vec<String> = checks
         .iter()
         .filter(|c| !c.ok)
         .map(|c| {
@@ -319,17 +333,13 @@ async fn phases(
             )
         })
         .collect();
-    if !failed.is_empty() {
-        return Err((
-            "verify",
-            Error::Other(format!(
-                "{} check(s) failed: {}",
-                failed.len(),
-                failed.join("; ")
-            )),
-        ));
-    }
-    Ok(())
+    (!failed.is_empty()).then(|| {
+        Error::Other(format!(
+            "{} check(s) failed: {}",
+            failed.len(),
+            failed.join("; ")
+        ))
+    })
 }
 
 async fn verify(
@@ -511,5 +521,53 @@ async fn alert(cfg: &LoadedConfig, state: &State, r: &DrillRecord) {
     };
     if let Err(e) = res {
         tracing::error!(drill = %r.drill, error = %e, "cannot record the drill alert");
+    }
+}
+
+#[cfg(test)]
+mod judge_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_failing_phase_decides_then_cleanup_then_the_rto() {
+        let rto = Some(Duration::from_secs(10));
+        let failed = judge(
+            Err(("restore", Error::Other("x".into()))),
+            Some("rm".into()),
+            1.0,
+            rto,
+        );
+        assert_eq!(
+            (failed.0, failed.1),
+            (DrillOutcome::Failed, Some("restore"))
+        );
+        let cancelled = judge(
+            Err(("fetch", Error::Interrupted("sigterm".into()))),
+            None,
+            1.0,
+            rto,
+        );
+        assert_eq!(cancelled.0, DrillOutcome::Interrupted);
+        let cleanup = judge(Ok(()), Some("cannot drop".into()), 1.0, rto);
+        assert_eq!(
+            cleanup,
+            (
+                DrillOutcome::Failed,
+                Some("cleanup"),
+                Some("cannot drop".into())
+            )
+        );
+        assert_eq!(
+            judge(Ok(()), None, 10.0, rto).0,
+            DrillOutcome::Passed,
+            "at the RTO is within it"
+        );
+        assert_eq!(judge(Ok(()), None, 10.5, rto).0, DrillOutcome::OverRto);
+        assert_eq!(
+            judge(Ok(()), None, 1e9, None).0,
+            DrillOutcome::Passed,
+            "no RTO, no limit"
+        );
     }
 }

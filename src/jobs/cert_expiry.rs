@@ -181,39 +181,7 @@ pub async fn read_endpoint(
 
 pub async fn run(ctx: &CheckCtx<'_>, job: &CertExpiryJob) -> Result<Report> {
     let mut report = Report::new(ctx.job, "cert_expiry");
-    let mut certs = Vec::new();
-    for pattern in &job.files {
-        let paths: Vec<_> = match glob::glob(pattern) {
-            Ok(p) => p.filter_map(|r| r.ok()).filter(|p| p.is_file()).collect(),
-            Err(e) => {
-                report.findings.push(Finding::new(
-                    pattern.as_str(),
-                    Level::Critical,
-                    format!("invalid glob: {e}"),
-                ));
-                continue;
-            }
-        };
-        if paths.is_empty() {
-            report.findings.push(Finding::new(
-                pattern.as_str(),
-                Level::Warning,
-                "no file matches (certificate moved or deleted?)",
-            ));
-        }
-        for p in paths {
-            let shown = p.display().to_string();
-            match tokio::task::spawn_blocking(move || read_file(&p))
-                .await
-                .map_err(|e| crate::Error::Other(e.to_string()))?
-            {
-                Ok(c) => certs.extend(c),
-                Err(e) => report
-                    .findings
-                    .push(Finding::new(shown, Level::Critical, e)),
-            }
-        }
-    }
+    let mut certs = from_files(&job.files, &mut report).await?;
     for spec in &job.endpoints {
         let e = Endpoint::parse(spec).map_err(crate::Error::Other)?;
         match read_endpoint(&e, job.timeout).await {
@@ -230,13 +198,7 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &CertExpiryJob) -> Result<Report> {
         let left = c.not_after - now;
         let secs = left.num_seconds();
         let days = secs as f64 / 86400.0;
-        let level = if secs <= job.critical.as_secs() as i64 {
-            Level::Critical
-        } else if secs <= job.warn.as_secs() as i64 {
-            Level::Warning
-        } else {
-            Level::Ok
-        };
+        let level = grade(secs, job.warn, job.critical);
         let when = if secs < 0 {
             format!(
                 "expired {:.0} days ago ({})",
@@ -284,8 +246,73 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &CertExpiryJob) -> Result<Report> {
     Ok(report)
 }
 
+/// The certificates of every file matching `patterns`; a bad glob, a
+/// pattern matching nothing or an unreadable file is a finding.
+async fn from_files(patterns: &[String], report: &mut Report) -> Result<Vec<CertInfo>> {
+    let mut certs = Vec::new();
+    for pattern in patterns {
+        let paths: Vec<_> = match glob::glob(pattern) {
+            Ok(p) => p.filter_map(|r| r.ok()).filter(|p| p.is_file()).collect(),
+            Err(e) => {
+                report.findings.push(Finding::new(
+                    pattern.as_str(),
+                    Level::Critical,
+                    format!("invalid glob: {e}"),
+                ));
+                continue;
+            }
+        };
+        if paths.is_empty() {
+            report.findings.push(Finding::new(
+                pattern.as_str(),
+                Level::Warning,
+                "no file matches (certificate moved or deleted?)",
+            ));
+        }
+        for p in paths {
+            let shown = p.display().to_string();
+            match tokio::task::spawn_blocking(move || read_file(&p))
+                .await
+                .map_err(|e| crate::Error::Other(e.to_string()))?
+            {
+                Ok(c) => certs.extend(c),
+                Err(e) => report
+                    .findings
+                    .push(Finding::new(shown, Level::Critical, e)),
+            }
+        }
+    }
+    Ok(certs)
+}
+
+/// How urgent `secs` left is: at or under `critical` (expired included),
+/// at or under `warn`, or fine.
+fn grade(secs: i64, warn: std::time::Duration, critical: std::time::Duration) -> Level {
+    if secs <= critical.as_secs() as i64 {
+        Level::Critical
+    } else if secs <= warn.as_secs() as i64 {
+        Level::Warning
+    } else {
+        Level::Ok
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn grade_is_inclusive_at_each_threshold_and_expired_is_critical() {
+        use super::{grade, Level};
+        let (w, c) = (
+            std::time::Duration::from_secs(30 * 86400),
+            std::time::Duration::from_secs(7 * 86400),
+        );
+        assert_eq!(grade(-1, w, c), Level::Critical);
+        assert_eq!(grade(7 * 86400, w, c), Level::Critical);
+        assert_eq!(grade(7 * 86400 + 1, w, c), Level::Warning);
+        assert_eq!(grade(30 * 86400, w, c), Level::Warning);
+        assert_eq!(grade(30 * 86400 + 1, w, c), Level::Ok);
+    }
+
     use super::*;
 
     #[test]

@@ -34,8 +34,8 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &FilesJob) -> Result<BackupOutput>
         result
     });
     let packing = Packing {
-        compression: job.compression,
-        level: job.compression_level,
+        compression: job.storage.compression,
+        level: job.storage.compression_level,
         threads: 1,
     };
     let stored = ctx

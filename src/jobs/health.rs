@@ -239,6 +239,29 @@ struct Streak {
     changed_at: i64,
 }
 
+impl Streak {
+    /// Count one run's result; the check flips only once its streak reaches
+    /// the threshold of the other side (Gatus-style), and `changed_at`
+    /// moves only when it flips.
+    fn advance(&mut self, passed: bool, success_threshold: u32, failure_threshold: u32, now: i64) {
+        if passed {
+            self.successes += 1;
+            self.failures = 0;
+            if !self.up && self.successes >= i64::from(success_threshold) {
+                self.up = true;
+                self.changed_at = now;
+            }
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+            if self.up && self.failures >= i64::from(failure_threshold) {
+                self.up = false;
+                self.changed_at = now;
+            }
+        }
+    }
+}
+
 async fn load(state: &State, job: &str, check: &str) -> Result<Option<Streak>> {
     let row = sqlx::query(
         "SELECT up, failures, successes, changed_at FROM health_state WHERE job = ? AND check_name = ?",
@@ -298,21 +321,7 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &HealthJob) -> Result<Report> {
             successes: 0,
             changed_at: now,
         });
-        if r.passed {
-            s.successes += 1;
-            s.failures = 0;
-            if !s.up && s.successes >= i64::from(c.success_threshold) {
-                s.up = true;
-                s.changed_at = now;
-            }
-        } else {
-            s.failures += 1;
-            s.successes = 0;
-            if s.up && s.failures >= i64::from(c.failure_threshold) {
-                s.up = false;
-                s.changed_at = now;
-            }
-        }
+        s.advance(r.passed, c.success_threshold, c.failure_threshold, now);
         save(
             ctx.state,
             ctx.job,
@@ -381,4 +390,51 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &HealthJob) -> Result<Report> {
     );
     report.details = json!({ "checks": details });
     Ok(report)
+}
+
+#[cfg(test)]
+mod streak_tests {
+    use super::Streak;
+
+    fn up() -> Streak {
+        Streak {
+            up: true,
+            failures: 0,
+            successes: 0,
+            changed_at: 0,
+        }
+    }
+
+    #[test]
+    fn flips_down_at_the_failure_threshold_and_up_at_the_success_threshold() {
+        let mut s = up();
+        s.advance(false, 2, 3, 1);
+        s.advance(false, 2, 3, 2);
+        assert!(s.up && s.changed_at == 0, "two of three failures: still up");
+        s.advance(false, 2, 3, 3);
+        assert!(!s.up && s.changed_at == 3);
+        s.advance(true, 2, 3, 4);
+        assert!(!s.up, "one of two passes: still down");
+        s.advance(true, 2, 3, 5);
+        assert!(s.up && s.changed_at == 5);
+    }
+
+    #[test]
+    fn a_pass_resets_the_failure_streak_and_flapping_never_flips() {
+        let mut s = up();
+        for t in 0..10 {
+            s.advance(t % 2 == 0, 2, 2, t);
+        }
+        assert!(s.up && s.changed_at == 0);
+        assert_eq!((s.failures, s.successes), (1, 0));
+    }
+
+    #[test]
+    fn a_threshold_of_one_flips_on_the_first_result() {
+        let mut s = up();
+        s.advance(false, 1, 1, 7);
+        assert!(!s.up && s.changed_at == 7);
+        s.advance(true, 1, 1, 8);
+        assert!(s.up && s.changed_at == 8);
+    }
 }

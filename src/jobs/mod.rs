@@ -27,27 +27,29 @@ pub struct CheckCtx<'a> {
     pub cfg: &'a crate::config::LoadedConfig,
     pub state: &'a crate::state::State,
     pub job: &'a str,
+    /// The job's shared keys (its time zone reads maintenance windows).
+    pub common: &'a crate::config::Common,
     pub cancel: tokio_util::sync::CancellationToken,
 }
 
 /// Run a maintenance or check kind (`check_run::run` records and alerts).
 pub async fn run_check(
     ctx: &CheckCtx<'_>,
-    job: &crate::config::JobConfig,
+    kind: &crate::config::Kind,
 ) -> Result<crate::checks::Report> {
-    use crate::config::JobConfig;
-    match job {
-        JobConfig::Vacuum(j) => vacuum::run(ctx, j).await,
-        JobConfig::Reindex(j) => reindex::run(ctx, j).await,
-        JobConfig::PruneFiles(j) => prune_files::run(ctx, j).await,
-        JobConfig::PruneImages(j) => prune_images::run(ctx, j).await,
-        JobConfig::Disk(j) => disk::run(ctx, j).await,
-        JobConfig::CertExpiry(j) => cert_expiry::run(ctx, j).await,
-        JobConfig::Health(j) => health::run(ctx, j).await,
+    use crate::config::Kind;
+    match kind {
+        Kind::Vacuum(j) => vacuum::run(ctx, j).await,
+        Kind::Reindex(j) => reindex::run(ctx, j).await,
+        Kind::PruneFiles(j) => prune_files::run(ctx, j).await,
+        Kind::PruneImages(j) => prune_images::run(ctx, j).await,
+        Kind::Disk(j) => disk::run(ctx, j).await,
+        Kind::CertExpiry(j) => cert_expiry::run(ctx, j).await,
+        Kind::Health(j) => health::run(ctx, j).await,
         other => Err(crate::Error::Other(format!(
             "job {} is a {} job, not a maintenance or check job",
             ctx.job,
-            other.kind()
+            other.name()
         ))),
     }
 }

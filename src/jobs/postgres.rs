@@ -16,19 +16,41 @@ use sqlx::{Connection, Row};
 
 pub use crate::pg::{job_target as target, quote_ident, system_identifier};
 
+/// What the manifest records about the server and the database.
+const SERVER_FACTS: &str = "SELECT current_setting('server_version_num')::int AS num, current_setting('server_version') AS ver,
+        pg_get_userbyid(d.datdba) AS owner, pg_encoding_to_char(d.encoding) AS enc,
+        d.datcollate::text AS coll, d.datctype::text AS ctype, pg_database_size(d.oid) AS size
+ FROM pg_database d WHERE d.datname = current_database()";
+
+/// A read-only REPEATABLE READ transaction and its exported snapshot:
+/// pg_dump dumps that snapshot, and the row counts are read in it, so the
+/// manifest's counts are exactly the dump's.
+async fn export_snapshot(
+    conn: &mut sqlx::PgConnection,
+) -> Result<(sqlx::Transaction<'_, sqlx::Postgres>, String)> {
+    let mut tx = conn
+        .begin()
+        .await
+        .map_err(|e| Error::pg("starting the snapshot transaction", e))?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| Error::pg("setting REPEATABLE READ", e))?;
+    let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| Error::pg("exporting a snapshot", e))?;
+    Ok((tx, snapshot))
+}
+
 pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutput> {
     let target = target(job)?;
     let tools = PgTools::locate(job.pg_bindir.as_deref());
     let mut conn = target.connect().await?;
-    let row = sqlx::query(
-        "SELECT current_setting('server_version_num')::int AS num, current_setting('server_version') AS ver,
-                pg_get_userbyid(d.datdba) AS owner, pg_encoding_to_char(d.encoding) AS enc,
-                d.datcollate::text AS coll, d.datctype::text AS ctype, pg_database_size(d.oid) AS size
-         FROM pg_database d WHERE d.datname = current_database()",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .map_err(|e| Error::pg("reading server facts", e))?;
+    let row = sqlx::query(SERVER_FACTS)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| Error::pg("reading server facts", e))?;
     let server_num: i32 = row.get("num");
     let system_identifier = system_identifier(&mut conn).await;
     let db_size: i64 = row.get("size");
@@ -36,8 +58,8 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
     let passfile = target.passfile()?;
     let env = target.child_env(passfile.as_ref());
     let packing = Packing {
-        compression: job.compression,
-        level: job.compression_level,
+        compression: job.storage.compression,
+        level: job.storage.compression_level,
         threads: job
             .compression_threads
             .unwrap_or_else(Packing::default_threads),
@@ -55,18 +77,7 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
     }
 
     ctx.progress.set_phase("dump", db_size.max(0) as u64);
-    let mut tx = conn
-        .begin()
-        .await
-        .map_err(|e| Error::pg("starting the snapshot transaction", e))?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| Error::pg("setting REPEATABLE READ", e))?;
-    let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| Error::pg("exporting a snapshot", e))?;
+    let (mut tx, snapshot) = export_snapshot(&mut conn).await?;
 
     let args = vec![
         "--format=custom".into(),

@@ -127,7 +127,7 @@ async fn sweep_invalid(
         {
             Ok(()) => "dropped".to_owned(),
             Err(f) => {
-                let m = f.describe(job.lock_timeout, job.statement_timeout);
+                let m = f.describe(job.session.lock_timeout, job.session.statement_timeout);
                 findings.push(Finding::new(
                     name.as_str(),
                     Level::Warning,
@@ -177,19 +177,21 @@ fn why_reindex(job: &ReindexJob, bytes: i64, pages: i64, expected: Option<i64>) 
     })
 }
 
-pub async fn run(ctx: &CheckCtx<'_>, job: &ReindexJob) -> Result<Report> {
-    let mut s = Session::open(job.session(), "drctl reindex").await?;
-    let mut report = Report::new(ctx.job, "reindex");
-    let mut dropped = Vec::new();
-    sweep_invalid(&mut s, job, &mut dropped, &mut report.findings).await?;
-
+/// The indexes to rebuild, each with its size and why: the listed ones
+/// (a missing one is a finding), or those whose estimated bloat passes
+/// `why_reindex`. Reads catalogs and statistics only.
+async fn choose(
+    s: &mut Session,
+    job: &ReindexJob,
+    findings: &mut Vec<Finding>,
+) -> Result<Vec<(String, i64, String)>> {
     let mut chosen: Vec<(String, i64, String)> = Vec::new();
     if let Some(list) = &job.indexes {
         for i in list {
             let name = qualified(i);
-            match size_of(&mut s, &name).await {
+            match size_of(s, &name).await {
                 Some(b) => chosen.push((name, b, "listed".into())),
-                None => report.findings.push(Finding::new(
+                None => findings.push(Finding::new(
                     i.as_str(),
                     Level::Warning,
                     "no such index (listed in `indexes`)",
@@ -213,6 +215,20 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &ReindexJob) -> Result<Report> {
             }
         }
     }
+    Ok(chosen)
+}
+
+pub async fn run(ctx: &CheckCtx<'_>, job: &ReindexJob) -> Result<Report> {
+    let mut s = Session::open(
+        job.session.spec(ctx.common.timezone.as_deref()),
+        "drctl reindex",
+    )
+    .await?;
+    let mut report = Report::new(ctx.job, "reindex");
+    let mut dropped = Vec::new();
+    sweep_invalid(&mut s, job, &mut dropped, &mut report.findings).await?;
+
+    let chosen = choose(&mut s, job, &mut report.findings).await?;
 
     let mut runs = Vec::new();
     let mut not_started = Vec::new();
@@ -237,7 +253,7 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &ReindexJob) -> Result<Report> {
                 (after, "ok".to_owned())
             }
             Err(f) => {
-                let m = f.describe(job.lock_timeout, job.statement_timeout);
+                let m = f.describe(job.session.lock_timeout, job.session.statement_timeout);
                 report
                     .findings
                     .push(Finding::new(name.as_str(), Level::Warning, m.clone()));

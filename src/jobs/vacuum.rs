@@ -193,8 +193,86 @@ async fn choose(
     Ok((out, missing))
 }
 
+/// VACUUM (or ANALYZE) one chosen table and measure it before and after;
+/// None when it vanished since it was chosen. A lock or statement timeout
+/// is a warning finding and a run with that result, never an error.
+async fn vacuum_one(
+    s: &mut Session,
+    job: &VacuumJob,
+    chosen: &TableStats,
+    why: String,
+    report: &mut Report,
+) -> Option<TableRun> {
+    // Fresh numbers and the exact size; a table locked elsewhere stops here.
+    let before = match stats(s, &chosen.name, EXACT).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return None,
+        Err(f) => {
+            let msg = f.describe(job.session.lock_timeout, job.session.statement_timeout);
+            report.findings.push(Finding::new(
+                chosen.name.as_str(),
+                Level::Warning,
+                msg.clone(),
+            ));
+            return Some(TableRun {
+                table: chosen.name.clone(),
+                why,
+                statement: String::new(),
+                dead_before: chosen.dead,
+                dead_after: None,
+                bytes_before: chosen.bytes,
+                bytes_after: None,
+                seconds: 0.0,
+                result: msg,
+            });
+        }
+    };
+    let statement = statement(job, &why, &before.name);
+    let started = std::time::Instant::now();
+    let outcome = s.exec(&statement).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let after = match &outcome {
+        Ok(()) => stats(s, &before.name, EXACT).await.ok().flatten(),
+        Err(_) => None,
+    };
+    let result = match &outcome {
+        Ok(()) => "ok".to_owned(),
+        Err(f) => {
+            let msg = f.describe(job.session.lock_timeout, job.session.statement_timeout);
+            report.findings.push(Finding::new(
+                before.name.as_str(),
+                Level::Warning,
+                msg.clone(),
+            ));
+            msg
+        }
+    };
+    if let Some(a) = &after {
+        report.findings.push(Finding::new(
+            before.name.as_str(),
+            Level::Ok,
+            format!("{statement}: dead tuples {} -> {}", before.dead, a.dead),
+        ));
+    }
+    Some(TableRun {
+        table: before.name.clone(),
+        why,
+        statement,
+        dead_before: before.dead,
+        dead_after: after.as_ref().map(|a| a.dead),
+        bytes_before: before.bytes,
+        bytes_after: after.as_ref().map(|a| a.bytes),
+        seconds,
+        result,
+    })
+}
+
 pub async fn run(ctx: &CheckCtx<'_>, job: &VacuumJob) -> Result<Report> {
-    let mut s = Session::open(job.session(), "drctl vacuum").await?;
+    let mut s = Session::open(
+        job.session.spec(ctx.common.timezone.as_deref()),
+        "drctl vacuum",
+    )
+    .await?;
     let mut report = Report::new(ctx.job, "vacuum");
     let (tables, missing) = choose(&mut s, job).await?;
     report.findings.extend(missing);
@@ -209,70 +287,12 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &VacuumJob) -> Result<Report> {
             not_started.push(chosen.name.clone());
             continue;
         }
-        // Fresh numbers and the exact size; a table locked elsewhere stops here.
-        let before = match stats(&mut s, &chosen.name, EXACT).await {
-            Ok(Some(b)) => b,
-            Ok(None) => continue,
-            Err(f) => {
-                let msg = f.describe(job.lock_timeout, job.statement_timeout);
-                report.findings.push(Finding::new(
-                    chosen.name.as_str(),
-                    Level::Warning,
-                    msg.clone(),
-                ));
-                runs.push(TableRun {
-                    table: chosen.name.clone(),
-                    why,
-                    statement: String::new(),
-                    dead_before: chosen.dead,
-                    dead_after: None,
-                    bytes_before: chosen.bytes,
-                    bytes_after: None,
-                    seconds: 0.0,
-                    result: msg,
-                });
-                continue;
+        if let Some(run) = vacuum_one(&mut s, job, &chosen, why, &mut report).await {
+            if let Some(after) = run.dead_after {
+                removed += (run.dead_before - after).max(0);
             }
-        };
-        let statement = statement(job, &why, &before.name);
-        let started = std::time::Instant::now();
-        let outcome = s.exec(&statement).await;
-        let seconds = started.elapsed().as_secs_f64();
-        let after = match &outcome {
-            Ok(()) => stats(&mut s, &before.name, EXACT).await.ok().flatten(),
-            Err(_) => None,
-        };
-        let result = match &outcome {
-            Ok(()) => "ok".to_owned(),
-            Err(f) => {
-                let msg = f.describe(job.lock_timeout, job.statement_timeout);
-                report.findings.push(Finding::new(
-                    before.name.as_str(),
-                    Level::Warning,
-                    msg.clone(),
-                ));
-                msg
-            }
-        };
-        if let Some(a) = &after {
-            removed += (before.dead - a.dead).max(0);
-            report.findings.push(Finding::new(
-                before.name.as_str(),
-                Level::Ok,
-                format!("{statement}: dead tuples {} -> {}", before.dead, a.dead),
-            ));
+            runs.push(run);
         }
-        runs.push(TableRun {
-            table: before.name.clone(),
-            why,
-            statement,
-            dead_before: before.dead,
-            dead_after: after.as_ref().map(|a| a.dead),
-            bytes_before: before.bytes,
-            bytes_after: after.as_ref().map(|a| a.bytes),
-            seconds,
-            result,
-        });
     }
     let target = s.target.display();
     s.close().await;

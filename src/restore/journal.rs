@@ -8,7 +8,7 @@
 //! What to do is decided by [`plan`] (pure, unit-tested) from the journal
 //! entry and which databases exist; [`recover`] only applies it.
 
-use crate::config::{JobConfig, LoadedConfig};
+use crate::config::{JobConfig, Kind, LoadedConfig};
 use crate::error::{Error, Result};
 use crate::pg::quote_ident;
 use crate::state::State;
@@ -415,7 +415,14 @@ async fn settle_statements(c: &mut sqlx::PgConnection, name: &str) -> Result<()>
 /// A connection to the target's server with the job's own credentials, when
 /// the target is the job's server (always, for the job's own database).
 async fn admin(cfg: &LoadedConfig, e: &Entry) -> Result<Option<sqlx::PgConnection>> {
-    let Ok((_, JobConfig::Postgres(job))) = cfg.job(&e.job) else {
+    let Ok((
+        _,
+        JobConfig {
+            kind: Kind::Postgres(job),
+            ..
+        },
+    )) = cfg.job(&e.job)
+    else {
         return Ok(None);
     };
     let t = crate::pg::job_target(job)?;

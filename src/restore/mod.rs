@@ -8,7 +8,7 @@ pub mod files;
 pub mod journal;
 pub mod postgres;
 
-use crate::config::{JobConfig, LoadedConfig};
+use crate::config::{JobConfig, Kind, LoadedConfig};
 use crate::error::{Error, Result};
 use crate::ids::{BackupId, JobName};
 use crate::manifest::Manifest;
@@ -146,9 +146,9 @@ pub async fn resolve<'a>(cfg: &'a LoadedConfig, req: &RestoreRequest) -> Result<
 /// Describe what `req` would do without changing anything.
 pub async fn plan(cfg: &LoadedConfig, req: &RestoreRequest) -> Result<Plan> {
     let r = resolve(cfg, req).await?;
-    match r.config {
-        JobConfig::Postgres(j) => postgres::plan(&r, j, req),
-        JobConfig::Files(_) => files::plan(&r, req),
+    match &r.config.kind {
+        Kind::Postgres(j) => postgres::plan(&r, j, req),
+        Kind::Files(_) => files::plan(&r, req),
         other => Err(not_restorable(other)),
     }
 }
@@ -182,9 +182,9 @@ pub async fn run(
     }
     // One restore per target on this host: a second one into the same
     // database or directory is refused before it touches anything.
-    let target = match r.config {
-        JobConfig::Postgres(j) => postgres::target_key(j, req)?,
-        JobConfig::Files(_) => files::target_key(req)?,
+    let target = match &r.config.kind {
+        Kind::Postgres(j) => postgres::target_key(j, req)?,
+        Kind::Files(_) => files::target_key(req)?,
         other => return Err(not_restorable(other)),
     };
     let _target_lock =
@@ -215,9 +215,9 @@ pub async fn run(
         Some(&lease.key),
     )
     .await?;
-    let result = match r.config {
-        JobConfig::Postgres(j) => postgres::run(&r, j, req, &tmp_dir, progress, &journal).await,
-        JobConfig::Files(_) => files::run(&r, req, &tmp_dir, progress).await,
+    let result = match &r.config.kind {
+        Kind::Postgres(j) => postgres::run(&r, j, req, &tmp_dir, progress, &journal).await,
+        Kind::Files(_) => files::run(&r, req, &tmp_dir, progress).await,
         other => Err(not_restorable(other)),
     };
     match &result {
@@ -245,8 +245,11 @@ pub async fn run(
     Ok(report)
 }
 
-fn not_restorable(job: &JobConfig) -> Error {
-    Error::Other(format!("a {} job stores no backups to restore", job.kind()))
+fn not_restorable(kind: &Kind) -> Error {
+    Error::Other(format!(
+        "a {} job stores no backups to restore",
+        kind.name()
+    ))
 }
 
 pub(crate) fn base_plan(

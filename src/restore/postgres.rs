@@ -9,11 +9,12 @@
 use super::{base_plan, cancellable, fetch, free_space, Plan, Report, Resolved, RestoreRequest};
 use crate::config::PostgresJob;
 use crate::error::{Error, Result};
+use crate::manifest::Artifact;
 use crate::pg::{job_target, quote_ident};
 use crate::pg::{spawn_tool, PgTarget, PgTools};
 use crate::progress::Progress;
 use sqlx::Row;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,56 +105,8 @@ pub async fn run(
 
     // 1. Fetch and verify everything before the target sees a byte.
     let t0 = Instant::now();
-    let globals = match m.artifact("pg_globals_sql") {
-        Some(g) => {
-            Some(fetch::to_memory(&r.repo, &r.job, &m.id, g, 64 * 1024 * 1024, &r.keys).await?)
-        }
-        None => None,
-    };
-    // Unique per restore: two restores of one backup (a drill and an
-    // incident, two --to targets) must not share a temporary file.
-    let dump_file = tmp_dir.join(format!(
-        ".drctl-restore-{}-{}-{}-{:08x}.dump",
-        r.job,
-        m.id,
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    journal.temp_file(&dump_file).await?;
-    let needed = dump.raw_bytes + dump.raw_bytes / 20 + 64 * 1024 * 1024;
-    let free = free_space(tmp_dir)?;
-    let streamed = free < needed;
-    progress.set_phase("fetch", dump.stored_bytes);
-    let _cleanup = RemoveOnDrop(dump_file.clone());
-    let fetch = async {
-        if streamed {
-            if req.jobs > 1 {
-                return Err(Error::Other(format!(
-                    "parallel restore needs {needed} bytes free in {} for the decompressed dump, {free} are free: free space, pass --tmp-dir elsewhere, or use --jobs 1 to stream",
-                    tmp_dir.display()
-                )));
-            }
-            tracing::info!(
-                needed,
-                free,
-                "not enough room for a temporary dump; verifying first, then streaming"
-            );
-            fetch::verify_only(&r.repo, &r.job, &m.id, dump, Some(progress.clone())).await
-        } else {
-            fetch::to_file(
-                &r.repo,
-                &r.job,
-                &m.id,
-                dump,
-                &dump_file,
-                Some(progress.clone()),
-                &r.keys,
-            )
-            .await
-            .map(|_| ())
-        }
-    };
-    cancellable(&req.cancel, "fetching the backup", fetch).await?;
+    let fetched = fetch_all(r, dump, req, tmp_dir, &progress, journal).await?;
+    let (globals, dump_file, streamed) = (&fetched.globals, &fetched.dump_file, fetched.streamed);
     report.bytes_fetched = dump.stored_bytes
         + m.artifact("pg_globals_sql")
             .map(|g| g.stored_bytes)
@@ -168,15 +121,8 @@ pub async fn run(
     if replaces && !req.force_source {
         refuse_another_source(r, &mut conn, &dest.database).await?;
     }
-    if let Some(sql) = &globals {
-        let text = String::from_utf8_lossy(sql);
-        report.roles_expected = text.lines().filter_map(role_of).collect();
-        report.roles_expected.sort();
-        report.roles_expected.dedup();
-        let (created, warnings) =
-            create_missing_roles(&tools, &admin, &mut conn, &String::from_utf8_lossy(sql)).await?;
-        report.roles_created = created;
-        report.warnings.extend(warnings);
+    if let Some(sql) = globals {
+        restore_roles(&tools, &admin, &mut conn, sql, &mut report).await?;
     }
     let exists = database_exists(&mut conn, &dest.database).await?;
     let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
@@ -215,7 +161,7 @@ pub async fn run(
         &tools,
         &into_target,
         req.jobs.max(1),
-        if streamed { None } else { Some(&dump_file) },
+        if streamed { None } else { Some(dump_file) },
         r,
         dump,
         &progress,
@@ -237,7 +183,7 @@ pub async fn run(
             report.warnings.push("database-level properties (GRANT/REVOKE on the database, ALTER DATABASE .. SET, its comment) were not re-applied: the dump was streamed (no room for a temporary copy)".into());
         } else {
             let applied =
-                apply_database_properties(&tools, &admin, &dump_file, &src.database, &into).await;
+                apply_database_properties(&tools, &admin, dump_file, &src.database, &into).await;
             if let Err(e) = applied {
                 if created_db {
                     drop_database(&mut conn, &into).await;
@@ -254,6 +200,105 @@ pub async fn run(
     }
     report.restore_seconds = t1.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// A backup fetched and verified, ready for pg_restore.
+struct Fetched {
+    globals: Option<Vec<u8>>,
+    /// The decompressed dump (absent when `streamed`); removed on drop.
+    dump_file: PathBuf,
+    /// No room for a temporary copy: verified, to be streamed again.
+    streamed: bool,
+    _cleanup: RemoveOnDrop,
+}
+
+/// Fetch the globals into memory and the dump into a temporary file in
+/// `tmp_dir`, each checked against the manifest; with no room for the
+/// file, verify the dump only (it is streamed into pg_restore later).
+async fn fetch_all(
+    r: &Resolved<'_>,
+    dump: &Artifact,
+    req: &RestoreRequest,
+    tmp_dir: &Path,
+    progress: &Arc<Progress>,
+    journal: &super::journal::Journal,
+) -> Result<Fetched> {
+    let m = &r.manifest;
+    let globals = match m.artifact("pg_globals_sql") {
+        Some(g) => {
+            Some(fetch::to_memory(&r.repo, &r.job, &m.id, g, 64 * 1024 * 1024, &r.keys).await?)
+        }
+        None => None,
+    };
+    // Unique per restore: two restores of one backup (a drill and an
+    // incident, two --to targets) must not share a temporary file.
+    let dump_file = tmp_dir.join(format!(
+        ".drctl-restore-{}-{}-{}-{:08x}.dump",
+        r.job,
+        m.id,
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    journal.temp_file(&dump_file).await?;
+    let needed = dump.raw_bytes + dump.raw_bytes / 20 + 64 * 1024 * 1024;
+    let free = free_space(tmp_dir)?;
+    let streamed = free < needed;
+    progress.set_phase("fetch", dump.stored_bytes);
+    let cleanup = RemoveOnDrop(dump_file.clone());
+    let fetch = async {
+        if streamed {
+            if req.jobs > 1 {
+                return Err(Error::Other(format!(
+                    "parallel restore needs {needed} bytes free in {} for the decompressed dump, {free} are free: free space, pass --tmp-dir elsewhere, or use --jobs 1 to stream",
+                    tmp_dir.display()
+                )));
+            }
+            tracing::info!(
+                needed,
+                free,
+                "not enough room for a temporary dump; verifying first, then streaming"
+            );
+            fetch::verify_only(&r.repo, &r.job, &m.id, dump, Some(progress.clone())).await
+        } else {
+            fetch::to_file(
+                &r.repo,
+                &r.job,
+                &m.id,
+                dump,
+                &dump_file,
+                Some(progress.clone()),
+                &r.keys,
+            )
+            .await
+            .map(|_| ())
+        }
+    };
+    cancellable(&req.cancel, "fetching the backup", fetch).await?;
+    Ok(Fetched {
+        globals,
+        dump_file,
+        streamed,
+        _cleanup: cleanup,
+    })
+}
+
+/// Create the roles of the backup's globals that the server lacks, noting
+/// which were expected and which were created.
+async fn restore_roles(
+    tools: &PgTools,
+    admin: &PgTarget,
+    conn: &mut sqlx::PgConnection,
+    sql: &[u8],
+    report: &mut Report,
+) -> Result<()> {
+    let text = String::from_utf8_lossy(sql);
+    report.roles_expected = text.lines().filter_map(role_of).collect();
+    report.roles_expected.sort();
+    report.roles_expected.dedup();
+    let (created, warnings) = create_missing_roles(tools, admin, conn, &text).await?;
+    report.roles_created = created;
+    report.warnings.extend(warnings);
+    Ok(())
 }
 
 /// Replacing the job's own database with a backup of *another* source is
@@ -621,6 +666,39 @@ fn filter_globals(sql: &str, existing: &[String]) -> (String, Vec<String>) {
     (out, created)
 }
 
+/// Terminate every session of the closed database `name`, for up to 30 s;
+/// past that it is reopened and the restore fails (the restored copy stays
+/// in `restored`).
+async fn disconnect_all(conn: &mut sqlx::PgConnection, name: &str, restored: &str) -> Result<()> {
+    let q = quote_ident;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| Error::pg(format!("disconnecting sessions from {name}"), e))?;
+        if left == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = sqlx::query(&format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+                q(name)
+            ))
+            .execute(&mut *conn)
+            .await;
+            return Err(Error::Other(format!(
+                "sessions keep connecting to {name}; the restored copy is in {restored}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
 async fn swap(
     conn: &mut sqlx::PgConnection,
     name: &str,
@@ -653,31 +731,7 @@ async fn swap(
     .await
     .map_err(|e| Error::pg(format!("closing {name} to new connections"), e))?;
     crate::faults::point("restore.swap.closed").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left: i64 = sqlx::query_scalar(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-        )
-        .bind(name)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| Error::pg(format!("disconnecting sessions from {name}"), e))?;
-        if left == 0 {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = sqlx::query(&format!(
-                "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-                q(name)
-            ))
-            .execute(&mut *conn)
-            .await;
-            return Err(Error::Other(format!(
-                "sessions keep connecting to {name}; the restored copy is in {restored}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    disconnect_all(conn, name, restored).await?;
     let renamed = async {
         sqlx::query("BEGIN").execute(&mut *conn).await?;
         sqlx::query(&format!(

@@ -881,3 +881,86 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+// ------------------------------------------------- shared by feature tests
+
+/// `drctl run JOB --json`: exit code, parsed report, stderr.
+pub fn run_json(w: &World, job: &str) -> (i32, serde_json::Value, String) {
+    let r = w.drctl(&["run", job, "--json"]);
+    let v = serde_json::from_str(&r.stdout).unwrap_or(serde_json::Value::Null);
+    (r.code, v, r.stderr)
+}
+
+/// `drctl config check` on `body` must fail with exit 2; its stderr.
+pub fn config_error(body: &str) -> String {
+    let r = World::new(body).drctl(&["config", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    r.stderr
+}
+
+pub fn finding<'a>(v: &'a serde_json::Value, subject_part: &str) -> &'a serde_json::Value {
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["subject"].as_str().unwrap().contains(subject_part))
+        .unwrap_or_else(|| panic!("no finding about {subject_part} in {v:#}"))
+}
+
+pub fn active_alerts(w: &World) -> Vec<String> {
+    let r = w.drctl(&["alerts", "--json"]);
+    r.ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    v["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["key"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A local repository and one files job `job` (extra keys `extra`) over a
+/// scratch directory holding `a.conf`; returns the world and the directory.
+pub fn files_world(job: &str, extra: &str) -> (World, PathBuf) {
+    let src = scratch_dir("drctl-files-src-");
+    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
+    let w = World::new(&format!(
+        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n[jobs.{job}]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"local\"\n{extra}",
+        src.display()
+    ));
+    (w, src)
+}
+
+pub fn manifest(w: &World, job: &str, id: &str) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(w.repo_dir().join(job).join(id).join("manifest.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// A file of `bytes` bytes at `path`, last modified `days_old` days ago.
+pub fn file_at(path: &Path, bytes: usize, days_old: f64) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, vec![b'x'; bytes]).unwrap();
+    let t = std::time::SystemTime::now() - Duration::from_secs_f64(days_old * 86400.0);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(t)
+        .unwrap();
+}
+
+/// Dead tuples of `table` as the statistics collector sees them now.
+pub fn dead_tuples(pg: &Pg, db: &str, table: &str) -> i64 {
+    pg.psql(
+        db,
+        &format!("SELECT pg_stat_clear_snapshot(); SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = '{table}'"),
+    )
+    .lines()
+    .last()
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap()
+}

@@ -10,6 +10,8 @@ use crate::state::{RunStatus, State};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+/// Run maintenance or check job `name` as a recorded run; its findings
+/// raise or resolve one alert each.
 pub async fn run(
     cfg: &LoadedConfig,
     state: &State,
@@ -72,7 +74,7 @@ pub async fn run(
     match level {
         Level::Ok => tracing::info!(job = name, "{}", report.summary),
         _ => {
-            tracing::warn!(job = name, result = level.as_str(), problems = %report.describe_problems(), "{}", report.summary)
+            tracing::warn!(job = name, result = level.as_str(), problems = %report.describe_problems(), "{}", report.summary);
         }
     }
     Ok(report)

@@ -1,62 +1,111 @@
 //! Core error type. Each variant maps to a documented process exit code
 //! (see README "Exit codes"), so scripts can tell "your config is wrong"
 //! from "the backup is corrupt" from "the database refused".
+//!
+//! The rules every error follows:
+//! - It says what was being done (`context`) and what went wrong, in words
+//!   an operator can act on; an I/O error keeps its `std::io::Error` as the
+//!   source, and [`chain`] prints a whole cause chain once.
+//! - It never holds a secret: messages from libraries that may quote a URL
+//!   or a query pass through `secret::redact` ([`Error::pg`],
+//!   [`Error::repo`]); config errors name keys, never values.
+//! - Its variant decides the exit code ([`Error::exit`]); callers never
+//!   pick a code themselves.
+//! - `thiserror` here in the core, `anyhow` only at the edges (the CLI).
 
 use std::path::PathBuf;
 
+/// The core's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Everything that can go wrong, by what the operator should do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A configuration problem: names the file, the key and what was expected.
     #[error("config error in {file}: key `{key}`: {message}")]
     Config {
+        /// The file that sets the key (or the main file).
         file: String,
+        /// The full dotted key (`jobs.appdb.retention.daily`).
         key: String,
+        /// What was expected, never the value found.
         message: String,
     },
 
+    /// A file or directory operation failed.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done (`writing /var/lib/drctl/state.db`).
         context: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
 
+    /// The repository (local directory or S3 bucket) failed or refused.
     #[error("repository {repository}: {message}")]
-    Repository { repository: String, message: String },
+    Repository {
+        /// The repository's name in the config.
+        repository: String,
+        /// What failed, redacted.
+        message: String,
+    },
 
     /// A stored artifact does not match its manifest: never restore from it.
     #[error("integrity check failed for {artifact}: {message}")]
-    Integrity { artifact: String, message: String },
+    Integrity {
+        /// The artifact (or backup) concerned.
+        artifact: String,
+        /// How it differs from what its manifest promises.
+        message: String,
+    },
 
+    /// A child tool (pg_dump, pg_restore, psql, ...) exited badly.
     #[error("{tool} failed ({status}): {stderr}")]
     Tool {
+        /// The tool's name.
         tool: String,
+        /// Its exit status or the signal that killed it.
         status: String,
+        /// The tail of what it printed.
         stderr: String,
     },
 
+    /// A client tool is older than the server it would talk to.
     #[error("{0}")]
     ToolVersion(String),
 
+    /// The PostgreSQL server refused or failed a statement or connection.
     #[error("PostgreSQL: {context}: {message}")]
-    Postgres { context: String, message: String },
+    Postgres {
+        /// What was being done.
+        context: String,
+        /// The server's (or driver's) message, redacted.
+        message: String,
+    },
 
     /// The restore target is not in a state we may write to without consent.
     #[error("refused: {0}")]
     Refused(String),
 
+    /// A backup, job or drill that does not exist.
     #[error("not found: {0}")]
     NotFound(String),
 
+    /// The local state database failed.
     #[error("state database {path}: {message}")]
-    State { path: PathBuf, message: String },
+    State {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
 
     /// The backup is encrypted and no identity that opens it was given.
     #[error("encryption: {0}")]
     Key(String),
 
+    /// Stopped by a signal or a cancellation before it finished.
     #[error("interrupted: {0}")]
     Interrupted(String),
 
@@ -66,6 +115,7 @@ pub enum Error {
     #[error("usage: {0}")]
     Usage(String),
 
+    /// Anything else that failed the operation (exit 1).
     #[error("{0}")]
     Other(String),
 }
@@ -74,6 +124,7 @@ pub enum Error {
 /// table is checked against it by a test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
+    /// It worked.
     Success,
     /// The operation failed (database, tool, repository, I/O).
     Failed,
@@ -83,6 +134,7 @@ pub enum Exit {
     Integrity,
     /// Refused without consent or against a safety rule.
     Refused,
+    /// No such backup, job or drill.
     NotFound,
     /// The job is already running on this host.
     Skipped,
@@ -90,10 +142,12 @@ pub enum Exit {
     Warning,
     /// A check job found something critical.
     Critical,
+    /// Stopped by SIGINT or SIGTERM (128 + 2, as shells report it).
     Interrupted,
 }
 
 impl Exit {
+    /// Every exit, in code order (the README's table lists exactly these).
     pub const ALL: [Exit; 10] = [
         Exit::Success,
         Exit::Failed,
@@ -142,6 +196,7 @@ impl Error {
         i32::from(self.exit().code())
     }
 
+    /// An I/O error while doing `context`.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
@@ -149,6 +204,7 @@ impl Error {
         }
     }
 
+    /// A PostgreSQL error while doing `context`, its text redacted.
     pub fn pg(context: impl Into<String>, err: impl std::fmt::Display) -> Self {
         Error::Postgres {
             context: context.into(),
@@ -156,6 +212,7 @@ impl Error {
         }
     }
 
+    /// A failure of repository `repository`, its text redacted.
     pub fn repo(repository: impl Into<String>, message: impl std::fmt::Display) -> Self {
         Error::Repository {
             repository: repository.into(),
@@ -166,6 +223,7 @@ impl Error {
 
 /// Attach a human context to I/O results: `file.read(..).ctx("reading manifest")?`.
 pub trait IoContext<T> {
+    /// The error, if any, as an [`Error::Io`] saying what was being done.
     fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
 }
 

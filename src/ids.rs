@@ -21,6 +21,8 @@ fn valid_component(s: &str) -> bool {
 pub struct JobName(String);
 
 impl JobName {
+    /// A job name that is safe as a path and key component (no `/`, no
+    /// leading dot, at most 128 ASCII characters), or why not.
     pub fn parse(s: &str) -> Result<Self, String> {
         if valid_component(s) {
             Ok(JobName(s.to_owned()))
@@ -30,6 +32,7 @@ impl JobName {
             ))
         }
     }
+    /// The name as written in the config.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -65,6 +68,8 @@ const TS_FORMAT: &str = "%Y%m%dT%H%M%S%.3fZ";
 const TS_PARSE: &str = "%Y%m%dT%H%M%S%.fZ";
 
 impl BackupId {
+    /// The id of a backup starting `at` on `host`: sorts by time, so the
+    /// newest is the largest and listing order is age order.
     pub fn new(at: DateTime<Utc>, host: &str) -> Self {
         let host: String = host
             .chars()
@@ -82,6 +87,8 @@ impl BackupId {
         BackupId(format!("{}-{}-{:08x}", at.format(TS_FORMAT), host, suffix))
     }
 
+    /// An id read from a repository key or the command line, or why it is
+    /// not one (a key that is not an id is never treated as a backup).
     pub fn parse(s: &str) -> Result<Self, String> {
         if !valid_component(s) || s.len() < 17 {
             return Err(format!("invalid backup id {s:?}"));
@@ -108,9 +115,10 @@ impl BackupId {
 
     /// The (sanitised) host name the id was made on.
     pub fn host(&self) -> &str {
-        let rest = self.0.split_once('-').map(|(_, r)| r).unwrap_or("");
-        rest.rsplit_once('-').map(|(h, _)| h).unwrap_or(rest)
+        let rest = self.0.split_once('-').map_or("", |(_, r)| r);
+        rest.rsplit_once('-').map_or(rest, |(h, _)| h)
     }
+    /// The id as stored in repository keys.
     pub fn as_str(&self) -> &str {
         &self.0
     }

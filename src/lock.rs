@@ -8,6 +8,8 @@ use nix::fcntl::{Flock, FlockArg};
 use std::io::{Read, Seek, Write};
 use std::path::Path;
 
+/// An exclusive lock on a file in the state directory, held while this
+/// value lives (the kernel releases it if the process dies).
 pub struct HostLock {
     _file: Flock<std::fs::File>,
 }

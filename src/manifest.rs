@@ -8,40 +8,62 @@ use serde::{Deserialize, Serialize};
 
 /// Bumped on incompatible changes; readers refuse formats they do not know.
 pub const FORMAT: u32 = 1;
+/// The manifest's object name inside the backup's directory.
 pub const FILE_NAME: &str = "manifest.json";
 
+/// What a committed backup holds and how to check it; the README shows
+/// how to read it without drctl.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
+    /// The manifest format ([`FORMAT`]).
     pub format: u32,
+    /// The backup's id (its directory name).
     pub id: BackupId,
+    /// The job that made it.
     pub job: JobName,
     /// Job kind: `postgres` or `files`.
     pub kind: String,
+    /// The host that made it.
     pub host: String,
+    /// When the run started (the dump's data is at most this old).
     pub started_at: DateTime<Utc>,
+    /// When the artifacts were all stored.
     pub finished_at: DateTime<Utc>,
+    /// The drctl that wrote it.
     pub drctl_version: String,
+    /// What was dumped, for a database backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<PostgresSource>,
+    /// The stored files, each with sizes and a checksum.
     pub artifacts: Vec<Artifact>,
     /// Row counts taken in the dump's snapshot, for drills to prove completeness.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<TableCount>,
 }
 
+/// The database a postgres backup is of, as it was.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PostgresSource {
+    /// Always `postgresql`.
     pub engine: String,
+    /// The server's `server_version`.
     pub server_version: String,
+    /// The database's name.
     pub database: String,
     /// Owner, encoding and locale of the source database, so a restore
     /// recreates it the same way.
     pub owner: String,
+    /// Its encoding.
     pub encoding: String,
+    /// Its LC_COLLATE.
     pub collate: String,
+    /// Its LC_CTYPE.
     pub ctype: String,
+    /// The tool that dumped it (`pg_dump`).
     pub dump_tool: String,
+    /// That tool's `--version` line.
     pub dump_tool_version: String,
+    /// The exported snapshot the dump and the row counts were read in.
     pub snapshot: String,
     /// `full` or `no-role-passwords` (when the user may not read pg_authid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,38 +82,49 @@ impl PostgresSource {
     }
 }
 
+/// One stored file of a backup.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Artifact {
     /// File name inside the backup, e.g. `database.dump.zst`.
     pub name: String,
     /// What the artifact holds: `pg_dump_custom`, `pg_globals_sql`, `tar`.
     pub content: String,
+    /// Bytes before compression and encryption.
     pub raw_bytes: u64,
+    /// Bytes in the repository.
     pub stored_bytes: u64,
     /// SHA-256 of the stored bytes, hex.
     pub sha256: String,
+    /// How it was compressed.
     pub compression: Compression,
     /// age recipients' fingerprints when encrypted (empty: not encrypted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub encryption_recipients: Vec<String>,
 }
 
+/// A table's size and row count when the dump was taken.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TableCount {
+    /// Its schema.
     pub schema: String,
+    /// Its name.
     pub name: String,
     /// `None` when the table was above `count_rows_max_table_size`.
     pub rows: Option<i64>,
+    /// Its size on disk (`pg_table_size`).
     pub bytes: i64,
 }
 
 impl Manifest {
+    /// The manifest as stored: pretty JSON and a final newline.
     pub fn to_json(&self) -> Vec<u8> {
         let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
         v.push(b'\n');
         v
     }
 
+    /// Read a manifest stored at `key`: its format must be known and its
+    /// artifact names drctl's own, or it is an integrity error.
     pub fn parse(bytes: &[u8], key: &str) -> crate::Result<Self> {
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| crate::Error::Integrity {
             artifact: key.into(),
@@ -139,9 +172,11 @@ impl Manifest {
         Ok(())
     }
 
+    /// Bytes of all artifacts in the repository.
     pub fn stored_bytes(&self) -> u64 {
         self.artifacts.iter().map(|a| a.stored_bytes).sum()
     }
+    /// Bytes of all artifacts before compression.
     pub fn raw_bytes(&self) -> u64 {
         self.artifacts.iter().map(|a| a.raw_bytes).sum()
     }
@@ -149,6 +184,7 @@ impl Manifest {
     pub fn source_identity(&self) -> Option<(&str, &str)> {
         self.source.as_ref()?.identity()
     }
+    /// The artifact holding `content`.
     pub fn artifact(&self, content: &str) -> Option<&Artifact> {
         self.artifacts.iter().find(|a| a.content == content)
     }

@@ -7,6 +7,7 @@
 macro_rules! names {
     ($t:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
         impl $t {
+            /// The name as stored and shown.
             pub fn as_str(self) -> &'static str {
                 match self {
                     $(Self::$variant => $name),+

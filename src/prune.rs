@@ -20,8 +20,10 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// How to prune.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Report what would be deleted; delete nothing.
     pub dry_run: bool,
     /// Unreferenced data younger than this is a backup still being written.
     pub orphan_age: Duration,
@@ -44,22 +46,32 @@ impl Default for Options {
     }
 }
 
+/// A backup retention keeps.
 #[derive(Debug, Clone, Serialize)]
 pub struct Kept {
+    /// Its id.
     pub id: String,
+    /// Why (`newest`, `daily`, `proven`, ...).
     pub reasons: Vec<&'static str>,
 }
 
+/// A backup the policy lets go that is protected.
 #[derive(Debug, Clone, Serialize)]
 pub struct Skipped {
+    /// Its id.
     pub id: String,
+    /// What protects it (a live lease, Object Lock).
     pub why: String,
 }
 
+/// What a prune did (or, dry, would do).
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Report {
+    /// The job.
     pub job: String,
+    /// Nothing was deleted.
     pub dry_run: bool,
+    /// Backups kept, each with why.
     pub kept: Vec<Kept>,
     /// Backups deleted (or, with `dry_run`, that would be).
     pub deleted: Vec<String>,
@@ -67,9 +79,13 @@ pub struct Report {
     pub skipped: Vec<Skipped>,
     /// Objects of backups that never got a manifest.
     pub orphans: Vec<String>,
+    /// Multipart uploads of dead processes, aborted.
     pub uploads_aborted: Vec<String>,
+    /// Bytes deleted.
     pub bytes_freed: u64,
+    /// Things worth knowing that are not errors.
     pub notes: Vec<String>,
+    /// Deletions that failed (the next prune retries them).
     pub errors: Vec<String>,
 }
 
@@ -77,8 +93,11 @@ pub struct Report {
 /// its manifest is among them.
 #[derive(Debug, Default, Clone)]
 pub struct Dir {
+    /// Its data objects.
     pub objects: Vec<ObjectInfo>,
+    /// Its lease objects.
     pub leases: Vec<ObjectInfo>,
+    /// Whether its manifest exists (then it is a backup).
     pub manifest: bool,
 }
 
@@ -109,11 +128,13 @@ pub fn group(objects: Vec<ObjectInfo>, prefix: &str) -> BTreeMap<BackupId, Dir> 
 /// The clock and limits a plan is made against.
 #[derive(Debug, Clone)]
 pub struct Rules {
+    /// The time the plan is made at.
     pub now: DateTime<Utc>,
     /// A lease older than this is a dead process's.
     pub lease_ttl: Duration,
     /// The repository's Object Lock period, if any.
     pub lock_days: Option<u32>,
+    /// Unreferenced data younger than this may be a backup still being written.
     pub orphan_age: Duration,
 }
 
@@ -141,9 +162,13 @@ impl Rules {
 /// A backup the plan deletes: its manifest first, then the rest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Doomed {
+    /// The backup.
     pub id: BackupId,
+    /// Its manifest's key: deleted first, so it stops being listed at once.
     pub manifest: String,
+    /// The rest of its objects.
     pub rest: Vec<String>,
+    /// Bytes freed.
     pub bytes: u64,
 }
 
@@ -151,8 +176,11 @@ pub struct Doomed {
 /// it, `--dry-run` reports it.
 #[derive(Debug, Default)]
 pub struct Plan {
+    /// Backups kept, each with why.
     pub kept: Vec<Kept>,
+    /// Backups the policy lets go that something protects.
     pub skipped: Vec<Skipped>,
+    /// Backups to delete, oldest first.
     pub delete: Vec<Doomed>,
     /// Expired leases of kept backups (a process died holding them).
     pub expired_leases: Vec<String>,

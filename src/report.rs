@@ -15,25 +15,39 @@ use serde::Serialize;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+/// One drill over the report's period.
 #[derive(Debug, Clone, Serialize)]
 pub struct DrillSummary {
+    /// The drill.
     pub drill: String,
+    /// The job it restores.
     pub job: String,
+    /// Its RTO target.
     pub rto_seconds: Option<f64>,
+    /// Runs in the period.
     pub runs: usize,
+    /// Runs that passed.
     pub passed: usize,
+    /// Runs that restored but took longer than the RTO.
     pub over_rto: usize,
+    /// Runs that failed.
     pub failed: usize,
+    /// The newest run.
     pub latest: Option<DrillRecord>,
     /// Runs in the window, oldest first.
     pub history: Vec<DrillRecord>,
 }
 
+/// One backup job over the report's period.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobSummary {
+    /// The job.
     pub job: String,
+    /// Its RPO target.
     pub rpo_seconds: Option<f64>,
+    /// RPO compliance over the period.
     pub rpo: Option<crate::rpo::Window>,
+    /// RPO status now.
     pub rpo_status: Option<crate::rpo::Status>,
     /// Drills of this job that passed in the window (over-RTO included).
     pub drills_passed: usize,
@@ -53,14 +67,22 @@ impl JobSummary {
     }
 }
 
+/// A DR report: drills and RPO compliance over a period.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// When it was made.
     pub generated_at: DateTime<Utc>,
+    /// Start of the period.
     pub from: DateTime<Utc>,
+    /// End of the period.
     pub to: DateTime<Utc>,
+    /// The host it describes.
     pub host: String,
+    /// Every drill.
     pub drills: Vec<DrillSummary>,
+    /// Every backup job.
     pub jobs: Vec<JobSummary>,
+    /// What the reader should know (a job never drilled, ...).
     pub notes: Vec<String>,
 }
 
@@ -194,13 +216,14 @@ fn dur(s: f64) -> String {
 }
 
 fn opt_dur(s: Option<f64>) -> String {
-    s.map(dur).unwrap_or_else(|| "-".into())
+    s.map_or_else(|| "-".into(), dur)
 }
 
 fn day(t: &str) -> String {
     t.get(..16).unwrap_or(t).replace('T', " ")
 }
 
+/// The report as JSON.
 pub fn json(r: &Report) -> String {
     crate::secret::redact(&serde_json::to_string_pretty(r).unwrap_or_default())
 }
@@ -250,8 +273,7 @@ pub fn markdown(r: &Report) -> String {
         let now = j
             .rpo_status
             .as_ref()
-            .map(|s| if s.compliant { "ok" } else { "VIOLATED" })
-            .unwrap_or("-");
+            .map_or("-", |s| if s.compliant { "ok" } else { "VIOLATED" });
         let age = j.rpo_status.as_ref().and_then(|s| s.age_seconds);
         let (comp, viol, worst) = j.window_cells();
         let _ = writeln!(
@@ -302,7 +324,9 @@ fn esc(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
+/// Chart colour of restore times.
 pub const COLOR_LINE: &str = "#1f77b4";
+/// Chart colour of the RTO line.
 pub const COLOR_RTO: &str = "#d62728";
 
 fn outcome_color(o: &str) -> &'static str {
@@ -314,6 +338,9 @@ fn outcome_color(o: &str) -> &'static str {
 }
 
 /// Restore time per run over time, with the RTO as a dashed line.
+// One SVG drawn top to bottom (axes, grid, RTO, points): its parts share
+// the coordinate transform.
+#[allow(clippy::too_many_lines)]
 fn chart(d: &DrillSummary, from: DateTime<Utc>, to: DateTime<Utc>) -> String {
     let (w, h, left, right, top, bottom) = (640.0, 220.0, 56.0, 16.0, 16.0, 36.0);
     let points: Vec<(f64, f64, &str)> = d
@@ -430,6 +457,8 @@ fn chart(d: &DrillSummary, from: DateTime<Utc>, to: DateTime<Utc>) -> String {
 }
 
 /// Self-contained HTML.
+// One page in reading order; its sections share the inline styles.
+#[allow(clippy::too_many_lines)]
 pub fn html(r: &Report) -> String {
     let td = r#"style="padding:4px 8px;border-bottom:1px solid #e5e5e5;text-align:left""#;
     let th = r#"style="padding:4px 8px;border-bottom:2px solid #999999;text-align:left;background:#f3f3f3""#;

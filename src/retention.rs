@@ -10,24 +10,34 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 
+/// `retention = { ... }`: grandfather-father-son counts. The newest
+/// backup is always kept, whatever they say.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// Keep the newest N backups.
     #[serde(default)]
     pub keep_last: u32,
+    /// Keep the newest backup of each of the last N hours.
     #[serde(default)]
     pub hourly: u32,
+    /// ... of each of the last N days (in the job's time zone).
     #[serde(default)]
     pub daily: u32,
+    /// ... of each of the last N ISO weeks.
     #[serde(default)]
     pub weekly: u32,
+    /// ... of each of the last N months.
     #[serde(default)]
     pub monthly: u32,
+    /// ... of each of the last N years.
     #[serde(default)]
     pub yearly: u32,
 }
 
 impl Policy {
+    /// Keeps nothing beyond the newest (a config error: it would delete
+    /// every other backup).
     pub fn is_empty(&self) -> bool {
         *self == Policy::default()
     }
@@ -85,7 +95,9 @@ pub fn keep<'a>(
 /// A committed backup as retention sees it, with what is known about it.
 #[derive(Debug, Clone)]
 pub struct Candidate {
+    /// The backup's id.
     pub id: String,
+    /// When it started (the time GFS buckets it by).
     pub at: DateTime<Utc>,
     /// Its host's clock ran ahead of the store's: its time cannot be trusted.
     pub skewed: bool,

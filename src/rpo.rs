@@ -54,9 +54,12 @@ impl Point {
     }
 }
 
+/// A change of RPO status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Transition {
+    /// When it changed.
     pub at: DateTime<Utc>,
+    /// The status from then on.
     pub compliant: bool,
 }
 
@@ -115,11 +118,15 @@ pub fn replay(
 /// One job's RPO, now.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
+    /// The job.
     pub job: String,
+    /// Its RPO.
     pub target_seconds: f64,
+    /// Whether the newest usable backup is younger than the RPO.
     pub compliant: bool,
     /// The current status holds since.
     pub since: DateTime<Utc>,
+    /// The newest backup counted.
     pub newest_backup: Option<String>,
     /// Age of the newest backup's data (None: there is no backup).
     pub age_seconds: Option<f64>,
@@ -353,7 +360,7 @@ async fn read_points(
                 }
             }
             Err(e) => {
-                tracing::warn!(job = %job_name, backup = %b.id, error = %e, "unreadable manifest; not counted for RPO")
+                tracing::warn!(job = %job_name, backup = %b.id, error = %e, "unreadable manifest; not counted for RPO");
             }
         }
     }
@@ -439,20 +446,27 @@ async fn alert(cfg: &LoadedConfig, state: &State, s: &Status, target: Duration) 
 /// Compliance of one job over a window, from the recorded transitions.
 #[derive(Debug, Clone, Serialize)]
 pub struct Window {
+    /// The job.
     pub job: String,
+    /// Start of the window.
     pub from: DateTime<Utc>,
+    /// End of the window.
     pub to: DateTime<Utc>,
     /// Seconds of the window with a known status (tracking may start later).
     pub tracked_seconds: f64,
+    /// Seconds of it the job was compliant.
     pub compliant_seconds: f64,
     /// compliant / tracked (1.0 when nothing is tracked yet).
     pub compliance: f64,
+    /// Violations that started in the window.
     pub violations: usize,
     /// The longest violation in the window, plus the target: the oldest the
     /// newest backup got (None when it never exceeded the target).
     pub worst_gap_seconds: Option<f64>,
 }
 
+/// Compliance of `job` between `from` and `to`, replayed from its
+/// recorded transitions.
 pub async fn window(
     state: &State,
     job: &str,
@@ -491,7 +505,7 @@ pub fn summarize(
     let mut violations = 0;
     let mut worst: Option<f64> = None;
     for (i, (at, compliant, target_ms)) in ts.iter().enumerate() {
-        let end = ts.get(i + 1).map(|n| n.0).unwrap_or(to).min(to);
+        let end = ts.get(i + 1).map_or(to, |n| n.0).min(to);
         let start = (*at).max(from);
         if end <= start {
             continue;

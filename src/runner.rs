@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// What a job run produced, by kind.
 #[derive(Debug)]
 pub enum Outcome {
     /// A backup was committed.
@@ -113,7 +114,7 @@ pub async fn run_alerted(
                 }
             }
             Ok(o) if trigger != "cli" => {
-                tracing::info!(job = name, outcome = o.describe(), "run finished")
+                tracing::info!(job = name, outcome = o.describe(), "run finished");
             }
             Ok(_) => {}
         }
@@ -194,6 +195,7 @@ pub fn finished(
     }
 }
 
+/// Run job `name` once: backup, check or verify, recorded as a run.
 pub async fn run_job(
     cfg: &LoadedConfig,
     state: &State,

@@ -8,11 +8,13 @@ use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
 
+/// A parsed cron schedule in its time zone.
 #[derive(Debug, Clone)]
 pub struct Schedule {
     cron: Cron,
     /// The expression with a seconds field, as the scheduler wants it.
     pub expr: String,
+    /// The zone the expression is read in.
     pub tz: Tz,
 }
 

@@ -45,7 +45,9 @@ pub fn register(value: &str) {
     if value.len() < 4 {
         return;
     }
-    let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+    let mut reg = registry()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !reg.iter().any(|v| v == value) {
         reg.push(value.to_owned());
         // Percent-encoded forms appear in URLs echoed back by libraries.
@@ -58,7 +60,9 @@ pub fn register(value: &str) {
 
 /// Replace every registered secret in `text` with `***`.
 pub fn redact(text: &str) -> String {
-    let reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+    let reg = registry()
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut out = text.to_owned();
     for s in reg.iter() {
         if out.contains(s.as_str()) {

@@ -34,6 +34,9 @@ pub fn from_ms(v: i64) -> DateTime<Utc> {
     DateTime::<Utc>::from_timestamp_millis(v).unwrap_or_default()
 }
 
+/// The local state database (SQLite, WAL): runs, alerts and their
+/// outbox, RPO history, drills, metrics. Only this host reads it; the
+/// repository alone is enough to restore.
 #[derive(Clone)]
 pub struct State {
     pool: SqlitePool,
@@ -46,10 +49,15 @@ pub struct State {
 #[serde(rename_all = "snake_case")]
 #[sqlx(rename_all = "snake_case")]
 pub enum RunStatus {
+    /// Started and not finished (or killed: `status` says so).
     Running,
+    /// Did its work.
     Succeeded,
+    /// Failed; its error says why.
     Failed,
+    /// Stopped by a signal or shutdown.
     Interrupted,
+    /// Not run: the job was already running.
     Skipped,
 }
 
@@ -68,18 +76,30 @@ impl PartialEq<&str> for RunStatus {
     }
 }
 
+/// One run of a job as `drctl status` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunRecord {
+    /// Run id.
     pub id: i64,
+    /// The job.
     pub job: String,
+    /// Its kind.
     pub kind: String,
+    /// The host that ran it.
     pub host: String,
+    /// `schedule`, `catch_up`, `retry` or `cli`.
     pub trigger: String,
+    /// When it started (RFC 3339).
     pub started_at: String,
+    /// When it finished.
     pub finished_at: Option<String>,
+    /// How it ended.
     pub status: RunStatus,
+    /// Bytes stored or processed.
     pub bytes: Option<i64>,
+    /// The backup it committed.
     pub backup_id: Option<String>,
+    /// Its error, redacted.
     pub error: Option<String>,
     /// What child processes printed (bounded).
     pub output: Option<String>,
@@ -94,7 +114,9 @@ pub struct RunRecord {
 /// What is known about one backup from verifications and drills.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Verdict {
+    /// A verification found it damaged.
     pub damaged: bool,
+    /// A drill restored and checked it.
     pub proven: bool,
 }
 
@@ -160,6 +182,7 @@ impl State {
         }
     }
 
+    /// Record that `job` started; the returned id finishes it.
     pub async fn start_run(
         &self,
         job: &str,
@@ -182,6 +205,7 @@ impl State {
         Ok(r.last_insert_rowid())
     }
 
+    /// Record how run `id` ended.
     pub async fn finish_run(
         &self,
         run: i64,
@@ -203,6 +227,8 @@ impl State {
         Ok(())
     }
 
+    /// Remember a committed backup of `repository` (for status and RPO
+    /// without a listing).
     pub async fn cache_backup(
         &self,
         repository: &str,

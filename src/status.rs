@@ -9,17 +9,26 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
+/// One job as `drctl status` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobStatus {
+    /// The job's name.
     pub job: String,
+    /// Its kind.
     pub kind: String,
+    /// Its cron schedule, if any.
     pub schedule: Option<String>,
+    /// The zone the schedule is read in.
     pub timezone: String,
+    /// The newest run.
     pub last_run: Option<RunRecord>,
+    /// How long it took.
     pub last_run_seconds: Option<f64>,
+    /// When it last succeeded.
     pub last_success: Option<String>,
     /// Stored bytes of the last committed backup.
     pub last_backup_bytes: Option<i64>,
+    /// When it runs next (None: no schedule).
     pub next_run: Option<String>,
     /// All-time run counts on this host by outcome.
     pub runs: BTreeMap<String, i64>,
@@ -32,6 +41,7 @@ pub fn run_seconds(r: &RunRecord) -> Option<f64> {
     Some((b - a).num_milliseconds() as f64 / 1000.0)
 }
 
+/// Every configured job's status at `now`.
 pub async fn jobs(cfg: &LoadedConfig, state: &State, now: DateTime<Utc>) -> Result<Vec<JobStatus>> {
     let mut out = Vec::new();
     for (name, job) in &cfg.config.jobs {

@@ -18,39 +18,53 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+/// What `drctl verify` checks.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Every committed backup instead of the newest.
     pub all: bool,
+    /// Also decrypt, decompress and read each archive.
     pub deep: bool,
     /// age identity for deep verification of encrypted backups.
     pub identity: Option<PathBuf>,
 }
 
+/// One artifact's verdict.
 #[derive(Debug, Clone, Serialize)]
 pub struct ArtifactCheck {
+    /// Its name in the manifest.
     pub name: String,
+    /// Its size in the repository.
     pub stored_bytes: u64,
+    /// Whether it passed.
     pub ok: bool,
     /// What was checked, or what is wrong.
     pub detail: String,
 }
 
+/// One backup's verdict.
 #[derive(Debug, Clone, Serialize)]
 pub struct BackupCheck {
+    /// Its job.
     pub job: String,
+    /// Its id.
     pub backup_id: String,
+    /// When it finished (RFC 3339).
     pub finished_at: String,
+    /// Whether every artifact passed.
     pub ok: bool,
     /// An artifact does not match its manifest (as opposed to "could not check").
     pub integrity_failure: bool,
+    /// Each artifact's verdict.
     pub artifacts: Vec<ArtifactCheck>,
 }
 
 /// What one verification of several backups found.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Summary {
+    /// Each backup's verdict.
     pub backups: Vec<BackupCheck>,
+    /// Bytes read from the repository.
     pub bytes_read: u64,
     /// Jobs that have no committed backup yet (nothing to verify).
     pub without_backups: Vec<String>,
@@ -63,9 +77,11 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// The backups that failed.
     pub fn failed(&self) -> impl Iterator<Item = &BackupCheck> {
         self.backups.iter().filter(|b| !b.ok)
     }
+    /// Whether every backup passed.
     pub fn ok(&self) -> bool {
         self.failed().next().is_none() && self.unreachable.is_empty()
     }

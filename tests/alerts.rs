@@ -1,5 +1,8 @@
 //! Alerts end to end: the real binary, a real SMTP server (STARTTLS + AUTH)
 //! and a real HTTP receiver for Slack, webhooks and pings, all on loopback.
+// Each test is one end-to-end scenario told in order; splitting it would
+// hide the sequence the assertions depend on.
+#![allow(clippy::too_many_lines)]
 
 mod common;
 
@@ -628,7 +631,7 @@ fn a_job_failing_tick_after_tick_under_the_daemon_alerts_once_repeats_once_and_r
         "three failures, one alert: {:?}",
         http.requests("/slack")
             .iter()
-            .map(|r| r.text())
+            .map(common::receivers::Request::text)
             .collect::<Vec<_>>()
     );
     wait_until(Duration::from_secs(30), "the repeat", || {

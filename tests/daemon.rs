@@ -320,8 +320,11 @@ fn sigterm_cancels_a_backup_that_outlives_the_grace_period_and_says_so() {
         "[]"
     );
     // Delivered before the process exited: no daemon is left to retry.
-    let notices: Vec<serde_json::Value> =
-        hook.requests("/notices").iter().map(|r| r.json()).collect();
+    let notices: Vec<serde_json::Value> = hook
+        .requests("/notices")
+        .iter()
+        .map(common::receivers::Request::json)
+        .collect();
     assert_eq!(notices.len(), 2, "{notices:?}");
     assert_eq!(notices[0]["kind"], "daemon_started");
     assert_eq!(notices[0]["severity"], "info");

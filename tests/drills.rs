@@ -1,6 +1,9 @@
 //! Restore drills end to end: a real cluster (the shared test server as the
 //! drill's scratch server, or an ephemeral one the drill starts itself), the
 //! real binary, real signals, a real HTTP receiver for alerts.
+// Each test is one end-to-end scenario told in order; splitting it would
+// hide the sequence the assertions depend on.
+#![allow(clippy::too_many_lines)]
 
 mod common;
 
@@ -210,9 +213,9 @@ fn a_corrupted_artifact_fails_the_drill_in_fetch_and_leaves_nothing_behind() {
     assert_eq!(v["failed_phase"], "fetch", "{v}");
     assert!(v["error"].as_str().unwrap().contains("SHA-256"), "{v}");
     assert!(d.scratch_dbs().is_empty());
-    assert!(!std::fs::read_dir(d.w.dir.join("state").join("tmp"))
-        .map(|mut e| e.next().is_some())
-        .unwrap_or(false));
+    assert!(
+        !std::fs::read_dir(d.w.dir.join("state").join("tmp")).is_ok_and(|mut e| e.next().is_some())
+    );
 }
 
 #[test]
@@ -358,9 +361,9 @@ fn count_color(png_path: &std::path::Path, rgb: (u8, u8, u8)) -> usize {
     buf[..info.buffer_size()]
         .chunks(step)
         .filter(|p| {
-            (p[0] as i32 - rgb.0 as i32).abs() < 12
-                && (p[1] as i32 - rgb.1 as i32).abs() < 12
-                && (p[2] as i32 - rgb.2 as i32).abs() < 12
+            (i32::from(p[0]) - i32::from(rgb.0)).abs() < 12
+                && (i32::from(p[1]) - i32::from(rgb.1)).abs() < 12
+                && (i32::from(p[2]) - i32::from(rgb.2)).abs() < 12
         })
         .count()
 }

@@ -15,10 +15,14 @@ use serde::Serialize;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// What one pass over the outbox did (for `drctl alerts flush` and logs).
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct DeliveryReport {
+    /// Messages a channel accepted.
     pub delivered: usize,
+    /// Messages that failed and wait for their next attempt.
     pub retrying: usize,
+    /// Messages refused for good or past `max_age`: an alert of their own.
     pub given_up: usize,
     /// Another process holds the delivery lock and delivers instead.
     pub busy: bool,
@@ -37,13 +41,13 @@ pub async fn deliver_due(
     deadline: Option<Instant>,
 ) -> Result<DeliveryReport> {
     let mut report = DeliveryReport::default();
-    let _lock = match crate::lock::HostLock::try_acquire(&cfg.config.state_dir, ".alerts-delivery")?
+    let _lock = if let Ok(l) =
+        crate::lock::HostLock::try_acquire(&cfg.config.state_dir, ".alerts-delivery")?
     {
-        Ok(l) => l,
-        Err(_) => {
-            report.busy = true;
-            return Ok(report);
-        }
+        l
+    } else {
+        report.busy = true;
+        return Ok(report);
     };
     let alerts = &cfg.config.alerts;
     for channel in store::pending_channels(state).await? {

@@ -11,23 +11,32 @@ use serde::{Deserialize, Serialize};
 pub struct Notification {
     /// Unique per notification: a receiver can drop duplicates by it.
     pub id: String,
+    /// Firing, repeat, resolved or a one-off notice.
     pub event: Event,
     /// The condition's key (`job_failed:appdb`): the same for its firing,
     /// repeats and resolve.
     pub key: String,
+    /// What went wrong, as a stable word (`job_failed`, `rpo_violated`, ...).
     pub kind: String,
+    /// How urgent; routes pick channels by it.
     pub severity: Severity,
+    /// The host that raised it.
     pub host: String,
+    /// The job concerned, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// One line for a subject or a chat message.
     pub summary: String,
+    /// The whole story (an error's text, a finding list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// What to do about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
     /// When the condition started to hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<DateTime<Utc>>,
+    /// When this notification was made.
     pub at: DateTime<Utc>,
     /// 1 for the first notification of a condition, 2 for the first repeat...
     pub count: i64,
@@ -49,6 +58,7 @@ impl Notification {
         }
     }
 
+    /// An email subject: `[drctl] FIRING critical job_failed:appdb on db1`.
     pub fn subject(&self) -> String {
         let repeat = if self.event == Event::Repeat {
             " (still failing)"

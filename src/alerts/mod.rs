@@ -29,15 +29,20 @@ use std::time::Duration;
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, sqlx::Type,
 )]
+/// How urgent an alert is; routes pick channels by it.
 #[serde(rename_all = "lowercase")]
 #[sqlx(rename_all = "lowercase")]
 pub enum Severity {
+    /// For the record (daemon started, a drill passed).
     Info,
+    /// Needs attention soon.
     Warning,
+    /// Needs attention now.
     Critical,
 }
 
 impl Severity {
+    /// The name as stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
             Severity::Info => "info",
@@ -61,12 +66,16 @@ pub enum Event {
     Notice,
     /// `drctl alerts test`.
     Test,
+    /// A dead man's switch ping: the job started.
     PingStart,
+    /// A dead man's switch ping: the job succeeded.
     PingSuccess,
+    /// A dead man's switch ping: the job failed.
     PingFail,
 }
 
 impl Event {
+    /// The name as stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
             Event::Firing => "firing",
@@ -86,9 +95,13 @@ impl Event {
 pub struct Condition {
     /// One key per condition: `kind:subject`.
     pub key: String,
+    /// What went wrong, as a stable word.
     pub kind: String,
+    /// How urgent.
     pub severity: Severity,
+    /// The job concerned, if any.
     pub job: Option<String>,
+    /// One line for people.
     pub summary: String,
     /// The error or measurement, already free of secrets.
     pub detail: Option<String>,
@@ -97,6 +110,7 @@ pub struct Condition {
 }
 
 impl Condition {
+    /// A condition `kind:subject` that holds now.
     pub fn new(kind: &str, subject: &str, severity: Severity, summary: String) -> Self {
         Condition {
             key: format!("{kind}:{subject}"),
@@ -125,6 +139,7 @@ impl Condition {
         c
     }
 
+    /// The key of a job's "could not run" condition.
     pub fn job_failed_key(job: &str) -> String {
         format!("job_failed:{job}")
     }
@@ -145,6 +160,7 @@ pub(crate) struct Timing {
 }
 
 impl<'a> Alerter<'a> {
+    /// An alerter over the config's routes and the state's outbox.
     pub fn new(cfg: &'a LoadedConfig, state: &'a State) -> Self {
         Alerter {
             cfg,
@@ -230,7 +246,7 @@ impl<'a> Alerter<'a> {
             match outcome {
                 Ok(_) => sent += 1,
                 Err(e) => {
-                    tracing::error!(channel = %name, error = %crate::secret::redact(&e), "direct delivery failed")
+                    tracing::error!(channel = %name, error = %crate::secret::redact(&e), "direct delivery failed");
                 }
             }
         }
@@ -425,13 +441,18 @@ impl<'a> Alerter<'a> {
 pub enum Finished {
     /// The run did its work; a check run may have found `critical` problems
     /// (they alert on their own; the dead man's switch gets /fail).
-    Succeeded { critical: Option<String> },
+    Succeeded {
+        /// Critical findings of a check run, as one line.
+        critical: Option<String>,
+    },
     /// Skipped or interrupted: nothing changes.
     Quiet,
     /// The run failed. `already_alerted`: what it found raised its own
     /// conditions (a verify run's `backup_damaged`): one page, not two.
     Failed {
+        /// The run's error, redacted.
         error: String,
+        /// What the run found already raised its own alert.
         already_alerted: bool,
     },
 }
@@ -441,7 +462,7 @@ const KEEP_FINISHED: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Resolves when this process queues a notification (see `store::QUEUED`).
 pub async fn queued() {
-    store::QUEUED.notified().await
+    store::QUEUED.notified().await;
 }
 
 /// When the earliest undelivered row is due (None: nothing is waiting).

@@ -28,7 +28,9 @@ pub(crate) struct Ctx<'a> {
 pub enum AlertState {
     /// Holding, waiting out `for` before it notifies.
     Pending,
+    /// Notified; repeats every `repeat_interval` while it holds.
     Firing,
+    /// No longer holds; the resolve was sent.
     Resolved,
 }
 
@@ -74,19 +76,32 @@ pub(crate) fn on_clear(state: AlertState) -> (bool, bool) {
     }
 }
 
+/// A row of `alerts` as `drctl alerts` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct AlertRow {
+    /// The condition's key (`kind:subject`).
     pub key: String,
+    /// What went wrong.
     pub kind: String,
+    /// How urgent.
     pub severity: Severity,
+    /// The job concerned, if any.
     pub job: Option<String>,
+    /// Pending, firing or resolved.
     pub state: AlertState,
+    /// One line.
     pub summary: String,
+    /// The whole story.
     pub detail: Option<String>,
+    /// Channels it was routed to.
     pub channels: Vec<String>,
+    /// When the condition started to hold.
     pub started_at: DateTime<Utc>,
+    /// When it first notified (after `for`).
     pub fired_at: Option<DateTime<Utc>>,
+    /// When it last notified (firing or repeat).
     pub last_notified_at: Option<DateTime<Utc>>,
+    /// Notifications sent for it so far.
     pub notifications: i64,
     #[serde(skip)]
     hint: Option<String>,
@@ -101,7 +116,9 @@ pub struct AlertRow {
 #[serde(rename_all = "lowercase")]
 #[sqlx(rename_all = "lowercase")]
 pub enum DeliveryState {
+    /// Waiting for its (next) attempt.
     Pending,
+    /// The channel accepted it.
     Delivered,
     /// Rejected for good (the receiver refuses this payload; channel gone).
     Failed,
@@ -116,19 +133,32 @@ names!(DeliveryState {
     Expired => "expired",
 });
 
+/// An outbox row as `drctl alerts --outbox` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeliveryRow {
+    /// Row id.
     pub id: i64,
+    /// The condition it is about.
     pub alert_key: String,
+    /// The channel it goes to.
     pub channel: String,
+    /// Firing, repeat, resolved or notice.
     pub event: String,
+    /// Where it is.
     pub state: DeliveryState,
+    /// Attempts made so far.
     pub attempts: i64,
+    /// When it was queued.
     pub created_at: DateTime<Utc>,
+    /// When it is tried next.
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When it expires unsent (`max_age`).
     pub expires_at: DateTime<Utc>,
+    /// When the channel accepted it.
     pub delivered_at: Option<DateTime<Utc>>,
+    /// The last failure, redacted.
     pub last_error: Option<String>,
+    /// The message itself.
     pub notification: Notification,
 }
 

@@ -54,10 +54,16 @@ pub const HELP: &[(&str, &str, bool)] = &[
 /// One stored value.
 #[derive(Debug, Clone)]
 pub struct Stored {
+    /// Metric family name (`drctl_...`).
     pub name: String,
+    /// The job that measured it (a metric of a job removed from the config
+    /// is not exported).
     pub job: String,
+    /// Labels besides `job`.
     pub labels: Vec<(String, String)>,
+    /// The sample; for a counter, the total so far.
     pub value: f64,
+    /// A counter (summed across runs) rather than a gauge (last value).
     pub counter: bool,
 }
 

@@ -15,12 +15,16 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
+    /// Nothing to do.
     Ok,
+    /// Attention soon (exit 7 from `drctl run`).
     Warning,
+    /// Attention now (exit 8 from `drctl run`).
     Critical,
 }
 
 impl Level {
+    /// The level as shown and stored.
     pub fn as_str(self) -> &'static str {
         match self {
             Level::Ok => "ok",
@@ -46,12 +50,14 @@ impl Level {
 pub struct Finding {
     /// What the finding is about, stable across runs (it keys the alert).
     pub subject: String,
+    /// How bad it is.
     pub level: Level,
     /// What was measured, in words an operator reads at 3 a.m.
     pub message: String,
 }
 
 impl Finding {
+    /// A finding about `subject`.
     pub fn new(subject: impl Into<String>, level: Level, message: impl Into<String>) -> Self {
         Finding {
             subject: subject.into(),
@@ -64,14 +70,18 @@ impl Finding {
 /// A metric value a run produced (see `metrics.rs`).
 #[derive(Debug, Clone)]
 pub struct Sample {
+    /// Metric family name.
     pub name: &'static str,
+    /// Its labels.
     pub labels: Vec<(String, String)>,
+    /// Its value.
     pub value: f64,
     /// Counters accumulate across runs; gauges are replaced by each run.
     pub counter: bool,
 }
 
 impl Sample {
+    /// A gauge: the last value counts.
     pub fn gauge(name: &'static str, labels: &[(&str, &str)], value: f64) -> Self {
         Sample {
             name,
@@ -80,6 +90,7 @@ impl Sample {
             counter: false,
         }
     }
+    /// A counter: values add up across runs.
     pub fn counter(name: &'static str, labels: &[(&str, &str)], value: f64) -> Self {
         Sample {
             name,
@@ -100,20 +111,25 @@ fn owned(labels: &[(&str, &str)]) -> Vec<(String, String)> {
 /// What one run of a maintenance or check kind did and found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The job that ran.
     pub job: String,
+    /// Its kind (`vacuum`, `health`, ...).
     pub kind: &'static str,
     /// One line: "3 tables vacuumed, 120000 dead tuples removed".
     pub summary: String,
+    /// One per subject: what was found and how bad it is.
     pub findings: Vec<Finding>,
     /// Kind-specific records (per table, per file, per image...).
     pub details: serde_json::Value,
     /// Bytes freed or processed, for the run record.
     pub bytes: Option<u64>,
+    /// Metric samples the run stores for `/metrics`.
     #[serde(skip)]
     pub samples: Vec<Sample>,
 }
 
 impl Report {
+    /// An empty report of job `job` of kind `kind`.
     pub fn new(job: &str, kind: &'static str) -> Self {
         Report {
             job: job.to_owned(),
@@ -155,6 +171,7 @@ impl Report {
             .join("; ")
     }
 
+    /// The report as `--json` prints it and the run record keeps it.
     pub fn json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
         if let Some(o) = v.as_object_mut() {

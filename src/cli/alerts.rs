@@ -96,8 +96,7 @@ async fn list(cfg: &LoadedConfig, json: bool, limit: i64) -> anyhow::Result<()> 
         let when = d
             .delivered_at
             .or(d.next_attempt_at)
-            .map(|x| t(&x))
-            .unwrap_or_else(|| "-".into());
+            .map_or_else(|| "-".into(), |x| t(&x));
         println!(
             "{:>5} {:<10} {:<12} {:<28} {:<10} {:>8} {:<20}  {}",
             d.id,

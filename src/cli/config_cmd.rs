@@ -25,11 +25,10 @@ pub fn exec(path: Option<&Path>, c: ConfigCommand) -> anyhow::Result<()> {
                     for e in refs.iter().skip(1) {
                         eprintln!("drctl: error: {e}");
                     }
-                    return Err(refs
-                        .into_iter()
-                        .next()
-                        .map(anyhow::Error::from)
-                        .unwrap_or_else(|| anyhow::anyhow!("unresolved references")));
+                    return Err(refs.into_iter().next().map_or_else(
+                        || anyhow::anyhow!("unresolved references"),
+                        anyhow::Error::from,
+                    ));
                 }
             }
             println!("{}", render_masked(&cfg).trim_end());

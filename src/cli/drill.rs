@@ -60,128 +60,146 @@ pub async fn exec(cfg: &LoadedConfig, cmd: DrillCommand) -> anyhow::Result<()> {
             id,
             keep,
             json,
-        } => {
-            // A malformed --id is the caller's mistake (exit 2), not a
-            // failed drill to record and alert.
-            if let Some(id) = &id {
-                drctl::ids::BackupId::parse(id)
-                    .map_err(|e| drctl::Error::Usage(format!("--id: {e}")))?;
-            }
-            let progress = Progress::new();
-            let bar = Bar::start(progress.clone());
-            let rec = drill::run(
-                cfg,
-                &state,
-                &name,
-                Options {
-                    id,
-                    keep,
-                    trigger: "cli".into(),
-                    cancel: super::cancel_on_signals(),
-                    progress,
-                },
-            )
-            .await;
-            bar.finish();
-            let rec = rec?;
-            let _ = drctl::alerts::deliver_due(
-                cfg,
-                &state,
-                Some(tokio::time::Instant::now() + std::time::Duration::from_secs(20)),
-            )
-            .await;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rec)?);
-            } else {
-                print(&rec);
-            }
-            match rec.outcome {
-                o if o.restored() => Ok(()),
-                drctl::drill::DrillOutcome::Interrupted => {
-                    Err(drctl::Error::Interrupted(format!("drill {name}")).into())
-                }
-                other => Err(DrillFailed(
-                    name,
-                    format!(
-                        "{other} in the {} phase: {}",
-                        rec.failed_phase.as_deref().unwrap_or("?"),
-                        rec.error.as_deref().unwrap_or("")
-                    ),
-                )
-                .into()),
-            }
-        }
+        } => run(cfg, &state, name, id, keep, json).await,
         DrillCommand::Report {
             since,
             format,
             output,
-        } => {
-            let r = drctl::report::build(cfg, &state, since).await?;
-            let text = match format {
-                Format::Html => drctl::report::html(&r),
-                Format::Md => drctl::report::markdown(&r),
-                Format::Json => drctl::report::json(&r),
-            };
-            match output {
-                Some(p) => {
-                    std::fs::write(&p, text)
-                        .map_err(|e| drctl::Error::io(format!("writing {}", p.display()), e))?;
-                    eprintln!("report written to {} ({})", p.display(), r.headline());
-                }
-                None => println!("{text}"),
-            }
-            Ok(())
-        }
-        DrillCommand::List { n, json } => {
-            let runs = drill::list(&state, None, None, n).await?;
-            if json {
-                let v = serde_json::json!({
-                    "drills": cfg.config.drills,
-                    "runs": runs,
-                });
-                println!(
-                    "{}",
-                    drctl::secret::redact(&serde_json::to_string_pretty(&v)?)
-                );
-                return Ok(());
-            }
-            println!(
-                "{:<18} {:<12} {:<22} {:>8} {:>10}",
-                "DRILL", "JOB", "SCHEDULE", "RTO", "LAST"
-            );
-            for (name, d) in &cfg.config.drills {
-                let last = runs
-                    .iter()
-                    .find(|r| &r.drill == name)
-                    .map_or("never", |r| r.outcome.as_str());
-                println!(
-                    "{:<18} {:<12} {:<22} {:>8} {:>10}",
-                    name,
-                    d.job,
-                    d.schedule.as_deref().unwrap_or("-"),
-                    d.rto
-                        .map(|r| humantime::format_duration(r).to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    last
-                );
-            }
-            println!();
-            for r in &runs {
-                println!(
-                    "{:>5} {:<18} {:<26} {:<11} {:>8} {}",
-                    r.id,
-                    r.drill,
-                    r.started_at,
-                    r.outcome,
-                    r.total_seconds
-                        .map(|t| format!("{t:.1}s"))
-                        .unwrap_or_else(|| "-".into()),
-                    r.backup_id.as_deref().unwrap_or("-")
-                );
-            }
-            Ok(())
-        }
+        } => report(cfg, &state, since, format, output).await,
+        DrillCommand::List { n, json } => list(cfg, &state, n, json).await,
     }
+}
+
+/// `drctl drill run`: exit 0 when the backup restored and checked (over
+/// its RTO included), 9 when the drill failed.
+async fn run(
+    cfg: &LoadedConfig,
+    state: &State,
+    name: String,
+    id: Option<String>,
+    keep: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    // A malformed --id is the caller's mistake (exit 2), not a
+    // failed drill to record and alert.
+    if let Some(id) = &id {
+        drctl::ids::BackupId::parse(id).map_err(|e| drctl::Error::Usage(format!("--id: {e}")))?;
+    }
+    let progress = Progress::new();
+    let bar = Bar::start(progress.clone());
+    let rec = drill::run(
+        cfg,
+        state,
+        &name,
+        Options {
+            id,
+            keep,
+            trigger: "cli".into(),
+            cancel: super::cancel_on_signals(),
+            progress,
+        },
+    )
+    .await;
+    bar.finish();
+    let rec = rec?;
+    let _ = drctl::alerts::deliver_due(
+        cfg,
+        state,
+        Some(tokio::time::Instant::now() + std::time::Duration::from_secs(20)),
+    )
+    .await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rec)?);
+    } else {
+        print(&rec);
+    }
+    match rec.outcome {
+        o if o.restored() => Ok(()),
+        drctl::drill::DrillOutcome::Interrupted => {
+            Err(drctl::Error::Interrupted(format!("drill {name}")).into())
+        }
+        other => Err(DrillFailed(
+            name,
+            format!(
+                "{other} in the {} phase: {}",
+                rec.failed_phase.as_deref().unwrap_or("?"),
+                rec.error.as_deref().unwrap_or("")
+            ),
+        )
+        .into()),
+    }
+}
+
+async fn report(
+    cfg: &LoadedConfig,
+    state: &State,
+    since: std::time::Duration,
+    format: Format,
+    output: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let r = drctl::report::build(cfg, state, since).await?;
+    let text = match format {
+        Format::Html => drctl::report::html(&r),
+        Format::Md => drctl::report::markdown(&r),
+        Format::Json => drctl::report::json(&r),
+    };
+    match output {
+        Some(p) => {
+            std::fs::write(&p, text)
+                .map_err(|e| drctl::Error::io(format!("writing {}", p.display()), e))?;
+            eprintln!("report written to {} ({})", p.display(), r.headline());
+        }
+        None => println!("{text}"),
+    }
+    Ok(())
+}
+
+async fn list(cfg: &LoadedConfig, state: &State, n: i64, json: bool) -> anyhow::Result<()> {
+    let runs = drill::list(state, None, None, n).await?;
+    if json {
+        let v = serde_json::json!({
+            "drills": cfg.config.drills,
+            "runs": runs,
+        });
+        println!(
+            "{}",
+            drctl::secret::redact(&serde_json::to_string_pretty(&v)?)
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<18} {:<12} {:<22} {:>8} {:>10}",
+        "DRILL", "JOB", "SCHEDULE", "RTO", "LAST"
+    );
+    for (name, d) in &cfg.config.drills {
+        let last = runs
+            .iter()
+            .find(|r| &r.drill == name)
+            .map_or("never", |r| r.outcome.as_str());
+        println!(
+            "{:<18} {:<12} {:<22} {:>8} {:>10}",
+            name,
+            d.job,
+            d.schedule.as_deref().unwrap_or("-"),
+            d.rto
+                .map_or_else(|| "-".into(), |r| humantime::format_duration(r).to_string()),
+            last
+        );
+    }
+    println!();
+    for r in &runs {
+        println!(
+            "{:>5} {:<18} {:<26} {:<11} {:>8} {}",
+            r.id,
+            r.drill,
+            r.started_at,
+            r.outcome,
+            r.total_seconds
+                .map_or_else(|| "-".into(), |t| format!("{t:.1}s")),
+            r.backup_id.as_deref().unwrap_or("-")
+        );
+    }
+    Ok(())
 }
 
 fn print(r: &DrillRecord) {

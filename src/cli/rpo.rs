@@ -72,16 +72,10 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
             "{:<14} {:>8} {:>12} {:<9} {:>9.2}% {:>12}  {}",
             r.status.job,
             d(r.status.target_seconds),
-            r.status
-                .age_seconds
-                .map(d)
-                .unwrap_or_else(|| "no backup".into()),
+            r.status.age_seconds.map_or_else(|| "no backup".into(), d),
             if r.status.compliant { "ok" } else { "VIOLATED" },
             r.window.compliance * 100.0,
-            r.window
-                .worst_gap_seconds
-                .map(d)
-                .unwrap_or_else(|| "-".into()),
+            r.window.worst_gap_seconds.map_or_else(|| "-".into(), d),
             r.status.newest_backup.as_deref().unwrap_or("-"),
         );
     }

@@ -21,9 +21,7 @@ pub struct LogsArgs {
 }
 
 fn duration(r: &RunRecord) -> String {
-    drctl::status::run_seconds(r)
-        .map(|s| format!("{s:.1}s"))
-        .unwrap_or_else(|| "-".into())
+    drctl::status::run_seconds(r).map_or_else(|| "-".into(), |s| format!("{s:.1}s"))
 }
 
 pub async fn status(cfg: &LoadedConfig, a: StatusArgs) -> anyhow::Result<()> {

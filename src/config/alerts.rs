@@ -6,11 +6,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `[alerts]`: channels, routes and the timing of notifications.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsConfig {
+    /// Channels by name.
     #[serde(default)]
     pub channels: BTreeMap<String, ChannelConfig>,
+    /// Which channels each severity goes to.
     #[serde(default)]
     pub routes: Routes,
     /// A firing condition is notified again after this long.
@@ -26,6 +29,7 @@ pub struct AlertsConfig {
     /// First retry delay of a failed delivery; doubles up to `retry_max`.
     #[serde(default = "default_retry_initial", with = "humantime_serde")]
     pub retry_initial: Duration,
+    /// Longest wait between delivery attempts.
     #[serde(default = "default_retry_max", with = "humantime_serde")]
     pub retry_max: Duration,
 }
@@ -61,10 +65,13 @@ fn default_retry_max() -> Duration {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Routes {
+    /// Channels for critical alerts.
     #[serde(default)]
     pub critical: Vec<String>,
+    /// Channels for warnings.
     #[serde(default)]
     pub warning: Vec<String>,
+    /// Channels for info notices.
     #[serde(default)]
     pub info: Vec<String>,
 }
@@ -74,10 +81,13 @@ pub struct Routes {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobAlerts {
+    /// This job's channels for critical alerts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub critical: Option<Vec<String>>,
+    /// This job's channels for warnings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<Vec<String>>,
+    /// This job's channels for info notices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<Vec<String>>,
     #[serde(
@@ -86,25 +96,33 @@ pub struct JobAlerts {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    /// How long a condition holds before it notifies (`for`).
     pub for_: Option<Duration>,
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    /// How often a firing condition repeats.
     pub repeat_interval: Option<Duration>,
 }
 
+/// `[alerts.channels.NAME]`, tagged by `type`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ChannelConfig {
+    /// Email through an SMTP server.
     Email(EmailChannel),
+    /// A Slack incoming webhook.
     Slack(SlackChannel),
+    /// JSON POSTs, optionally HMAC-signed.
     Webhook(WebhookChannel),
+    /// Dead man's switch pings.
     Ping(PingChannel),
 }
 
 impl ChannelConfig {
+    /// The `type` value as written in the config.
     pub fn kind(&self) -> &'static str {
         match self {
             ChannelConfig::Email(_) => "email",
@@ -115,6 +133,7 @@ impl ChannelConfig {
     }
 }
 
+/// How the SMTP connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SmtpSecurity {
@@ -126,28 +145,38 @@ pub enum SmtpSecurity {
     None,
 }
 
+/// `type = "email"`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmailChannel {
+    /// SMTP server host name.
     pub host: String,
     /// Default: 587 for starttls, 465 for tls, 25 for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// STARTTLS (default), TLS or none.
     #[serde(default = "default_security")]
     pub security: SmtpSecurity,
+    /// SMTP AUTH user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    /// SMTP password inline (prefer `password_env`/`password_file`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// The password from this environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
+    /// The password from this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// Sender address.
     pub from: String,
+    /// Recipient addresses.
     pub to: Vec<String>,
     /// Extra CA certificate (PEM) trusted for this server, for an internal CA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// Connect and send limit.
     #[serde(default = "default_smtp_timeout", with = "humantime_serde")]
     pub timeout: Duration,
 }
@@ -162,31 +191,40 @@ fn default_http_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
+/// `type = "slack"`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlackChannel {
     /// The incoming-webhook URL is a credential: prefer `_env`/`_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// The webhook URL from this environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url_env: Option<String>,
+    /// The webhook URL from this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url_file: Option<PathBuf>,
+    /// Request limit.
     #[serde(default = "default_http_timeout", with = "humantime_serde")]
     pub timeout: Duration,
 }
 
+/// `type = "webhook"`: each notification POSTed as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookChannel {
+    /// Where to POST.
     pub url: String,
     /// HMAC-SHA256 key; without one the posts are unsigned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// The HMAC key from this environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_env: Option<String>,
+    /// The HMAC key from this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_file: Option<PathBuf>,
+    /// Request limit.
     #[serde(default = "default_http_timeout", with = "humantime_serde")]
     pub timeout: Duration,
 }
@@ -197,10 +235,13 @@ pub struct WebhookChannel {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PingChannel {
+    /// Ping URL inline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The ping URL from this environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_env: Option<String>,
+    /// The ping URL from this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_file: Option<PathBuf>,
     /// Jobs that ping (default: every job).
@@ -209,6 +250,7 @@ pub struct PingChannel {
     /// A ping older than this is dropped: a late "start" misleads more than a missing one.
     #[serde(default = "default_ping_max_age", with = "humantime_serde")]
     pub max_age: Duration,
+    /// Request limit.
     #[serde(default = "default_http_timeout", with = "humantime_serde")]
     pub timeout: Duration,
 }

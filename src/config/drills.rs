@@ -5,15 +5,20 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// `[drills.NAME]`: restore a job's backup somewhere harmless, check it,
+/// time it against the RTO, and clean up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrillConfig {
     /// The backup job whose newest committed backup is restored.
     pub job: String,
+    /// When the daemon runs it (cron); without one it runs on demand only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// IANA time zone of the schedule (default UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// Where the backup is restored.
     pub target: DrillTarget,
     /// Recovery time objective: a drill slower than this is marked over-RTO.
     #[serde(
@@ -25,6 +30,7 @@ pub struct DrillConfig {
     /// Parallel pg_restore jobs.
     #[serde(default = "one")]
     pub jobs: usize,
+    /// SQL whose answers must meet expectations after the restore.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<SqlCheck>,
     /// Longest a check query may run.
@@ -44,19 +50,25 @@ fn default_check_timeout() -> Duration {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrillTarget {
+    /// A server to restore into (a scratch database is created there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_url: Option<String>,
+    /// `server_url` from this environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_url_env: Option<String>,
+    /// `server_url` from this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_url_file: Option<PathBuf>,
+    /// A throwaway cluster made with initdb for each drill, on this host.
     #[serde(default)]
     pub ephemeral: bool,
 }
 
+/// One SQL check of a drill.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqlCheck {
+    /// A query returning one value.
     pub sql: String,
     /// `>= 1`, `> 0`, `= 42`, `!= 0`, `< 5`, `<= 5`, or a value compared as text.
     pub expect: String,
@@ -98,9 +110,12 @@ impl DrillConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReportSchedule {
+    /// When the report is sent (cron, in `timezone`).
     pub schedule: String,
+    /// IANA time zone of the schedule (default UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<String>,
+    /// Alert channels the report goes to.
     pub channels: Vec<String>,
     /// The window the report covers.
     #[serde(default = "default_window", with = "humantime_serde")]

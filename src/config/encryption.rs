@@ -8,6 +8,9 @@ use std::path::PathBuf;
 /// Where a restore looks for the identity when `--identity` is not given.
 pub const IDENTITY_ENV: &str = "DRCTL_AGE_IDENTITY_FILE";
 
+/// `encryption = { recipients = [...] }`: age public keys every artifact
+/// is encrypted to. Only public keys live in the config: a host that backs
+/// up cannot read its own backups.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Encryption {

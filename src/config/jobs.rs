@@ -20,8 +20,10 @@ pub(crate) type KeyError = (String, String);
 /// the key: see `config::figment_error`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobConfig {
+    /// The keys every kind shares.
     #[serde(flatten)]
     pub common: Common,
+    /// The kind and its own keys.
     #[serde(flatten)]
     pub kind: Kind,
 }
@@ -30,6 +32,8 @@ pub struct JobConfig {
 /// alerts. The daemon, `drctl run` and `drctl status` read only these.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Common {
+    /// When the daemon runs the job (cron with seconds or without);
+    /// without one the job runs only on demand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
     /// IANA time zone the schedule is read in (default UTC).
@@ -91,7 +95,12 @@ macro_rules! kinds {
         #[derive(Debug, Clone, Serialize, Deserialize)]
         #[serde(tag = "type")]
         pub enum Kind {
-            $($(#[$m])* #[serde(rename = $name)] $variant($ty),)*
+            $(
+                $(#[$m])*
+                #[doc = concat!("`type = \"", $name, "\"`.")]
+                #[serde(rename = $name)]
+                $variant($ty),
+            )*
         }
 
         impl Kind {
@@ -153,7 +162,9 @@ pub struct Storage {
     /// Grandfather-father-son retention, applied after each backup and by `drctl prune`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<crate::retention::Policy>,
+    /// The repository (`[repositories.NAME]`) backups go to.
     pub repository: String,
+    /// How artifacts are compressed (default zstd).
     #[serde(default)]
     pub compression: Compression,
     /// zstd 1..=19 (default 1), gzip 1..=9 (default 6).
@@ -167,7 +178,11 @@ impl Storage {
         if let Some(e) = &self.encryption {
             e.validate().map_err(own)?;
         }
-        if self.retention.as_ref().is_some_and(|r| r.is_empty()) {
+        if self
+            .retention
+            .as_ref()
+            .is_some_and(super::super::retention::Policy::is_empty)
+        {
             return Err((
                 "retention".into(),
                 "keeps nothing but the newest backup: set keep_last, hourly, daily, weekly, monthly or yearly to at least 1 (or remove retention to keep every backup)".into(),
@@ -183,13 +198,16 @@ pub use crate::values::Compression;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresJob {
+    /// Repository, compression, encryption, retention and RPO.
     #[serde(flatten)]
     pub storage: Storage,
     /// Connection URL inline. Prefer `url_env`/`url_file`: an inline password is a secret in a file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The URL from this environment variable (the usual way).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_env: Option<String>,
+    /// The URL from this file (relative to `$CREDENTIALS_DIRECTORY`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_file: Option<PathBuf>,
     /// zstd worker threads (default: half the cores, 1 to 4).
@@ -300,11 +318,14 @@ pub struct VerifyJob {
 
 impl KindSpec for VerifyJob {}
 
+/// Which backups a verify job reads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VerifyScope {
+    /// The newest backup of each job.
     #[default]
     Latest,
+    /// Every committed backup.
     All,
 }
 
@@ -312,20 +333,26 @@ pub enum VerifyScope {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum PathEntry {
+    /// A path that must exist.
     Plain(PathBuf),
+    /// A path with options.
     Detailed {
+        /// The path.
         path: PathBuf,
+        /// Skipped (and named in the run's output) when it does not exist.
         #[serde(default)]
         optional: bool,
     },
 }
 
 impl PathEntry {
+    /// The path to back up.
     pub fn path(&self) -> &PathBuf {
         match self {
             PathEntry::Plain(p) | PathEntry::Detailed { path: p, .. } => p,
         }
     }
+    /// Whether a missing path is skipped rather than a failed run.
     pub fn optional(&self) -> bool {
         matches!(self, PathEntry::Detailed { optional: true, .. })
     }
@@ -335,8 +362,10 @@ impl PathEntry {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilesJob {
+    /// Repository, compression, encryption, retention and RPO.
     #[serde(flatten)]
     pub storage: Storage,
+    /// Absolute paths (files or directories) in the tar.
     pub paths: Vec<PathEntry>,
 }
 
@@ -369,21 +398,32 @@ impl KindSpec for FilesJob {
 /// The scheduling settings every job kind shares.
 #[derive(Debug, Clone, Copy)]
 pub struct Scheduling<'a> {
+    /// Cron expression, if scheduled.
     pub schedule: Option<&'a str>,
+    /// Zone of the expression.
     pub timezone: Option<&'a str>,
+    /// Random delay before each scheduled run.
     pub jitter: Option<Duration>,
+    /// Further attempts after a failure.
     pub retries: u32,
+    /// First retry delay (doubles per attempt).
     pub retry_delay: Duration,
+    /// Run at daemon start when a scheduled run was missed.
     pub catch_up: bool,
+    /// Per host or per cluster.
     pub lock: LockScope,
+    /// The job's own alert routes, if any.
     pub alerts: Option<&'a super::alerts::JobAlerts>,
 }
 
+/// How many hosts may run a tick of a job.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LockScope {
+    /// Each host runs its own (the default).
     #[default]
     Host,
+    /// One host of those sharing `[coordination]` runs each tick.
     Cluster,
 }
 
@@ -438,6 +478,7 @@ impl JobConfig {
         }
     }
 
+    /// The cron expression, if the job is scheduled.
     pub fn schedule(&self) -> Option<&str> {
         self.common.schedule.as_deref()
     }

@@ -30,15 +30,19 @@ fn yes() -> bool {
 /// timeouts every statement runs under, and the window.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
+    /// Connection URL inline (prefer `url_env`/`url_file`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The URL from this environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_env: Option<String>,
+    /// The URL from this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_file: Option<PathBuf>,
     /// A statement waiting longer than this for a lock gives up on its object.
     #[serde(default = "default_lock_timeout", with = "humantime_serde")]
     pub lock_timeout: Duration,
+    /// A statement running longer than this is cancelled.
     #[serde(default = "default_statement_timeout", with = "humantime_serde")]
     pub statement_timeout: Duration,
     /// `"01:00-05:00"` in the job's time zone: nothing new starts outside it.
@@ -69,12 +73,19 @@ impl Session {
 /// Connection and limits of a PostgreSQL maintenance job.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionSpec<'a> {
+    /// The connection URL inline.
     pub url: Option<&'a str>,
+    /// The URL from this environment variable.
     pub url_env: Option<&'a str>,
+    /// The URL from this file.
     pub url_file: Option<&'a std::path::Path>,
+    /// Lock wait limit per statement.
     pub lock_timeout: Duration,
+    /// Run time limit per statement.
     pub statement_timeout: Duration,
+    /// When new work may start.
     pub window: Option<&'a str>,
+    /// The zone the window is read in.
     pub timezone: Option<&'a str>,
 }
 
@@ -82,6 +93,7 @@ pub struct SessionSpec<'a> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VacuumJob {
+    /// Connection, timeouts and window.
     #[serde(flatten)]
     pub session: Session,
     /// Only these tables (`schema.table` or `table` in `public`), each run.
@@ -93,6 +105,7 @@ pub struct VacuumJob {
     /// `VACUUM FULL` (rewrites and locks each table exclusively).
     #[serde(default)]
     pub full: bool,
+    /// Also ANALYZE (plain VACUUM otherwise).
     #[serde(default = "yes")]
     pub analyze: bool,
     /// A table needs vacuum with at least this many dead tuples...
@@ -123,6 +136,7 @@ fn default_freeze_age() -> i64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReindexJob {
+    /// Connection, timeouts and window.
     #[serde(flatten)]
     pub session: Session,
     /// Only these indexes (`schema.index` or `index` in `public`).
@@ -161,6 +175,7 @@ pub struct PruneFilesJob {
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
+    /// Files last modified longer ago than this are deleted.
     pub older_than: Option<Duration>,
     /// The newest N matching files of each directory are always kept.
     #[serde(default)]
@@ -175,6 +190,7 @@ pub struct PruneFilesJob {
         skip_serializing_if = "Option::is_none"
     )]
     pub compress_older_than: Option<Duration>,
+    /// Report what would be deleted; delete nothing.
     #[serde(default)]
     pub dry_run: bool,
 }
@@ -198,8 +214,10 @@ pub struct PruneImagesJob {
     /// Remove tagged images no container uses.
     #[serde(default = "yes")]
     pub unused: bool,
+    /// Report what would be removed; remove nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// Limit on each call to the Docker engine.
     #[serde(default = "default_docker_timeout", with = "humantime_serde")]
     pub timeout: Duration,
 }
@@ -215,15 +233,18 @@ fn default_docker_timeout() -> Duration {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiskJob {
+    /// Mount points (or any path on the filesystem) to check.
     pub mounts: Vec<PathBuf>,
     /// Percent used at which the mount is a warning.
     #[serde(default = "default_disk_warn")]
     pub warn: f64,
+    /// Percent used at which the mount is critical.
     #[serde(default = "default_disk_critical")]
     pub critical: f64,
     /// Inode thresholds (default: the same as space).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inodes_warn: Option<f64>,
+    /// Inode percent at which the mount is critical (default: `critical`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inodes_critical: Option<f64>,
 }
@@ -245,8 +266,10 @@ pub struct CertExpiryJob {
     /// `host:port` (SNI = host), or `name@host:port` to send another SNI.
     #[serde(default)]
     pub endpoints: Vec<String>,
+    /// Time left at which a certificate is a warning (default 30 days).
     #[serde(default = "default_warn_days", with = "humantime_serde")]
     pub warn: Duration,
+    /// Time left at which it is critical (default 7 days).
     #[serde(default = "default_critical_days", with = "humantime_serde")]
     pub critical: Duration,
     /// Connect and handshake timeout per endpoint.
@@ -268,16 +291,23 @@ fn default_tls_timeout() -> Duration {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthJob {
+    /// The checks (`[[jobs.NAME.checks]]`), probed in parallel.
     pub checks: Vec<HealthCheck>,
 }
 
+/// What a health check probes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProbeType {
+    /// An HTTP(S) request with status, body and JSON expectations.
     Http,
+    /// A TCP connect.
     Tcp,
+    /// A PostgreSQL connection and `SELECT 1`.
     Postgres,
+    /// A Redis PING.
     Redis,
+    /// A command's exit status.
     Command,
 }
 
@@ -299,6 +329,7 @@ impl ProbeType {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
+    /// Its `type`.
     #[serde(rename = "type")]
     pub probe: ProbeType,
     /// Names the check in alerts and metrics (default: its target).
@@ -307,6 +338,7 @@ pub struct HealthCheck {
     /// Further attempts within one run after a failed one.
     #[serde(default)]
     pub retries: u32,
+    /// Wait between attempts within one run.
     #[serde(default = "default_probe_delay", with = "humantime_serde")]
     pub retry_delay: Duration,
     /// Per attempt.
@@ -322,18 +354,24 @@ pub struct HealthCheck {
     #[serde(default = "default_severity")]
     pub severity: String,
     // http, postgres, redis
+    /// URL of an http, postgres or redis check (prefer `url_env`/`url_file`
+    /// when it holds a password).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The URL from this environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_env: Option<String>,
+    /// The URL from this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_file: Option<PathBuf>,
     // http
+    /// HTTP method (default GET).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     /// Default: any 2xx.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect_status: Option<u16>,
+    /// Text the HTTP body must contain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body_contains: Option<String>,
     /// RFC 6901 pointer into a JSON body, e.g. `/status`...
@@ -342,15 +380,18 @@ pub struct HealthCheck {
     /// ...and the value it must equal (`"ok"`, `true`, `3`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json_equals: Option<toml::Value>,
+    /// Extra HTTP request headers.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
     // tcp
+    /// `host:port` of a tcp check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
     // command
     /// argv, no shell: `["pg_isready", "-q"]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<Vec<String>>,
+    /// The exit status a command check expects (default 0).
     #[serde(default)]
     pub expect_exit: i32,
 }
@@ -434,7 +475,7 @@ impl HealthCheck {
                 }
             }
             ProbeType::Command => {
-                if self.command.as_ref().is_none_or(|c| c.is_empty()) {
+                if self.command.as_ref().is_none_or(std::vec::Vec::is_empty) {
                     return Err(err(
                         format!("{key}.command"),
                         "expected a non-empty argv list, e.g. [\"pg_isready\", \"-q\"]",
@@ -528,11 +569,14 @@ pub fn strip_userinfo(u: &str) -> String {
 /// `"01:00-05:00"`: a daily window, possibly across midnight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
+    /// First minute inside.
     pub start: chrono::NaiveTime,
+    /// First minute outside again (before `start`: the window spans midnight).
     pub end: chrono::NaiveTime,
 }
 
 impl Window {
+    /// Parse `HH:MM-HH:MM`.
     pub fn parse(s: &str) -> Result<Window, String> {
         let bad = || format!("expected \"HH:MM-HH:MM\", e.g. \"01:00-05:00\", got {s:?}");
         let (a, b) = s.split_once('-').ok_or_else(bad)?;
@@ -547,6 +591,7 @@ impl Window {
         Ok(w)
     }
 
+    /// Whether `t` falls inside.
     pub fn contains(&self, t: chrono::NaiveTime) -> bool {
         if self.start < self.end {
             self.start <= t && t < self.end

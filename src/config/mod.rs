@@ -72,6 +72,8 @@ const ENV_KEYS: &[&str] = &[
     "reports",
 ];
 
+/// The whole configuration: the main file, job and drill files, and
+/// `DRCTL_*` overrides merged.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -81,35 +83,47 @@ pub struct Config {
     /// Optional directory of `*.toml` files holding more `[jobs.*]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedules_dir: Option<PathBuf>,
+    /// Where backups are stored (`[repositories.NAME]`).
     #[serde(default)]
     pub repositories: BTreeMap<String, RepositoryConfig>,
+    /// What runs (`[jobs.NAME]`).
     #[serde(default)]
     pub jobs: BTreeMap<String, JobConfig>,
+    /// The daemon's own settings.
     #[serde(default)]
     pub daemon: DaemonConfig,
+    /// The daemon's endpoint.
     #[serde(default)]
     pub http: HttpConfig,
     /// A PostgreSQL database shared by hosts for `lock = "cluster"` jobs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coordination: Option<CoordinationConfig>,
+    /// Channels, routes and timing of alerts.
     #[serde(default)]
     pub alerts: AlertsConfig,
     /// Optional directory of `*.toml` files holding more `[drills.*]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drills_dir: Option<PathBuf>,
+    /// Restore drills (`[drills.NAME]`).
     #[serde(default)]
     pub drills: BTreeMap<String, DrillConfig>,
+    /// Periodic DR reports (`[reports.NAME]`).
     #[serde(default)]
     pub reports: BTreeMap<String, ReportSchedule>,
 }
 
+/// `[coordination]`: a PostgreSQL database the hosts of a cluster share
+/// for `lock = "cluster"` jobs (advisory locks and tick claims).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinationConfig {
+    /// Its URL inline (prefer `url_env` or `url_file`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The URL from this environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_env: Option<String>,
+    /// The URL from this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_file: Option<PathBuf>,
 }
@@ -118,6 +132,7 @@ pub struct CoordinationConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
+    /// Serve the endpoint at all.
     #[serde(default = "yes_http")]
     pub enabled: bool,
     /// Loopback only: the endpoint has no authentication.
@@ -171,6 +186,7 @@ fn default_state_dir() -> PathBuf {
 /// A loaded, validated configuration and where it came from.
 #[derive(Debug, Clone)]
 pub struct LoadedConfig {
+    /// The merged, validated configuration.
     pub config: Config,
     /// The files read, main file first; empty for the embedded defaults.
     pub files: Vec<PathBuf>,
@@ -234,8 +250,7 @@ impl LoadedConfig {
     fn main_file(&self) -> String {
         self.files
             .first()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "<embedded defaults>".into())
+            .map_or_else(|| "<embedded defaults>".into(), |p| p.display().to_string())
     }
 
     /// Every `*_env` variable that is unset and every `*_file` that cannot
@@ -613,11 +628,13 @@ fn figment_error(
             .metadata
             .as_ref()
             .and_then(|m| m.source.as_ref())
-            .map(|s| match s {
-                figment::Source::File(p) => p.display().to_string(),
-                other => other.to_string(),
-            })
-            .unwrap_or_else(|| fallback_file.clone());
+            .map_or_else(
+                || fallback_file.clone(),
+                |s| match s {
+                    figment::Source::File(p) => p.display().to_string(),
+                    other => other.to_string(),
+                },
+            );
         let mut key = if e.path.is_empty() {
             "-".to_string()
         } else {
@@ -816,8 +833,7 @@ fn scrub(message: &str) -> String {
             let end = tail
                 .find(&format!("{quote}, expected"))
                 .or_else(|| tail.rfind(quote))
-                .map(|e| value_at + 1 + e + 1)
-                .unwrap_or(text.len());
+                .map_or(text.len(), |e| value_at + 1 + e + 1);
             text.replace_range(value_at..end, "(value not shown)");
             from = value_at;
         }

@@ -4,17 +4,23 @@ use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+/// `[repositories.NAME]`, tagged by `type`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum RepositoryConfig {
+    /// A directory on this host (or a mounted filesystem).
     Local(LocalRepository),
+    /// An S3 bucket (AWS or any S3-protocol server).
     S3(S3Repository),
 }
 
+/// `type = "local"`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalRepository {
+    /// The directory holding the repository (created if missing).
     pub path: PathBuf,
+    /// Encrypt the backups of every job using this repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<super::Encryption>,
     /// How long a lease (a restore, drill or backup at work) protects its
@@ -29,16 +35,23 @@ pub struct LocalRepository {
     pub lease_ttl: Option<std::time::Duration>,
 }
 
+/// `type = "s3"`. Credentials come from the AWS chain (environment,
+/// profile, instance role), never from this file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Repository {
+    /// The bucket.
     pub bucket: String,
+    /// A key prefix inside the bucket (several repositories can share one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
+    /// The bucket's region (default: the AWS chain's, else us-east-1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// A non-AWS endpoint (MinIO, Garage, Ceph...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Path-style addressing, which most non-AWS servers need.
     #[serde(default)]
     pub path_style: bool,
     /// Multipart part size; raised automatically when the source is large
@@ -48,6 +61,7 @@ pub struct S3Repository {
     /// Parts uploaded at once. Memory is about `part_size * (concurrency + 1)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_concurrency: Option<usize>,
+    /// Encrypt the backups of every job using this repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<super::Encryption>,
     /// e.g. `STANDARD_IA`, `GLACIER_IR` (default: the bucket's).
@@ -56,6 +70,7 @@ pub struct S3Repository {
     /// Server-side encryption: `AES256` or `aws:kms` (with `kms_key_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sse: Option<String>,
+    /// KMS key for `server_side_encryption = "aws:kms"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kms_key_id: Option<String>,
     /// Object Lock retention on every object written (the bucket must have
@@ -72,17 +87,23 @@ pub struct S3Repository {
     pub lease_ttl: Option<std::time::Duration>,
 }
 
+/// S3 Object Lock retention applied to every object of a backup.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ObjectLock {
+    /// Governance or compliance.
     pub mode: LockMode,
+    /// Days each object stays locked (prune waits until then).
     pub days: u32,
 }
 
+/// Object Lock modes, as S3 names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LockMode {
+    /// Users with a special permission may still delete.
     Governance,
+    /// Nobody may delete before the date, not even the root account.
     Compliance,
 }
 
@@ -97,6 +118,7 @@ impl RepositoryConfig {
             .max(std::time::Duration::from_secs(1))
     }
 
+    /// `local` or `s3`.
     pub fn kind(&self) -> &'static str {
         match self {
             RepositoryConfig::Local(_) => "local",

@@ -86,8 +86,7 @@ fn job_files_merge_and_duplicates_name_both_files() {
         dir.path(),
         "main.toml",
         &format!(
-            "schedules_dir = {:?}\n[repositories.r]\ntype = \"local\"\npath = \"/tmp/x\"\n",
-            sched
+            "schedules_dir = {sched:?}\n[repositories.r]\ntype = \"local\"\npath = \"/tmp/x\"\n"
         ),
     );
     write(
@@ -231,8 +230,7 @@ fn the_repositorys_example_job_files_load() {
         dir.path(),
         "drctl.toml",
         &format!(
-            "schedules_dir = {:?}\n[repositories.offsite]\ntype = \"s3\"\nbucket = \"b\"\n[repositories.local]\ntype = \"local\"\npath = \"/var/backups/drctl\"\n",
-            schedules
+            "schedules_dir = {schedules:?}\n[repositories.offsite]\ntype = \"s3\"\nbucket = \"b\"\n[repositories.local]\ntype = \"local\"\npath = \"/var/backups/drctl\"\n"
         ),
     );
     let c = LoadedConfig::load(Some(&main)).unwrap();

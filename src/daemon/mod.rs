@@ -84,8 +84,7 @@ impl Daemon {
     fn config(&self) -> Arc<LoadedConfig> {
         self.config
             .read()
-            .map(|c| c.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+            .map_or_else(|p| p.into_inner().clone(), |c| c.clone())
     }
 
     /// A tick: start the job unless it is running or we are stopping.
@@ -103,8 +102,7 @@ impl Daemon {
         let inserted = self
             .running
             .lock()
-            .map(|mut r| r.insert(name.clone()))
-            .unwrap_or(false);
+            .is_ok_and(|mut r| r.insert(name.clone()));
         if !inserted {
             let reason = "skipped: the previous run is still going";
             tracing::warn!(job = %name, "{reason}");
@@ -180,11 +178,7 @@ impl Daemon {
             return;
         }
         let key = format!("drill:{name}");
-        let inserted = self
-            .running
-            .lock()
-            .map(|mut r| r.insert(key.clone()))
-            .unwrap_or(false);
+        let inserted = self.running.lock().is_ok_and(|mut r| r.insert(key.clone()));
         if !inserted {
             tracing::warn!(drill = %name, "skipped: the previous drill is still running");
             return;
@@ -425,7 +419,7 @@ async fn wait_for_database(
                 return false;
             }
             Err(e) => {
-                tracing::info!(database = %target.display(), error = %e, "waiting for the database")
+                tracing::info!(database = %target.display(), error = %e, "waiting for the database");
             }
         }
         tokio::select! {
@@ -559,6 +553,8 @@ fn stop_notice(
     }
 }
 
+/// Run the daemon until SIGTERM/SIGINT: schedule every job, serve the
+/// endpoint, deliver alerts, evaluate RPO; SIGHUP reloads the config.
 pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     let cfg = Arc::new(load_resolved(config_path.as_deref())?);
     let state = State::open(&cfg.config.state_dir).await?;

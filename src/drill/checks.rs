@@ -11,9 +11,13 @@ pub use crate::values::Expect;
 pub struct CheckResult {
     /// `rows`, `role` or `sql`.
     pub kind: String,
+    /// What is checked: a table name or the SQL check's name.
     pub name: String,
+    /// What the backup's manifest (or the check's `expect`) says.
     pub expected: String,
+    /// What the restored database answered (None: it could not answer).
     pub got: Option<String>,
+    /// Whether `got` meets `expected`.
     pub ok: bool,
 }
 

@@ -22,13 +22,15 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// How long one phase of a drill took.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Phase {
+    /// `fetch`, `decrypt_decompress`, `restore`, `verify` or `cleanup`.
     pub name: String,
+    /// Its wall time.
     pub seconds: f64,
 }
 
-/// One drill run, as stored and reported.
 /// How a drill ended: a closed set, stored by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "snake_case")]
@@ -36,10 +38,13 @@ pub struct Phase {
 pub enum DrillOutcome {
     /// Still in progress (or killed before it could say).
     Running,
+    /// Restored, every check passed, within the RTO.
     Passed,
     /// Restored and verified, but slower than its RTO.
     OverRto,
+    /// A phase failed (see `failed_phase`).
     Failed,
+    /// Stopped by a signal or shutdown.
     Interrupted,
 }
 
@@ -58,26 +63,43 @@ names!(DrillOutcome {
     Interrupted => "interrupted",
 });
 
+/// One drill run, as stored and reported.
 #[derive(Debug, Clone, Serialize)]
 pub struct DrillRecord {
+    /// Run id.
     pub id: i64,
+    /// The drill's name.
     pub drill: String,
+    /// The job whose backup it restored.
     pub job: String,
+    /// The host that ran it.
     pub host: String,
+    /// What started it.
     pub trigger: String,
+    /// When it started (RFC 3339).
     pub started_at: String,
+    /// When it finished.
     pub finished_at: Option<String>,
+    /// How it ended.
     pub outcome: DrillOutcome,
+    /// The phase that failed.
     pub failed_phase: Option<String>,
+    /// Why, redacted.
     pub error: Option<String>,
+    /// The backup restored.
     pub backup_id: Option<String>,
+    /// How old that backup's data was when the drill started.
     pub backup_age_seconds: Option<f64>,
+    /// Where it was restored (no password).
     pub target: Option<String>,
     /// fetch (download + verify, streaming through the decoders),
     /// decrypt_decompress (inside fetch), restore, verify, cleanup.
     pub phases: Vec<Phase>,
+    /// Wall time of the whole drill: the measured RTO.
     pub total_seconds: Option<f64>,
+    /// The drill's RTO target.
     pub rto_seconds: Option<f64>,
+    /// Every table and SQL check, with what was expected and found.
     pub checks: Vec<CheckResult>,
     /// Leftovers of earlier drills removed first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -85,6 +107,7 @@ pub struct DrillRecord {
 }
 
 impl DrillRecord {
+    /// Seconds of phase `name`, if it ran.
     pub fn phase(&self, name: &str) -> Option<f64> {
         self.phases
             .iter()
@@ -93,12 +116,17 @@ impl DrillRecord {
     }
 }
 
+/// How to run a drill.
 pub struct Options {
+    /// A specific backup instead of the newest.
     pub id: Option<String>,
     /// Leave the scratch database in place for inspection.
     pub keep: bool,
+    /// What started it (`schedule`, `cli`).
     pub trigger: String,
+    /// Cancelled on shutdown or Ctrl-C: cleanup still runs.
     pub cancel: CancellationToken,
+    /// Counters for the CLI's progress bar.
     pub progress: Arc<Progress>,
 }
 
@@ -379,10 +407,7 @@ async fn verify(
             kind: "rows".into(),
             name: format!("{}.{}", t.schema, t.name),
             expected: expected.to_string(),
-            got: Some(
-                got.map(|g| g.to_string())
-                    .unwrap_or_else(|| "missing table".into()),
-            ),
+            got: Some(got.map_or_else(|| "missing table".into(), |g| g.to_string())),
             ok: got == Some(expected),
         });
     }

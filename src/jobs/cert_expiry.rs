@@ -25,13 +25,19 @@ pub use crate::values::Endpoint;
 /// What one certificate says.
 #[derive(Debug, Clone, Serialize)]
 pub struct CertInfo {
+    /// The file or endpoint the certificate came from.
     pub source: String,
     /// Position in the file or the chain the server sent (0: leaf).
     pub position: usize,
+    /// Subject distinguished name.
     pub subject: String,
+    /// Issuer distinguished name.
     pub issuer: String,
+    /// DNS names and addresses it is valid for.
     pub sans: Vec<String>,
+    /// Start of validity.
     pub not_before: DateTime<Utc>,
+    /// End of validity: what the job grades.
     pub not_after: DateTime<Utc>,
 }
 
@@ -179,6 +185,7 @@ pub async fn read_endpoint(
         .collect()
 }
 
+/// Check every certificate of the job's files and endpoints.
 pub async fn run(ctx: &CheckCtx<'_>, job: &CertExpiryJob) -> Result<Report> {
     let mut report = Report::new(ctx.job, "cert_expiry");
     let mut certs = from_files(&job.files, &mut report).await?;
@@ -252,7 +259,10 @@ async fn from_files(patterns: &[String], report: &mut Report) -> Result<Vec<Cert
     let mut certs = Vec::new();
     for pattern in patterns {
         let paths: Vec<_> = match glob::glob(pattern) {
-            Ok(p) => p.filter_map(|r| r.ok()).filter(|p| p.is_file()).collect(),
+            Ok(p) => p
+                .filter_map(std::result::Result::ok)
+                .filter(|p| p.is_file())
+                .collect(),
             Err(e) => {
                 report.findings.push(Finding::new(
                     pattern.as_str(),

@@ -12,13 +12,18 @@ use serde_json::json;
 /// Usage of one mount.
 #[derive(Debug, Clone, Copy)]
 pub struct Usage {
+    /// Share of the space in use, 0 to 1 (as df rounds it: blocks reserved
+    /// for root count as used).
     pub used_ratio: f64,
+    /// Bytes in use.
     pub used_bytes: u64,
+    /// Bytes in the filesystem.
     pub size_bytes: u64,
     /// None on filesystems without a fixed inode table (btrfs reports 0).
     pub inodes_used_ratio: Option<f64>,
 }
 
+/// Space and inode usage of the filesystem holding `path` (statvfs).
 pub fn usage(path: &std::path::Path) -> std::result::Result<Usage, String> {
     let s = nix::sys::statvfs::statvfs(path).map_err(|e| format!("statvfs: {e}"))?;
     let frag = s.fragment_size() as u64;
@@ -45,6 +50,7 @@ pub fn usage(path: &std::path::Path) -> std::result::Result<Usage, String> {
     })
 }
 
+/// Grade every mount of the job against its thresholds.
 pub async fn run(ctx: &CheckCtx<'_>, job: &DiskJob) -> Result<Report> {
     let mut report = Report::new(ctx.job, "disk");
     let mut details = Vec::new();

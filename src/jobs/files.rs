@@ -8,6 +8,8 @@ use crate::error::{Error, Result};
 use crate::stream::guarded;
 use tokio_util::io::SyncIoBridge;
 
+/// Tar the job's paths into one artifact (a missing optional path is
+/// skipped and named; a missing required one fails the run).
 pub async fn backup(ctx: &BackupCtx<'_>, job: &FilesJob) -> Result<BackupOutput> {
     let mut present = Vec::new();
     let mut missing = Vec::new();
@@ -30,7 +32,12 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &FilesJob) -> Result<BackupOutput>
     let (reader, verdict) = guarded(reader);
     let producer = tokio::task::spawn_blocking(move || {
         let result = write_tar(SyncIoBridge::new(writer), &present);
-        let _ = verdict.send(result.as_ref().map(|_| ()).map_err(|e| e.clone()));
+        let _ = verdict.send(
+            result
+                .as_ref()
+                .map(|_| ())
+                .map_err(std::clone::Clone::clone),
+        );
         result
     });
     let packing = Packing {

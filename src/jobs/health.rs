@@ -121,8 +121,7 @@ async fn http(c: &HealthCheck, url: &str) -> std::result::Result<String, String>
         return Err(format!(
             "{method} {shown} answered {status} (expected {}): {}",
             c.expect_status
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "2xx".into()),
+                .map_or_else(|| "2xx".into(), |s| s.to_string()),
             excerpt()
         ));
     }
@@ -300,6 +299,8 @@ async fn save(state: &State, job: &str, check: &str, s: &Streak, err: Option<&st
     Ok(())
 }
 
+/// Probe every check of the job (in parallel) and grade it against its
+/// streak.
 pub async fn run(ctx: &CheckCtx<'_>, job: &HealthJob) -> Result<Report> {
     let results =
         futures::future::join_all(job.checks.iter().map(|c| attempt(c, &ctx.cancel))).await;

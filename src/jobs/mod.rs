@@ -24,11 +24,15 @@ use std::sync::Arc;
 
 /// What a maintenance or check kind gets to work with.
 pub struct CheckCtx<'a> {
+    /// The configuration.
     pub cfg: &'a crate::config::LoadedConfig,
+    /// Where runs, streaks and metrics are kept.
     pub state: &'a crate::state::State,
+    /// The job's name.
     pub job: &'a str,
     /// The job's shared keys (its time zone reads maintenance windows).
     pub common: &'a crate::config::Common,
+    /// Cancelled on shutdown: a kind stops at its next safe point.
     pub cancel: tokio_util::sync::CancellationToken,
 }
 
@@ -56,9 +60,13 @@ pub async fn run_check(
 
 /// What a backup kind gets to work with.
 pub struct BackupCtx<'a> {
+    /// The job's name.
     pub job: &'a JobName,
+    /// The backup being written.
     pub id: &'a BackupId,
+    /// Where it is written.
     pub repo: &'a Repository,
+    /// Counters for the CLI's progress bar.
     pub progress: Arc<Progress>,
     /// Encrypt every artifact to these recipients.
     pub seal: Option<Seal>,
@@ -72,6 +80,7 @@ pub struct Seal {
 }
 
 impl Seal {
+    /// Parse the recipients of `e`, or say which one is not an age key.
     pub fn new(e: &crate::config::Encryption) -> std::result::Result<Self, String> {
         let recipients = crate::stream::crypt::parse_recipients(&e.recipients)?;
         let fingerprints = recipients
@@ -88,8 +97,11 @@ impl Seal {
 /// What a backup kind produced; the manifest is built from this.
 #[derive(Default)]
 pub struct BackupOutput {
+    /// What was dumped, for a database backup.
     pub source: Option<PostgresSource>,
+    /// Every stored artifact, measured.
     pub artifacts: Vec<Artifact>,
+    /// Row counts read in the dump's snapshot.
     pub tables: Vec<TableCount>,
     /// What child processes printed (stderr), for the run record.
     pub output: String,
@@ -98,17 +110,18 @@ pub struct BackupOutput {
 /// Compression settings of one artifact.
 #[derive(Clone, Copy)]
 pub struct Packing {
+    /// The codec.
     pub compression: Compression,
+    /// Its level (None: the codec's default for backups).
     pub level: Option<i32>,
+    /// zstd worker threads.
     pub threads: u32,
 }
 
 impl Packing {
     /// Half the cores (pg_dump and the server need the rest), 1 to 4.
     pub fn default_threads() -> u32 {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         (cores / 2).clamp(1, 4)
     }
 }

@@ -43,6 +43,8 @@ async fn export_snapshot(
     Ok((tx, snapshot))
 }
 
+/// Dump the job's database (and the globals) in one exported snapshot,
+/// with row counts read in that snapshot.
 pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutput> {
     let target = target(job)?;
     let tools = PgTools::locate(job.pg_bindir.as_deref());

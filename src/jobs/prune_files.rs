@@ -324,6 +324,7 @@ fn prune(job: &PruneFilesJob, now: SystemTime) -> std::result::Result<Outcome, S
     Ok(out)
 }
 
+/// Delete (or compress) the files the job's rules select.
 pub async fn run(ctx: &CheckCtx<'_>, job: &PruneFilesJob) -> Result<Report> {
     let j = job.clone();
     let out = tokio::task::spawn_blocking(move || prune(&j, SystemTime::now()))
@@ -348,7 +349,7 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &PruneFilesJob) -> Result<Report> {
             format!(
                 "{} files could not be pruned: {}",
                 out.errors.len(),
-                out.errors.first().map(String::as_str).unwrap_or("")
+                out.errors.first().map_or("", String::as_str)
             ),
         ));
     }

@@ -256,6 +256,7 @@ async fn layers_size(d: &Docker) -> Option<i64> {
     d.df(None).await.ok().and_then(|r| r.layers_size)
 }
 
+/// Remove the images the job's rules select from the Docker engine.
 pub async fn run(ctx: &CheckCtx<'_>, job: &PruneImagesJob) -> Result<Report> {
     let docker = connect(job)?
         .negotiate_version()
@@ -354,7 +355,7 @@ mod tests {
             id: format!("sha256:{id}"),
             created: 100 * DAY - age_days * DAY,
             size: 10,
-            tags: tags.iter().map(|t| t.to_string()).collect(),
+            tags: tags.iter().map(std::string::ToString::to_string).collect(),
         }
     }
     fn policy(keep_last: usize, unused: bool) -> Policy {

@@ -218,6 +218,7 @@ async fn choose(
     Ok(chosen)
 }
 
+/// Rebuild the chosen indexes concurrently, within the window.
 pub async fn run(ctx: &CheckCtx<'_>, job: &ReindexJob) -> Result<Report> {
     let mut s = Session::open(
         job.session.spec(ctx.common.timezone.as_deref()),

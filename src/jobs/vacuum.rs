@@ -267,6 +267,7 @@ async fn vacuum_one(
     })
 }
 
+/// Vacuum the chosen tables, within the window.
 pub async fn run(ctx: &CheckCtx<'_>, job: &VacuumJob) -> Result<Report> {
     let mut s = Session::open(
         job.session.spec(ctx.common.timezone.as_deref()),

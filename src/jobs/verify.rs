@@ -7,6 +7,8 @@ use crate::verify::{self, Options, Summary};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+/// Verify the backups the job names; damage raises `backup_damaged` per
+/// job and fails the run.
 pub async fn run(
     cfg: &LoadedConfig,
     state: &State,
@@ -46,16 +48,15 @@ pub async fn run(
         .finish_run(run, status, bytes, None, error.as_deref())
         .await?;
     let summary = result?;
-    match summary.error() {
-        Some(e) => Err(e),
-        None => {
-            tracing::info!(
-                job = name,
-                backups = summary.backups.len(),
-                bytes = summary.bytes_read,
-                "verification passed"
-            );
-            Ok(summary)
-        }
+    if let Some(e) = summary.error() {
+        Err(e)
+    } else {
+        tracing::info!(
+            job = name,
+            backups = summary.backups.len(),
+            bytes = summary.bytes_read,
+            "verification passed"
+        );
+        Ok(summary)
     }
 }

@@ -14,8 +14,11 @@ use tokio_util::task::AbortOnDropHandle;
 
 const STDERR_KEEP: usize = 64 * 1024;
 
+/// A running PostgreSQL client tool, killed on drop.
 pub struct ToolChild {
+    /// The tool's name, for messages.
     pub tool: String,
+    /// The process.
     pub child: Child,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_task: Option<tokio::task::JoinHandle<()>>,

@@ -10,8 +10,12 @@ use chrono_tz::Tz;
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
 use std::time::Duration;
 
+/// A connection for maintenance statements, with the job's timeouts and
+/// window applied.
 pub struct Session {
+    /// The connection.
     pub conn: PgConnection,
+    /// Where it points (for messages; no password).
     pub target: PgTarget,
     window: Option<(Window, Tz)>,
 }
@@ -23,10 +27,12 @@ pub enum Failure {
     LockTimeout,
     /// `statement_timeout` (or a cancel) ended it (SQLSTATE 57014).
     Timeout,
+    /// Any other error, as the server said it.
     Other(String),
 }
 
 impl Failure {
+    /// A finding's text: which timeout ended the statement.
     pub fn describe(&self, lock_timeout: Duration, statement_timeout: Duration) -> String {
         match self {
             Failure::LockTimeout => format!(
@@ -43,6 +49,7 @@ impl Failure {
 }
 
 impl Session {
+    /// Connect with `lock_timeout` and `statement_timeout` set for the session.
     pub async fn open(spec: SessionSpec<'_>, application: &str) -> Result<Session> {
         let url = resolve_secret(spec.url, spec.url_env, spec.url_file, "database URL")?;
         let target = PgTarget::parse(url.expose())?;
@@ -91,11 +98,13 @@ impl Session {
         }
     }
 
+    /// Close the connection politely (errors are irrelevant by then).
     pub async fn close(self) {
         let _ = self.conn.close().await;
     }
 }
 
+/// Classify a statement's error by SQLSTATE.
 pub fn maintenance_failure(e: &sqlx::Error) -> Failure {
     if let Some(db) = e.as_database_error() {
         match db.code().as_deref() {

@@ -9,11 +9,17 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::ConnectOptions;
 use std::io::Write;
 
+/// A PostgreSQL server and database to connect to, parsed from a URL;
+/// the password never leaves it except into sqlx or a passfile.
 #[derive(Debug, Clone)]
 pub struct PgTarget {
+    /// Host name, address, or socket directory.
     pub host: String,
+    /// TCP port.
     pub port: u16,
+    /// Role to connect as.
     pub user: String,
+    /// Database name.
     pub database: String,
     password: Option<Secret>,
     /// Other libpq parameters from the query string (sslmode, ...).
@@ -39,6 +45,7 @@ fn escape_pgpass(s: &str) -> String {
 }
 
 impl PgTarget {
+    /// Parse a `postgres://` URL (query parameters such as `sslmode` kept).
     pub fn parse(url_text: &str) -> Result<Self> {
         let bad = |why: &str| {
             Error::Other(format!("invalid PostgreSQL URL ({why}); expected postgres://user[:password]@host[:port]/database"))
@@ -105,6 +112,7 @@ impl PgTarget {
         )
     }
 
+    /// sqlx options for this target, password included.
     pub fn connect_options(&self) -> PgConnectOptions {
         let base = match &self.password {
             Some(_) => PgConnectOptions::new_without_pgpass(),
@@ -150,6 +158,7 @@ impl PgTarget {
         Some(u)
     }
 
+    /// Connect with sqlx.
     pub async fn connect(&self) -> Result<sqlx::PgConnection> {
         self.connect_options()
             .connect()

@@ -5,14 +5,18 @@
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
+/// Where the PostgreSQL client tools are found.
 #[derive(Debug, Clone)]
 pub struct PgTools {
     bindir: Option<PathBuf>,
 }
 
+/// A client tool's version, as it reports it.
 #[derive(Debug, Clone)]
 pub struct ToolVersion {
+    /// Major version (16 for 16.4): what must be at least the server's.
     pub major: u32,
+    /// The whole `--version` line, for the manifest.
     pub text: String,
 }
 
@@ -29,7 +33,7 @@ impl PgTools {
             .ok()
             .into_iter()
             .flatten()
-            .filter_map(|e| e.ok())
+            .filter_map(std::result::Result::ok)
             .filter_map(|e| {
                 let v: u32 = e.file_name().to_str()?.parse().ok()?;
                 let bin = e.path().join("bin");
@@ -40,6 +44,7 @@ impl PgTools {
         PgTools { bindir: newest }
     }
 
+    /// The path of `tool` in the chosen directory (or the bare name: `$PATH`).
     pub fn path(&self, tool: &str) -> PathBuf {
         match &self.bindir {
             Some(d) => d.join(tool),
@@ -47,6 +52,7 @@ impl PgTools {
         }
     }
 
+    /// Ask `tool --version`.
     pub async fn version(&self, tool: &str) -> Result<ToolVersion> {
         let mut cmd = tokio::process::Command::new(self.path(tool));
         crate::child_env::restrict(&mut cmd);

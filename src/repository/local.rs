@@ -10,12 +10,15 @@ use async_trait::async_trait;
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
 
+/// A repository in a local directory: writes to a temporary name, fsync,
+/// then rename, so a key either exists whole or not at all.
 pub struct LocalBackend {
     name: String,
     root: PathBuf,
 }
 
 impl LocalBackend {
+    /// The backend of repository `name` rooted at `root`.
     pub fn new(name: &str, root: &Path) -> Self {
         LocalBackend {
             name: name.to_owned(),
@@ -203,7 +206,7 @@ impl Backend for LocalBackend {
                         if let Ok(rel) = p.strip_prefix(&root) {
                             out.push(ObjectInfo {
                                 key: rel.to_string_lossy().into_owned(),
-                                size: meta.as_ref().map(|m| m.len()).unwrap_or(0),
+                                size: meta.as_ref().map_or(0, std::fs::Metadata::len),
                                 modified: meta
                                     .and_then(|m| m.modified().ok())
                                     .map(chrono::DateTime::<chrono::Utc>::from),

@@ -14,6 +14,7 @@ use tokio::io::AsyncReadExt;
 /// Key -> (bytes, when written).
 type Objects = BTreeMap<String, (Vec<u8>, DateTime<Utc>)>;
 
+/// A store in memory that can be told to fail or to lose bytes.
 #[derive(Default)]
 pub struct MemoryBackend {
     objects: Mutex<Objects>,
@@ -35,20 +36,26 @@ impl MemoryBackend {
         }
     }
 
+    /// Lose an object.
     pub fn remove(&self, key: &str) {
         self.lock_objects().remove(key);
     }
 
+    /// Every key stored, sorted.
     pub fn keys(&self) -> Vec<String> {
         self.lock_objects().keys().cloned().collect()
     }
 
     fn lock_objects(&self) -> std::sync::MutexGuard<'_, Objects> {
-        self.objects.lock().unwrap_or_else(|p| p.into_inner())
+        self.objects
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock_fail(&self) -> std::sync::MutexGuard<'_, Option<(&'static str, usize)>> {
-        self.fail.lock().unwrap_or_else(|p| p.into_inner())
+        self.fail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn call(&self, op: &'static str) -> Result<()> {

@@ -26,12 +26,15 @@ use async_trait::async_trait;
 use std::pin::Pin;
 use tokio::io::AsyncRead;
 
+/// A boxed reader of an object's bytes.
 pub type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
 
 /// One stored object as a listing sees it.
 #[derive(Debug, Clone)]
 pub struct ObjectInfo {
+    /// The key relative to the repository root.
     pub key: String,
+    /// Its size.
     pub size: u64,
     /// Last modification, when the store reports it.
     pub modified: Option<chrono::DateTime<chrono::Utc>>,
@@ -40,8 +43,11 @@ pub struct ObjectInfo {
 /// A multipart upload that was started and never completed or aborted.
 #[derive(Debug, Clone)]
 pub struct Upload {
+    /// The object's key.
     pub key: String,
+    /// The store's id for the upload.
     pub upload_id: String,
+    /// When it started (None: the store does not say).
     pub initiated: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -55,15 +61,18 @@ pub trait Backend: Send + Sync {
     async fn put_stream(&self, key: &str, reader: BoxRead, size_hint: Option<u64>) -> Result<u64>;
     /// Store small `bytes` under `key` only if nothing is there yet.
     async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<()>;
+    /// The object's bytes.
     async fn get(&self, key: &str) -> Result<BoxRead>;
     /// Every object below `prefix` (recursive), in no particular order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
+    /// Remove an object (absent is fine).
     async fn delete(&self, key: &str) -> Result<()>;
     /// Incomplete multipart uploads below `prefix`; `None` if the store
     /// cannot list them (a local directory has none).
     async fn incomplete_uploads(&self, _prefix: &str) -> Result<Option<Vec<Upload>>> {
         Ok(None)
     }
+    /// Abort an incomplete multipart upload (its parts cost money).
     async fn abort_upload(&self, _upload: &Upload) -> Result<()> {
         Ok(())
     }
@@ -80,6 +89,7 @@ pub const LEASES: &str = "leases";
 
 /// A named repository with the backup protocol on top of its backend.
 pub struct Repository {
+    /// Its name in the config.
     pub name: String,
     backend: std::sync::Arc<dyn Backend>,
     lease_ttl: std::time::Duration,
@@ -90,12 +100,14 @@ pub struct Repository {
 /// dropped lease stops renewing and expires after the TTL: a killed process
 /// protects its backup a little too long, never too short.
 pub struct HeldLease {
+    /// The lease object's key.
     pub key: String,
     backend: std::sync::Arc<dyn Backend>,
     _renew: tokio_util::task::AbortOnDropHandle<()>,
 }
 
 impl HeldLease {
+    /// Stop renewing and remove the lease.
     pub async fn release(self) -> Result<()> {
         self.backend.delete(&self.key).await
     }
@@ -104,7 +116,9 @@ impl HeldLease {
 /// A committed backup as found in a listing.
 #[derive(Debug, Clone)]
 pub struct BackupRef {
+    /// The job.
     pub job: JobName,
+    /// The backup.
     pub id: BackupId,
     /// When the store says the manifest was written (S3 `LastModified`,
     /// file mtime): a time the writing host's clock cannot fake.
@@ -136,13 +150,16 @@ pub fn skew(
 
 /// The newest usable backup and what was passed over to find it.
 pub struct Latest {
+    /// The newest usable backup.
     pub backup: BackupRef,
+    /// Its manifest, read and checked.
     pub manifest: Manifest,
     /// One line per newer backup that was skipped, and why.
     pub skipped: Vec<String>,
 }
 
 impl Repository {
+    /// Open repository `name` (an S3 one checks credentials and the bucket).
     pub async fn open(name: &str, cfg: &RepositoryConfig) -> Result<Self> {
         let backend: std::sync::Arc<dyn Backend> = match cfg {
             RepositoryConfig::Local(l) => std::sync::Arc::new(LocalBackend::new(name, &l.path)),
@@ -155,10 +172,12 @@ impl Repository {
         })
     }
 
+    /// `file:///...` or `s3://bucket/prefix`, for messages.
     pub fn location(&self) -> String {
         self.backend.location()
     }
 
+    /// The key of artifact `name` of a backup: `{job}/{id}/{name}`.
     pub fn artifact_key(job: &JobName, id: &BackupId, name: &str) -> String {
         format!("{job}/{id}/{name}")
     }
@@ -167,6 +186,7 @@ impl Repository {
         Self::artifact_key(job, id, manifest::FILE_NAME)
     }
 
+    /// Stream an artifact into the repository; returns the bytes stored.
     pub async fn put_artifact(
         &self,
         job: &JobName,
@@ -337,6 +357,7 @@ impl Repository {
         })
     }
 
+    /// Read and check a backup's manifest.
     pub async fn read_manifest(&self, job: &JobName, id: &BackupId) -> Result<Manifest> {
         let key = Self::manifest_key(job, id);
         let mut r = self.backend.get(&key).await.map_err(|e| match e {
@@ -429,10 +450,13 @@ impl Repository {
         self.backend.delete(lease).await
     }
 
+    /// How long a lease lives without renewal.
     pub fn lease_ttl(&self) -> std::time::Duration {
         self.lease_ttl
     }
 
+    /// The store underneath, for operations outside the protocol (prune's
+    /// deletes, the orphan sweep).
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
     }
@@ -545,17 +569,16 @@ mod protocol {
             mem.fail_nth(op, n);
             let committed = repo.commit(&m).await;
             let listed = repo.list_backups(&job()).await.unwrap();
-            match committed {
+            if committed.is_ok() {
                 // Transport trouble on read back: retried, then it reads.
-                Ok(()) => assert_eq!(listed.len(), 1, "{op} #{n}"),
-                Err(_) => {
-                    refused += 1;
-                    for b in &listed {
-                        assert!(
-                            repo.read_manifest(&job(), &b.id).await.is_ok(),
-                            "{op} #{n}: listed but unreadable"
-                        );
-                    }
+                assert_eq!(listed.len(), 1, "{op} #{n}");
+            } else {
+                refused += 1;
+                for b in &listed {
+                    assert!(
+                        repo.read_manifest(&job(), &b.id).await.is_ok(),
+                        "{op} #{n}: listed but unreadable"
+                    );
                 }
             }
         }

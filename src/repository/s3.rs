@@ -20,6 +20,7 @@ const MIB: u64 = 1024 * 1024;
 const DEFAULT_PART: u64 = 8 * MIB;
 const MAX_PARTS: u64 = 10_000;
 
+/// A repository in an S3 bucket (AWS or any S3-protocol server).
 pub struct S3Backend {
     name: String,
     client: Client,
@@ -112,6 +113,8 @@ fn hint(text: &str) -> Option<&'static str> {
 }
 
 impl S3Backend {
+    /// Connect to the bucket with the default AWS credential chain; the
+    /// endpoint, region and addressing come from the config.
     pub async fn connect(name: &str, cfg: &S3Repository) -> Result<Self> {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(r) = &cfg.region {
@@ -136,7 +139,7 @@ impl S3Backend {
                 .unwrap_or_default()
                 .trim_matches('/')
                 .to_owned(),
-            part_size: cfg.part_size.map(|s| s.as_u64()).unwrap_or(DEFAULT_PART),
+            part_size: cfg.part_size.map_or(DEFAULT_PART, |s| s.as_u64()),
             concurrency: cfg.upload_concurrency.unwrap_or(2),
             storage_class: cfg.storage_class.clone(),
             sse: cfg.sse.clone(),
@@ -169,9 +172,7 @@ impl S3Backend {
     /// Part size for an object of about `hint` bytes: the configured size,
     /// raised so the object fits in S3's 10,000 parts with room to spare.
     fn part_size_for(&self, hint: Option<u64>) -> u64 {
-        let needed = hint
-            .map(|h| (h + h / 4) / (MAX_PARTS - 1000) + 1)
-            .unwrap_or(0);
+        let needed = hint.map_or(0, |h| (h + h / 4) / (MAX_PARTS - 1000) + 1);
         self.part_size.max(needed.div_ceil(MIB) * MIB)
     }
 
@@ -388,7 +389,9 @@ impl Backend for S3Backend {
         {
             Ok(out) => Ok(Box::pin(out.body.into_async_read())),
             Err(e) => {
-                if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
+                if e.as_service_error()
+                    .is_some_and(aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key)
+                {
                     Err(Error::NotFound(format!("{key} in {}", self.location())))
                 } else {
                     Err(self.err(&format!("reading {full}"), err_text(e)))
@@ -531,14 +534,12 @@ impl Backend for S3Backend {
             - chrono::Duration::days(1);
         let until = out
             .object_lock_retain_until_date()
-            .map(|d| d.secs())
-            .unwrap_or(0);
+            .map_or(0, aws_sdk_s3::primitives::DateTime::secs);
         if until < min.timestamp() {
             return Err(ignored(format!(
                 "it is retained only until {}",
                 chrono::DateTime::from_timestamp(until, 0)
-                    .map(|t| t.to_rfc3339())
-                    .unwrap_or_else(|| "never".into())
+                    .map_or_else(|| "never".into(), |t| t.to_rfc3339())
             )));
         }
         Ok(())

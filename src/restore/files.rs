@@ -29,6 +29,7 @@ pub fn target_key(req: &RestoreRequest) -> Result<String> {
         .to_string())
 }
 
+/// What restoring a files backup would do.
 pub fn plan(r: &Resolved<'_>, req: &RestoreRequest) -> Result<Plan> {
     let dir = target_dir(req)?;
     Ok(base_plan(
@@ -42,6 +43,8 @@ pub fn plan(r: &Resolved<'_>, req: &RestoreRequest) -> Result<Plan> {
     ))
 }
 
+/// Restore a files backup into an empty (or new) directory, checking the
+/// whole archive before the first entry is written.
 pub async fn run(
     r: &Resolved<'_>,
     req: &RestoreRequest,
@@ -50,9 +53,7 @@ pub async fn run(
 ) -> Result<Report> {
     let dir = target_dir(req)?;
     if dir.exists() {
-        let non_empty = std::fs::read_dir(&dir)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false);
+        let non_empty = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
         if non_empty && !req.confirmed {
             return Err(Error::Refused(format!(
                 "{} is not empty; files there may be overwritten (use --yes to allow)",
@@ -118,7 +119,7 @@ pub fn check_archive<R: std::io::Read>(
     for e in a.entries()? {
         let mut e = e?;
         let path = e.path()?.into_owned();
-        let link = e.link_name()?.map(|l| l.into_owned());
+        let link = e.link_name()?.map(std::borrow::Cow::into_owned);
         if let Err(why) = check_entry(&path, e.header().entry_type(), link.as_deref()) {
             return Ok(Err(why));
         }

@@ -25,12 +25,16 @@ pub enum Step {
     Closed,
     /// The renames committed; the safety copy may still refuse connections.
     Swapped,
+    /// Finished; the target holds the backup.
     Done,
+    /// Undone by recovery after a failure or a kill.
     RolledBack,
+    /// Failed before touching anything (nothing to undo).
     Failed,
 }
 
 impl Step {
+    /// The step as stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Fetching => "fetching",
@@ -58,18 +62,29 @@ impl Step {
 /// One journal row.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// Row id.
     pub id: i64,
+    /// The job.
     pub job: String,
+    /// The backup restored.
     pub backup_id: String,
+    /// Its repository.
     pub repository: String,
+    /// The target, without a password.
     pub target: String,
+    /// The restore's lease key (released by recovery).
     pub lease: Option<String>,
+    /// The temporary dump file (removed by recovery).
     pub temp_file: Option<String>,
     /// The job's own database being replaced (`None` for `--to`).
     pub database: Option<String>,
+    /// The database pg_restore fills (`<db>_restoring_<ts>`, or the `--to` target).
     pub restoring: Option<String>,
+    /// Whether this restore created `restoring` (only then may recovery drop it).
     pub created: bool,
+    /// Where the replaced database goes (`<db>_pre_restore_<ts>`).
     pub safety: Option<String>,
+    /// The last step reached.
     pub step: Step,
 }
 
@@ -153,6 +168,7 @@ pub fn plan(e: &Entry, exists: &dyn Fn(&str) -> bool) -> (Vec<Fix>, Step, String
 /// A journal row for one running restore.
 pub struct Journal {
     state: State,
+    /// The row's id.
     pub id: i64,
 }
 
@@ -161,6 +177,7 @@ fn now_ms() -> i64 {
 }
 
 impl Journal {
+    /// Journal a restore of `backup_id` into `target` before it starts.
     pub async fn begin(
         state: &State,
         job: &str,
@@ -177,7 +194,7 @@ impl Journal {
         .bind(repository)
         .bind(target)
         .bind(lease)
-        .bind(std::process::id() as i64)
+        .bind(i64::from(std::process::id()))
         .bind(now_ms())
         .bind(now_ms())
         .execute(state.pool())
@@ -189,6 +206,7 @@ impl Journal {
         })
     }
 
+    /// Record the temporary dump file, so recovery removes it.
     pub async fn temp_file(&self, path: &std::path::Path) -> Result<()> {
         self.set("temp_file", &path.display().to_string()).await
     }
@@ -219,6 +237,7 @@ impl Journal {
         self.set("created", "1").await
     }
 
+    /// Record that the restore reached `step`.
     pub async fn step(&self, step: Step) -> Result<()> {
         self.set("step", step.as_str()).await
     }
@@ -350,7 +369,7 @@ pub async fn settle(
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => {
-                tracing::warn!(file = %t, error = %err, "cannot remove a restore's temporary file")
+                tracing::warn!(file = %t, error = %err, "cannot remove a restore's temporary file");
             }
         }
     }
@@ -363,7 +382,7 @@ pub async fn settle(
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "cannot open the repository to release a lease")
+                    tracing::warn!(error = %err, "cannot open the repository to release a lease");
                 }
             }
         }

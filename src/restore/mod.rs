@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// What to restore and where.
 #[derive(Debug, Clone)]
 pub struct RestoreRequest {
     /// Job name; may be omitted when the config has exactly one backup job.
@@ -27,7 +28,9 @@ pub struct RestoreRequest {
     pub id: Option<String>,
     /// `postgres://...` for a database, a directory for files backups.
     pub to: Option<String>,
+    /// Parallel pg_restore jobs (1 streams without a temporary file).
     pub jobs: usize,
+    /// Print the plan; touch nothing.
     pub dry_run: bool,
     /// The operator agreed to replace the job's own database (or overwrite files).
     pub confirmed: bool,
@@ -46,72 +49,95 @@ pub struct RestoreRequest {
 /// What a restore will do, printed by `--dry-run` and before confirmation.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
+    /// The job.
     pub job: String,
+    /// Its kind.
     pub kind: String,
+    /// The repository read from.
     pub repository: String,
+    /// The backup restored.
     pub backup_id: String,
+    /// When that backup finished.
     pub backup_finished_at: String,
+    /// The host that made it.
     pub backup_host: String,
+    /// Bytes to fetch.
     pub stored_bytes: u64,
+    /// Bytes once decompressed.
     pub raw_bytes: u64,
+    /// Where it goes (no password).
     pub target: String,
     /// The target is the job's own database and will be swapped (needs consent).
     pub replaces_existing: bool,
+    /// What will happen, in order.
     pub steps: Vec<String>,
 }
 
 /// What a restore did.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Report {
+    /// The backup restored.
     pub backup_id: String,
+    /// Where it went (no password).
     pub target: String,
     /// Where the replaced database now lives (`<name>_pre_restore_<ts>`).
     pub safety_copy: Option<String>,
+    /// Bytes read from the repository.
     pub bytes_fetched: u64,
+    /// Wall time of fetching and verifying.
     pub fetch_seconds: f64,
     /// Decrypting and decompressing, inside (overlapping) the fetch.
     pub decode_seconds: f64,
+    /// Wall time of roles, pg_restore (or extraction) and the swap.
     pub restore_seconds: f64,
+    /// Wall time of the whole restore: the measured RTO.
     pub total_seconds: f64,
+    /// Roles the server lacked and the restore created.
     pub roles_created: Vec<String>,
     /// Every role the globals dump names (drills check they exist).
     pub roles_expected: Vec<String>,
+    /// Things done differently than asked (and why).
     pub warnings: Vec<String>,
 }
 
 /// The job, repository and manifest a request resolves to.
 pub struct Resolved<'a> {
+    /// The job.
     pub job: JobName,
+    /// Its config.
     pub config: &'a JobConfig,
+    /// Its repository, open.
     pub repo: Repository,
+    /// The chosen backup's manifest, read and checked.
     pub manifest: Manifest,
     /// Identities for encrypted artifacts, checked against the manifest.
     pub keys: crate::keys::Keys,
 }
 
+/// Find the job, the repository and the backup a request means (the
+/// newest usable one unless an id is given), without touching the target.
 pub async fn resolve<'a>(cfg: &'a LoadedConfig, req: &RestoreRequest) -> Result<Resolved<'a>> {
-    let name = match &req.job {
-        Some(j) => j.clone(),
-        None => {
-            let backups: Vec<&String> = cfg
-                .config
-                .jobs
-                .iter()
-                .filter(|(_, j)| j.repository().is_some())
-                .map(|(n, _)| n)
-                .collect();
-            match backups.as_slice() {
-                [one] => (*one).clone(),
-                _ => {
-                    return Err(Error::Usage(format!(
-                        "more than one backup job is configured; name one with --job ({})",
-                        backups
-                            .iter()
-                            .map(|s| s.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )))
-                }
+    let name = if let Some(j) = &req.job {
+        j.clone()
+    } else {
+        let backups: Vec<&String> = cfg
+            .config
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.repository().is_some())
+            .map(|(n, _)| n)
+            .collect();
+        match backups.as_slice() {
+            [one] => (*one).clone(),
+            _ => {
+                return Err(Error::Usage(format!(
+                    "more than one backup job is configured; name one with --job ({})",
+                    backups
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
             }
         }
     };
@@ -120,18 +146,15 @@ pub async fn resolve<'a>(cfg: &'a LoadedConfig, req: &RestoreRequest) -> Result<
         .repository()
         .ok_or_else(|| Error::Other(format!("job {name} stores no backups")))?;
     let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
-    let manifest = match &req.id {
-        Some(id) => {
-            let id = BackupId::parse(id).map_err(|e| Error::Usage(format!("--id: {e}")))?;
-            repo.read_manifest(&job, &id).await?
+    let manifest = if let Some(id) = &req.id {
+        let id = BackupId::parse(id).map_err(|e| Error::Usage(format!("--id: {e}")))?;
+        repo.read_manifest(&job, &id).await?
+    } else {
+        let latest = repo.latest_usable(&job).await?;
+        for s in &latest.skipped {
+            tracing::warn!(job = %job, "passing over a newer backup: {s}");
         }
-        None => {
-            let latest = repo.latest_usable(&job).await?;
-            for s in &latest.skipped {
-                tracing::warn!(job = %job, "passing over a newer backup: {s}");
-            }
-            latest.manifest
-        }
+        latest.manifest
     };
     let keys = crate::keys::for_manifest(cfg, config, &manifest, req.identity.as_deref())?;
     Ok(Resolved {

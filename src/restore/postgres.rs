@@ -49,6 +49,7 @@ pub fn target_key(job: &PostgresJob, req: &RestoreRequest) -> Result<String> {
     Ok(destination(job, req)?.0.display())
 }
 
+/// What restoring a postgres backup would do.
 pub fn plan(r: &Resolved<'_>, job: &PostgresJob, req: &RestoreRequest) -> Result<Plan> {
     let (dest, replaces) = destination(job, req)?;
     let mut steps = vec![
@@ -74,6 +75,8 @@ pub fn plan(r: &Resolved<'_>, job: &PostgresJob, req: &RestoreRequest) -> Result
     Ok(base_plan(r, dest.display(), replaces, steps))
 }
 
+/// Restore a postgres backup: fetch and verify, roles, a new database,
+/// then (when replacing) swap names so the old database is kept aside.
 pub async fn run(
     r: &Resolved<'_>,
     job: &PostgresJob,
@@ -91,12 +94,7 @@ pub async fn run(
     }
     let tools = PgTools::locate(job.pg_bindir.as_deref());
     let m = &r.manifest;
-    let dump = m
-        .artifact("pg_dump_custom")
-        .ok_or_else(|| Error::Integrity {
-            artifact: m.id.to_string(),
-            message: "manifest lists no pg_dump artifact".into(),
-        })?;
+    let dump = dump_artifact(m)?;
     let mut report = Report {
         backup_id: m.id.to_string(),
         target: dest.display(),
@@ -107,10 +105,8 @@ pub async fn run(
     let t0 = Instant::now();
     let fetched = fetch_all(r, dump, req, tmp_dir, &progress, journal).await?;
     let (globals, dump_file, streamed) = (&fetched.globals, &fetched.dump_file, fetched.streamed);
-    report.bytes_fetched = dump.stored_bytes
-        + m.artifact("pg_globals_sql")
-            .map(|g| g.stored_bytes)
-            .unwrap_or(0);
+    report.bytes_fetched =
+        dump.stored_bytes + m.artifact("pg_globals_sql").map_or(0, |g| g.stored_bytes);
     report.fetch_seconds = t0.elapsed().as_secs_f64();
     report.decode_seconds = progress.decode_seconds();
 
@@ -180,16 +176,14 @@ pub async fn run(
     // database before it takes the real name.
     if let Some(src) = m.source.as_ref() {
         if streamed {
-            report.warnings.push("database-level properties (GRANT/REVOKE on the database, ALTER DATABASE .. SET, its comment) were not re-applied: the dump was streamed (no room for a temporary copy)".into());
-        } else {
-            let applied =
-                apply_database_properties(&tools, &admin, dump_file, &src.database, &into).await;
-            if let Err(e) = applied {
-                if created_db {
-                    drop_database(&mut conn, &into).await;
-                }
-                return Err(e);
+            report.warnings.push(NOT_REAPPLIED.into());
+        } else if let Err(e) =
+            apply_database_properties(&tools, &admin, dump_file, &src.database, &into).await
+        {
+            if created_db {
+                drop_database(&mut conn, &into).await;
             }
+            return Err(e);
         }
     }
 
@@ -201,6 +195,18 @@ pub async fn run(
     report.restore_seconds = t1.elapsed().as_secs_f64();
     Ok(report)
 }
+
+/// The backup's pg_dump archive; a postgres manifest without one is damaged.
+fn dump_artifact(m: &crate::manifest::Manifest) -> Result<&Artifact> {
+    m.artifact("pg_dump_custom")
+        .ok_or_else(|| Error::Integrity {
+            artifact: m.id.to_string(),
+            message: "manifest lists no pg_dump artifact".into(),
+        })
+}
+
+/// Why a streamed restore lacks the database's own GRANTs, settings and comment.
+const NOT_REAPPLIED: &str = "database-level properties (GRANT/REVOKE on the database, ALTER DATABASE .. SET, its comment) were not re-applied: the dump was streamed (no room for a temporary copy)";
 
 /// A backup fetched and verified, ready for pg_restore.
 struct Fetched {
@@ -410,7 +416,7 @@ async fn create_database(
         // loser is refused in words, not with pg_database's index error.
         let taken = e
             .as_database_error()
-            .and_then(|d| d.code())
+            .and_then(sqlx::error::DatabaseError::code)
             .is_some_and(|c| c == "23505" || c == "42P04");
         if taken {
             Error::Refused(format!(
@@ -439,44 +445,41 @@ async fn pg_restore(
         "--no-password".into(),
         format!("--dbname={}", into.database),
     ];
-    match file {
-        Some(f) => {
-            args.push(format!("--jobs={jobs}"));
-            args.push(f.display().to_string());
-            spawn_tool(&tools.path("pg_restore"), &args, &env, false, false)?
-                .finish()
-                .await?;
-        }
-        None => {
-            // Second pass of a streamed restore: the artifact was verified
-            // moments ago, but the store may have changed since, so what
-            // feeds pg_restore is hashed again and a mismatch fails the
-            // restore (the new database is then dropped, never swapped in).
-            let mut child = spawn_tool(&tools.path("pg_restore"), &args, &env, true, false)?;
-            let stdin = child
-                .child
-                .stdin
-                .take()
-                .ok_or_else(|| Error::Other("pg_restore stdin".into()))?;
-            let fed = fetch::to_writer(
-                &r.repo,
-                &r.job,
-                &r.manifest.id,
-                dump,
-                stdin,
-                Some(progress.clone()),
-                &r.keys,
-            )
-            .await;
-            let finished = child.finish().await;
-            match (fed, finished) {
-                (Err(e @ Error::Integrity { .. }), _) => return Err(e),
-                // pg_restore stopped reading: its own error says why.
-                (Err(_), Err(tool)) => return Err(tool),
-                (Err(e), Ok(_)) => return Err(e),
-                (Ok(_), finished) => {
-                    finished?;
-                }
+    if let Some(f) = file {
+        args.push(format!("--jobs={jobs}"));
+        args.push(f.display().to_string());
+        spawn_tool(&tools.path("pg_restore"), &args, &env, false, false)?
+            .finish()
+            .await?;
+    } else {
+        // Second pass of a streamed restore: the artifact was verified
+        // moments ago, but the store may have changed since, so what
+        // feeds pg_restore is hashed again and a mismatch fails the
+        // restore (the new database is then dropped, never swapped in).
+        let mut child = spawn_tool(&tools.path("pg_restore"), &args, &env, true, false)?;
+        let stdin = child
+            .child
+            .stdin
+            .take()
+            .ok_or_else(|| Error::Other("pg_restore stdin".into()))?;
+        let fed = fetch::to_writer(
+            &r.repo,
+            &r.job,
+            &r.manifest.id,
+            dump,
+            stdin,
+            Some(progress.clone()),
+            &r.keys,
+        )
+        .await;
+        let finished = child.finish().await;
+        match (fed, finished) {
+            (Err(e @ Error::Integrity { .. }), _) => return Err(e),
+            // pg_restore stopped reading: its own error says why.
+            (Err(_), Err(tool)) => return Err(tool),
+            (Err(e), Ok(_)) => return Err(e),
+            (Ok(_), finished) => {
+                finished?;
             }
         }
     }

@@ -9,6 +9,7 @@ use async_compression::Level;
 use std::pin::Pin;
 use tokio::io::{AsyncRead, BufReader};
 
+/// A boxed byte stream: what flows between pipeline stages.
 pub type BoxRead = Pin<Box<dyn AsyncRead + Send>>;
 
 /// Compress `inner` with `c`. `threads` (zstd only) is the number of

@@ -13,6 +13,8 @@ use tokio::sync::oneshot;
 /// The producer's verdict: `Err(message)` fails the stream at EOF.
 pub type Verdict = Result<(), String>;
 
+/// A reader that fails at its end when the process writing it failed, so
+/// a stream cut short is never mistaken for a whole one.
 pub struct Guarded<R> {
     inner: R,
     verdict: Option<oneshot::Receiver<Verdict>>,

@@ -14,8 +14,9 @@ pub struct Measured {
 }
 
 impl Measured {
+    /// Bytes that passed so far.
     pub fn bytes(&self) -> u64 {
-        self.inner.lock().map(|g| g.0).unwrap_or(0)
+        self.inner.lock().map_or(0, |g| g.0)
     }
     /// Hex SHA-256 of everything read so far.
     pub fn sha256(&self) -> String {
@@ -26,6 +27,7 @@ impl Measured {
     }
 }
 
+/// A reader that counts (and optionally hashes) what passes through.
 pub struct Measure<R> {
     inner: R,
     hash: bool,
@@ -53,6 +55,7 @@ impl<R> Measure<R> {
         m.hash = false;
         (m, out)
     }
+    /// Also count the bytes into `p` for a progress bar.
     pub fn with_progress(mut self, p: Arc<Progress>) -> Self {
         self.progress = Some(p);
         self

@@ -14,6 +14,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_util::sync::PollSender;
 
+/// A reader that hands a copy of everything it reads to a second
+/// consumer (the archive check), without letting it slow the first.
 pub struct Tee<R> {
     inner: R,
     tx: Option<PollSender<Bytes>>,

@@ -3,12 +3,16 @@
 
 use serde::{Deserialize, Serialize};
 
+/// How artifacts are compressed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
+    /// zstd (the default): fast, multi-threaded, `zstd -d` reads it.
     #[default]
     Zstd,
+    /// gzip, for hosts that only have gunzip.
     Gzip,
+    /// Stored as is.
     None,
 }
 
@@ -21,6 +25,7 @@ impl Compression {
             Compression::None => "",
         }
     }
+    /// The name as written in the config and manifests.
     pub fn as_str(self) -> &'static str {
         match self {
             Compression::Zstd => "zstd",

@@ -3,12 +3,16 @@
 /// `host:port`, `[v6]:port`, or `sni@host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
+    /// The name sent in the TLS handshake (SNI).
     pub sni: String,
+    /// Where to connect.
     pub host: String,
+    /// TCP port.
     pub port: u16,
 }
 
 impl Endpoint {
+    /// Parse `host:port` or `name@host:port`.
     pub fn parse(s: &str) -> std::result::Result<Endpoint, String> {
         let bad = || format!("expected \"host:port\" or \"name@host:port\", got {s:?}");
         let (sni, addr) = match s.split_once('@') {

@@ -9,6 +9,7 @@ pub struct Expect {
 }
 
 impl Expect {
+    /// Parse an expectation, or say why it is not one.
     pub fn parse(s: &str) -> Result<Expect, String> {
         let s = s.trim();
         if s.is_empty() {

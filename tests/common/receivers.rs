@@ -151,11 +151,7 @@ impl Mail {
         })
     }
     pub fn body(&self) -> String {
-        let body = self
-            .data
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .unwrap_or("");
+        let body = self.data.split_once("\r\n\r\n").map_or("", |(_, b)| b);
         // quoted-printable soft breaks, as lettre may encode long lines.
         body.replace("=\r\n", "").replace("=3D", "=")
     }

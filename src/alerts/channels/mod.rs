@@ -31,6 +31,8 @@ impl std::fmt::Display for SendError {
     }
 }
 
+/// A way to reach people. One file per kind; the outbox calls `send` and
+/// retries what fails, so an implementation sends once and reports honestly.
 #[async_trait::async_trait]
 pub trait Channel: Send + Sync {
     /// Send one notification; on success, what the receiver answered.

@@ -13,20 +13,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_GB=${1:-1.2}
-bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
-export PATH="$bindir:$PATH"
 cargo build --release --quiet
 drctl="$PWD/target/release/drctl"
 rss="python3 $PWD/bench/peak_rss.py"
-
 tmp=$(mktemp -d /tmp/drctl-bench.XXXXXX); chmod 777 "$tmp"
-run_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-run_pg initdb -D "$tmp/data" -U postgres --auth=trust >/dev/null
-run_pg pg_ctl start -w -D "$tmp/data" -l "$tmp/log" -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories=$tmp -c shared_buffers=512MB -c maintenance_work_mem=256MB -c max_wal_size=4GB -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null
-trap 'run_pg pg_ctl stop -m fast -D "$tmp/data" >/dev/null; rm -rf "$tmp"' EXIT
-base="postgres://postgres@127.0.0.1:$port"
-q() { psql -X -q -At -d "$base/$1" -c "$2"; }
+. bench/cluster.sh
 
 make_db() { # name rows
   q postgres "CREATE DATABASE $1"
@@ -81,8 +72,6 @@ repository = "local"
 encryption = { recipients = ["$recipient"], identity_file = "$tmp/age.key" }
 TOML
 
-t() { local s=$(date +%s.%N); "$@"; python3 -c "print(f'{$(date +%s.%N) - $s:.2f}')"; }
-export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres
 echo "backup ..."
 raw=$(t sh -c "pg_dump -Fc -Z0 -d bench > /dev/null")
 fc=$(t sh -c "pg_dump -Fc -d bench > $tmp/bench.dump")
@@ -104,7 +93,6 @@ gzr=$(t sh -c "gunzip -c $tmp/bench.sql.gz | psql -X -q -d $base/r_psql > /dev/n
 read -r drr drr_rss < <($rss "$drctl" -c "$tmp/drctl.toml" restore --latest --job bench --jobs 2 --to "$base/r_drctl")
 read -r dre _ < <($rss "$drctl" -c "$tmp/drctl.toml" restore --latest --job sealed --jobs 2 --to "$base/r_sealed")
 
-ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
 mib() { python3 -c "print(f'{$1/1024:.1f} MiB')"; }
 echo
 echo "| backup of $size | seconds | drctl vs this |"

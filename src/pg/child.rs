@@ -82,12 +82,18 @@ pub fn spawn_tool(
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::io(format!("starting {}", program.display()), e))?;
-    if let Some(out) = child.stdout.as_ref() {
-        // A 1 MiB pipe instead of 64 KiB: pg_dump blocks less and we wake
-        // up 16x less often on a multi-GB stream. Best effort (the limit
-        // is /proc/sys/fs/pipe-max-size).
+    // 1 MiB pipes instead of 64 KiB: pg_dump blocks less, pg_restore reads
+    // more per call, and we wake up 16x less often on a multi-GB stream.
+    // Best effort (the limit is /proc/sys/fs/pipe-max-size).
+    {
+        use nix::fcntl::{fcntl, FcntlArg};
         use std::os::fd::AsFd;
-        let _ = nix::fcntl::fcntl(out.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+        if let Some(out) = child.stdout.as_ref() {
+            let _ = fcntl(out.as_fd(), FcntlArg::F_SETPIPE_SZ(1 << 20));
+        }
+        if let Some(input) = child.stdin.as_ref() {
+            let _ = fcntl(input.as_fd(), FcntlArg::F_SETPIPE_SZ(1 << 20));
+        }
     }
     let stderr = Arc::new(Mutex::new(Vec::new()));
     let stderr_task = child.stderr.take().map(|mut se| {

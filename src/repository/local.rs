@@ -10,6 +10,9 @@ use async_trait::async_trait;
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
 
+/// Bytes per write of a stored object: tokio's largest single file write.
+const WRITE_CHUNK: usize = 2 << 20;
+
 /// A repository in a local directory: writes to a temporary name, fsync,
 /// then rename, so a key either exists whole or not at all.
 pub struct LocalBackend {
@@ -78,18 +81,23 @@ impl Backend for LocalBackend {
         // Removes the temporary file if this future is dropped (cancelled) mid-write.
         let guard = TempGuard(Some(tmp.clone()));
         let result: Result<u64> = async {
-            let mut f = tokio::fs::File::create(&tmp)
+            let f = tokio::fs::File::create(&tmp)
                 .await
                 .map_err(|e| self.err(format!("creating {}", tmp.display()), e))?;
+            // Every write to a tokio file is a hand-off to a blocking thread:
+            // the compressor's output arrives in pieces of a few KiB, so it
+            // is gathered into 2 MiB writes (tokio's largest) first.
+            let mut w = tokio::io::BufWriter::with_capacity(WRITE_CHUNK, f);
             let n = tokio::io::copy_buf(
                 &mut tokio::io::BufReader::with_capacity(1 << 20, &mut reader),
-                &mut f,
+                &mut w,
             )
             .await
             .map_err(|e| self.err(format!("writing {}", path.display()), e))?;
-            f.flush()
+            w.flush()
                 .await
                 .map_err(|e| self.err(format!("writing {}", path.display()), e))?;
+            let f = w.into_inner();
             f.sync_all()
                 .await
                 .map_err(|e| self.err(format!("fsync {}", path.display()), e))?;

@@ -12,7 +12,7 @@
 //! The holder is identified by `application_name` (`drctl:<host>:<pid>`),
 //! so the hosts that lose can record who has it.
 
-use crate::config::{resolve_secret, CoordinationConfig};
+use crate::config::CoordinationConfig;
 use crate::error::{Error, Result};
 use crate::pg::PgTarget;
 use chrono::{DateTime, Utc};
@@ -40,12 +40,7 @@ impl ClusterLock {
         job: &str,
         tick: Option<DateTime<Utc>>,
     ) -> Result<std::result::Result<ClusterLock, String>> {
-        let url = resolve_secret(
-            c.url.as_deref(),
-            c.url_env.as_deref(),
-            c.url_file.as_deref(),
-            "coordination database URL",
-        )?;
+        let url = c.connection.resolve("coordination database URL")?;
         let target = PgTarget::parse(url.expose())?;
         let mut conn = target
             .connect_options()

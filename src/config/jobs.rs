@@ -201,15 +201,9 @@ pub struct PostgresJob {
     /// Repository, compression, encryption, retention and RPO.
     #[serde(flatten)]
     pub storage: Storage,
-    /// Connection URL inline. Prefer `url_env`/`url_file`: an inline password is a secret in a file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    /// The URL from this environment variable (the usual way).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url_env: Option<String>,
-    /// The URL from this file (relative to `$CREDENTIALS_DIRECTORY`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url_file: Option<PathBuf>,
+    /// The database: `url`, `url_env` or `url_file`.
+    #[serde(flatten)]
+    pub connection: super::UrlSource,
     /// zstd worker threads (default: half the cores, 1 to 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression_threads: Option<u32>,
@@ -236,10 +230,8 @@ pub struct PostgresJob {
 impl KindSpec for PostgresJob {
     fn keys() -> Vec<&'static str> {
         let mut k = super::introspect::fields::<Storage>();
+        k.extend(super::introspect::fields::<super::UrlSource>());
         k.extend([
-            "url",
-            "url_env",
-            "url_file",
             "compression_threads",
             "pg_bindir",
             "count_rows_max_table_size",
@@ -257,25 +249,12 @@ impl KindSpec for PostgresJob {
     fn validate(&self) -> Result<(), KeyError> {
         self.storage.validate()?;
         let fail = |k: &str, m: &str| Err((k.to_owned(), m.to_owned()));
-        one_url_source(&self.url, &self.url_env, &self.url_file).map_err(|m| ("url".into(), m))?;
+        self.connection.validate().map_err(|m| ("url".into(), m))?;
         if self.startup_wait > MAX_STARTUP_WAIT {
             return fail(
                 "startup_wait",
                 "expected at most 7 days (how long a missed run waits for its database at start)",
             );
-        }
-        if let Some(u) = &self.url {
-            if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
-                return fail("url", "expected a postgres:// URL");
-            }
-            let query_password =
-                url::Url::parse(u).is_ok_and(|p| p.query_pairs().any(|(k, _)| k == "password"));
-            if query_password {
-                return fail(
-                    "url",
-                    "put the password in the userinfo (postgres://user:password@host/db) or use url_env/url_file, not in the query",
-                );
-            }
         }
         if self.compression_threads == Some(0) {
             return fail("compression_threads", "expected at least 1");

@@ -30,15 +30,6 @@ fn yes() -> bool {
 /// timeouts every statement runs under, and the window.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
-    /// Connection URL inline (prefer `url_env`/`url_file`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    /// The URL from this environment variable.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url_env: Option<String>,
-    /// The URL from this file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url_file: Option<PathBuf>,
     /// A statement waiting longer than this for a lock gives up on its object.
     #[serde(default = "default_lock_timeout", with = "humantime_serde")]
     pub lock_timeout: Duration,
@@ -51,12 +42,15 @@ pub struct Session {
 }
 
 impl Session {
-    /// How `pg::Session` connects for a job whose schedule is read in `timezone`.
-    pub fn spec<'a>(&'a self, timezone: Option<&'a str>) -> SessionSpec<'a> {
+    /// How `pg::Session` connects to `connection` for a job whose schedule
+    /// is read in `timezone`.
+    pub fn spec<'a>(
+        &'a self,
+        connection: &'a super::UrlSource,
+        timezone: Option<&'a str>,
+    ) -> SessionSpec<'a> {
         SessionSpec {
-            url: self.url.as_deref(),
-            url_env: self.url_env.as_deref(),
-            url_file: self.url_file.as_deref(),
+            connection,
             lock_timeout: self.lock_timeout,
             statement_timeout: self.statement_timeout,
             window: self.window.as_deref(),
@@ -65,7 +59,6 @@ impl Session {
     }
 
     fn validate(&self) -> Result<(), KeyError> {
-        url(&self.url, &self.url_env, &self.url_file)?;
         window(&self.window)
     }
 }
@@ -73,12 +66,8 @@ impl Session {
 /// Connection and limits of a PostgreSQL maintenance job.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionSpec<'a> {
-    /// The connection URL inline.
-    pub url: Option<&'a str>,
-    /// The URL from this environment variable.
-    pub url_env: Option<&'a str>,
-    /// The URL from this file.
-    pub url_file: Option<&'a std::path::Path>,
+    /// Where the URL comes from.
+    pub connection: &'a super::UrlSource,
     /// Lock wait limit per statement.
     pub lock_timeout: Duration,
     /// Run time limit per statement.
@@ -93,7 +82,10 @@ pub struct SessionSpec<'a> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VacuumJob {
-    /// Connection, timeouts and window.
+    /// The database: `url`, `url_env` or `url_file`.
+    #[serde(flatten)]
+    pub connection: super::UrlSource,
+    /// Timeouts and window.
     #[serde(flatten)]
     pub session: Session,
     /// Only these tables (`schema.table` or `table` in `public`), each run.
@@ -136,7 +128,10 @@ fn default_freeze_age() -> i64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReindexJob {
-    /// Connection, timeouts and window.
+    /// The database: `url`, `url_env` or `url_file`.
+    #[serde(flatten)]
+    pub connection: super::UrlSource,
+    /// Timeouts and window.
     #[serde(flatten)]
     pub session: Session,
     /// Only these indexes (`schema.index` or `index` in `public`).
@@ -627,18 +622,9 @@ fn window(w: &Option<String>) -> Result<(), KeyError> {
     Ok(())
 }
 
-fn url(u: &Option<String>, e: &Option<String>, f: &Option<PathBuf>) -> Result<(), KeyError> {
-    one_url_source(u, e, f).map_err(|m| err("url", m))?;
-    if let Some(u) = u {
-        if !(u.starts_with("postgres://") || u.starts_with("postgresql://")) {
-            return Err(err("url", "expected a postgres:// URL"));
-        }
-    }
-    Ok(())
-}
-
 impl KindSpec for VacuumJob {
     fn validate(&self) -> Result<(), KeyError> {
+        self.connection.validate().map_err(|m| err("url", m))?;
         self.session.validate()?;
         ratio("dead_ratio", self.dead_ratio)?;
         ratio("analyze_ratio", self.analyze_ratio)?;
@@ -652,7 +638,8 @@ impl KindSpec for VacuumJob {
     }
 
     fn keys() -> Vec<&'static str> {
-        let mut k = super::introspect::fields::<Session>();
+        let mut k = super::introspect::fields::<super::UrlSource>();
+        k.extend(super::introspect::fields::<Session>());
         k.extend([
             "tables",
             "all",
@@ -669,6 +656,7 @@ impl KindSpec for VacuumJob {
 
 impl KindSpec for ReindexJob {
     fn validate(&self) -> Result<(), KeyError> {
+        self.connection.validate().map_err(|m| err("url", m))?;
         self.session.validate()?;
         ratio("bloat_ratio", self.bloat_ratio)?;
         if self.all && self.indexes.is_some() {
@@ -681,7 +669,8 @@ impl KindSpec for ReindexJob {
     }
 
     fn keys() -> Vec<&'static str> {
-        let mut k = super::introspect::fields::<Session>();
+        let mut k = super::introspect::fields::<super::UrlSource>();
+        k.extend(super::introspect::fields::<Session>());
         k.extend(["indexes", "all", "bloat_ratio", "min_size", "drop_invalid"]);
         k
     }

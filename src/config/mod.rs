@@ -13,6 +13,7 @@ mod jobs;
 mod maintenance;
 mod render;
 mod repositories;
+mod url_source;
 
 pub use alerts::{
     AlertsConfig, ChannelConfig, EmailChannel, JobAlerts, PingChannel, Routes, SlackChannel,
@@ -31,6 +32,7 @@ pub use maintenance::{
 };
 pub use render::render_masked;
 pub use repositories::{LocalRepository, LockMode, ObjectLock, RepositoryConfig, S3Repository};
+pub use url_source::UrlSource;
 
 use crate::error::{Error, Result};
 use crate::ids::JobName;
@@ -117,15 +119,9 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinationConfig {
-    /// Its URL inline (prefer `url_env` or `url_file`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    /// The URL from this environment variable.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url_env: Option<String>,
-    /// The URL from this file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url_file: Option<PathBuf>,
+    /// The shared database: `url`, `url_env` or `url_file`.
+    #[serde(flatten)]
+    pub connection: UrlSource,
 }
 
 /// `[http]`: the daemon's /metrics, /health and /status endpoint.
@@ -413,7 +409,7 @@ impl LoadedConfig {
             }
         }
         if let Some(c) = &self.config.coordination {
-            if let Err(m) = jobs::one_url_source(&c.url, &c.url_env, &c.url_file) {
+            if let Err(m) = c.connection.validate() {
                 errors.push(("coordination.url".into(), m));
             }
         }

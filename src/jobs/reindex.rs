@@ -221,7 +221,8 @@ async fn choose(
 /// Rebuild the chosen indexes concurrently, within the window.
 pub async fn run(ctx: &CheckCtx<'_>, job: &ReindexJob) -> Result<Report> {
     let mut s = Session::open(
-        job.session.spec(ctx.common.timezone.as_deref()),
+        job.session
+            .spec(&job.connection, ctx.common.timezone.as_deref()),
         "drctl reindex",
     )
     .await?;

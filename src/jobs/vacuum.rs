@@ -270,7 +270,8 @@ async fn vacuum_one(
 /// Vacuum the chosen tables, within the window.
 pub async fn run(ctx: &CheckCtx<'_>, job: &VacuumJob) -> Result<Report> {
     let mut s = Session::open(
-        job.session.spec(ctx.common.timezone.as_deref()),
+        job.session
+            .spec(&job.connection, ctx.common.timezone.as_deref()),
         "drctl vacuum",
     )
     .await?;

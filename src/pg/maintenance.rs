@@ -4,7 +4,7 @@
 //! behind it and blocking the application's queries queued behind drctl.
 
 use super::PgTarget;
-use crate::config::{resolve_secret, SessionSpec, Window};
+use crate::config::{SessionSpec, Window};
 use crate::error::Result;
 use chrono_tz::Tz;
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
@@ -51,7 +51,7 @@ impl Failure {
 impl Session {
     /// Connect with `lock_timeout` and `statement_timeout` set for the session.
     pub async fn open(spec: SessionSpec<'_>, application: &str) -> Result<Session> {
-        let url = resolve_secret(spec.url, spec.url_env, spec.url_file, "database URL")?;
+        let url = spec.connection.resolve("database URL")?;
         let target = PgTarget::parse(url.expose())?;
         let mut conn = target
             .connect_options()

@@ -13,17 +13,12 @@ pub use maintenance::{maintenance_failure, Failure, Session};
 pub use target::{PassFile, PgTarget};
 pub use tools::{PgTools, ToolVersion};
 
-use crate::config::{resolve_secret, PostgresJob};
+use crate::config::PostgresJob;
 use crate::error::Result;
 
 /// Resolve the job's connection URL from `url`, `url_env` or `url_file`.
 pub fn job_target(job: &PostgresJob) -> Result<PgTarget> {
-    let url = resolve_secret(
-        job.url.as_deref(),
-        job.url_env.as_deref(),
-        job.url_file.as_deref(),
-        "database URL",
-    )?;
+    let url = job.connection.resolve("database URL")?;
     PgTarget::parse(url.expose())
 }
 

@@ -1,9 +1,11 @@
 //! `[jobs.NAME]`: the keys every kind shares ([`Common`]), then the kind's
-//! own keys, tagged by `type`. The kinds are registered once, in [`kinds!`]:
-//! everything that has to know every kind (the `type` names, validation,
-//! which kinds store backups, the key lists of error messages) is generated
-//! from that one list and [`KindSpec`], which each kind implements next to
-//! its keys.
+//! own keys, tagged by `type`. The kinds are registered once, in `kinds!`:
+//! everything the config layer has to know of every kind (the `type`
+//! names, validation, which kinds store backups, the key lists of error
+//! messages) is generated from that one list and [`KindSpec`], which each
+//! kind implements next to its keys. The engine dispatches a kind's run in
+//! `jobs::run_check` (one arm per maintenance or check kind) or
+//! `backup::run` (backup kinds).
 
 use bytesize::ByteSize;
 use serde::{Deserialize, Serialize};
@@ -88,7 +90,8 @@ pub trait KindSpec {
 }
 
 /// Registers the job kinds: `Variant(Type) = "type name"`. Adding a kind is
-/// one line here plus its file; every match over all kinds is generated.
+/// one line here plus its config struct; every match over all kinds in the
+/// config layer is generated from this list.
 macro_rules! kinds {
     ($($(#[$m:meta])* $variant:ident($ty:ty) = $name:literal;)*) => {
         /// The kind-specific part of a job, tagged by `type`.

@@ -162,12 +162,8 @@ async fn conclude(
             let text = crate::secret::redact(&e.to_string());
             tracing::error!(job = name, backup = %id, error = %text, "backup failed; no manifest written");
             discard_partial(repo, a.job, id).await;
-            let status = match e {
-                Error::Interrupted(_) => RunStatus::Interrupted,
-                _ => RunStatus::Failed,
-            };
             state
-                .finish_run(run_id, status, None, None, Some(&text))
+                .finish_run(run_id, RunStatus::ended_by(&e), None, None, Some(&text))
                 .await?;
             Err(e)
         }

@@ -39,12 +39,14 @@ pub async fn run(
     let mut report = match result {
         Ok(r) => r,
         Err(e) => {
-            let status = match e {
-                Error::Interrupted(_) => RunStatus::Interrupted,
-                _ => RunStatus::Failed,
-            };
             state
-                .finish_run(run, status, None, None, Some(&e.to_string()))
+                .finish_run(
+                    run,
+                    RunStatus::ended_by(&e),
+                    None,
+                    None,
+                    Some(&e.to_string()),
+                )
                 .await?;
             return Err(e);
         }

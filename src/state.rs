@@ -61,6 +61,17 @@ pub enum RunStatus {
     Skipped,
 }
 
+impl RunStatus {
+    /// How a run that ended with `e` is recorded: stopped by a signal or a
+    /// shutdown is not a failure (no alert, no retry).
+    pub fn ended_by(e: &Error) -> Self {
+        match e {
+            Error::Interrupted(_) => RunStatus::Interrupted,
+            _ => RunStatus::Failed,
+        }
+    }
+}
+
 names!(RunStatus {
     Running => "running",
     Succeeded => "succeeded",

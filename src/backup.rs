@@ -28,12 +28,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<Manifest> {
     let (job_name, job) = cfg.job(name)?;
-    let repo_name = job.repository().ok_or_else(|| {
-        Error::Other(format!(
-            "job {name} is a {} job and stores no backup",
-            job.kind()
-        ))
-    })?;
+    let repo_name = job.backup_repository(name)?;
     let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
     let host = crate::host::name();
     let started = Utc::now();
@@ -76,10 +71,11 @@ pub async fn run(
         match &job.kind {
             Kind::Postgres(j) => jobs::postgres::backup(&ctx, j).await,
             Kind::Files(j) => jobs::files::backup(&ctx, j).await,
-            other => Err(Error::Other(format!(
-                "job {name} is a {} job, not a backup",
-                other.name()
-            ))),
+            other => Err(Error::WrongKind {
+                job: name.to_owned(),
+                kind: other.name(),
+                expected: crate::config::BACKUP_KINDS,
+            }),
         }
     };
     let produced = tokio::select! {

@@ -11,12 +11,25 @@
 //!   [`Error::repo`]); config errors name keys, never values.
 //! - Its variant decides the exit code ([`Error::exit`]); callers never
 //!   pick a code themselves.
+//! - It keeps its cause: an error from a library or the OS travels as the
+//!   variant's `#[source]` with a `context` saying what was being done,
+//!   never flattened into a string. The one exception is text that may
+//!   quote a secret (a database URL in a driver message, a presigned URL in
+//!   an S3 error): [`Error::Postgres`] and [`Error::Repository`] keep it
+//!   redacted as text, because a source's own `Display` would bypass the
+//!   redaction when [`chain`] prints it.
+//! - [`Error::Other`] is for failures drctl itself detects and explains
+//!   (checks that failed, a sessions storm): a message with no underlying
+//!   cause to keep.
 //! - `thiserror` here in the core, `anyhow` only at the edges (the CLI).
 
 use std::path::PathBuf;
 
 /// The core's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A cause of any type, for variants whose sources differ by call site.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Everything that can go wrong, by what the operator should do about it.
 #[derive(Debug, thiserror::Error)]
@@ -93,12 +106,68 @@ pub enum Error {
     NotFound(String),
 
     /// The local state database failed.
-    #[error("state database {path}: {message}")]
+    #[error("state database {}: {context}{sep}{source}", path.display(), sep = if context.is_empty() { "" } else { ": " })]
     State {
         /// The database file.
         path: PathBuf,
+        /// What was being done, when more than a query (`migrating`).
+        context: String,
         /// What failed.
-        message: String,
+        #[source]
+        source: BoxError,
+    },
+
+    /// A row of the state database holds a value drctl cannot read back
+    /// (written by a newer drctl, or edited by hand).
+    #[error("{what}: {source}")]
+    Unreadable {
+        /// The row and column (`alert backup_failed:db: unreadable state`).
+        what: String,
+        /// The decoder's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A background task of this run panicked or was cancelled.
+    #[error("{context}: {source}")]
+    Task {
+        /// Which task (`pg_dump waiter`, `archive check`).
+        context: String,
+        /// How it ended.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+
+    /// The daemon's scheduler refused a schedule or failed.
+    #[error("{context}: {source}")]
+    Scheduler {
+        /// What was being scheduled.
+        context: String,
+        /// The scheduler's error.
+        #[source]
+        source: tokio_cron_scheduler::JobSchedulerError,
+    },
+
+    /// The Docker engine could not be reached or refused a request.
+    #[error("{context}: {source}")]
+    Docker {
+        /// What was asked of it.
+        context: String,
+        /// The engine client's error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+
+    /// A job asked to do what its kind does not (verify a health check,
+    /// restore a vacuum job): a mistake in the call or the config.
+    #[error("job {job} is a {kind} job: {expected}")]
+    WrongKind {
+        /// The job named.
+        job: String,
+        /// Its `type`.
+        kind: &'static str,
+        /// What the operation needs (`expected a backup job`).
+        expected: &'static str,
     },
 
     /// The backup is encrypted and no identity that opens it was given.
@@ -201,6 +270,22 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    /// A background task that ended without its result.
+    pub fn task(context: impl Into<String>, source: tokio::task::JoinError) -> Self {
+        Error::Task {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A value read back from the state database that does not decode.
+    pub fn unreadable(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Unreadable {
+            what: what.into(),
+            source: source.into(),
         }
     }
 

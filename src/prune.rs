@@ -313,12 +313,10 @@ pub fn plan(
 /// Prune `job` (a backup job) by its `retention` (no policy: orphans only).
 pub async fn job(cfg: &LoadedConfig, name: &str, opts: &Options) -> Result<Report> {
     let (job_name, jc) = cfg.job(name)?;
-    let repo_name = jc
-        .repository()
-        .ok_or_else(|| Error::Other(format!("job {name} stores no backups to prune")))?;
+    let repo_name = jc.backup_repository(name)?;
     let repo_cfg = cfg.repository(repo_name)?;
     let repo = Repository::open(repo_name, repo_cfg).await?;
-    let tz = crate::schedule::parse_timezone(jc.scheduling().timezone).map_err(Error::Other)?;
+    let tz = jc.scheduling().zone()?;
     let prefix = format!("{job_name}/");
     let dirs = group(repo.objects_of_job(&job_name).await?, &prefix);
     let candidates = candidates(&dirs, opts);

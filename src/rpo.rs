@@ -193,9 +193,7 @@ pub async fn evaluate(cfg: &LoadedConfig, state: &State, job: &str) -> Result<St
         .rpo()
         .ok_or_else(|| Error::Other(format!("job {job} has no rpo")))?;
     let target_span = span(target);
-    let repo_name = jc
-        .repository()
-        .ok_or_else(|| Error::Other(format!("job {job} stores no backups")))?;
+    let repo_name = jc.backup_repository(job)?;
     let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
     // A backup whose host's clock ran ahead claims a freshness it does not
     // have: it never counts (see `BackupRef::clock_skew`).

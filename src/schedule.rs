@@ -8,6 +8,34 @@ use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
 
+/// A cron expression as the config writes it, parsed: 5 fields (minute
+/// precision) or 6 (seconds first).
+#[derive(Debug, Clone)]
+pub struct CronExpr {
+    cron: Cron,
+    /// The expression with a seconds field, as the scheduler wants it.
+    expr6: String,
+}
+
+impl crate::values::FromConfig for CronExpr {
+    fn from_config(expr: &str) -> Result<Self, String> {
+        let expr6 = match expr.split_whitespace().count() {
+            5 => format!("0 {}", expr.trim()),
+            6 => expr.trim().to_owned(),
+            _ => {
+                return Err(format!("expected a cron expression of 5 or 6 fields (\"0 0 2 * * *\" is 02:00 daily), got {expr:?}"))
+            }
+        };
+        let cron = CronParser::builder()
+            .seconds(Seconds::Required)
+            .dom_and_dow(true)
+            .build()
+            .parse(&expr6)
+            .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))?;
+        Ok(CronExpr { cron, expr6 })
+    }
+}
+
 /// A parsed cron schedule in its time zone.
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -20,40 +48,37 @@ pub struct Schedule {
 
 /// An IANA zone name, default UTC.
 pub fn parse_timezone(tz: Option<&str>) -> Result<Tz, String> {
-    match tz {
-        None => Ok(Tz::UTC),
-        Some(name) => name
-            .parse::<Tz>()
-            .map_err(|_| format!("unknown time zone {name:?} (expected an IANA name like \"Europe/Berlin\" or \"UTC\")")),
-    }
+    tz.map_or(Ok(Tz::UTC), <Tz as crate::values::FromConfig>::from_config)
 }
 
 impl Schedule {
-    /// `expr` has 5 fields (minute precision) or 6 (with seconds first).
-    pub fn parse(expr: &str, tz: Option<&str>) -> Result<Self, (&'static str, String)> {
-        let fields = expr.split_whitespace().count();
-        let expr6 = match fields {
-            5 => format!("0 {}", expr.trim()),
-            6 => expr.trim().to_owned(),
-            _ => {
-                return Err((
-                    "schedule",
-                    format!("expected a cron expression of 5 or 6 fields (\"0 0 2 * * *\" is 02:00 daily), got {expr:?}"),
-                ))
-            }
-        };
-        let cron = CronParser::builder()
-            .seconds(Seconds::Required)
-            .dom_and_dow(true)
-            .build()
-            .parse(&expr6)
-            .map_err(|e| ("schedule", format!("invalid cron expression {expr:?}: {e}")))?;
-        let tz = parse_timezone(tz).map_err(|m| ("timezone", m))?;
-        Ok(Schedule {
-            cron,
-            expr: expr6,
+    /// `cron` read in `tz`: no parsing, both were parsed with the config.
+    pub fn new(cron: &CronExpr, tz: Tz) -> Self {
+        Schedule {
+            cron: cron.cron.clone(),
+            expr: cron.expr6.clone(),
             tz,
-        })
+        }
+    }
+
+    /// The schedule of a `schedule` / `timezone` pair of config keys.
+    pub fn of(
+        schedule: &crate::values::Parsed<CronExpr>,
+        timezone: Option<&crate::values::Parsed<Tz>>,
+    ) -> crate::Result<Self> {
+        Ok(Schedule::new(
+            schedule.get()?,
+            crate::values::zone(timezone)?,
+        ))
+    }
+
+    /// `expr` has 5 fields (minute precision) or 6 (with seconds first);
+    /// the error names the key at fault (`schedule` or `timezone`).
+    pub fn parse(expr: &str, tz: Option<&str>) -> Result<Self, (&'static str, String)> {
+        use crate::values::FromConfig;
+        let cron = CronExpr::from_config(expr).map_err(|m| ("schedule", m))?;
+        let tz = parse_timezone(tz).map_err(|m| ("timezone", m))?;
+        Ok(Schedule::new(&cron, tz))
     }
 
     /// The first occurrence strictly after `t`.

@@ -135,14 +135,15 @@ impl State {
     /// Open (creating if needed) `state_dir/state.db` and run migrations.
     pub async fn open(state_dir: &Path) -> Result<Self> {
         let path = state_dir.join("state.db");
-        let err = |m: String| Error::State {
+        let err = |context: String, source: crate::error::BoxError| Error::State {
             path: path.clone(),
-            message: m,
+            context,
+            source,
         };
         std::fs::create_dir_all(state_dir)
-            .map_err(|e| err(format!("creating {}: {e}", state_dir.display())))?;
+            .map_err(|e| err(format!("creating {}", state_dir.display()), e.into()))?;
         let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
-            .map_err(|e| err(e.to_string()))?
+            .map_err(|e| err(String::new(), e.into()))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(30));
@@ -155,14 +156,14 @@ impl State {
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|e| err(format!("opening {}: {e}", lock_path.display())))?;
+            .map_err(|e| err(format!("opening {}", lock_path.display()), e.into()))?;
         let guard = tokio::task::spawn_blocking(move || {
             nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
                 .map_err(|(_, e)| e)
         })
         .await
-        .map_err(|e| err(e.to_string()))?
-        .map_err(|e| err(format!("locking {}: {e}", lock_path.display())))?;
+        .map_err(|e| err("taking the open lock".into(), e.into()))?
+        .map_err(|e| err(format!("locking {}", lock_path.display()), e.into()))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // A COMMIT that failed (a full disk) leaves its connection inside
@@ -174,10 +175,10 @@ impl State {
             })
             .connect_with(opts)
             .await
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(String::new(), e.into()))?;
         let migrated = MIGRATOR.run(&pool).await;
         drop(guard);
-        migrated.map_err(|e| err(format!("migrating: {e}")))?;
+        migrated.map_err(|e| err("migrating".into(), e.into()))?;
         Ok(State { pool, path })
     }
 
@@ -189,7 +190,8 @@ impl State {
     pub(crate) fn err(&self, e: sqlx::Error) -> Error {
         Error::State {
             path: self.path.clone(),
-            message: e.to_string(),
+            context: String::new(),
+            source: e.into(),
         }
     }
 

@@ -3,8 +3,8 @@
 
 use crate::config::LoadedConfig;
 use crate::error::Result;
-use crate::schedule::Schedule;
 use crate::state::{RunRecord, State};
+use crate::values::Parsed;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -46,13 +46,13 @@ pub async fn jobs(cfg: &LoadedConfig, state: &State, now: DateTime<Utc>) -> Resu
     let mut out = Vec::new();
     for (name, job) in &cfg.config.jobs {
         let s = job.scheduling();
-        let parsed = s.schedule.and_then(|e| Schedule::parse(e, s.timezone).ok());
+        let parsed = s.schedule().and_then(Result::ok);
         let last_run = state.runs(Some(name), 1).await?.into_iter().next();
         out.push(JobStatus {
             job: name.clone(),
             kind: job.kind().into(),
-            schedule: s.schedule.map(String::from),
-            timezone: s.timezone.unwrap_or("UTC").into(),
+            schedule: s.schedule.map(|e| e.text().to_owned()),
+            timezone: s.timezone.map_or("UTC", Parsed::text).into(),
             last_run_seconds: last_run.as_ref().and_then(run_seconds),
             last_run,
             last_success: state.last_success(name).await?.map(|t| t.to_rfc3339()),

@@ -204,12 +204,7 @@ pub fn backup_jobs(cfg: &LoadedConfig, only: Option<&[String]>) -> Result<Vec<St
         Some(list) => {
             for j in list {
                 let (_, job) = cfg.job(j)?;
-                if job.repository().is_none() {
-                    return Err(Error::Other(format!(
-                        "job {j} is a {} job; it stores no backups to verify",
-                        job.kind()
-                    )));
-                }
+                job.backup_repository(j)?;
             }
             Ok(list.to_vec())
         }
@@ -250,9 +245,7 @@ pub async fn run(cfg: &LoadedConfig, jobs: &[String], opts: &Options) -> Result<
 
 async fn job(cfg: &LoadedConfig, name: &str, opts: &Options, summary: &mut Summary) -> Result<()> {
     let (job_name, job) = cfg.job(name)?;
-    let repo_name = job
-        .repository()
-        .ok_or_else(|| Error::Other(format!("job {name} stores no backups")))?;
+    let repo_name = job.backup_repository(name)?;
     let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
     let listed = repo.list_backups(&job_name).await?;
     let refs: Vec<_> = if opts.all {
@@ -398,7 +391,7 @@ async fn deep_check(
                 fetch::to_writer(repo, job_name, &m.id, a, Lenient(Some(w)), None, keys).await?;
             let entries = walk
                 .await
-                .map_err(|e| Error::Other(e.to_string()))?
+                .map_err(|e| Error::task("reading the tar listing", e))?
                 .map_err(|e| Error::Integrity {
                     artifact: a.name.clone(),
                     message: format!("not a readable tar archive: {e}"),

@@ -167,10 +167,10 @@ pub struct DeliveryRow {
 fn alert_row(r: &sqlx::sqlite::SqliteRow) -> Result<AlertRow> {
     let channels: String = r.get("channels");
     let closed = |col: &str, e: sqlx::Error| {
-        crate::Error::Other(format!(
-            "alert {}: unreadable {col}: {e}",
-            r.get::<String, _>("key")
-        ))
+        crate::Error::unreadable(
+            format!("alert {}: unreadable {col}", r.get::<String, _>("key")),
+            e,
+        )
     };
     Ok(AlertRow {
         key: r.get("key"),
@@ -194,16 +194,19 @@ fn alert_row(r: &sqlx::sqlite::SqliteRow) -> Result<AlertRow> {
 fn delivery_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeliveryRow> {
     let payload: String = r.get("payload");
     let notification = serde_json::from_str(&payload).map_err(|e| {
-        crate::Error::Other(format!(
-            "outbox row {} holds an unreadable notification: {e}",
-            r.get::<i64, _>("id")
-        ))
+        crate::Error::unreadable(
+            format!(
+                "outbox row {} holds an unreadable notification",
+                r.get::<i64, _>("id")
+            ),
+            e,
+        )
     })?;
     let state: DeliveryState = r.try_get("state").map_err(|e| {
-        crate::Error::Other(format!(
-            "outbox row {}: unreadable state: {e}",
-            r.get::<i64, _>("id")
-        ))
+        crate::Error::unreadable(
+            format!("outbox row {}: unreadable state", r.get::<i64, _>("id")),
+            e,
+        )
     })?;
     Ok(DeliveryRow {
         id: r.get("id"),
@@ -417,7 +420,7 @@ async fn insert(
     max_age: Duration,
 ) -> Result<()> {
     let payload = serde_json::to_string(n)
-        .map_err(|e| crate::Error::Other(format!("encoding a notification: {e}")))?;
+        .map_err(|e| crate::Error::unreadable("encoding a notification", e))?;
     let now = ms(Utc::now());
     sqlx::query(
         "INSERT INTO alert_deliveries (alert_key, channel, event, payload, created_at, expires_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",

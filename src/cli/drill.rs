@@ -180,7 +180,7 @@ async fn list(cfg: &LoadedConfig, state: &State, n: i64, json: bool) -> anyhow::
             "{:<18} {:<12} {:<22} {:>8} {:>10}",
             name,
             d.job,
-            d.schedule.as_deref().unwrap_or("-"),
+            d.schedule.as_ref().map_or("-", drctl::values::Parsed::text),
             d.rto
                 .map_or_else(|| "-".into(), |r| humantime::format_duration(r).to_string()),
             last

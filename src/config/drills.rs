@@ -1,6 +1,9 @@
 //! `[drills.NAME]`: timed restore drills (in the main file or in
 //! `drills_dir/*.toml`, holding only `[drills.*]`).
 
+use crate::schedule::CronExpr;
+use crate::values::{Expect, Parsed};
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,10 +17,10 @@ pub struct DrillConfig {
     pub job: String,
     /// When the daemon runs it (cron); without one it runs on demand only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<String>,
+    pub schedule: Option<Parsed<CronExpr>>,
     /// IANA time zone of the schedule (default UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timezone: Option<String>,
+    pub timezone: Option<Parsed<Tz>>,
     /// Where the backup is restored.
     pub target: DrillTarget,
     /// Recovery time objective: a drill slower than this is marked over-RTO.
@@ -71,11 +74,11 @@ pub struct SqlCheck {
     /// A query returning one value.
     pub sql: String,
     /// `>= 1`, `> 0`, `= 42`, `!= 0`, `< 5`, `<= 5`, or a value compared as text.
-    pub expect: String,
+    pub expect: Parsed<Expect>,
 }
 
 impl DrillConfig {
-    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
+    pub(crate) fn validate(&self, p: &mut super::Problems) {
         let t = &self.target;
         let sources = [
             t.server_url.is_some(),
@@ -87,21 +90,23 @@ impl DrillConfig {
         .filter(|b| **b)
         .count();
         if sources != 1 {
-            return Err((
-                "target",
+            p.push((
+                "target".into(),
                 "expected exactly one of server_url_env, server_url, server_url_file, or ephemeral = true".into(),
             ));
         }
-        if let Some(expr) = &self.schedule {
-            crate::schedule::Schedule::parse(expr, self.timezone.as_deref())?;
-        }
+        p.check(schedule_problem(
+            self.schedule.as_ref(),
+            self.timezone.as_ref(),
+        ));
         if self.jobs == 0 {
-            return Err(("jobs", "expected at least 1".into()));
+            p.push(("jobs".into(), "expected at least 1".into()));
         }
         for c in &self.checks {
-            crate::values::Expect::parse(&c.expect).map_err(|m| ("checks.expect", m))?;
+            if let Some(why) = c.expect.problem() {
+                p.push(("checks.expect".into(), why.to_owned()));
+            }
         }
-        Ok(())
     }
 }
 
@@ -111,10 +116,10 @@ impl DrillConfig {
 #[serde(deny_unknown_fields)]
 pub struct ReportSchedule {
     /// When the report is sent (cron, in `timezone`).
-    pub schedule: String,
+    pub schedule: Parsed<CronExpr>,
     /// IANA time zone of the schedule (default UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timezone: Option<String>,
+    pub timezone: Option<Parsed<Tz>>,
     /// Alert channels the report goes to.
     pub channels: Vec<String>,
     /// The window the report covers.
@@ -124,4 +129,19 @@ pub struct ReportSchedule {
 
 fn default_window() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
+}
+
+/// The first of a `schedule` / `timezone` pair that did not parse, with
+/// the parser's message.
+pub(crate) fn schedule_problem(
+    schedule: Option<&Parsed<CronExpr>>,
+    timezone: Option<&Parsed<Tz>>,
+) -> Result<(), (&'static str, String)> {
+    if let Some(why) = schedule.and_then(Parsed::problem) {
+        return Err(("schedule", why.to_owned()));
+    }
+    if let Some(why) = timezone.and_then(Parsed::problem) {
+        return Err(("timezone", why.to_owned()));
+    }
+    Ok(())
 }

@@ -7,13 +7,41 @@
 //! `jobs::run_check` (one arm per maintenance or check kind) or
 //! `backup::run` (backup kinds).
 
+use crate::schedule::{CronExpr, Schedule};
+use crate::values::Parsed;
 use bytesize::ByteSize;
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// A key and what is wrong with it; the caller prefixes `jobs.NAME.`.
 pub(crate) type KeyError = (String, String);
+
+/// Every problem of one table, in the order its checks ran. A failed
+/// check does not stop the others, so one `config check` lists all that
+/// is wrong with a file instead of one per edit.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<KeyError>);
+
+impl Problems {
+    /// The problems, in order.
+    pub(crate) fn into_inner(self) -> Vec<KeyError> {
+        self.0
+    }
+
+    /// Record a problem.
+    pub(crate) fn push(&mut self, (key, message): KeyError) {
+        self.0.push((key, message));
+    }
+
+    /// Record the outcome of one check (a problem if it failed).
+    pub(crate) fn check<K: Into<String>>(&mut self, r: Result<(), (K, String)>) {
+        if let Err((key, message)) = r {
+            self.0.push((key.into(), message));
+        }
+    }
+}
 
 /// One `[jobs.NAME]` table. serde's `flatten` cannot be combined with
 /// `deny_unknown_fields` on this struct, but it does not have to be: the
@@ -37,10 +65,10 @@ pub struct Common {
     /// When the daemon runs the job (cron with seconds or without);
     /// without one the job runs only on demand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<String>,
+    pub schedule: Option<Parsed<CronExpr>>,
     /// IANA time zone the schedule is read in (default UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timezone: Option<String>,
+    pub timezone: Option<Parsed<Tz>>,
     /// Random delay up to this long before each scheduled run (spreads a fleet).
     #[serde(
         default,
@@ -79,9 +107,10 @@ pub trait KindSpec {
     {
         super::introspect::fields::<Self>()
     }
-    /// Checks serde cannot express (ranges, exclusive keys, globs).
-    fn validate(&self) -> Result<(), KeyError> {
-        Ok(())
+    /// Checks serde cannot express (ranges, exclusive keys, globs): every
+    /// problem goes into `p`.
+    fn validate(&self, p: &mut Problems) {
+        let _ = p;
     }
     /// The repository keys of a kind that writes backups.
     fn storage(&self) -> Option<&Storage> {
@@ -176,22 +205,21 @@ pub struct Storage {
 }
 
 impl Storage {
-    fn validate(&self) -> Result<(), KeyError> {
-        let own = |(k, m): (&str, String)| (k.to_owned(), m);
+    fn validate(&self, p: &mut Problems) {
         if let Some(e) = &self.encryption {
-            e.validate().map_err(own)?;
+            p.check(e.validate());
         }
         if self
             .retention
             .as_ref()
             .is_some_and(super::super::retention::Policy::is_empty)
         {
-            return Err((
+            p.push((
                 "retention".into(),
                 "keeps nothing but the newest backup: set keep_last, hourly, daily, weekly, monthly or yearly to at least 1 (or remove retention to keep every backup)".into(),
             ));
         }
-        check_level(self.compression, self.compression_level).map_err(own)
+        p.check(check_level(self.compression, self.compression_level));
     }
 }
 
@@ -249,20 +277,19 @@ impl KindSpec for PostgresJob {
         Some(&self.storage)
     }
 
-    fn validate(&self) -> Result<(), KeyError> {
-        self.storage.validate()?;
-        let fail = |k: &str, m: &str| Err((k.to_owned(), m.to_owned()));
-        self.connection.validate().map_err(|m| ("url".into(), m))?;
+    fn validate(&self, p: &mut Problems) {
+        self.storage.validate(p);
+        p.check(self.connection.validate().map_err(|m| ("url", m)));
         if self.startup_wait > MAX_STARTUP_WAIT {
-            return fail(
-                "startup_wait",
-                "expected at most 7 days (how long a missed run waits for its database at start)",
-            );
+            p.push((
+                "startup_wait".into(),
+                "expected at most 7 days (how long a missed run waits for its database at start)"
+                    .into(),
+            ));
         }
         if self.compression_threads == Some(0) {
-            return fail("compression_threads", "expected at least 1");
+            p.push(("compression_threads".into(), "expected at least 1".into()));
         }
-        Ok(())
     }
 }
 
@@ -362,28 +389,30 @@ impl KindSpec for FilesJob {
         Some(&self.storage)
     }
 
-    fn validate(&self) -> Result<(), KeyError> {
-        self.storage.validate()?;
+    fn validate(&self, p: &mut Problems) {
+        self.storage.validate(p);
         if self.paths.is_empty() {
-            return Err(("paths".into(), "expected at least one path".into()));
+            p.push(("paths".into(), "expected at least one path".into()));
         }
-        if let Some(p) = self.paths.iter().find(|p| !p.path().is_absolute()) {
-            return Err((
+        if let Some(e) = self.paths.iter().find(|e| !e.path().is_absolute()) {
+            p.push((
                 "paths".into(),
-                format!("expected absolute paths, got {:?}", p.path()),
+                format!("expected absolute paths, got {:?}", e.path()),
             ));
         }
-        Ok(())
     }
 }
+
+/// What an operation on backups tells a job of another kind.
+pub const BACKUP_KINDS: &str = "it stores no backups (expected a postgres or files job)";
 
 /// The scheduling settings every job kind shares.
 #[derive(Debug, Clone, Copy)]
 pub struct Scheduling<'a> {
     /// Cron expression, if scheduled.
-    pub schedule: Option<&'a str>,
+    pub schedule: Option<&'a Parsed<CronExpr>>,
     /// Zone of the expression.
-    pub timezone: Option<&'a str>,
+    pub timezone: Option<&'a Parsed<Tz>>,
     /// Random delay before each scheduled run.
     pub jitter: Option<Duration>,
     /// Further attempts after a failure.
@@ -396,6 +425,19 @@ pub struct Scheduling<'a> {
     pub lock: LockScope,
     /// The job's own alert routes, if any.
     pub alerts: Option<&'a super::alerts::JobAlerts>,
+}
+
+impl Scheduling<'_> {
+    /// The schedule in its zone, if the job has one: built from values
+    /// parsed with the config, never from text.
+    pub fn schedule(&self) -> Option<crate::Result<Schedule>> {
+        self.schedule.map(|s| Schedule::of(s, self.timezone))
+    }
+
+    /// The zone the job's times are read in (UTC unless `timezone` says).
+    pub fn zone(&self) -> crate::Result<Tz> {
+        crate::values::zone(self.timezone)
+    }
 }
 
 /// How many hosts may run a tick of a job.
@@ -430,6 +472,16 @@ impl JobConfig {
         self.storage().map(|s| s.repository.as_str())
     }
 
+    /// The repository of a job an operation needs backups of, or the
+    /// error saying this job (`name`) stores none.
+    pub fn backup_repository(&self, name: &str) -> crate::Result<&str> {
+        self.repository().ok_or_else(|| crate::Error::WrongKind {
+            job: name.to_owned(),
+            kind: self.kind(),
+            expected: BACKUP_KINDS,
+        })
+    }
+
     /// The job's own `encryption`, if it sets one.
     pub fn own_encryption(&self) -> Option<&super::Encryption> {
         self.storage().and_then(|s| s.encryption.as_ref())
@@ -449,8 +501,8 @@ impl JobConfig {
     pub fn scheduling(&self) -> Scheduling<'_> {
         let c = &self.common;
         Scheduling {
-            schedule: c.schedule.as_deref(),
-            timezone: c.timezone.as_deref(),
+            schedule: c.schedule.as_ref(),
+            timezone: c.timezone.as_ref(),
             jitter: c.jitter,
             retries: c.retries,
             retry_delay: c.retry_delay,
@@ -460,34 +512,39 @@ impl JobConfig {
         }
     }
 
-    /// The cron expression, if the job is scheduled.
+    /// The cron expression as written, if the job is scheduled.
     pub fn schedule(&self) -> Option<&str> {
-        self.common.schedule.as_deref()
+        self.common.schedule.as_ref().map(Parsed::text)
     }
 
-    pub(crate) fn validate(&self) -> Result<(), KeyError> {
-        self.kind.spec().validate()?;
-        self.common.validate()
+    pub(crate) fn validate(&self, p: &mut Problems) {
+        self.kind.spec().validate(p);
+        self.common.validate(p);
     }
 }
 
 impl Common {
-    fn validate(&self) -> Result<(), KeyError> {
-        let own = |(k, m): (&str, String)| (k.to_owned(), m);
-        let tz = self.timezone.as_deref();
+    fn validate(&self, p: &mut Problems) {
+        if let Some(why) = self.schedule.as_ref().and_then(Parsed::problem) {
+            p.push(("schedule".into(), why.to_owned()));
+        }
+        if let Some(why) = self.timezone.as_ref().and_then(Parsed::problem) {
+            p.push(("timezone".into(), why.to_owned()));
+        }
         if let Some(expr) = &self.schedule {
-            let parsed = crate::schedule::Schedule::parse(expr, tz).map_err(own)?;
             // "0 0 2 30 2 *" (Feb 30) parses and never fires.
-            if parsed.next_after(chrono::Utc::now()).is_none() {
-                return Err((
+            let never = Schedule::of(expr, self.timezone.as_ref())
+                .is_ok_and(|s| s.next_after(chrono::Utc::now()).is_none());
+            if never {
+                p.push((
                     "schedule".into(),
-                    format!("{expr:?} never fires (no such date); a job that never runs backs up nothing"),
+                    format!(
+                        "{:?} never fires (no such date); a job that never runs backs up nothing",
+                        expr.text()
+                    ),
                 ));
             }
-        } else if tz.is_some() {
-            crate::schedule::parse_timezone(tz).map_err(|m| ("timezone".into(), m))?;
         }
-        Ok(())
     }
 }
 

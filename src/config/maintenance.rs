@@ -2,8 +2,10 @@
 //! prune_images, disk, cert_expiry, health. Thresholds default to what the
 //! seed runbooks and PostgreSQL's own autovacuum use.
 
-use super::jobs::{one_url_source, KeyError, KindSpec};
+use super::jobs::{one_url_source, KeyError, KindSpec, Problems};
+use crate::values::{Parsed, Window};
 use bytesize::ByteSize;
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -38,7 +40,7 @@ pub struct Session {
     pub statement_timeout: Duration,
     /// `"01:00-05:00"` in the job's time zone: nothing new starts outside it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window: Option<String>,
+    pub window: Option<Parsed<Window>>,
 }
 
 impl Session {
@@ -47,19 +49,19 @@ impl Session {
     pub fn spec<'a>(
         &'a self,
         connection: &'a super::UrlSource,
-        timezone: Option<&'a str>,
+        timezone: Option<&'a Parsed<Tz>>,
     ) -> SessionSpec<'a> {
         SessionSpec {
             connection,
             lock_timeout: self.lock_timeout,
             statement_timeout: self.statement_timeout,
-            window: self.window.as_deref(),
+            window: self.window.as_ref(),
             timezone,
         }
     }
 
-    fn validate(&self) -> Result<(), KeyError> {
-        window(&self.window)
+    fn validate(&self, p: &mut Problems) {
+        p.check(window(&self.window));
     }
 }
 
@@ -73,9 +75,9 @@ pub struct SessionSpec<'a> {
     /// Run time limit per statement.
     pub statement_timeout: Duration,
     /// When new work may start.
-    pub window: Option<&'a str>,
+    pub window: Option<&'a Parsed<Window>>,
     /// The zone the window is read in.
-    pub timezone: Option<&'a str>,
+    pub timezone: Option<&'a Parsed<Tz>>,
 }
 
 /// `type = "vacuum"`: `VACUUM (ANALYZE)` on the tables that need it.
@@ -260,7 +262,7 @@ pub struct CertExpiryJob {
     pub files: Vec<String>,
     /// `host:port` (SNI = host), or `name@host:port` to send another SNI.
     #[serde(default)]
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<Parsed<crate::values::Endpoint>>,
     /// Time left at which a certificate is a warning (default 30 days).
     #[serde(default = "default_warn_days", with = "humantime_serde")]
     pub warn: Duration,
@@ -347,7 +349,7 @@ pub struct HealthCheck {
     pub success_threshold: u32,
     /// `critical` (default) or `warning` while down.
     #[serde(default = "default_severity")]
-    pub severity: String,
+    pub severity: Parsed<Down>,
     // http, postgres, redis
     /// URL of an http, postgres or redis check (prefer `url_env`/`url_file`
     /// when it holds a password).
@@ -403,8 +405,27 @@ fn default_failure_threshold() -> u32 {
 fn one() -> u32 {
     1
 }
-fn default_severity() -> String {
-    "critical".into()
+fn default_severity() -> Parsed<Down> {
+    Parsed::new("critical")
+}
+
+/// How bad a health check being down is (`severity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Down {
+    /// Page now (the default).
+    Critical,
+    /// Attention soon.
+    Warning,
+}
+
+impl crate::values::FromConfig for Down {
+    fn from_config(text: &str) -> Result<Self, String> {
+        match text {
+            "critical" => Ok(Down::Critical),
+            "warning" => Ok(Down::Warning),
+            _ => Err("expected \"critical\" or \"warning\"".into()),
+        }
+    }
 }
 
 impl HealthCheck {
@@ -428,7 +449,7 @@ impl HealthCheck {
 
     /// The keys that say what is probed (`url`, `address`, `command`):
     /// exactly those of the check's type.
-    fn validate_target(&self, key: &str) -> Result<(), KeyError> {
+    fn validate_target(&self, key: &str, p: &mut Problems) {
         let has_url = self.url.is_some() || self.url_env.is_some() || self.url_file.is_some();
         let not_for = |k: &str| {
             err(
@@ -438,8 +459,10 @@ impl HealthCheck {
         };
         match self.probe {
             ProbeType::Http | ProbeType::Postgres | ProbeType::Redis => {
-                one_url_source(&self.url, &self.url_env, &self.url_file)
-                    .map_err(|m| err(format!("{key}.url"), m))?;
+                p.check(
+                    one_url_source(&self.url, &self.url_env, &self.url_file)
+                        .map_err(|m| err(format!("{key}.url"), m)),
+                );
                 if let Some(u) = &self.url {
                     let schemes: &[&str] = match self.probe {
                         ProbeType::Http => &["http://", "https://"],
@@ -447,7 +470,7 @@ impl HealthCheck {
                         _ => &["redis://", "rediss://"],
                     };
                     if !schemes.iter().any(|s| u.starts_with(s)) {
-                        return Err(err(
+                        p.push(err(
                             format!("{key}.url"),
                             format!("expected a URL starting with {}", schemes.join(" or ")),
                         ));
@@ -460,31 +483,30 @@ impl HealthCheck {
                     .and_then(|(_, p)| p.parse::<u16>().ok())
                     .is_none()
                 {
-                    return Err(err(
+                    p.push(err(
                         format!("{key}.address"),
                         "expected host:port, e.g. \"127.0.0.1:6379\"",
                     ));
                 }
                 if has_url {
-                    return Err(not_for("url"));
+                    p.push(not_for("url"));
                 }
             }
             ProbeType::Command => {
                 if self.command.as_ref().is_none_or(std::vec::Vec::is_empty) {
-                    return Err(err(
+                    p.push(err(
                         format!("{key}.command"),
                         "expected a non-empty argv list, e.g. [\"pg_isready\", \"-q\"]",
                     ));
                 }
                 if has_url {
-                    return Err(not_for("url"));
+                    p.push(not_for("url"));
                 }
             }
         }
-        Ok(())
     }
 
-    fn validate(&self, key: &str) -> Result<(), KeyError> {
+    fn validate(&self, key: &str, p: &mut Problems) {
         let http_only = [
             ("method", self.method.is_some()),
             ("expect_status", self.expect_status.is_some()),
@@ -500,26 +522,26 @@ impl HealthCheck {
             )
         };
         if self.probe != ProbeType::Http {
-            if let Some((k, _)) = http_only.iter().find(|(_, set)| *set) {
-                return Err(not_for(k));
+            for (k, _) in http_only.iter().filter(|(_, set)| *set) {
+                p.push(not_for(k));
             }
         }
         if self.probe != ProbeType::Tcp && self.address.is_some() {
-            return Err(not_for("address"));
+            p.push(not_for("address"));
         }
         if self.probe != ProbeType::Command && self.command.is_some() {
-            return Err(not_for("command"));
+            p.push(not_for("command"));
         }
-        self.validate_target(key)?;
-        if let Some(p) = &self.json_pointer {
-            if !p.is_empty() && !p.starts_with('/') {
-                return Err(err(
+        self.validate_target(key, p);
+        if let Some(ptr) = &self.json_pointer {
+            if !ptr.is_empty() && !ptr.starts_with('/') {
+                p.push(err(
                     format!("{key}.json_pointer"),
                     "expected an RFC 6901 pointer starting with '/', e.g. \"/status\"",
                 ));
             }
             if self.json_equals.is_none() {
-                return Err(err(
+                p.push(err(
                     format!("{key}.json_equals"),
                     "expected the value json_pointer must equal",
                 ));
@@ -527,22 +549,18 @@ impl HealthCheck {
         }
         if let Some(m) = &self.method {
             if reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).is_err() {
-                return Err(err(format!("{key}.method"), "expected an HTTP method"));
+                p.push(err(format!("{key}.method"), "expected an HTTP method"));
             }
         }
         if self.failure_threshold == 0 || self.success_threshold == 0 {
-            return Err(err(
+            p.push(err(
                 format!("{key}.failure_threshold"),
                 "thresholds must be at least 1",
             ));
         }
-        if !matches!(self.severity.as_str(), "critical" | "warning") {
-            return Err(err(
-                format!("{key}.severity"),
-                "expected \"critical\" or \"warning\"",
-            ));
+        if let Some(why) = self.severity.problem() {
+            p.push(err(format!("{key}.severity"), why));
         }
-        Ok(())
     }
 }
 
@@ -558,41 +576,6 @@ pub fn strip_userinfo(u: &str) -> String {
             crate::secret::mask_url(&shown).unwrap_or(shown)
         }
         Err(_) => crate::secret::redact(u),
-    }
-}
-
-/// `"01:00-05:00"`: a daily window, possibly across midnight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    /// First minute inside.
-    pub start: chrono::NaiveTime,
-    /// First minute outside again (before `start`: the window spans midnight).
-    pub end: chrono::NaiveTime,
-}
-
-impl Window {
-    /// Parse `HH:MM-HH:MM`.
-    pub fn parse(s: &str) -> Result<Window, String> {
-        let bad = || format!("expected \"HH:MM-HH:MM\", e.g. \"01:00-05:00\", got {s:?}");
-        let (a, b) = s.split_once('-').ok_or_else(bad)?;
-        let t = |x: &str| chrono::NaiveTime::parse_from_str(x.trim(), "%H:%M").map_err(|_| bad());
-        let w = Window {
-            start: t(a)?,
-            end: t(b)?,
-        };
-        if w.start == w.end {
-            return Err(format!("{s:?} is an empty window"));
-        }
-        Ok(w)
-    }
-
-    /// Whether `t` falls inside.
-    pub fn contains(&self, t: chrono::NaiveTime) -> bool {
-        if self.start < self.end {
-            self.start <= t && t < self.end
-        } else {
-            t >= self.start || t < self.end
-        }
     }
 }
 
@@ -615,26 +598,25 @@ fn percent(key: &str, v: f64) -> Result<(), KeyError> {
     }
 }
 
-fn window(w: &Option<String>) -> Result<(), KeyError> {
-    if let Some(w) = w {
-        Window::parse(w).map_err(|m| err("window", m))?;
+fn window(w: &Option<Parsed<Window>>) -> Result<(), KeyError> {
+    match w.as_ref().and_then(Parsed::problem) {
+        Some(why) => Err(err("window", why)),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 impl KindSpec for VacuumJob {
-    fn validate(&self) -> Result<(), KeyError> {
-        self.connection.validate().map_err(|m| err("url", m))?;
-        self.session.validate()?;
-        ratio("dead_ratio", self.dead_ratio)?;
-        ratio("analyze_ratio", self.analyze_ratio)?;
+    fn validate(&self, p: &mut Problems) {
+        p.check(self.connection.validate().map_err(|m| err("url", m)));
+        self.session.validate(p);
+        p.check(ratio("dead_ratio", self.dead_ratio));
+        p.check(ratio("analyze_ratio", self.analyze_ratio));
         if self.all && self.tables.is_some() {
-            return Err(err(
+            p.push(err(
                 "all",
                 "expected either `all = true` or `tables`, not both",
             ));
         }
-        Ok(())
     }
 
     fn keys() -> Vec<&'static str> {
@@ -655,17 +637,16 @@ impl KindSpec for VacuumJob {
 }
 
 impl KindSpec for ReindexJob {
-    fn validate(&self) -> Result<(), KeyError> {
-        self.connection.validate().map_err(|m| err("url", m))?;
-        self.session.validate()?;
-        ratio("bloat_ratio", self.bloat_ratio)?;
+    fn validate(&self, p: &mut Problems) {
+        p.check(self.connection.validate().map_err(|m| err("url", m)));
+        self.session.validate(p);
+        p.check(ratio("bloat_ratio", self.bloat_ratio));
         if self.all && self.indexes.is_some() {
-            return Err(err(
+            p.push(err(
                 "all",
                 "expected either `all = true` or `indexes`, not both",
             ));
         }
-        Ok(())
     }
 
     fn keys() -> Vec<&'static str> {
@@ -677,20 +658,23 @@ impl KindSpec for ReindexJob {
 }
 
 impl KindSpec for PruneFilesJob {
-    fn validate(&self) -> Result<(), KeyError> {
+    fn validate(&self, problems: &mut Problems) {
         if self.paths.is_empty() {
-            return Err(err("paths", "expected at least one glob"));
+            problems.push(err("paths", "expected at least one glob"));
         }
         for p in &self.paths {
             if !p.starts_with('/') {
-                return Err(err("paths", format!("expected absolute globs, got {p:?}")));
+                problems.push(err("paths", format!("expected absolute globs, got {p:?}")));
+                continue;
             }
             if p.split('/').any(|c| c == "..") {
-                return Err(err("paths", format!("`..` is not allowed in {p:?}")));
+                problems.push(err("paths", format!("`..` is not allowed in {p:?}")));
+                continue;
             }
-            glob::Pattern::new(p).map_err(|e| err("paths", format!("{p:?}: {e}")))?;
-            if crate::values::root_of(p) == std::path::Path::new("/") {
-                return Err(err(
+            if let Err(e) = glob::Pattern::new(p) {
+                problems.push(err("paths", format!("{p:?}: {e}")));
+            } else if crate::values::root_of(p) == std::path::Path::new("/") {
+                problems.push(err(
                     "paths",
                     format!(
                         "{p:?} would walk the whole filesystem: start it with a literal directory"
@@ -702,71 +686,72 @@ impl KindSpec for PruneFilesJob {
             && self.max_total_size.is_none()
             && self.compress_older_than.is_none()
         {
-            return Err(err(
+            problems.push(err(
                 "older_than",
                 "expected at least one of older_than, max_total_size, compress_older_than",
             ));
         }
-        Ok(())
     }
 }
 
 impl KindSpec for DiskJob {
-    fn validate(&self) -> Result<(), KeyError> {
+    fn validate(&self, p: &mut Problems) {
         if self.mounts.is_empty() {
-            return Err(err("mounts", "expected at least one mount point"));
+            p.push(err("mounts", "expected at least one mount point"));
         }
         if let Some(m) = self.mounts.iter().find(|m| !m.is_absolute()) {
-            return Err(err("mounts", format!("expected absolute paths, got {m:?}")));
+            p.push(err("mounts", format!("expected absolute paths, got {m:?}")));
         }
-        percent("warn", self.warn)?;
-        percent("critical", self.critical)?;
+        p.check(percent("warn", self.warn));
+        p.check(percent("critical", self.critical));
         if self.warn > self.critical {
-            return Err(err("warn", "expected warn <= critical"));
+            p.push(err("warn", "expected warn <= critical"));
         }
         for (k, v) in [
             ("inodes_warn", self.inodes_warn),
             ("inodes_critical", self.inodes_critical),
         ] {
             if let Some(v) = v {
-                percent(k, v)?;
+                p.check(percent(k, v));
             }
         }
-        Ok(())
     }
 }
 
 impl KindSpec for CertExpiryJob {
-    fn validate(&self) -> Result<(), KeyError> {
+    fn validate(&self, p: &mut Problems) {
         if self.files.is_empty() && self.endpoints.is_empty() {
-            return Err(err("files", "expected `files` or `endpoints` (or both)"));
+            p.push(err("files", "expected `files` or `endpoints` (or both)"));
         }
         for f in &self.files {
-            glob::Pattern::new(f).map_err(|e| err("files", format!("{f:?}: {e}")))?;
+            if let Err(e) = glob::Pattern::new(f) {
+                p.push(err("files", format!("{f:?}: {e}")));
+            }
         }
         for e in &self.endpoints {
-            crate::values::Endpoint::parse(e).map_err(|m| err("endpoints", m))?;
+            if let Some(why) = e.problem() {
+                p.push(err("endpoints", why));
+            }
         }
         if self.critical > self.warn {
-            return Err(err(
+            p.push(err(
                 "critical",
                 "expected critical <= warn (both are time left)",
             ));
         }
-        Ok(())
     }
 }
 
 impl KindSpec for HealthJob {
-    fn validate(&self) -> Result<(), KeyError> {
+    fn validate(&self, p: &mut Problems) {
         if self.checks.is_empty() {
-            return Err(err("checks", "expected at least one [[jobs.NAME.checks]]"));
+            p.push(err("checks", "expected at least one [[jobs.NAME.checks]]"));
         }
         let mut names = std::collections::HashSet::new();
         for (i, c) in self.checks.iter().enumerate() {
-            c.validate(&format!("checks[{i}]"))?;
+            c.validate(&format!("checks[{i}]"), p);
             if !names.insert(c.display_name()) {
-                return Err(err(
+                p.push(err(
                     format!("checks[{i}].name"),
                     format!(
                         "two checks are named {:?}; give each a distinct `name`",
@@ -775,18 +760,16 @@ impl KindSpec for HealthJob {
                 ));
             }
         }
-        Ok(())
     }
 }
 
 impl KindSpec for PruneImagesJob {
-    fn validate(&self) -> Result<(), KeyError> {
+    fn validate(&self, p: &mut Problems) {
         if !self.dangling && !self.unused {
-            return Err(err(
+            p.push(err(
                 "dangling",
                 "with dangling = false and unused = false nothing is pruned",
             ));
         }
-        Ok(())
     }
 }

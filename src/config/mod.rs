@@ -23,12 +23,12 @@ pub use drills::{DrillConfig, DrillTarget, ReportSchedule, SqlCheck};
 pub use encryption::{Encryption, IDENTITY_ENV};
 pub use jobs::{
     Common, Compression, FilesJob, JobConfig, Kind, KindSpec, LockScope, PathEntry, PostgresJob,
-    Scheduling, Storage, VerifyJob, VerifyScope,
+    Problems, Scheduling, Storage, VerifyJob, VerifyScope, BACKUP_KINDS,
 };
 pub use maintenance::strip_userinfo;
 pub use maintenance::{
-    CertExpiryJob, DiskJob, HealthCheck, HealthJob, ProbeType, PruneFilesJob, PruneImagesJob,
-    ReindexJob, Session, SessionSpec, VacuumJob, Window,
+    CertExpiryJob, DiskJob, Down, HealthCheck, HealthJob, ProbeType, PruneFilesJob, PruneImagesJob,
+    ReindexJob, Session, SessionSpec, VacuumJob,
 };
 pub use render::render_masked;
 pub use repositories::{LocalRepository, LockMode, ObjectLock, RepositoryConfig, S3Repository};
@@ -490,7 +490,9 @@ impl LoadedConfig {
                 }
             }
         }
-        if let Err((field, msg)) = job.validate() {
+        let mut problems = Problems::default();
+        job.validate(&mut problems);
+        for (field, msg) in problems.into_inner() {
             errors.push((format!("{key}.{field}"), msg));
         }
         errors
@@ -517,7 +519,9 @@ impl LoadedConfig {
             )),
             None => errors.push((format!("{key}.job"), format!("no job named {:?}", d.job))),
         }
-        if let Err((field, msg)) = d.validate() {
+        let mut problems = Problems::default();
+        d.validate(&mut problems);
+        for (field, msg) in problems.into_inner() {
             errors.push((format!("{key}.{field}"), msg));
         }
         errors
@@ -526,8 +530,7 @@ impl LoadedConfig {
     fn report_errors(&self, name: &str, r: &ReportSchedule) -> Vec<(String, String)> {
         let mut errors = Vec::new();
         let key = format!("reports.{name}");
-        if let Err((field, msg)) =
-            crate::schedule::Schedule::parse(&r.schedule, r.timezone.as_deref())
+        if let Err((field, msg)) = drills::schedule_problem(Some(&r.schedule), r.timezone.as_ref())
         {
             errors.push((format!("{key}.{field}"), msg));
         }

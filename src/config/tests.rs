@@ -434,3 +434,55 @@ fn config_errors_never_quote_a_value_or_a_line() {
     assert!(scrub(&huge).len() < 700);
     assert!(scrub(&"é".repeat(1000)).ends_with('…'));
 }
+
+#[test]
+fn every_problem_of_a_file_is_reported_not_only_the_first() {
+    let (_d, r) = load_str(
+        r#"
+[repositories.local]
+type = "local"
+path = "/var/backups/drctl"
+
+[jobs.vac]
+type = "vacuum"
+url = "postgres://u@h/db"
+dead_ratio = 2.0
+analyze_ratio = -1.0
+window = "25:00-26:00"
+schedule = "0 0 2 * *"
+timezone = "Mars/Olympus"
+
+[jobs.certs]
+type = "cert_expiry"
+endpoints = ["no-port", "example.com:443"]
+warn = "1d"
+critical = "2d"
+
+[drills.d]
+job = "vac"
+jobs = 0
+target = { ephemeral = true }
+checks = [{ sql = "SELECT 1", expect = ">= x" }]
+"#,
+    );
+    let (_, key, message) = config_err(r);
+    // The first problem heads the error; each other one is an "also:" line.
+    let message = format!("key `{key}`: {message}");
+    for (k, what) in [
+        ("drills.d.job", "expected a postgres backup job"),
+        ("jobs.vac.dead_ratio", "between 0 and 1"),
+        ("jobs.vac.analyze_ratio", "between 0 and 1"),
+        ("jobs.vac.window", "HH:MM-HH:MM"),
+        ("jobs.vac.timezone", "IANA"),
+        ("jobs.certs.endpoints", "host:port"),
+        ("jobs.certs.critical", "critical <= warn"),
+        ("drills.d.jobs", "at least 1"),
+        ("drills.d.checks.expect", "needs a number"),
+    ] {
+        let line = message
+            .lines()
+            .find(|l| l.contains(&format!("key `{k}`")))
+            .unwrap_or_else(|| panic!("no problem reported for {k}:\n{message}"));
+        assert!(line.contains(what), "{k}: {line}");
+    }
+}

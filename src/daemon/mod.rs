@@ -259,11 +259,8 @@ fn scheduled(cfg: &LoadedConfig) -> BTreeMap<String, Schedule> {
         .jobs
         .iter()
         .filter_map(|(name, job)| {
-            let s = job.scheduling();
-            let expr = s.schedule?;
-            Schedule::parse(expr, s.timezone)
-                .ok()
-                .map(|p| (name.clone(), p))
+            let s = job.scheduling().schedule()?.ok()?;
+            Some((name.clone(), s))
         })
         .collect()
 }
@@ -297,13 +294,14 @@ async fn register(sched: &JobScheduler, d: &Arc<Daemon>, cfg: &LoadedConfig) -> 
             let name = job_name.clone();
             Box::pin(async move { daemon.tick(name, "schedule").await })
         })
-        .map_err(|e| Error::Other(format!("scheduling job {name}: {e}")))?;
-        ids.push(
-            sched
-                .add(job)
-                .await
-                .map_err(|e| Error::Other(format!("scheduling job {name}: {e}")))?,
-        );
+        .map_err(|source| Error::Scheduler {
+            context: format!("scheduling job {name}"),
+            source,
+        })?;
+        ids.push(sched.add(job).await.map_err(|source| Error::Scheduler {
+            context: format!("scheduling job {name}"),
+            source,
+        })?);
     }
     Ok(ids)
 }
@@ -318,8 +316,7 @@ async fn register_drills(
         let Some(expr) = &drill.schedule else {
             continue;
         };
-        let s = Schedule::parse(expr, drill.timezone.as_deref())
-            .map_err(|(_, m)| Error::Other(format!("drill {name}: {m}")))?;
+        let s = Schedule::of(expr, drill.timezone.as_ref())?;
         let daemon = d.clone();
         let drill_name = name.clone();
         let job = Job::new_async_tz(s.expr.as_str(), s.tz, move |_id, _lock| {
@@ -327,17 +324,17 @@ async fn register_drills(
             let name = drill_name.clone();
             Box::pin(async move { daemon.drill_tick(name) })
         })
-        .map_err(|e| Error::Other(format!("scheduling drill {name}: {e}")))?;
-        ids.push(
-            sched
-                .add(job)
-                .await
-                .map_err(|e| Error::Other(format!("scheduling drill {name}: {e}")))?,
-        );
+        .map_err(|source| Error::Scheduler {
+            context: format!("scheduling drill {name}"),
+            source,
+        })?;
+        ids.push(sched.add(job).await.map_err(|source| Error::Scheduler {
+            context: format!("scheduling drill {name}"),
+            source,
+        })?);
     }
     for (name, r) in &cfg.config.reports {
-        let s = Schedule::parse(&r.schedule, r.timezone.as_deref())
-            .map_err(|(_, m)| Error::Other(format!("report {name}: {m}")))?;
+        let s = Schedule::of(&r.schedule, r.timezone.as_ref())?;
         let daemon = d.clone();
         let report_name = name.clone();
         let job = Job::new_async_tz(s.expr.as_str(), s.tz, move |_id, _lock| {
@@ -345,13 +342,14 @@ async fn register_drills(
             let name = report_name.clone();
             Box::pin(async move { daemon.report_tick(&name).await })
         })
-        .map_err(|e| Error::Other(format!("scheduling report {name}: {e}")))?;
-        ids.push(
-            sched
-                .add(job)
-                .await
-                .map_err(|e| Error::Other(format!("scheduling report {name}: {e}")))?,
-        );
+        .map_err(|source| Error::Scheduler {
+            context: format!("scheduling report {name}"),
+            source,
+        })?;
+        ids.push(sched.add(job).await.map_err(|source| Error::Scheduler {
+            context: format!("scheduling report {name}"),
+            source,
+        })?);
     }
     Ok(ids)
 }
@@ -569,8 +567,10 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         started: Utc::now(),
         internal: internal::Internal::default(),
     });
-    let sched_err =
-        |e: tokio_cron_scheduler::JobSchedulerError| Error::Other(format!("scheduler: {e}"));
+    let sched_err = |source: tokio_cron_scheduler::JobSchedulerError| Error::Scheduler {
+        context: "scheduler".into(),
+        source,
+    };
     let sched = JobScheduler::new().await.map_err(sched_err)?;
     let mut ids = reschedule(&sched, &d, &cfg, Vec::new()).await?;
     let mut offsets = utc_offsets(&cfg, Utc::now());

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::pg::quote_ident;
 use crate::progress::Progress;
 use crate::state::State;
-use checks::{CheckResult, Expect};
+use checks::CheckResult;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use std::sync::Arc;
@@ -154,10 +154,11 @@ pub async fn run(
     })?;
     let (_, job) = cfg.job(&d.job)?;
     let Kind::Postgres(pg_job) = &job.kind else {
-        return Err(Error::Other(format!(
-            "drill {name}: job {} is not a postgres job",
-            d.job
-        )));
+        return Err(Error::WrongKind {
+            job: d.job.clone(),
+            kind: job.kind(),
+            expected: "drills restore postgres jobs",
+        });
     };
     // One run of a drill at a time on this host (daemon and CLI alike).
     let _lock =
@@ -430,7 +431,7 @@ async fn verify(
         }
     }
     for c in &d.checks {
-        let expect = Expect::parse(&c.expect).map_err(Error::Other)?;
+        let expect = c.expect.get()?;
         let got = sql_check(&mut conn, &c.sql, d.check_timeout).await;
         let (got, ok) = match got {
             Ok(v) => {

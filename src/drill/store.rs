@@ -49,10 +49,10 @@ fn record(r: &sqlx::sqlite::SqliteRow) -> Result<DrillRecord> {
     let phases: String = r.get("phases");
     let checks: String = r.get("checks");
     let outcome = r.try_get("outcome").map_err(|e| {
-        crate::Error::Other(format!(
-            "drill run {}: unreadable outcome: {e}",
-            r.get::<i64, _>("id")
-        ))
+        crate::Error::unreadable(
+            format!("drill run {}: unreadable outcome", r.get::<i64, _>("id")),
+            e,
+        )
     })?;
     Ok(DrillRecord {
         id: r.get("id"),

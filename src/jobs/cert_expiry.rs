@@ -190,12 +190,11 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &CertExpiryJob) -> Result<Report> {
     let mut report = Report::new(ctx.job, "cert_expiry");
     let mut certs = from_files(&job.files, &mut report).await?;
     for spec in &job.endpoints {
-        let e = Endpoint::parse(spec).map_err(crate::Error::Other)?;
-        match read_endpoint(&e, job.timeout).await {
+        match read_endpoint(spec.get()?, job.timeout).await {
             Ok(c) => certs.extend(c),
             Err(err) => report
                 .findings
-                .push(Finding::new(spec.as_str(), Level::Critical, err)),
+                .push(Finding::new(spec.text(), Level::Critical, err)),
         }
     }
     let now = Utc::now();
@@ -283,7 +282,7 @@ async fn from_files(patterns: &[String], report: &mut Report) -> Result<Vec<Cert
             let shown = p.display().to_string();
             match tokio::task::spawn_blocking(move || read_file(&p))
                 .await
-                .map_err(|e| crate::Error::Other(e.to_string()))?
+                .map_err(|e| crate::Error::task(format!("reading {shown}"), e))?
             {
                 Ok(c) => certs.extend(c),
                 Err(e) => report

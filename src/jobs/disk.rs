@@ -59,7 +59,7 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &DiskJob) -> Result<Report> {
         let path = m.clone();
         let u = tokio::task::spawn_blocking(move || usage(&path))
             .await
-            .map_err(|e| crate::Error::Other(e.to_string()))?;
+            .map_err(|e| crate::Error::task(format!("reading the usage of {mount}"), e))?;
         let u = match u {
             Ok(u) => u,
             Err(e) => {

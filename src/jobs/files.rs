@@ -4,7 +4,7 @@
 
 use super::{BackupCtx, BackupOutput, Packing};
 use crate::config::FilesJob;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::stream::guarded;
 use tokio_util::io::SyncIoBridge;
 
@@ -36,7 +36,7 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &FilesJob) -> Result<BackupOutput>
             result
                 .as_ref()
                 .map(|_| ())
-                .map_err(std::clone::Clone::clone),
+                .map_err(std::string::ToString::to_string),
         );
         result
     });
@@ -48,10 +48,8 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &FilesJob) -> Result<BackupOutput>
     let stored = ctx
         .store("files.tar", "tar", reader, packing, None, true)
         .await;
-    let produced = producer
-        .await
-        .map_err(|e| Error::Other(format!("tar writer: {e}")))?;
-    let skipped = produced.map_err(Error::Other)?;
+    let produced = producer.await.map_err(|e| Error::task("tar writer", e))?;
+    let skipped = produced?;
     let output: String = skipped.iter().map(|s| format!("skipped {s}\n")).collect();
     for s in &skipped {
         tracing::warn!("not in the archive: {s}");
@@ -68,7 +66,7 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &FilesJob) -> Result<BackupOutput>
 /// the tree. Anything else (a FIFO, a socket, a device, a symlink to an
 /// absolute path or out of the tree) is left out and named in the run's
 /// output, so every committed backup restores as a whole.
-fn write_tar<W: std::io::Write>(w: W, paths: &[std::path::PathBuf]) -> Result<Vec<String>, String> {
+fn write_tar<W: std::io::Write>(w: W, paths: &[std::path::PathBuf]) -> Result<Vec<String>> {
     let mut b = tar::Builder::new(w);
     b.follow_symlinks(false);
     let mut skipped = Vec::new();
@@ -77,7 +75,9 @@ fn write_tar<W: std::io::Write>(w: W, paths: &[std::path::PathBuf]) -> Result<Ve
             .follow_links(false)
             .sort_by_file_name()
         {
-            let entry = entry.map_err(|e| format!("reading {}: {e}", p.display()))?;
+            let entry = entry
+                .map_err(std::io::Error::from)
+                .ctx(|| format!("reading {}", p.display()))?;
             let path = entry.path();
             let name = path.strip_prefix("/").unwrap_or(path);
             let ft = entry.file_type();
@@ -87,7 +87,7 @@ fn write_tar<W: std::io::Write>(w: W, paths: &[std::path::PathBuf]) -> Result<Ve
                 (tar::EntryType::Regular, None)
             } else if ft.is_symlink() {
                 let target = std::fs::read_link(path)
-                    .map_err(|e| format!("reading the link {}: {e}", path.display()))?;
+                    .ctx(|| format!("reading the link {}", path.display()))?;
                 (tar::EntryType::Symlink, Some(target))
             } else {
                 skipped.push(format!(
@@ -105,13 +105,10 @@ fn write_tar<W: std::io::Write>(w: W, paths: &[std::path::PathBuf]) -> Result<Ve
             } else {
                 b.append_path_with_name(path, name)
             };
-            r.map_err(|e| format!("adding {} to the archive: {e}", path.display()))?;
+            r.ctx(|| format!("adding {} to the archive", path.display()))?;
         }
     }
-    let mut w = b
-        .into_inner()
-        .map_err(|e| format!("finishing the archive: {e}"))?;
-    w.flush()
-        .map_err(|e| format!("finishing the archive: {e}"))?;
+    let mut w = b.into_inner().ctx(|| "finishing the archive".into())?;
+    w.flush().ctx(|| "finishing the archive".into())?;
     Ok(skipped)
 }

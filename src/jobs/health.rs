@@ -9,7 +9,7 @@
 //! from the daemon and from `drctl run` count alike.
 
 use crate::checks::{Finding, Level, Report, Sample};
-use crate::config::{resolve_secret, HealthCheck, HealthJob, ProbeType};
+use crate::config::{resolve_secret, Down, HealthCheck, HealthJob, ProbeType};
 use crate::error::{Error, Result};
 use crate::jobs::CheckCtx;
 use crate::state::State;
@@ -351,10 +351,9 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &HealthJob) -> Result<Report> {
             ),
             (false, passed) => {
                 down += 1;
-                let level = if c.severity == "warning" {
-                    Level::Warning
-                } else {
-                    Level::Critical
+                let level = match c.severity.get()? {
+                    Down::Warning => Level::Warning,
+                    Down::Critical => Level::Critical,
                 };
                 let now_msg = if passed {
                     format!(

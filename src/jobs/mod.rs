@@ -50,11 +50,11 @@ pub async fn run_check(
         Kind::Disk(j) => disk::run(ctx, j).await,
         Kind::CertExpiry(j) => cert_expiry::run(ctx, j).await,
         Kind::Health(j) => health::run(ctx, j).await,
-        other => Err(crate::Error::Other(format!(
-            "job {} is a {} job, not a maintenance or check job",
-            ctx.job,
-            other.name()
-        ))),
+        other => Err(crate::Error::WrongKind {
+            job: ctx.job.to_string(),
+            kind: other.name(),
+            expected: "expected a maintenance or check job",
+        }),
     }
 }
 

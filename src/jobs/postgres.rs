@@ -106,9 +106,7 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
         count_rows(&mut tx, job.count_rows_max_table_size.as_u64() as i64),
     );
     // pg_dump's own verdict (with its stderr) explains a failed upload best.
-    let dumped = waiter
-        .await
-        .map_err(|e| Error::Other(format!("pg_dump waiter: {e}")))?;
+    let dumped = waiter.await.map_err(|e| Error::task("pg_dump waiter", e))?;
     let mut output = globals_output;
     if let Ok(text) = &dumped {
         output.push_str(text);
@@ -116,7 +114,7 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
     let dump = first_cause(stored, dumped)?;
     checker
         .await
-        .map_err(|e| Error::Other(format!("archive check: {e}")))??;
+        .map_err(|e| Error::task("archive check", e))??;
     let tables = counts?;
     tx.commit()
         .await
@@ -206,7 +204,7 @@ async fn dump_globals(
             .await;
         let dumped = waiter
             .await
-            .map_err(|e| Error::Other(format!("pg_dumpall waiter: {e}")))?;
+            .map_err(|e| Error::task("pg_dumpall waiter", e))?;
         if stored.is_err() {
             return first_cause(stored, dumped).map(|a| (a, mode.into(), String::new()));
         }

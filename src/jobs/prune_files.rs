@@ -329,7 +329,7 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &PruneFilesJob) -> Result<Report> {
     let j = job.clone();
     let out = tokio::task::spawn_blocking(move || prune(&j, SystemTime::now()))
         .await
-        .map_err(|e| Error::Other(e.to_string()))?
+        .map_err(|e| Error::task("walking the trees to prune", e))?
         .map_err(Error::Other)?;
     let mut report = Report::new(ctx.job, "prune_files");
     let verb = if job.dry_run { "would free" } else { "freed" };

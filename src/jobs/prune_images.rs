@@ -48,11 +48,17 @@ fn connect(job: &PruneImagesJob) -> Result<Docker> {
         None => Docker::connect_with_local_defaults()
             .map(|d| d.with_timeout(std::time::Duration::from_secs(timeout))),
     };
-    d.map_err(|e| Error::Other(format!("cannot reach the Docker engine: {e}")))
+    d.map_err(|source| Error::Docker {
+        context: "cannot reach the Docker engine".into(),
+        source,
+    })
 }
 
 fn docker_err(what: &str) -> impl Fn(bollard::errors::Error) -> Error + '_ {
-    move |e| Error::Other(format!("Docker engine: {what}: {e}"))
+    move |source| Error::Docker {
+        context: format!("Docker engine: {what}"),
+        source,
+    }
 }
 
 /// `registry:5000/app:1.2` -> `registry:5000/app`.

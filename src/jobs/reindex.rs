@@ -222,7 +222,7 @@ async fn choose(
 pub async fn run(ctx: &CheckCtx<'_>, job: &ReindexJob) -> Result<Report> {
     let mut s = Session::open(
         job.session
-            .spec(&job.connection, ctx.common.timezone.as_deref()),
+            .spec(&job.connection, ctx.common.timezone.as_ref()),
         "drctl reindex",
     )
     .await?;

@@ -162,7 +162,7 @@ async fn choose(
         for t in list {
             let found = stats(s, &qualified(t), CATALOG)
                 .await
-                .map_err(|f| Error::Other(format!("reading statistics of {t}: {f:?}")))?;
+                .map_err(|f| Error::pg(format!("reading statistics of {t}"), format!("{f:?}")))?;
             match found {
                 Some(st) => out.push((st, "listed".to_owned())),
                 None => missing.push(Finding::new(
@@ -271,7 +271,7 @@ async fn vacuum_one(
 pub async fn run(ctx: &CheckCtx<'_>, job: &VacuumJob) -> Result<Report> {
     let mut s = Session::open(
         job.session
-            .spec(&job.connection, ctx.common.timezone.as_deref()),
+            .spec(&job.connection, ctx.common.timezone.as_ref()),
         "drctl vacuum",
     )
     .await?;

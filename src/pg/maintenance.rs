@@ -4,8 +4,9 @@
 //! behind it and blocking the application's queries queued behind drctl.
 
 use super::PgTarget;
-use crate::config::{SessionSpec, Window};
+use crate::config::SessionSpec;
 use crate::error::Result;
+use crate::values::Window;
 use chrono_tz::Tz;
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
 use std::time::Duration;
@@ -68,10 +69,7 @@ impl Session {
             .await
             .map_err(|e| crate::Error::pg("setting lock_timeout and statement_timeout", e))?;
         let window = match spec.window {
-            Some(w) => Some((
-                Window::parse(w).map_err(crate::Error::Other)?,
-                crate::schedule::parse_timezone(spec.timezone).map_err(crate::Error::Other)?,
-            )),
+            Some(w) => Some((*w.get()?, crate::values::zone(spec.timezone)?)),
             None => None,
         };
         Ok(Session {

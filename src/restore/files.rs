@@ -96,7 +96,7 @@ pub async fn run(
     let preserve = req.preserve_modes;
     let extracted = tokio::task::spawn_blocking(move || extract(&tmp2, &dir2, preserve)).await;
     let _ = std::fs::remove_file(&tmp);
-    extracted.map_err(|e| Error::Other(format!("extracting: {e}")))??;
+    extracted.map_err(|e| Error::task("extracting", e))??;
     Ok(Report {
         backup_id: r.manifest.id.to_string(),
         target: dir.display().to_string(),

@@ -142,9 +142,7 @@ pub async fn resolve<'a>(cfg: &'a LoadedConfig, req: &RestoreRequest) -> Result<
         }
     };
     let (job, config) = cfg.job(&name)?;
-    let repo_name = config
-        .repository()
-        .ok_or_else(|| Error::Other(format!("job {name} stores no backups")))?;
+    let repo_name = config.backup_repository(&name)?;
     let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
     let manifest = if let Some(id) = &req.id {
         let id = BackupId::parse(id).map_err(|e| Error::Usage(format!("--id: {e}")))?;
@@ -172,7 +170,7 @@ pub async fn plan(cfg: &LoadedConfig, req: &RestoreRequest) -> Result<Plan> {
     match &r.config.kind {
         Kind::Postgres(j) => postgres::plan(&r, j, req),
         Kind::Files(_) => files::plan(&r, req),
-        other => Err(not_restorable(other)),
+        other => Err(not_restorable(&r.job, other)),
     }
 }
 
@@ -208,7 +206,7 @@ pub async fn run(
     let target = match &r.config.kind {
         Kind::Postgres(j) => postgres::target_key(j, req)?,
         Kind::Files(_) => files::target_key(req)?,
-        other => return Err(not_restorable(other)),
+        other => return Err(not_restorable(&r.job, other)),
     };
     let _target_lock =
         crate::lock::HostLock::try_acquire_keyed(&cfg.config.state_dir, ".restore", &target)?
@@ -241,7 +239,7 @@ pub async fn run(
     let result = match &r.config.kind {
         Kind::Postgres(j) => postgres::run(&r, j, req, &tmp_dir, progress, &journal).await,
         Kind::Files(_) => files::run(&r, req, &tmp_dir, progress).await,
-        other => Err(not_restorable(other)),
+        other => Err(not_restorable(&r.job, other)),
     };
     match &result {
         Ok(_) => journal.step(journal::Step::Done).await?,
@@ -268,11 +266,12 @@ pub async fn run(
     Ok(report)
 }
 
-fn not_restorable(kind: &Kind) -> Error {
-    Error::Other(format!(
-        "a {} job stores no backups to restore",
-        kind.name()
-    ))
+fn not_restorable(job: &JobName, kind: &Kind) -> Error {
+    Error::WrongKind {
+        job: job.to_string(),
+        kind: kind.name(),
+        expected: crate::config::BACKUP_KINDS,
+    }
 }
 
 pub(crate) fn base_plan(

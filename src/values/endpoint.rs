@@ -32,3 +32,9 @@ impl Endpoint {
         })
     }
 }
+
+impl super::FromConfig for Endpoint {
+    fn from_config(text: &str) -> Result<Self, String> {
+        Endpoint::parse(text)
+    }
+}

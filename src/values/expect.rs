@@ -61,3 +61,9 @@ impl std::fmt::Display for Expect {
         write!(f, "{} {}", self.op, self.value)
     }
 }
+
+impl super::FromConfig for Expect {
+    fn from_config(text: &str) -> Result<Self, String> {
+        Expect::parse(text)
+    }
+}

@@ -6,8 +6,12 @@ mod compression;
 mod endpoint;
 mod expect;
 mod glob;
+mod parsed;
+mod window;
 
 pub use compression::Compression;
 pub use endpoint::Endpoint;
 pub use expect::Expect;
 pub use glob::root_of;
+pub use parsed::{zone, FromConfig, Parsed};
+pub use window::Window;

@@ -34,6 +34,27 @@ impl std::fmt::Display for Secret {
     }
 }
 
+/// A secret in a config file (`password = "..."`): read as the string it
+/// is, registered for redaction the moment it is read, and written back
+/// (`config check`, `--json`) masked, whatever the key is called. A URL
+/// keeps its scheme and host (`https://hooks.slack.com/***`): enough to
+/// tell which service, nothing to use.
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let shown = url::Url::parse(&self.0)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| format!("{}://{h}/***", u.scheme())))
+            .unwrap_or_else(|| "***".into());
+        s.serialize_str(&shown)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
+}
+
 fn registry() -> &'static Mutex<Vec<String>> {
     static REGISTRY: OnceLock<Mutex<Vec<String>>> = OnceLock::new();
     REGISTRY.get_or_init(|| Mutex::new(Vec::new()))

@@ -1,6 +1,8 @@
 //! `[alerts]`: channels (where a message can go), routes (which severity
 //! goes where) and the outbox's timing.
 
+use super::SecretSource;
+use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -162,7 +164,7 @@ pub struct EmailChannel {
     pub username: Option<String>,
     /// SMTP password inline (prefer `password_env`/`password_file`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// The password from this environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
@@ -197,7 +199,7 @@ fn default_http_timeout() -> Duration {
 pub struct SlackChannel {
     /// The incoming-webhook URL is a credential: prefer `_env`/`_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub webhook_url: Option<String>,
+    pub webhook_url: Option<Secret>,
     /// The webhook URL from this environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url_env: Option<String>,
@@ -217,7 +219,7 @@ pub struct WebhookChannel {
     pub url: String,
     /// HMAC-SHA256 key; without one the posts are unsigned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
     /// The HMAC key from this environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_env: Option<String>,
@@ -235,9 +237,9 @@ pub struct WebhookChannel {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PingChannel {
-    /// Ping URL inline.
+    /// Ping URL inline (the URL is the credential).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
+    pub url: Option<Secret>,
     /// The ping URL from this environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_env: Option<String>,
@@ -285,21 +287,9 @@ impl ChannelConfig {
                             .map_err(|err| format!("{a:?} is not an email address ({err})")),
                     );
                 }
-                let pw = [
-                    e.password.is_some(),
-                    e.password_env.is_some(),
-                    e.password_file.is_some(),
-                ]
-                .iter()
-                .filter(|b| **b)
-                .count();
-                if pw > 1 {
-                    check(
-                        "password",
-                        Err("set one of password, password_env, password_file".into()),
-                    );
-                }
-                if pw > 0 && e.username.is_none() {
+                let pw = e.password_source();
+                check("password", pw.at_most_one());
+                if pw.is_set() && e.username.is_none() {
                     check(
                         "username",
                         Err("a password needs a username (expected username = \"...\")".into()),
@@ -307,43 +297,19 @@ impl ChannelConfig {
                 }
             }
             ChannelConfig::Slack(s) => {
-                check(
-                    "webhook_url",
-                    super::jobs::one_url_source(
-                        &s.webhook_url,
-                        &s.webhook_url_env,
-                        &s.webhook_url_file,
-                    )
-                    .map_err(|m| m.replace("url", "webhook_url")),
-                );
+                check("webhook_url", s.webhook_url_source().require());
                 if let Some(u) = &s.webhook_url {
-                    check("webhook_url", http_url(u));
+                    check("webhook_url", http_url(u.expose()));
                 }
             }
             ChannelConfig::Webhook(w) => {
                 check("url", http_url(&w.url));
-                let n = [
-                    w.secret.is_some(),
-                    w.secret_env.is_some(),
-                    w.secret_file.is_some(),
-                ]
-                .iter()
-                .filter(|b| **b)
-                .count();
-                if n > 1 {
-                    check(
-                        "secret",
-                        Err("set one of secret, secret_env, secret_file".into()),
-                    );
-                }
+                check("secret", w.secret_source().at_most_one());
             }
             ChannelConfig::Ping(p) => {
-                check(
-                    "url",
-                    super::jobs::one_url_source(&p.url, &p.url_env, &p.url_file),
-                );
+                check("url", p.url_source().require());
                 if let Some(u) = &p.url {
-                    check("url", http_url(&u.replace("{job}", "job")));
+                    check("url", http_url(&u.expose().replace("{job}", "job")));
                 }
                 for j in p.jobs.iter().flatten() {
                     if !jobs.contains(&j.as_str()) {
@@ -465,5 +431,53 @@ fn http_url(u: &str) -> Result<(), String> {
         Err(e) => Err(format!(
             "expected an http:// or https:// URL, got something that is not a URL ({e}; value not shown)"
         )),
+    }
+}
+
+impl EmailChannel {
+    /// `password` / `password_env` / `password_file`.
+    pub fn password_source(&self) -> SecretSource<'_> {
+        SecretSource {
+            keys: ["password", "password_env", "password_file"],
+            inline: self.password.as_ref(),
+            env: self.password_env.as_deref(),
+            file: self.password_file.as_deref(),
+        }
+    }
+}
+
+impl SlackChannel {
+    /// `webhook_url` / `webhook_url_env` / `webhook_url_file`.
+    pub fn webhook_url_source(&self) -> SecretSource<'_> {
+        SecretSource {
+            keys: ["webhook_url", "webhook_url_env", "webhook_url_file"],
+            inline: self.webhook_url.as_ref(),
+            env: self.webhook_url_env.as_deref(),
+            file: self.webhook_url_file.as_deref(),
+        }
+    }
+}
+
+impl WebhookChannel {
+    /// `secret` / `secret_env` / `secret_file` (the HMAC key).
+    pub fn secret_source(&self) -> SecretSource<'_> {
+        SecretSource {
+            keys: ["secret", "secret_env", "secret_file"],
+            inline: self.secret.as_ref(),
+            env: self.secret_env.as_deref(),
+            file: self.secret_file.as_deref(),
+        }
+    }
+}
+
+impl PingChannel {
+    /// `url` / `url_env` / `url_file`.
+    pub fn url_source(&self) -> SecretSource<'_> {
+        SecretSource {
+            keys: ["url", "url_env", "url_file"],
+            inline: self.url.as_ref(),
+            env: self.url_env.as_deref(),
+            file: self.url_file.as_deref(),
+        }
     }
 }

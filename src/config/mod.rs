@@ -13,6 +13,7 @@ mod jobs;
 mod maintenance;
 mod render;
 mod repositories;
+mod secret_source;
 mod url_source;
 
 pub use alerts::{
@@ -32,6 +33,7 @@ pub use maintenance::{
 };
 pub use render::render_masked;
 pub use repositories::{LocalRepository, LockMode, ObjectLock, RepositoryConfig, S3Repository};
+pub use secret_source::SecretSource;
 pub use url_source::UrlSource;
 
 use crate::error::{Error, Result};

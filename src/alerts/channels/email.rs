@@ -18,12 +18,7 @@ pub(super) struct Email {
 
 impl Email {
     pub fn new(c: &EmailChannel) -> Result<Self, String> {
-        let password = super::secret(
-            c.password.as_deref(),
-            c.password_env.as_deref(),
-            c.password_file.as_deref(),
-            "password",
-        )?;
+        let password = super::secret(c.password_source())?;
         let ca = match &c.ca_file {
             Some(p) => Some(
                 std::fs::read(p).map_err(|e| format!("ca_file: reading {}: {e}", p.display()))?,

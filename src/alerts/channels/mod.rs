@@ -52,15 +52,7 @@ pub fn build(name: &str, cfg: &ChannelConfig) -> Result<Box<dyn Channel>, String
 }
 
 fn secret(
-    inline: Option<&str>,
-    env: Option<&str>,
-    file: Option<&std::path::Path>,
-    what: &str,
+    source: crate::config::SecretSource<'_>,
 ) -> Result<Option<crate::secret::Secret>, String> {
-    if inline.is_none() && env.is_none() && file.is_none() {
-        return Ok(None);
-    }
-    crate::config::resolve_secret(inline, env, file, what)
-        .map(Some)
-        .map_err(|e| e.to_string())
+    source.resolve().map_err(|e| e.to_string())
 }

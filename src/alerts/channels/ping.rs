@@ -14,13 +14,7 @@ pub(super) struct Ping {
 
 impl Ping {
     pub fn new(c: &PingChannel) -> Result<Self, String> {
-        let url = super::secret(
-            c.url.as_deref(),
-            c.url_env.as_deref(),
-            c.url_file.as_deref(),
-            "url",
-        )?
-        .ok_or("no url configured")?;
+        let url = super::secret(c.url_source())?.ok_or("no url configured")?;
         Ok(Ping {
             url,
             client: http::client(c.timeout)?,

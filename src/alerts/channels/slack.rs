@@ -13,13 +13,7 @@ pub(super) struct Slack {
 
 impl Slack {
     pub fn new(c: &SlackChannel) -> Result<Self, String> {
-        let url = super::secret(
-            c.webhook_url.as_deref(),
-            c.webhook_url_env.as_deref(),
-            c.webhook_url_file.as_deref(),
-            "webhook_url",
-        )?
-        .ok_or("no webhook_url configured")?;
+        let url = super::secret(c.webhook_url_source())?.ok_or("no webhook_url configured")?;
         Ok(Slack {
             url,
             client: http::client(c.timeout)?,

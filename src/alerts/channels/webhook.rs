@@ -21,12 +21,7 @@ impl Webhook {
     pub fn new(c: &WebhookChannel) -> Result<Self, String> {
         Ok(Webhook {
             url: c.url.clone(),
-            secret: super::secret(
-                c.secret.as_deref(),
-                c.secret_env.as_deref(),
-                c.secret_file.as_deref(),
-                "secret",
-            )?,
+            secret: super::secret(c.secret_source())?,
             client: http::client(c.timeout)?,
         })
     }

@@ -112,7 +112,7 @@ fn the_hmac_reference_matches_rfc_4231() {
         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
     );
     assert_eq!(
-        drctl::alerts::channels::signature(b"Jefe", 1700000000, b"{}"),
+        drctl::services::alerts::channels::signature(b"Jefe", 1700000000, b"{}"),
         format!("sha256={}", hmac_sha256(b"Jefe", b"1700000000.{}"))
     );
 }
@@ -140,7 +140,7 @@ fn a_failure_reaches_email_slack_and_a_signed_webhook_once_and_recovery_resolves
     w.set_env("SMTP_PASSWORD", SMTP_PASSWORD);
     w.set_env("SLACK_WEBHOOK_URL", &http.url("/slack"));
     w.set_env("WEBHOOK_SECRET", WEBHOOK_SECRET);
-    let host = drctl::host::name();
+    let host = drctl::base::host::name();
 
     src.break_it();
     let run = w.drctl(&["run", "nightly"]);

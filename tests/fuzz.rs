@@ -4,7 +4,7 @@
 //! value or an error, never a panic; and what is accepted is safe.
 //! Bounded: a few hundred cases each, seconds in CI.
 
-use drctl::manifest::Manifest;
+use drctl::base::manifest::Manifest;
 use proptest::prelude::*;
 use std::path::Path;
 
@@ -52,7 +52,7 @@ proptest! {
 
     #[test]
     fn backup_ids_parse_or_fail_and_accepted_ones_are_one_path_component(s in "\\PC{0,80}") {
-        if let Ok(id) = drctl::ids::BackupId::parse(&s) {
+        if let Ok(id) = drctl::base::ids::BackupId::parse(&s) {
             prop_assert!(!id.as_str().contains('/') && id.as_str() != ".." && !id.as_str().starts_with('.'));
             let _ = id.timestamp();
             let _ = id.host();
@@ -77,7 +77,7 @@ proptest! {
             6 => tar::EntryType::Block,
             _ => tar::EntryType::Regular,
         };
-        let ok = drctl::restore::files::check_entry(Path::new(&path), kind, Some(Path::new(&target))).is_ok();
+        let ok = drctl::engine::restore::files::check_entry(Path::new(&path), kind, Some(Path::new(&target))).is_ok();
         if ok {
             // Resolve lexically under /root: never above it.
             let mut depth: i64 = 0;

@@ -33,7 +33,10 @@ fn the_readme_exit_code_table_is_the_one_drctl_uses() {
                 .unwrap()
         })
         .collect();
-    let used: Vec<u8> = drctl::error::Exit::ALL.iter().map(|e| e.code()).collect();
+    let used: Vec<u8> = drctl::base::error::Exit::ALL
+        .iter()
+        .map(|e| e.code())
+        .collect();
     assert_eq!(documented, used);
 }
 

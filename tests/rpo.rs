@@ -80,7 +80,9 @@ async fn an_rpo_of_two_seconds_goes_violated_then_compliant_with_exact_transitio
     };
     let took = |m: &serde_json::Value| t(&m["finished_at"]) - t(&m["started_at"]);
     let state = w.state().await;
-    let tr = drctl::rpo::transitions(&state, "nightly").await.unwrap();
+    let tr = drctl::engine::rpo::transitions(&state, "nightly")
+        .await
+        .unwrap();
     assert_eq!(tr.len(), 3, "{tr:?}");
     assert!(tr[0].compliant);
     assert!(!tr[1].compliant);

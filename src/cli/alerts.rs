@@ -1,9 +1,9 @@
 //! `drctl alerts`: firing conditions and the outbox; `alerts test` sends a
 //! test message through each channel; `alerts deliver` flushes the outbox now.
 
-use drctl::alerts::{self, channels, Event, Notification, Severity};
 use drctl::config::{ChannelConfig, LoadedConfig};
-use drctl::state::State;
+use drctl::services::alerts::{self, channels, Event, Notification, Severity};
+use drctl::services::state::State;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -59,7 +59,7 @@ async fn list(cfg: &LoadedConfig, json: bool, limit: i64) -> anyhow::Result<()> 
         let v = serde_json::json!({ "alerts": active, "outbox": outbox });
         println!(
             "{}",
-            drctl::secret::redact(&serde_json::to_string_pretty(&v)?)
+            drctl::base::secret::redact(&serde_json::to_string_pretty(&v)?)
         );
         return Ok(());
     }
@@ -106,7 +106,7 @@ async fn list(cfg: &LoadedConfig, json: bool, limit: i64) -> anyhow::Result<()> 
             d.state,
             d.attempts,
             when,
-            drctl::secret::redact(d.last_error.as_deref().unwrap_or(""))
+            drctl::base::secret::redact(d.last_error.as_deref().unwrap_or(""))
         );
     }
     Ok(())
@@ -127,7 +127,7 @@ async fn test(cfg: &LoadedConfig, only: Option<String>, json: bool) -> anyhow::R
             .into());
         }
     }
-    let host = drctl::host::name();
+    let host = drctl::base::host::name();
     let mut results = Vec::new();
     for (name, ch) in all {
         if only.as_ref().is_some_and(|o| o != name) {
@@ -177,7 +177,7 @@ async fn test(cfg: &LoadedConfig, only: Option<String>, json: bool) -> anyhow::R
                 Err(e) => Err(e),
             }
         };
-        let outcome = outcome.map_err(|e| drctl::secret::redact(&e));
+        let outcome = outcome.map_err(|e| drctl::base::secret::redact(&e));
         if !json {
             match &outcome {
                 Ok(r) => println!("{name:<12} {:<8} delivered: {r}", ch.kind()),

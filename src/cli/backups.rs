@@ -1,9 +1,9 @@
 //! `drctl backups [JOB] [--json]`: what the repository holds, read from the
 //! repository itself (works on a new host with no local state).
 
+use drctl::base::ids::JobName;
 use drctl::config::LoadedConfig;
-use drctl::ids::JobName;
-use drctl::repository::Repository;
+use drctl::services::repository::Repository;
 use serde::Serialize;
 
 #[derive(clap::Args)]
@@ -52,7 +52,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
             Err(e) => {
                 eprintln!(
                     "drctl: error: {name}: cannot list: {}",
-                    drctl::secret::redact(&e.to_string())
+                    drctl::base::secret::redact(&e.to_string())
                 );
                 failed.push(e);
             }
@@ -76,7 +76,7 @@ async fn job_rows(cfg: &LoadedConfig, name: &str, rows: &mut Vec<Row>) -> drctl:
             Ok(m) => m,
             // One damaged manifest must not hide every other backup.
             Err(e @ (drctl::Error::Integrity { .. } | drctl::Error::NotFound(_))) => {
-                let text = drctl::secret::redact(&e.to_string());
+                let text = drctl::base::secret::redact(&e.to_string());
                 eprintln!(
                     "drctl: warning: backup {} of {job} is not restorable: {text}",
                     b.id

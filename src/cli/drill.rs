@@ -1,10 +1,10 @@
 //! `drctl drill run NAME [--id ID] [--keep]`, `drctl drill list`
 
 use super::progress::Bar;
+use drctl::base::progress::Progress;
 use drctl::config::LoadedConfig;
-use drctl::drill::{self, DrillRecord, Options};
-use drctl::progress::Progress;
-use drctl::state::State;
+use drctl::engine::drill::{self, DrillRecord, Options};
+use drctl::services::state::State;
 
 #[derive(clap::Subcommand)]
 pub enum DrillCommand {
@@ -83,7 +83,8 @@ async fn run(
     // A malformed --id is the caller's mistake (exit 2), not a
     // failed drill to record and alert.
     if let Some(id) = &id {
-        drctl::ids::BackupId::parse(id).map_err(|e| drctl::Error::Usage(format!("--id: {e}")))?;
+        drctl::base::ids::BackupId::parse(id)
+            .map_err(|e| drctl::Error::Usage(format!("--id: {e}")))?;
     }
     let progress = Progress::new();
     let bar = Bar::start(progress.clone());
@@ -102,7 +103,7 @@ async fn run(
     .await;
     bar.finish();
     let rec = rec?;
-    let _ = drctl::alerts::deliver_due(
+    let _ = drctl::services::alerts::deliver_due(
         cfg,
         state,
         Some(tokio::time::Instant::now() + std::time::Duration::from_secs(20)),
@@ -115,7 +116,7 @@ async fn run(
     }
     match rec.outcome {
         o if o.restored() => Ok(()),
-        drctl::drill::DrillOutcome::Interrupted => {
+        drctl::engine::drill::DrillOutcome::Interrupted => {
             Err(drctl::Error::Interrupted(format!("drill {name}")).into())
         }
         other => Err(DrillFailed(
@@ -137,11 +138,11 @@ async fn report(
     format: Format,
     output: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
-    let r = drctl::report::build(cfg, state, since).await?;
+    let r = drctl::engine::report::build(cfg, state, since).await?;
     let text = match format {
-        Format::Html => drctl::report::html(&r),
-        Format::Md => drctl::report::markdown(&r),
-        Format::Json => drctl::report::json(&r),
+        Format::Html => drctl::engine::report::html(&r),
+        Format::Md => drctl::engine::report::markdown(&r),
+        Format::Json => drctl::engine::report::json(&r),
     };
     match output {
         Some(p) => {
@@ -163,7 +164,7 @@ async fn list(cfg: &LoadedConfig, state: &State, n: i64, json: bool) -> anyhow::
         });
         println!(
             "{}",
-            drctl::secret::redact(&serde_json::to_string_pretty(&v)?)
+            drctl::base::secret::redact(&serde_json::to_string_pretty(&v)?)
         );
         return Ok(());
     }
@@ -180,7 +181,9 @@ async fn list(cfg: &LoadedConfig, state: &State, n: i64, json: bool) -> anyhow::
             "{:<18} {:<12} {:<22} {:>8} {:>10}",
             name,
             d.job,
-            d.schedule.as_ref().map_or("-", drctl::values::Parsed::text),
+            d.schedule
+                .as_ref()
+                .map_or("-", drctl::base::values::Parsed::text),
             d.rto
                 .map_or_else(|| "-".into(), |r| humantime::format_duration(r).to_string()),
             last

@@ -92,7 +92,7 @@ pub fn main() -> ExitCode {
     match rt.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            use drctl::error::Exit;
+            use drctl::base::error::Exit;
             let exit = if e.downcast_ref::<run::Skipped>().is_some() {
                 Exit::Skipped
             } else if let Some(p) = e.downcast_ref::<run::Problem>() {
@@ -104,7 +104,7 @@ pub fn main() -> ExitCode {
             for cause in e.chain().skip(1) {
                 text.push_str(&format!(": {cause}"));
             }
-            eprintln!("drctl: error: {}", drctl::secret::redact(&text));
+            eprintln!("drctl: error: {}", drctl::base::secret::redact(&text));
             ExitCode::from(exit.code())
         }
     }

@@ -1,6 +1,6 @@
 //! A progress bar over the library's counters, drawn only on a terminal.
 
-use drctl::progress::Progress;
+use drctl::base::progress::Progress;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::sync::atomic::Ordering;

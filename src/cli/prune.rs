@@ -1,7 +1,7 @@
 //! `drctl prune [--job JOB]... [--dry-run] [--orphan-age 1d] [--json]`
 
 use drctl::config::LoadedConfig;
-use drctl::prune::{self, Options};
+use drctl::engine::prune::{self, Options};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -20,8 +20,8 @@ pub struct Args {
 
 pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     let only = (!a.job.is_empty()).then_some(a.job.as_slice());
-    let jobs = drctl::verify::backup_jobs(cfg, only)?;
-    let state = drctl::state::State::open(&cfg.config.state_dir).await?;
+    let jobs = drctl::engine::verify::backup_jobs(cfg, only)?;
+    let state = drctl::services::state::State::open(&cfg.config.state_dir).await?;
     let mut reports = Vec::new();
     // One broken repository stops pruning for its jobs only.
     let mut failed: Vec<(String, drctl::Error)> = Vec::new();
@@ -77,7 +77,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     for (j, e) in &failed {
         eprintln!(
             "drctl: error: {j}: not pruned: {}",
-            drctl::secret::redact(&e.to_string())
+            drctl::base::secret::redact(&e.to_string())
         );
     }
     // The first job that could not be pruned decides the exit code (a

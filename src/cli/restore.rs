@@ -1,9 +1,9 @@
 //! `drctl restore (--latest | --id ID) [--job JOB] [--to TARGET] ...`
 
 use super::progress::Bar;
+use drctl::base::progress::Progress;
 use drctl::config::LoadedConfig;
-use drctl::progress::Progress;
-use drctl::restore::{self, Plan, RestoreRequest};
+use drctl::engine::restore::{self, Plan, RestoreRequest};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -100,8 +100,8 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         force_source: a.force_source,
     };
     // A restore killed half-way is finished or rolled back first, and says so.
-    let state = drctl::state::State::open(&cfg.config.state_dir).await?;
-    for note in drctl::restore::journal::recover(cfg, &state).await {
+    let state = drctl::services::state::State::open(&cfg.config.state_dir).await?;
+    for note in drctl::engine::restore::journal::recover(cfg, &state).await {
         eprintln!("drctl: {note}");
     }
     let plan = restore::plan(cfg, &req).await?;

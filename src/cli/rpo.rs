@@ -3,7 +3,7 @@
 //! sums compliance over the window from the recorded transitions.
 
 use drctl::config::LoadedConfig;
-use drctl::state::State;
+use drctl::services::state::State;
 use serde::Serialize;
 
 #[derive(clap::Args)]
@@ -21,13 +21,13 @@ pub struct Args {
 #[derive(Serialize)]
 struct Row {
     #[serde(flatten)]
-    status: drctl::rpo::Status,
-    window: drctl::rpo::Window,
+    status: drctl::engine::rpo::Status,
+    window: drctl::engine::rpo::Window,
 }
 
 pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     let state = State::open(&cfg.config.state_dir).await?;
-    let mut jobs = drctl::rpo::jobs(cfg);
+    let mut jobs = drctl::engine::rpo::jobs(cfg);
     if let Some(j) = &a.job {
         let (_, jc) = cfg.job(j)?;
         if jc.rpo().is_none() {
@@ -46,11 +46,11 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     let from = now - chrono::Duration::from_std(a.since)?;
     let mut rows = Vec::new();
     for (job, _) in jobs {
-        let status = drctl::rpo::evaluate(cfg, &state, &job).await?;
-        let window = drctl::rpo::window(&state, &job, from, now).await?;
+        let status = drctl::engine::rpo::evaluate(cfg, &state, &job).await?;
+        let window = drctl::engine::rpo::window(&state, &job, from, now).await?;
         rows.push(Row { status, window });
     }
-    let _ = drctl::alerts::deliver_due(
+    let _ = drctl::services::alerts::deliver_due(
         cfg,
         &state,
         Some(tokio::time::Instant::now() + std::time::Duration::from_secs(20)),

@@ -1,10 +1,10 @@
 //! `drctl run JOB`
 
 use super::progress::Bar;
+use drctl::base::progress::Progress;
 use drctl::config::LoadedConfig;
-use drctl::progress::Progress;
-use drctl::runner::Outcome;
-use drctl::state::State;
+use drctl::engine::runner::Outcome;
+use drctl::services::state::State;
 
 /// `drctl run` found the job already running (exit code 6).
 #[derive(Debug, thiserror::Error)]
@@ -15,7 +15,7 @@ pub struct Skipped(pub String);
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Problem {
-    pub exit: drctl::error::Exit,
+    pub exit: drctl::base::error::Exit,
     pub message: String,
 }
 
@@ -35,12 +35,12 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     let bar = Bar::start(progress.clone());
     // One attempt: retries are the scheduler's (a failed `drctl run` says
     // so at once, in its exit status).
-    let once = drctl::runner::Attempts {
+    let once = drctl::engine::runner::Attempts {
         retries: 0,
         retry_delay: std::time::Duration::ZERO,
         stopping: tokio_util::sync::CancellationToken::new(),
     };
-    let result = drctl::runner::run_alerted(
+    let result = drctl::engine::runner::run_alerted(
         cfg,
         &state,
         &a.job,
@@ -49,7 +49,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         &super::cancel_on_signals(),
         None,
         &once,
-        &drctl::runner::NoKeeper,
+        &drctl::engine::runner::NoKeeper,
     )
     .await;
     bar.finish();
@@ -58,7 +58,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     match tokio::time::timeout(
         std::time::Duration::from_secs(40),
-        drctl::alerts::deliver_due(cfg, &state, Some(deadline)),
+        drctl::services::alerts::deliver_due(cfg, &state, Some(deadline)),
     )
     .await
     {
@@ -90,8 +90,8 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
 
 /// Print a maintenance or check run; warning and critical verdicts become
 /// exit 7 and 8 with what is wrong in the message.
-fn print_report(r: &drctl::checks::Report, json: bool) -> anyhow::Result<()> {
-    use drctl::checks::Level;
+fn print_report(r: &drctl::services::checks::Report, json: bool) -> anyhow::Result<()> {
+    use drctl::services::checks::Level;
     if json {
         println!("{}", serde_json::to_string_pretty(&r.json())?);
     } else {
@@ -102,8 +102,8 @@ fn print_report(r: &drctl::checks::Report, json: bool) -> anyhow::Result<()> {
     }
     let exit = match r.level() {
         Level::Ok => return Ok(()),
-        Level::Warning => drctl::error::Exit::Warning,
-        Level::Critical => drctl::error::Exit::Critical,
+        Level::Warning => drctl::base::error::Exit::Warning,
+        Level::Critical => drctl::base::error::Exit::Critical,
     };
     Err(Problem {
         exit,

@@ -2,7 +2,7 @@
 //! whether or not the daemon runs.
 
 use drctl::config::LoadedConfig;
-use drctl::state::{RunRecord, State};
+use drctl::services::state::{RunRecord, State};
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
@@ -21,17 +21,17 @@ pub struct LogsArgs {
 }
 
 fn duration(r: &RunRecord) -> String {
-    drctl::status::run_seconds(r).map_or_else(|| "-".into(), |s| format!("{s:.1}s"))
+    drctl::engine::status::run_seconds(r).map_or_else(|| "-".into(), |s| format!("{s:.1}s"))
 }
 
 pub async fn status(cfg: &LoadedConfig, a: StatusArgs) -> anyhow::Result<()> {
     let state = State::open(&cfg.config.state_dir).await?;
     // A restore killed half-way explains itself here (and is finished or
     // rolled back) before anything else is shown.
-    for note in drctl::restore::journal::recover(cfg, &state).await {
+    for note in drctl::engine::restore::journal::recover(cfg, &state).await {
         eprintln!("drctl: {note}");
     }
-    let rows = drctl::status::jobs(cfg, &state, chrono::Utc::now()).await?;
+    let rows = drctl::engine::status::jobs(cfg, &state, chrono::Utc::now()).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
@@ -46,7 +46,7 @@ pub async fn status(cfg: &LoadedConfig, a: StatusArgs) -> anyhow::Result<()> {
             Some(run) => (
                 run.started_at.clone(),
                 match (&run.result, run.status) {
-                    (Some(v), drctl::state::RunStatus::Succeeded) => v.clone(),
+                    (Some(v), drctl::services::state::RunStatus::Succeeded) => v.clone(),
                     _ => run.status.to_string(),
                 },
                 duration(run),

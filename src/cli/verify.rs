@@ -1,8 +1,8 @@
 //! `drctl verify [--job JOB]... [--latest | --all] [--deep] [--json]`
 
 use drctl::config::LoadedConfig;
-use drctl::state::State;
-use drctl::verify::{self, Options, Summary};
+use drctl::engine::verify::{self, Options, Summary};
+use drctl::services::state::State;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -39,7 +39,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     let state = State::open(&cfg.config.state_dir).await?;
     verify::report(cfg, &state, &summary, opts.all).await;
     print(&summary, a.json)?;
-    let delivery = drctl::alerts::deliver_due(
+    let delivery = drctl::services::alerts::deliver_due(
         cfg,
         &state,
         Some(tokio::time::Instant::now() + std::time::Duration::from_secs(20)),
@@ -67,7 +67,7 @@ pub fn print(s: &Summary, json: bool) -> anyhow::Result<()> {
     if json {
         println!(
             "{}",
-            drctl::secret::redact(&serde_json::to_string_pretty(s)?)
+            drctl::base::secret::redact(&serde_json::to_string_pretty(s)?)
         );
         return Ok(());
     }

@@ -2,7 +2,7 @@
 //! goes where) and the outbox's timing.
 
 use super::SecretSource;
-use crate::secret::Secret;
+use crate::base::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -328,7 +328,7 @@ impl AlertsConfig {
         let mut errors = Vec::new();
         for (name, ch) in &self.channels {
             let key = format!("alerts.channels.{name}");
-            if let Err(m) = crate::ids::JobName::parse(name) {
+            if let Err(m) = crate::base::ids::JobName::parse(name) {
                 errors.push((key.clone(), m));
             }
             for (field, m) in ch.errors(jobs) {

@@ -1,8 +1,8 @@
 //! `[drills.NAME]`: timed restore drills (in the main file or in
 //! `drills_dir/*.toml`, holding only `[drills.*]`).
 
-use crate::schedule::CronExpr;
-use crate::values::{Expect, Parsed};
+use crate::base::schedule::CronExpr;
+use crate::base::values::{Expect, Parsed};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

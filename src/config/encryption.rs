@@ -32,7 +32,7 @@ impl Encryption {
                 "expected at least one age recipient (age1...)".into(),
             ));
         }
-        crate::stream::crypt::parse_recipients(&self.recipients)
+        crate::base::stream::crypt::parse_recipients(&self.recipients)
             .map(|_| ())
             .map_err(|m| ("encryption.recipients", m))
     }

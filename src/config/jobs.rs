@@ -7,8 +7,8 @@
 //! `jobs::run_check` (one arm per maintenance or check kind) or
 //! `backup::run` (backup kinds).
 
-use crate::schedule::{CronExpr, Schedule};
-use crate::values::Parsed;
+use crate::base::schedule::{CronExpr, Schedule};
+use crate::base::values::Parsed;
 use bytesize::ByteSize;
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
@@ -193,7 +193,7 @@ pub struct Storage {
     pub rpo: Option<Duration>,
     /// Grandfather-father-son retention, applied after each backup and by `drctl prune`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retention: Option<crate::retention::Policy>,
+    pub retention: Option<crate::base::retention::Policy>,
     /// The repository (`[repositories.NAME]`) backups go to.
     pub repository: String,
     /// How artifacts are compressed (default zstd).
@@ -212,7 +212,7 @@ impl Storage {
         if self
             .retention
             .as_ref()
-            .is_some_and(super::super::retention::Policy::is_empty)
+            .is_some_and(crate::base::retention::Policy::is_empty)
         {
             p.push((
                 "retention".into(),
@@ -223,7 +223,7 @@ impl Storage {
     }
 }
 
-pub use crate::values::Compression;
+pub use crate::base::values::Compression;
 
 /// `type = "postgres"`: `pg_dump -Fc` of one database (and the globals).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -436,7 +436,7 @@ impl Scheduling<'_> {
 
     /// The zone the job's times are read in (UTC unless `timezone` says).
     pub fn zone(&self) -> crate::Result<Tz> {
-        crate::values::zone(self.timezone)
+        crate::base::values::zone(self.timezone)
     }
 }
 
@@ -488,7 +488,7 @@ impl JobConfig {
     }
 
     /// The job's retention policy, if it sets one (backup kinds only).
-    pub fn retention(&self) -> Option<&crate::retention::Policy> {
+    pub fn retention(&self) -> Option<&crate::base::retention::Policy> {
         self.storage().and_then(|s| s.retention.as_ref())
     }
 

@@ -3,7 +3,7 @@
 //! seed runbooks and PostgreSQL's own autovacuum use.
 
 use super::jobs::{one_url_source, KeyError, KindSpec, Problems};
-use crate::values::{Parsed, Window};
+use crate::base::values::{Parsed, Window};
 use bytesize::ByteSize;
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
@@ -262,7 +262,7 @@ pub struct CertExpiryJob {
     pub files: Vec<String>,
     /// `host:port` (SNI = host), or `name@host:port` to send another SNI.
     #[serde(default)]
-    pub endpoints: Vec<Parsed<crate::values::Endpoint>>,
+    pub endpoints: Vec<Parsed<crate::base::values::Endpoint>>,
     /// Time left at which a certificate is a warning (default 30 days).
     #[serde(default = "default_warn_days", with = "humantime_serde")]
     pub warn: Duration,
@@ -418,7 +418,7 @@ pub enum Down {
     Warning,
 }
 
-impl crate::values::FromConfig for Down {
+impl crate::base::values::FromConfig for Down {
     fn from_config(text: &str) -> Result<Self, String> {
         match text {
             "critical" => Ok(Down::Critical),
@@ -573,9 +573,9 @@ pub fn strip_userinfo(u: &str) -> String {
             // `?token=...` is a credential too: it must not reach /status,
             // `status --json` or the state database with the check's name.
             let shown = p.to_string();
-            crate::secret::mask_url(&shown).unwrap_or(shown)
+            crate::base::secret::mask_url(&shown).unwrap_or(shown)
         }
-        Err(_) => crate::secret::redact(u),
+        Err(_) => crate::base::secret::redact(u),
     }
 }
 
@@ -673,7 +673,7 @@ impl KindSpec for PruneFilesJob {
             }
             if let Err(e) = glob::Pattern::new(p) {
                 problems.push(err("paths", format!("{p:?}: {e}")));
-            } else if crate::values::root_of(p) == std::path::Path::new("/") {
+            } else if crate::base::values::root_of(p) == std::path::Path::new("/") {
                 problems.push(err(
                     "paths",
                     format!(

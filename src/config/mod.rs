@@ -36,8 +36,8 @@ pub use repositories::{LocalRepository, LockMode, ObjectLock, RepositoryConfig, 
 pub use secret_source::SecretSource;
 pub use url_source::UrlSource;
 
-use crate::error::{Error, Result};
-use crate::ids::JobName;
+use crate::base::error::{Error, Result};
+use crate::base::ids::JobName;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -646,7 +646,7 @@ fn figment_error(
         }
         let mut message = match root.and_then(|r| unknown_job_key(r, &e.path, &e.kind)) {
             Some(m) => m,
-            None => crate::secret::redact(&scrub(&e.kind.to_string())),
+            None => crate::base::secret::redact(&scrub(&e.kind.to_string())),
         };
         // Values from DRCTL_* variables are merged into the file's tables; say
         // which variables touch this key so the operator looks there too.
@@ -904,8 +904,8 @@ pub fn resolve_secret(
     env: Option<&str>,
     file: Option<&Path>,
     what: &str,
-) -> Result<crate::secret::Secret> {
-    use crate::secret::Secret;
+) -> Result<crate::base::secret::Secret> {
+    use crate::base::secret::Secret;
     if let Some(v) = inline {
         return Ok(Secret::new(v.to_owned()));
     }

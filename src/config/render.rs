@@ -36,7 +36,7 @@ fn mask(value: &mut toml::Value, key: &str) {
         toml::Value::String(s) => {
             if is_secret_key(key) {
                 *s = "***".into();
-            } else if let Some(masked) = crate::secret::mask_url(s) {
+            } else if let Some(masked) = crate::base::secret::mask_url(s) {
                 // Any URL, under any key: userinfo and ?token= alike.
                 *s = masked;
             }
@@ -70,6 +70,6 @@ pub fn render_masked(loaded: &LoadedConfig) -> String {
             out.push_str(&format!("# source: {}\n", f.display()));
         }
     }
-    out.push_str(&crate::secret::redact(&body));
+    out.push_str(&crate::base::secret::redact(&body));
     out
 }

@@ -7,7 +7,7 @@
 //! read: its `Debug`, `Display` and `Serialize` mask it, so masking follows
 //! the type, not a guess from the key's name.
 
-use crate::secret::Secret;
+use crate::base::secret::Secret;
 use std::path::Path;
 
 /// The three keys of one secret, borrowed from the section that holds them.
@@ -112,7 +112,7 @@ mod tests {
         let plain: Secret = serde_json::from_str("\"hunter22-whsec\"").unwrap();
         assert_eq!(serde_json::to_string(&plain).unwrap(), "\"***\"");
         // Read from the config, it is registered: errors quoting it are scrubbed.
-        assert!(!crate::secret::redact("bad key hunter22-whsec").contains("hunter22"));
+        assert!(!crate::base::secret::redact("bad key hunter22-whsec").contains("hunter22"));
         let resolved = source(Some(&plain), None).resolve().unwrap().unwrap();
         assert_eq!(resolved.expose(), "hunter22-whsec");
         assert!(source(None, None).resolve().unwrap().is_none());

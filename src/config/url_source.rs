@@ -29,7 +29,7 @@ impl std::fmt::Debug for UrlSource {
         let masked = self
             .url
             .as_deref()
-            .map(|u| match crate::secret::mask_url(u) {
+            .map(|u| match crate::base::secret::mask_url(u) {
                 Some(masked) => masked,
                 // Nothing to mask in a URL that parses with a host; anything
                 // else may be a secret in the wrong shape.
@@ -64,7 +64,7 @@ impl UrlSource {
 
     /// The URL, read now (an environment variable or file may change
     /// between runs; a rotated password is picked up without a reload).
-    pub fn resolve(&self, what: &str) -> crate::Result<crate::secret::Secret> {
+    pub fn resolve(&self, what: &str) -> crate::Result<crate::base::secret::Secret> {
         super::resolve_secret(
             self.url.as_deref(),
             self.url_env.as_deref(),

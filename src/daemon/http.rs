@@ -5,7 +5,7 @@
 //! except what Prometheus already expects counters to lose.
 
 use super::Daemon;
-use crate::status::JobStatus;
+use crate::engine::status::JobStatus;
 use axum::extract::State as AxState;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -104,7 +104,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
 }
 
 async fn statuses(d: &Daemon) -> Result<Vec<JobStatus>, Response> {
-    crate::status::jobs(&d.config(), &d.state, chrono::Utc::now())
+    crate::engine::status::jobs(&d.config(), &d.state, chrono::Utc::now())
         .await
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())
 }
@@ -250,19 +250,19 @@ async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Response {
         "Next scheduled run (Unix time)",
         next,
     );
-    match crate::drill::list(&d.state, None, None, 1000).await {
+    match crate::engine::drill::list(&d.state, None, None, 1000).await {
         Ok(runs) => register_drills(&mut reg, &d.config(), runs),
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
-    match crate::rpo::saved(&d.state).await {
+    match crate::engine::rpo::saved(&d.state).await {
         Ok(rows) => register_rpo(&mut reg, rows),
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
-    match crate::checks::metrics::all(&d.state).await {
+    match crate::services::checks::metrics::all(&d.state).await {
         Ok(rows) => register_checks(&mut reg, &d.config(), rows),
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
-    match crate::alerts::stats(&d.state).await {
+    match crate::services::alerts::stats(&d.state).await {
         Ok(a) => register_alerts(&mut reg, a),
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
@@ -301,9 +301,9 @@ type Labels = Vec<(String, String)>;
 fn register_checks(
     reg: &mut Registry,
     cfg: &crate::config::LoadedConfig,
-    rows: Vec<crate::checks::metrics::Stored>,
+    rows: Vec<crate::services::checks::metrics::Stored>,
 ) {
-    for (name, help, counter) in crate::checks::metrics::HELP {
+    for (name, help, counter) in crate::services::checks::metrics::HELP {
         let mine = rows
             .iter()
             .filter(|r| r.name == *name && cfg.config.jobs.contains_key(&r.job));
@@ -323,7 +323,7 @@ fn register_checks(
     }
 }
 
-fn register_alerts(reg: &mut Registry, a: crate::alerts::AlertStats) {
+fn register_alerts(reg: &mut Registry, a: crate::services::alerts::AlertStats) {
     let firing = Family::<SeverityLabels, Gauge>::default();
     for sev in ["critical", "warning", "info"] {
         let n = a
@@ -405,7 +405,7 @@ struct DrillPhaseLabels {
 fn register_drills(
     reg: &mut Registry,
     cfg: &crate::config::LoadedConfig,
-    runs: Vec<crate::drill::DrillRecord>,
+    runs: Vec<crate::engine::drill::DrillRecord>,
 ) {
     let success = Family::<DrillLabels, FloatGauge>::default();
     let duration = Family::<DrillPhaseLabels, FloatGauge>::default();

@@ -136,7 +136,7 @@ impl Internal {
     }
 }
 
-impl crate::runner::Keeper for Internal {
+impl crate::engine::runner::Keeper for Internal {
     fn unrecorded(&self, job: &str, error: &str) {
         tracing::error!(
             job,

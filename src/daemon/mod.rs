@@ -15,11 +15,11 @@ mod http;
 mod internal;
 mod notify;
 
+use crate::base::error::{Error, Result};
+use crate::base::progress::Progress;
+use crate::base::schedule::Schedule;
 use crate::config::LoadedConfig;
-use crate::error::{Error, Result};
-use crate::progress::Progress;
-use crate::schedule::Schedule;
-use crate::state::State;
+use crate::services::state::State;
 use chrono::Utc;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -75,8 +75,12 @@ impl Daemon {
                     .copied()
                     .unwrap_or(self.started)
                     .max(self.started);
-                crate::schedule::overdue(s.next_after(since), now, chrono::TimeDelta::minutes(1))
-                    .map(|late| (name, late))
+                crate::base::schedule::overdue(
+                    s.next_after(since),
+                    now,
+                    chrono::TimeDelta::minutes(1),
+                )
+                .map(|late| (name, late))
             })
             .collect()
     }
@@ -90,7 +94,7 @@ impl Daemon {
     /// A tick: start the job unless it is running or we are stopping.
     async fn tick(self: &Arc<Self>, name: String, trigger: &'static str) {
         if trigger == "schedule" {
-            crate::faults::point("scheduler.tick").await;
+            crate::base::faults::point("scheduler.tick").await;
             self.saw_tick(&name);
         }
         if self.stopping.is_cancelled() {
@@ -153,12 +157,12 @@ impl Daemon {
                 () = self.stopping.cancelled() => return,
             }
         }
-        let attempts = crate::runner::Attempts {
+        let attempts = crate::engine::runner::Attempts {
             retries: sched.retries,
             retry_delay: sched.retry_delay,
             stopping: self.stopping.clone(),
         };
-        let _ = crate::runner::run_alerted(
+        let _ = crate::engine::runner::run_alerted(
             &cfg,
             &self.state,
             name,
@@ -186,14 +190,14 @@ impl Daemon {
         let me = self.clone();
         self.tasks.spawn(async move {
             let cfg = me.config();
-            let opts = crate::drill::Options {
+            let opts = crate::engine::drill::Options {
                 id: None,
                 keep: false,
                 trigger: "schedule".into(),
                 cancel: me.hard_stop.child_token(),
                 progress: Progress::new(),
             };
-            match crate::drill::run(&cfg, &me.state, &name, opts).await {
+            match crate::engine::drill::run(&cfg, &me.state, &name, opts).await {
                 Ok(r) => tracing::info!(drill = %name, outcome = %r.outcome, seconds = r.total_seconds.unwrap_or(0.0), "drill finished"),
                 Err(e) => tracing::error!(drill = %name, error = %e, "drill could not run"),
             }
@@ -212,20 +216,20 @@ impl Daemon {
         let Some(r) = cfg.config.reports.get(name) else {
             return;
         };
-        let built = match crate::report::build(&cfg, &self.state, r.since).await {
+        let built = match crate::engine::report::build(&cfg, &self.state, r.since).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(report = name, error = %e, "cannot build the report");
                 return;
             }
         };
-        let queued = crate::alerts::Alerter::new(&cfg, &self.state)
+        let queued = crate::services::alerts::Alerter::new(&cfg, &self.state)
             .report(
                 name,
                 &r.channels,
                 built.headline(),
-                crate::report::markdown(&built),
-                crate::report::html(&built),
+                crate::engine::report::markdown(&built),
+                crate::engine::report::html(&built),
             )
             .await;
         match queued {
@@ -371,7 +375,8 @@ async fn catch_up(d: &Arc<Daemon>) {
         // The repository is the truth: a backup made elsewhere counts too.
         if let Some(repo_name) = job.repository() {
             if let Ok(rc) = cfg.repository(repo_name) {
-                if let Ok(repo) = crate::repository::Repository::open(repo_name, rc).await {
+                if let Ok(repo) = crate::services::repository::Repository::open(repo_name, rc).await
+                {
                     if let Ok(latest) = repo.latest(&job_name).await {
                         last = last.max(Some(latest.id.timestamp()));
                     }
@@ -404,7 +409,7 @@ async fn wait_for_database(
     limit: Duration,
     stop: &CancellationToken,
 ) -> bool {
-    let Ok(target) = crate::pg::job_target(job) else {
+    let Ok(target) = crate::services::pg::job_target(job) else {
         return true;
     };
     let deadline = tokio::time::Instant::now() + limit;
@@ -476,7 +481,7 @@ async fn shut_down(
     }
     let cfg = d.config();
     let (severity, summary) = stop_notice(&running, cancelled, grace);
-    let alerter = crate::alerts::Alerter::new(&cfg, &d.state);
+    let alerter = crate::services::alerts::Alerter::new(&cfg, &d.state);
     if let Err(e) = alerter.notice("daemon_stopped", severity, summary).await {
         tracing::error!(error = %e, "cannot queue the stop notice");
     }
@@ -484,7 +489,11 @@ async fn shut_down(
     let flush = Duration::from_secs(10);
     match tokio::time::timeout(
         flush,
-        crate::alerts::deliver_due(&cfg, &d.state, Some(tokio::time::Instant::now() + flush)),
+        crate::services::alerts::deliver_due(
+            &cfg,
+            &d.state,
+            Some(tokio::time::Instant::now() + flush),
+        ),
     )
     .await
     {
@@ -529,8 +538,8 @@ fn stop_notice(
     running: &[String],
     cancelled: bool,
     grace: Duration,
-) -> (crate::alerts::Severity, String) {
-    use crate::alerts::Severity;
+) -> (crate::services::alerts::Severity, String) {
+    use crate::services::alerts::Severity;
     match (running.is_empty(), cancelled) {
         (true, _) => (Severity::Info, "drctl daemon stopped".to_string()),
         (false, false) => (
@@ -650,10 +659,10 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
 
 /// The `daemon_started` notice (info: a restart loop shows in the channels).
 async fn announce_start(cfg: &LoadedConfig, state: &State, status: &str) {
-    if let Err(e) = crate::alerts::Alerter::new(cfg, state)
+    if let Err(e) = crate::services::alerts::Alerter::new(cfg, state)
         .notice(
             "daemon_started",
-            crate::alerts::Severity::Info,
+            crate::services::alerts::Severity::Info,
             format!("drctl daemon started ({status})"),
         )
         .await
@@ -668,7 +677,7 @@ async fn rpo_worker(d: Arc<Daemon>) {
     let mut due: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
     loop {
         let cfg = d.config();
-        let jobs = crate::rpo::jobs(&cfg);
+        let jobs = crate::engine::rpo::jobs(&cfg);
         due.retain(|j, _| jobs.iter().any(|(n, _)| n == j));
         let now = tokio::time::Instant::now();
         for (job, target) in &jobs {
@@ -676,8 +685,8 @@ async fn rpo_worker(d: Arc<Daemon>) {
             if *next > now {
                 continue;
             }
-            *next = now + crate::rpo::interval(*target);
-            let eval = crate::rpo::evaluate(&cfg, &d.state, job);
+            *next = now + crate::engine::rpo::interval(*target);
+            let eval = crate::engine::rpo::evaluate(&cfg, &d.state, job);
             tokio::select! {
                 r = eval => if let Err(e) = r {
                     tracing::warn!(job = %job, error = %e, "RPO evaluation failed");
@@ -705,8 +714,8 @@ const ALERT_TICK: Duration = Duration::from_secs(5);
 /// promote and repeat conditions, then deliver due outbox
 /// rows. Stops at shutdown (the stop path does one last bounded pass).
 /// A failure kept because the state database refused its alert.
-fn deferred(error: &str) -> crate::alerts::Finished {
-    crate::alerts::Finished::Failed {
+fn deferred(error: &str) -> crate::services::alerts::Finished {
+    crate::services::alerts::Finished::Failed {
         error: error.to_owned(),
         already_alerted: false,
     }
@@ -722,7 +731,7 @@ async fn alert_worker(d: Arc<Daemon>) {
         let wait = if std::mem::take(&mut first) {
             Duration::ZERO
         } else {
-            match crate::alerts::next_due(&d.state).await {
+            match crate::services::alerts::next_due(&d.state).await {
                 Ok(Some(at)) => (at - Utc::now())
                     .to_std()
                     .unwrap_or_default()
@@ -735,18 +744,18 @@ async fn alert_worker(d: Arc<Daemon>) {
             () = tokio::time::sleep(wait) => {}
             // Queued by this daemon: deliver now. Rows queued by `drctl run`
             // in another process wait for the next poll at most.
-            () = crate::alerts::queued() => {}
+            () = crate::services::alerts::queued() => {}
             () = d.stopping.cancelled() => return,
         }
         let cfg = d.config();
-        let alerter = crate::alerts::Alerter::new(&cfg, &d.state);
+        let alerter = crate::services::alerts::Alerter::new(&cfg, &d.state);
         for mut f in d.internal.take_deferred() {
             if alerter.job_finished(&f.job, &deferred(&f.error)).await {
                 continue;
             }
             // Still refused: after a while, straight to the channels.
             if f.direct_due(Utc::now()) {
-                let c = crate::alerts::Condition::job_failed(&f.job, &f.error);
+                let c = crate::services::alerts::Condition::job_failed(&f.job, &f.error);
                 f.sent_directly = alerter.send_direct(&c).await > 0;
                 if f.sent_directly {
                     tracing::warn!(job = %f.job, "job_failed delivered straight to the channels: the state database refuses to queue it");
@@ -763,12 +772,12 @@ async fn alert_worker(d: Arc<Daemon>) {
                 tracing::warn!(error = %e, "forgetting old outbox rows");
             }
         }
-        match crate::alerts::has_pending(&d.state).await {
+        match crate::services::alerts::has_pending(&d.state).await {
             Ok(false) => continue,
             Ok(true) => {}
             Err(e) => tracing::error!(error = %e, "reading the outbox"),
         }
-        let pass = crate::alerts::deliver_due(&cfg, &d.state, None);
+        let pass = crate::services::alerts::deliver_due(&cfg, &d.state, None);
         tokio::select! {
             r = pass => if let Err(e) = r {
                 tracing::error!(error = %e, "delivering alerts");
@@ -784,7 +793,7 @@ mod tests {
 
     #[test]
     fn the_stop_notice_is_news_only_when_jobs_were_running() {
-        use crate::alerts::Severity;
+        use crate::services::alerts::Severity;
         let grace = Duration::from_secs(90);
         assert_eq!(stop_notice(&[], false, grace).0, Severity::Info);
         assert_eq!(stop_notice(&[], true, grace).0, Severity::Info);

@@ -577,8 +577,8 @@ impl World {
         self.dir.join("repo")
     }
 
-    pub async fn state(&self) -> drctl::state::State {
-        drctl::state::State::open(&self.dir.join("state"))
+    pub async fn state(&self) -> drctl::services::state::State {
+        drctl::services::state::State::open(&self.dir.join("state"))
             .await
             .unwrap()
     }

@@ -1,0 +1,257 @@
+//! The manifest: the versioned JSON document that makes a backup exist.
+//! It is written last; data without one is not a backup.
+
+use crate::base::ids::{BackupId, JobName};
+use crate::base::values::Compression;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Bumped on incompatible changes; readers refuse formats they do not know.
+pub const FORMAT: u32 = 1;
+/// The manifest's object name inside the backup's directory.
+pub const FILE_NAME: &str = "manifest.json";
+
+/// What a committed backup holds and how to check it; the README shows
+/// how to read it without drctl.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    /// The manifest format ([`FORMAT`]).
+    pub format: u32,
+    /// The backup's id (its directory name).
+    pub id: BackupId,
+    /// The job that made it.
+    pub job: JobName,
+    /// Job kind: `postgres` or `files`.
+    pub kind: String,
+    /// The host that made it.
+    pub host: String,
+    /// When the run started (the dump's data is at most this old).
+    pub started_at: DateTime<Utc>,
+    /// When the artifacts were all stored.
+    pub finished_at: DateTime<Utc>,
+    /// The drctl that wrote it.
+    pub drctl_version: String,
+    /// What was dumped, for a database backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<PostgresSource>,
+    /// The stored files, each with sizes and a checksum.
+    pub artifacts: Vec<Artifact>,
+    /// Row counts taken in the dump's snapshot, for drills to prove completeness.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<TableCount>,
+}
+
+/// The database a postgres backup is of, as it was.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PostgresSource {
+    /// Always `postgresql`.
+    pub engine: String,
+    /// The server's `server_version`.
+    pub server_version: String,
+    /// The database's name.
+    pub database: String,
+    /// Owner, encoding and locale of the source database, so a restore
+    /// recreates it the same way.
+    pub owner: String,
+    /// Its encoding.
+    pub encoding: String,
+    /// Its LC_COLLATE.
+    pub collate: String,
+    /// Its LC_CTYPE.
+    pub ctype: String,
+    /// The tool that dumped it (`pg_dump`).
+    pub dump_tool: String,
+    /// That tool's `--version` line.
+    pub dump_tool_version: String,
+    /// The exported snapshot the dump and the row counts were read in.
+    pub snapshot: String,
+    /// `full` or `no-role-passwords` (when the user may not read pg_authid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub globals: Option<String>,
+    /// The server's `pg_control_system().system_identifier` (unique per
+    /// cluster, shared by its physical replicas): with `database`, which
+    /// source the backup is of (when the user may read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
+}
+
+impl PostgresSource {
+    /// `(system identifier, database)`, when the system identifier is known.
+    pub fn identity(&self) -> Option<(&str, &str)> {
+        Some((self.system_identifier.as_deref()?, self.database.as_str()))
+    }
+}
+
+/// One stored file of a backup.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Artifact {
+    /// File name inside the backup, e.g. `database.dump.zst`.
+    pub name: String,
+    /// What the artifact holds: `pg_dump_custom`, `pg_globals_sql`, `tar`.
+    pub content: String,
+    /// Bytes before compression and encryption.
+    pub raw_bytes: u64,
+    /// Bytes in the repository.
+    pub stored_bytes: u64,
+    /// SHA-256 of the stored bytes, hex.
+    pub sha256: String,
+    /// How it was compressed.
+    pub compression: Compression,
+    /// age recipients' fingerprints when encrypted (empty: not encrypted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub encryption_recipients: Vec<String>,
+}
+
+/// A table's size and row count when the dump was taken.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TableCount {
+    /// Its schema.
+    pub schema: String,
+    /// Its name.
+    pub name: String,
+    /// `None` when the table was above `count_rows_max_table_size`.
+    pub rows: Option<i64>,
+    /// Its size on disk (`pg_table_size`).
+    pub bytes: i64,
+}
+
+impl Manifest {
+    /// The manifest as stored: pretty JSON and a final newline.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    /// Read a manifest stored at `key`: its format must be known and its
+    /// artifact names drctl's own, or it is an integrity error.
+    pub fn parse(bytes: &[u8], key: &str) -> crate::Result<Self> {
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| crate::Error::Integrity {
+            artifact: key.into(),
+            message: format!("unreadable manifest: {e}"),
+        })?;
+        if m.format != FORMAT {
+            return Err(crate::Error::Integrity {
+                artifact: key.into(),
+                message: format!(
+                    "manifest format {} is not supported by drctl {} (expected {FORMAT})",
+                    m.format,
+                    crate::VERSION
+                ),
+            });
+        }
+        m.check_artifact_names()
+            .map_err(|message| crate::Error::Integrity {
+                artifact: key.into(),
+                message,
+            })?;
+        Ok(m)
+    }
+
+    /// Every artifact name must be exactly the one drctl writes for its
+    /// content, compression and encryption: a manifest is read from a store
+    /// others may write to, and its names become object keys and paths, so
+    /// `../../etc/x` (or any name not of our making) is refused outright.
+    fn check_artifact_names(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for a in &self.artifacts {
+            let Some(base) = artifact_base(&a.content) else {
+                return Err(format!("unknown artifact content {:?}", a.content));
+            };
+            let expected = artifact_name(base, a.compression, !a.encryption_recipients.is_empty());
+            if a.name != expected {
+                return Err(format!(
+                    "artifact name {:?} is not the name drctl writes for {} (expected {expected:?})",
+                    a.name, a.content
+                ));
+            }
+            if !seen.insert(a.content.as_str()) {
+                return Err(format!("artifact {} is listed twice", a.content));
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of all artifacts in the repository.
+    pub fn stored_bytes(&self) -> u64 {
+        self.artifacts.iter().map(|a| a.stored_bytes).sum()
+    }
+    /// Bytes of all artifacts before compression.
+    pub fn raw_bytes(&self) -> u64 {
+        self.artifacts.iter().map(|a| a.raw_bytes).sum()
+    }
+    /// Which source the backup is of (see [`PostgresSource::identity`]).
+    pub fn source_identity(&self) -> Option<(&str, &str)> {
+        self.source.as_ref()?.identity()
+    }
+    /// The artifact holding `content`.
+    pub fn artifact(&self, content: &str) -> Option<&Artifact> {
+        self.artifacts.iter().find(|a| a.content == content)
+    }
+}
+
+/// The base name of the artifact holding `content`, or `None` for a content
+/// drctl does not write.
+pub fn artifact_base(content: &str) -> Option<&'static str> {
+    match content {
+        "pg_dump_custom" => Some("database.dump"),
+        "pg_globals_sql" => Some("globals.sql"),
+        "tar" => Some("files.tar"),
+        _ => None,
+    }
+}
+
+/// `database.dump.zst.age`: base, then compression suffix, then `.age`.
+pub fn artifact_name(base: &str, compression: Compression, encrypted: bool) -> String {
+    format!(
+        "{base}{}{}",
+        compression.suffix(),
+        if encrypted { ".age" } else { "" }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(name: &str, content: &str) -> Vec<u8> {
+        let m = Manifest {
+            format: FORMAT,
+            id: crate::base::ids::BackupId::parse("20261122T020000.123Z-h-abcd").unwrap(),
+            job: JobName::parse("appdb").unwrap(),
+            kind: "postgres".into(),
+            host: "h".into(),
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+            drctl_version: "x".into(),
+            source: None,
+            artifacts: vec![Artifact {
+                name: name.into(),
+                content: content.into(),
+                raw_bytes: 1,
+                stored_bytes: 1,
+                sha256: "00".into(),
+                compression: Compression::Zstd,
+                encryption_recipients: vec![],
+            }],
+            tables: vec![],
+        };
+        m.to_json()
+    }
+
+    #[test]
+    fn artifact_names_are_the_ones_drctl_writes() {
+        assert!(Manifest::parse(&sample("database.dump.zst", "pg_dump_custom"), "k").is_ok());
+        for (name, content) in [
+            ("../../../etc/passwd", "pg_globals_sql"),
+            ("/etc/passwd", "pg_globals_sql"),
+            ("globals.sql", "pg_globals_sql"),
+            ("database.dump.zst", "pg_globals_sql"),
+            ("x/../globals.sql.zst", "pg_globals_sql"),
+            ("globals.sql.zst", "shell_script"),
+        ] {
+            let e = Manifest::parse(&sample(name, content), "k").unwrap_err();
+            assert_eq!(e.exit_code(), 3, "{name}: {e}");
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Fetching an artifact for restore: the stored bytes are hashed while they
+//! are decompressed into a local file, and the file is used only if size and
+//! SHA-256 match the manifest. A corrupt object never reaches pg_restore.
+//!
+//! The hashing side keeps reading even if the decoder gives up early, so a
+//! damaged artifact is reported as what it is (a checksum mismatch) rather
+//! than as a confusing decompression error.
+
+use crate::base::error::{Error, Result};
+use crate::base::ids::{BackupId, JobName};
+use crate::base::manifest::Artifact;
+use crate::base::progress::Progress;
+use crate::base::stream::decoder;
+use crate::services::keys::{unseal, Keys};
+use crate::services::repository::Repository;
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Check `got` against the manifest's size and digest.
+fn verify(artifact: &Artifact, key: &str, size: u64, sha: &str) -> Result<()> {
+    if size != artifact.stored_bytes {
+        return Err(Error::Integrity {
+            artifact: key.into(),
+            message: format!(
+                "size is {size} bytes, manifest says {}",
+                artifact.stored_bytes
+            ),
+        });
+    }
+    if sha != artifact.sha256 {
+        return Err(Error::Integrity {
+            artifact: key.into(),
+            message: format!("SHA-256 is {sha}, manifest says {}", artifact.sha256),
+        });
+    }
+    Ok(())
+}
+
+/// Stream the stored artifact, hashing it; chunks go to `sink` while it takes them.
+async fn read_hashed(
+    repo: &Repository,
+    job: &JobName,
+    id: &BackupId,
+    artifact: &Artifact,
+    sink: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    progress: Option<Arc<Progress>>,
+) -> Result<()> {
+    let key = Repository::artifact_key(job, id, &artifact.name);
+    let mut reader = repo
+        .get_artifact(job, id, &artifact.name)
+        .await
+        .map_err(|e| match e {
+            // The manifest names it, so a missing object is damage.
+            Error::NotFound(_) => Error::Integrity {
+                artifact: key.clone(),
+                message: "listed in the manifest but missing from the repository".into(),
+            },
+            other => other,
+        })?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut sink = Some(sink);
+    loop {
+        let mut buf = bytes::BytesMut::with_capacity(256 * 1024);
+        let n = reader
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| Error::repo(&repo.name, format!("reading {key}: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf);
+        if let Some(p) = &progress {
+            p.add(n as u64);
+        }
+        if let Some(s) = &sink {
+            if s.send(Ok(buf.freeze())).await.is_err() {
+                sink = None; // the consumer gave up; keep hashing to say why
+            }
+        }
+    }
+    verify(artifact, &key, size, &hex::encode(hasher.finalize()))
+}
+
+fn channel_reader(
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+) -> impl tokio::io::AsyncRead + Send + Unpin + 'static {
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    tokio_util::io::StreamReader::new(Box::pin(stream))
+}
+
+/// Decompress `artifact` into `dest`, verified. On any error `dest` is removed.
+#[allow(clippy::too_many_arguments)]
+pub async fn to_file(
+    repo: &Repository,
+    job: &JobName,
+    id: &BackupId,
+    artifact: &Artifact,
+    dest: &Path,
+    progress: Option<Arc<Progress>>,
+    keys: &Keys,
+) -> Result<u64> {
+    let f = tokio::fs::File::create(dest)
+        .await
+        .map_err(|e| Error::io(format!("creating {}", dest.display()), e))?;
+    crate::base::faults::point("restore.fetch.file").await;
+    // 2 MiB: tokio's largest single file write (each is a blocking hand-off).
+    let w = tokio::io::BufWriter::with_capacity(2 << 20, f);
+    let result = to_writer(repo, job, id, artifact, w, progress, keys).await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(dest).await;
+    }
+    result
+}
+
+/// Decrypt and decompress `artifact` into `w` while hashing what is read;
+/// the result is an error if the stored bytes do not match the manifest, or
+/// if they do but cannot be decoded or written (then `w` has partial data).
+pub async fn to_writer<W>(
+    repo: &Repository,
+    job: &JobName,
+    id: &BackupId,
+    artifact: &Artifact,
+    w: W,
+    progress: Option<Arc<Progress>>,
+    keys: &Keys,
+) -> Result<u64>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut decoded = Timed {
+        inner: decoder(
+            unseal(channel_reader(rx), artifact, keys),
+            artifact.compression,
+        ),
+        progress: progress.clone(),
+    };
+    let write_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut w = WriteSide {
+        inner: w,
+        failed: write_failed.clone(),
+    };
+    let write = async {
+        // 1 MiB reads from the decoder (tokio::io::copy asks for 8 KiB at a
+        // time: 130k trips through the decoder per GB).
+        let n = tokio::io::copy_buf(
+            &mut tokio::io::BufReader::with_capacity(1 << 20, &mut decoded),
+            &mut w,
+        )
+        .await?;
+        w.flush().await?;
+        w.shutdown().await?;
+        drop(decoded); // close the channel so the reader drains on its own
+        Ok::<u64, std::io::Error>(n)
+    };
+    let (read, written) = tokio::join!(read_hashed(repo, job, id, artifact, tx, progress), write);
+    match (read, written) {
+        (Err(e), _) => Err(e),
+        // Our side failed (a full --tmp-dir, a consumer that exited): the
+        // backup is fine, so this is not an integrity failure.
+        (Ok(()), Err(e)) if write_failed.load(std::sync::atomic::Ordering::SeqCst) => Err(
+            Error::io(format!("writing the decoded {}", artifact.name), e),
+        ),
+        (Ok(()), Err(e)) => Err(Error::Integrity {
+            artifact: artifact.name.clone(),
+            message: format!(
+                "checksum matches but the content cannot be decrypted, decompressed or written: {e}"
+            ),
+        }),
+        (Ok(()), Ok(n)) => Ok(n),
+    }
+}
+
+/// Remembers whether an error came from the destination (disk full, a
+/// consumer gone) rather than from decoding, which `copy` cannot tell.
+struct WriteSide<W> {
+    inner: W,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<W> WriteSide<W> {
+    fn note<T>(
+        &self,
+        r: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        if let std::task::Poll::Ready(Err(_)) = &r {
+            self.failed.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        r
+    }
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteSide<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(r)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(r)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.note(r)
+    }
+}
+
+/// Adds the time spent inside the decode stages (decrypt, decompress) to
+/// the progress counters. Waiting for the network returns `Pending` at once,
+/// so this is close to the CPU time of decoding.
+struct Timed {
+    inner: crate::base::stream::BoxRead,
+    progress: Option<Arc<Progress>>,
+}
+
+impl tokio::io::AsyncRead for Timed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let t = std::time::Instant::now();
+        let r = self.inner.as_mut().poll_read(cx, buf);
+        if let Some(p) = &self.progress {
+            p.add_decode_time(t.elapsed());
+        }
+        r
+    }
+}
+
+/// Read and verify `artifact` without keeping it (the first pass of a
+/// streamed restore when there is no room for a temporary file).
+pub async fn verify_only(
+    repo: &Repository,
+    job: &JobName,
+    id: &BackupId,
+    artifact: &Artifact,
+    progress: Option<Arc<Progress>>,
+) -> Result<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    drop(rx);
+    read_hashed(repo, job, id, artifact, tx, progress).await
+}
+
+/// Decompress `artifact` into memory (small artifacts: globals), verified.
+pub async fn to_memory(
+    repo: &Repository,
+    job: &JobName,
+    id: &BackupId,
+    artifact: &Artifact,
+    limit: u64,
+    keys: &Keys,
+) -> Result<Vec<u8>> {
+    if artifact.raw_bytes > limit {
+        return Err(Error::Other(format!(
+            "{} is {} bytes, more than the {limit} expected",
+            artifact.name, artifact.raw_bytes
+        )));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let mut decoded = decoder(
+        unseal(channel_reader(rx), artifact, keys),
+        artifact.compression,
+    );
+    let read_all = async {
+        let mut v = Vec::new();
+        let r = (&mut decoded).take(limit + 1).read_to_end(&mut v).await;
+        drop(decoded);
+        r.map(|_| v)
+    };
+    let (read, data) = tokio::join!(read_hashed(repo, job, id, artifact, tx, None), read_all);
+    read?;
+    data.map_err(|e| Error::Integrity {
+        artifact: artifact.name.clone(),
+        message: format!("cannot decompress: {e}"),
+    })
+}

@@ -1,0 +1,203 @@
+//! Restoring a `files` backup into a directory. The whole archive is
+//! checked first ([`check_entry`]: no absolute path, no `..`, no link out
+//! of the target, no device or FIFO), so a bad entry refuses the restore
+//! with nothing extracted; then `tar`'s `unpack_in` (which also refuses
+//! writes through symlinked parents) extracts it, setuid/setgid bits
+//! dropped unless `--preserve-modes`.
+
+use super::{base_plan, fetch, Plan, Report, Resolved, RestoreRequest};
+use crate::base::error::{Error, Result};
+use crate::base::progress::Progress;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+fn target_dir(req: &RestoreRequest) -> Result<PathBuf> {
+    match &req.to {
+        Some(d) if !d.starts_with("postgres") => Ok(PathBuf::from(d)),
+        _ => Err(Error::Other(
+            "a files backup restores into a directory: pass --to DIR".into(),
+        )),
+    }
+}
+
+/// What identifies the restore's target, for the per-target lock.
+pub fn target_key(req: &RestoreRequest) -> Result<String> {
+    let dir = target_dir(req)?;
+    Ok(std::path::absolute(&dir)
+        .unwrap_or(dir)
+        .display()
+        .to_string())
+}
+
+/// What restoring a files backup would do.
+pub fn plan(r: &Resolved<'_>, req: &RestoreRequest) -> Result<Plan> {
+    let dir = target_dir(req)?;
+    Ok(base_plan(
+        r,
+        dir.display().to_string(),
+        false,
+        vec![
+            "fetch the archive and verify size and SHA-256".into(),
+            format!("extract into {} (never outside it)", dir.display()),
+        ],
+    ))
+}
+
+/// Restore a files backup into an empty (or new) directory, checking the
+/// whole archive before the first entry is written.
+pub async fn run(
+    r: &Resolved<'_>,
+    req: &RestoreRequest,
+    tmp_dir: &Path,
+    progress: Arc<Progress>,
+) -> Result<Report> {
+    let dir = target_dir(req)?;
+    if dir.exists() {
+        let non_empty = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+        if non_empty && !req.confirmed {
+            return Err(Error::Refused(format!(
+                "{} is not empty; files there may be overwritten (use --yes to allow)",
+                dir.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let artifact = r.manifest.artifact("tar").ok_or_else(|| Error::Integrity {
+        artifact: r.manifest.id.to_string(),
+        message: "manifest lists no tar artifact".into(),
+    })?;
+    let tmp = tmp_dir.join(format!(
+        ".drctl-restore-{}-{}-{}-{:08x}.tar",
+        r.job,
+        r.manifest.id,
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    progress.set_phase("fetch", artifact.stored_bytes);
+    let t0 = std::time::Instant::now();
+    let fetch = fetch::to_file(
+        &r.repo,
+        &r.job,
+        &r.manifest.id,
+        artifact,
+        &tmp,
+        Some(progress.clone()),
+        &r.keys,
+    );
+    if let Err(e) = super::cancellable(&req.cancel, "fetching the archive", fetch).await {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let fetch_seconds = t0.elapsed().as_secs_f64();
+    let t1 = std::time::Instant::now();
+    let tmp2 = tmp.clone();
+    let dir2 = dir.clone();
+    let preserve = req.preserve_modes;
+    let extracted = tokio::task::spawn_blocking(move || extract(&tmp2, &dir2, preserve)).await;
+    let _ = std::fs::remove_file(&tmp);
+    extracted.map_err(|e| Error::task("extracting", e))??;
+    Ok(Report {
+        backup_id: r.manifest.id.to_string(),
+        target: dir.display().to_string(),
+        bytes_fetched: artifact.stored_bytes,
+        fetch_seconds,
+        restore_seconds: t1.elapsed().as_secs_f64(),
+        ..Default::default()
+    })
+}
+
+pub use crate::base::tar_entry::check_entry;
+
+/// Every entry of the archive through [`check_entry`]: the first problem,
+/// and the number of entries. Used before extraction and by `verify --deep`.
+pub fn check_archive<R: std::io::Read>(
+    reader: R,
+) -> std::io::Result<std::result::Result<usize, String>> {
+    let mut a = tar::Archive::new(reader);
+    let mut n = 0usize;
+    for e in a.entries()? {
+        let mut e = e?;
+        let path = e.path()?.into_owned();
+        let link = e.link_name()?.map(std::borrow::Cow::into_owned);
+        if let Err(why) = check_entry(&path, e.header().entry_type(), link.as_deref()) {
+            return Ok(Err(why));
+        }
+        std::io::copy(&mut e, &mut std::io::sink())?;
+        n += 1;
+    }
+    Ok(Ok(n))
+}
+
+fn extract(archive: &Path, dir: &Path, preserve_modes: bool) -> Result<()> {
+    let open = || {
+        std::fs::File::open(archive)
+            .map_err(|e| Error::io(format!("opening {}", archive.display()), e))
+    };
+    // Pass 1: refuse the whole restore before the first byte is written.
+    match check_archive(std::io::BufReader::new(open()?)) {
+        Ok(Ok(_)) => {}
+        Ok(Err(why)) => {
+            return Err(Error::Refused(format!(
+                "the archive holds an entry that cannot be restored safely, so nothing was extracted: {why}"
+            )))
+        }
+        Err(e) => return Err(Error::io("reading the archive", e)),
+    }
+    let mut a = tar::Archive::new(open()?);
+    a.set_preserve_permissions(true);
+    if !preserve_modes {
+        // setuid, setgid and sticky bits only with --preserve-modes.
+        a.set_mask(0o7000);
+    }
+    a.set_overwrite(true);
+    for entry in a
+        .entries()
+        .map_err(|e| Error::io("reading the archive", e))?
+    {
+        let mut entry = entry.map_err(|e| Error::io("reading the archive", e))?;
+        let path = entry
+            .path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        match entry.unpack_in(dir) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Error::Refused(format!(
+                    "{path:?} would land outside {}; extraction stopped",
+                    dir.display()
+                )))
+            }
+            Err(e) => return Err(Error::io(format!("extracting {path}"), e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tar::EntryType as T;
+
+    #[test]
+    fn entries_that_leave_the_target_or_are_not_files_are_refused() {
+        let ok = |p: &str, k, l: Option<&str>| check_entry(Path::new(p), k, l.map(Path::new));
+        assert!(ok("etc/app/conf", T::Regular, None).is_ok());
+        assert!(ok("./a/b", T::Directory, None).is_ok());
+        assert!(ok("a/b/link", T::Symlink, Some("../c")).is_ok());
+        assert!(ok("a/hard", T::Link, Some("a/b/file")).is_ok());
+        for (p, k, l) in [
+            ("../x", T::Regular, None),
+            ("a/../../x", T::Regular, None),
+            ("/etc/passwd", T::Regular, None),
+            ("a/link", T::Symlink, Some("../../etc")),
+            ("link", T::Symlink, Some("/etc")),
+            ("a/hard", T::Link, Some("../outside")),
+            ("dev/sda", T::Block, None),
+            ("dev/tty", T::Char, None),
+            ("run/fifo", T::Fifo, None),
+        ] {
+            assert!(ok(p, k, l).is_err(), "{p} {k:?} {l:?}");
+        }
+    }
+}

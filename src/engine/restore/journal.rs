@@ -1,0 +1,529 @@
+//! The restore journal: each restore writes its steps to the state database
+//! before taking them, so a restore killed anywhere (SIGKILL between the two
+//! halves of the swap included) leaves a record that the next `drctl
+//! restore` or `drctl status` reads to finish or roll back: connections
+//! re-opened, a half-restored database dropped, the temp file removed, the
+//! lease released. A failed restore is cleaned up through the same path.
+//!
+//! What to do is decided by [`plan`] (pure, unit-tested) from the journal
+//! entry and which databases exist; [`recover`] only applies it.
+
+use crate::base::error::{Error, Result};
+use crate::config::{JobConfig, Kind, LoadedConfig};
+use crate::services::pg::quote_ident;
+use crate::services::state::State;
+use sqlx::Row;
+
+/// Where a restore is. Written before the step is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Reading the backup; no database touched yet.
+    Fetching,
+    /// pg_restore fills `restoring` (the original is untouched and open).
+    Restoring,
+    /// The original refuses new connections; the renames are next.
+    Closed,
+    /// The renames committed; the safety copy may still refuse connections.
+    Swapped,
+    /// Finished; the target holds the backup.
+    Done,
+    /// Undone by recovery after a failure or a kill.
+    RolledBack,
+    /// Failed before touching anything (nothing to undo).
+    Failed,
+}
+
+impl Step {
+    /// The step as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Fetching => "fetching",
+            Step::Restoring => "restoring",
+            Step::Closed => "closed",
+            Step::Swapped => "swapped",
+            Step::Done => "done",
+            Step::RolledBack => "rolled_back",
+            Step::Failed => "failed",
+        }
+    }
+    fn parse(s: &str) -> Step {
+        match s {
+            "fetching" => Step::Fetching,
+            "restoring" => Step::Restoring,
+            "closed" => Step::Closed,
+            "swapped" => Step::Swapped,
+            "done" => Step::Done,
+            "rolled_back" => Step::RolledBack,
+            _ => Step::Failed,
+        }
+    }
+}
+
+/// One journal row.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Row id.
+    pub id: i64,
+    /// The job.
+    pub job: String,
+    /// The backup restored.
+    pub backup_id: String,
+    /// Its repository.
+    pub repository: String,
+    /// The target, without a password.
+    pub target: String,
+    /// The restore's lease key (released by recovery).
+    pub lease: Option<String>,
+    /// The temporary dump file (removed by recovery).
+    pub temp_file: Option<String>,
+    /// The job's own database being replaced (`None` for `--to`).
+    pub database: Option<String>,
+    /// The database pg_restore fills (`<db>_restoring_<ts>`, or the `--to` target).
+    pub restoring: Option<String>,
+    /// Whether this restore created `restoring` (only then may recovery drop it).
+    pub created: bool,
+    /// Where the replaced database goes (`<db>_pre_restore_<ts>`).
+    pub safety: Option<String>,
+    /// The last step reached.
+    pub step: Step,
+}
+
+/// One repair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fix {
+    /// `ALTER DATABASE .. ALLOW_CONNECTIONS true`
+    Reopen(String),
+    /// `DROP DATABASE .. WITH (FORCE)`: only ever a database drctl created.
+    Drop(String),
+}
+
+/// What recovering `e` takes, given which databases exist now; the step it
+/// ends in and a sentence for the operator.
+pub fn plan(e: &Entry, exists: &dyn Fn(&str) -> bool) -> (Vec<Fix>, Step, String) {
+    let mut fixes = Vec::new();
+    let keep_open = |fixes: &mut Vec<Fix>, name: &Option<String>| {
+        if let Some(n) = name.as_ref().filter(|n| exists(n)) {
+            fixes.push(Fix::Reopen(n.clone()));
+        }
+    };
+    let drop_restoring = |fixes: &mut Vec<Fix>| {
+        if let Some(r) = e.restoring.as_ref().filter(|r| e.created && exists(r)) {
+            fixes.push(Fix::Drop(r.clone()));
+        }
+    };
+    let what = format!("restore of backup {} of {}", e.backup_id, e.job);
+    match e.step {
+        Step::Fetching => (
+            fixes,
+            Step::RolledBack,
+            format!("{what} stopped while fetching; nothing had been changed"),
+        ),
+        Step::Restoring => {
+            drop_restoring(&mut fixes);
+            let left = match (&e.database, e.created) {
+                (Some(db), _) => format!("{db} was never touched"),
+                (None, true) => format!("{} was created by it and is dropped", e.target),
+                (None, false) => format!(
+                    "{} may hold part of the restore: empty it before restoring into it again",
+                    e.target
+                ),
+            };
+            (
+                fixes,
+                Step::RolledBack,
+                format!("{what} stopped during pg_restore; rolled back: {left}"),
+            )
+        }
+        Step::Closed if !e.safety.as_deref().is_some_and(exists) => {
+            keep_open(&mut fixes, &e.database);
+            drop_restoring(&mut fixes);
+            (
+                fixes,
+                Step::RolledBack,
+                format!(
+                    "{what} stopped before its swap; rolled back: {} accepts connections again, unchanged",
+                    e.database.as_deref().unwrap_or("?")
+                ),
+            )
+        }
+        // The renames are one transaction: once the safety copy exists the
+        // swap happened, whether or not the journal got to say so.
+        Step::Swapped | Step::Closed => {
+            keep_open(&mut fixes, &e.safety);
+            keep_open(&mut fixes, &e.database);
+            (
+                fixes,
+                Step::Done,
+                format!(
+                    "{what} stopped after its swap; finished: connections re-opened, {} holds the restored data, the replaced one is {}",
+                    e.database.as_deref().unwrap_or("?"),
+                    e.safety.as_deref().unwrap_or("?")
+                ),
+            )
+        }
+        s @ (Step::Done | Step::RolledBack | Step::Failed) => (fixes, s, String::new()),
+    }
+}
+
+/// A journal row for one running restore.
+pub struct Journal {
+    state: State,
+    /// The row's id.
+    pub id: i64,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Journal {
+    /// Journal a restore of `backup_id` into `target` before it starts.
+    pub async fn begin(
+        state: &State,
+        job: &str,
+        backup_id: &str,
+        repository: &str,
+        target: &str,
+        lease: Option<&str>,
+    ) -> Result<Journal> {
+        let r = sqlx::query(
+            "INSERT INTO restore_journal (job, backup_id, repository, target, lease, step, pid, started_at, updated_at) VALUES (?, ?, ?, ?, ?, 'fetching', ?, ?, ?)",
+        )
+        .bind(job)
+        .bind(backup_id)
+        .bind(repository)
+        .bind(target)
+        .bind(lease)
+        .bind(i64::from(std::process::id()))
+        .bind(now_ms())
+        .bind(now_ms())
+        .execute(state.pool())
+        .await
+        .map_err(|e| state.err(e))?;
+        Ok(Journal {
+            state: state.clone(),
+            id: r.last_insert_rowid(),
+        })
+    }
+
+    /// Record the temporary dump file, so recovery removes it.
+    pub async fn temp_file(&self, path: &std::path::Path) -> Result<()> {
+        self.set("temp_file", &path.display().to_string()).await
+    }
+
+    /// Names the restore is about to use; written before they exist.
+    pub async fn names(
+        &self,
+        database: Option<&str>,
+        restoring: &str,
+        created: bool,
+        safety: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query("UPDATE restore_journal SET database = ?, restoring = ?, created = ?, safety = ?, updated_at = ? WHERE id = ?")
+            .bind(database)
+            .bind(restoring)
+            .bind(created)
+            .bind(safety)
+            .bind(now_ms())
+            .bind(self.id)
+            .execute(self.state.pool())
+            .await
+            .map_err(|e| self.state.err(e))?;
+        Ok(())
+    }
+
+    /// drctl created `restoring` itself (so recovery may drop it).
+    pub async fn created(&self) -> Result<()> {
+        self.set("created", "1").await
+    }
+
+    /// Record that the restore reached `step`.
+    pub async fn step(&self, step: Step) -> Result<()> {
+        self.set("step", step.as_str()).await
+    }
+
+    async fn set(&self, column: &'static str, value: &str) -> Result<()> {
+        sqlx::query(&format!(
+            "UPDATE restore_journal SET {column} = ?, updated_at = ? WHERE id = ?"
+        ))
+        .bind(value)
+        .bind(now_ms())
+        .bind(self.id)
+        .execute(self.state.pool())
+        .await
+        .map_err(|e| self.state.err(e))?;
+        Ok(())
+    }
+}
+
+fn entry_of(r: &sqlx::sqlite::SqliteRow) -> Entry {
+    Entry {
+        id: r.get("id"),
+        job: r.get("job"),
+        backup_id: r.get("backup_id"),
+        repository: r.get("repository"),
+        target: r.get("target"),
+        lease: r.get("lease"),
+        temp_file: r.get("temp_file"),
+        database: r.get("database"),
+        restoring: r.get("restoring"),
+        created: r.get::<bool, _>("created"),
+        safety: r.get("safety"),
+        step: Step::parse(r.get::<String, _>("step").as_str()),
+    }
+}
+
+/// Finish or roll back every journaled restore that is not running any
+/// more (its per-target lock is free). Returns one sentence per restore.
+pub async fn recover(cfg: &LoadedConfig, state: &State) -> Vec<String> {
+    let rows = match sqlx::query(
+        "SELECT * FROM restore_journal WHERE step NOT IN ('done', 'rolled_back', 'failed') ORDER BY id",
+    )
+    .fetch_all(state.pool())
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return vec![format!("cannot read the restore journal: {}", state.err(e))],
+    };
+    let mut out = Vec::new();
+    for row in rows {
+        let e = entry_of(&row);
+        let lock = match crate::services::lock::HostLock::try_acquire_keyed(
+            &cfg.config.state_dir,
+            ".restore",
+            &e.target,
+        ) {
+            Ok(Ok(l)) => l,
+            Ok(Err(_)) => continue, // still running
+            Err(err) => {
+                out.push(format!("restore journal {}: {err}", e.id));
+                continue;
+            }
+        };
+        match settle(cfg, state, &e, None).await {
+            Ok(note) => out.push(note),
+            Err(err) => out.push(format!(
+                "an interrupted restore of {} into {} could not be cleaned up yet: {err}",
+                e.job, e.target
+            )),
+        }
+        drop(lock);
+    }
+    out
+}
+
+/// Apply [`plan`] to one entry (its restore is not running, or is this
+/// process's own failed one). `failure`: the error that ended it here.
+pub async fn settle(
+    cfg: &LoadedConfig,
+    state: &State,
+    e: &Entry,
+    failure: Option<&str>,
+) -> Result<String> {
+    let needs_db = e.restoring.is_some() || e.database.is_some();
+    let mut conn = if needs_db { admin(cfg, e).await? } else { None };
+    let mut existing = Vec::new();
+    if let Some(c) = conn.as_mut() {
+        // A statement of the dead restore may still be running on the server
+        // (a CREATE DATABASE completes after its client is gone): stop it
+        // and wait, so what exists is what stays.
+        if let Some(r) = &e.restoring {
+            settle_statements(c, r).await?;
+        }
+        let names: Vec<String> = [&e.database, &e.restoring, &e.safety]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        existing = sqlx::query_scalar::<_, String>(
+            "SELECT datname::text FROM pg_database WHERE datname = ANY($1)",
+        )
+        .bind(&names)
+        .fetch_all(&mut *c)
+        .await
+        .map_err(|err| Error::pg("looking up the restore's databases", err))?;
+    }
+    let (fixes, end, mut note) = plan(e, &|n| existing.iter().any(|x| x == n));
+    if needs_db && conn.is_none() {
+        note.push_str(&format!(
+            " (not connected to {}: check and clean it up by hand)",
+            e.target
+        ));
+    }
+    if let Some(c) = conn.as_mut() {
+        for f in &fixes {
+            let sql = match f {
+                Fix::Reopen(n) => {
+                    format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", quote_ident(n))
+                }
+                Fix::Drop(n) => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(n)),
+            };
+            sqlx::query(&sql)
+                .execute(&mut *c)
+                .await
+                .map_err(|err| Error::pg(format!("recovering the restore: {sql}"), err))?;
+        }
+    }
+    if let Some(t) = &e.temp_file {
+        match std::fs::remove_file(t) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                tracing::warn!(file = %t, error = %err, "cannot remove a restore's temporary file");
+            }
+        }
+    }
+    if let Some(l) = &e.lease {
+        if let Ok(rc) = cfg.repository(&e.repository) {
+            match crate::services::repository::Repository::open(&e.repository, rc).await {
+                Ok(repo) => {
+                    if let Err(err) = repo.release(l).await {
+                        tracing::warn!(lease = %l, error = %err, "cannot release a restore's lease; it expires by itself");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot open the repository to release a lease");
+                }
+            }
+        }
+    }
+    let (end, note) = match failure {
+        Some(why) => (
+            Step::Failed,
+            format!(
+                "restore of backup {} of {} failed: {why}; cleaned up",
+                e.backup_id, e.job
+            ),
+        ),
+        None => (end, note),
+    };
+    sqlx::query("UPDATE restore_journal SET step = ?, note = ?, updated_at = ? WHERE id = ?")
+        .bind(end.as_str())
+        .bind(&note)
+        .bind(now_ms())
+        .bind(e.id)
+        .execute(state.pool())
+        .await
+        .map_err(|err| state.err(err))?;
+    if failure.is_none() {
+        tracing::warn!("{note}");
+    }
+    Ok(note)
+}
+
+/// Terminate active statements that mention `name` (other than ours) and
+/// wait until they are gone (at most 30 s).
+async fn settle_statements(c: &mut sqlx::PgConnection, name: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE pid <> pg_backend_pid() AND state <> 'idle' AND position($1 in query) > 0",
+        )
+        .bind(name)
+        .fetch_one(&mut *c)
+        .await
+        .map_err(|err| Error::pg("stopping the interrupted restore's statements", err))?;
+        if left == 0 || std::time::Instant::now() > deadline {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A connection to the target's server with the job's own credentials, when
+/// the target is the job's server (always, for the job's own database).
+async fn admin(cfg: &LoadedConfig, e: &Entry) -> Result<Option<sqlx::PgConnection>> {
+    let Ok((
+        _,
+        JobConfig {
+            kind: Kind::Postgres(job),
+            ..
+        },
+    )) = cfg.job(&e.job)
+    else {
+        return Ok(None);
+    };
+    let t = crate::services::pg::job_target(job)?;
+    let server = |d: &str| d.rsplit_once('/').map(|(s, _)| s.to_owned());
+    if server(&t.display()) != server(&e.target) {
+        return Ok(None);
+    }
+    Ok(Some(t.with_database(&job.maintenance_db).connect().await?))
+}
+
+/// This process's own entry, for cleaning up after its failure.
+pub async fn entry(state: &State, id: i64) -> Result<Entry> {
+    let row = sqlx::query("SELECT * FROM restore_journal WHERE id = ?")
+        .bind(id)
+        .fetch_one(state.pool())
+        .await
+        .map_err(|e| state.err(e))?;
+    Ok(entry_of(&row))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own(step: Step) -> Entry {
+        Entry {
+            id: 1,
+            job: "appdb".into(),
+            backup_id: "b".into(),
+            repository: "local".into(),
+            target: "postgres://u@h:5432/app".into(),
+            lease: None,
+            temp_file: None,
+            database: Some("app".into()),
+            restoring: Some("app_restoring_1".into()),
+            created: true,
+            safety: Some("app_pre_restore_1".into()),
+            step,
+        }
+    }
+
+    #[test]
+    fn a_swap_cut_before_the_renames_rolls_back_and_after_them_finishes() {
+        let before = |n: &str| n == "app" || n == "app_restoring_1";
+        let (f, end, _) = plan(&own(Step::Closed), &before);
+        assert_eq!(end, Step::RolledBack);
+        assert_eq!(
+            f,
+            vec![
+                Fix::Reopen("app".into()),
+                Fix::Drop("app_restoring_1".into())
+            ]
+        );
+        let after = |n: &str| n == "app" || n == "app_pre_restore_1";
+        for step in [Step::Closed, Step::Swapped] {
+            let (f, end, _) = plan(&own(step), &after);
+            assert_eq!(end, Step::Done);
+            assert_eq!(
+                f,
+                vec![
+                    Fix::Reopen("app_pre_restore_1".into()),
+                    Fix::Reopen("app".into())
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn only_what_drctl_created_is_ever_dropped() {
+        let all = |_: &str| true;
+        let (f, _, _) = plan(&own(Step::Restoring), &all);
+        assert_eq!(f, vec![Fix::Drop("app_restoring_1".into())]);
+        let mut to = own(Step::Restoring);
+        to.database = None;
+        to.restoring = Some("target".into());
+        to.created = false;
+        let (f, end, note) = plan(&to, &all);
+        assert!(f.is_empty());
+        assert_eq!(end, Step::RolledBack);
+        assert!(note.contains("empty it"), "{note}");
+        let (f, end, _) = plan(&own(Step::Fetching), &all);
+        assert!(f.is_empty());
+        assert_eq!(end, Step::RolledBack);
+    }
+}

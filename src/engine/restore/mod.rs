@@ -1,0 +1,317 @@
+//! Restores, from the repository alone: pick the backup (latest or by id),
+//! fetch and verify every artifact before the target is touched, then hand
+//! off to the kind: `postgres.rs` (roles, database, pg_restore, swap) or
+//! `files.rs` (safe extraction).
+
+pub mod fetch;
+pub mod files;
+pub mod journal;
+pub mod postgres;
+
+use crate::base::error::{Error, Result};
+use crate::base::ids::{BackupId, JobName};
+use crate::base::manifest::Manifest;
+use crate::base::progress::Progress;
+use crate::config::{JobConfig, Kind, LoadedConfig};
+use crate::services::repository::Repository;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// What to restore and where.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    /// Job name; may be omitted when the config has exactly one backup job.
+    pub job: Option<String>,
+    /// A specific backup; `None` means the latest.
+    pub id: Option<String>,
+    /// `postgres://...` for a database, a directory for files backups.
+    pub to: Option<String>,
+    /// Parallel pg_restore jobs (1 streams without a temporary file).
+    pub jobs: usize,
+    /// Print the plan; touch nothing.
+    pub dry_run: bool,
+    /// The operator agreed to replace the job's own database (or overwrite files).
+    pub confirmed: bool,
+    /// Scratch space for the decompressed dump.
+    pub tmp_dir: Option<PathBuf>,
+    /// Cancelling stops the restore; a database it created is dropped.
+    pub cancel: CancellationToken,
+    /// age identity file for encrypted backups (else env, else config).
+    pub identity: Option<PathBuf>,
+    /// Files restores: keep setuid/setgid/sticky bits (dropped by default).
+    pub preserve_modes: bool,
+    /// Replace the job's own database even with a backup of another source.
+    pub force_source: bool,
+}
+
+/// What a restore will do, printed by `--dry-run` and before confirmation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// The job.
+    pub job: String,
+    /// Its kind.
+    pub kind: String,
+    /// The repository read from.
+    pub repository: String,
+    /// The backup restored.
+    pub backup_id: String,
+    /// When that backup finished.
+    pub backup_finished_at: String,
+    /// The host that made it.
+    pub backup_host: String,
+    /// Bytes to fetch.
+    pub stored_bytes: u64,
+    /// Bytes once decompressed.
+    pub raw_bytes: u64,
+    /// Where it goes (no password).
+    pub target: String,
+    /// The target is the job's own database and will be swapped (needs consent).
+    pub replaces_existing: bool,
+    /// What will happen, in order.
+    pub steps: Vec<String>,
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Report {
+    /// The backup restored.
+    pub backup_id: String,
+    /// Where it went (no password).
+    pub target: String,
+    /// Where the replaced database now lives (`<name>_pre_restore_<ts>`).
+    pub safety_copy: Option<String>,
+    /// Bytes read from the repository.
+    pub bytes_fetched: u64,
+    /// Wall time of fetching and verifying.
+    pub fetch_seconds: f64,
+    /// Decrypting and decompressing, inside (overlapping) the fetch.
+    pub decode_seconds: f64,
+    /// Wall time of roles, pg_restore (or extraction) and the swap.
+    pub restore_seconds: f64,
+    /// Wall time of the whole restore: the measured RTO.
+    pub total_seconds: f64,
+    /// Roles the server lacked and the restore created.
+    pub roles_created: Vec<String>,
+    /// Every role the globals dump names (drills check they exist).
+    pub roles_expected: Vec<String>,
+    /// Things done differently than asked (and why).
+    pub warnings: Vec<String>,
+}
+
+/// The job, repository and manifest a request resolves to.
+pub struct Resolved<'a> {
+    /// The job.
+    pub job: JobName,
+    /// Its config.
+    pub config: &'a JobConfig,
+    /// Its repository, open.
+    pub repo: Repository,
+    /// The chosen backup's manifest, read and checked.
+    pub manifest: Manifest,
+    /// Identities for encrypted artifacts, checked against the manifest.
+    pub keys: crate::services::keys::Keys,
+}
+
+/// Find the job, the repository and the backup a request means (the
+/// newest usable one unless an id is given), without touching the target.
+pub async fn resolve<'a>(cfg: &'a LoadedConfig, req: &RestoreRequest) -> Result<Resolved<'a>> {
+    let name = if let Some(j) = &req.job {
+        j.clone()
+    } else {
+        let backups: Vec<&String> = cfg
+            .config
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.repository().is_some())
+            .map(|(n, _)| n)
+            .collect();
+        match backups.as_slice() {
+            [one] => (*one).clone(),
+            _ => {
+                return Err(Error::Usage(format!(
+                    "more than one backup job is configured; name one with --job ({})",
+                    backups
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )))
+            }
+        }
+    };
+    let (job, config) = cfg.job(&name)?;
+    let repo_name = config.backup_repository(&name)?;
+    let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
+    let manifest = if let Some(id) = &req.id {
+        let id = BackupId::parse(id).map_err(|e| Error::Usage(format!("--id: {e}")))?;
+        repo.read_manifest(&job, &id).await?
+    } else {
+        let latest = repo.latest_usable(&job).await?;
+        for s in &latest.skipped {
+            tracing::warn!(job = %job, "passing over a newer backup: {s}");
+        }
+        latest.manifest
+    };
+    let keys =
+        crate::services::keys::for_manifest(cfg, config, &manifest, req.identity.as_deref())?;
+    Ok(Resolved {
+        job,
+        config,
+        repo,
+        manifest,
+        keys,
+    })
+}
+
+/// Describe what `req` would do without changing anything.
+pub async fn plan(cfg: &LoadedConfig, req: &RestoreRequest) -> Result<Plan> {
+    let r = resolve(cfg, req).await?;
+    match &r.config.kind {
+        Kind::Postgres(j) => postgres::plan(&r, j, req),
+        Kind::Files(_) => files::plan(&r, req),
+        other => Err(not_restorable(&r.job, other)),
+    }
+}
+
+/// Perform the restore. Refuses (exit 4) where consent is needed and not given.
+pub async fn run(
+    cfg: &LoadedConfig,
+    req: &RestoreRequest,
+    progress: Arc<Progress>,
+) -> Result<Report> {
+    let started = std::time::Instant::now();
+    let r = resolve(cfg, req).await?;
+    // A --tmp-dir that does not exist is a typo, not a place to create
+    // (the default under state_dir is created).
+    if let Some(dir) = req.tmp_dir.as_ref().filter(|d| !d.is_dir()) {
+        return Err(Error::Usage(format!(
+            "--tmp-dir {} is not an existing directory",
+            dir.display()
+        )));
+    }
+    let tmp_dir = req
+        .tmp_dir
+        .clone()
+        .unwrap_or_else(|| cfg.config.state_dir.join("tmp"));
+    std::fs::create_dir_all(&tmp_dir)
+        .map_err(|e| Error::io(format!("creating {}", tmp_dir.display()), e))?;
+    // Finish or roll back restores that were killed before this one starts.
+    let state = crate::services::state::State::open(&cfg.config.state_dir).await?;
+    for note in journal::recover(cfg, &state).await {
+        tracing::warn!("{note}");
+    }
+    // One restore per target on this host: a second one into the same
+    // database or directory is refused before it touches anything.
+    let target = match &r.config.kind {
+        Kind::Postgres(j) => postgres::target_key(j, req)?,
+        Kind::Files(_) => files::target_key(req)?,
+        other => return Err(not_restorable(&r.job, other)),
+    };
+    let _target_lock =
+        crate::services::lock::HostLock::try_acquire_keyed(&cfg.config.state_dir, ".restore", &target)?
+    .map_err(|holder| {
+        Error::Refused(format!(
+            "another restore into {target} is running ({holder}); wait for it or pick another target"
+        ))
+    })?;
+    // Keep prune (on any host) away from the backup while it is read. A
+    // restore that cannot protect its backup does not start.
+    let lease = r
+        .repo
+        .lease(&r.job, &r.manifest.id, "restore")
+        .await
+        .map_err(|e| {
+            Error::repo(
+                &r.repo.name,
+                format!("cannot lease backup {} before reading it (a concurrent prune could remove it), so the restore does not start: {e}", r.manifest.id),
+            )
+        })?;
+    let journal = journal::Journal::begin(
+        &state,
+        r.job.as_str(),
+        r.manifest.id.as_str(),
+        &r.repo.name,
+        &target,
+        Some(&lease.key),
+    )
+    .await?;
+    let result = match &r.config.kind {
+        Kind::Postgres(j) => postgres::run(&r, j, req, &tmp_dir, progress, &journal).await,
+        Kind::Files(_) => files::run(&r, req, &tmp_dir, progress).await,
+        other => Err(not_restorable(&r.job, other)),
+    };
+    match &result {
+        Ok(_) => journal.step(journal::Step::Done).await?,
+        Err(e) => {
+            // The same repairs a later recovery would make, now.
+            let cleaned = match journal::entry(&state, journal.id).await {
+                Ok(entry) => {
+                    let why = crate::base::secret::redact(&e.to_string());
+                    journal::settle(cfg, &state, &entry, Some(&why)).await
+                }
+                Err(err) => Err(err),
+            };
+            if let Err(err) = cleaned {
+                tracing::error!(error = %err, "cleaning up after the failed restore; `drctl status` retries");
+            }
+        }
+    }
+    let key = lease.key.clone();
+    if let Err(e) = lease.release().await {
+        tracing::warn!(error = %e, lease = %key, "cannot release the lease; it expires after the repository's lease_ttl");
+    }
+    let mut report = result?;
+    report.total_seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn not_restorable(job: &JobName, kind: &Kind) -> Error {
+    Error::WrongKind {
+        job: job.to_string(),
+        kind: kind.name(),
+        expected: crate::config::BACKUP_KINDS,
+    }
+}
+
+pub(crate) fn base_plan(
+    r: &Resolved<'_>,
+    target: String,
+    replaces_existing: bool,
+    steps: Vec<String>,
+) -> Plan {
+    Plan {
+        job: r.job.to_string(),
+        kind: r.manifest.kind.clone(),
+        repository: r.repo.location(),
+        backup_id: r.manifest.id.to_string(),
+        backup_finished_at: r.manifest.finished_at.to_rfc3339(),
+        backup_host: r.manifest.host.clone(),
+        stored_bytes: r.manifest.stored_bytes(),
+        raw_bytes: r.manifest.raw_bytes(),
+        target,
+        replaces_existing,
+        steps,
+    }
+}
+
+/// Run `work` unless `cancel` fires first (then `Interrupted`). Each kind
+/// wraps its phases with this so it can clean up what it created.
+pub(crate) async fn cancellable<T>(
+    cancel: &CancellationToken,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::select! {
+        r = work => r,
+        () = cancel.cancelled() => Err(Error::Interrupted(format!("{what} cancelled"))),
+    }
+}
+
+/// Free bytes on the filesystem holding `dir`.
+pub(crate) fn free_space(dir: &std::path::Path) -> Result<u64> {
+    let s = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| Error::io(format!("statvfs {}", dir.display()), e.into()))?;
+    Ok(s.blocks_available() as u64 * s.fragment_size() as u64)
+}

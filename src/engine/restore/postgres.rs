@@ -1,0 +1,818 @@
+//! Restoring a PostgreSQL backup.
+//!
+//! `--to URL`: into that database, created if missing, refused if it holds
+//! anything. Otherwise into the job's own database, safely: restore into a
+//! new database, then swap names so the old one stays as
+//! `<name>_pre_restore_<timestamp>`. A failed pg_restore drops the new
+//! database and leaves the original untouched.
+
+use super::{base_plan, cancellable, fetch, free_space, Plan, Report, Resolved, RestoreRequest};
+use crate::base::error::{Error, Result};
+use crate::base::manifest::Artifact;
+use crate::base::progress::Progress;
+use crate::config::PostgresJob;
+use crate::services::pg::{job_target, quote_ident};
+use crate::services::pg::{spawn_tool, PgTarget, PgTools};
+use sqlx::Row;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// PostgreSQL's identifier limit (NAMEDATALEN - 1).
+const MAX_NAME: usize = 63;
+
+fn destination(job: &PostgresJob, req: &RestoreRequest) -> Result<(PgTarget, bool)> {
+    match &req.to {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            crate::base::secret::register_url_password(url);
+            let target = PgTarget::parse(url).map_err(|e| Error::Usage(format!("--to: {e}")))?;
+            Ok((target, false))
+        }
+        Some(_) => Err(Error::Usage(
+            "--to for a PostgreSQL backup must be a postgres:// URL".into(),
+        )),
+        None => Ok((job_target(job)?, true)),
+    }
+}
+
+/// `<base><suffix>`, with `base` shortened so the whole fits in 63 bytes.
+fn side_name(base: &str, suffix: &str) -> String {
+    let mut b = base.to_owned();
+    while b.len() + suffix.len() > MAX_NAME {
+        b.pop();
+    }
+    format!("{b}{suffix}")
+}
+
+/// What identifies the restore's target, for the per-target lock.
+pub fn target_key(job: &PostgresJob, req: &RestoreRequest) -> Result<String> {
+    Ok(destination(job, req)?.0.display())
+}
+
+/// What restoring a postgres backup would do.
+pub fn plan(r: &Resolved<'_>, job: &PostgresJob, req: &RestoreRequest) -> Result<Plan> {
+    let (dest, replaces) = destination(job, req)?;
+    let mut steps = vec![
+        "fetch database.dump and globals.sql, verify size and SHA-256 of each before touching the target".to_string(),
+        "create missing roles from the globals dump".to_string(),
+    ];
+    if replaces {
+        steps.push(format!(
+            "create a new database and pg_restore into it (--jobs {})",
+            req.jobs.max(1)
+        ));
+        steps.push(format!(
+            "swap: rename {db} to {db}_pre_restore_<timestamp> (kept as a safety copy), rename the new database to {db}",
+            db = dest.database
+        ));
+    } else {
+        steps.push(format!(
+            "create {} if missing (refuse if it is not empty)",
+            dest.database
+        ));
+        steps.push(format!("pg_restore into it (--jobs {})", req.jobs.max(1)));
+    }
+    Ok(base_plan(r, dest.display(), replaces, steps))
+}
+
+/// Restore a postgres backup: fetch and verify, roles, a new database,
+/// then (when replacing) swap names so the old database is kept aside.
+pub async fn run(
+    r: &Resolved<'_>,
+    job: &PostgresJob,
+    req: &RestoreRequest,
+    tmp_dir: &Path,
+    progress: Arc<Progress>,
+    journal: &super::journal::Journal,
+) -> Result<Report> {
+    let (dest, replaces) = destination(job, req)?;
+    if replaces && !req.confirmed {
+        return Err(Error::Refused(format!(
+            "restoring into the job's own database {} replaces it (the current one is kept as a safety copy); confirm, or pass --yes",
+            dest.display()
+        )));
+    }
+    let tools = PgTools::locate(job.pg_bindir.as_deref());
+    let m = &r.manifest;
+    let dump = dump_artifact(m)?;
+    let mut report = Report {
+        backup_id: m.id.to_string(),
+        target: dest.display(),
+        ..Default::default()
+    };
+
+    // 1. Fetch and verify everything before the target sees a byte.
+    let t0 = Instant::now();
+    let fetched = fetch_all(r, dump, req, tmp_dir, &progress, journal).await?;
+    let (globals, dump_file, streamed) = (&fetched.globals, &fetched.dump_file, fetched.streamed);
+    report.bytes_fetched =
+        dump.stored_bytes + m.artifact("pg_globals_sql").map_or(0, |g| g.stored_bytes);
+    report.fetch_seconds = t0.elapsed().as_secs_f64();
+    report.decode_seconds = progress.decode_seconds();
+
+    // 2. Roles, then the database.
+    let t1 = Instant::now();
+    let admin = dest.with_database(&job.maintenance_db);
+    let mut conn = admin.connect().await?;
+    if replaces && !req.force_source {
+        refuse_another_source(r, &mut conn, &dest.database).await?;
+    }
+    if let Some(sql) = globals {
+        restore_roles(&tools, &admin, &mut conn, sql, &mut report).await?;
+    }
+    let exists = database_exists(&mut conn, &dest.database).await?;
+    let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
+    let into = if replaces {
+        side_name(&dest.database, &format!("_restoring_{stamp}"))
+    } else {
+        if exists {
+            ensure_empty(&dest).await?;
+        }
+        dest.database.clone()
+    };
+    let created_db = !exists || replaces;
+    let safety = side_name(&dest.database, &format!("_pre_restore_{stamp}"));
+    // `<db>_restoring_<stamp>` is ours from the start; a `--to` target only
+    // once our CREATE DATABASE succeeded (recovery never drops a database
+    // someone else created).
+    journal
+        .names(
+            replaces.then_some(dest.database.as_str()),
+            &into,
+            replaces,
+            (replaces && exists).then_some(safety.as_str()),
+        )
+        .await?;
+    journal.step(super::journal::Step::Restoring).await?;
+    if created_db {
+        create_database(&mut conn, &into, m.source.as_ref()).await?;
+        if !replaces {
+            journal.created().await?;
+        }
+    }
+
+    progress.set_phase("restore", dump.raw_bytes);
+    let into_target = dest.with_database(&into);
+    let restore = pg_restore(
+        &tools,
+        &into_target,
+        req.jobs.max(1),
+        if streamed { None } else { Some(dump_file) },
+        r,
+        dump,
+        &progress,
+    );
+    let restored = cancellable(&req.cancel, &format!("restore into {into}"), restore).await;
+    if let Err(e) = restored {
+        if created_db {
+            drop_database(&mut conn, &into).await;
+        }
+        return Err(e);
+    }
+
+    // Database-level properties (ACLs such as REVOKE CONNECT, ALTER
+    // DATABASE .. SET, the comment) live in the dump's DATABASE entries,
+    // which pg_restore applies only with --create: apply them to the new
+    // database before it takes the real name.
+    if let Some(src) = m.source.as_ref() {
+        if streamed {
+            report.warnings.push(NOT_REAPPLIED.into());
+        } else if let Err(e) =
+            apply_database_properties(&tools, &admin, dump_file, &src.database, &into).await
+        {
+            if created_db {
+                drop_database(&mut conn, &into).await;
+            }
+            return Err(e);
+        }
+    }
+
+    // 3. Swap names so the old database is kept aside.
+    if replaces {
+        report.safety_copy =
+            swap(&mut conn, &dest.database, &into, exists, &safety, journal).await?;
+    }
+    report.restore_seconds = t1.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The backup's pg_dump archive; a postgres manifest without one is damaged.
+fn dump_artifact(m: &crate::base::manifest::Manifest) -> Result<&Artifact> {
+    m.artifact("pg_dump_custom")
+        .ok_or_else(|| Error::Integrity {
+            artifact: m.id.to_string(),
+            message: "manifest lists no pg_dump artifact".into(),
+        })
+}
+
+/// Why a streamed restore lacks the database's own GRANTs, settings and comment.
+const NOT_REAPPLIED: &str = "database-level properties (GRANT/REVOKE on the database, ALTER DATABASE .. SET, its comment) were not re-applied: the dump was streamed (no room for a temporary copy)";
+
+/// A backup fetched and verified, ready for pg_restore.
+struct Fetched {
+    globals: Option<Vec<u8>>,
+    /// The decompressed dump (absent when `streamed`); removed on drop.
+    dump_file: PathBuf,
+    /// No room for a temporary copy: verified, to be streamed again.
+    streamed: bool,
+    _cleanup: RemoveOnDrop,
+}
+
+/// Fetch the globals into memory and the dump into a temporary file in
+/// `tmp_dir`, each checked against the manifest; with no room for the
+/// file, verify the dump only (it is streamed into pg_restore later).
+async fn fetch_all(
+    r: &Resolved<'_>,
+    dump: &Artifact,
+    req: &RestoreRequest,
+    tmp_dir: &Path,
+    progress: &Arc<Progress>,
+    journal: &super::journal::Journal,
+) -> Result<Fetched> {
+    let m = &r.manifest;
+    let globals = match m.artifact("pg_globals_sql") {
+        Some(g) => {
+            Some(fetch::to_memory(&r.repo, &r.job, &m.id, g, 64 * 1024 * 1024, &r.keys).await?)
+        }
+        None => None,
+    };
+    // Unique per restore: two restores of one backup (a drill and an
+    // incident, two --to targets) must not share a temporary file.
+    let dump_file = tmp_dir.join(format!(
+        ".drctl-restore-{}-{}-{}-{:08x}.dump",
+        r.job,
+        m.id,
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    journal.temp_file(&dump_file).await?;
+    let needed = dump.raw_bytes + dump.raw_bytes / 20 + 64 * 1024 * 1024;
+    let free = free_space(tmp_dir)?;
+    let streamed = free < needed;
+    progress.set_phase("fetch", dump.stored_bytes);
+    let cleanup = RemoveOnDrop(dump_file.clone());
+    let fetch = async {
+        if streamed {
+            if req.jobs > 1 {
+                return Err(Error::Other(format!(
+                    "parallel restore needs {needed} bytes free in {} for the decompressed dump, {free} are free: free space, pass --tmp-dir elsewhere, or use --jobs 1 to stream",
+                    tmp_dir.display()
+                )));
+            }
+            tracing::info!(
+                needed,
+                free,
+                "not enough room for a temporary dump; verifying first, then streaming"
+            );
+            fetch::verify_only(&r.repo, &r.job, &m.id, dump, Some(progress.clone())).await
+        } else {
+            fetch::to_file(
+                &r.repo,
+                &r.job,
+                &m.id,
+                dump,
+                &dump_file,
+                Some(progress.clone()),
+                &r.keys,
+            )
+            .await
+            .map(|_| ())
+        }
+    };
+    cancellable(&req.cancel, "fetching the backup", fetch).await?;
+    Ok(Fetched {
+        globals,
+        dump_file,
+        streamed,
+        _cleanup: cleanup,
+    })
+}
+
+/// Create the roles of the backup's globals that the server lacks, noting
+/// which were expected and which were created.
+async fn restore_roles(
+    tools: &PgTools,
+    admin: &PgTarget,
+    conn: &mut sqlx::PgConnection,
+    sql: &[u8],
+    report: &mut Report,
+) -> Result<()> {
+    let text = String::from_utf8_lossy(sql);
+    report.roles_expected = text.lines().filter_map(role_of).collect();
+    report.roles_expected.sort();
+    report.roles_expected.dedup();
+    let (created, warnings) = create_missing_roles(tools, admin, conn, &text).await?;
+    report.roles_created = created;
+    report.warnings.extend(warnings);
+    Ok(())
+}
+
+/// Replacing the job's own database with a backup of *another* source is
+/// what two hosts sharing a job name look like: refuse (before anything is
+/// touched) when the server being restored into has backups of its own in
+/// this job and the chosen one is not among them. A new server (a real
+/// disaster recovery) has none, so it is never refused.
+async fn refuse_another_source(
+    r: &Resolved<'_>,
+    conn: &mut sqlx::PgConnection,
+    database: &str,
+) -> Result<()> {
+    let Some((b_sys, b_db)) = r.manifest.source_identity() else {
+        return Ok(());
+    };
+    let Some(live) = crate::services::pg::system_identifier(conn).await else {
+        return Ok(());
+    };
+    if b_sys == live && b_db == database {
+        return Ok(());
+    }
+    for b in r.repo.list_backups(&r.job).await?.iter().rev().take(20) {
+        if b.id == r.manifest.id {
+            continue;
+        }
+        let Ok(m) = r.repo.read_manifest(&r.job, &b.id).await else {
+            continue;
+        };
+        if m.source_identity() == Some((live.as_str(), database)) {
+            return Err(Error::Refused(format!(
+                "backup {} is of database {b_db} on server {b_sys} (host {}), but {database} here (server {live}) has backups of its own in job {} (e.g. {}): two hosts share this job name. Nothing was changed; pass --force-source to restore it anyway",
+                r.manifest.id, r.manifest.host, r.job, b.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Best effort: drop a database this restore created and did not finish
+/// (the journal's cleanup repeats it when it can reach the server).
+async fn drop_database(conn: &mut sqlx::PgConnection, name: &str) {
+    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
+    if let Err(e) = sqlx::query(&sql).execute(conn).await {
+        tracing::warn!(database = name, error = %e, "cannot drop the unfinished database");
+    }
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn database_exists(conn: &mut sqlx::PgConnection, name: &str) -> Result<bool> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_one(conn)
+        .await
+        .map_err(|e| Error::pg("looking up the target database", e))?;
+    Ok(n > 0)
+}
+
+/// A `--to` database that exists must hold no user objects.
+async fn ensure_empty(dest: &PgTarget) -> Result<()> {
+    let mut c = dest.connect().await?;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'",
+    )
+    .fetch_one(&mut c)
+    .await
+    .map_err(|e| Error::pg("checking that the target is empty", e))?;
+    if n > 0 {
+        return Err(Error::Refused(format!(
+            "target database {} is not empty ({n} relations); restore into a new or empty database",
+            dest.display()
+        )));
+    }
+    Ok(())
+}
+
+async fn create_database(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+    src: Option<&crate::base::manifest::PostgresSource>,
+) -> Result<()> {
+    let mut sql = format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(name));
+    if let Some(s) = src {
+        let owner_exists: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_roles WHERE rolname = $1")
+                .bind(&s.owner)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| Error::pg("looking up the database owner", e))?;
+        if owner_exists > 0 {
+            sql.push_str(&format!(" OWNER {}", quote_ident(&s.owner)));
+        }
+        let lit = |v: &str| format!("'{}'", v.replace('\'', "''"));
+        sql.push_str(&format!(
+            " ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+            lit(&s.encoding),
+            lit(&s.collate),
+            lit(&s.ctype)
+        ));
+    }
+    sqlx::query(&sql).execute(&mut *conn).await.map_err(|e| {
+        // Two restores racing to create one target (from two hosts): the
+        // loser is refused in words, not with pg_database's index error.
+        let taken = e
+            .as_database_error()
+            .and_then(sqlx::error::DatabaseError::code)
+            .is_some_and(|c| c == "23505" || c == "42P04");
+        if taken {
+            Error::Refused(format!(
+                "database {name} was created by someone else meanwhile (another restore?); nothing was restored"
+            ))
+        } else {
+            Error::pg(format!("creating database {name}"), e)
+        }
+    })?;
+    Ok(())
+}
+
+async fn pg_restore(
+    tools: &PgTools,
+    into: &PgTarget,
+    jobs: usize,
+    file: Option<&Path>,
+    r: &Resolved<'_>,
+    dump: &crate::base::manifest::Artifact,
+    progress: &Arc<Progress>,
+) -> Result<()> {
+    let passfile = into.passfile()?;
+    let env = into.child_env(passfile.as_ref());
+    let mut args = vec![
+        "--exit-on-error".to_string(),
+        "--no-password".into(),
+        format!("--dbname={}", into.database),
+    ];
+    if let Some(f) = file {
+        args.push(format!("--jobs={jobs}"));
+        args.push(f.display().to_string());
+        spawn_tool(&tools.path("pg_restore"), &args, &env, false, false)?
+            .finish()
+            .await?;
+    } else {
+        // Second pass of a streamed restore: the artifact was verified
+        // moments ago, but the store may have changed since, so what
+        // feeds pg_restore is hashed again and a mismatch fails the
+        // restore (the new database is then dropped, never swapped in).
+        let mut child = spawn_tool(&tools.path("pg_restore"), &args, &env, true, false)?;
+        let stdin = child
+            .child
+            .stdin
+            .take()
+            .ok_or_else(|| Error::Other("pg_restore stdin".into()))?;
+        let fed = fetch::to_writer(
+            &r.repo,
+            &r.job,
+            &r.manifest.id,
+            dump,
+            stdin,
+            Some(progress.clone()),
+            &r.keys,
+        )
+        .await;
+        let finished = child.finish().await;
+        match (fed, finished) {
+            (Err(e @ Error::Integrity { .. }), _) => return Err(e),
+            // pg_restore stopped reading: its own error says why.
+            (Err(_), Err(tool)) => return Err(tool),
+            (Err(e), Ok(_)) => return Err(e),
+            (Ok(_), finished) => {
+                finished?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The SQL of the dump's database-level entries (DATABASE PROPERTIES, and
+/// ACL / COMMENT / SECURITY LABEL on the database), rewritten from the
+/// source database's name to `into`, applied with psql.
+async fn apply_database_properties(
+    tools: &PgTools,
+    admin: &PgTarget,
+    dump: &Path,
+    source_db: &str,
+    into: &str,
+) -> Result<()> {
+    let args = vec![
+        "--create".to_string(),
+        "--schema-only".into(),
+        "--file=-".into(),
+        dump.display().to_string(),
+    ];
+    let mut child = spawn_tool(&tools.path("pg_restore"), &args, &[], false, true)?;
+    let mut out = child
+        .child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Other("pg_restore stdout".into()))?;
+    let mut text = String::new();
+    use tokio::io::AsyncReadExt;
+    let read = out.read_to_string(&mut text).await;
+    child.finish().await?;
+    read.map_err(|e| Error::io("reading pg_restore's schema output", e))?;
+    let sql = retarget(&database_entries(&text), source_db, into);
+    if sql.trim().is_empty() {
+        return Ok(());
+    }
+    psql_script(tools, admin, &sql, true, "database properties").await?;
+    Ok(())
+}
+
+/// From pg_restore's text output, the statements of the entries that
+/// belong to the database itself. Entries start with a header comment
+/// `-- Name: N; Type: T; Schema: S; Owner: O`.
+fn database_entries(script: &str) -> String {
+    let mut out = String::new();
+    let mut keep = false;
+    for line in script.lines() {
+        if let Some(h) = line.strip_prefix("-- Name: ") {
+            let ty = h
+                .split("; ")
+                .find_map(|p| p.strip_prefix("Type: "))
+                .unwrap_or("");
+            keep = ty == "DATABASE PROPERTIES"
+                || (matches!(ty, "ACL" | "COMMENT" | "SECURITY LABEL")
+                    && h.starts_with("DATABASE "));
+            continue;
+        }
+        // psql meta-commands (`\connect`, `\restrict`/`\unrestrict` of
+        // newer pg_dump) are pg_restore's framing, not the entry's SQL.
+        if keep && !line.starts_with('\\') && !line.starts_with("--") && !line.trim().is_empty() {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `DATABASE <source>` (as pg_dump quotes it) becomes `DATABASE <into>`.
+fn retarget(sql: &str, source: &str, into: &str) -> String {
+    let plain = source
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !source.starts_with(|c: char| c.is_ascii_digit());
+    let to = format!("DATABASE {}", quote_ident(into));
+    let mut s = sql.replace(&format!("DATABASE {}", quote_ident(source)), &to);
+    if plain {
+        for end in [" ", ";", "\n"] {
+            s = s.replace(&format!("DATABASE {source}{end}"), &format!("{to}{end}"));
+        }
+    }
+    s
+}
+
+/// Run the globals dump minus every statement about a role that already
+/// exists: restoring must not reset an existing role's password or flags.
+async fn create_missing_roles(
+    tools: &PgTools,
+    admin: &PgTarget,
+    conn: &mut sqlx::PgConnection,
+    sql: &str,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let existing: Vec<String> = sqlx::query("SELECT rolname FROM pg_roles")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| Error::pg("listing roles", e))?
+        .into_iter()
+        .map(|r| r.get::<String, _>(0))
+        .collect();
+    let (filtered, created) = filter_globals(sql, &existing);
+    if created.is_empty() {
+        return Ok((created, Vec::new()));
+    }
+    let stderr = psql_script(tools, admin, &filtered, false, "roles").await?;
+    let warnings = stderr
+        .lines()
+        .filter(|l| l.contains("ERROR"))
+        .map(|l| format!("globals: {l}"))
+        .collect();
+    Ok((created, warnings))
+}
+
+/// Run `sql` through psql against `admin` (password in a passfile, never
+/// argv); returns psql's stderr. `stop_on_error`: ON_ERROR_STOP.
+async fn psql_script(
+    tools: &PgTools,
+    admin: &PgTarget,
+    sql: &str,
+    stop_on_error: bool,
+    what: &str,
+) -> Result<String> {
+    let passfile = admin.passfile()?;
+    let env = admin.child_env(passfile.as_ref());
+    let args = vec![
+        "-X".to_string(),
+        "-q".into(),
+        "--no-password".into(),
+        "-v".into(),
+        format!("ON_ERROR_STOP={}", u8::from(stop_on_error)),
+    ];
+    let mut child = spawn_tool(&tools.path("psql"), &args, &env, true, false)?;
+    if let Some(mut stdin) = child.child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        stdin
+            .write_all(sql.as_bytes())
+            .await
+            .map_err(|e| Error::io(format!("sending {what} to psql"), e))?;
+    }
+    child.finish().await
+}
+
+/// The role a `CREATE ROLE`/`ALTER ROLE` line is about.
+fn role_of(line: &str) -> Option<String> {
+    let rest = line
+        .strip_prefix("CREATE ROLE ")
+        .or_else(|| line.strip_prefix("ALTER ROLE "))?;
+    if let Some(q) = rest.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = q.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                    name.push('"');
+                } else {
+                    return Some(name);
+                }
+            } else {
+                name.push(c);
+            }
+        }
+        None
+    } else {
+        Some(rest.split([' ', ';']).next()?.to_owned())
+    }
+}
+
+/// Keep statements about roles that do not exist yet, plus memberships;
+/// drop tablespaces (their paths belong to the old host).
+fn filter_globals(sql: &str, existing: &[String]) -> (String, Vec<String>) {
+    let mut out = String::new();
+    let mut created = Vec::new();
+    for line in sql.lines() {
+        if let Some(role) = role_of(line) {
+            if existing.contains(&role) {
+                continue;
+            }
+            if line.starts_with("CREATE ROLE ") {
+                created.push(role);
+            }
+        } else if line.starts_with("CREATE TABLESPACE ") {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    (out, created)
+}
+
+/// Terminate every session of the closed database `name`, for up to 30 s;
+/// past that it is reopened and the restore fails (the restored copy stays
+/// in `restored`).
+async fn disconnect_all(conn: &mut sqlx::PgConnection, name: &str, restored: &str) -> Result<()> {
+    let q = quote_ident;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(name)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| Error::pg(format!("disconnecting sessions from {name}"), e))?;
+        if left == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = sqlx::query(&format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+                q(name)
+            ))
+            .execute(&mut *conn)
+            .await;
+            return Err(Error::Other(format!(
+                "sessions keep connecting to {name}; the restored copy is in {restored}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+async fn swap(
+    conn: &mut sqlx::PgConnection,
+    name: &str,
+    restored: &str,
+    existed: bool,
+    safety: &str,
+    journal: &super::journal::Journal,
+) -> Result<Option<String>> {
+    use super::journal::Step;
+    let q = quote_ident;
+    if !existed {
+        sqlx::query(&format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            q(restored),
+            q(name)
+        ))
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| Error::pg("renaming the restored database", e))?;
+        return Ok(None);
+    }
+    // Journaled first: a kill from here on is finished or rolled back by
+    // the next `drctl restore` / `drctl status`, never left closed.
+    journal.step(Step::Closed).await?;
+    sqlx::query(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS false",
+        q(name)
+    ))
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| Error::pg(format!("closing {name} to new connections"), e))?;
+    crate::base::faults::point("restore.swap.closed").await;
+    disconnect_all(conn, name, restored).await?;
+    let renamed = async {
+        sqlx::query("BEGIN").execute(&mut *conn).await?;
+        sqlx::query(&format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            q(name),
+            q(safety)
+        ))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(&format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            q(restored),
+            q(name)
+        ))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("COMMIT").execute(&mut *conn).await?;
+        Ok::<(), sqlx::Error>(())
+    }
+    .await;
+    if let Err(e) = renamed {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        let _ = sqlx::query(&format!(
+            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+            q(name)
+        ))
+        .execute(&mut *conn)
+        .await;
+        return Err(Error::pg(
+            format!("swapping {restored} into place; the restored copy is in {restored}"),
+            e,
+        ));
+    }
+    journal.step(Step::Swapped).await?;
+    crate::base::faults::point("restore.swap.renamed").await;
+    sqlx::query(&format!(
+        "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+        q(safety)
+    ))
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| Error::pg(format!("reopening {safety}"), e))?;
+    Ok(Some(safety.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globals_filter_keeps_only_missing_roles() {
+        let sql = "SET client_encoding = 'UTF8';\nCREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER;\nCREATE ROLE \"odd \"\"name\";\nALTER ROLE \"odd \"\"name\" WITH LOGIN;\nCREATE ROLE app;\nALTER ROLE app WITH LOGIN PASSWORD 'x';\nGRANT app TO \"odd \"\"name\" GRANTED BY postgres;\nCREATE TABLESPACE t OWNER app LOCATION '/x';\n";
+        let (out, created) = filter_globals(sql, &["postgres".into()]);
+        assert_eq!(created, vec!["odd \"name".to_string(), "app".to_string()]);
+        assert!(!out.contains("ROLE postgres"));
+        assert!(out.contains("ALTER ROLE app WITH LOGIN"));
+        assert!(out.contains("GRANT app TO"));
+        assert!(!out.contains("TABLESPACE"));
+    }
+
+    #[test]
+    fn database_properties_are_picked_from_the_script_and_retargeted() {
+        let script = "--\n-- Name: app; Type: DATABASE; Schema: -; Owner: postgres\n--\n\nCREATE DATABASE app WITH TEMPLATE = template0;\n\n\\connect app\n\n--\n-- Name: DATABASE app; Type: COMMENT; Schema: -; Owner: postgres\n--\n\nCOMMENT ON DATABASE app IS 'the app';\n\n--\n-- Name: app; Type: DATABASE PROPERTIES; Schema: -; Owner: postgres\n--\n\nALTER DATABASE app SET work_mem TO '8MB';\n\n\\connect app\n\n--\n-- Name: t; Type: TABLE; Schema: public; Owner: postgres\n--\n\nCREATE TABLE public.t (i int);\n\n--\n-- Name: DATABASE app; Type: ACL; Schema: -; Owner: postgres\n--\n\nREVOKE CONNECT,TEMPORARY ON DATABASE app FROM PUBLIC;\n";
+        let got = retarget(&database_entries(script), "app", "app_restoring_1");
+        assert_eq!(
+            got,
+            "COMMENT ON DATABASE \"app_restoring_1\" IS 'the app';\nALTER DATABASE \"app_restoring_1\" SET work_mem TO '8MB';\nREVOKE CONNECT,TEMPORARY ON DATABASE \"app_restoring_1\" FROM PUBLIC;\n"
+        );
+        assert_eq!(
+            retarget("ALTER DATABASE \"My Db\" SET x TO 1;\n", "My Db", "n"),
+            "ALTER DATABASE \"n\" SET x TO 1;\n"
+        );
+    }
+
+    #[test]
+    fn side_names_fit_postgres_limit() {
+        let n = side_name(&"x".repeat(80), "_pre_restore_20261122020000");
+        assert_eq!(n.len(), 63);
+        assert!(n.ends_with("_pre_restore_20261122020000"));
+    }
+}

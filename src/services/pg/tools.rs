@@ -1,0 +1,108 @@
+//! Finding the PostgreSQL client tools and checking their versions.
+//! pg_dump refuses to dump a newer server; we say so before starting, with
+//! the package to install, instead of after a failed half-dump.
+
+use crate::base::error::{Error, Result};
+use std::path::{Path, PathBuf};
+
+/// Where the PostgreSQL client tools are found.
+#[derive(Debug, Clone)]
+pub struct PgTools {
+    bindir: Option<PathBuf>,
+}
+
+/// A client tool's version, as it reports it.
+#[derive(Debug, Clone)]
+pub struct ToolVersion {
+    /// Major version (16 for 16.4): what must be at least the server's.
+    pub major: u32,
+    /// The whole `--version` line, for the manifest.
+    pub text: String,
+}
+
+impl PgTools {
+    /// `configured` wins; else the newest `/usr/lib/postgresql/*/bin`
+    /// (Debian installs several side by side); else `$PATH`.
+    pub fn locate(configured: Option<&Path>) -> Self {
+        if let Some(d) = configured {
+            return PgTools {
+                bindir: Some(d.to_path_buf()),
+            };
+        }
+        let newest = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(std::result::Result::ok)
+            .filter_map(|e| {
+                let v: u32 = e.file_name().to_str()?.parse().ok()?;
+                let bin = e.path().join("bin");
+                bin.join("pg_dump").is_file().then_some((v, bin))
+            })
+            .max_by_key(|(v, _)| *v)
+            .map(|(_, p)| p);
+        PgTools { bindir: newest }
+    }
+
+    /// The path of `tool` in the chosen directory (or the bare name: `$PATH`).
+    pub fn path(&self, tool: &str) -> PathBuf {
+        match &self.bindir {
+            Some(d) => d.join(tool),
+            None => PathBuf::from(tool),
+        }
+    }
+
+    /// Ask `tool --version`.
+    pub async fn version(&self, tool: &str) -> Result<ToolVersion> {
+        let mut cmd = tokio::process::Command::new(self.path(tool));
+        crate::base::child_env::restrict(&mut cmd);
+        let out = cmd
+            .arg("--version")
+            .output()
+            .await
+            .map_err(|e| Error::ToolVersion(format!("cannot run {}: {e} (install the PostgreSQL client tools, e.g. postgresql-client, or set pg_bindir)", self.path(tool).display())))?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let major = parse_major(&text).ok_or_else(|| {
+            Error::ToolVersion(format!("cannot read the version of {tool} from {text:?}"))
+        })?;
+        Ok(ToolVersion { major, text })
+    }
+
+    /// Refuse early when the local `tool` is older than the server.
+    pub async fn check_against_server(
+        &self,
+        tool: &str,
+        server_version_num: i32,
+    ) -> Result<ToolVersion> {
+        let v = self.version(tool).await?;
+        let server_major = (server_version_num / 10000) as u32;
+        if v.major < server_major {
+            return Err(Error::ToolVersion(format!(
+                "{tool} {} cannot dump PostgreSQL {server_major} (server is newer than the client): install postgresql-client-{server_major} or set pg_bindir to its bin directory",
+                v.major
+            )));
+        }
+        Ok(v)
+    }
+}
+
+/// "pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)" -> 15
+fn parse_major(text: &str) -> Option<u32> {
+    let after = text.split(')').nth(1).unwrap_or(text);
+    after
+        .split_whitespace()
+        .find_map(|w| w.split('.').next()?.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_versions() {
+        assert_eq!(
+            super::parse_major("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"),
+            Some(15)
+        );
+        assert_eq!(super::parse_major("pg_dump (PostgreSQL) 9.6.24"), Some(9));
+        assert_eq!(super::parse_major("pg_restore (PostgreSQL) 17devel"), None);
+    }
+}

@@ -457,3 +457,112 @@ async fn s3_storage_class_encryption_and_object_lock_are_applied_and_prune_respe
         .unwrap();
     assert!(left.uploads().is_empty());
 }
+
+#[test]
+fn a_pinned_labelled_backup_survives_retention_until_its_time_and_restores_by_label() {
+    let (w, src) = files_world("app", "retention = { keep_last = 1 }\n");
+    let conf = src.join("a.conf");
+    std::fs::write(&conf, "schema=v1\n").unwrap();
+    let pinned = w
+        .drctl(&[
+            "run",
+            "app",
+            "--label",
+            "pre-migration",
+            "--keep-for",
+            "30d",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let m = manifest(&w, "app", &pinned);
+    assert_eq!(m["label"], "pre-migration", "{m}");
+    let until = chrono::DateTime::parse_from_rfc3339(m["keep_until"].as_str().unwrap()).unwrap();
+    let started = chrono::DateTime::parse_from_rfc3339(m["started_at"].as_str().unwrap()).unwrap();
+    assert_eq!((until - started).num_days(), 30);
+
+    // The migration runs; nightly backups follow. keep_last = 1 prunes
+    // after each one: every unpinned older backup goes, the pinned one stays.
+    let mut last = String::new();
+    for v in ["v2", "v3"] {
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        std::fs::write(&conf, format!("schema={v}\n")).unwrap();
+        last = w.drctl(&["run", "app"]).ok().stdout.trim().to_owned();
+    }
+    assert_eq!(
+        committed_dirs(&w, "app"),
+        [pinned.clone(), last.clone()].into_iter().collect(),
+        "keep_last = 1 keeps the newest, and the pin keeps its backup"
+    );
+    let r = w
+        .drctl(&["prune", "--job", "app", "--dry-run", "--json"])
+        .ok()
+        .stdout
+        .clone();
+    assert!(r.contains("pinned"), "{r}");
+
+    // `backups` shows the label and the pin.
+    let listed: serde_json::Value =
+        serde_json::from_str(&w.drctl(&["backups", "app", "--json"]).ok().stdout).unwrap();
+    let row = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == pinned.as_str())
+        .unwrap();
+    assert_eq!(row["label"], "pre-migration");
+    assert!(row["keep_until"].is_string(), "{row}");
+    let text = w.drctl(&["backups", "app"]).ok().stdout.clone();
+    assert!(text.contains("label pre-migration, pinned until"), "{text}");
+
+    // Rollback: restore by label gives the pre-migration files, not the newest.
+    let out = scratch_dir("drctl-label-out-");
+    let r = w.drctl(&[
+        "restore",
+        "--label",
+        "pre-migration",
+        "--job",
+        "app",
+        "--to",
+        out.to_str().unwrap(),
+        "--yes",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let restored = out.join(conf.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read_to_string(restored).unwrap(), "schema=v1\n");
+
+    // Unknown labels are "not found" (5); malformed ones a usage error (2)
+    // that makes no backup.
+    let r = w.drctl(&[
+        "restore", "--label", "no-such", "--job", "app", "--to", "/tmp/x", "--yes",
+    ]);
+    assert_eq!(r.code, 5, "{}", r.all());
+    let before = committed_dirs(&w, "app");
+    for (flag, value) in [
+        ("--label", "two words"),
+        ("--keep-for", "0s"),
+        ("--keep-for", "200y"),
+    ] {
+        let r = w.drctl(&["run", "app", flag, value]);
+        assert_eq!(r.code, 2, "{flag} {value}: {}", r.all());
+        assert!(r.stderr.contains(flag), "{}", r.stderr);
+    }
+    assert_eq!(committed_dirs(&w, "app"), before);
+
+    // Once the pin has run out, the backup is an ordinary one again: the
+    // next backup's prune lets it go.
+    let path = w.repo_dir().join("app").join(&pinned).join("manifest.json");
+    let mut m = manifest(&w, "app", &pinned);
+    m["keep_until"] = (chrono::Utc::now() - chrono::Duration::minutes(1))
+        .to_rfc3339()
+        .into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let newest = w.drctl(&["run", "app"]).ok().stdout.trim().to_owned();
+    assert_eq!(
+        committed_dirs(&w, "app"),
+        [newest].into_iter().collect(),
+        "an expired pin protects nothing"
+    );
+}

@@ -55,6 +55,49 @@ impl fmt::Display for JobName {
     }
 }
 
+/// An operator's label on a backup (`drctl run JOB --label pre-migration`):
+/// something to find it by in an incident, so short and plain (at most 64
+/// letters, digits, `.`, `_`, `-`, starting with a letter or digit).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Label(String);
+
+impl Label {
+    /// A valid label, or what a label may hold.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let first_ok = s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric());
+        if first_ok && s.len() <= 64 && valid_component(s) {
+            Ok(Label(s.to_owned()))
+        } else {
+            Err(format!(
+                "invalid label {s:?}: expected 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit (e.g. \"pre-migration\")"
+            ))
+        }
+    }
+
+    /// The label as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Label {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Label::parse(&s)
+    }
+}
+impl From<Label> for String {
+    fn from(l: Label) -> String {
+        l.0
+    }
+}
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// `20261122T020000.123Z-<host>-<random>`: sorts by start time (to the
 /// millisecond) as a plain string, so the greatest id in one listing is the
 /// latest backup, also when two runs start within the same second. Ids from
@@ -143,6 +186,27 @@ impl fmt::Display for BackupId {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn labels_are_short_plain_words() {
+        for ok in ["pre-migration", "v2.3_rollback", "a", &"x".repeat(64)] {
+            assert!(Label::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "-x",
+            ".x",
+            "with space",
+            "a/b",
+            "ü",
+            &"x".repeat(65),
+            "x\n",
+        ] {
+            let why = Label::parse(bad).unwrap_err();
+            assert!(why.contains("expected 1 to 64"), "{bad:?}: {why}");
+        }
+    }
+
     use super::*;
 
     #[test]

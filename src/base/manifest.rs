@@ -1,7 +1,7 @@
 //! The manifest: the versioned JSON document that makes a backup exist.
 //! It is written last; data without one is not a backup.
 
-use crate::base::ids::{BackupId, JobName};
+use crate::base::ids::{BackupId, JobName, Label};
 use crate::base::values::Compression;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,53 @@ pub struct Manifest {
     /// Row counts taken in the dump's snapshot, for drills to prove completeness.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tables: Vec<TableCount>,
+    /// The operator's label (`drctl run --label`), to restore it by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<Label>,
+    /// Pinned (`drctl run --keep-for`): retention keeps it until then,
+    /// outside the policy's slots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_until: Option<DateTime<Utc>>,
+}
+
+/// An operator's mark on one backup: a label to find it by and a pin that
+/// keeps it from retention until a time.
+#[derive(Debug, Clone, Default)]
+pub struct Mark {
+    /// `--label`.
+    pub label: Option<crate::base::ids::Label>,
+    /// `--keep-for`: pinned until the backup's start plus this.
+    pub keep_for: Option<std::time::Duration>,
+}
+
+impl Mark {
+    /// The longest pin: beyond it `--keep-for` is a typo.
+    pub const MAX_KEEP_FOR: std::time::Duration =
+        std::time::Duration::from_secs(100 * 366 * 24 * 3600);
+
+    /// A mark, or what is wrong with it (a pin of more than 100 years).
+    pub fn new(
+        label: Option<crate::base::ids::Label>,
+        keep_for: Option<std::time::Duration>,
+    ) -> crate::Result<Self> {
+        if keep_for.is_some_and(|d| d.is_zero() || d > Self::MAX_KEEP_FOR) {
+            return Err(crate::Error::Usage(
+                "--keep-for: expected a duration between 1s and 100 years (e.g. 30d)".into(),
+            ));
+        }
+        Ok(Mark { label, keep_for })
+    }
+
+    /// Whether the run marks its backup at all.
+    pub fn is_set(&self) -> bool {
+        self.label.is_some() || self.keep_for.is_some()
+    }
+
+    /// Until when a backup started at `started` is pinned.
+    pub fn keep_until(&self, started: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let d = chrono::Duration::from_std(self.keep_for?).ok()?;
+        started.checked_add_signed(d)
+    }
 }
 
 /// The database a postgres backup is of, as it was.
@@ -235,6 +282,8 @@ mod tests {
                 encryption_recipients: vec![],
             }],
             tables: vec![],
+            label: None,
+            keep_until: None,
         };
         m.to_json()
     }

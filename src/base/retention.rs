@@ -112,6 +112,9 @@ pub struct Candidate {
     /// whatever its id says (a host whose clock runs behind gives it an id
     /// older than others').
     pub just_made: bool,
+    /// Pinned by its operator (`drctl run --keep-for`) and the pin has not
+    /// run out: kept, and outside the policy's slots.
+    pub pinned: bool,
 }
 
 /// The whole retention decision: which backups stay, and why.
@@ -122,6 +125,9 @@ pub struct Candidate {
 ///   span; a damaged one goes, unless it is the newest (always kept).
 /// - The newest backup proven restorable is kept on top of the policy's
 ///   picks ("last verified"): retention never leaves only unproven copies.
+/// - A pinned backup is kept until its pin runs out and fills no slot
+///   either: a pre-migration backup kept for 30 days does not push the
+///   nightly ones out of their daily slots.
 /// - Without a policy everything is kept.
 pub fn decide(backups: &[Candidate], policy: Option<&Policy>, tz: Tz) -> BTreeMap<String, Reasons> {
     let mut kept: BTreeMap<String, Reasons> = BTreeMap::new();
@@ -135,7 +141,7 @@ pub fn decide(backups: &[Candidate], policy: Option<&Policy>, tz: Tz) -> BTreeMa
     };
     let slots: Vec<(String, DateTime<Utc>)> = backups
         .iter()
-        .filter(|b| !b.skewed && !b.damaged)
+        .filter(|b| !b.skewed && !b.damaged && !b.pinned)
         .map(|b| (b.id.clone(), b.at))
         .collect();
     for (id, reasons) in keep(&slots, policy, tz) {
@@ -159,6 +165,9 @@ pub fn decide(backups: &[Candidate], policy: Option<&Policy>, tz: Tz) -> BTreeMa
                 .or_default()
                 .push("clock skew: not counted");
         }
+    }
+    for b in backups.iter().filter(|b| b.pinned) {
+        kept.entry(b.id.clone()).or_default().push("pinned");
     }
     for b in backups.iter().filter(|b| b.just_made) {
         kept.entry(b.id.clone()).or_default().push("just made");
@@ -198,7 +207,60 @@ mod tests {
             damaged: false,
             proven: false,
             just_made: false,
+            pinned: false,
         }
+    }
+
+    #[test]
+    fn a_pinned_backup_is_kept_outside_the_slots_until_its_pin_runs_out() {
+        // Nightly backups, and a pre-migration one at noon on the 20th.
+        let mut b = vec![
+            cand("n19", "2026-11-19T02:00:00Z"),
+            cand("n20", "2026-11-20T02:00:00Z"),
+            cand("pre-migration", "2026-11-20T12:00:00Z"),
+            cand("n21", "2026-11-21T02:00:00Z"),
+            cand("n22", "2026-11-22T02:00:00Z"),
+        ];
+        b[2].pinned = true;
+        let daily = Policy {
+            daily: 3,
+            ..Policy::default()
+        };
+        let k = decide(&b, Some(&daily), Tz::UTC);
+        // The 20th's daily slot goes to its nightly backup, not to the
+        // pinned one (newer that day): the pin takes no slot.
+        assert_eq!(
+            k.keys().map(String::as_str).collect::<Vec<_>>(),
+            vec!["n20", "n21", "n22", "pre-migration"]
+        );
+        assert_eq!(k["pre-migration"], vec!["pinned"]);
+        assert_eq!(k["n20"], vec!["daily"]);
+        // keep_last = 1: the pinned one stays beside the newest.
+        let last = Policy {
+            keep_last: 1,
+            ..Policy::default()
+        };
+        let k = decide(&b, Some(&last), Tz::UTC);
+        assert_eq!(
+            k.keys().map(String::as_str).collect::<Vec<_>>(),
+            vec!["n22", "pre-migration"]
+        );
+        // Once the pin has run out (the caller no longer marks it), it is
+        // an ordinary backup again and goes.
+        b[2].pinned = false;
+        let k = decide(&b, Some(&last), Tz::UTC);
+        assert_eq!(
+            k.keys().map(String::as_str).collect::<Vec<_>>(),
+            vec!["n22"]
+        );
+        // The newest backup being pinned changes nothing about "newest".
+        b[4].pinned = true;
+        let k = decide(&b, Some(&last), Tz::UTC);
+        assert_eq!(k["n22"], vec!["pinned"]);
+        assert!(
+            k.contains_key("n21"),
+            "the newest unpinned one fills keep_last"
+        );
     }
 
     #[test]

@@ -28,6 +28,12 @@ struct Row {
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     problem: Option<String>,
+    /// The operator's label (`drctl run --label`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<String>,
+    /// Pinned until then (`drctl run --keep-for`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keep_until: Option<String>,
 }
 
 pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
@@ -91,6 +97,8 @@ async fn job_rows(cfg: &LoadedConfig, name: &str, rows: &mut Vec<Row>) -> drctl:
                     duration_seconds: 0.0,
                     status: "unreadable",
                     problem: Some(text),
+                    label: None,
+                    keep_until: None,
                 });
                 continue;
             }
@@ -115,6 +123,10 @@ async fn job_rows(cfg: &LoadedConfig, name: &str, rows: &mut Vec<Row>) -> drctl:
             stored_bytes: m.stored_bytes(),
             raw_bytes: m.raw_bytes(),
             duration_seconds: (m.finished_at - m.started_at).num_milliseconds() as f64 / 1000.0,
+            label: m.label.as_ref().map(ToString::to_string),
+            keep_until: m
+                .keep_until
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         });
     }
     Ok(())
@@ -142,8 +154,24 @@ fn print(rows: Vec<Row>, json: bool) -> anyhow::Result<()> {
             super::human_bytes(r.stored_bytes),
             r.duration_seconds,
             r.status,
-            r.problem.map(|p| format!(" ({p})")).unwrap_or_default()
+            marks(r.label.as_deref(), r.keep_until.as_deref())
+                + &r.problem.map(|p| format!(" ({p})")).unwrap_or_default()
         );
     }
     Ok(())
+}
+
+/// ` label pre-migration, pinned until 2027-01-01T02:00:00Z`, or nothing.
+fn marks(label: Option<&str>, keep_until: Option<&str>) -> String {
+    let mut out = String::new();
+    if let Some(l) = label {
+        out.push_str(&format!(" label {l}"));
+    }
+    if let Some(t) = keep_until {
+        out.push_str(&format!(
+            "{} pinned until {t}",
+            if label.is_some() { "," } else { "" }
+        ));
+    }
+    out
 }

@@ -1,4 +1,4 @@
-//! `drctl restore (--latest | --id ID) [--job JOB] [--to TARGET] ...`
+//! `drctl restore (--latest | --id ID | --label LABEL) [--job JOB] [--to TARGET] ...`
 
 use super::progress::Bar;
 use drctl::base::progress::Progress;
@@ -8,7 +8,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
-#[command(group = clap::ArgGroup::new("which").required(true).args(["latest", "id"]))]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["latest", "id", "label"]))]
 pub struct Args {
     /// Restore the newest committed backup
     #[arg(long)]
@@ -16,6 +16,9 @@ pub struct Args {
     /// Restore this backup id
     #[arg(long)]
     id: Option<String>,
+    /// Restore the newest backup with this label (`drctl run --label`)
+    #[arg(long)]
+    label: Option<String>,
     /// The job whose backups to restore (optional with a single backup job)
     #[arg(long)]
     job: Option<String>,
@@ -86,9 +89,16 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         },
         None => a.to,
     };
+    let label = a
+        .label
+        .as_deref()
+        .map(drctl::base::ids::Label::parse)
+        .transpose()
+        .map_err(|m| drctl::Error::Usage(format!("--label: {m}")))?;
     let mut req = RestoreRequest {
         job: a.job,
         id: a.id,
+        label,
         to,
         jobs: a.jobs.max(1),
         dry_run: a.dry_run,

@@ -26,10 +26,31 @@ pub struct Args {
     /// Print the manifest as JSON instead of a summary
     #[arg(long)]
     json: bool,
+    /// Label the backup (e.g. pre-migration), to restore it with `restore --label`
+    #[arg(long)]
+    label: Option<String>,
+    /// Pin the backup: retention keeps it this long (e.g. 30d), outside its slots
+    #[arg(long, value_parser = humantime::parse_duration)]
+    keep_for: Option<std::time::Duration>,
 }
 
 pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
-    cfg.job(&a.job)?;
+    let (_, job) = cfg.job(&a.job)?;
+    if (a.label.is_some() || a.keep_for.is_some()) && !job.is_backup() {
+        return Err(drctl::Error::Usage(format!(
+            "--label and --keep-for mark backups; {} is a {} job",
+            a.job,
+            job.kind()
+        ))
+        .into());
+    }
+    let label = a
+        .label
+        .as_deref()
+        .map(drctl::base::ids::Label::parse)
+        .transpose()
+        .map_err(|m| drctl::Error::Usage(format!("--label: {m}")))?;
+    let mark = drctl::base::manifest::Mark::new(label, a.keep_for)?;
     let state = State::open(&cfg.config.state_dir).await?;
     let progress = Progress::new();
     let bar = Bar::start(progress.clone());
@@ -39,6 +60,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         retries: 0,
         retry_delay: std::time::Duration::ZERO,
         stopping: tokio_util::sync::CancellationToken::new(),
+        mark,
     };
     let result = drctl::engine::runner::run_alerted(
         cfg,

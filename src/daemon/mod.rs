@@ -161,6 +161,7 @@ impl Daemon {
             retries: sched.retries,
             retry_delay: sched.retry_delay,
             stopping: self.stopping.clone(),
+            mark: crate::base::manifest::Mark::default(),
         };
         let _ = crate::engine::runner::run_alerted(
             &cfg,

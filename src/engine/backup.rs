@@ -26,6 +26,7 @@ pub async fn run(
     trigger: &str,
     progress: Arc<Progress>,
     cancel: CancellationToken,
+    mark: &crate::base::manifest::Mark,
 ) -> Result<Manifest> {
     let (job_name, job) = cfg.job(name)?;
     let repo_name = job.backup_repository(name)?;
@@ -97,6 +98,8 @@ pub async fn run(
                 source: out.source,
                 artifacts: out.artifacts,
                 tables: out.tables,
+                label: mark.label.clone(),
+                keep_until: mark.keep_until(started),
             };
             repo.commit(&m).await.map(|_| m)
         }

@@ -17,7 +17,7 @@ use crate::config::{LoadedConfig, RepositoryConfig};
 use crate::services::repository::{ObjectInfo, Repository, Upload, LEASES};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// How to prune.
@@ -319,7 +319,11 @@ pub async fn job(cfg: &LoadedConfig, name: &str, opts: &Options) -> Result<Repor
     let tz = jc.scheduling().zone()?;
     let prefix = format!("{job_name}/");
     let dirs = group(repo.objects_of_job(&job_name).await?, &prefix);
-    let candidates = candidates(&dirs, opts);
+    let pins = match jc.retention() {
+        Some(_) => pinned(&repo, &job_name, &dirs, Utc::now()).await?,
+        None => BTreeSet::new(),
+    };
+    let candidates = candidates(&dirs, opts, &pins);
     refuse_unsafe(&repo, &job_name, &candidates).await?;
     let keep = crate::base::retention::decide(&candidates, jc.retention(), tz);
     let mut report = Report {
@@ -357,9 +361,33 @@ pub async fn job(cfg: &LoadedConfig, name: &str, opts: &Options) -> Result<Repor
 }
 
 /// The committed backups as retention sees them.
+/// The committed backups whose pin (`drctl run --keep-for`) has not run
+/// out at `now`, from their manifests (the pin's only record). A manifest
+/// that cannot be fetched stops the prune: whether it pins its backup is
+/// unknown. One that is damaged pins nothing (it is not restorable).
+async fn pinned(
+    repo: &Repository,
+    job: &crate::base::ids::JobName,
+    dirs: &BTreeMap<BackupId, Dir>,
+    now: DateTime<Utc>,
+) -> Result<BTreeSet<BackupId>> {
+    let mut out = BTreeSet::new();
+    for id in dirs.iter().filter(|(_, d)| d.manifest).map(|(id, _)| id) {
+        match repo.read_manifest(job, id).await {
+            Ok(m) if m.keep_until.is_some_and(|t| t > now) => {
+                out.insert(id.clone());
+            }
+            Ok(_) | Err(Error::Integrity { .. } | Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
 fn candidates(
     dirs: &BTreeMap<BackupId, Dir>,
     opts: &Options,
+    pins: &BTreeSet<BackupId>,
 ) -> Vec<crate::base::retention::Candidate> {
     dirs.iter()
         .filter(|(_, d)| d.manifest)
@@ -381,6 +409,7 @@ fn candidates(
                 damaged: known.damaged,
                 proven: known.proven,
                 just_made: opts.just_made.as_deref() == Some(id.as_str()),
+                pinned: pins.contains(id),
             }
         })
         .collect()

@@ -33,6 +33,9 @@ pub struct Attempts {
     pub retry_delay: std::time::Duration,
     /// Stop waiting between attempts when this is cancelled (shutdown).
     pub stopping: CancellationToken,
+    /// What a backup made by these attempts is marked with (`drctl run
+    /// --label --keep-for`); scheduled runs mark nothing.
+    pub mark: crate::base::manifest::Mark,
 }
 
 /// What a long-running caller (the daemon) keeps when the state database
@@ -86,6 +89,7 @@ pub async fn run_alerted(
             cancel.child_token(),
             // Only the first attempt claims the tick; retries run under the claim it won.
             if attempt == 0 { tick } else { None },
+            &attempts.mark,
         )
         .await;
         match &result {
@@ -196,6 +200,7 @@ pub fn finished(
 }
 
 /// Run job `name` once: backup, check or verify, recorded as a run.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_job(
     cfg: &LoadedConfig,
     state: &State,
@@ -204,6 +209,7 @@ pub async fn run_job(
     progress: Arc<Progress>,
     cancel: CancellationToken,
     tick: Option<DateTime<Utc>>,
+    mark: &crate::base::manifest::Mark,
 ) -> Result<Outcome> {
     let (_, job) = cfg.job(name)?;
     let _lock = match HostLock::try_acquire(&cfg.config.state_dir, name)? {
@@ -256,7 +262,8 @@ pub async fn run_job(
             Ok(Outcome::Report(Box::new(r)))
         }
         _ => {
-            let m = crate::engine::backup::run(cfg, state, name, trigger, progress, cancel).await?;
+            let m = crate::engine::backup::run(cfg, state, name, trigger, progress, cancel, mark)
+                .await?;
             // Retention runs after each committed backup; a prune problem
             // is logged, never a failed backup.
             if job.retention().is_some() {

@@ -268,6 +268,7 @@ async fn phases(
     let req0 = crate::engine::restore::RestoreRequest {
         job: Some(d.job.clone()),
         id: opts.id.clone(),
+        label: None,
         to: None,
         jobs: d.jobs,
         dry_run: true,

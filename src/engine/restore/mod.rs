@@ -26,6 +26,9 @@ pub struct RestoreRequest {
     pub job: Option<String>,
     /// A specific backup; `None` means the latest.
     pub id: Option<String>,
+    /// The newest backup with this label (`drctl run --label`), instead of
+    /// the newest of all.
+    pub label: Option<crate::base::ids::Label>,
     /// `postgres://...` for a database, a directory for files backups.
     pub to: Option<String>,
     /// Parallel pg_restore jobs (1 streams without a temporary file).
@@ -147,6 +150,8 @@ pub async fn resolve<'a>(cfg: &'a LoadedConfig, req: &RestoreRequest) -> Result<
     let manifest = if let Some(id) = &req.id {
         let id = BackupId::parse(id).map_err(|e| Error::Usage(format!("--id: {e}")))?;
         repo.read_manifest(&job, &id).await?
+    } else if let Some(label) = &req.label {
+        repo.latest_labelled(&job, label).await?
     } else {
         let latest = repo.latest_usable(&job).await?;
         for s in &latest.skipped {

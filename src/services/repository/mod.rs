@@ -357,6 +357,34 @@ impl Repository {
         })
     }
 
+    /// The newest backup of `job` labelled `label` whose manifest reads
+    /// (and whose writer's clock was sane); damaged ones are passed over
+    /// with a warning, as for the latest.
+    pub async fn latest_labelled(
+        &self,
+        job: &JobName,
+        label: &crate::base::ids::Label,
+    ) -> Result<Manifest> {
+        for b in self.list_backups(job).await?.into_iter().rev() {
+            if b.clock_skew().is_some() {
+                continue;
+            }
+            match self.read_manifest(job, &b.id).await {
+                Ok(m) if m.label.as_ref() == Some(label) => return Ok(m),
+                Ok(_) => {}
+                Err(e @ (Error::Integrity { .. } | Error::NotFound(_))) => {
+                    tracing::warn!(job = %job, "passing over backup {}: {e}", b.id);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::NotFound(format!(
+            "no committed backup of job {job} labelled {label} in repository {} ({})",
+            self.name,
+            self.location()
+        )))
+    }
+
     /// Read and check a backup's manifest.
     pub async fn read_manifest(&self, job: &JobName, id: &BackupId) -> Result<Manifest> {
         let key = Self::manifest_key(job, id);
@@ -521,6 +549,8 @@ mod protocol {
                 encryption_recipients: vec![],
             }],
             tables: vec![],
+            label: None,
+            keep_until: None,
         }
     }
 

@@ -1,6 +1,9 @@
 //! The spine, end to end with real components: PostgreSQL clusters, an
 //! S3-protocol server, the drctl binary. Each scenario reads as what an
 //! operator would see.
+// Each test is one end-to-end scenario told in order; splitting it would
+// hide the sequence the assertions depend on.
+#![allow(clippy::too_many_lines)]
 
 mod common;
 
@@ -742,4 +745,124 @@ exec "$REAL" "$@""#,
     let text = w.drctl(&["logs", "appdb"]).ok().stdout.clone();
     assert!(text.contains("chatty"), "{text}");
     assert!(!format!("{}{}{}", r.all(), logs.stdout, text).contains(PG_PASSWORD));
+}
+
+#[test]
+fn restore_hooks_stop_and_start_the_application_around_the_restore() {
+    let pg = pg();
+    let db = pg.create_db("hooks");
+    pg.seed(&db, &unique("hooks_owner"), 50);
+    let at_backup = pg.fingerprint(&db);
+    let hooks = "[jobs.appdb.restore]\nbefore = [[\"sh\", \"-c\", \"echo stop >> {dir}/app.log; env > {dir}/hook.env\"]]\nafter = [[\"sh\", \"-c\", \"echo start >> {dir}/app.log\"]]\ntimeout = \"30s\"\n";
+    let mut w = local_world("APP_DATABASE_URL", hooks);
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    let id = w.drctl(&["run", "appdb"]).ok().stdout.trim().to_owned();
+    let log = w.dir.join("app.log");
+    let app_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    pg.psql(&db, "DELETE FROM billing.payment WHERE result = 'paid'");
+    let damaged = pg.fingerprint(&db);
+
+    // The plan shows the hooks around the steps; a refused restore (no
+    // --yes) stops nothing.
+    let r = w.drctl(&[
+        "restore",
+        "--latest",
+        "--job",
+        "appdb",
+        "--dry-run",
+        "--json",
+    ]);
+    let plan: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
+    let steps: Vec<&str> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(steps[0].starts_with("before hook: sh -c"), "{steps:?}");
+    assert!(
+        steps.last().unwrap().starts_with("after hook: sh -c"),
+        "{steps:?}"
+    );
+    let r = w.drctl(&["restore", "--latest", "--job", "appdb"]);
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert_eq!(app_log(), "");
+
+    // Stop, restore, start; the report carries what each hook did.
+    let r = w.drctl(&["restore", "--latest", "--job", "appdb", "--yes", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
+    assert_eq!(app_log(), "stop\nstart\n");
+    assert_eq!(pg.fingerprint(&db), at_backup);
+    let ran = report["hooks"].as_array().unwrap();
+    assert_eq!(ran.len(), 2, "{report}");
+    assert!(
+        ran.iter()
+            .all(|h| h["ok"] == true && h["status"] == "exit 0"),
+        "{report}"
+    );
+    // Hooks get the allow-listed environment, never drctl's secrets.
+    let env = std::fs::read_to_string(w.dir.join("hook.env")).unwrap();
+    assert!(
+        !env.contains("APP_DATABASE_URL") && !env.contains("AWS_SECRET"),
+        "{env}"
+    );
+
+    // --no-hooks skips them.
+    std::fs::remove_file(&log).unwrap();
+    w.drctl(&[
+        "restore",
+        "--id",
+        &id,
+        "--job",
+        "appdb",
+        "--yes",
+        "--no-hooks",
+    ])
+    .ok();
+    assert_eq!(app_log(), "");
+
+    // A failing `before` aborts with the target untouched, and the `after`
+    // hooks bring the application back.
+    pg.psql(&db, "DELETE FROM billing.payment WHERE result = 'paid'");
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    std::fs::write(
+        &w.config,
+        text.replace("echo stop >> ", "echo stop >> {dir}/app.log; exit 9; echo ")
+            .replace("{dir}", &w.dir.display().to_string()),
+    )
+    .unwrap();
+    let r = w.drctl(&["restore", "--latest", "--job", "appdb", "--yes"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("before hook")
+            && r.stderr.contains("exit 9")
+            && r.stderr.contains("nothing was restored"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(pg.fingerprint(&db), damaged);
+    assert_eq!(app_log(), "stop\nstart\n");
+
+    // A restore that fails (a corrupted artifact) still starts the
+    // application again, on the untouched database.
+    std::fs::write(
+        &w.config,
+        text.replace("{dir}", &w.dir.display().to_string()),
+    )
+    .unwrap();
+    std::fs::remove_file(&log).unwrap();
+    let dump = std::fs::read_dir(w.repo_dir().join("appdb").join(&id))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("database.dump"))
+        .unwrap();
+    let mut bytes = std::fs::read(&dump).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&dump, bytes).unwrap();
+    let r = w.drctl(&["restore", "--id", &id, "--job", "appdb", "--yes"]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert_eq!(app_log(), "stop\nstart\n");
+    assert_eq!(pg.fingerprint(&db), damaged);
 }

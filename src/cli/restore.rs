@@ -54,6 +54,9 @@ pub struct Args {
     /// server or database (refused by default: two hosts sharing a job name)
     #[arg(long)]
     force_source: bool,
+    /// Skip the job's [jobs.X.restore] before/after hooks
+    #[arg(long)]
+    no_hooks: bool,
     #[arg(long)]
     json: bool,
 }
@@ -108,6 +111,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         identity: a.identity,
         preserve_modes: a.preserve_modes,
         force_source: a.force_source,
+        hooks: !a.no_hooks,
     };
     // A restore killed half-way is finished or rolled back first, and says so.
     let state = drctl::services::state::State::open(&cfg.config.state_dir).await?;

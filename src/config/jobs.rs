@@ -176,6 +176,54 @@ kinds! {
     Health(super::maintenance::HealthJob) = "health";
 }
 
+/// `[jobs.X.restore]`: the runbook's procedure around a restore ("stop the
+/// app, restore, start it"). Commands are argv lists run without a shell.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreHooks {
+    /// Run in order before the target is touched; one that fails (or runs
+    /// out of time) aborts the restore with the target untouched.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub before: Vec<Vec<String>>,
+    /// Run in order after the restore, also when it failed (the application
+    /// comes back on the untouched old database); each runs even if an
+    /// earlier one failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<Vec<String>>,
+    /// Longest each command may run (default 5m); then it is killed and
+    /// counts as failed.
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl RestoreHooks {
+    fn validate(&self, p: &mut Problems) {
+        for (key, list) in [
+            ("restore.before", &self.before),
+            ("restore.after", &self.after),
+        ] {
+            for (i, argv) in list.iter().enumerate() {
+                if argv.first().is_none_or(|c| c.trim().is_empty()) {
+                    p.push((
+                        format!("{key}[{i}]"),
+                        "expected a command as an argv list, e.g. [\"systemctl\", \"stop\", \"app\"]".into(),
+                    ));
+                }
+            }
+        }
+        if self.timeout.is_zero() {
+            p.push((
+                "restore.timeout".into(),
+                "expected a duration above 0".into(),
+            ));
+        }
+    }
+}
+
 /// The keys every backup kind shares: where backups go, how they are
 /// packed, how long they are kept, how fresh they must be.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,6 +242,9 @@ pub struct Storage {
     /// Grandfather-father-son retention, applied after each backup and by `drctl prune`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<crate::base::retention::Policy>,
+    /// `[jobs.X.restore]`: what a restore of this job runs around itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<RestoreHooks>,
     /// The repository (`[repositories.NAME]`) backups go to.
     pub repository: String,
     /// How artifacts are compressed (default zstd).
@@ -206,6 +257,9 @@ pub struct Storage {
 
 impl Storage {
     fn validate(&self, p: &mut Problems) {
+        if let Some(h) = &self.restore {
+            h.validate(p);
+        }
         if let Some(e) = &self.encryption {
             p.check(e.validate());
         }

@@ -24,7 +24,7 @@ pub use drills::{DrillConfig, DrillTarget, ReportSchedule, SqlCheck};
 pub use encryption::{Encryption, IDENTITY_ENV};
 pub use jobs::{
     Common, Compression, FilesJob, JobConfig, Kind, KindSpec, LockScope, PathEntry, PostgresJob,
-    Problems, Scheduling, Storage, VerifyJob, VerifyScope, BACKUP_KINDS,
+    Problems, RestoreHooks, Scheduling, Storage, VerifyJob, VerifyScope, BACKUP_KINDS,
 };
 pub use maintenance::strip_userinfo;
 pub use maintenance::{

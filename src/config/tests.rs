@@ -486,3 +486,36 @@ checks = [{ sql = "SELECT 1", expect = ">= x" }]
         assert!(line.contains(what), "{k}: {line}");
     }
 }
+
+#[test]
+fn restore_hooks_are_argv_lists_with_a_timeout() {
+    let body = |hooks: &str| {
+        format!(
+            "[repositories.local]\ntype = \"local\"\npath = \"/var/backups/drctl\"\n[jobs.app]\ntype = \"postgres\"\nurl_env = \"X\"\nrepository = \"local\"\n[jobs.app.restore]\n{hooks}\n"
+        )
+    };
+    let (_d, r) = load_str(&body(
+        "before = [[\"systemctl\", \"stop\", \"app\"]]\nafter = [[\"systemctl\", \"start\", \"app\"]]\ntimeout = \"2m\"",
+    ));
+    let c = r.unwrap();
+    let h = c.config.jobs["app"]
+        .storage()
+        .unwrap()
+        .restore
+        .clone()
+        .unwrap();
+    assert_eq!(h.before, vec![vec!["systemctl", "stop", "app"]]);
+    assert_eq!(h.timeout, std::time::Duration::from_secs(120));
+    let (_d, r) = load_str(&body("before = [[]]\nafter = [[\"\"]]\ntimeout = \"0s\""));
+    let (_, key, message) = config_err(r);
+    assert_eq!(key, "jobs.app.restore.before[0]", "{message}");
+    assert!(message.contains("argv list"), "{message}");
+    assert!(
+        message.contains("jobs.app.restore.after[0]")
+            && message.contains("jobs.app.restore.timeout"),
+        "{message}"
+    );
+    let (_d, r) = load_str(&body("before = \"systemctl stop app\""));
+    let (_, key, _) = config_err(r);
+    assert!(key.starts_with("jobs.app"), "{key}");
+}

@@ -278,6 +278,8 @@ async fn phases(
         identity: None,
         preserve_modes: false,
         force_source: false,
+        // A drill restores into scratch: the application is not touched.
+        hooks: false,
     };
     opts.progress.set_phase("fetch", 0);
     let resolved = crate::engine::restore::resolve(cfg, &req0)

@@ -43,6 +43,19 @@ pub fn plan(r: &Resolved<'_>, req: &RestoreRequest) -> Result<Plan> {
     ))
 }
 
+/// Refuse (exit 4) to write into a non-empty directory without consent.
+pub fn consent(req: &RestoreRequest) -> Result<()> {
+    let dir = target_dir(req)?;
+    let non_empty = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
+    if non_empty && !req.confirmed {
+        return Err(Error::Refused(format!(
+            "{} is not empty; files there may be overwritten (use --yes to allow)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Restore a files backup into an empty (or new) directory, checking the
 /// whole archive before the first entry is written.
 pub async fn run(
@@ -51,16 +64,8 @@ pub async fn run(
     tmp_dir: &Path,
     progress: Arc<Progress>,
 ) -> Result<Report> {
+    consent(req)?;
     let dir = target_dir(req)?;
-    if dir.exists() {
-        let non_empty = std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some());
-        if non_empty && !req.confirmed {
-            return Err(Error::Refused(format!(
-                "{} is not empty; files there may be overwritten (use --yes to allow)",
-                dir.display()
-            )));
-        }
-    }
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let artifact = r.manifest.artifact("tar").ok_or_else(|| Error::Integrity {

@@ -5,6 +5,7 @@
 
 pub mod fetch;
 pub mod files;
+pub mod hooks;
 pub mod journal;
 pub mod postgres;
 
@@ -47,6 +48,8 @@ pub struct RestoreRequest {
     pub preserve_modes: bool,
     /// Replace the job's own database even with a backup of another source.
     pub force_source: bool,
+    /// Run the job's `[jobs.X.restore]` hooks (off: `--no-hooks`, drills).
+    pub hooks: bool,
 }
 
 /// What a restore will do, printed by `--dry-run` and before confirmation.
@@ -101,6 +104,8 @@ pub struct Report {
     pub roles_expected: Vec<String>,
     /// Things done differently than asked (and why).
     pub warnings: Vec<String>,
+    /// The `[jobs.X.restore]` hooks that ran, in order.
+    pub hooks: Vec<hooks::HookRun>,
 }
 
 /// The job, repository and manifest a request resolves to.
@@ -173,11 +178,27 @@ pub async fn resolve<'a>(cfg: &'a LoadedConfig, req: &RestoreRequest) -> Result<
 /// Describe what `req` would do without changing anything.
 pub async fn plan(cfg: &LoadedConfig, req: &RestoreRequest) -> Result<Plan> {
     let r = resolve(cfg, req).await?;
-    match &r.config.kind {
-        Kind::Postgres(j) => postgres::plan(&r, j, req),
-        Kind::Files(_) => files::plan(&r, req),
-        other => Err(not_restorable(&r.job, other)),
+    let mut plan = match &r.config.kind {
+        Kind::Postgres(j) => postgres::plan(&r, j, req)?,
+        Kind::Files(_) => files::plan(&r, req)?,
+        other => return Err(not_restorable(&r.job, other)),
+    };
+    if let Some(h) = hooks_of(&r, req) {
+        let before = h.before.iter().map(|a| hooks::describe("before", a));
+        let after = h
+            .after
+            .iter()
+            .map(|a| hooks::describe("after", a) + " (also if the restore fails)");
+        plan.steps = before.chain(plan.steps).chain(after).collect();
     }
+    Ok(plan)
+}
+
+/// The job's restore hooks, unless the request skips them.
+fn hooks_of<'a>(r: &Resolved<'a>, req: &RestoreRequest) -> Option<&'a crate::config::RestoreHooks> {
+    req.hooks
+        .then(|| r.config.storage().and_then(|s| s.restore.as_ref()))
+        .flatten()
 }
 
 /// Perform the restore. Refuses (exit 4) where consent is needed and not given.
@@ -188,20 +209,7 @@ pub async fn run(
 ) -> Result<Report> {
     let started = std::time::Instant::now();
     let r = resolve(cfg, req).await?;
-    // A --tmp-dir that does not exist is a typo, not a place to create
-    // (the default under state_dir is created).
-    if let Some(dir) = req.tmp_dir.as_ref().filter(|d| !d.is_dir()) {
-        return Err(Error::Usage(format!(
-            "--tmp-dir {} is not an existing directory",
-            dir.display()
-        )));
-    }
-    let tmp_dir = req
-        .tmp_dir
-        .clone()
-        .unwrap_or_else(|| cfg.config.state_dir.join("tmp"));
-    std::fs::create_dir_all(&tmp_dir)
-        .map_err(|e| Error::io(format!("creating {}", tmp_dir.display()), e))?;
+    let tmp_dir = scratch_dir(cfg, req)?;
     // Finish or roll back restores that were killed before this one starts.
     let state = crate::services::state::State::open(&cfg.config.state_dir).await?;
     for note in journal::recover(cfg, &state).await {
@@ -233,6 +241,19 @@ pub async fn run(
                 format!("cannot lease backup {} before reading it (a concurrent prune could remove it), so the restore does not start: {e}", r.manifest.id),
             )
         })?;
+    // The runbook's "stop the app": only once nothing can refuse the
+    // restore for want of consent, and before the target is touched.
+    let hooks = hooks_of(&r, req);
+    let mut ran = Vec::new();
+    if let Some(h) = hooks {
+        match before_hooks(&r, req, h).await {
+            Ok(done) => ran = done,
+            Err(e) => {
+                release(lease).await;
+                return Err(e);
+            }
+        }
+    }
     let journal = journal::Journal::begin(
         &state,
         r.job.as_str(),
@@ -263,13 +284,71 @@ pub async fn run(
             }
         }
     }
+    // The runbook's "start the app", whether the restore worked or not.
+    if let Some(h) = hooks {
+        ran.extend(hooks::after(h).await);
+    }
+    release(lease).await;
+    let mut report = result?;
+    report.hooks = ran;
+    report.total_seconds = started.elapsed().as_secs_f64();
+    if let Some(why) = hooks::failure(&report.hooks) {
+        return Err(Error::Other(format!(
+            "restored {} into {}, but {why}",
+            report.backup_id, report.target
+        )));
+    }
+    Ok(report)
+}
+
+/// `--tmp-dir` (which must exist: a missing one is a typo), else
+/// `state_dir/tmp` (created).
+fn scratch_dir(cfg: &LoadedConfig, req: &RestoreRequest) -> Result<std::path::PathBuf> {
+    if let Some(dir) = req.tmp_dir.as_ref().filter(|d| !d.is_dir()) {
+        return Err(Error::Usage(format!(
+            "--tmp-dir {} is not an existing directory",
+            dir.display()
+        )));
+    }
+    let tmp_dir = req
+        .tmp_dir
+        .clone()
+        .unwrap_or_else(|| cfg.config.state_dir.join("tmp"));
+    std::fs::create_dir_all(&tmp_dir)
+        .map_err(|e| Error::io(format!("creating {}", tmp_dir.display()), e))?;
+    Ok(tmp_dir)
+}
+
+/// Consent first (a restore refused for want of `--yes` stops nothing),
+/// then the `before` hooks; when one fails, the `after` hooks bring the
+/// application back and the restore does not start.
+async fn before_hooks(
+    r: &Resolved<'_>,
+    req: &RestoreRequest,
+    h: &crate::config::RestoreHooks,
+) -> Result<Vec<hooks::HookRun>> {
+    match &r.config.kind {
+        Kind::Postgres(j) => postgres::consent(j, req)?,
+        Kind::Files(_) => files::consent(req)?,
+        _ => {}
+    }
+    let ran = hooks::before(h).await;
+    let Some(why) = hooks::failure(&ran) else {
+        return Ok(ran);
+    };
+    let after = hooks::after(h).await;
+    let mut msg = format!("{why}; nothing was restored");
+    if let Some(a) = hooks::failure(&after) {
+        msg.push_str(&format!("; then {a}"));
+    }
+    Err(Error::Other(msg))
+}
+
+async fn release(lease: crate::services::repository::HeldLease) {
     let key = lease.key.clone();
     if let Err(e) = lease.release().await {
         tracing::warn!(error = %e, lease = %key, "cannot release the lease; it expires after the repository's lease_ttl");
     }
-    let mut report = result?;
-    report.total_seconds = started.elapsed().as_secs_f64();
-    Ok(report)
 }
 
 fn not_restorable(job: &JobName, kind: &Kind) -> Error {

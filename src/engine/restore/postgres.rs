@@ -44,6 +44,19 @@ fn side_name(base: &str, suffix: &str) -> String {
     format!("{b}{suffix}")
 }
 
+/// Refuse (exit 4) a restore that would replace the job's own database
+/// without consent: checked again before any hook runs.
+pub fn consent(job: &PostgresJob, req: &RestoreRequest) -> Result<()> {
+    let (dest, replaces) = destination(job, req)?;
+    if replaces && !req.confirmed {
+        return Err(Error::Refused(format!(
+            "restoring into the job's own database {} replaces it (the current one is kept as a safety copy); confirm, or pass --yes",
+            dest.display()
+        )));
+    }
+    Ok(())
+}
+
 /// What identifies the restore's target, for the per-target lock.
 pub fn target_key(job: &PostgresJob, req: &RestoreRequest) -> Result<String> {
     Ok(destination(job, req)?.0.display())
@@ -85,13 +98,8 @@ pub async fn run(
     progress: Arc<Progress>,
     journal: &super::journal::Journal,
 ) -> Result<Report> {
+    consent(job, req)?;
     let (dest, replaces) = destination(job, req)?;
-    if replaces && !req.confirmed {
-        return Err(Error::Refused(format!(
-            "restoring into the job's own database {} replaces it (the current one is kept as a safety copy); confirm, or pass --yes",
-            dest.display()
-        )));
-    }
     let tools = PgTools::locate(job.pg_bindir.as_deref());
     let m = &r.manifest;
     let dump = dump_artifact(m)?;
@@ -131,7 +139,14 @@ pub async fn run(
         dest.database.clone()
     };
     let created_db = !exists || replaces;
-    let safety = side_name(&dest.database, &format!("_pre_restore_{stamp}"));
+    // Two restores within one second (an undo, a second try) must not
+    // collide on the safety copy's name: the swap would fail at its end.
+    let mut safety = side_name(&dest.database, &format!("_pre_restore_{stamp}"));
+    let mut n = 1;
+    while replaces && database_exists(&mut conn, &safety).await? {
+        n += 1;
+        safety = side_name(&dest.database, &format!("_pre_restore_{stamp}_{n}"));
+    }
     // `<db>_restoring_<stamp>` is ours from the start; a `--to` target only
     // once our CREATE DATABASE succeeded (recovery never drops a database
     // someone else created).

@@ -175,6 +175,13 @@ pub fn out_line(args: std::fmt::Arguments<'_>) {
 }
 
 /// Bytes as an operator reads them.
+/// `--label`, checked: a malformed label is a usage error (exit 2).
+pub fn label_arg(text: Option<&str>) -> drctl::Result<Option<drctl::base::ids::Label>> {
+    text.map(drctl::base::ids::Label::parse)
+        .transpose()
+        .map_err(|m| drctl::Error::Usage(format!("--label: {m}")))
+}
+
 pub fn human_bytes(n: u64) -> String {
     bytesize::ByteSize(n).display().iec().to_string()
 }

@@ -92,12 +92,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         },
         None => a.to,
     };
-    let label = a
-        .label
-        .as_deref()
-        .map(drctl::base::ids::Label::parse)
-        .transpose()
-        .map_err(|m| drctl::Error::Usage(format!("--label: {m}")))?;
+    let label = super::label_arg(a.label.as_deref())?;
     let mut req = RestoreRequest {
         job: a.job,
         id: a.id,

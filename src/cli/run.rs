@@ -44,12 +44,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         ))
         .into());
     }
-    let label = a
-        .label
-        .as_deref()
-        .map(drctl::base::ids::Label::parse)
-        .transpose()
-        .map_err(|m| drctl::Error::Usage(format!("--label: {m}")))?;
+    let label = super::label_arg(a.label.as_deref())?;
     let mark = drctl::base::manifest::Mark::new(label, a.keep_for)?;
     let state = State::open(&cfg.config.state_dir).await?;
     let progress = Progress::new();

@@ -553,6 +553,34 @@ exec "$REAL" "$@""#,
         r.stderr
     );
     assert!(backups_json(&w).is_empty());
+    // The pre-flight names it before any run: per job, with the fix.
+    let r = w.drctl(&["config", "check", "--connect"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("jobs.appdb: pg_dump 9 cannot dump PostgreSQL")
+            && r.stderr.contains("set pg_bindir"),
+        "{}",
+        r.stderr
+    );
+    // With tools as new as the server it says so and exits 0.
+    let mut ok = local_world("APP_DATABASE_URL", "");
+    ok.set_env("APP_DATABASE_URL", &pg.url(&db));
+    let r = ok.drctl(&["config", "check", "--connect"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("jobs.appdb: PostgreSQL"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("pg_dump") && line.contains("pg_dumpall") && line.ends_with(": ok"),
+        "{}",
+        r.stderr
+    );
+    // Without --connect nothing connects (a config check on a build host).
+    let r = w.drctl(&["config", "check"]);
+    assert_eq!(r.code, 0, "{}", r.all());
 }
 
 #[tokio::test]
@@ -864,5 +892,44 @@ fn restore_hooks_stop_and_start_the_application_around_the_restore() {
     let r = w.drctl(&["restore", "--id", &id, "--job", "appdb", "--yes"]);
     assert_eq!(r.code, 3, "{}", r.all());
     assert_eq!(app_log(), "stop\nstart\n");
+    assert_eq!(pg.fingerprint(&db), damaged);
+}
+
+#[test]
+fn a_restore_into_a_server_older_than_the_dumps_source_is_refused_untouched() {
+    let pg = pg();
+    let db = pg.create_db("older");
+    pg.seed(&db, &unique("older_owner"), 20);
+    let mut w = local_world("APP_DATABASE_URL", "");
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    let id = w.drctl(&["run", "appdb"]).ok().stdout.trim().to_owned();
+    // The backup claims a source newer than this server: as if taken on
+    // PostgreSQL 99 and restored during an incident on an old host.
+    let path = w.repo_dir().join("appdb").join(&id).join("manifest.json");
+    let mut m = manifest(&w, "appdb", &id);
+    m["source"]["server_version"] = "99.1 (Debian 99.1-1)".into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    pg.psql(&db, "DELETE FROM billing.payment");
+    let damaged = pg.fingerprint(&db);
+
+    let fresh = unique("older_fresh");
+    let r = w.drctl(&[
+        "restore",
+        "--latest",
+        "--job",
+        "appdb",
+        "--to",
+        &pg.url(&fresh),
+        "--yes",
+    ]);
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert!(
+        r.stderr.contains("PostgreSQL 99") && r.stderr.contains("older server"),
+        "{}",
+        r.stderr
+    );
+    assert!(!pg.db_exists(&fresh), "a refused restore creates nothing");
+    let r = w.drctl(&["restore", "--latest", "--job", "appdb", "--yes"]);
+    assert_eq!(r.code, 4, "{}", r.all());
     assert_eq!(pg.fingerprint(&db), damaged);
 }

@@ -6,12 +6,17 @@ use std::path::Path;
 #[derive(clap::Subcommand)]
 pub enum ConfigCommand {
     /// Validate the configuration and print it resolved, secrets masked
-    Check,
+    Check {
+        /// Also connect to each postgres job's server and check that the
+        /// client tools drctl would run are at least as new as the server
+        #[arg(long)]
+        connect: bool,
+    },
 }
 
-pub fn exec(path: Option<&Path>, c: ConfigCommand) -> anyhow::Result<()> {
+pub async fn exec(path: Option<&Path>, c: ConfigCommand) -> anyhow::Result<()> {
     match c {
-        ConfigCommand::Check => {
+        ConfigCommand::Check { connect } => {
             let cfg = LoadedConfig::load(path)?;
             let refs = cfg.unresolved_refs();
             if !refs.is_empty() {
@@ -37,6 +42,9 @@ pub fn exec(path: Option<&Path>, c: ConfigCommand) -> anyhow::Result<()> {
                 cfg.config.repositories.len(),
                 cfg.config.jobs.len()
             );
+            if connect {
+                preflight_all(&cfg).await?;
+            }
             Ok(())
         }
     }
@@ -49,4 +57,37 @@ fn other_user_than_service(cfg: &LoadedConfig) -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(&cfg.config.state_dir)
         .is_ok_and(|m| m.uid() != nix::unistd::geteuid().as_raw())
+}
+
+/// `--connect`: each postgres job's server against its client tools, one
+/// line per job; every job is checked, then the first failure is the exit
+/// status.
+async fn preflight_all(cfg: &LoadedConfig) -> anyhow::Result<()> {
+    let mut first = None;
+    for (name, job) in &cfg.config.jobs {
+        let drctl::config::Kind::Postgres(pg) = &job.kind else {
+            continue;
+        };
+        match drctl::services::pg::preflight(pg).await {
+            Ok(p) => {
+                let tools: Vec<String> = p.tools.iter().map(|(t, v)| format!("{t} {v}")).collect();
+                eprintln!(
+                    "jobs.{name}: PostgreSQL {}, {}: ok",
+                    p.server_major,
+                    tools.join(", ")
+                );
+            }
+            Err(e) => {
+                eprintln!(
+                    "jobs.{name}: {}",
+                    drctl::base::secret::redact(&e.to_string())
+                );
+                first.get_or_insert(e);
+            }
+        }
+    }
+    match first {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }

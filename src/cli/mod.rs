@@ -124,7 +124,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(a) => verify::exec(&load()?, a).await,
         Command::Alerts(a) => alerts::exec(&load()?, a).await,
         Command::Drill { command } => drill::exec(&load()?, command).await,
-        Command::Config { command } => config_cmd::exec(cli.config.as_deref(), command),
+        Command::Config { command } => config_cmd::exec(cli.config.as_deref(), command).await,
     }
 }
 

@@ -122,6 +122,7 @@ pub async fn run(
     let t1 = Instant::now();
     let admin = dest.with_database(&job.maintenance_db);
     let mut conn = admin.connect().await?;
+    refuse_older_server(m, &mut conn).await?;
     if replaces && !req.force_source {
         refuse_another_source(r, &mut conn, &dest.database).await?;
     }
@@ -319,6 +320,41 @@ async fn restore_roles(
     let (created, warnings) = create_missing_roles(tools, admin, conn, &text).await?;
     report.roles_created = created;
     report.warnings.extend(warnings);
+    Ok(())
+}
+
+/// The major version in a `server_version` text ("16.4 (Debian ...)",
+/// "17devel", "9.6.24": 9).
+pub fn major_of(server_version: &str) -> Option<u32> {
+    let digits: String = server_version
+        .trim()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// A dump of PostgreSQL N does not restore into an older server (pg_restore
+/// fails part-way, on syntax or catalogs the old server lacks): refused
+/// before anything is touched, naming both versions.
+async fn refuse_older_server(
+    m: &crate::base::manifest::Manifest,
+    conn: &mut sqlx::PgConnection,
+) -> Result<()> {
+    let Some(source) = m.source.as_ref().and_then(|s| major_of(&s.server_version)) else {
+        return Ok(());
+    };
+    let num: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| Error::pg("reading the server's version", e))?;
+    let target = (num / 10000) as u32;
+    if target < source {
+        return Err(Error::Refused(format!(
+            "backup {} is of PostgreSQL {source} and the target server runs PostgreSQL {target}: a dump does not restore into an older server; restore into PostgreSQL {source} or newer (nothing was touched)",
+            m.id
+        )));
+    }
     Ok(())
 }
 
@@ -797,6 +833,15 @@ async fn swap(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn server_majors_from_version_texts() {
+        assert_eq!(super::major_of("16.4 (Debian 16.4-1.pgdg120+2)"), Some(16));
+        assert_eq!(super::major_of("17devel"), Some(17));
+        assert_eq!(super::major_of("9.6.24"), Some(9));
+        assert_eq!(super::major_of("unknown"), None);
+    }
+
     use super::*;
 
     #[test]

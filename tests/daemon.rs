@@ -802,3 +802,47 @@ fn runs_failing_on_a_full_state_disk_are_counted_and_still_alerted() {
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(20)), Some(0), "{}", d.log());
 }
+
+#[test]
+fn a_daemon_with_client_tools_older_than_the_server_alerts_at_start() {
+    let pg = pg();
+    let db = pg.create_db("preflight");
+    let bin = tool_wrappers(&[(
+        "pg_dump",
+        r#"if [ "$1" = "--version" ]; then echo "pg_dump (PostgreSQL) 9.6.24"; exit 0; fi
+exec "$REAL" "$@""#,
+    )]);
+    let mut w = World::new(&format!(
+        "[http]\nenabled = false\n[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n[jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"local\"\nschedule = \"0 0 2 * * *\"\ncatch_up = false\npg_bindir = \"{}\"\n",
+        bin.display()
+    ));
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    let mut d = Daemon::start(&w);
+    wait_until(Duration::from_secs(30), "job_misconfigured raised", || {
+        active_alerts(&w).contains(&"job_misconfigured:appdb".to_owned())
+    });
+    let r = w.drctl(&["alerts", "--json"]);
+    assert!(
+        r.stdout.contains("pg_dump 9 cannot dump PostgreSQL"),
+        "{}",
+        r.stdout
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(20)), Some(0), "{}", d.log());
+
+    // Fixed (pg_bindir removed): the next start resolves it.
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    std::fs::write(
+        &w.config,
+        text.replace(&format!("pg_bindir = \"{}\"\n", bin.display()), ""),
+    )
+    .unwrap();
+    let mut d = Daemon::start(&w);
+    wait_until(
+        Duration::from_secs(30),
+        "job_misconfigured resolved",
+        || !active_alerts(&w).contains(&"job_misconfigured:appdb".to_owned()),
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(20)), Some(0), "{}", d.log());
+}

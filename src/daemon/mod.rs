@@ -14,6 +14,7 @@
 mod http;
 mod internal;
 mod notify;
+mod preflight;
 
 use crate::base::error::{Error, Result};
 use crate::base::progress::Progress;
@@ -599,6 +600,13 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     let status = d.status_line();
     tracing::info!(%status, "daemon started");
     announce_start(&cfg, &d.state, &status).await;
+    {
+        let d = d.clone();
+        let cfg = cfg.clone();
+        d.tasks.clone().spawn(async move {
+            preflight::check_jobs(&cfg, &d.state, Duration::from_secs(30)).await;
+        });
+    }
     notify::ready(&status);
     let mut heartbeat =
         tokio::time::interval(notify::watchdog_interval().unwrap_or(Duration::from_secs(30)));

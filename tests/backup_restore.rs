@@ -933,3 +933,33 @@ fn a_restore_into_a_server_older_than_the_dumps_source_is_refused_untouched() {
     assert_eq!(r.code, 4, "{}", r.all());
     assert_eq!(pg.fingerprint(&db), damaged);
 }
+
+#[test]
+fn safety_copies_older_than_safety_copy_keep_are_dropped_after_a_restore() {
+    let pg = pg();
+    let db = pg.create_db("keep");
+    pg.seed(&db, &unique("keep_owner"), 20);
+    let mut w = local_world("APP_DATABASE_URL", "safety_copy_keep = \"7d\"");
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    w.drctl(&["run", "appdb"]).ok();
+    // Two earlier incidents left safety copies: one a month old, one from yesterday.
+    let old = format!("{db}_pre_restore_20200101000000");
+    let recent = format!(
+        "{db}_pre_restore_{}",
+        (chrono::Utc::now() - chrono::Duration::days(1)).format("%Y%m%d%H%M%S")
+    );
+    for name in [&old, &recent] {
+        pg.psql("postgres", &format!("CREATE DATABASE \"{name}\""));
+    }
+    let r = w.drctl(&["restore", "--latest", "--job", "appdb", "--yes", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
+    assert_eq!(
+        report["safety_copies_dropped"],
+        serde_json::json!([old.clone()]),
+        "{report}"
+    );
+    assert!(!pg.db_exists(&old));
+    assert!(pg.db_exists(&recent), "younger than safety_copy_keep");
+    let fresh = report["safety_copy"].as_str().unwrap();
+    assert!(pg.db_exists(fresh), "the copy this restore made stays");
+}

@@ -310,6 +310,15 @@ pub struct PostgresJob {
     /// Database used for CREATE/ALTER DATABASE during restores.
     #[serde(default = "default_maintenance_db")]
     pub maintenance_db: String,
+    /// Safety copies (`<db>_pre_restore_<ts>`, each a full copy of the
+    /// database) older than this are dropped after the next restore of the
+    /// job's own database; without it they are kept until dropped by hand.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub safety_copy_keep: Option<Duration>,
 }
 
 impl KindSpec for PostgresJob {
@@ -323,6 +332,7 @@ impl KindSpec for PostgresJob {
             "globals",
             "startup_wait",
             "maintenance_db",
+            "safety_copy_keep",
         ]);
         k
     }

@@ -106,6 +106,9 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// The `[jobs.X.restore]` hooks that ran, in order.
     pub hooks: Vec<hooks::HookRun>,
+    /// Safety copies older than the job's `safety_copy_keep`, dropped after
+    /// this restore succeeded.
+    pub safety_copies_dropped: Vec<String>,
 }
 
 /// The job, repository and manifest a request resolves to.

@@ -140,14 +140,7 @@ pub async fn run(
         dest.database.clone()
     };
     let created_db = !exists || replaces;
-    // Two restores within one second (an undo, a second try) must not
-    // collide on the safety copy's name: the swap would fail at its end.
-    let mut safety = side_name(&dest.database, &format!("_pre_restore_{stamp}"));
-    let mut n = 1;
-    while replaces && database_exists(&mut conn, &safety).await? {
-        n += 1;
-        safety = side_name(&dest.database, &format!("_pre_restore_{stamp}_{n}"));
-    }
+    let safety = safety_name(&mut conn, &dest.database, &stamp).await?;
     // `<db>_restoring_<stamp>` is ours from the start; a `--to` target only
     // once our CREATE DATABASE succeeded (recovery never drops a database
     // someone else created).
@@ -207,6 +200,13 @@ pub async fn run(
     if replaces {
         report.safety_copy =
             swap(&mut conn, &dest.database, &into, exists, &safety, journal).await?;
+        report.safety_copies_dropped = drop_old_safety_copies(
+            &mut conn,
+            &dest.database,
+            job.safety_copy_keep,
+            report.safety_copy.as_deref(),
+        )
+        .await;
     }
     report.restore_seconds = t1.elapsed().as_secs_f64();
     Ok(report)
@@ -321,6 +321,94 @@ async fn restore_roles(
     report.roles_created = created;
     report.warnings.extend(warnings);
     Ok(())
+}
+
+/// `<db>_pre_restore_<stamp>`, or with `_2`, `_3`, ... when taken: two
+/// restores within one second (a second try) must not collide on the
+/// safety copy's name, or the swap would fail at its very end.
+async fn safety_name(conn: &mut sqlx::PgConnection, db: &str, stamp: &str) -> Result<String> {
+    let mut name = side_name(db, &format!("_pre_restore_{stamp}"));
+    let mut n = 1;
+    while database_exists(conn, &name).await? {
+        n += 1;
+        name = side_name(db, &format!("_pre_restore_{stamp}_{n}"));
+    }
+    Ok(name)
+}
+
+/// The safety copies of `db` among `names` (as `side_name` made them, so a
+/// long name's base may be cut) that are older than `keep` at `now`; the
+/// one this restore just made (`fresh`) never (pure).
+pub fn expired_safety_copies(
+    db: &str,
+    names: &[String],
+    now: chrono::NaiveDateTime,
+    keep: Duration,
+    fresh: Option<&str>,
+) -> Vec<String> {
+    let Ok(keep) = chrono::Duration::from_std(keep) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = names
+        .iter()
+        .filter(|n| Some(n.as_str()) != fresh)
+        .filter_map(|n| {
+            let (_, suffix) = n.rsplit_once("_pre_restore_")?;
+            let stamp = suffix.split('_').next()?;
+            let valid = stamp.len() == 14
+                && suffix[14..]
+                    .strip_prefix('_')
+                    .is_none_or(|k| k.parse::<u32>().is_ok())
+                && side_name(db, &format!("_pre_restore_{suffix}")) == *n;
+            let at = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%d%H%M%S").ok()?;
+            (valid && now - at > keep).then(|| n.clone())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Drop `db`'s safety copies older than `keep` (after a successful
+/// restore: the new safety copy is the one that matters now). A copy that
+/// cannot be dropped (someone is connected to it) is kept and logged.
+async fn drop_old_safety_copies(
+    conn: &mut sqlx::PgConnection,
+    db: &str,
+    keep: Option<Duration>,
+    fresh: Option<&str>,
+) -> Vec<String> {
+    let Some(keep) = keep else {
+        return Vec::new();
+    };
+    let names: Vec<String> = match sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE position('_pre_restore_' in datname) > 0",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list safety copies; none dropped");
+            return Vec::new();
+        }
+    };
+    let now = chrono::Utc::now().naive_utc();
+    let mut dropped = Vec::new();
+    for name in expired_safety_copies(db, &names, now, keep, fresh) {
+        match sqlx::query(&format!("DROP DATABASE {}", quote_ident(&name)))
+            .execute(&mut *conn)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(database = %name, "dropped a safety copy older than safety_copy_keep");
+                dropped.push(name);
+            }
+            Err(e) => {
+                tracing::warn!(database = %name, error = %e, "cannot drop an old safety copy; kept");
+            }
+        }
+    }
+    dropped
 }
 
 /// The major version in a `server_version` text ("16.4 (Debian ...)",
@@ -833,6 +921,49 @@ async fn swap(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn only_this_databases_safety_copies_older_than_keep_expire() {
+        let now = chrono::NaiveDateTime::parse_from_str("20261201120000", "%Y%m%d%H%M%S").unwrap();
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let names: Vec<String> = [
+            "app_pre_restore_20261101000000",   // a month old: expires
+            "app_pre_restore_20261101000000_2", // its same-second twin
+            "app_pre_restore_20261130000000",   // a day old: kept
+            "app2_pre_restore_20261101000000",  // another database's
+            "app_pre_restore_2026110100",       // not a stamp
+            "app_pre_restore_20261101000000_x", // not ours
+            "app",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        assert_eq!(
+            super::expired_safety_copies("app", &names, now, week, None),
+            vec![
+                "app_pre_restore_20261101000000",
+                "app_pre_restore_20261101000000_2"
+            ]
+        );
+        // The copy this restore just made never goes, whatever its stamp.
+        assert_eq!(
+            super::expired_safety_copies(
+                "app",
+                &names,
+                now,
+                week,
+                Some("app_pre_restore_20261101000000")
+            ),
+            vec!["app_pre_restore_20261101000000_2"]
+        );
+        // A name cut to 63 bytes is still recognised as the long one's.
+        let long = "l".repeat(60);
+        let cut = super::side_name(&long, "_pre_restore_20261101000000");
+        assert_eq!(
+            super::expired_safety_copies(&long, std::slice::from_ref(&cut), now, week, None),
+            vec![cut]
+        );
+    }
 
     #[test]
     fn server_majors_from_version_texts() {

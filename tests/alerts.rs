@@ -665,3 +665,80 @@ fn a_job_failing_tick_after_tick_under_the_daemon_alerts_once_repeats_once_and_r
     assert!(texts[2].contains("RESOLVED"), "{}", texts[2]);
     assert!(failed(&w) >= 4);
 }
+
+#[test]
+fn a_restore_is_announced_when_it_starts_and_when_it_ends() {
+    let http = HttpReceiver::start();
+    let src = Source::new();
+    let w = World::new(&format!(
+        "{}{}[alerts.channels.hook]\ntype = \"webhook\"\nurl = \"{}\"\n[alerts.routes]\ninfo = [\"hook\"]\n",
+        repo(),
+        src.job("cfgs", ""),
+        http.url("/notices")
+    ));
+    let id = w.drctl(&["run", "cfgs"]).ok().stdout.trim().to_owned();
+    let out = scratch_dir("drctl-announce-");
+    w.drctl(&[
+        "restore",
+        "--latest",
+        "--job",
+        "cfgs",
+        "--to",
+        out.to_str().unwrap(),
+        "--yes",
+    ])
+    .ok();
+    let kinds = |http: &HttpReceiver| -> Vec<(String, String)> {
+        http.requests("/notices")
+            .iter()
+            .map(common::receivers::Request::json)
+            .map(|n| {
+                (
+                    n["kind"].as_str().unwrap_or_default().to_owned(),
+                    n["summary"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .filter(|(k, _)| k.starts_with("restore_"))
+            .collect()
+    };
+    let seen = kinds(&http);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].0, "restore_started");
+    assert!(
+        seen[0]
+            .1
+            .contains(&format!("restore of cfgs (backup {id}) started")),
+        "{seen:?}"
+    );
+    assert_eq!(seen[1].0, "restore_finished");
+    assert!(seen[1].1.contains("finished into"), "{seen:?}");
+
+    // A restore that fails (a corrupted artifact) says so too.
+    let dir = w.repo_dir().join("cfgs").join(&id);
+    let tar = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("files.tar"))
+        .unwrap();
+    let mut bytes = std::fs::read(&tar).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&tar, bytes).unwrap();
+    let out2 = scratch_dir("drctl-announce-");
+    let r = w.drctl(&[
+        "restore",
+        "--id",
+        &id,
+        "--job",
+        "cfgs",
+        "--to",
+        out2.to_str().unwrap(),
+        "--yes",
+    ]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    let seen = kinds(&http);
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!(seen[3].0, "restore_failed");
+    assert!(seen[3].1.contains("integrity"), "{seen:?}");
+}

@@ -175,6 +175,22 @@ pub fn out_line(args: std::fmt::Arguments<'_>) {
 }
 
 /// Bytes as an operator reads them.
+/// Deliver what this command queued (and anything else due) now, bounded;
+/// the daemon, or the next command, retries whatever is left.
+pub async fn deliver_now(cfg: &LoadedConfig, state: &drctl::services::state::State) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(40),
+        drctl::services::alerts::deliver_due(cfg, state, Some(deadline)),
+    )
+    .await
+    {
+        Ok(Err(e)) => tracing::error!(error = %e, "delivering alerts"),
+        Err(_) => tracing::warn!("alert delivery is slow; the daemon or the next run retries"),
+        Ok(Ok(_)) => {}
+    }
+}
+
 /// `--label`, checked: a malformed label is a usage error (exit 2).
 pub fn label_arg(text: Option<&str>) -> drctl::Result<Option<drctl::base::ids::Label>> {
     text.map(drctl::base::ids::Label::parse)

@@ -107,6 +107,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         preserve_modes: a.preserve_modes,
         force_source: a.force_source,
         hooks: !a.no_hooks,
+        announce: true,
     };
     // A restore killed half-way is finished or rolled back first, and says so.
     let state = drctl::services::state::State::open(&cfg.config.state_dir).await?;
@@ -140,6 +141,8 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     let bar = Bar::start(progress.clone());
     let result = restore::run(cfg, &req, progress).await;
     bar.finish();
+    // The restore's notices (started, finished or failed) go out now.
+    super::deliver_now(cfg, &state).await;
     let report = result?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

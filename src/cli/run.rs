@@ -70,19 +70,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     )
     .await;
     bar.finish();
-    // Deliver what this run queued (and anything else due) now, bounded; the
-    // daemon, or the next run, retries whatever is left.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    match tokio::time::timeout(
-        std::time::Duration::from_secs(40),
-        drctl::services::alerts::deliver_due(cfg, &state, Some(deadline)),
-    )
-    .await
-    {
-        Ok(Err(e)) => tracing::error!(error = %e, "delivering alerts"),
-        Err(_) => tracing::warn!("alert delivery is slow; the daemon or the next run retries"),
-        Ok(Ok(_)) => {}
-    }
+    super::deliver_now(cfg, &state).await;
     let m = match result? {
         Outcome::Committed(m) => m,
         Outcome::Checked(s) => return super::verify::print(&s, a.json),

@@ -280,6 +280,7 @@ async fn phases(
         force_source: false,
         // A drill restores into scratch: the application is not touched.
         hooks: false,
+        announce: false,
     };
     opts.progress.set_phase("fetch", 0);
     let resolved = crate::engine::restore::resolve(cfg, &req0)

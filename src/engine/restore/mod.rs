@@ -50,6 +50,9 @@ pub struct RestoreRequest {
     pub force_source: bool,
     /// Run the job's `[jobs.X.restore]` hooks (off: `--no-hooks`, drills).
     pub hooks: bool,
+    /// Announce the restore on the alert channels (`restore_started`,
+    /// `restore_finished`, `restore_failed`; off for drills).
+    pub announce: bool,
 }
 
 /// What a restore will do, printed by `--dry-run` and before confirmation.
@@ -257,41 +260,30 @@ pub async fn run(
             }
         }
     }
-    let journal = journal::Journal::begin(
-        &state,
-        r.job.as_str(),
-        r.manifest.id.as_str(),
-        &r.repo.name,
-        &target,
-        Some(&lease.key),
-    )
-    .await?;
-    let result = match &r.config.kind {
-        Kind::Postgres(j) => postgres::run(&r, j, req, &tmp_dir, progress, &journal).await,
-        Kind::Files(_) => files::run(&r, req, &tmp_dir, progress).await,
-        other => Err(not_restorable(&r.job, other)),
-    };
-    match &result {
-        Ok(_) => journal.step(journal::Step::Done).await?,
-        Err(e) => {
-            // The same repairs a later recovery would make, now.
-            let cleaned = match journal::entry(&state, journal.id).await {
-                Ok(entry) => {
-                    let why = crate::base::secret::redact(&e.to_string());
-                    journal::settle(cfg, &state, &entry, Some(&why)).await
-                }
-                Err(err) => Err(err),
-            };
-            if let Err(err) = cleaned {
-                tracing::error!(error = %err, "cleaning up after the failed restore; `drctl status` retries");
-            }
-        }
+    let alerter = crate::services::alerts::Alerter::new(cfg, &state);
+    let what = format!("restore of {} (backup {})", r.job, r.manifest.id);
+    if req.announce {
+        announce(
+            &alerter,
+            &r.job,
+            "restore_started",
+            format!("{what} started"),
+        )
+        .await;
     }
+    let result = journaled(
+        cfg, &state, &r, req, &tmp_dir, progress, &target, &lease.key,
+    )
+    .await;
     // The runbook's "start the app", whether the restore worked or not.
     if let Some(h) = hooks {
         ran.extend(hooks::after(h).await);
     }
     release(lease).await;
+    if req.announce {
+        let (kind, summary) = ended(&what, &result, started.elapsed().as_secs_f64());
+        announce(&alerter, &r.job, kind, summary).await;
+    }
     let mut report = result?;
     report.hooks = ran;
     report.total_seconds = started.elapsed().as_secs_f64();
@@ -345,6 +337,87 @@ async fn before_hooks(
         msg.push_str(&format!("; then {a}"));
     }
     Err(Error::Other(msg))
+}
+
+/// Restore under the journal: begun before the target is touched, marked
+/// done at the end, or settled at once (the repairs a later recovery would
+/// make) when the restore failed.
+#[allow(clippy::too_many_arguments)]
+async fn journaled(
+    cfg: &LoadedConfig,
+    state: &crate::services::state::State,
+    r: &Resolved<'_>,
+    req: &RestoreRequest,
+    tmp_dir: &std::path::Path,
+    progress: Arc<Progress>,
+    target: &str,
+    lease_key: &str,
+) -> Result<Report> {
+    let journal = journal::Journal::begin(
+        state,
+        r.job.as_str(),
+        r.manifest.id.as_str(),
+        &r.repo.name,
+        target,
+        Some(lease_key),
+    )
+    .await?;
+    let result = match &r.config.kind {
+        Kind::Postgres(j) => postgres::run(r, j, req, tmp_dir, progress, &journal).await,
+        Kind::Files(_) => files::run(r, req, tmp_dir, progress).await,
+        other => Err(not_restorable(&r.job, other)),
+    };
+    match &result {
+        Ok(_) => journal.step(journal::Step::Done).await?,
+        Err(e) => {
+            let cleaned = match journal::entry(state, journal.id).await {
+                Ok(entry) => {
+                    let why = crate::base::secret::redact(&e.to_string());
+                    journal::settle(cfg, state, &entry, Some(&why)).await
+                }
+                Err(err) => Err(err),
+            };
+            if let Err(err) = cleaned {
+                tracing::error!(error = %err, "cleaning up after the failed restore; `drctl status` retries");
+            }
+        }
+    }
+    result
+}
+
+/// The notice that ends a restore's announcement: its kind and summary.
+fn ended(what: &str, result: &Result<Report>, seconds: f64) -> (&'static str, String) {
+    match result {
+        Ok(rep) => (
+            "restore_finished",
+            format!("{what} finished into {} in {seconds:.1}s", rep.target),
+        ),
+        Err(e) => (
+            "restore_failed",
+            format!(
+                "{what} failed: {}",
+                crate::base::secret::redact(&e.to_string())
+            ),
+        ),
+    }
+}
+
+/// In an incident the team wants to know a restore is running and how it
+/// ended: an info notice, routed like any other (a failure to queue it
+/// never stops the restore).
+async fn announce(
+    alerter: &crate::services::alerts::Alerter<'_>,
+    job: &JobName,
+    kind: &str,
+    summary: String,
+) {
+    let severity = crate::services::alerts::Severity::Info;
+    if let Err(e) = alerter
+        .job_notice(kind, job.as_str(), severity, summary)
+        .await
+    {
+        tracing::warn!(error = %e, "cannot queue the restore's notice");
+    }
 }
 
 async fn release(lease: crate::services::repository::HeldLease) {

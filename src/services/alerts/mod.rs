@@ -296,6 +296,30 @@ impl<'a> Alerter<'a> {
         Ok(())
     }
 
+    /// Announce something that happened to `job` (a restore started or
+    /// ended): routed by severity through the job's own routes.
+    pub async fn job_notice(
+        &self,
+        kind: &str,
+        job: &str,
+        severity: Severity,
+        summary: String,
+    ) -> Result<()> {
+        let channels = self.route(severity, Some(job));
+        let n = self.notification(
+            Event::Notice,
+            &format!("{kind}:{job}"),
+            kind,
+            severity,
+            Some(job),
+            summary,
+        );
+        for ch in channels {
+            store::enqueue(self.state, &ch, &n, self.expiry(&ch)).await?;
+        }
+        Ok(())
+    }
+
     fn notification(
         &self,
         event: Event,

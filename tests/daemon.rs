@@ -846,3 +846,42 @@ exec "$REAL" "$@""#,
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(20)), Some(0), "{}", d.log());
 }
+
+#[test]
+fn real_restores_are_exported_as_metrics() {
+    let w = files_world("cfgs", "0 0 2 * * *");
+    w.drctl(&["run", "cfgs"]).ok();
+    let out = scratch_dir("drctl-metrics-restore-");
+    w.drctl(&[
+        "restore",
+        "--latest",
+        "--job",
+        "cfgs",
+        "--to",
+        out.to_str().unwrap(),
+        "--yes",
+    ])
+    .ok();
+    let port = http_port(&w);
+    let mut d = Daemon::start(&w);
+    wait_for_endpoint(port);
+    let (code, body) = http_get(port, "/metrics");
+    assert_eq!(code, 200);
+    let line = |prefix: &str| -> f64 {
+        body.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{body}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let secs = line("drctl_restore_duration_seconds{job=\"cfgs\"}");
+    assert!((0.0..60.0).contains(&secs), "{secs}");
+    let at = line("drctl_restore_last_timestamp_seconds{job=\"cfgs\",outcome=\"done\"}");
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!((now - 120.0..=now + 5.0).contains(&at), "{at} vs {now}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(20)), Some(0), "{}", d.log());
+}

@@ -254,6 +254,10 @@ async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Response {
         Ok(runs) => register_drills(&mut reg, &d.config(), runs),
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
+    match crate::engine::restore::journal::finished(&d.state).await {
+        Ok(rows) => register_restores(&mut reg, &rows),
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
     match crate::engine::rpo::saved(&d.state).await {
         Ok(rows) => register_rpo(&mut reg, rows),
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
@@ -398,6 +402,43 @@ struct DrillLabels {
 struct DrillPhaseLabels {
     drill: String,
     phase: String,
+}
+
+/// From the restore journal: each job's last restore (its duration, the
+/// measured RTO of a real restore) and when each outcome last happened.
+fn register_restores(reg: &mut Registry, rows: &[crate::engine::restore::journal::Finished]) {
+    let last = Family::<OutcomeLabels, FloatGauge>::default();
+    let duration = Family::<JobLabels, FloatGauge>::default();
+    let mut newest: std::collections::BTreeMap<&str, &crate::engine::restore::journal::Finished> =
+        std::collections::BTreeMap::new();
+    for r in rows {
+        last.get_or_create(&OutcomeLabels {
+            job: r.job.clone(),
+            outcome: r.outcome.clone(),
+        })
+        .set(r.ended_ms as f64 / 1000.0);
+        let e = newest.entry(r.job.as_str()).or_insert(r);
+        if r.ended_ms > e.ended_ms {
+            *e = r;
+        }
+    }
+    for (job, r) in newest {
+        duration
+            .get_or_create(&JobLabels {
+                job: job.to_owned(),
+            })
+            .set((r.ended_ms - r.started_ms).max(0) as f64 / 1000.0);
+    }
+    reg.register(
+        "drctl_restore_last_timestamp_seconds",
+        "When a restore of the job (CLI or drill) last ended with this outcome (done, failed, rolled_back), Unix time",
+        last,
+    );
+    reg.register(
+        "drctl_restore_duration_seconds",
+        "Duration of the job's last restore (CLI or drill): the measured RTO",
+        duration,
+    );
 }
 
 /// From the drill records (newest first): the last success, the last

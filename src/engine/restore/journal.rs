@@ -452,6 +452,41 @@ async fn admin(cfg: &LoadedConfig, e: &Entry) -> Result<Option<sqlx::PgConnectio
     Ok(Some(t.with_database(&job.maintenance_db).connect().await?))
 }
 
+/// A finished restore, for metrics: the newest per job and outcome.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The job restored.
+    pub job: String,
+    /// `done`, `failed` or `rolled_back`.
+    pub outcome: String,
+    /// When it started and ended, unix ms.
+    pub started_ms: i64,
+    /// When it ended (its last journal step), unix ms.
+    pub ended_ms: i64,
+}
+
+/// The newest finished restore of each job and outcome (CLI and drills).
+pub async fn finished(state: &State) -> Result<Vec<Finished>> {
+    let rows = sqlx::query(
+        "SELECT job, step, started_at, updated_at FROM restore_journal r
+         WHERE step IN ('done', 'failed', 'rolled_back')
+           AND id = (SELECT max(id) FROM restore_journal s WHERE s.job = r.job AND s.step = r.step)
+         ORDER BY job, step",
+    )
+    .fetch_all(state.pool())
+    .await
+    .map_err(|e| state.err(e))?;
+    Ok(rows
+        .iter()
+        .map(|r| Finished {
+            job: r.get("job"),
+            outcome: r.get("step"),
+            started_ms: r.get("started_at"),
+            ended_ms: r.get("updated_at"),
+        })
+        .collect())
+}
+
 /// This process's own entry, for cleaning up after its failure.
 pub async fn entry(state: &State, id: i64) -> Result<Entry> {
     let row = sqlx::query("SELECT * FROM restore_journal WHERE id = ?")

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::receivers::HttpReceiver;
 use common::*;
 use std::time::Duration;
 
@@ -962,4 +963,166 @@ fn safety_copies_older_than_safety_copy_keep_are_dropped_after_a_restore() {
     assert!(pg.db_exists(&recent), "younger than safety_copy_keep");
     let fresh = report["safety_copy"].as_str().unwrap();
     assert!(pg.db_exists(fresh), "the copy this restore made stays");
+}
+
+#[test]
+fn undo_swaps_the_safety_copy_back_and_can_itself_be_undone() {
+    let pg = pg();
+    let db = pg.create_db("undo");
+    pg.seed(&db, &unique("undo_owner"), 50);
+    let mut w = local_world("APP_DATABASE_URL", "rto = \"1h\"\n");
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    let undo = ["restore", "--undo", "--job", "appdb", "--yes"];
+
+    // Nothing restored yet: nothing to undo.
+    let r = w.drctl(&undo);
+    assert_eq!(r.code, 5, "{}", r.all());
+    assert!(r.stderr.contains("no safety copy"), "{}", r.stderr);
+
+    w.drctl(&["run", "appdb"]).ok();
+    let at_backup = pg.fingerprint(&db);
+    pg.psql(&db, "DELETE FROM billing.payment WHERE result = 'paid'");
+    let before_restore = pg.fingerprint(&db);
+    w.drctl(&["restore", "--latest", "--job", "appdb", "--yes"])
+        .ok();
+    assert_eq!(pg.fingerprint(&db), at_backup);
+
+    // Without consent nothing is touched; the plan names the copy.
+    let r = w.drctl(&["restore", "--undo", "--job", "appdb"]);
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert_eq!(pg.fingerprint(&db), at_backup);
+    let r = w.drctl(&["restore", "--undo", "--job", "appdb", "--dry-run", "--json"]);
+    let plan: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
+    let copy = plan["backup_id"].as_str().unwrap().to_owned();
+    assert!(copy.starts_with(&format!("{db}_pre_restore_")), "{plan}");
+    assert_eq!(pg.fingerprint(&copy), before_restore);
+    let r = w.drctl(&[
+        "restore", "--undo", "--job", "appdb", "--yes", "--copy", "nope",
+    ]);
+    assert_eq!(r.code, 5, "{}", r.all());
+    assert!(r.stderr.contains(&copy), "{}", r.stderr);
+
+    // The undo puts the replaced data back, and keeps what it replaced.
+    let r = w.drctl(&undo);
+    r.ok();
+    assert_eq!(pg.fingerprint(&db), before_restore);
+    assert!(r.stderr.contains("kept as"), "{}", r.stderr);
+    let st = w.drctl(&["status", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&st.ok().stdout).unwrap();
+    let appdb = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == "appdb")
+        .unwrap();
+    let copies = appdb["safety_copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 1, "{appdb}");
+    let kept = copies[0]["database"].as_str().unwrap();
+    assert_eq!(pg.fingerprint(kept), at_backup);
+    assert!(copies[0]["bytes"].as_i64().unwrap() > 0, "{appdb}");
+    let last = &appdb["last_restore"];
+    assert_eq!(last["action"], "undo", "{appdb}");
+    assert_eq!(last["outcome"], "done", "{appdb}");
+    assert_eq!(last["phases"][0]["phase"], "swap", "{appdb}");
+    let text = w.drctl(&["status"]).ok().stdout.clone();
+    assert!(
+        text.contains(&format!("safety copy {kept}")) && text.contains("last undo"),
+        "{text}"
+    );
+
+    // An undo can be undone.
+    w.drctl(&undo).ok();
+    assert_eq!(pg.fingerprint(&db), at_backup);
+
+    // The job's log and the DR report carry the restore and both undos,
+    // measured against the job's RTO.
+    let logs = w.drctl(&["logs", "appdb"]).ok().stdout.clone();
+    assert!(logs.contains("restores (newest last):"), "{logs}");
+    assert_eq!(logs.matches("  undo ").count(), 2, "{logs}");
+    assert_eq!(logs.matches("  restore ").count(), 1, "{logs}");
+    let md = w
+        .drctl(&["drill", "report", "--since", "1d"])
+        .ok()
+        .stdout
+        .clone();
+    assert!(md.contains("## Real restores"), "{md}");
+    let rows: Vec<&str> = md
+        .lines()
+        .filter(|l| l.contains("| appdb |") && l.contains("| done |"))
+        .collect();
+    assert_eq!(rows.len(), 3, "{md}");
+    assert!(rows.iter().all(|l| l.ends_with("| 1h | within |")), "{md}");
+}
+
+#[test]
+fn a_restore_verified_by_a_health_check_waits_for_the_service_and_exits_9_when_it_stays_down() {
+    let pg = pg();
+    let db = pg.create_db("verify_health");
+    pg.seed(&db, &unique("verify_owner"), 30);
+    let api = HttpReceiver::start();
+    let health = format!(
+        "[jobs.appdb.restore]\nverify = [\"api\"]\nverify_timeout = \"20s\"\n\n[jobs.api]\ntype = \"health\"\n[[jobs.api.checks]]\ntype = \"http\"\nurl = \"{}\"\nretries = 0\ntimeout = \"2s\"\n",
+        api.url("/health")
+    );
+    let mut w = local_world("APP_DATABASE_URL", &health);
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    w.drctl(&["run", "appdb"]).ok();
+    let at_backup = pg.fingerprint(&db);
+    pg.psql(&db, "DELETE FROM billing.payment WHERE result = 'paid'");
+
+    // The application answers 503 twice while it starts, then 200.
+    api.queue_statuses(&[503, 503]);
+    let r = w.drctl(&["restore", "--latest", "--job", "appdb", "--yes", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
+    assert_eq!(pg.fingerprint(&db), at_backup);
+    assert_eq!(report["verify"][0]["job"], "api", "{report}");
+    assert_eq!(report["verify"][0]["ok"], true, "{report}");
+    assert_eq!(report["verify"][0]["attempts"], 3, "{report}");
+    assert_eq!(api.requests("/health").len(), 3);
+    let phases: Vec<&str> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["fetch", "restore", "swap", "health"], "{report}");
+
+    // It stays down: the data is restored, the exit status says the
+    // service did not come back.
+    pg.psql(&db, "DELETE FROM billing.payment WHERE result = 'paid'");
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    std::fs::write(&w.config, text.replace("\"20s\"", "\"3s\"")).unwrap();
+    api.queue_statuses(&[503; 50]);
+    let r = w.drctl(&["restore", "--latest", "--job", "appdb", "--yes"]);
+    assert_eq!(r.code, 9, "{}", r.all());
+    assert!(
+        r.stderr.contains("verify check api still failing") && r.stderr.contains("503"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(pg.fingerprint(&db), at_backup, "the data went in");
+    let st = w.drctl(&["status", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&st.ok().stdout).unwrap();
+    let appdb = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == "appdb")
+        .unwrap();
+    assert_eq!(appdb["last_restore"]["health"], "failed", "{appdb}");
+
+    // A health job named in verify must be a health job.
+    std::fs::write(
+        &w.config,
+        text.replace("verify = [\"api\"]", "verify = [\"appdb\"]"),
+    )
+    .unwrap();
+    let r = w.drctl(&["config", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("jobs.appdb.restore.verify[0]")
+            && r.stderr.contains("expected a health job"),
+        "{}",
+        r.stderr
+    );
 }

@@ -824,6 +824,64 @@ fn a_kill_at_either_half_of_the_swap_is_rolled_back_or_finished_by_the_next_comm
 }
 
 #[test]
+fn an_undo_killed_at_either_half_of_its_swap_is_explained_and_settled() {
+    let pg = pg();
+    let db = pg.create_db("undokill");
+    pg.seed(&db, &unique("undokill_owner"), 50);
+    let mut w = local_world("");
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    w.drctl(&["run", "appdb"]).ok();
+    let at_backup = pg.fingerprint(&db);
+    pg.psql(&db, "DELETE FROM billing.payment");
+    let changed = pg.fingerprint(&db);
+    w.drctl(&["restore", "--latest", "--job", "appdb", "--yes"])
+        .ok();
+    let copies = || {
+        pg.psql(
+            "postgres",
+            &format!("SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database WHERE datname LIKE '{db}_pre_restore_%'"),
+        )
+    };
+    let undo = ["restore", "--undo", "--job", "appdb", "--yes"];
+
+    // Killed after the renames: the next command finishes the undo.
+    std::thread::sleep(Duration::from_millis(1100)); // a new name stamp
+    kill_at(&w, "restore.swap.renamed", &undo);
+    let st = w.drctl(&["status"]);
+    st.ok();
+    assert!(
+        st.stderr.contains("undo of the last restore of appdb") && st.stderr.contains("finished"),
+        "{}",
+        st.stderr
+    );
+    assert_eq!(pg.fingerprint(&db), changed);
+    let after_first = copies();
+    assert!(!after_first.contains(','), "one copy: {after_first}");
+    assert_eq!(allows_connections(&after_first), "t");
+    assert_eq!(pg.fingerprint(&after_first), at_backup);
+
+    // Killed before the renames: rolled back, nothing lost, the copy kept.
+    std::thread::sleep(Duration::from_millis(1100));
+    kill_at(&w, "restore.swap.closed", &undo);
+    assert_eq!(
+        allows_connections(&db),
+        "f",
+        "the premise: killed while closed"
+    );
+    let r = w.drctl(&["restore", "--undo", "--job", "appdb", "--dry-run"]);
+    r.ok();
+    assert!(r.stderr.contains("rolled back"), "{}", r.stderr);
+    assert_eq!(allows_connections(&db), "t");
+    assert_eq!(pg.fingerprint(&db), changed);
+    assert_eq!(copies(), after_first);
+    assert_eq!(pg.fingerprint(&after_first), at_backup);
+
+    // And the undo then goes through.
+    w.drctl(&undo).ok();
+    assert_eq!(pg.fingerprint(&db), at_backup);
+}
+
+#[test]
 fn database_acls_settings_and_comment_survive_a_restore() {
     let pg = pg();
     let db = pg.create_db("props");

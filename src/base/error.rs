@@ -184,6 +184,11 @@ pub enum Error {
     #[error("usage: {0}")]
     Usage(String),
 
+    /// The data was restored, but the service did not come back: an
+    /// `after` hook or a `verify` check failed (exit 9).
+    #[error("{0}")]
+    Unhealthy(String),
+
     /// Anything else that failed the operation (exit 1).
     #[error("{0}")]
     Other(String),
@@ -211,13 +216,16 @@ pub enum Exit {
     Warning,
     /// A check job found something critical.
     Critical,
+    /// A restore put the data back but the service did not come back (an
+    /// `after` hook or a `verify` check failed).
+    Unhealthy,
     /// Stopped by SIGINT or SIGTERM (128 + 2, as shells report it).
     Interrupted,
 }
 
 impl Exit {
     /// Every exit, in code order (the README's table lists exactly these).
-    pub const ALL: [Exit; 10] = [
+    pub const ALL: [Exit; 11] = [
         Exit::Success,
         Exit::Failed,
         Exit::Usage,
@@ -227,6 +235,7 @@ impl Exit {
         Exit::Skipped,
         Exit::Warning,
         Exit::Critical,
+        Exit::Unhealthy,
         Exit::Interrupted,
     ];
 
@@ -242,6 +251,7 @@ impl Exit {
             Exit::Skipped => 6,
             Exit::Warning => 7,
             Exit::Critical => 8,
+            Exit::Unhealthy => 9,
             Exit::Interrupted => 130,
         }
     }
@@ -256,6 +266,7 @@ impl Error {
             Error::Refused(_) => Exit::Refused,
             Error::NotFound(_) => Exit::NotFound,
             Error::Interrupted(_) => Exit::Interrupted,
+            Error::Unhealthy(_) => Exit::Unhealthy,
             _ => Exit::Failed,
         }
     }

@@ -1,4 +1,5 @@
 //! `drctl restore (--latest | --id ID | --label LABEL) [--job JOB] [--to TARGET] ...`
+//! and `drctl restore --undo [--job JOB] [--copy NAME]`.
 
 use super::progress::Bar;
 use drctl::base::progress::Progress;
@@ -8,7 +9,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
-#[command(group = clap::ArgGroup::new("which").required(true).args(["latest", "id", "label"]))]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["latest", "id", "label", "undo"]))]
 pub struct Args {
     /// Restore the newest committed backup
     #[arg(long)]
@@ -19,6 +20,14 @@ pub struct Args {
     /// Restore the newest backup with this label (`drctl run --label`)
     #[arg(long)]
     label: Option<String>,
+    /// Undo the last restore of the job's own database: swap its newest
+    /// safety copy (<db>_pre_restore_<ts>) back; the replaced database
+    /// becomes a safety copy in its turn
+    #[arg(long, conflicts_with_all = ["to", "to_env"])]
+    undo: bool,
+    /// With --undo: swap back this safety copy instead of the newest
+    #[arg(long, requires = "undo", value_name = "NAME")]
+    copy: Option<String>,
     /// The job whose backups to restore (optional with a single backup job)
     #[arg(long)]
     job: Option<String>,
@@ -62,6 +71,18 @@ pub struct Args {
 }
 
 fn print_plan(p: &Plan) {
+    if p.repository == "-" {
+        eprintln!("undo plan");
+        eprintln!(
+            "  safety copy {} (job {}, made {})",
+            p.backup_id, p.job, p.backup_finished_at
+        );
+        eprintln!("  target      {}", p.target);
+        for (i, s) in p.steps.iter().enumerate() {
+            eprintln!("  {}. {s}", i + 1);
+        }
+        return;
+    }
     eprintln!("restore plan");
     eprintln!(
         "  backup     {} (job {}, {} from {})",
@@ -108,13 +129,18 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         force_source: a.force_source,
         hooks: !a.no_hooks,
         announce: true,
+        origin: restore::journal::Origin::Operator,
     };
     // A restore killed half-way is finished or rolled back first, and says so.
     let state = drctl::services::state::State::open(&cfg.config.state_dir).await?;
     for note in drctl::engine::restore::journal::recover(cfg, &state).await {
         eprintln!("drctl: {note}");
     }
-    let plan = restore::plan(cfg, &req).await?;
+    let plan = if a.undo {
+        restore::undo::plan(cfg, &req, a.copy.as_deref()).await?
+    } else {
+        restore::plan(cfg, &req).await?
+    };
     if a.dry_run {
         if a.json {
             println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -139,7 +165,11 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     }
     let progress = Progress::new();
     let bar = Bar::start(progress.clone());
-    let result = restore::run(cfg, &req, progress).await;
+    let result = if a.undo {
+        restore::undo::run(cfg, &req, a.copy.as_deref()).await
+    } else {
+        restore::run(cfg, &req, progress).await
+    };
     bar.finish();
     // The restore's notices (started, finished or failed) go out now.
     super::deliver_now(cfg, &state).await;
@@ -147,6 +177,22 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
+    }
+    print_report(&report, a.undo);
+    Ok(())
+}
+
+/// What the restore (or undo) did, for a person.
+fn print_report(report: &restore::Report, undo: bool) {
+    if undo {
+        eprintln!(
+            "swapped {} back into {} in {:.1}s",
+            report.backup_id, report.target, report.total_seconds
+        );
+        if let Some(s) = &report.safety_copy {
+            eprintln!("the database it replaced is kept as {s} (undo again to swap it back)");
+        }
+        return;
     }
     eprintln!(
         "restored {} into {} in {:.1}s (fetch+verify {:.1}s, restore {:.1}s, {} fetched)",
@@ -158,7 +204,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         super::human_bytes(report.bytes_fetched)
     );
     if let Some(s) = &report.safety_copy {
-        eprintln!("the previous database is kept as {s}; drop it once you are satisfied");
+        eprintln!("the previous database is kept as {s}: `drctl restore --undo` swaps it back; drop it once you are satisfied");
     }
     if !report.roles_created.is_empty() {
         eprintln!("roles created: {}", report.roles_created.join(", "));
@@ -166,5 +212,4 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
-    Ok(())
 }

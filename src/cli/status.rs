@@ -31,7 +31,22 @@ pub async fn status(cfg: &LoadedConfig, a: StatusArgs) -> anyhow::Result<()> {
     for note in drctl::engine::restore::journal::recover(cfg, &state).await {
         eprintln!("drctl: {note}");
     }
-    let rows = drctl::engine::status::jobs(cfg, &state, chrono::Utc::now()).await?;
+    let mut rows = drctl::engine::status::jobs(cfg, &state, chrono::Utc::now()).await?;
+    for r in &mut rows {
+        if let Ok((
+            _,
+            drctl::config::JobConfig {
+                kind: drctl::config::Kind::Postgres(pg),
+                ..
+            },
+        )) = cfg.job(&r.job)
+        {
+            match drctl::engine::status::safety_copies(pg).await {
+                Ok(c) => r.safety_copies = Some(c),
+                Err(e) => r.safety_copies_error = Some(e.to_string()),
+            }
+        }
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
@@ -66,8 +81,64 @@ pub async fn status(cfg: &LoadedConfig, a: StatusArgs) -> anyhow::Result<()> {
         for p in problems(r.last_run.as_ref()) {
             println!("    {p}");
         }
+        if let Some(rr) = &r.last_restore {
+            println!("    last {}", describe_restore(rr));
+        }
+        for c in r.safety_copies.iter().flatten() {
+            println!(
+                "    safety copy {} (made {}, {}, {})",
+                c.database,
+                c.made_at,
+                super::human_bytes(u64::try_from(c.bytes).unwrap_or(0)),
+                c.expires_at.as_ref().map_or_else(
+                    || "kept until dropped by hand, or `drctl restore --undo`".into(),
+                    |t| format!("dropped by the first restore after {t}")
+                )
+            );
+        }
+        if let Some(e) = &r.safety_copies_error {
+            println!("    safety copies: cannot list them: {e}");
+        }
     }
     Ok(())
+}
+
+/// "restore 2026-12-02T01:00:00Z done in 12.3s (operator, backup B; fetch 2.0s, ...; health passed)".
+fn describe_restore(r: &drctl::engine::restore::journal::RestoreRecord) -> String {
+    let mut s = format!(
+        "{} {} {}",
+        match r.action {
+            drctl::engine::restore::journal::Action::Restore => "restore",
+            drctl::engine::restore::journal::Action::Undo => "undo",
+        },
+        r.started_at,
+        r.outcome
+    );
+    if let Some(t) = r.total_seconds {
+        s.push_str(&format!(" in {t:.1}s"));
+    }
+    s.push_str(&format!(
+        " ({}, {} {}",
+        r.origin,
+        if r.action == drctl::engine::restore::journal::Action::Undo {
+            "copy"
+        } else {
+            "backup"
+        },
+        r.backup_id
+    ));
+    let phases = r.describe_phases();
+    if !phases.is_empty() {
+        s.push_str(&format!("; {phases}"));
+    }
+    if let Some(h) = &r.health {
+        s.push_str(&format!("; health {h}"));
+    }
+    s.push(')');
+    if let Some(n) = r.note.as_deref().filter(|n| !n.is_empty()) {
+        s.push_str(&format!(": {n}"));
+    }
+    s
 }
 
 pub async fn logs(cfg: &LoadedConfig, a: LogsArgs) -> anyhow::Result<()> {
@@ -78,6 +149,7 @@ pub async fn logs(cfg: &LoadedConfig, a: LogsArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&runs)?);
         return Ok(());
     }
+    let restores = drctl::engine::restore::journal::recent(&state, Some(&a.job), None, a.n).await?;
     if runs.is_empty() {
         println!("no runs of {} recorded on this host", a.job);
     }
@@ -95,6 +167,13 @@ pub async fn logs(cfg: &LoadedConfig, a: LogsArgs) -> anyhow::Result<()> {
                 println!("    {line}");
             }
         }
+    }
+    // Restores are not runs of the job, but an incident's log needs them.
+    if !restores.is_empty() {
+        println!("restores (newest last):");
+    }
+    for r in restores.iter().rev() {
+        println!("  {}", describe_restore(r));
     }
     Ok(())
 }

@@ -194,10 +194,24 @@ pub struct RestoreHooks {
     /// counts as failed.
     #[serde(default = "default_hook_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// `health` jobs run after the `after` hooks: the restore counts as
+    /// done only once each passes (R4's `curl -sf .../health`). Retried
+    /// until they pass or `verify_timeout` ends; then the restore exits 9
+    /// (data restored, service not back).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verify: Vec<String>,
+    /// How long the `verify` checks get to pass (default 2m): an
+    /// application takes a while to start.
+    #[serde(default = "default_verify_timeout", with = "humantime_serde")]
+    pub verify_timeout: Duration,
 }
 
 fn default_hook_timeout() -> Duration {
     Duration::from_secs(300)
+}
+
+fn default_verify_timeout() -> Duration {
+    Duration::from_secs(120)
 }
 
 impl RestoreHooks {
@@ -215,11 +229,13 @@ impl RestoreHooks {
                 }
             }
         }
-        if self.timeout.is_zero() {
-            p.push((
-                "restore.timeout".into(),
-                "expected a duration above 0".into(),
-            ));
+        for (key, d) in [
+            ("restore.timeout", self.timeout),
+            ("restore.verify_timeout", self.verify_timeout),
+        ] {
+            if d.is_zero() {
+                p.push((key.into(), "expected a duration above 0".into()));
+            }
         }
     }
 }
@@ -239,6 +255,15 @@ pub struct Storage {
         skip_serializing_if = "Option::is_none"
     )]
     pub rpo: Option<Duration>,
+    /// Recovery time objective: how long a real restore of this job may
+    /// take (the DR report's "real restores" are measured against it; a
+    /// drill's own `rto` stands in when the job has none).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rto: Option<Duration>,
     /// Grandfather-father-son retention, applied after each backup and by `drctl prune`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<crate::base::retention::Policy>,

@@ -492,6 +492,28 @@ impl LoadedConfig {
                 }
             }
         }
+        let verify = job
+            .storage()
+            .and_then(|s| s.restore.as_ref())
+            .map_or(&[][..], |h| h.verify.as_slice());
+        for (i, j) in verify.iter().enumerate() {
+            let found = self.config.jobs.get(j);
+            if !matches!(
+                found,
+                Some(JobConfig {
+                    kind: Kind::Health(_),
+                    ..
+                })
+            ) {
+                errors.push((
+                    format!("{key}.restore.verify[{i}]"),
+                    match found {
+                        Some(t) => format!("{j:?} is a {} job (expected a health job)", t.kind()),
+                        None => format!("no job named {j:?} (expected a health job)"),
+                    },
+                ));
+            }
+        }
         let mut problems = Problems::default();
         job.validate(&mut problems);
         for (field, msg) in problems.into_inner() {

@@ -53,6 +53,27 @@ pub struct JobSummary {
     pub drills_passed: usize,
 }
 
+/// A restore an operator ran (not a drill), against the job's RTO.
+#[derive(Debug, Clone, Serialize)]
+pub struct RealRestore {
+    /// What the journal recorded.
+    #[serde(flatten)]
+    pub record: crate::engine::restore::journal::RestoreRecord,
+    /// The job's `rto` (else its drill's).
+    pub rto_seconds: Option<f64>,
+    /// `within`, `over`, or `-` (no RTO, or it did not finish).
+    pub rto_verdict: &'static str,
+}
+
+/// How a restore's measured time compares with the RTO (pure).
+pub fn rto_verdict(outcome: &str, total: Option<f64>, rto: Option<f64>) -> &'static str {
+    match (outcome, total, rto) {
+        ("done", Some(t), Some(r)) if t <= r => "within",
+        ("done", Some(_), Some(_)) => "over",
+        _ => "-",
+    }
+}
+
 impl JobSummary {
     /// Compliance, violations and worst gap as printed ("-" without an RPO).
     fn window_cells(&self) -> (String, String, String) {
@@ -82,6 +103,9 @@ pub struct Report {
     pub drills: Vec<DrillSummary>,
     /// Every backup job.
     pub jobs: Vec<JobSummary>,
+    /// Restores (and undos) operators ran in the period, newest first:
+    /// the RTO measured when it counted.
+    pub real_restores: Vec<RealRestore>,
     /// What the reader should know (a job never drilled, ...).
     pub notes: Vec<String>,
 }
@@ -196,6 +220,7 @@ pub async fn build(cfg: &LoadedConfig, state: &State, since: Duration) -> Result
                 .sum(),
         });
     }
+    let real_restores = real_restores(cfg, state, from).await?;
     Ok(Report {
         generated_at: to,
         from,
@@ -203,8 +228,43 @@ pub async fn build(cfg: &LoadedConfig, state: &State, since: Duration) -> Result
         host: crate::base::host::name(),
         drills,
         jobs,
+        real_restores,
         notes,
     })
+}
+
+async fn real_restores(
+    cfg: &LoadedConfig,
+    state: &State,
+    from: DateTime<Utc>,
+) -> Result<Vec<RealRestore>> {
+    use crate::engine::restore::journal;
+    let rows = journal::recent(state, None, Some(journal::Origin::Operator), 10_000).await?;
+    Ok(rows
+        .into_iter()
+        .filter(|r| DateTime::parse_from_rfc3339(&r.started_at).is_ok_and(|t| t >= from))
+        .map(|record| {
+            let own = cfg
+                .config
+                .jobs
+                .get(&record.job)
+                .and_then(|j| j.storage())
+                .and_then(|s| s.rto);
+            let drill = cfg
+                .config
+                .drills
+                .values()
+                .filter(|d| d.job == record.job)
+                .filter_map(|d| d.rto)
+                .min();
+            let rto_seconds = own.or(drill).map(|d| d.as_secs_f64());
+            RealRestore {
+                rto_verdict: rto_verdict(&record.outcome, record.total_seconds, rto_seconds),
+                rto_seconds,
+                record,
+            }
+        })
+        .collect())
 }
 
 fn dur(s: f64) -> String {
@@ -226,6 +286,37 @@ fn day(t: &str) -> String {
 /// The report as JSON.
 pub fn json(r: &Report) -> String {
     crate::base::secret::redact(&serde_json::to_string_pretty(r).unwrap_or_default())
+}
+
+/// The "Real restores" section of the markdown report.
+fn real_restores_markdown(o: &mut String, restores: &[RealRestore]) {
+    let _ = writeln!(o, "\n## Real restores\n");
+    if restores.is_empty() {
+        let _ = writeln!(o, "No restore was run by an operator in this period.");
+    } else {
+        let _ = writeln!(o, "| started (UTC) | job | what | outcome | backup | phases | health | time | RTO | against RTO |");
+        let _ = writeln!(
+            o,
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
+    }
+    for x in restores {
+        let rec = &x.record;
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            day(&rec.started_at),
+            rec.job,
+            rec.action.as_str(),
+            rec.outcome,
+            rec.backup_id,
+            rec.describe_phases(),
+            rec.health.as_deref().unwrap_or("-"),
+            opt_dur(rec.total_seconds),
+            opt_dur(x.rto_seconds),
+            x.rto_verdict
+        );
+    }
 }
 
 /// Markdown (also the plain-text part of the report email).
@@ -285,6 +376,7 @@ pub fn markdown(r: &Report) -> String {
             j.drills_passed
         );
     }
+    real_restores_markdown(&mut o, &r.real_restores);
     let _ = writeln!(o, "\n## Drill runs\n");
     let _ = writeln!(o, "| started (UTC) | drill | outcome | backup | backup age | fetch | restore | verify | total |");
     let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
@@ -586,6 +678,48 @@ pub fn html(r: &Report) -> String {
         rows,
         "rpo",
     ));
+    o.push_str("<h2 style=\"font-size:18px\">Real restores</h2>");
+    let rows = r
+        .real_restores
+        .iter()
+        .map(|x| {
+            let rec = &x.record;
+            vec![
+                esc(&day(&rec.started_at)),
+                esc(&rec.job),
+                esc(rec.action.as_str()),
+                badge(if rec.outcome == "done" {
+                    "passed"
+                } else {
+                    "failed"
+                })
+                .replace(">passed<", ">done<")
+                .replace(">failed<", &format!(">{}<", esc(&rec.outcome))),
+                esc(&rec.backup_id),
+                esc(&rec.describe_phases()),
+                esc(rec.health.as_deref().unwrap_or("-")),
+                esc(&opt_dur(rec.total_seconds)),
+                esc(&opt_dur(x.rto_seconds)),
+                esc(x.rto_verdict),
+            ]
+        })
+        .collect();
+    o.push_str(&table(
+        &[
+            "started (UTC)",
+            "job",
+            "what",
+            "outcome",
+            "backup",
+            "phases",
+            "health",
+            "time",
+            "RTO",
+            "against RTO",
+        ],
+        rows,
+        "restores",
+    ));
     o.push_str("<h2 style=\"font-size:18px\">Drill runs</h2>");
     let mut rows = Vec::new();
     for d in &r.drills {
@@ -635,6 +769,15 @@ pub fn html(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restore_is_within_its_rto_only_when_it_finished_in_time() {
+        assert_eq!(rto_verdict("done", Some(30.0), Some(60.0)), "within");
+        assert_eq!(rto_verdict("done", Some(90.0), Some(60.0)), "over");
+        assert_eq!(rto_verdict("failed", Some(10.0), Some(60.0)), "-");
+        assert_eq!(rto_verdict("done", Some(10.0), None), "-");
+        assert_eq!(rto_verdict("done", None, Some(60.0)), "-");
+    }
 
     #[test]
     fn html_escapes_what_it_prints() {

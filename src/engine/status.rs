@@ -4,6 +4,7 @@
 use crate::base::error::Result;
 use crate::base::values::Parsed;
 use crate::config::LoadedConfig;
+use crate::engine::restore::journal::RestoreRecord;
 use crate::services::state::{RunRecord, State};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -32,6 +33,63 @@ pub struct JobStatus {
     pub next_run: Option<String>,
     /// All-time run counts on this host by outcome.
     pub runs: BTreeMap<String, i64>,
+    /// The newest restore (or undo) of this job on this host, an
+    /// operator's or a drill's, with its phases and measured RTO.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_restore: Option<RestoreRecord>,
+    /// The job's safety copies on its server (`drctl status` looks them
+    /// up; the daemon's `/status` does not connect to databases).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety_copies: Option<Vec<SafetyCopy>>,
+    /// Why the safety copies could not be listed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety_copies_error: Option<String>,
+}
+
+/// A database a restore replaced and kept (`<db>_pre_restore_<ts>`).
+#[derive(Debug, Clone, Serialize)]
+pub struct SafetyCopy {
+    /// Its name.
+    pub database: String,
+    /// When the restore that made it ran (RFC 3339).
+    pub made_at: String,
+    /// Its size on the server.
+    pub bytes: i64,
+    /// When the next restore drops it (`safety_copy_keep`); never without.
+    pub expires_at: Option<String>,
+}
+
+/// The safety copies of a postgres job's database, oldest first (each a
+/// full copy of the database: a disk that fills with them is an incident).
+pub async fn safety_copies(job: &crate::config::PostgresJob) -> Result<Vec<SafetyCopy>> {
+    use crate::engine::restore::postgres;
+    let target = crate::services::pg::job_target(job)?;
+    let admin = target.with_database(&job.maintenance_db);
+    let mut conn = tokio::time::timeout(std::time::Duration::from_secs(10), admin.connect())
+        .await
+        .map_err(|_| {
+            crate::Error::Other(format!("no answer from {} within 10s", target.display()))
+        })??;
+    let names = postgres::side_databases(&mut conn).await?;
+    let mut out = Vec::new();
+    for (name, made) in postgres::safety_copies(&target.database, &names) {
+        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size($1::text::name)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| crate::Error::pg(format!("sizing {name}"), e))?;
+        let made = made.and_utc();
+        out.push(SafetyCopy {
+            database: name,
+            made_at: made.to_rfc3339(),
+            bytes,
+            expires_at: job
+                .safety_copy_keep
+                .and_then(|k| chrono::Duration::from_std(k).ok())
+                .map(|k| (made + k).to_rfc3339()),
+        });
+    }
+    Ok(out)
 }
 
 /// Seconds between a run's start and end, if it ended.
@@ -61,6 +119,16 @@ pub async fn jobs(cfg: &LoadedConfig, state: &State, now: DateTime<Utc>) -> Resu
                 .and_then(|p| p.next_after(now))
                 .map(|t| t.to_rfc3339()),
             runs: state.run_counts(name).await?,
+            last_restore: if job.is_backup() {
+                crate::engine::restore::journal::recent(state, Some(name), None, 1)
+                    .await?
+                    .into_iter()
+                    .next()
+            } else {
+                None
+            },
+            safety_copies: None,
+            safety_copies_error: None,
         });
     }
     Ok(out)

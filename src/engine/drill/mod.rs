@@ -281,6 +281,7 @@ async fn phases(
         // A drill restores into scratch: the application is not touched.
         hooks: false,
         announce: false,
+        origin: crate::engine::restore::journal::Origin::Drill,
     };
     opts.progress.set_phase("fetch", 0);
     let resolved = crate::engine::restore::resolve(cfg, &req0)

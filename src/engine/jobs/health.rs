@@ -302,6 +302,22 @@ async fn save(state: &State, job: &str, check: &str, s: &Streak, err: Option<&st
     Ok(())
 }
 
+/// Probe every check of the job (in parallel) with no streak: whether each
+/// passes right now, as a restore's `verify` needs. `Err` names the first
+/// that failed.
+pub async fn probe_now(
+    job: &HealthJob,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> std::result::Result<String, String> {
+    let results = futures::future::join_all(job.checks.iter().map(|c| attempt(c, cancel))).await;
+    for (c, r) in job.checks.iter().zip(&results) {
+        if !r.passed {
+            return Err(format!("{}: {}", c.display_name(), r.message));
+        }
+    }
+    Ok(format!("{} of {} checks up", results.len(), results.len()))
+}
+
 /// Probe every check of the job (in parallel) and grade it against its
 /// streak.
 pub async fn run(ctx: &CheckCtx<'_>, job: &HealthJob) -> Result<Report> {

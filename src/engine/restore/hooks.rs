@@ -168,6 +168,7 @@ mod tests {
             before: v(before),
             after: v(after),
             timeout,
+            ..RestoreHooks::default()
         }
     }
 

@@ -12,6 +12,7 @@ use crate::base::error::{Error, Result};
 use crate::config::{JobConfig, Kind, LoadedConfig};
 use crate::services::pg::quote_ident;
 use crate::services::state::State;
+use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 /// Where a restore is. Written before the step is taken.
@@ -59,14 +60,79 @@ impl Step {
     }
 }
 
+/// What a journal row records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// A backup restored.
+    Restore,
+    /// `drctl restore --undo`: a safety copy swapped back.
+    Undo,
+}
+
+impl Action {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Restore => "restore",
+            Action::Undo => "undo",
+        }
+    }
+}
+
+/// Who started a restore: an operator's are real restores (the DR
+/// report's "real restores"), a drill's are rehearsals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// `drctl restore` (or `--undo`).
+    Operator,
+    /// A restore drill.
+    Drill,
+}
+
+impl Origin {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Operator => "operator",
+            Origin::Drill => "drill",
+        }
+    }
+}
+
+/// One timed phase of a restore (hooks, fetch, restore, swap, health, ...).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Phase {
+    /// `before_hooks`, `fetch`, `restore`, `swap`, `after_hooks`, `health`.
+    pub phase: String,
+    /// Wall time.
+    pub seconds: f64,
+    /// It did what it had to.
+    pub ok: bool,
+}
+
+impl Phase {
+    /// A phase that took `seconds`.
+    pub fn new(phase: &str, seconds: f64, ok: bool) -> Phase {
+        Phase {
+            phase: phase.into(),
+            seconds,
+            ok,
+        }
+    }
+}
+
 /// One journal row.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// Row id.
     pub id: i64,
+    /// A restore or an undo.
+    pub action: Action,
     /// The job.
     pub job: String,
-    /// The backup restored.
+    /// The backup restored (for an undo: the safety copy swapped back).
     pub backup_id: String,
     /// Its repository.
     pub repository: String,
@@ -86,6 +152,19 @@ pub struct Entry {
     pub safety: Option<String>,
     /// The last step reached.
     pub step: Step,
+}
+
+impl Entry {
+    /// "restore of backup B of J", "undo of the last restore of J (back to C)".
+    pub fn what(&self) -> String {
+        match self.action {
+            Action::Restore => format!("restore of backup {} of {}", self.backup_id, self.job),
+            Action::Undo => format!(
+                "undo of the last restore of {} (back to {})",
+                self.job, self.backup_id
+            ),
+        }
+    }
 }
 
 /// One repair.
@@ -111,7 +190,7 @@ pub fn plan(e: &Entry, exists: &dyn Fn(&str) -> bool) -> (Vec<Fix>, Step, String
             fixes.push(Fix::Drop(r.clone()));
         }
     };
-    let what = format!("restore of backup {} of {}", e.backup_id, e.job);
+    let what = e.what();
     match e.step {
         Step::Fetching => (
             fixes,
@@ -165,6 +244,24 @@ pub fn plan(e: &Entry, exists: &dyn Fn(&str) -> bool) -> (Vec<Fix>, Step, String
     }
 }
 
+/// What a new journal row says about its restore.
+pub struct Start<'a> {
+    /// The job.
+    pub job: &'a str,
+    /// The backup (for an undo: the safety copy).
+    pub backup_id: &'a str,
+    /// The repository read from (`-` for an undo).
+    pub repository: &'a str,
+    /// The target, without a password (the per-target lock's key).
+    pub target: &'a str,
+    /// The lease recovery releases.
+    pub lease: Option<&'a str>,
+    /// A restore or an undo.
+    pub action: Action,
+    /// An operator's or a drill's.
+    pub origin: Origin,
+}
+
 /// A journal row for one running restore.
 pub struct Journal {
     state: State,
@@ -177,23 +274,18 @@ fn now_ms() -> i64 {
 }
 
 impl Journal {
-    /// Journal a restore of `backup_id` into `target` before it starts.
-    pub async fn begin(
-        state: &State,
-        job: &str,
-        backup_id: &str,
-        repository: &str,
-        target: &str,
-        lease: Option<&str>,
-    ) -> Result<Journal> {
+    /// Journal a restore before it starts (before its `before` hooks).
+    pub async fn begin(state: &State, s: &Start<'_>) -> Result<Journal> {
         let r = sqlx::query(
-            "INSERT INTO restore_journal (job, backup_id, repository, target, lease, step, pid, started_at, updated_at) VALUES (?, ?, ?, ?, ?, 'fetching', ?, ?, ?)",
+            "INSERT INTO restore_journal (job, backup_id, repository, target, lease, action, origin, step, pid, started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'fetching', ?, ?, ?)",
         )
-        .bind(job)
-        .bind(backup_id)
-        .bind(repository)
-        .bind(target)
-        .bind(lease)
+        .bind(s.job)
+        .bind(s.backup_id)
+        .bind(s.repository)
+        .bind(s.target)
+        .bind(s.lease)
+        .bind(s.action.as_str())
+        .bind(s.origin.as_str())
         .bind(i64::from(std::process::id()))
         .bind(now_ms())
         .bind(now_ms())
@@ -204,6 +296,42 @@ impl Journal {
             state: state.clone(),
             id: r.last_insert_rowid(),
         })
+    }
+
+    /// The restore failed before touching anything (a `before` hook, a
+    /// refusal): nothing to undo, only the note to keep.
+    pub async fn failed(&self, note: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE restore_journal SET step = 'failed', note = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(note)
+        .bind(now_ms())
+        .bind(self.id)
+        .execute(self.state.pool())
+        .await
+        .map_err(|e| self.state.err(e))?;
+        Ok(())
+    }
+
+    /// The restore's measured phases, its total time and how its `verify`
+    /// checks ended (`None`: it had none), written when it ends.
+    pub async fn record(
+        &self,
+        phases: &[Phase],
+        total_seconds: f64,
+        health: Option<bool>,
+    ) -> Result<()> {
+        let phases = serde_json::to_string(phases)
+            .map_err(|e| Error::Other(format!("encoding the restore's phases: {e}")))?;
+        sqlx::query("UPDATE restore_journal SET phases = ?, total_ms = ?, health = ? WHERE id = ?")
+            .bind(phases)
+            .bind((total_seconds * 1000.0).round() as i64)
+            .bind(health.map(|ok| if ok { "passed" } else { "failed" }))
+            .bind(self.id)
+            .execute(self.state.pool())
+            .await
+            .map_err(|e| self.state.err(e))?;
+        Ok(())
     }
 
     /// Record the temporary dump file, so recovery removes it.
@@ -259,6 +387,11 @@ impl Journal {
 fn entry_of(r: &sqlx::sqlite::SqliteRow) -> Entry {
     Entry {
         id: r.get("id"),
+        action: if r.get::<String, _>("action") == "undo" {
+            Action::Undo
+        } else {
+            Action::Restore
+        },
         job: r.get("job"),
         backup_id: r.get("backup_id"),
         repository: r.get("repository"),
@@ -390,10 +523,7 @@ pub async fn settle(
     let (end, note) = match failure {
         Some(why) => (
             Step::Failed,
-            format!(
-                "restore of backup {} of {} failed: {why}; cleaned up",
-                e.backup_id, e.job
-            ),
+            format!("{} failed: {why}; cleaned up", e.what()),
         ),
         None => (end, note),
     };
@@ -487,6 +617,99 @@ pub async fn finished(state: &State) -> Result<Vec<Finished>> {
         .collect())
 }
 
+/// A restore as `drctl logs`, `drctl status` and the DR report show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreRecord {
+    /// A restore or an undo.
+    pub action: Action,
+    /// `operator` or `drill`.
+    pub origin: String,
+    /// The job.
+    pub job: String,
+    /// The backup restored (an undo: the safety copy swapped back).
+    pub backup_id: String,
+    /// Where it went (no password).
+    pub target: String,
+    /// `done`, `failed`, `rolled_back`, or the step a running (or killed,
+    /// not yet recovered) restore is at.
+    pub outcome: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// Its measured RTO, once it ended.
+    pub total_seconds: Option<f64>,
+    /// Its timed phases.
+    pub phases: Vec<Phase>,
+    /// `passed` or `failed`: its `verify` checks (absent without any).
+    pub health: Option<String>,
+    /// What went wrong, or what recovery did.
+    pub note: Option<String>,
+}
+
+/// The newest `n` restores (of `job`, or of every job), newest first;
+/// `origin` keeps only an operator's or a drill's.
+pub async fn recent(
+    state: &State,
+    job: Option<&str>,
+    origin: Option<Origin>,
+    n: i64,
+) -> Result<Vec<RestoreRecord>> {
+    let rows = sqlx::query(
+        "SELECT * FROM restore_journal WHERE (?1 IS NULL OR job = ?1) AND (?2 IS NULL OR origin = ?2)
+         ORDER BY id DESC LIMIT ?3",
+    )
+    .bind(job)
+    .bind(origin.map(Origin::as_str))
+    .bind(n)
+    .fetch_all(state.pool())
+    .await
+    .map_err(|e| state.err(e))?;
+    let mut out = Vec::new();
+    for r in &rows {
+        let phases = match r.get::<Option<String>, _>("phases") {
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| Error::unreadable("a restore's phases", e))?,
+            None => Vec::new(),
+        };
+        let started: i64 = r.get("started_at");
+        out.push(RestoreRecord {
+            action: entry_of(r).action,
+            origin: r.get("origin"),
+            job: r.get("job"),
+            backup_id: r.get("backup_id"),
+            target: r.get("target"),
+            outcome: r.get("step"),
+            started_at: chrono::DateTime::from_timestamp_millis(started)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            total_seconds: r
+                .get::<Option<i64>, _>("total_ms")
+                .map(|ms| ms as f64 / 1000.0),
+            phases,
+            health: r.get("health"),
+            note: r.get("note"),
+        });
+    }
+    Ok(out)
+}
+
+impl RestoreRecord {
+    /// "fetch 2.0s, restore 8.1s, swap 0.1s" (empty without phases).
+    pub fn describe_phases(&self) -> String {
+        self.phases
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {:.1}s{}",
+                    p.phase,
+                    p.seconds,
+                    if p.ok { "" } else { " (failed)" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// This process's own entry, for cleaning up after its failure.
 pub async fn entry(state: &State, id: i64) -> Result<Entry> {
     let row = sqlx::query("SELECT * FROM restore_journal WHERE id = ?")
@@ -504,6 +727,7 @@ mod tests {
     fn own(step: Step) -> Entry {
         Entry {
             id: 1,
+            action: Action::Restore,
             job: "appdb".into(),
             backup_id: "b".into(),
             repository: "local".into(),

@@ -5,9 +5,11 @@
 
 pub mod fetch;
 pub mod files;
+pub mod health;
 pub mod hooks;
 pub mod journal;
 pub mod postgres;
+pub mod undo;
 
 use crate::base::error::{Error, Result};
 use crate::base::ids::{BackupId, JobName};
@@ -53,6 +55,9 @@ pub struct RestoreRequest {
     /// Announce the restore on the alert channels (`restore_started`,
     /// `restore_finished`, `restore_failed`; off for drills).
     pub announce: bool,
+    /// An operator's restore or a drill's (journaled; the DR report's
+    /// "real restores" are the operators').
+    pub origin: journal::Origin,
 }
 
 /// What a restore will do, printed by `--dry-run` and before confirmation.
@@ -97,8 +102,10 @@ pub struct Report {
     pub fetch_seconds: f64,
     /// Decrypting and decompressing, inside (overlapping) the fetch.
     pub decode_seconds: f64,
-    /// Wall time of roles, pg_restore (or extraction) and the swap.
+    /// Wall time of roles and pg_restore (or extraction).
     pub restore_seconds: f64,
+    /// Wall time of the swap of the job's own database (0 without one).
+    pub swap_seconds: f64,
     /// Wall time of the whole restore: the measured RTO.
     pub total_seconds: f64,
     /// Roles the server lacked and the restore created.
@@ -109,6 +116,11 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// The `[jobs.X.restore]` hooks that ran, in order.
     pub hooks: Vec<hooks::HookRun>,
+    /// The `verify` checks run after the `after` hooks.
+    pub verify: Vec<health::VerifyRun>,
+    /// Each phase's wall time (hooks, fetch, restore, swap, health): the
+    /// restore's RTO, broken down.
+    pub phases: Vec<journal::Phase>,
     /// Safety copies older than the job's `safety_copy_keep`, dropped after
     /// this restore succeeded.
     pub safety_copies_dropped: Vec<String>,
@@ -131,30 +143,7 @@ pub struct Resolved<'a> {
 /// Find the job, the repository and the backup a request means (the
 /// newest usable one unless an id is given), without touching the target.
 pub async fn resolve<'a>(cfg: &'a LoadedConfig, req: &RestoreRequest) -> Result<Resolved<'a>> {
-    let name = if let Some(j) = &req.job {
-        j.clone()
-    } else {
-        let backups: Vec<&String> = cfg
-            .config
-            .jobs
-            .iter()
-            .filter(|(_, j)| j.repository().is_some())
-            .map(|(n, _)| n)
-            .collect();
-        match backups.as_slice() {
-            [one] => (*one).clone(),
-            _ => {
-                return Err(Error::Usage(format!(
-                    "more than one backup job is configured; name one with --job ({})",
-                    backups
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )))
-            }
-        }
-    };
+    let name = job_name(cfg, req)?;
     let (job, config) = cfg.job(&name)?;
     let repo_name = config.backup_repository(&name)?;
     let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
@@ -181,6 +170,31 @@ pub async fn resolve<'a>(cfg: &'a LoadedConfig, req: &RestoreRequest) -> Result<
     })
 }
 
+/// `--job`, or the only backup job when there is one.
+fn job_name(cfg: &LoadedConfig, req: &RestoreRequest) -> Result<String> {
+    if let Some(j) = &req.job {
+        return Ok(j.clone());
+    }
+    let backups: Vec<&String> = cfg
+        .config
+        .jobs
+        .iter()
+        .filter(|(_, j)| j.repository().is_some())
+        .map(|(n, _)| n)
+        .collect();
+    match backups.as_slice() {
+        [one] => Ok((*one).clone()),
+        _ => Err(Error::Usage(format!(
+            "more than one backup job is configured; name one with --job ({})",
+            backups
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
 /// Describe what `req` would do without changing anything.
 pub async fn plan(cfg: &LoadedConfig, req: &RestoreRequest) -> Result<Plan> {
     let r = resolve(cfg, req).await?;
@@ -189,25 +203,44 @@ pub async fn plan(cfg: &LoadedConfig, req: &RestoreRequest) -> Result<Plan> {
         Kind::Files(_) => files::plan(&r, req)?,
         other => return Err(not_restorable(&r.job, other)),
     };
-    if let Some(h) = hooks_of(&r, req) {
-        let before = h.before.iter().map(|a| hooks::describe("before", a));
-        let after = h
-            .after
-            .iter()
-            .map(|a| hooks::describe("after", a) + " (also if the restore fails)");
-        plan.steps = before.chain(plan.steps).chain(after).collect();
+    if let Some(h) = hooks_for(r.config, req) {
+        wrap_steps(&mut plan.steps, h);
     }
     Ok(plan)
 }
 
+/// Put the hooks and `verify` checks around a plan's steps.
+fn wrap_steps(steps: &mut Vec<String>, h: &crate::config::RestoreHooks) {
+    let before = h.before.iter().map(|a| hooks::describe("before", a));
+    let after = h
+        .after
+        .iter()
+        .map(|a| hooks::describe("after", a) + " (also if the restore fails)");
+    let verify = h.verify.iter().map(|j| {
+        format!(
+            "verify: health check {j} until it passes (at most {} in all; exit 9 if it does not)",
+            humantime::format_duration(h.verify_timeout)
+        )
+    });
+    *steps = before
+        .chain(std::mem::take(steps))
+        .chain(after)
+        .chain(verify)
+        .collect();
+}
+
 /// The job's restore hooks, unless the request skips them.
-fn hooks_of<'a>(r: &Resolved<'a>, req: &RestoreRequest) -> Option<&'a crate::config::RestoreHooks> {
+fn hooks_for<'a>(
+    config: &'a JobConfig,
+    req: &RestoreRequest,
+) -> Option<&'a crate::config::RestoreHooks> {
     req.hooks
-        .then(|| r.config.storage().and_then(|s| s.restore.as_ref()))
+        .then(|| config.storage().and_then(|s| s.restore.as_ref()))
         .flatten()
 }
 
-/// Perform the restore. Refuses (exit 4) where consent is needed and not given.
+/// Perform the restore. Refuses (exit 4) where consent is needed and not
+/// given; exits 9 when the data went in but the service did not come back.
 pub async fn run(
     cfg: &LoadedConfig,
     req: &RestoreRequest,
@@ -228,13 +261,7 @@ pub async fn run(
         Kind::Files(_) => files::target_key(req)?,
         other => return Err(not_restorable(&r.job, other)),
     };
-    let _target_lock =
-        crate::services::lock::HostLock::try_acquire_keyed(&cfg.config.state_dir, ".restore", &target)?
-    .map_err(|holder| {
-        Error::Refused(format!(
-            "another restore into {target} is running ({holder}); wait for it or pick another target"
-        ))
-    })?;
+    let _target_lock = lock_target(cfg, &target)?;
     // Keep prune (on any host) away from the backup while it is read. A
     // restore that cannot protect its backup does not start.
     let lease = r
@@ -247,53 +274,186 @@ pub async fn run(
                 format!("cannot lease backup {} before reading it (a concurrent prune could remove it), so the restore does not start: {e}", r.manifest.id),
             )
         })?;
-    // The runbook's "stop the app": only once nothing can refuse the
-    // restore for want of consent, and before the target is touched.
-    let hooks = hooks_of(&r, req);
-    let mut ran = Vec::new();
-    if let Some(h) = hooks {
-        match before_hooks(&r, req, h).await {
-            Ok(done) => ran = done,
-            Err(e) => {
-                release(lease).await;
-                return Err(e);
+    let journal = journal::Journal::begin(
+        &state,
+        &journal::Start {
+            job: r.job.as_str(),
+            backup_id: r.manifest.id.as_str(),
+            repository: &r.repo.name,
+            target: &target,
+            lease: Some(&lease.key),
+            action: journal::Action::Restore,
+            origin: req.origin,
+        },
+    )
+    .await?;
+    let procedure = Procedure {
+        cfg,
+        state: &state,
+        job: &r.job,
+        hooks: hooks_for(r.config, req),
+        req,
+        journal: &journal,
+        started,
+    };
+    let work = async {
+        let mut rep = journaled(cfg, &state, &r, req, &tmp_dir, progress, &journal).await?;
+        rep.phases = vec![
+            journal::Phase::new("fetch", rep.fetch_seconds, true),
+            journal::Phase::new("restore", rep.restore_seconds, true),
+        ];
+        if rep.swap_seconds > 0.0 {
+            rep.phases
+                .push(journal::Phase::new("swap", rep.swap_seconds, true));
+        }
+        Ok(rep)
+    };
+    let consent = || match &r.config.kind {
+        Kind::Postgres(j) => postgres::consent(j, req),
+        Kind::Files(_) => files::consent(req),
+        _ => Ok(()),
+    };
+    let what = format!("restore of {} (backup {})", r.job, r.manifest.id);
+    let result = procedure.around(work, consent, &what).await;
+    release(lease).await;
+    result
+}
+
+/// One restore per target on this host.
+fn lock_target(cfg: &LoadedConfig, target: &str) -> Result<crate::services::lock::HostLock> {
+    crate::services::lock::HostLock::try_acquire_keyed(&cfg.config.state_dir, ".restore", target)?
+        .map_err(|holder| {
+            Error::Refused(format!(
+                "another restore into {target} is running ({holder}); wait for it or pick another target"
+            ))
+        })
+}
+
+/// The runbook around a restore or an undo: consent, the `before` hooks,
+/// the announcement, the work, the `after` hooks, the `verify` checks, and
+/// the record of it all (phases, total time, health) in the journal.
+pub(crate) struct Procedure<'a> {
+    pub(crate) cfg: &'a LoadedConfig,
+    pub(crate) state: &'a crate::services::state::State,
+    pub(crate) job: &'a JobName,
+    pub(crate) hooks: Option<&'a crate::config::RestoreHooks>,
+    pub(crate) req: &'a RestoreRequest,
+    pub(crate) journal: &'a journal::Journal,
+    pub(crate) started: std::time::Instant,
+}
+
+impl Procedure<'_> {
+    /// Run `work` inside the procedure. `consent` is checked before any
+    /// hook (a restore refused for want of `--yes` stops nothing).
+    /// `work` fills its report's own phases; a failed one counts as one
+    /// failed `restore` phase.
+    pub(crate) async fn around(
+        &self,
+        work: impl std::future::Future<Output = Result<Report>>,
+        consent: impl FnOnce() -> Result<()>,
+        what: &str,
+    ) -> Result<Report> {
+        let mut phases = Vec::new();
+        let mut ran = Vec::new();
+        // The runbook's "stop the app": only once nothing can refuse the
+        // restore for want of consent, and before the target is touched.
+        let before = match self.hooks {
+            Some(h) => consent().and(Ok(h)).map(Some),
+            None => Ok(None),
+        };
+        let before = match before {
+            Ok(Some(h)) if !h.before.is_empty() => {
+                let t = std::time::Instant::now();
+                let res = before_hooks(h).await;
+                let ok = res.is_ok();
+                phases.push(journal::Phase::new(
+                    "before_hooks",
+                    t.elapsed().as_secs_f64(),
+                    ok,
+                ));
+                res.map(|done| ran = done)
             }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = before {
+            let note = crate::base::secret::redact(&e.to_string());
+            if let Err(err) = self.journal.failed(&note).await {
+                tracing::warn!(error = %err, "cannot journal the refused restore");
+            }
+            self.record(&phases, None).await;
+            return Err(e);
+        }
+        let alerter = crate::services::alerts::Alerter::new(self.cfg, self.state);
+        if self.req.announce {
+            announce(
+                &alerter,
+                self.job,
+                "restore_started",
+                format!("{what} started"),
+            )
+            .await;
+        }
+        let t = std::time::Instant::now();
+        let result = work.await;
+        match &result {
+            Ok(rep) => phases.extend(rep.phases.iter().cloned()),
+            Err(_) => phases.push(journal::Phase::new(
+                "restore",
+                t.elapsed().as_secs_f64(),
+                false,
+            )),
+        }
+        // The runbook's "start the app", whether the restore worked or not.
+        if let Some(h) = self.hooks.filter(|h| !h.after.is_empty()) {
+            let t = std::time::Instant::now();
+            let after = hooks::after(h).await;
+            let ok = hooks::failure(&after).is_none();
+            phases.push(journal::Phase::new(
+                "after_hooks",
+                t.elapsed().as_secs_f64(),
+                ok,
+            ));
+            ran.extend(after);
+        }
+        // The runbook's "curl -sf .../health", once the data went in.
+        let mut checks = Vec::new();
+        if let (Ok(_), Some(h)) = (&result, self.hooks.filter(|h| !h.verify.is_empty())) {
+            let t = std::time::Instant::now();
+            checks = health::verify(self.cfg, &h.verify, h.verify_timeout, &self.req.cancel).await;
+            let ok = health::failure(&checks).is_none();
+            phases.push(journal::Phase::new("health", t.elapsed().as_secs_f64(), ok));
+        }
+        let healthy = (!checks.is_empty()).then(|| health::failure(&checks).is_none());
+        let seconds = self.started.elapsed().as_secs_f64();
+        let result = result.and_then(|mut report| {
+            report.hooks = ran;
+            report.verify = checks;
+            report.phases.clone_from(&phases);
+            report.total_seconds = seconds;
+            let why = hooks::failure(&report.hooks).or_else(|| health::failure(&report.verify));
+            match why {
+                Some(why) => Err(Error::Unhealthy(format!(
+                    "restored {} into {}, but {why}",
+                    report.backup_id, report.target
+                ))),
+                None => Ok(report),
+            }
+        });
+        self.record(&phases, healthy).await;
+        if self.req.announce {
+            let (kind, summary) = ended(what, &result, seconds);
+            announce(&alerter, self.job, kind, summary).await;
+        }
+        result
+    }
+
+    async fn record(&self, phases: &[journal::Phase], healthy: Option<bool>) {
+        let total = self.started.elapsed().as_secs_f64();
+        if let Err(e) = self.journal.record(phases, total, healthy).await {
+            tracing::warn!(error = %e, "cannot record the restore's phases");
         }
     }
-    let alerter = crate::services::alerts::Alerter::new(cfg, &state);
-    let what = format!("restore of {} (backup {})", r.job, r.manifest.id);
-    if req.announce {
-        announce(
-            &alerter,
-            &r.job,
-            "restore_started",
-            format!("{what} started"),
-        )
-        .await;
-    }
-    let result = journaled(
-        cfg, &state, &r, req, &tmp_dir, progress, &target, &lease.key,
-    )
-    .await;
-    // The runbook's "start the app", whether the restore worked or not.
-    if let Some(h) = hooks {
-        ran.extend(hooks::after(h).await);
-    }
-    release(lease).await;
-    if req.announce {
-        let (kind, summary) = ended(&what, &result, started.elapsed().as_secs_f64());
-        announce(&alerter, &r.job, kind, summary).await;
-    }
-    let mut report = result?;
-    report.hooks = ran;
-    report.total_seconds = started.elapsed().as_secs_f64();
-    if let Some(why) = hooks::failure(&report.hooks) {
-        return Err(Error::Other(format!(
-            "restored {} into {}, but {why}",
-            report.backup_id, report.target
-        )));
-    }
-    Ok(report)
 }
 
 /// `--tmp-dir` (which must exist: a missing one is a typo), else
@@ -314,19 +474,9 @@ fn scratch_dir(cfg: &LoadedConfig, req: &RestoreRequest) -> Result<std::path::Pa
     Ok(tmp_dir)
 }
 
-/// Consent first (a restore refused for want of `--yes` stops nothing),
-/// then the `before` hooks; when one fails, the `after` hooks bring the
+/// The `before` hooks; when one fails, the `after` hooks bring the
 /// application back and the restore does not start.
-async fn before_hooks(
-    r: &Resolved<'_>,
-    req: &RestoreRequest,
-    h: &crate::config::RestoreHooks,
-) -> Result<Vec<hooks::HookRun>> {
-    match &r.config.kind {
-        Kind::Postgres(j) => postgres::consent(j, req)?,
-        Kind::Files(_) => files::consent(req)?,
-        _ => {}
-    }
+async fn before_hooks(h: &crate::config::RestoreHooks) -> Result<Vec<hooks::HookRun>> {
     let ran = hooks::before(h).await;
     let Some(why) = hooks::failure(&ran) else {
         return Ok(ran);
@@ -339,10 +489,9 @@ async fn before_hooks(
     Err(Error::Other(msg))
 }
 
-/// Restore under the journal: begun before the target is touched, marked
+/// Restore under the journal (begun before the target is touched): marked
 /// done at the end, or settled at once (the repairs a later recovery would
 /// make) when the restore failed.
-#[allow(clippy::too_many_arguments)]
 async fn journaled(
     cfg: &LoadedConfig,
     state: &crate::services::state::State,
@@ -350,24 +499,25 @@ async fn journaled(
     req: &RestoreRequest,
     tmp_dir: &std::path::Path,
     progress: Arc<Progress>,
-    target: &str,
-    lease_key: &str,
+    journal: &journal::Journal,
 ) -> Result<Report> {
-    let journal = journal::Journal::begin(
-        state,
-        r.job.as_str(),
-        r.manifest.id.as_str(),
-        &r.repo.name,
-        target,
-        Some(lease_key),
-    )
-    .await?;
     let result = match &r.config.kind {
-        Kind::Postgres(j) => postgres::run(r, j, req, tmp_dir, progress, &journal).await,
+        Kind::Postgres(j) => postgres::run(r, j, req, tmp_dir, progress, journal).await,
         Kind::Files(_) => files::run(r, req, tmp_dir, progress).await,
         other => Err(not_restorable(&r.job, other)),
     };
-    match &result {
+    settle_outcome(cfg, state, journal, &result).await?;
+    result
+}
+
+/// Mark the journal done, or clean up at once after a failure.
+pub(crate) async fn settle_outcome<T>(
+    cfg: &LoadedConfig,
+    state: &crate::services::state::State,
+    journal: &journal::Journal,
+    result: &Result<T>,
+) -> Result<()> {
+    match result {
         Ok(_) => journal.step(journal::Step::Done).await?,
         Err(e) => {
             let cleaned = match journal::entry(state, journal.id).await {
@@ -382,7 +532,7 @@ async fn journaled(
             }
         }
     }
-    result
+    Ok(())
 }
 
 /// The notice that ends a restore's announcement: its kind and summary.

@@ -101,8 +101,7 @@ pub async fn run(
     consent(job, req)?;
     let (dest, replaces) = destination(job, req)?;
     let tools = PgTools::locate(job.pg_bindir.as_deref());
-    let m = &r.manifest;
-    let dump = dump_artifact(m)?;
+    let (m, dump) = (&r.manifest, dump_artifact(&r.manifest)?);
     let mut report = Report {
         backup_id: m.id.to_string(),
         target: dest.display(),
@@ -197,7 +196,9 @@ pub async fn run(
     }
 
     // 3. Swap names so the old database is kept aside.
+    report.restore_seconds = t1.elapsed().as_secs_f64();
     if replaces {
+        let t2 = Instant::now();
         report.safety_copy =
             swap(&mut conn, &dest.database, &into, exists, &safety, journal).await?;
         report.safety_copies_dropped = drop_old_safety_copies(
@@ -207,8 +208,8 @@ pub async fn run(
             report.safety_copy.as_deref(),
         )
         .await;
+        report.swap_seconds = t2.elapsed().as_secs_f64();
     }
-    report.restore_seconds = t1.elapsed().as_secs_f64();
     Ok(report)
 }
 
@@ -326,7 +327,11 @@ async fn restore_roles(
 /// `<db>_pre_restore_<stamp>`, or with `_2`, `_3`, ... when taken: two
 /// restores within one second (a second try) must not collide on the
 /// safety copy's name, or the swap would fail at its very end.
-async fn safety_name(conn: &mut sqlx::PgConnection, db: &str, stamp: &str) -> Result<String> {
+pub(super) async fn safety_name(
+    conn: &mut sqlx::PgConnection,
+    db: &str,
+    stamp: &str,
+) -> Result<String> {
     let mut name = side_name(db, &format!("_pre_restore_{stamp}"));
     let mut n = 1;
     while database_exists(conn, &name).await? {
@@ -336,9 +341,35 @@ async fn safety_name(conn: &mut sqlx::PgConnection, db: &str, stamp: &str) -> Re
     Ok(name)
 }
 
-/// The safety copies of `db` among `names` (as `side_name` made them, so a
-/// long name's base may be cut) that are older than `keep` at `now`; the
-/// one this restore just made (`fresh`) never (pure).
+/// When the safety copy `name` of `db` was made, and its same-second
+/// number (1 for the first), if `name` is one (as `side_name` made it, so a
+/// long name's base may be cut); `None` for any other database (pure).
+pub fn safety_stamp(db: &str, name: &str) -> Option<(chrono::NaiveDateTime, u32)> {
+    let (_, suffix) = name.rsplit_once("_pre_restore_")?;
+    let stamp = suffix.get(..14)?;
+    let n = match &suffix[14..] {
+        "" => 1,
+        rest => rest.strip_prefix('_')?.parse::<u32>().ok()?,
+    };
+    if side_name(db, &format!("_pre_restore_{suffix}")) != name {
+        return None;
+    }
+    let at = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%d%H%M%S").ok()?;
+    Some((at, n))
+}
+
+/// The safety copies of `db` among `names`, oldest first (pure).
+pub fn safety_copies(db: &str, names: &[String]) -> Vec<(String, chrono::NaiveDateTime)> {
+    let mut out: Vec<(String, chrono::NaiveDateTime, u32)> = names
+        .iter()
+        .filter_map(|n| safety_stamp(db, n).map(|(at, k)| (n.clone(), at, k)))
+        .collect();
+    out.sort_by_key(|a| (a.1, a.2));
+    out.into_iter().map(|(n, at, _)| (n, at)).collect()
+}
+
+/// The safety copies of `db` among `names` that are older than `keep` at
+/// `now`; the one this restore just made (`fresh`) never (pure).
 pub fn expired_safety_copies(
     db: &str,
     names: &[String],
@@ -349,23 +380,23 @@ pub fn expired_safety_copies(
     let Ok(keep) = chrono::Duration::from_std(keep) else {
         return Vec::new();
     };
-    let mut out: Vec<String> = names
-        .iter()
-        .filter(|n| Some(n.as_str()) != fresh)
-        .filter_map(|n| {
-            let (_, suffix) = n.rsplit_once("_pre_restore_")?;
-            let stamp = suffix.split('_').next()?;
-            let valid = stamp.len() == 14
-                && suffix[14..]
-                    .strip_prefix('_')
-                    .is_none_or(|k| k.parse::<u32>().is_ok())
-                && side_name(db, &format!("_pre_restore_{suffix}")) == *n;
-            let at = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%d%H%M%S").ok()?;
-            (valid && now - at > keep).then(|| n.clone())
-        })
+    let mut out: Vec<String> = safety_copies(db, names)
+        .into_iter()
+        .filter(|(n, at)| Some(n.as_str()) != fresh && now - *at > keep)
+        .map(|(n, _)| n)
         .collect();
     out.sort();
     out
+}
+
+/// Every database on the server whose name holds `_pre_restore_`.
+pub(crate) async fn side_databases(conn: &mut sqlx::PgConnection) -> Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE position('_pre_restore_' in datname) > 0",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| Error::pg("listing safety copies", e))
 }
 
 /// Drop `db`'s safety copies older than `keep` (after a successful
@@ -380,12 +411,7 @@ async fn drop_old_safety_copies(
     let Some(keep) = keep else {
         return Vec::new();
     };
-    let names: Vec<String> = match sqlx::query_scalar(
-        "SELECT datname::text FROM pg_database WHERE position('_pre_restore_' in datname) > 0",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    {
+    let names = match side_databases(conn).await {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list safety copies; none dropped");
@@ -498,7 +524,7 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-async fn database_exists(conn: &mut sqlx::PgConnection, name: &str) -> Result<bool> {
+pub(super) async fn database_exists(conn: &mut sqlx::PgConnection, name: &str) -> Result<bool> {
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
         .bind(name)
         .fetch_one(conn)
@@ -841,7 +867,7 @@ async fn disconnect_all(conn: &mut sqlx::PgConnection, name: &str, restored: &st
     Ok(())
 }
 
-async fn swap(
+pub(super) async fn swap(
     conn: &mut sqlx::PgConnection,
     name: &str,
     restored: &str,

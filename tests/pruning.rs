@@ -3,11 +3,10 @@
 
 mod common;
 
+use common::docker::Dockerd;
 use common::*;
-use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 // ---------------------------------------------------------------- prune_files
 
@@ -189,158 +188,6 @@ fn prune_files_config_errors_name_the_key() {
 }
 
 // ---------------------------------------------------------------- prune_images
-
-/// A private Docker engine (Debian's docker.io) on a socket in a scratch
-/// directory, stopped on drop.
-struct Dockerd {
-    child: std::process::Child,
-    socket: PathBuf,
-}
-
-impl Dockerd {
-    fn start() -> Dockerd {
-        let dir = scratch_dir("drctl-docker-");
-        let socket = dir.join("docker.sock");
-        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
-        let dockerd = if Path::new("/usr/sbin/dockerd").exists() {
-            "/usr/sbin/dockerd"
-        } else {
-            "dockerd"
-        };
-        let child = Command::new(dockerd)
-            .arg("--host")
-            .arg(format!("unix://{}", socket.display()))
-            .arg("--data-root")
-            .arg(dir.join("root"))
-            .arg("--exec-root")
-            .arg(dir.join("exec"))
-            .arg("--pidfile")
-            .arg(dir.join("dockerd.pid"))
-            .args(["--iptables=false", "--ip6tables=false", "--bridge=none"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("dockerd (apt-get install docker.io)");
-        let d = Dockerd { child, socket };
-        wait_until(Duration::from_secs(60), "dockerd to answer", || {
-            d.docker(&["version"]).status.success()
-        });
-        d
-    }
-
-    fn docker(&self, args: &[&str]) -> std::process::Output {
-        // Debian's client, matching the engine's API version.
-        let client = if Path::new("/usr/bin/docker").exists() {
-            "/usr/bin/docker"
-        } else {
-            "docker"
-        };
-        Command::new(client)
-            .arg("-H")
-            .arg(format!("unix://{}", self.socket.display()))
-            .args(args)
-            .output()
-            .unwrap()
-    }
-
-    /// `docker load` an image built here: one layer with `content` (and
-    /// the static docker-init as /init when `runnable`), created at `created`.
-    fn load(&self, tags: &[&str], created: &str, content: &[u8], runnable: bool) {
-        use sha2::Digest;
-        let mut layer = tar::Builder::new(Vec::new());
-        let mut add = |name: &str, data: &[u8], mode: u32| {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(mode);
-            h.set_mtime(0);
-            h.set_cksum();
-            layer.append_data(&mut h, name, data).unwrap();
-        };
-        add("content", content, 0o644);
-        if runnable {
-            add(
-                "init",
-                &std::fs::read("/usr/bin/docker-init").expect("docker-init from docker.io"),
-                0o755,
-            );
-        }
-        let layer = layer.into_inner().unwrap();
-        let diff_id = hex::encode(sha2::Sha256::digest(&layer));
-        let config = serde_json::json!({
-            "architecture": "amd64",
-            "os": "linux",
-            "created": created,
-            "config": { "Entrypoint": ["/init", "--"] },
-            "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{diff_id}")] },
-            "history": [{ "created": created }],
-        })
-        .to_string();
-        let config_id = hex::encode(sha2::Sha256::digest(config.as_bytes()));
-        let manifest = serde_json::json!([{
-            "Config": format!("{config_id}.json"),
-            "RepoTags": if tags.is_empty() { Value::Null } else { serde_json::json!(tags) },
-            "Layers": [format!("{diff_id}/layer.tar")],
-        }])
-        .to_string();
-        let mut archive = tar::Builder::new(Vec::new());
-        for (name, data) in [
-            (format!("{config_id}.json"), config.as_bytes().to_vec()),
-            (format!("{diff_id}/layer.tar"), layer),
-            ("manifest.json".to_owned(), manifest.into_bytes()),
-        ] {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            archive.append_data(&mut h, name, data.as_slice()).unwrap();
-        }
-        let path = scratch_dir("drctl-image-").join("image.tar");
-        std::fs::write(&path, archive.into_inner().unwrap()).unwrap();
-        let out = self.docker(&["load", "-i", path.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "docker load: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// `repo:tag` of every image, `<none>` for dangling ones, sorted.
-    fn images(&self) -> Vec<String> {
-        let out = self.docker(&[
-            "images",
-            "--format",
-            "{{.Repository}}:{{.Tag}} {{.CreatedAt}}",
-        ]);
-        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| match l.split_once(' ') {
-                Some(("<none>:<none>", created)) => format!("<none> {}", &created[..4]),
-                Some((tag, _)) => tag.to_owned(),
-                None => l.to_owned(),
-            })
-            .collect();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for Dockerd {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[test]
 fn prune_images_against_a_real_docker_engine_keeps_used_new_and_newest_tags() {

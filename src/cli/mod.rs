@@ -128,15 +128,40 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Libraries that log whole requests at debug level (the Docker engine
+/// client logs an exec's environment, a password included; HTTP and SMTP
+/// clients log headers): capped at info whatever `DRCTL_LOG` says.
+const CHATTY: [&str; 6] = ["bollard", "hyper", "hyper_util", "reqwest", "lettre", "h2"];
+
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter =
+    let mut filter =
         EnvFilter::try_from_env("DRCTL_LOG").unwrap_or_else(|_| EnvFilter::new("warn,drctl=info"));
+    for krate in CHATTY {
+        if let Ok(d) = format!("{krate}=info").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| RedactingStderr)
         .with_target(false)
         .try_init();
+}
+
+/// stderr through `secret::redact`: a registered secret that reaches a log
+/// line by any path is masked there too.
+struct RedactingStderr;
+
+impl std::io::Write for RedactingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        std::io::stderr().write_all(drctl::base::secret::redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// A token cancelled by SIGINT or SIGTERM, so a run stops cleanly: children

@@ -123,9 +123,12 @@ pub trait KindSpec {
 /// config layer is generated from this list.
 macro_rules! kinds {
     ($($(#[$m:meta])* $variant:ident($ty:ty) = $name:literal;)*) => {
-        /// The kind-specific part of a job, tagged by `type`.
+        /// The kind-specific part of a job, tagged by `type`. Kinds differ
+        /// in size (a postgres job carries its container settings); a
+        /// config is loaded once, so no variant is boxed.
         #[derive(Debug, Clone, Serialize, Deserialize)]
         #[serde(tag = "type")]
+        #[allow(clippy::large_enum_variant)]
         pub enum Kind {
             $(
                 $(#[$m])*
@@ -204,6 +207,91 @@ pub struct RestoreHooks {
     /// application takes a while to start.
     #[serde(default = "default_verify_timeout", with = "humantime_serde")]
     pub verify_timeout: Duration,
+    /// Containers stopped (through the Docker Engine API) after the
+    /// `before` hooks and started again before the `after` hooks, also
+    /// when the restore fails; a container with a healthcheck must report
+    /// `healthy` within `timeout`. A container name, or a Compose service
+    /// as `{ project = "catalogizer", service = "api" }` (all its
+    /// containers, found by Compose's labels). Only those running are
+    /// stopped, and only those are started again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<ContainerRef>,
+    /// The Docker Engine socket for `stop` (default: `$DOCKER_HOST`, else
+    /// /var/run/docker.sock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_socket: Option<PathBuf>,
+}
+
+/// A container a restore stops: by name, or a Compose service's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ContainerRef {
+    /// `"catalogizer-api-1"`
+    Name(String),
+    /// `{ project = "catalogizer", service = "api" }`
+    Compose {
+        /// The Compose project (`com.docker.compose.project`).
+        project: String,
+        /// The service (`com.docker.compose.service`).
+        service: String,
+    },
+}
+
+impl std::fmt::Display for ContainerRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContainerRef::Name(n) => write!(f, "container {n}"),
+            ContainerRef::Compose { project, service } => {
+                write!(f, "compose service {service} of project {project}")
+            }
+        }
+    }
+}
+
+/// By hand rather than `untagged`, so that a wrong entry is told what an
+/// entry may be instead of "data did not match any variant".
+impl<'de> Deserialize<'de> for ContainerRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        const EXPECTED: &str =
+            "a container name, or { project = \"...\", service = \"...\" } for a Compose service";
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ContainerRef;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(EXPECTED)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ContainerRef, E> {
+                Ok(ContainerRef::Name(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ContainerRef, A::Error> {
+                let (mut project, mut service) = (None, None);
+                while let Some(k) = map.next_key::<String>()? {
+                    match k.as_str() {
+                        "project" => project = Some(map.next_value::<String>()?),
+                        "service" => service = Some(map.next_value::<String>()?),
+                        other => {
+                            return Err(serde::de::Error::unknown_field(
+                                other,
+                                &["project", "service"],
+                            ))
+                        }
+                    }
+                }
+                match (project, service) {
+                    (Some(project), Some(service)) => {
+                        Ok(ContainerRef::Compose { project, service })
+                    }
+                    _ => Err(serde::de::Error::custom(format!(
+                        "expected {EXPECTED}: both keys are needed"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 fn default_hook_timeout() -> Duration {
@@ -227,6 +315,20 @@ impl RestoreHooks {
                         "expected a command as an argv list, e.g. [\"systemctl\", \"stop\", \"app\"]".into(),
                     ));
                 }
+            }
+        }
+        for (i, c) in self.stop.iter().enumerate() {
+            let empty = match c {
+                ContainerRef::Name(n) => n.trim().is_empty(),
+                ContainerRef::Compose { project, service } => {
+                    project.trim().is_empty() || service.trim().is_empty()
+                }
+            };
+            if empty {
+                p.push((
+                    format!("restore.stop[{i}]"),
+                    "expected a container name, or { project = \"...\", service = \"...\" } with both set".into(),
+                ));
             }
         }
         for (key, d) in [
@@ -344,6 +446,92 @@ pub struct PostgresJob {
         skip_serializing_if = "Option::is_none"
     )]
     pub safety_copy_keep: Option<Duration>,
+    /// PostgreSQL runs in this Docker container: pg_dump, pg_dumpall, psql
+    /// and pg_restore run inside it through the Engine API's exec, so their
+    /// version is the server's and no port needs publishing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Or in the container of this Compose service (found by Compose's
+    /// labels; exactly one must be running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose: Option<ComposeService>,
+    /// The Docker Engine socket for `container`/`compose` (default:
+    /// `$DOCKER_HOST`, else /var/run/docker.sock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docker_socket: Option<PathBuf>,
+    /// In a container, without a URL: the role the tools connect as
+    /// (default `postgres`, over the container's Unix socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// In a container, without a URL: the database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+/// `compose = { project = "catalogizer", service = "postgres" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComposeService {
+    /// The Compose project (`com.docker.compose.project`).
+    pub project: String,
+    /// The service (`com.docker.compose.service`).
+    pub service: String,
+}
+
+impl PostgresJob {
+    /// The tools run in a container (`container` or `compose`).
+    pub fn in_container(&self) -> bool {
+        self.container.is_some() || self.compose.is_some()
+    }
+
+    fn validate_place(&self, p: &mut Problems) {
+        let has_url = self.connection.url.is_some()
+            || self.connection.url_env.is_some()
+            || self.connection.url_file.is_some();
+        if self.container.is_some() && self.compose.is_some() {
+            p.push((
+                "compose".into(),
+                "expected either container or compose, not both".into(),
+            ));
+        }
+        if self
+            .container
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            p.push(("container".into(), "expected a container name".into()));
+        }
+        if let Some(c) = &self.compose {
+            if c.project.trim().is_empty() || c.service.trim().is_empty() {
+                p.push((
+                    "compose".into(),
+                    "expected { project = \"...\", service = \"...\" } with both set".into(),
+                ));
+            }
+        }
+        if !self.in_container() {
+            for (key, set) in [
+                ("user", self.user.is_some()),
+                ("database", self.database.is_some()),
+                ("docker_socket", self.docker_socket.is_some()),
+            ] {
+                if set {
+                    p.push((key.into(), "only with container or compose (a host job names its server with url, url_env or url_file)".into()));
+                }
+            }
+            p.check(self.connection.validate().map_err(|m| ("url", m)));
+        } else if has_url {
+            if self.database.is_some() || self.user.is_some() {
+                p.push((
+                    "database".into(),
+                    "expected either url/url_env/url_file or user and database, not both".into(),
+                ));
+            }
+            p.check(self.connection.validate().map_err(|m| ("url", m)));
+        } else if self.database.as_deref().is_none_or(|d| d.trim().is_empty()) {
+            p.push(("database".into(), "expected the database to back up (or url, url_env, url_file; in a container the host part is read inside it, e.g. postgres://app@/app?host=/var/run/postgresql)".into()));
+        }
+    }
 }
 
 impl KindSpec for PostgresJob {
@@ -358,6 +546,11 @@ impl KindSpec for PostgresJob {
             "startup_wait",
             "maintenance_db",
             "safety_copy_keep",
+            "container",
+            "compose",
+            "docker_socket",
+            "user",
+            "database",
         ]);
         k
     }
@@ -368,7 +561,7 @@ impl KindSpec for PostgresJob {
 
     fn validate(&self, p: &mut Problems) {
         self.storage.validate(p);
-        p.check(self.connection.validate().map_err(|m| ("url", m)));
+        self.validate_place(p);
         if self.startup_wait > MAX_STARTUP_WAIT {
             p.push((
                 "startup_wait".into(),

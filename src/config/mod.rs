@@ -23,8 +23,8 @@ pub use alerts::{
 pub use drills::{DrillConfig, DrillTarget, ReportSchedule, SqlCheck};
 pub use encryption::{Encryption, IDENTITY_ENV};
 pub use jobs::{
-    Common, Compression, FilesJob, JobConfig, Kind, KindSpec, LockScope, PathEntry, PostgresJob,
-    Problems, RestoreHooks, Scheduling, Storage, VerifyJob, VerifyScope, BACKUP_KINDS,
+    Common, Compression, ContainerRef, FilesJob, JobConfig, Kind, KindSpec, LockScope, PathEntry,
+    PostgresJob, Problems, RestoreHooks, Scheduling, Storage, VerifyJob, VerifyScope, BACKUP_KINDS,
 };
 pub use maintenance::strip_userinfo;
 pub use maintenance::{
@@ -719,9 +719,20 @@ fn field_of(
         };
     }
     match kind {
-        Kind::UnknownField(..) | Kind::Message(_) => unknown_field(kind)
-            .filter(|f| table.contains_key(*f))
-            .map(String::from),
+        Kind::UnknownField(..) | Kind::Message(_) => {
+            let f = unknown_field(kind)?;
+            if table.contains_key(f) {
+                return Some(f.to_owned());
+            }
+            // Inside a flattened kind serde loses the path: find the key
+            // in the sub-tables (`restore.stop[0].svc`).
+            let mut hits = Vec::new();
+            nested_key(table, f, "", &mut hits);
+            match hits.as_slice() {
+                [one] => Some(one.clone()),
+                _ => None,
+            }
+        }
         Kind::UnknownVariant(v, _) => {
             let mut hits = Vec::new();
             holding(
@@ -762,6 +773,37 @@ fn unknown_field(kind: &figment::error::Kind) -> Option<&str> {
     }
 }
 
+/// Dotted paths (arrays as `[i]`) of every `key` in a sub-table under `table`.
+fn nested_key(table: &figment::value::Dict, key: &str, prefix: &str, out: &mut Vec<String>) {
+    use figment::value::Value;
+    fn walk(v: &Value, key: &str, at: &str, out: &mut Vec<String>) {
+        match v {
+            Value::Dict(_, d) => {
+                if d.contains_key(key) {
+                    out.push(format!("{at}.{key}"));
+                }
+                for (k, v) in d {
+                    walk(v, key, &format!("{at}.{k}"), out);
+                }
+            }
+            Value::Array(_, a) => {
+                for (i, v) in a.iter().enumerate() {
+                    walk(v, key, &format!("{at}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    for (k, v) in table {
+        let at = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        walk(v, key, &at, out);
+    }
+}
+
 /// "unknown key" inside a job, with every key its kind takes: the kind's
 /// own and those all kinds share (serde alone lists only one of the two).
 fn unknown_job_key(
@@ -778,6 +820,9 @@ fn unknown_job_key(
         },
         _ => return None,
     };
+    if !table.contains_key(field) {
+        return None; // a sub-table's key: serde's own message says what it takes
+    }
     let ty = table.get("type")?.as_str()?;
     let own = jobs::Kind::keys_of(ty)?;
     let shared = introspect::fields::<Common>();

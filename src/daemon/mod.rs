@@ -417,8 +417,16 @@ async fn wait_for_database(
     let deadline = tokio::time::Instant::now() + limit;
     let mut delay = Duration::from_millis(500);
     loop {
-        match target.connect().await {
-            Ok(_) => return true,
+        // Where the job's tools are: a container's server is reached through it.
+        let reached = async {
+            let tools = crate::services::pg::PgTools::for_job(job).await?;
+            crate::services::pg::SqlSession::open(&tools, &target)
+                .await?
+                .close()
+                .await
+        };
+        match reached.await {
+            Ok(()) => return true,
             Err(e) if tokio::time::Instant::now() + delay > deadline => {
                 tracing::error!(database = %target.display(), waited = ?limit, error = %e, "database unreachable; the job will run on its next tick");
                 return false;

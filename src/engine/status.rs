@@ -65,7 +65,11 @@ pub async fn safety_copies(job: &crate::config::PostgresJob) -> Result<Vec<Safet
     use crate::engine::restore::postgres;
     let target = crate::services::pg::job_target(job)?;
     let admin = target.with_database(&job.maintenance_db);
-    let mut conn = tokio::time::timeout(std::time::Duration::from_secs(10), admin.connect())
+    let open = async {
+        let tools = crate::services::pg::PgTools::for_job(job).await?;
+        crate::services::pg::SqlSession::open(&tools, &admin).await
+    };
+    let mut conn = tokio::time::timeout(std::time::Duration::from_secs(10), open)
         .await
         .map_err(|_| {
             crate::Error::Other(format!("no answer from {} within 10s", target.display()))
@@ -73,11 +77,14 @@ pub async fn safety_copies(job: &crate::config::PostgresJob) -> Result<Vec<Safet
     let names = postgres::side_databases(&mut conn).await?;
     let mut out = Vec::new();
     for (name, made) in postgres::safety_copies(&target.database, &names) {
-        let bytes: i64 = sqlx::query_scalar("SELECT pg_database_size($1::text::name)")
-            .bind(&name)
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| crate::Error::pg(format!("sizing {name}"), e))?;
+        let bytes: i64 = conn
+            .scalar(&format!(
+                "SELECT pg_database_size({})::text",
+                crate::services::pg::quote_literal(&name)
+            ))
+            .await?
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(0);
         let made = made.and_utc();
         out.push(SafetyCopy {
             database: name,

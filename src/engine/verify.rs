@@ -355,23 +355,33 @@ async fn deep_check(
 ) -> Result<String> {
     match a.content.as_str() {
         "pg_dump_custom" => {
-            let bindir = match &job.kind {
-                Kind::Postgres(p) => p.pg_bindir.clone(),
-                _ => None,
+            // The job's own tools: in its container when it has one (they
+            // read what its server's pg_dump wrote); the host's when that
+            // container is not there.
+            let tools = match &job.kind {
+                Kind::Postgres(p) => match crate::services::pg::PgTools::for_job(p).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "verifying with the host's pg_restore");
+                        crate::services::pg::PgTools::locate(p.pg_bindir.as_deref())
+                    }
+                },
+                _ => crate::services::pg::PgTools::locate(None),
             };
-            let tools = crate::services::pg::PgTools::locate(bindir.as_deref());
             // `--list` would stop after the table of contents, which a
             // custom archive written to a pipe carries first: a dump cut
             // short still lists. Restoring to /dev/null reads every data
             // block to its end, so a truncated or malformed archive fails.
-            let mut child = crate::services::pg::spawn_tool(
-                &tools.path("pg_restore"),
-                &crate::services::pg::archive::check_args(),
-                &[],
-                true,
-                false,
-            )?;
-            let stdin = child.child.stdin.take();
+            let mut child = tools
+                .spawn(
+                    "pg_restore",
+                    &crate::services::pg::archive::check_args(),
+                    &[],
+                    true,
+                    false,
+                )
+                .await?;
+            let stdin = child.take_stdin();
             let raw =
                 fetch::to_writer(repo, job_name, &m.id, a, Lenient(stdin), None, keys).await?;
             child.finish().await.map_err(|e| Error::Integrity {

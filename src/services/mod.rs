@@ -8,6 +8,7 @@
 pub mod alerts;
 pub mod checks;
 pub mod coordination;
+pub mod docker;
 pub mod keys;
 pub mod lock;
 pub mod pg;

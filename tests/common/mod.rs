@@ -10,6 +10,7 @@
 //! - The `drctl` binary itself, run as a child with its own environment.
 #![allow(dead_code)]
 
+pub mod docker;
 pub mod receivers;
 
 use std::path::{Path, PathBuf};
@@ -24,7 +25,26 @@ pub const S3_SECRET_KEY: &str = "drctl-test-secret-key-0042";
 /// Paths removed and clusters stopped at process exit.
 static CLEANUP: Mutex<Vec<(Option<PathBuf>, PathBuf)>> = Mutex::new(Vec::new());
 
+/// Processes (a shared dockerd) sent SIGTERM at exit, and waited for.
+static STOP: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// SIGTERM `pid` when the test binary exits (before its files are removed).
+pub fn stop_at_exit(pid: u32) {
+    register_cleanup_hook();
+    STOP.lock().unwrap().push(pid);
+}
+
 extern "C" fn at_exit() {
+    for pid in STOP.lock().map(|v| v.clone()).unwrap_or_default() {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..200 {
+            if nix::sys::signal::kill(pid, None).is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
     let items = CLEANUP.lock().map(|v| v.clone()).unwrap_or_default();
     for (cluster, dir) in items {
         if let Some(data) = cluster {
@@ -45,11 +65,15 @@ extern "C" fn at_exit() {
     }
 }
 
-fn register_cleanup(cluster: Option<PathBuf>, dir: PathBuf) {
+fn register_cleanup_hook() {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| unsafe {
         libc::atexit(at_exit);
     });
+}
+
+fn register_cleanup(cluster: Option<PathBuf>, dir: PathBuf) {
+    register_cleanup_hook();
     CLEANUP.lock().unwrap().push((cluster, dir));
 }
 

@@ -11,54 +11,78 @@ use super::{BackupCtx, BackupOutput, Packing};
 use crate::base::error::{Error, Result};
 use crate::base::manifest::{PostgresSource, TableCount};
 use crate::config::PostgresJob;
-use crate::services::pg::{spawn_tool, PgTarget, PgTools};
-use sqlx::{Connection, Row};
+use crate::services::pg::{PgTarget, PgTools, SqlSession};
 
 pub use crate::services::pg::{job_target as target, quote_ident, system_identifier};
 
-/// What the manifest records about the server and the database.
-const SERVER_FACTS: &str = "SELECT current_setting('server_version_num')::int AS num, current_setting('server_version') AS ver,
-        pg_get_userbyid(d.datdba) AS owner, pg_encoding_to_char(d.encoding) AS enc,
-        d.datcollate::text AS coll, d.datctype::text AS ctype, pg_database_size(d.oid) AS size
+/// What the manifest records about the server and the database (text
+/// columns: a direct connection and a psql in a container read them alike).
+const SERVER_FACTS: &str =
+    "SELECT current_setting('server_version_num'), current_setting('server_version'),
+        pg_get_userbyid(d.datdba)::text, pg_encoding_to_char(d.encoding)::text,
+        d.datcollate::text, d.datctype::text, pg_database_size(d.oid)::text
  FROM pg_database d WHERE d.datname = current_database()";
+
+/// The server and database as [`SERVER_FACTS`] reads them.
+struct Facts {
+    num: i32,
+    version: String,
+    owner: String,
+    encoding: String,
+    collate: String,
+    ctype: String,
+    size: i64,
+}
+
+async fn facts(s: &mut SqlSession) -> Result<Facts> {
+    let row = s.rows(SERVER_FACTS).await?.into_iter().next();
+    let col = |i: usize| {
+        row.as_ref()
+            .and_then(|r| r.get(i).cloned().flatten())
+            .unwrap_or_default()
+    };
+    let num = col(0)
+        .parse()
+        .map_err(|_| Error::Other(format!("unexpected server_version_num {:?}", col(0))))?;
+    Ok(Facts {
+        num,
+        version: col(1),
+        owner: col(2),
+        encoding: col(3),
+        collate: col(4),
+        ctype: col(5),
+        size: col(6).parse().unwrap_or(0),
+    })
+}
 
 /// A read-only REPEATABLE READ transaction and its exported snapshot:
 /// pg_dump dumps that snapshot, and the row counts are read in it, so the
 /// manifest's counts are exactly the dump's.
-async fn export_snapshot(
-    conn: &mut sqlx::PgConnection,
-) -> Result<(sqlx::Transaction<'_, sqlx::Postgres>, String)> {
-    let mut tx = conn
-        .begin()
-        .await
-        .map_err(|e| Error::pg("starting the snapshot transaction", e))?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| Error::pg("setting REPEATABLE READ", e))?;
-    let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| Error::pg("exporting a snapshot", e))?;
-    Ok((tx, snapshot))
+async fn export_snapshot(s: &mut SqlSession) -> Result<String> {
+    s.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await?;
+    s.scalar("SELECT pg_export_snapshot()")
+        .await?
+        .ok_or_else(|| Error::Other("pg_export_snapshot() returned nothing".into()))
 }
 
 /// Dump the job's database (and the globals) in one exported snapshot,
-/// with row counts read in that snapshot.
+/// with row counts read in that snapshot. In a container (`container =`,
+/// `compose =`) the tools and the SQL run inside it.
 pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutput> {
     let target = target(job)?;
-    let tools = PgTools::locate(job.pg_bindir.as_deref());
-    let mut conn = target.connect().await?;
-    let row = sqlx::query(SERVER_FACTS)
-        .fetch_one(&mut conn)
+    let tools = PgTools::for_job(job).await?;
+    let mut session = SqlSession::open(&tools, &target).await?;
+    let facts = facts(&mut session).await?;
+    let server_num = facts.num;
+    let system_identifier = session
+        .scalar("SELECT system_identifier::text FROM pg_control_system()")
         .await
-        .map_err(|e| Error::pg("reading server facts", e))?;
-    let server_num: i32 = row.get("num");
-    let system_identifier = system_identifier(&mut conn).await;
-    let db_size: i64 = row.get("size");
+        .ok()
+        .flatten();
+    let db_size = facts.size;
     let dump_version = tools.check_against_server("pg_dump", server_num).await?;
-    let passfile = target.passfile()?;
-    let env = target.child_env(passfile.as_ref());
+    let (env, _passfile) = tools.env_for(&target)?;
     let packing = Packing {
         compression: job.storage.compression,
         level: job.storage.compression_level,
@@ -79,7 +103,7 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
     }
 
     ctx.progress.set_phase("dump", db_size.max(0) as u64);
-    let (mut tx, snapshot) = export_snapshot(&mut conn).await?;
+    let snapshot = export_snapshot(&mut session).await?;
 
     let args = vec![
         "--format=custom".into(),
@@ -87,12 +111,12 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
         format!("--snapshot={snapshot}"),
         "--no-password".into(),
     ];
-    let child = spawn_tool(&tools.path("pg_dump"), &args, &env, false, true)?;
+    let child = tools.spawn("pg_dump", &args, &env, false, true).await?;
     let (stdout, waiter) = child.into_checked_stdout()?;
     // A pg_dump that stops early but exits 0 (a wrapper, a full pipe
     // buffer lost, a bug) must be a failed run, not a committed backup.
     let (stdout, copy) = crate::base::stream::tee(stdout, 8);
-    let checker = crate::services::pg::archive::spawn_check(&tools, copy)?;
+    let checker = crate::services::pg::archive::spawn_check(&tools, copy).await?;
     let hint = Some((db_size.max(0) as u64) / 2);
     let (stored, counts) = tokio::join!(
         ctx.store(
@@ -103,7 +127,7 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
             hint,
             true
         ),
-        count_rows(&mut tx, job.count_rows_max_table_size.as_u64() as i64),
+        count_rows(&mut session, job.count_rows_max_table_size.as_u64() as i64),
     );
     // pg_dump's own verdict (with its stderr) explains a failed upload best.
     let dumped = waiter.await.map_err(|e| Error::task("pg_dump waiter", e))?;
@@ -116,19 +140,20 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
         .await
         .map_err(|e| Error::task("archive check", e))??;
     let tables = counts?;
-    tx.commit()
-        .await
-        .map_err(|e| Error::pg("closing the snapshot transaction", e))?;
+    session.execute("COMMIT").await?;
+    if let Err(e) = session.close().await {
+        tracing::debug!(error = %e, "closing the snapshot session");
+    }
     artifacts.push(dump);
 
     let source = PostgresSource {
         engine: "postgresql".into(),
-        server_version: row.get("ver"),
+        server_version: facts.version,
         database: target.database.clone(),
-        owner: row.get("owner"),
-        encoding: row.get("enc"),
-        collate: row.get("coll"),
-        ctype: row.get("ctype"),
+        owner: facts.owner,
+        encoding: facts.encoding,
+        collate: facts.collate,
+        ctype: facts.ctype,
         dump_tool: "pg_dump".into(),
         dump_tool_version: dump_version.text,
         snapshot,
@@ -187,7 +212,7 @@ async fn dump_globals(
             format!("--database={}", target.database),
         ];
         args.extend(extra.map(String::from));
-        let child = spawn_tool(&tools.path("pg_dumpall"), &args, env, false, true)?;
+        let child = tools.spawn("pg_dumpall", &args, env, false, true).await?;
         let (stdout, waiter) = child.into_checked_stdout()?;
         let stored = ctx
             .store(
@@ -205,21 +230,21 @@ async fn dump_globals(
         let dumped = waiter
             .await
             .map_err(|e| Error::task("pg_dumpall waiter", e))?;
-        if stored.is_err() {
-            return first_cause(stored, dumped).map(|a| (a, mode.into(), String::new()));
-        }
-        match dumped {
-            Ok(text) => return Ok((stored?, mode.into(), text)),
-            Err(Error::Tool { stderr, .. })
-                if mode == "full" && stderr.contains("permission denied") =>
-            {
+        // Refused role passwords (a non-superuser, a managed service): the
+        // stream failed with the tool, and the second mode is tried.
+        if let Err(Error::Tool { stderr, .. }) = &dumped {
+            if mode == "full" && stderr.contains("permission denied") {
                 tracing::info!(
                     "pg_dumpall cannot read role passwords; retrying with --no-role-passwords"
                 );
-                last_err = Some(stderr);
+                last_err = Some(stderr.clone());
+                continue;
             }
-            Err(e) => return Err(e),
         }
+        if stored.is_err() {
+            return first_cause(stored, dumped).map(|a| (a, mode.into(), String::new()));
+        }
+        return Ok((stored?, mode.into(), dumped?));
     }
     Err(Error::Other(format!(
         "pg_dumpall failed: {}",
@@ -229,54 +254,50 @@ async fn dump_globals(
 
 /// Exact row counts in the exporting transaction's snapshot. Tables above
 /// `max_bytes` are listed without a count rather than scanned.
-async fn count_rows(conn: &mut sqlx::PgConnection, max_bytes: i64) -> Result<Vec<TableCount>> {
+async fn count_rows(s: &mut SqlSession, max_bytes: i64) -> Result<Vec<TableCount>> {
     // Counting competes with pg_dump for the same cores; parallel workers
     // would only add contention (and their start-up) to a scan we overlap anyway.
-    sqlx::query("SET LOCAL max_parallel_workers_per_gather = 0")
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| Error::pg("preparing row counts", e))?;
-    let tables = sqlx::query(
-        "SELECT n.nspname AS schema, c.relname AS name, pg_total_relation_size(c.oid) AS bytes
+    s.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+        .await?;
+    // Names hex-encoded: any character survives psql's line protocol.
+    let tables = s
+        .rows(
+            "SELECT encode(convert_to(n.nspname::text, 'UTF8'), 'hex'), encode(convert_to(c.relname::text, 'UTF8'), 'hex'),
+                    pg_total_relation_size(c.oid)::text
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
            AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
            AND NOT c.relispartition
-         ORDER BY 1, 2",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| Error::pg("listing tables", e))?;
+         ORDER BY n.nspname, c.relname",
+        )
+        .await?;
     let mut out = Vec::with_capacity(tables.len());
     for t in tables {
-        let schema: String = t.get("schema");
-        let name: String = t.get("name");
-        let bytes: i64 = t.get("bytes");
+        let text = |i: usize| t.get(i).cloned().flatten().unwrap_or_default();
+        let unhex = |h: String| {
+            hex::decode(&h)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| Error::Other(format!("a table name that does not decode: {h}")))
+        };
+        let (schema, name) = (unhex(text(0))?, unhex(text(1))?);
+        let bytes: i64 = text(2).parse().unwrap_or(0);
         let rows = if bytes <= max_bytes {
             let q = format!(
-                "SELECT count(*) FROM {}.{}",
+                "SELECT count(*)::text FROM {}.{}",
                 quote_ident(&schema),
                 quote_ident(&name)
             );
             // A savepoint keeps the snapshot alive if one table cannot be read.
-            sqlx::query("SAVEPOINT drctl_count")
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| Error::pg("counting rows", e))?;
-            match sqlx::query_scalar::<_, i64>(&q).fetch_one(&mut *conn).await {
+            s.execute("SAVEPOINT drctl_count").await?;
+            match s.scalar(&q).await {
                 Ok(n) => {
-                    sqlx::query("RELEASE SAVEPOINT drctl_count")
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(|e| Error::pg("counting rows", e))?;
-                    Some(n)
+                    s.execute("RELEASE SAVEPOINT drctl_count").await?;
+                    n.and_then(|n| n.parse().ok())
                 }
                 Err(e) => {
                     tracing::warn!(table = %format!("{schema}.{name}"), error = %e, "cannot count rows");
-                    sqlx::query("ROLLBACK TO SAVEPOINT drctl_count")
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(|e| Error::pg("counting rows", e))?;
+                    s.execute("ROLLBACK TO SAVEPOINT drctl_count").await?;
                     None
                 }
             }

@@ -38,28 +38,10 @@ struct Kept {
 }
 
 fn connect(job: &PruneImagesJob) -> Result<Docker> {
-    let timeout = job.timeout.as_secs().max(1);
-    let d = match &job.socket {
-        Some(p) => Docker::connect_with_unix(
-            &p.display().to_string(),
-            timeout,
-            bollard::API_DEFAULT_VERSION,
-        ),
-        None => Docker::connect_with_local_defaults()
-            .map(|d| d.with_timeout(std::time::Duration::from_secs(timeout))),
-    };
-    d.map_err(|source| Error::Docker {
-        context: "cannot reach the Docker engine".into(),
-        source,
-    })
+    crate::services::docker::connect(job.socket.as_deref(), job.timeout)
 }
 
-fn docker_err(what: &str) -> impl Fn(bollard::errors::Error) -> Error + '_ {
-    move |source| Error::Docker {
-        context: format!("Docker engine: {what}"),
-        source,
-    }
-}
+use crate::services::docker::err as docker_err;
 
 /// `registry:5000/app:1.2` -> `registry:5000/app`.
 pub fn repository_of(tag: &str) -> &str {

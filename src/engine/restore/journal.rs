@@ -10,7 +10,7 @@
 
 use crate::base::error::{Error, Result};
 use crate::config::{JobConfig, Kind, LoadedConfig};
-use crate::services::pg::quote_ident;
+use crate::services::pg::{quote_ident, quote_literal, SqlSession};
 use crate::services::state::State;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -468,13 +468,18 @@ pub async fn settle(
             .flatten()
             .cloned()
             .collect();
-        existing = sqlx::query_scalar::<_, String>(
-            "SELECT datname::text FROM pg_database WHERE datname = ANY($1)",
-        )
-        .bind(&names)
-        .fetch_all(&mut *c)
-        .await
-        .map_err(|err| Error::pg("looking up the restore's databases", err))?;
+        if !names.is_empty() {
+            let list: Vec<String> = names.iter().map(|n| quote_literal(n)).collect();
+            existing = c
+                .rows(&format!(
+                    "SELECT datname::text FROM pg_database WHERE datname IN ({})",
+                    list.join(", ")
+                ))
+                .await?
+                .into_iter()
+                .filter_map(|r| r.into_iter().next().flatten())
+                .collect();
+        }
     }
     let (fixes, end, mut note) = plan(e, &|n| existing.iter().any(|x| x == n));
     if needs_db && conn.is_none() {
@@ -491,10 +496,7 @@ pub async fn settle(
                 }
                 Fix::Drop(n) => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(n)),
             };
-            sqlx::query(&sql)
-                .execute(&mut *c)
-                .await
-                .map_err(|err| Error::pg(format!("recovering the restore: {sql}"), err))?;
+            c.execute(&sql).await?;
         }
     }
     if let Some(t) = &e.temp_file {
@@ -543,17 +545,20 @@ pub async fn settle(
 
 /// Terminate active statements that mention `name` (other than ours) and
 /// wait until they are gone (at most 30 s).
-async fn settle_statements(c: &mut sqlx::PgConnection, name: &str) -> Result<()> {
+async fn settle_statements(c: &mut SqlSession, name: &str) -> Result<()> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let left: i64 = sqlx::query_scalar(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-             WHERE pid <> pg_backend_pid() AND state <> 'idle' AND position($1 in query) > 0",
-        )
-        .bind(name)
-        .fetch_one(&mut *c)
-        .await
-        .map_err(|err| Error::pg("stopping the interrupted restore's statements", err))?;
+        // Not our own statement (it names `name` too): `query` of ours is
+        // this very text, so it is told apart by pid.
+        let left: i64 = c
+            .scalar(&format!(
+                "SELECT count(pg_terminate_backend(pid))::text FROM pg_stat_activity
+             WHERE pid <> pg_backend_pid() AND state <> 'idle' AND position({} in query) > 0",
+                quote_literal(name)
+            ))
+            .await?
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
         if left == 0 || std::time::Instant::now() > deadline {
             return Ok(());
         }
@@ -563,7 +568,7 @@ async fn settle_statements(c: &mut sqlx::PgConnection, name: &str) -> Result<()>
 
 /// A connection to the target's server with the job's own credentials, when
 /// the target is the job's server (always, for the job's own database).
-async fn admin(cfg: &LoadedConfig, e: &Entry) -> Result<Option<sqlx::PgConnection>> {
+async fn admin(cfg: &LoadedConfig, e: &Entry) -> Result<Option<SqlSession>> {
     let Ok((
         _,
         JobConfig {
@@ -579,7 +584,10 @@ async fn admin(cfg: &LoadedConfig, e: &Entry) -> Result<Option<sqlx::PgConnectio
     if server(&t.display()) != server(&e.target) {
         return Ok(None);
     }
-    Ok(Some(t.with_database(&job.maintenance_db).connect().await?))
+    let tools = crate::services::pg::PgTools::for_job(job).await?;
+    Ok(Some(
+        SqlSession::open(&tools, &t.with_database(&job.maintenance_db)).await?,
+    ))
 }
 
 /// A finished restore, for metrics: the newest per job and outcome.

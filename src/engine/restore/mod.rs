@@ -3,6 +3,7 @@
 //! off to the kind: `postgres.rs` (roles, database, pg_restore, swap) or
 //! `files.rs` (safe extraction).
 
+pub mod containers;
 pub mod fetch;
 pub mod files;
 pub mod health;
@@ -222,8 +223,11 @@ fn wrap_steps(steps: &mut Vec<String>, h: &crate::config::RestoreHooks) {
             humantime::format_duration(h.verify_timeout)
         )
     });
+    let (stop, start) = containers::describe(h);
     *steps = before
+        .chain(stop)
         .chain(std::mem::take(steps))
+        .chain(start)
         .chain(after)
         .chain(verify)
         .collect();
@@ -358,32 +362,23 @@ impl Procedure<'_> {
         // The runbook's "stop the app": only once nothing can refuse the
         // restore for want of consent, and before the target is touched.
         let before = match self.hooks {
-            Some(h) => consent().and(Ok(h)).map(Some),
+            Some(h) => match consent() {
+                Ok(()) => stop_the_application(h, &mut phases, &mut ran).await,
+                Err(e) => Err(e),
+            },
             None => Ok(None),
         };
-        let before = match before {
-            Ok(Some(h)) if !h.before.is_empty() => {
-                let t = std::time::Instant::now();
-                let res = before_hooks(h).await;
-                let ok = res.is_ok();
-                phases.push(journal::Phase::new(
-                    "before_hooks",
-                    t.elapsed().as_secs_f64(),
-                    ok,
-                ));
-                res.map(|done| ran = done)
+        let stopped = match before {
+            Ok(s) => s,
+            Err(e) => {
+                let note = crate::base::secret::redact(&e.to_string());
+                if let Err(err) = self.journal.failed(&note).await {
+                    tracing::warn!(error = %err, "cannot journal the refused restore");
+                }
+                self.record(&phases, None).await;
+                return Err(e);
             }
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
         };
-        if let Err(e) = before {
-            let note = crate::base::secret::redact(&e.to_string());
-            if let Err(err) = self.journal.failed(&note).await {
-                tracing::warn!(error = %err, "cannot journal the refused restore");
-            }
-            self.record(&phases, None).await;
-            return Err(e);
-        }
         let alerter = crate::services::alerts::Alerter::new(self.cfg, self.state);
         if self.req.announce {
             announce(
@@ -405,16 +400,8 @@ impl Procedure<'_> {
             )),
         }
         // The runbook's "start the app", whether the restore worked or not.
-        if let Some(h) = self.hooks.filter(|h| !h.after.is_empty()) {
-            let t = std::time::Instant::now();
-            let after = hooks::after(h).await;
-            let ok = hooks::failure(&after).is_none();
-            phases.push(journal::Phase::new(
-                "after_hooks",
-                t.elapsed().as_secs_f64(),
-                ok,
-            ));
-            ran.extend(after);
+        if let Some(h) = self.hooks {
+            bring_back(h, stopped.as_ref(), &mut phases, &mut ran).await;
         }
         // The runbook's "curl -sf .../health", once the data went in.
         let mut checks = Vec::new();
@@ -474,19 +461,81 @@ fn scratch_dir(cfg: &LoadedConfig, req: &RestoreRequest) -> Result<std::path::Pa
     Ok(tmp_dir)
 }
 
-/// The `before` hooks; when one fails, the `after` hooks bring the
-/// application back and the restore does not start.
-async fn before_hooks(h: &crate::config::RestoreHooks) -> Result<Vec<hooks::HookRun>> {
-    let ran = hooks::before(h).await;
-    let Some(why) = hooks::failure(&ran) else {
-        return Ok(ran);
+/// The `before` hooks, then the `stop` containers. When either fails,
+/// what was stopped is started again, the `after` hooks run, and the
+/// restore does not start.
+async fn stop_the_application(
+    h: &crate::config::RestoreHooks,
+    phases: &mut Vec<journal::Phase>,
+    ran: &mut Vec<hooks::HookRun>,
+) -> Result<Option<containers::Stopped>> {
+    let mut why = None;
+    let mut stopped = None;
+    if !h.before.is_empty() {
+        let t = std::time::Instant::now();
+        let runs = hooks::before(h).await;
+        why = hooks::failure(&runs);
+        phases.push(journal::Phase::new(
+            "before_hooks",
+            t.elapsed().as_secs_f64(),
+            why.is_none(),
+        ));
+        ran.extend(runs);
+    }
+    if why.is_none() && !h.stop.is_empty() {
+        let t = std::time::Instant::now();
+        let (runs, s) = containers::stop(h).await;
+        why = hooks::failure(&runs);
+        phases.push(journal::Phase::new(
+            "stop_containers",
+            t.elapsed().as_secs_f64(),
+            why.is_none(),
+        ));
+        ran.extend(runs);
+        stopped = s;
+    }
+    let Some(why) = why else {
+        return Ok(stopped);
     };
-    let after = hooks::after(h).await;
+    let start = ran.len();
+    bring_back(h, stopped.as_ref(), phases, ran).await;
     let mut msg = format!("{why}; nothing was restored");
-    if let Some(a) = hooks::failure(&after) {
+    if let Some(a) = hooks::failure(&ran[start..]) {
         msg.push_str(&format!("; then {a}"));
     }
     Err(Error::Other(msg))
+}
+
+/// Start what `stop` stopped, then the `after` hooks: after a restore,
+/// whether it worked or not, and after an aborted start.
+async fn bring_back(
+    h: &crate::config::RestoreHooks,
+    stopped: Option<&containers::Stopped>,
+    phases: &mut Vec<journal::Phase>,
+    ran: &mut Vec<hooks::HookRun>,
+) {
+    if let Some(s) = stopped {
+        let t = std::time::Instant::now();
+        let runs = containers::start(s, h).await;
+        let ok = hooks::failure(&runs).is_none();
+        phases.push(journal::Phase::new(
+            "start_containers",
+            t.elapsed().as_secs_f64(),
+            ok,
+        ));
+        ran.extend(runs);
+    }
+    if !h.after.is_empty() {
+        let t = std::time::Instant::now();
+        let runs = hooks::after(h).await;
+        let ok = hooks::failure(&runs).is_none();
+        phases.push(journal::Phase::new(
+            "after_hooks",
+            t.elapsed().as_secs_f64(),
+            ok,
+        ));
+        ran.extend(runs);
+    }
 }
 
 /// Restore under the journal (begun before the target is touched): marked

@@ -11,9 +11,8 @@ use crate::base::error::{Error, Result};
 use crate::base::manifest::Artifact;
 use crate::base::progress::Progress;
 use crate::config::PostgresJob;
-use crate::services::pg::{job_target, quote_ident};
-use crate::services::pg::{spawn_tool, PgTarget, PgTools};
-use sqlx::Row;
+use crate::services::pg::{job_target, quote_ident, quote_literal};
+use crate::services::pg::{PgTarget, PgTools, SqlSession};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,7 +99,7 @@ pub async fn run(
 ) -> Result<Report> {
     consent(job, req)?;
     let (dest, replaces) = destination(job, req)?;
-    let tools = PgTools::locate(job.pg_bindir.as_deref());
+    let tools = tools_for(job, replaces).await?;
     let (m, dump) = (&r.manifest, dump_artifact(&r.manifest)?);
     let mut report = Report {
         backup_id: m.id.to_string(),
@@ -120,7 +119,7 @@ pub async fn run(
     // 2. Roles, then the database.
     let t1 = Instant::now();
     let admin = dest.with_database(&job.maintenance_db);
-    let mut conn = admin.connect().await?;
+    let mut conn = SqlSession::open(&tools, &admin).await?;
     refuse_older_server(m, &mut conn).await?;
     if replaces && !req.force_source {
         refuse_another_source(r, &mut conn, &dest.database).await?;
@@ -134,7 +133,7 @@ pub async fn run(
         side_name(&dest.database, &format!("_restoring_{stamp}"))
     } else {
         if exists {
-            ensure_empty(&dest).await?;
+            ensure_empty(&tools, &dest).await?;
         }
         dest.database.clone()
     };
@@ -310,7 +309,7 @@ async fn fetch_all(
 async fn restore_roles(
     tools: &PgTools,
     admin: &PgTarget,
-    conn: &mut sqlx::PgConnection,
+    conn: &mut SqlSession,
     sql: &[u8],
     report: &mut Report,
 ) -> Result<()> {
@@ -327,11 +326,7 @@ async fn restore_roles(
 /// `<db>_pre_restore_<stamp>`, or with `_2`, `_3`, ... when taken: two
 /// restores within one second (a second try) must not collide on the
 /// safety copy's name, or the swap would fail at its very end.
-pub(super) async fn safety_name(
-    conn: &mut sqlx::PgConnection,
-    db: &str,
-    stamp: &str,
-) -> Result<String> {
+pub(super) async fn safety_name(conn: &mut SqlSession, db: &str, stamp: &str) -> Result<String> {
     let mut name = side_name(db, &format!("_pre_restore_{stamp}"));
     let mut n = 1;
     while database_exists(conn, &name).await? {
@@ -390,20 +385,22 @@ pub fn expired_safety_copies(
 }
 
 /// Every database on the server whose name holds `_pre_restore_`.
-pub(crate) async fn side_databases(conn: &mut sqlx::PgConnection) -> Result<Vec<String>> {
-    sqlx::query_scalar(
-        "SELECT datname::text FROM pg_database WHERE position('_pre_restore_' in datname) > 0",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(|e| Error::pg("listing safety copies", e))
+pub(crate) async fn side_databases(conn: &mut SqlSession) -> Result<Vec<String>> {
+    Ok(conn
+        .rows(
+            "SELECT datname::text FROM pg_database WHERE position('_pre_restore_' in datname) > 0",
+        )
+        .await?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect())
 }
 
 /// Drop `db`'s safety copies older than `keep` (after a successful
 /// restore: the new safety copy is the one that matters now). A copy that
 /// cannot be dropped (someone is connected to it) is kept and logged.
 async fn drop_old_safety_copies(
-    conn: &mut sqlx::PgConnection,
+    conn: &mut SqlSession,
     db: &str,
     keep: Option<Duration>,
     fresh: Option<&str>,
@@ -421,8 +418,8 @@ async fn drop_old_safety_copies(
     let now = chrono::Utc::now().naive_utc();
     let mut dropped = Vec::new();
     for name in expired_safety_copies(db, &names, now, keep, fresh) {
-        match sqlx::query(&format!("DROP DATABASE {}", quote_ident(&name)))
-            .execute(&mut *conn)
+        match conn
+            .execute(&format!("DROP DATABASE {}", quote_ident(&name)))
             .await
         {
             Ok(_) => {
@@ -453,15 +450,16 @@ pub fn major_of(server_version: &str) -> Option<u32> {
 /// before anything is touched, naming both versions.
 async fn refuse_older_server(
     m: &crate::base::manifest::Manifest,
-    conn: &mut sqlx::PgConnection,
+    conn: &mut SqlSession,
 ) -> Result<()> {
     let Some(source) = m.source.as_ref().and_then(|s| major_of(&s.server_version)) else {
         return Ok(());
     };
-    let num: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| Error::pg("reading the server's version", e))?;
+    let num: i32 = conn
+        .scalar("SELECT current_setting('server_version_num')")
+        .await?
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     let target = (num / 10000) as u32;
     if target < source {
         return Err(Error::Refused(format!(
@@ -479,13 +477,18 @@ async fn refuse_older_server(
 /// disaster recovery) has none, so it is never refused.
 async fn refuse_another_source(
     r: &Resolved<'_>,
-    conn: &mut sqlx::PgConnection,
+    conn: &mut SqlSession,
     database: &str,
 ) -> Result<()> {
     let Some((b_sys, b_db)) = r.manifest.source_identity() else {
         return Ok(());
     };
-    let Some(live) = crate::services::pg::system_identifier(conn).await else {
+    let Some(live) = conn
+        .scalar("SELECT system_identifier::text FROM pg_control_system()")
+        .await
+        .ok()
+        .flatten()
+    else {
         return Ok(());
     };
     if b_sys == live && b_db == database {
@@ -510,9 +513,9 @@ async fn refuse_another_source(
 
 /// Best effort: drop a database this restore created and did not finish
 /// (the journal's cleanup repeats it when it can reach the server).
-async fn drop_database(conn: &mut sqlx::PgConnection, name: &str) {
+async fn drop_database(conn: &mut SqlSession, name: &str) {
     let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(name));
-    if let Err(e) = sqlx::query(&sql).execute(conn).await {
+    if let Err(e) = conn.execute(&sql).await {
         tracing::warn!(database = name, error = %e, "cannot drop the unfinished database");
     }
 }
@@ -524,25 +527,37 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-pub(super) async fn database_exists(conn: &mut sqlx::PgConnection, name: &str) -> Result<bool> {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
-        .bind(name)
-        .fetch_one(conn)
-        .await
-        .map_err(|e| Error::pg("looking up the target database", e))?;
-    Ok(n > 0)
+pub(super) async fn database_exists(conn: &mut SqlSession, name: &str) -> Result<bool> {
+    let n = conn
+        .scalar(&format!(
+            "SELECT count(*)::text FROM pg_database WHERE datname = {}",
+            quote_literal(name)
+        ))
+        .await?;
+    Ok(n.as_deref().is_some_and(|n| n != "0"))
+}
+
+/// The job's tools for a restore: where its server is (its container) for
+/// its own database; this host's for a `--to` target reached from here.
+async fn tools_for(job: &PostgresJob, replaces: bool) -> Result<PgTools> {
+    if replaces {
+        PgTools::for_job(job).await
+    } else {
+        Ok(PgTools::locate(job.pg_bindir.as_deref()))
+    }
 }
 
 /// A `--to` database that exists must hold no user objects.
-async fn ensure_empty(dest: &PgTarget) -> Result<()> {
-    let mut c = dest.connect().await?;
-    let n: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+async fn ensure_empty(tools: &PgTools, dest: &PgTarget) -> Result<()> {
+    let mut c = SqlSession::open(tools, dest).await?;
+    let n: i64 = c.scalar(
+        "SELECT count(*)::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'",
     )
-    .fetch_one(&mut c)
-    .await
-    .map_err(|e| Error::pg("checking that the target is empty", e))?;
+    .await?
+    .and_then(|n| n.parse().ok())
+    .unwrap_or(0);
+    let _ = c.close().await;
     if n > 0 {
         return Err(Error::Refused(format!(
             "target database {} is not empty ({n} relations); restore into a new or empty database",
@@ -553,19 +568,19 @@ async fn ensure_empty(dest: &PgTarget) -> Result<()> {
 }
 
 async fn create_database(
-    conn: &mut sqlx::PgConnection,
+    conn: &mut SqlSession,
     name: &str,
     src: Option<&crate::base::manifest::PostgresSource>,
 ) -> Result<()> {
     let mut sql = format!("CREATE DATABASE {} TEMPLATE template0", quote_ident(name));
     if let Some(s) = src {
-        let owner_exists: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pg_roles WHERE rolname = $1")
-                .bind(&s.owner)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(|e| Error::pg("looking up the database owner", e))?;
-        if owner_exists > 0 {
+        let owner_exists = conn
+            .scalar(&format!(
+                "SELECT count(*)::text FROM pg_roles WHERE rolname = {}",
+                quote_literal(&s.owner)
+            ))
+            .await?;
+        if owner_exists.as_deref().is_some_and(|n| n != "0") {
             sql.push_str(&format!(" OWNER {}", quote_ident(&s.owner)));
         }
         let lit = |v: &str| format!("'{}'", v.replace('\'', "''"));
@@ -576,19 +591,15 @@ async fn create_database(
             lit(&s.ctype)
         ));
     }
-    sqlx::query(&sql).execute(&mut *conn).await.map_err(|e| {
+    conn.execute_coded(&sql).await.map_err(|(code, e)| {
         // Two restores racing to create one target (from two hosts): the
         // loser is refused in words, not with pg_database's index error.
-        let taken = e
-            .as_database_error()
-            .and_then(sqlx::error::DatabaseError::code)
-            .is_some_and(|c| c == "23505" || c == "42P04");
-        if taken {
+        if code.is_some_and(|c| c == "23505" || c == "42P04") {
             Error::Refused(format!(
                 "database {name} was created by someone else meanwhile (another restore?); nothing was restored"
             ))
         } else {
-            Error::pg(format!("creating database {name}"), e)
+            e
         }
     })?;
     Ok(())
@@ -603,17 +614,21 @@ async fn pg_restore(
     dump: &crate::base::manifest::Artifact,
     progress: &Arc<Progress>,
 ) -> Result<()> {
-    let passfile = into.passfile()?;
-    let env = into.child_env(passfile.as_ref());
+    let (env, _passfile) = tools.env_for(into)?;
     let mut args = vec![
         "--exit-on-error".to_string(),
         "--no-password".into(),
         format!("--dbname={}", into.database),
     ];
+    if let (Some(f), Some(c)) = (file, tools.container()) {
+        return pg_restore_in_container(tools, c, &args, &env, jobs, f).await;
+    }
     if let Some(f) = file {
         args.push(format!("--jobs={jobs}"));
         args.push(f.display().to_string());
-        spawn_tool(&tools.path("pg_restore"), &args, &env, false, false)?
+        tools
+            .spawn("pg_restore", &args, &env, false, false)
+            .await?
             .finish()
             .await?;
     } else {
@@ -621,11 +636,9 @@ async fn pg_restore(
         // moments ago, but the store may have changed since, so what
         // feeds pg_restore is hashed again and a mismatch fails the
         // restore (the new database is then dropped, never swapped in).
-        let mut child = spawn_tool(&tools.path("pg_restore"), &args, &env, true, false)?;
+        let mut child = tools.spawn("pg_restore", &args, &env, true, false).await?;
         let stdin = child
-            .child
-            .stdin
-            .take()
+            .take_stdin()
             .ok_or_else(|| Error::Other("pg_restore stdin".into()))?;
         let fed = fetch::to_writer(
             &r.repo,
@@ -651,6 +664,52 @@ async fn pg_restore(
     Ok(())
 }
 
+/// pg_restore inside the server's container, from the verified dump on
+/// this host: `--jobs 1` streams it into pg_restore's stdin; `--jobs N`
+/// copies it into a private temporary directory of the container (the
+/// archive API) for a parallel restore and removes it after.
+async fn pg_restore_in_container(
+    tools: &PgTools,
+    c: &crate::services::pg::Container,
+    args: &[String],
+    env: &[(String, String)],
+    jobs: usize,
+    file: &Path,
+) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut args = args.to_vec();
+    if jobs > 1 {
+        let copy =
+            crate::services::docker::copy_into(&c.docker, &c.name, file, "backup.dump").await?;
+        args.push(format!("--jobs={jobs}"));
+        args.push(copy.clone());
+        let restored = match tools.spawn("pg_restore", &args, env, false, false).await {
+            Ok(child) => child.finish().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Some((dir, _)) = copy.rsplit_once('/') {
+            crate::services::docker::remove_dir(&c.docker, &c.name, dir).await;
+        }
+        return restored;
+    }
+    let mut child = tools.spawn("pg_restore", &args, env, true, false).await?;
+    let mut stdin = child
+        .take_stdin()
+        .ok_or_else(|| Error::Other("pg_restore stdin".into()))?;
+    let fed = async {
+        let mut f = tokio::fs::File::open(file).await?;
+        tokio::io::copy(&mut f, &mut stdin).await?;
+        stdin.shutdown().await
+    }
+    .await;
+    match (fed, child.finish().await) {
+        // pg_restore stopped reading: its own error says why.
+        (_, Err(tool)) => Err(tool),
+        (Err(e), Ok(_)) => Err(Error::io("streaming the dump into pg_restore", e)),
+        (Ok(()), Ok(_)) => Ok(()),
+    }
+}
+
 /// The SQL of the dump's database-level entries (DATABASE PROPERTIES, and
 /// ACL / COMMENT / SECURITY LABEL on the database), rewritten from the
 /// source database's name to `into`, applied with psql.
@@ -661,17 +720,35 @@ async fn apply_database_properties(
     source_db: &str,
     into: &str,
 ) -> Result<()> {
-    let args = vec![
+    let mut args = vec![
         "--create".to_string(),
         "--schema-only".into(),
         "--file=-".into(),
         dump.display().to_string(),
     ];
-    let mut child = spawn_tool(&tools.path("pg_restore"), &args, &[], false, true)?;
+    // In a container the archive is read there (its pg_restore reads what
+    // its pg_dump wrote), fed through stdin.
+    let in_container = tools.container().is_some();
+    if in_container {
+        args.pop();
+    }
+    let mut child = tools
+        .spawn("pg_restore", &args, &[], in_container, true)
+        .await?;
+    if in_container {
+        if let Some(mut stdin) = child.take_stdin() {
+            let path = dump.to_path_buf();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                if let Ok(mut f) = tokio::fs::File::open(&path).await {
+                    let _ = tokio::io::copy(&mut f, &mut stdin).await;
+                }
+                let _ = stdin.shutdown().await;
+            });
+        }
+    }
     let mut out = child
-        .child
-        .stdout
-        .take()
+        .take_stdout()
         .ok_or_else(|| Error::Other("pg_restore stdout".into()))?;
     let mut text = String::new();
     use tokio::io::AsyncReadExt;
@@ -734,15 +811,14 @@ fn retarget(sql: &str, source: &str, into: &str) -> String {
 async fn create_missing_roles(
     tools: &PgTools,
     admin: &PgTarget,
-    conn: &mut sqlx::PgConnection,
+    conn: &mut SqlSession,
     sql: &str,
 ) -> Result<(Vec<String>, Vec<String>)> {
-    let existing: Vec<String> = sqlx::query("SELECT rolname FROM pg_roles")
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(|e| Error::pg("listing roles", e))?
+    let existing: Vec<String> = conn
+        .rows("SELECT rolname::text FROM pg_roles")
+        .await?
         .into_iter()
-        .map(|r| r.get::<String, _>(0))
+        .filter_map(|r| r.into_iter().next().flatten())
         .collect();
     let (filtered, created) = filter_globals(sql, &existing);
     if created.is_empty() {
@@ -766,8 +842,7 @@ async fn psql_script(
     stop_on_error: bool,
     what: &str,
 ) -> Result<String> {
-    let passfile = admin.passfile()?;
-    let env = admin.child_env(passfile.as_ref());
+    let (env, _passfile) = tools.env_for(admin)?;
     let args = vec![
         "-X".to_string(),
         "-q".into(),
@@ -775,13 +850,15 @@ async fn psql_script(
         "-v".into(),
         format!("ON_ERROR_STOP={}", u8::from(stop_on_error)),
     ];
-    let mut child = spawn_tool(&tools.path("psql"), &args, &env, true, false)?;
-    if let Some(mut stdin) = child.child.stdin.take() {
+    let mut child = tools.spawn("psql", &args, &env, true, false).await?;
+    if let Some(mut stdin) = child.take_stdin() {
         use tokio::io::AsyncWriteExt;
         stdin
             .write_all(sql.as_bytes())
             .await
             .map_err(|e| Error::io(format!("sending {what} to psql"), e))?;
+        // An exec's stdin ends on shutdown, not on drop.
+        let _ = stdin.shutdown().await;
     }
     child.finish().await
 }
@@ -837,27 +914,26 @@ fn filter_globals(sql: &str, existing: &[String]) -> (String, Vec<String>) {
 /// Terminate every session of the closed database `name`, for up to 30 s;
 /// past that it is reopened and the restore fails (the restored copy stays
 /// in `restored`).
-async fn disconnect_all(conn: &mut sqlx::PgConnection, name: &str, restored: &str) -> Result<()> {
+async fn disconnect_all(conn: &mut SqlSession, name: &str, restored: &str) -> Result<()> {
     let q = quote_ident;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let left: i64 = sqlx::query_scalar(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-        )
-        .bind(name)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| Error::pg(format!("disconnecting sessions from {name}"), e))?;
-        if left == 0 {
+        let left = conn
+            .scalar(&format!(
+                "SELECT count(pg_terminate_backend(pid))::text FROM pg_stat_activity WHERE datname = {} AND pid <> pg_backend_pid()",
+                quote_literal(name)
+            ))
+            .await?;
+        if left.as_deref().is_none_or(|n| n == "0") {
             break;
         }
         if Instant::now() > deadline {
-            let _ = sqlx::query(&format!(
-                "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-                q(name)
-            ))
-            .execute(&mut *conn)
-            .await;
+            let _ = conn
+                .execute(&format!(
+                    "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+                    q(name)
+                ))
+                .await;
             return Err(Error::Other(format!(
                 "sessions keep connecting to {name}; the restored copy is in {restored}"
             )));
@@ -868,7 +944,7 @@ async fn disconnect_all(conn: &mut sqlx::PgConnection, name: &str, restored: &st
 }
 
 pub(super) async fn swap(
-    conn: &mut sqlx::PgConnection,
+    conn: &mut SqlSession,
     name: &str,
     restored: &str,
     existed: bool,
@@ -878,70 +954,60 @@ pub(super) async fn swap(
     use super::journal::Step;
     let q = quote_ident;
     if !existed {
-        sqlx::query(&format!(
+        conn.execute(&format!(
             "ALTER DATABASE {} RENAME TO {}",
             q(restored),
             q(name)
         ))
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| Error::pg("renaming the restored database", e))?;
+        .await?;
         return Ok(None);
     }
     // Journaled first: a kill from here on is finished or rolled back by
     // the next `drctl restore` / `drctl status`, never left closed.
     journal.step(Step::Closed).await?;
-    sqlx::query(&format!(
+    conn.execute(&format!(
         "ALTER DATABASE {} ALLOW_CONNECTIONS false",
         q(name)
     ))
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| Error::pg(format!("closing {name} to new connections"), e))?;
+    .await?;
     crate::base::faults::point("restore.swap.closed").await;
     disconnect_all(conn, name, restored).await?;
     let renamed = async {
-        sqlx::query("BEGIN").execute(&mut *conn).await?;
-        sqlx::query(&format!(
+        conn.execute("BEGIN").await?;
+        conn.execute(&format!(
             "ALTER DATABASE {} RENAME TO {}",
             q(name),
             q(safety)
         ))
-        .execute(&mut *conn)
         .await?;
-        sqlx::query(&format!(
+        conn.execute(&format!(
             "ALTER DATABASE {} RENAME TO {}",
             q(restored),
             q(name)
         ))
-        .execute(&mut *conn)
         .await?;
-        sqlx::query("COMMIT").execute(&mut *conn).await?;
-        Ok::<(), sqlx::Error>(())
+        conn.execute("COMMIT").await
     }
     .await;
     if let Err(e) = renamed {
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        let _ = sqlx::query(&format!(
-            "ALTER DATABASE {} ALLOW_CONNECTIONS true",
-            q(name)
-        ))
-        .execute(&mut *conn)
-        .await;
-        return Err(Error::pg(
-            format!("swapping {restored} into place; the restored copy is in {restored}"),
-            e,
-        ));
+        let _ = conn.execute("ROLLBACK").await;
+        let _ = conn
+            .execute(&format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS true",
+                q(name)
+            ))
+            .await;
+        return Err(Error::Other(format!(
+            "swapping {restored} into place failed ({e}); the restored copy is in {restored}"
+        )));
     }
     journal.step(Step::Swapped).await?;
     crate::base::faults::point("restore.swap.renamed").await;
-    sqlx::query(&format!(
+    conn.execute(&format!(
         "ALTER DATABASE {} ALLOW_CONNECTIONS true",
         q(safety)
     ))
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| Error::pg(format!("reopening {safety}"), e))?;
+    .await?;
     Ok(Some(safety.to_owned()))
 }
 

@@ -12,7 +12,7 @@ use super::{journal, postgres, Plan, Procedure, Report, RestoreRequest};
 use crate::base::error::{Error, Result};
 use crate::base::ids::JobName;
 use crate::config::{JobConfig, Kind, LoadedConfig, PostgresJob};
-use crate::services::pg::{job_target, PgTarget};
+use crate::services::pg::{job_target, PgTarget, PgTools, SqlSession};
 
 /// The job, its database and the safety copy an undo swaps back.
 struct Chosen<'a> {
@@ -20,6 +20,7 @@ struct Chosen<'a> {
     config: &'a JobConfig,
     pg: &'a PostgresJob,
     target: PgTarget,
+    tools: PgTools,
     copy: String,
     copy_made: chrono::NaiveDateTime,
 }
@@ -58,8 +59,10 @@ async fn choose<'a>(
         ));
     }
     let target = job_target(pg)?;
-    let mut conn = target.with_database(&pg.maintenance_db).connect().await?;
+    let tools = PgTools::for_job(pg).await?;
+    let mut conn = SqlSession::open(&tools, &target.with_database(&pg.maintenance_db)).await?;
     let names = postgres::side_databases(&mut conn).await?;
+    let _ = conn.close().await;
     let Some((copy, copy_made)) = choose_copy(&target.database, &names, wanted) else {
         return Err(Error::NotFound(match wanted {
             Some(w) => format!(
@@ -80,6 +83,7 @@ async fn choose<'a>(
         config,
         pg,
         target,
+        tools,
         copy,
         copy_made,
     })
@@ -182,11 +186,8 @@ pub async fn run(cfg: &LoadedConfig, req: &RestoreRequest, wanted: Option<&str>)
 
 async fn swap_back(c: &Chosen<'_>, journal: &journal::Journal) -> Result<Report> {
     let db = &c.target.database;
-    let mut conn = c
-        .target
-        .with_database(&c.pg.maintenance_db)
-        .connect()
-        .await?;
+    let admin = c.target.with_database(&c.pg.maintenance_db);
+    let mut conn = SqlSession::open(&c.tools, &admin).await?;
     let exists = postgres::database_exists(&mut conn, db).await?;
     let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
     let safety = postgres::safety_name(&mut conn, db, &stamp).await?;

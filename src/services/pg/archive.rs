@@ -6,7 +6,7 @@
 //! truncated or malformed archive. The backup runs this alongside the upload
 //! (fed by [`crate::base::stream::tee`]); `verify --deep` runs it on what it reads.
 
-use super::{spawn_tool, PgTools};
+use super::PgTools;
 use crate::base::error::{Error, Result};
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
@@ -24,12 +24,14 @@ pub fn check_args() -> Vec<String> {
 
 /// Start `pg_restore -f /dev/null` on the chunks from `rx`. The handle's
 /// result is its verdict once `rx` ends; dropping the handle stops it.
-pub fn spawn_check(
+pub async fn spawn_check(
     tools: &PgTools,
     mut rx: mpsc::Receiver<Bytes>,
 ) -> Result<AbortOnDropHandle<Result<()>>> {
-    let mut child = spawn_tool(&tools.path("pg_restore"), &check_args(), &[], true, false)?;
-    let mut stdin = child.child.stdin.take();
+    let mut child = tools
+        .spawn("pg_restore", &check_args(), &[], true, false)
+        .await?;
+    let mut stdin = child.take_stdin();
     Ok(AbortOnDropHandle::new(tokio::spawn(async move {
         while let Some(chunk) = rx.recv().await {
             if let Some(w) = stdin.as_mut() {
@@ -38,7 +40,9 @@ pub fn spawn_check(
                 }
             }
         }
-        drop(stdin);
+        if let Some(mut w) = stdin {
+            let _ = w.shutdown().await;
+        }
         child.finish().await.map(|_| ()).map_err(|e| match e {
             Error::Tool { stderr, .. } => Error::Tool {
                 tool: "pg_dump".into(),

@@ -6,22 +6,43 @@
 
 use crate::base::error::{Error, Result};
 use crate::base::stream::{guarded, Guarded};
+use std::pin::Pin;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use tokio::io::AsyncReadExt;
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::process::{Child, Command};
 use tokio_util::task::AbortOnDropHandle;
 
-const STDERR_KEEP: usize = 64 * 1024;
+/// The most of a tool's stderr kept for its error message.
+pub const STDERR_KEEP: usize = 64 * 1024;
 
-/// A running PostgreSQL client tool, killed on drop.
+/// A running PostgreSQL client tool, on the host or in a container (the
+/// Engine API's exec), killed on drop.
 pub struct ToolChild {
     /// The tool's name, for messages.
     pub tool: String,
-    /// The process.
-    pub child: Child,
+    proc: Proc,
     stderr: Arc<Mutex<Vec<u8>>>,
     stderr_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+enum Proc {
+    Host(Child),
+    Container(crate::services::docker::Exec),
+}
+
+/// A child's stdin: the host pipe or the exec's attached stream. Shut it
+/// down (`AsyncWriteExt::shutdown`) to send end of input: an exec's stdin
+/// is closed by that, not by dropping it.
+pub type ToolStdin = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// A child's stdout.
+pub type ToolStdout = Pin<Box<dyn AsyncRead + Send>>;
+
+/// How a tool ended: success, and a description (`exit code 1`).
+struct Ended {
+    success: bool,
+    status: String,
 }
 
 /// Spawn `program args` with `env`; stdout piped when `pipe_stdout`, stdin piped when `pipe_stdin`.
@@ -116,13 +137,87 @@ pub fn spawn_tool(
     });
     Ok(ToolChild {
         tool,
-        child,
+        proc: Proc::Host(child),
         stderr,
         stderr_task,
     })
 }
 
+/// Start `tool args` in `container` through the Engine API's exec, with
+/// `env` in the exec's environment (never in argv): the container's own
+/// client tools, so their version always matches the server's.
+pub async fn spawn_in_container(
+    docker: &bollard::Docker,
+    container: &str,
+    tool: &str,
+    args: &[String],
+    env: &[(String, String)],
+    pipe_stdin: bool,
+    pipe_stdout: bool,
+) -> Result<ToolChild> {
+    let mut argv = vec![tool.to_owned()];
+    argv.extend(args.iter().cloned());
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let exec = crate::services::docker::exec(
+        docker,
+        container,
+        &argv,
+        env,
+        (pipe_stdin, pipe_stdout),
+        stderr.clone(),
+        STDERR_KEEP,
+    )
+    .await?;
+    Ok(ToolChild {
+        tool: tool.to_owned(),
+        proc: Proc::Container(exec),
+        stderr,
+        stderr_task: None,
+    })
+}
+
 impl ToolChild {
+    /// The child's stdin, if it was piped (once).
+    pub fn take_stdin(&mut self) -> Option<ToolStdin> {
+        match &mut self.proc {
+            Proc::Host(c) => c.stdin.take().map(|s| Box::pin(s) as ToolStdin),
+            Proc::Container(e) => e.stdin.take(),
+        }
+    }
+
+    /// The child's stdout, if it was piped (once).
+    pub fn take_stdout(&mut self) -> Option<ToolStdout> {
+        match &mut self.proc {
+            Proc::Host(c) => c.stdout.take().map(|s| Box::pin(s) as ToolStdout),
+            Proc::Container(e) => e.stdout.take().map(|s| Box::pin(s) as ToolStdout),
+        }
+    }
+
+    async fn wait(&mut self) -> Result<Ended> {
+        match &mut self.proc {
+            Proc::Host(c) => {
+                let status = c
+                    .wait()
+                    .await
+                    .map_err(|e| Error::io(format!("waiting for {}", self.tool), e))?;
+                Ok(Ended {
+                    success: status.success(),
+                    status: describe(status),
+                })
+            }
+            Proc::Container(e) => {
+                let code = e.wait().await?;
+                Ok(Ended {
+                    success: code == Some(0),
+                    status: code.map_or_else(
+                        || "no exit code from the Docker engine".into(),
+                        |c| format!("exit code {c}"),
+                    ),
+                })
+            }
+        }
+    }
+
     /// Everything the child wrote to stderr (the tail), secrets scrubbed.
     pub async fn stderr_text(&mut self) -> String {
         if let Some(t) = self.stderr_task.take() {
@@ -140,19 +235,19 @@ impl ToolChild {
 
     /// Wait for exit; a non-zero status becomes [`Error::Tool`] with stderr.
     pub async fn finish(mut self) -> Result<String> {
-        let status = self.child.wait().await;
-        self.conclude(status).await
+        let ended = self.wait().await;
+        self.conclude(ended).await
     }
 
-    async fn conclude(&mut self, status: std::io::Result<ExitStatus>) -> Result<String> {
-        let status = status.map_err(|e| Error::io(format!("waiting for {}", self.tool), e))?;
+    async fn conclude(&mut self, ended: Result<Ended>) -> Result<String> {
+        let ended = ended?;
         let stderr = self.stderr_text().await;
-        if status.success() {
+        if ended.success {
             Ok(stderr)
         } else {
             Err(Error::Tool {
                 tool: self.tool.clone(),
-                status: describe(status),
+                status: ended.status,
                 stderr,
             })
         }
@@ -165,19 +260,17 @@ impl ToolChild {
         mut self,
     ) -> Result<(ExitChecked, AbortOnDropHandle<Result<String>>)> {
         let out = self
-            .child
-            .stdout
-            .take()
+            .take_stdout()
             .ok_or_else(|| Error::Other(format!("{}: stdout not captured", self.tool)))?;
         let (reader, tx) = guarded(out);
         let waiter = tokio::spawn(async move {
-            let status = self.child.wait().await;
-            let _ = tx.send(match &status {
-                Ok(s) if s.success() => Ok(()),
-                Ok(s) => Err(format!("{} failed ({})", self.tool, describe(*s))),
+            let ended = self.wait().await;
+            let _ = tx.send(match &ended {
+                Ok(e) if e.success => Ok(()),
+                Ok(e) => Err(format!("{} failed ({})", self.tool, e.status)),
                 Err(e) => Err(format!("{}: {e}", self.tool)),
             });
-            self.conclude(status).await
+            self.conclude(ended).await
         });
         Ok((reader, AbortOnDropHandle::new(waiter)))
     }
@@ -193,4 +286,4 @@ pub fn describe(status: ExitStatus) -> String {
 }
 
 /// stdout of a child; end of stream is reported only after a zero exit.
-pub type ExitChecked = Guarded<ChildStdout>;
+pub type ExitChecked = Guarded<ToolStdout>;

@@ -5,19 +5,29 @@
 pub mod archive;
 mod child;
 mod maintenance;
+mod session;
 mod target;
 mod tools;
 
-pub use child::{spawn_tool, ExitChecked, ToolChild};
+pub use child::{spawn_tool, ExitChecked, ToolChild, ToolStdin, ToolStdout};
 pub use maintenance::{maintenance_failure, Failure, Session};
+pub use session::{SqlSession, TextRow};
 pub use target::{PassFile, PgTarget};
-pub use tools::{PgTools, ToolVersion};
+pub use tools::{Container, PgTools, ToolVersion};
 
 use crate::base::error::Result;
 use crate::config::PostgresJob;
 
 /// Resolve the job's connection URL from `url`, `url_env` or `url_file`.
+/// In a container without a URL: `user` (default postgres) on `database`
+/// over the container's own Unix socket.
 pub fn job_target(job: &PostgresJob) -> Result<PgTarget> {
+    if let (true, Some(db)) = (job.in_container(), job.database.as_deref()) {
+        return Ok(PgTarget::local_socket(
+            job.user.as_deref().unwrap_or("postgres"),
+            db,
+        ));
+    }
     let url = job.connection.resolve("database URL")?;
     PgTarget::parse(url.expose())
 }
@@ -37,12 +47,14 @@ pub struct Preflight {
 /// server: the failure a 2 AM run would meet, named now with its fix.
 pub async fn preflight(job: &PostgresJob) -> Result<Preflight> {
     let target = job_target(job)?;
-    let mut conn = target.connect().await?;
-    let num: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
-        .fetch_one(&mut conn)
-        .await
-        .map_err(|e| crate::base::error::Error::pg("reading the server's version", e))?;
-    let tools = PgTools::locate(job.pg_bindir.as_deref());
+    let tools = PgTools::for_job(job).await?;
+    let mut session = SqlSession::open(&tools, &target).await?;
+    let num: i32 = session
+        .scalar("SELECT current_setting('server_version_num')")
+        .await?
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let _ = session.close().await;
     let mut checked = Vec::new();
     for tool in ["pg_dump", "pg_dumpall"] {
         if tool == "pg_dumpall" && !job.globals {
@@ -64,6 +76,12 @@ pub async fn system_identifier(conn: &mut sqlx::PgConnection) -> Option<String> 
         .fetch_one(conn)
         .await
         .ok()
+}
+
+/// Quote a string literal for SQL: `'it''s'` (standard_conforming_strings,
+/// the default since PostgreSQL 9.1).
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// Quote an identifier for SQL: `"a""b"`.

@@ -50,7 +50,15 @@ impl PgTarget {
         let bad = |why: &str| {
             Error::Other(format!("invalid PostgreSQL URL ({why}); expected postgres://user[:password]@host[:port]/database"))
         };
-        let u = url::Url::parse(url_text).map_err(|_| bad("not a URL"))?;
+        // `postgres://user:pw@/db?host=/run/postgresql` (libpq's form for a
+        // Unix socket) has an empty host, which a URL parser refuses.
+        let socket_form = url_text.contains("@/");
+        let text = if socket_form {
+            std::borrow::Cow::Owned(url_text.replacen("@/", "@localhost/", 1))
+        } else {
+            std::borrow::Cow::Borrowed(url_text)
+        };
+        let u = url::Url::parse(&text).map_err(|_| bad("not a URL"))?;
         if u.scheme() != "postgres" && u.scheme() != "postgresql" {
             return Err(bad("scheme must be postgres://"));
         }
@@ -64,7 +72,11 @@ impl PgTarget {
                 .map(Secret::new)
         });
         let mut params = Vec::new();
-        let mut host = u.host_str().map(str::to_owned).unwrap_or_default();
+        let mut host = if socket_form {
+            "/var/run/postgresql".to_owned()
+        } else {
+            u.host_str().map(str::to_owned).unwrap_or_default()
+        };
         let mut port = u.port().unwrap_or(5432);
         let mut user = decode(u.username());
         for (k, v) in u.query_pairs() {
@@ -94,6 +106,31 @@ impl PgTarget {
             password,
             params,
         })
+    }
+
+    /// `user` on `database` over the default Unix socket directory: how
+    /// tools inside a PostgreSQL container reach their own server.
+    pub fn local_socket(user: &str, database: &str) -> Self {
+        PgTarget {
+            host: "/var/run/postgresql".into(),
+            port: 5432,
+            user: user.to_owned(),
+            database: database.to_owned(),
+            password: None,
+            params: Vec::new(),
+        }
+    }
+
+    /// The environment a tool run inside a container gets (the exec's own,
+    /// never argv): libpq's variables, the password as `PGPASSWORD` (there
+    /// is no descriptor to hand a passfile through).
+    pub fn container_env(&self) -> Vec<(String, String)> {
+        let mut env = self.child_env(None);
+        env.retain(|(k, _)| k != "PGPASSFILE");
+        if let Some(p) = &self.password {
+            env.push(("PGPASSWORD".into(), p.expose().to_owned()));
+        }
+        env
     }
 
     /// The same server, another database.

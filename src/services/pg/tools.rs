@@ -5,10 +5,24 @@
 use crate::base::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
-/// Where the PostgreSQL client tools are found.
+/// Where the PostgreSQL client tools are found: a directory on this host
+/// (or `$PATH`), or the server's own container.
 #[derive(Debug, Clone)]
 pub struct PgTools {
     bindir: Option<PathBuf>,
+    container: Option<Container>,
+}
+
+/// A tool's environment and the passfile it names (held while it runs).
+pub type ToolEnv = (Vec<(String, String)>, Option<super::PassFile>);
+
+/// The container a job's server runs in, as the Engine API reaches it.
+#[derive(Debug, Clone)]
+pub struct Container {
+    /// The engine.
+    pub docker: bollard::Docker,
+    /// The container's name.
+    pub name: String,
 }
 
 /// A client tool's version, as it reports it.
@@ -27,6 +41,7 @@ impl PgTools {
         if let Some(d) = configured {
             return PgTools {
                 bindir: Some(d.to_path_buf()),
+                container: None,
             };
         }
         let newest = std::fs::read_dir("/usr/lib/postgresql")
@@ -41,7 +56,77 @@ impl PgTools {
             })
             .max_by_key(|(v, _)| *v)
             .map(|(_, p)| p);
-        PgTools { bindir: newest }
+        PgTools {
+            bindir: newest,
+            container: None,
+        }
+    }
+
+    /// The job's tools: in its container (`container`, or the one running
+    /// container of its `compose` service), else on this host.
+    pub async fn for_job(job: &crate::config::PostgresJob) -> Result<Self> {
+        if !job.in_container() {
+            return Ok(Self::locate(job.pg_bindir.as_deref()));
+        }
+        let docker = crate::services::docker::connect(
+            job.docker_socket.as_deref(),
+            std::time::Duration::from_secs(120),
+        )?;
+        let name = match (&job.container, &job.compose) {
+            (Some(c), _) => c.clone(),
+            (None, Some(c)) => {
+                crate::services::docker::running_service_container(&docker, &c.project, &c.service)
+                    .await?
+            }
+            (None, None) => unreachable!("in_container"),
+        };
+        Ok(PgTools {
+            bindir: None,
+            container: Some(Container { docker, name }),
+        })
+    }
+
+    /// The container the tools run in, if any.
+    pub fn container(&self) -> Option<&Container> {
+        self.container.as_ref()
+    }
+
+    /// The environment `tool`s get to reach `target`: on the host libpq's
+    /// variables and a passfile (held by the returned value while the tool
+    /// runs); in a container the exec's own environment.
+    pub fn env_for(&self, target: &super::PgTarget) -> Result<ToolEnv> {
+        if self.container.is_some() {
+            return Ok((target.container_env(), None));
+        }
+        let passfile = target.passfile()?;
+        let env = target.child_env(passfile.as_ref());
+        Ok((env, passfile))
+    }
+
+    /// Start `tool args` where the tools are.
+    pub async fn spawn(
+        &self,
+        tool: &str,
+        args: &[String],
+        env: &[(String, String)],
+        pipe_stdin: bool,
+        pipe_stdout: bool,
+    ) -> Result<super::ToolChild> {
+        match &self.container {
+            Some(c) => {
+                super::child::spawn_in_container(
+                    &c.docker,
+                    &c.name,
+                    tool,
+                    args,
+                    env,
+                    pipe_stdin,
+                    pipe_stdout,
+                )
+                .await
+            }
+            None => super::spawn_tool(&self.path(tool), args, env, pipe_stdin, pipe_stdout),
+        }
     }
 
     /// The path of `tool` in the chosen directory (or the bare name: `$PATH`).
@@ -54,6 +139,24 @@ impl PgTools {
 
     /// Ask `tool --version`.
     pub async fn version(&self, tool: &str) -> Result<ToolVersion> {
+        if let Some(c) = &self.container {
+            let mut child = self
+                .spawn(tool, &["--version".into()], &[], false, true)
+                .await?;
+            let mut text = String::new();
+            if let Some(mut out) = child.take_stdout() {
+                use tokio::io::AsyncReadExt;
+                let _ = out.read_to_string(&mut text).await;
+            }
+            child.finish().await.map_err(|e| {
+                Error::ToolVersion(format!("cannot run {tool} in container {}: {e}", c.name))
+            })?;
+            let text = text.trim().to_owned();
+            let major = parse_major(&text).ok_or_else(|| {
+                Error::ToolVersion(format!("cannot read the version of {tool} from {text:?}"))
+            })?;
+            return Ok(ToolVersion { major, text });
+        }
         let mut cmd = tokio::process::Command::new(self.path(tool));
         crate::base::child_env::restrict(&mut cmd);
         let out = cmd

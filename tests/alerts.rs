@@ -714,17 +714,7 @@ fn a_restore_is_announced_when_it_starts_and_when_it_ends() {
     assert!(seen[1].1.contains("finished into"), "{seen:?}");
 
     // A restore that fails (a corrupted artifact) says so too.
-    let dir = w.repo_dir().join("cfgs").join(&id);
-    let tar = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().contains("files.tar"))
-        .unwrap();
-    let mut bytes = std::fs::read(&tar).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    std::fs::write(&tar, bytes).unwrap();
+    w.corrupt_artifact("cfgs", &id, "files.tar");
     let out2 = scratch_dir("drctl-announce-");
     let r = w.drctl(&[
         "restore",

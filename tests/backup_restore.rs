@@ -880,16 +880,7 @@ fn restore_hooks_stop_and_start_the_application_around_the_restore() {
     )
     .unwrap();
     std::fs::remove_file(&log).unwrap();
-    let dump = std::fs::read_dir(w.repo_dir().join("appdb").join(&id))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().contains("database.dump"))
-        .unwrap();
-    let mut bytes = std::fs::read(&dump).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    std::fs::write(&dump, bytes).unwrap();
+    w.corrupt_artifact("appdb", &id, "database.dump");
     let r = w.drctl(&["restore", "--id", &id, "--job", "appdb", "--yes"]);
     assert_eq!(r.code, 3, "{}", r.all());
     assert_eq!(app_log(), "stop\nstart\n");
@@ -1007,14 +998,7 @@ fn undo_swaps_the_safety_copy_back_and_can_itself_be_undone() {
     r.ok();
     assert_eq!(pg.fingerprint(&db), before_restore);
     assert!(r.stderr.contains("kept as"), "{}", r.stderr);
-    let st = w.drctl(&["status", "--json"]);
-    let rows: serde_json::Value = serde_json::from_str(&st.ok().stdout).unwrap();
-    let appdb = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["job"] == "appdb")
-        .unwrap();
+    let appdb = w.job_status("appdb");
     let copies = appdb["safety_copies"].as_array().unwrap();
     assert_eq!(copies.len(), 1, "{appdb}");
     let kept = copies[0]["database"].as_str().unwrap();
@@ -1101,14 +1085,7 @@ fn a_restore_verified_by_a_health_check_waits_for_the_service_and_exits_9_when_i
         r.stderr
     );
     assert_eq!(pg.fingerprint(&db), at_backup, "the data went in");
-    let st = w.drctl(&["status", "--json"]);
-    let rows: serde_json::Value = serde_json::from_str(&st.ok().stdout).unwrap();
-    let appdb = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["job"] == "appdb")
-        .unwrap();
+    let appdb = w.job_status("appdb");
     assert_eq!(appdb["last_restore"]["health"], "failed", "{appdb}");
 
     // A health job named in verify must be a health job.

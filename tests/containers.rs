@@ -160,16 +160,7 @@ fn a_restore_stops_the_application_containers_and_starts_them_again_healthy() {
     // A restore that fails (a corrupted artifact) still starts them again,
     // on the untouched database.
     pg.psql(&db, "DELETE FROM billing.payment WHERE result = 'paid'");
-    let dump = std::fs::read_dir(w.repo_dir().join("appdb").join(&id))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().contains("database.dump"))
-        .unwrap();
-    let mut bytes = std::fs::read(&dump).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    std::fs::write(&dump, bytes).unwrap();
+    w.corrupt_artifact("appdb", &id, "database.dump");
     let api_started = started_at(d, "shop-api-1");
     let r = w.drctl(&["restore", "--id", &id, "--job", "appdb", "--yes"]);
     assert_eq!(r.code, 3, "{}", r.all());
@@ -336,7 +327,9 @@ fn a_postgres_job_in_a_compose_container_backs_up_through_exec_with_no_port_and_
          [jobs.catalog]\ntype = \"postgres\"\nurl_env = \"CATALOG_URL\"\nrepository = \"local\"\n\
          compose = {{ project = \"catalog\", service = \"postgres\" }}\n\
          docker_socket = \"{}\"\n\
-         pg_bindir = \"/nonexistent/no-host-tools\"\n",
+         pg_bindir = \"/nonexistent/no-host-tools\"\n\n\
+         [drills.catalog]\njob = \"catalog\"\njobs = 2\ntarget = {{ job_server = true }}\n\
+         [[drills.catalog.checks]]\nsql = \"SELECT count(*) FROM shop.orders WHERE qty = 3\"\nexpect = \">= 1\"\n",
         d.socket.display()
     ));
     // The host part is read inside the container: its own Unix socket.
@@ -431,6 +424,34 @@ fn a_postgres_job_in_a_compose_container_backs_up_through_exec_with_no_port_and_
 
     // Whatever verifies it reads every data block.
     w.drctl(&["verify", "--job", "catalog", "--deep"]).ok();
+
+    // A drill restores into a scratch database of the same server, through
+    // the container, checks every row count, and removes it.
+    let r = w.drctl(&["drill", "run", "catalog", "--json"]);
+    let drill: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
+    assert_eq!(drill["outcome"], "passed", "{drill}");
+    assert!(
+        drill["target"]
+            .as_str()
+            .unwrap()
+            .contains("in container catalog-postgres-1"),
+        "{drill}"
+    );
+    let rows_checked = drill["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "rows" && c["ok"] == true)
+        .count();
+    assert_eq!(rows_checked, 3, "{drill}");
+    assert_eq!(
+        cpsql(
+            d,
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'drctl_drill_%'"
+        ),
+        "0"
+    );
 
     // Restores into the job's own database run inside the container too:
     // in parallel from a copy in the container, then streamed.

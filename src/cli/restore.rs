@@ -119,6 +119,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         id: a.id,
         label,
         to,
+        to_job_server: None,
         jobs: a.jobs.max(1),
         dry_run: a.dry_run,
         confirmed: a.yes,

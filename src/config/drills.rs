@@ -65,6 +65,11 @@ pub struct DrillTarget {
     /// A throwaway cluster made with initdb for each drill, on this host.
     #[serde(default)]
     pub ephemeral: bool,
+    /// A scratch database on the job's own server, reached as the job
+    /// reaches it: for a job in a container, inside it (its tools, no
+    /// port), the one place such a job's backups are sure to restore.
+    #[serde(default)]
+    pub job_server: bool,
 }
 
 /// One SQL check of a drill.
@@ -85,6 +90,7 @@ impl DrillConfig {
             t.server_url_env.is_some(),
             t.server_url_file.is_some(),
             t.ephemeral,
+            t.job_server,
         ]
         .iter()
         .filter(|b| **b)
@@ -92,7 +98,7 @@ impl DrillConfig {
         if sources != 1 {
             p.push((
                 "target".into(),
-                "expected exactly one of server_url_env, server_url, server_url_file, or ephemeral = true".into(),
+                "expected exactly one of server_url_env, server_url, server_url_file, ephemeral = true, or job_server = true".into(),
             ));
         }
         p.check(schedule_problem(

@@ -551,6 +551,34 @@ pub struct World {
 }
 
 impl World {
+    /// Flip one byte in the middle of the artifact of backup `id` of `job`
+    /// whose name holds `artifact` (`database.dump`, `files.tar`) in a
+    /// local repository: what a damaged disk or a tampered bucket does.
+    pub fn corrupt_artifact(&self, job: &str, id: &str, artifact: &str) {
+        let path = std::fs::read_dir(self.repo_dir().join(job).join(id))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().contains(artifact))
+            .unwrap_or_else(|| panic!("no {artifact} in backup {id} of {job}"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+    }
+
+    /// `drctl status --json`'s row for `job`.
+    pub fn job_status(&self, job: &str) -> serde_json::Value {
+        let r = self.drctl(&["status", "--json"]);
+        let rows: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["job"] == job)
+            .cloned()
+            .unwrap_or_else(|| panic!("no job {job} in status: {rows}"))
+    }
+
     /// `body` is the config after `state_dir`; `{dir}` expands to the world's directory.
     pub fn new(body: &str) -> World {
         let dir = scratch_dir("drctl-world-");

@@ -17,7 +17,7 @@ use crate::services::pg::quote_ident;
 use crate::services::state::State;
 use checks::CheckResult;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
+
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -270,6 +270,7 @@ async fn phases(
         id: opts.id.clone(),
         label: None,
         to: None,
+        to_job_server: None,
         jobs: d.jobs,
         dry_run: true,
         confirmed: true,
@@ -298,13 +299,15 @@ async fn phases(
         .map_err(at("fetch"))?;
     rec.swept = swept;
     rec.target = Some(scratch.display());
-    let url = scratch.url();
+    let (to, to_job_server) = scratch.restore_target();
     let target = scratch.target().map_err(at("restore"))?;
+    let tools = scratch.tools();
     *scratch_out = Some(scratch);
 
     let req = crate::engine::restore::RestoreRequest {
         id: Some(m.id.to_string()),
-        to: Some(url),
+        to,
+        to_job_server,
         dry_run: false,
         ..req0
     };
@@ -337,7 +340,14 @@ async fn phases(
     let verified = crate::engine::restore::cancellable(
         &opts.cancel,
         "verifying the drill",
-        verify(&target, &m, &report.roles_expected, d, &mut rec.checks),
+        verify(
+            &tools,
+            &target,
+            &m,
+            &report.roles_expected,
+            d,
+            &mut rec.checks,
+        ),
     )
     .await;
     rec.phases.push(Phase {
@@ -377,23 +387,28 @@ fn failed_checks(checks: &[CheckResult]) -> Option<Error> {
 }
 
 async fn verify(
+    tools: &crate::services::pg::PgTools,
     target: &crate::services::pg::PgTarget,
     m: &crate::base::manifest::Manifest,
     roles: &[String],
     d: &crate::config::DrillConfig,
     out: &mut Vec<CheckResult>,
 ) -> Result<()> {
-    let mut conn = target.connect().await?;
+    use crate::services::pg::quote_literal;
+    let mut conn = crate::services::pg::SqlSession::open(tools, target).await?;
     for t in &m.tables {
         let Some(expected) = t.rows else {
             // Above count_rows_max_table_size at backup time: no count to
             // compare, but the table must be there.
             let name = format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name));
-            let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-                .bind(&name)
-                .fetch_one(&mut conn)
-                .await
-                .map_err(|e| Error::pg("checking a table", e))?;
+            let exists = conn
+                .scalar(&format!(
+                    "SELECT (to_regclass({}) IS NOT NULL)::text",
+                    quote_literal(&name)
+                ))
+                .await?
+                .as_deref()
+                == Some("true");
             out.push(CheckResult {
                 kind: "table".into(),
                 name: format!("{}.{}", t.schema, t.name),
@@ -404,11 +419,16 @@ async fn verify(
             continue;
         };
         let sql = format!(
-            "SELECT count(*) FROM {}.{}",
+            "SELECT count(*)::text FROM {}.{}",
             quote_ident(&t.schema),
             quote_ident(&t.name)
         );
-        let got: Option<i64> = sqlx::query_scalar(&sql).fetch_one(&mut conn).await.ok();
+        let got: Option<i64> = conn
+            .scalar(&sql)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|n| n.parse().ok());
         out.push(CheckResult {
             kind: "rows".into(),
             name: format!("{}.{}", t.schema, t.name),
@@ -418,12 +438,16 @@ async fn verify(
         });
     }
     if !roles.is_empty() {
-        let present: Vec<String> =
-            sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1)")
-                .bind(roles)
-                .fetch_all(&mut conn)
-                .await
-                .map_err(|e| Error::pg("listing roles", e))?;
+        let list: Vec<String> = roles.iter().map(|r| quote_literal(r)).collect();
+        let present: Vec<String> = conn
+            .rows(&format!(
+                "SELECT rolname::text FROM pg_roles WHERE rolname IN ({})",
+                list.join(", ")
+            ))
+            .await?
+            .into_iter()
+            .filter_map(|r| r.into_iter().next().flatten())
+            .collect();
         for r in roles {
             let ok = present.contains(r);
             out.push(CheckResult {
@@ -453,38 +477,34 @@ async fn verify(
             ok,
         });
     }
+    let _ = conn.close().await;
     Ok(())
 }
 
 /// The first column of the first row, as text, in a read-only transaction.
 async fn sql_check(
-    conn: &mut sqlx::PgConnection,
+    conn: &mut crate::services::pg::SqlSession,
     sql: &str,
     timeout: std::time::Duration,
 ) -> std::result::Result<Option<String>, String> {
-    use sqlx::Connection;
-    let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
-    sqlx::query("SET TRANSACTION READ ONLY")
-        .execute(&mut *tx)
+    conn.execute("BEGIN READ ONLY")
         .await
         .map_err(|e| e.to_string())?;
-    sqlx::query(&format!(
-        "SET LOCAL statement_timeout = {}",
-        timeout.as_millis()
-    ))
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| e.to_string())?;
     let wrapped = format!(
         "SELECT (t.c)::text FROM ({}) AS t(c) LIMIT 1",
         sql.trim().trim_end_matches(';')
     );
-    let row = sqlx::query(&wrapped)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = tx.rollback().await;
-    Ok(row.and_then(|r| r.try_get::<Option<String>, _>(0).ok().flatten()))
+    let got = async {
+        conn.execute(&format!(
+            "SET LOCAL statement_timeout = {}",
+            timeout.as_millis()
+        ))
+        .await?;
+        conn.scalar(&wrapped).await
+    }
+    .await;
+    let _ = conn.execute("ROLLBACK").await;
+    got.map_err(|e| e.to_string())
 }
 
 async fn alert(cfg: &LoadedConfig, state: &State, r: &DrillRecord) {

@@ -4,8 +4,8 @@
 
 use crate::base::error::{Error, Result};
 use crate::config::{DrillTarget, PostgresJob};
-use crate::services::pg::quote_ident;
-use crate::services::pg::{PgTarget, PgTools};
+use crate::services::pg::{quote_ident, quote_literal};
+use crate::services::pg::{PgTarget, PgTools, SqlSession};
 use std::path::{Path, PathBuf};
 
 /// Scratch databases are named `drctl_drill_<job>_<YYYYmmddHHMMSS>`.
@@ -38,12 +38,39 @@ pub enum Scratch {
         port: u16,
         database: String,
     },
+    /// A database on the job's own server, through the job's tools (its
+    /// container's, for a container job).
+    JobServer {
+        tools: PgTools,
+        admin: PgTarget,
+        database: String,
+    },
 }
 
 impl Scratch {
+    /// What the drill's restore writes to: a `postgres://` URL (with the
+    /// password, if any) as `to`, or a database of the job's own server.
+    pub fn restore_target(&self) -> (Option<String>, Option<String>) {
+        match self {
+            Scratch::JobServer { database, .. } => (None, Some(database.clone())),
+            _ => (Some(self.url()), None),
+        }
+    }
+
+    /// The tools that reach the scratch database.
+    pub fn tools(&self) -> PgTools {
+        match self {
+            Scratch::Cluster { tools, .. } | Scratch::JobServer { tools, .. } => tools.clone(),
+            Scratch::Server { .. } => PgTools::locate(None),
+        }
+    }
+
     /// The `postgres://` URL restore writes to (with the password, if any).
     pub fn url(&self) -> String {
         match self {
+            Scratch::JobServer {
+                admin, database, ..
+            } => admin.with_database(database).display(),
             Scratch::Server {
                 server, database, ..
             } => {
@@ -59,6 +86,21 @@ impl Scratch {
 
     pub fn display(&self) -> String {
         match self {
+            Scratch::JobServer {
+                tools,
+                admin,
+                database,
+            } => match tools.container() {
+                Some(c) => format!(
+                    "{} in container {} (the job's own server)",
+                    admin.with_database(database).display(),
+                    c.name
+                ),
+                None => format!(
+                    "{} (the job's own server)",
+                    admin.with_database(database).display()
+                ),
+            },
             Scratch::Server {
                 admin, database, ..
             } => admin.with_database(database).display(),
@@ -75,7 +117,12 @@ impl Scratch {
     }
 
     pub fn target(&self) -> Result<PgTarget> {
-        PgTarget::parse(&self.url())
+        match self {
+            Scratch::JobServer {
+                admin, database, ..
+            } => Ok(admin.with_database(database)),
+            _ => PgTarget::parse(&self.url()),
+        }
     }
 
     /// Drop the database (server) or stop and delete the cluster.
@@ -83,21 +130,25 @@ impl Scratch {
         match self {
             Scratch::Server {
                 admin, database, ..
-            } => drop_database(admin, database).await,
+            } => drop_database(&PgTools::locate(None), admin, database).await,
+            Scratch::JobServer {
+                tools,
+                admin,
+                database,
+            } => drop_database(tools, admin, database).await,
             Scratch::Cluster { dir, tools, .. } => remove_cluster(tools, dir).await,
         }
     }
 }
 
-async fn drop_database(admin: &PgTarget, database: &str) -> Result<()> {
-    let mut conn = admin.connect().await?;
-    sqlx::query(&format!(
+async fn drop_database(tools: &PgTools, admin: &PgTarget, database: &str) -> Result<()> {
+    let mut conn = SqlSession::open(tools, admin).await?;
+    conn.execute(&format!(
         "DROP DATABASE IF EXISTS {} WITH (FORCE)",
         quote_ident(database)
     ))
-    .execute(&mut conn)
-    .await
-    .map_err(|e| Error::pg(format!("dropping the scratch database {database}"), e))?;
+    .await?;
+    let _ = conn.close().await;
     Ok(())
 }
 
@@ -114,6 +165,19 @@ pub async fn prepare(
         prefix(job),
         chrono::Utc::now().format("%Y%m%d%H%M%S")
     );
+    if target.job_server {
+        let tools = PgTools::for_job(pg_job).await?;
+        let admin = crate::services::pg::job_target(pg_job)?.with_database(&pg_job.maintenance_db);
+        let swept = sweep_databases(&tools, &admin, job).await?;
+        return Ok((
+            Scratch::JobServer {
+                tools,
+                admin,
+                database,
+            },
+            swept,
+        ));
+    }
     if target.ephemeral {
         let tools = PgTools::locate(pg_job.pg_bindir.as_deref());
         let root = state_dir.join("drills");
@@ -140,7 +204,7 @@ pub async fn prepare(
     let admin = PgTarget::parse(url_text.expose())?;
     let server = url::Url::parse(url_text.expose())
         .map_err(|e| Error::Other(format!("drill target server_url: {e}")))?;
-    let swept = sweep_databases(&admin, job).await?;
+    let swept = sweep_databases(&PgTools::locate(None), &admin, job).await?;
     Ok((
         Scratch::Server {
             server,
@@ -152,26 +216,27 @@ pub async fn prepare(
 }
 
 /// Drop scratch databases of `job` that no session uses (a drill that died).
-async fn sweep_databases(admin: &PgTarget, job: &str) -> Result<Vec<String>> {
-    let mut conn = admin.connect().await?;
+async fn sweep_databases(tools: &PgTools, admin: &PgTarget, job: &str) -> Result<Vec<String>> {
+    let mut conn = SqlSession::open(tools, admin).await?;
     let pattern = format!("{}%", prefix(job).replace('_', "\\_"));
-    let names: Vec<String> = sqlx::query_scalar(
-        "SELECT datname FROM pg_database d WHERE datname LIKE $1 AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)",
-    )
-    .bind(&pattern)
-    .fetch_all(&mut conn)
-    .await
-    .map_err(|e| Error::pg("listing leftover drill databases", e))?;
+    let names: Vec<String> = conn
+        .rows(&format!(
+            "SELECT datname::text FROM pg_database d WHERE datname LIKE {} AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)",
+            quote_literal(&pattern)
+        ))
+        .await?
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect();
     for n in &names {
         tracing::warn!(database = %n, "removing a scratch database a failed drill left behind");
-        sqlx::query(&format!(
+        conn.execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             quote_ident(n)
         ))
-        .execute(&mut conn)
-        .await
-        .map_err(|e| Error::pg(format!("dropping leftover {n}"), e))?;
+        .await?;
     }
+    let _ = conn.close().await;
     Ok(names)
 }
 

@@ -35,6 +35,10 @@ pub struct RestoreRequest {
     pub label: Option<crate::base::ids::Label>,
     /// `postgres://...` for a database, a directory for files backups.
     pub to: Option<String>,
+    /// Instead of `to`: this database on the job's own server, reached as
+    /// the job reaches it (in its container, for a container job): where a
+    /// `job_server` drill restores.
+    pub to_job_server: Option<String>,
     /// Parallel pg_restore jobs (1 streams without a temporary file).
     pub jobs: usize,
     /// Print the plan; touch nothing.

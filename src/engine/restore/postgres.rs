@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 const MAX_NAME: usize = 63;
 
 fn destination(job: &PostgresJob, req: &RestoreRequest) -> Result<(PgTarget, bool)> {
+    if let Some(db) = &req.to_job_server {
+        return Ok((job_target(job)?.with_database(db), false));
+    }
     match &req.to {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             crate::base::secret::register_url_password(url);
@@ -99,7 +102,7 @@ pub async fn run(
 ) -> Result<Report> {
     consent(job, req)?;
     let (dest, replaces) = destination(job, req)?;
-    let tools = tools_for(job, replaces).await?;
+    let tools = tools_for(job, replaces || req.to_job_server.is_some()).await?;
     let (m, dump) = (&r.manifest, dump_artifact(&r.manifest)?);
     let mut report = Report {
         backup_id: m.id.to_string(),
@@ -538,7 +541,7 @@ pub(super) async fn database_exists(conn: &mut SqlSession, name: &str) -> Result
 }
 
 /// The job's tools for a restore: where its server is (its container) for
-/// its own database; this host's for a `--to` target reached from here.
+/// its own server; this host's for a `--to` target reached from here.
 async fn tools_for(job: &PostgresJob, replaces: bool) -> Result<PgTools> {
     if replaces {
         PgTools::for_job(job).await

@@ -24,7 +24,7 @@ D() { docker -H "unix://$sock" "$@"; }
 dockerd --host "unix://$sock" --data-root "$tmp/root" --exec-root "$tmp/exec" \
   --pidfile "$tmp/dockerd.pid" --iptables=false --ip6tables=false --bridge=none >"$tmp/dockerd.log" 2>&1 &
 dpid=$!
-trap 'D rm -f benchpg >/dev/null 2>&1 || true; kill $dpid 2>/dev/null; wait $dpid 2>/dev/null || true; rm -rf "$tmp"' EXIT
+trap 'D rm -f benchpg >/dev/null 2>&1 || true; kill $dpid 2>/dev/null; wait $dpid 2>/dev/null || true; umount "$tmp"/exec/netns/* 2>/dev/null || true; rm -rf "$tmp"' EXIT
 for _ in $(seq 1 60); do D version >/dev/null 2>&1 && break; sleep 1; done
 t() { local s=$(date +%s.%N); "$@" >/dev/null; python3 -c "print(f'{$(date +%s.%N) - $s:.2f}')"; }
 ratio() { python3 -c "print(f'{$1/$2:.2f}x')"; }
@@ -35,10 +35,10 @@ major=$(basename "$(dirname "$bin")")
 lib=/usr/lib/postgresql/$major/lib
 {
   for b in "$bin"/{postgres,initdb,pg_dump,pg_dumpall,pg_restore,psql} /bin/sh /bin/mktemp /bin/rm; do
-    echo "$b"; ldd "$b" | grep -o '/[^ ]*'
+    echo "$b"; ldd "$b" | grep -o '/[^ ]*' || true
   done
-  find "$lib" -maxdepth 1 -name '*.so' ! -name 'llvmjit*' | while read -r so; do echo "$so"; ldd "$so" | grep -o '/[^ ]*'; done
-  find "/usr/share/postgresql/$major" /usr/share/zoneinfo -type f
+  find "$lib" -maxdepth 1 -name '*.so' ! -name 'llvmjit*' | while read -r so; do echo "$so"; ldd "$so" | grep -o '/[^ ]*' || true; done
+  find "/usr/share/postgresql/$major" /usr/share/zoneinfo \( -type f -o -type l \)
 } | sort -u > "$tmp/files"
 mkdir -p "$tmp/extra/etc" "$tmp/extra/var/run/postgresql" "$tmp/extra/var/lib/postgresql" "$tmp/extra/tmp"
 printf 'root:x:0:0::/root:/bin/sh\npostgres:x:999:999::/var/lib/postgresql:/bin/sh\n' > "$tmp/extra/etc/passwd"
@@ -83,7 +83,7 @@ repository = "local"
 [jobs.exec]
 type = "postgres"
 container = "benchpg"
-database = "bench"
+url = "postgres://postgres@/bench?host=/var/run/postgresql&port=$port"
 docker_socket = "$sock"
 repository = "local"
 TOML

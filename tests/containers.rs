@@ -13,6 +13,10 @@ use std::time::Duration;
 /// An "application" container: healthy one second after it starts (its
 /// healthcheck looks for /tmp/ready), stopped quickly (`--init`).
 fn run_app(d: &Dockerd, name: &str, labels: &[&str], running: bool) {
+    run_app_of(d, "tools:1", name, labels, running);
+}
+
+fn run_app_of(d: &Dockerd, image: &str, name: &str, labels: &[&str], running: bool) {
     let mut args = vec![
         if running { "run" } else { "create" },
         "--name",
@@ -36,7 +40,7 @@ fn run_app(d: &Dockerd, name: &str, labels: &[&str], running: bool) {
         args.extend(["--label", l]);
     }
     args.extend([
-        "tools:1",
+        image,
         "/bin/sh",
         "-c",
         "rm -f /tmp/ready; sleep 1; touch /tmp/ready; exec sleep 100000",
@@ -321,16 +325,34 @@ fn a_postgres_job_in_a_compose_container_backs_up_through_exec_with_no_port_and_
          CREATE TABLE public.vault (secret text); INSERT INTO public.vault VALUES ('k'); \
          ALTER TABLE public.vault OWNER TO app; REVOKE SELECT ON public.vault FROM app;",
     );
+    let at_backup = fingerprint(d, "catalog");
+    // R4's application: an `api` service of the same Compose project, and
+    // its health endpoint.
+    d.import_host_binaries(
+        "apptools:1",
+        &["/bin/sh", "/bin/sleep", "/bin/touch", "/bin/rm"],
+        &[],
+    );
+    let api = [
+        "com.docker.compose.project=catalog",
+        "com.docker.compose.service=api",
+    ];
+    run_app_of(d, "apptools:1", "catalog-api-1", &api, true);
+    let endpoint = common::receivers::HttpReceiver::start();
 
     let mut w = World::new(&format!(
         "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\n\
          [jobs.catalog]\ntype = \"postgres\"\nurl_env = \"CATALOG_URL\"\nrepository = \"local\"\n\
          compose = {{ project = \"catalog\", service = \"postgres\" }}\n\
-         docker_socket = \"{}\"\n\
+         docker_socket = \"{0}\"\n\
          pg_bindir = \"/nonexistent/no-host-tools\"\n\n\
+         [jobs.catalog.restore]\nstop = [{{ project = \"catalog\", service = \"api\" }}]\n\
+         docker_socket = \"{0}\"\ntimeout = \"30s\"\nverify = [\"api-health\"]\nverify_timeout = \"20s\"\n\n\
+         [jobs.api-health]\ntype = \"health\"\n[[jobs.api-health.checks]]\ntype = \"http\"\nurl = \"{1}\"\nretries = 0\n\n\
          [drills.catalog]\njob = \"catalog\"\njobs = 2\ntarget = {{ job_server = true }}\n\
          [[drills.catalog.checks]]\nsql = \"SELECT count(*) FROM shop.orders WHERE qty = 3\"\nexpect = \">= 1\"\n",
-        d.socket.display()
+        d.socket.display(),
+        endpoint.url("/health")
     ));
     // The host part is read inside the container: its own Unix socket.
     w.set_env(
@@ -356,7 +378,6 @@ fn a_postgres_job_in_a_compose_container_backs_up_through_exec_with_no_port_and_
     // Readable: the backup goes through exec, with the password only in the
     // exec's environment (never in any process's argv).
     cpsql(d, "catalog", "GRANT SELECT ON public.vault TO app");
-    let at_backup = fingerprint(d, "catalog");
     let mut child = w
         .command(&["run", "catalog"])
         .stdout(std::process::Stdio::piped())
@@ -459,10 +480,14 @@ fn a_postgres_job_in_a_compose_container_backs_up_through_exec_with_no_port_and_
     for jobs in ["2", "1"] {
         cpsql(d, "catalog", "DELETE FROM shop.orders WHERE id % 3 = 0");
         assert_ne!(fingerprint(d, "catalog"), at_backup);
+        let api_started = started_at(d, "catalog-api-1");
         let r = w.drctl(&[
             "restore", "--latest", "--job", "catalog", "--yes", "--jobs", jobs,
         ]);
         r.ok();
+        // stop api -> restore -> start api (healthy) -> health endpoint
+        assert_ne!(started_at(d, "catalog-api-1"), api_started, "--jobs {jobs}");
+        assert_eq!(health(d, "catalog-api-1"), "true healthy");
         assert_eq!(fingerprint(d, "catalog"), at_backup, "--jobs {jobs}");
         assert!(!r.all().contains(PG_SECRET));
     }
@@ -473,10 +498,9 @@ fn a_postgres_job_in_a_compose_container_backs_up_through_exec_with_no_port_and_
     );
     // Its safety copies are listed (through the container) and one is
     // swapped back by an undo.
-    let st = w.drctl(&["status", "--json"]);
-    let rows: serde_json::Value = serde_json::from_str(&st.ok().stdout).unwrap();
-    let copies = rows[0]["safety_copies"].as_array().unwrap().clone();
-    assert_eq!(copies.len(), 2, "{rows}");
+    let catalog = w.job_status("catalog");
+    let copies = catalog["safety_copies"].as_array().unwrap().clone();
+    assert_eq!(copies.len(), 2, "{catalog}");
     w.drctl(&["restore", "--undo", "--job", "catalog", "--yes"])
         .ok();
     assert_ne!(
@@ -488,4 +512,25 @@ fn a_postgres_job_in_a_compose_container_backs_up_through_exec_with_no_port_and_
         cpsql(d, "catalog", "SELECT count(*) FROM shop.orders"),
         (20000 - 20000 / 3).to_string()
     );
+    assert!(!endpoint.requests("/health").is_empty());
+
+    // And it is all reported: the drill and the real restores with their
+    // phases, the health check among them.
+    let md = w
+        .drctl(&["drill", "report", "--since", "1d"])
+        .ok()
+        .stdout
+        .clone();
+    let restores: Vec<&str> = md
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.contains("| catalog | restore | done |"))
+        .collect();
+    assert_eq!(restores.len(), 2, "{md}");
+    assert!(
+        restores.iter().all(|l| l.contains("stop_containers")
+            && l.contains("health")
+            && l.contains("| passed |")),
+        "{md}"
+    );
+    assert!(md.contains("| catalog | catalog | passed"), "{md}");
 }

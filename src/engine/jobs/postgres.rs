@@ -116,7 +116,11 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
     // A pg_dump that stops early but exits 0 (a wrapper, a full pipe
     // buffer lost, a bug) must be a failed run, not a committed backup.
     let (stdout, copy) = crate::base::stream::tee(stdout, 8);
-    let checker = crate::services::pg::archive::spawn_check(&tools, copy).await?;
+    let checker = crate::services::pg::archive::spawn_check(
+        &check_tools(&tools, job, server_num).await,
+        copy,
+    )
+    .await?;
     let hint = Some((db_size.max(0) as u64) / 2);
     let (stored, counts) = tokio::join!(
         ctx.store(
@@ -166,6 +170,21 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
         tables,
         output,
     })
+}
+
+/// Where the archive check's `pg_restore` runs. For a job in a container,
+/// on this host when it has a pg_restore at least as new as the server
+/// (the dump then crosses the Engine API once, not twice: the exec's
+/// stdio is the slow part of the container path); else in the container.
+async fn check_tools(tools: &PgTools, job: &PostgresJob, server_num: i32) -> PgTools {
+    if tools.container().is_none() {
+        return tools.clone();
+    }
+    let host = PgTools::locate(job.pg_bindir.as_deref());
+    match host.version("pg_restore").await {
+        Ok(v) if i64::from(v.major) >= i64::from(server_num / 10000) => host,
+        _ => tools.clone(),
+    }
 }
 
 /// Of an upload and the tool that fed it, report what went wrong first.

@@ -75,11 +75,7 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
     let mut session = SqlSession::open(&tools, &target).await?;
     let facts = facts(&mut session).await?;
     let server_num = facts.num;
-    let system_identifier = session
-        .scalar("SELECT system_identifier::text FROM pg_control_system()")
-        .await
-        .ok()
-        .flatten();
+    let system_identifier = system_identifier(&mut session).await;
     let db_size = facts.size;
     let dump_version = tools.check_against_server("pg_dump", server_num).await?;
     let (env, _passfile) = tools.env_for(&target)?;

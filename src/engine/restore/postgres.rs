@@ -458,11 +458,7 @@ async fn refuse_older_server(
     let Some(source) = m.source.as_ref().and_then(|s| major_of(&s.server_version)) else {
         return Ok(());
     };
-    let num: i32 = conn
-        .scalar("SELECT current_setting('server_version_num')")
-        .await?
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let num = crate::services::pg::server_version_num(conn).await?;
     let target = (num / 10000) as u32;
     if target < source {
         return Err(Error::Refused(format!(
@@ -486,12 +482,7 @@ async fn refuse_another_source(
     let Some((b_sys, b_db)) = r.manifest.source_identity() else {
         return Ok(());
     };
-    let Some(live) = conn
-        .scalar("SELECT system_identifier::text FROM pg_control_system()")
-        .await
-        .ok()
-        .flatten()
-    else {
+    let Some(live) = crate::services::pg::system_identifier(conn).await else {
         return Ok(());
     };
     if b_sys == live && b_db == database {

@@ -49,11 +49,7 @@ pub async fn preflight(job: &PostgresJob) -> Result<Preflight> {
     let target = job_target(job)?;
     let tools = PgTools::for_job(job).await?;
     let mut session = SqlSession::open(&tools, &target).await?;
-    let num: i32 = session
-        .scalar("SELECT current_setting('server_version_num')")
-        .await?
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let num = server_version_num(&mut session).await?;
     let _ = session.close().await;
     let mut checked = Vec::new();
     for tool in ["pg_dump", "pg_dumpall"] {
@@ -69,13 +65,26 @@ pub async fn preflight(job: &PostgresJob) -> Result<Preflight> {
     })
 }
 
+/// The server's `server_version_num` (160004 for 16.4).
+pub async fn server_version_num(s: &mut SqlSession) -> Result<i32> {
+    let text = s
+        .scalar("SELECT current_setting('server_version_num')")
+        .await?
+        .unwrap_or_default();
+    text.parse().map_err(|_| {
+        crate::base::error::Error::Other(format!(
+            "the server reported server_version_num {text:?}, not a number"
+        ))
+    })
+}
+
 /// The cluster's system identifier, if this user may read it (superusers
 /// and members of pg_read_all_stats/pg_monitor usually can).
-pub async fn system_identifier(conn: &mut sqlx::PgConnection) -> Option<String> {
-    sqlx::query_scalar::<_, String>("SELECT system_identifier::text FROM pg_control_system()")
-        .fetch_one(conn)
+pub async fn system_identifier(s: &mut SqlSession) -> Option<String> {
+    s.scalar("SELECT system_identifier::text FROM pg_control_system()")
         .await
         .ok()
+        .flatten()
 }
 
 /// Quote a string literal for SQL: `'it''s'` (standard_conforming_strings,

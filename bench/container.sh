@@ -92,11 +92,13 @@ d() { "$drctl" --config "$tmp/drctl.toml" "$@"; }
 echo "backup (each twice, the second counted) ..."
 d run host >/dev/null; d run exec >/dev/null
 zp=$(t sh -c "pg_dump -Fc -Z0 -d bench | zstd -q -1 -T2 > $tmp/bench.dump.zst")
+dx=$(t sh -c "docker -H unix://$sock exec -u postgres benchpg pg_dump -Fc -Z0 -h /var/run/postgresql -p $port -d bench | zstd -q -1 -T2 > $tmp/bench.dump.zst")
 host=$(t d run host)
 exec_=$(t d run exec)
 echo "  pg_dump -Fc -Z0 | zstd -1   ${zp}s"
+echo "  docker exec pg_dump | zstd  ${dx}s   $(ratio "$dx" "$zp") of pg_dump | zstd (the Engine's own cost)"
 echo "  drctl run (host mode)       ${host}s   $(ratio "$host" "$zp") of pg_dump | zstd"
-echo "  drctl run (container exec)  ${exec_}s   $(ratio "$exec_" "$host") of host mode, $(ratio "$exec_" "$zp") of pg_dump | zstd"
+echo "  drctl run (container exec)  ${exec_}s   $(ratio "$exec_" "$host") of host mode, $(ratio "$exec_" "$zp") of pg_dump | zstd, $(ratio "$exec_" "$dx") of docker exec pg_dump | zstd"
 
 echo "restore -j2 into the job's own database ..."
 rh=$(t d restore --latest --job host --yes --jobs 2)

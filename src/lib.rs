@@ -15,5 +15,11 @@ pub mod services;
 
 pub use base::error::{Error, Result};
 
+/// The commit this binary was built from (`build.rs`), "unknown" outside git.
+pub const COMMIT: &str = env!("DRCTL_COMMIT");
+
+/// `drctl --version`: the package version and the commit.
+pub const LONG_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("DRCTL_COMMIT"), ")");
+
 /// The version recorded in every manifest, so a restore can say which drctl wrote a backup.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

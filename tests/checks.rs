@@ -489,16 +489,28 @@ fn runs_outside_the_daemon_feed_metrics_status_and_logs() {
     };
     let secs = line("drctl_cert_expiry_seconds{subject=\"CN=metrics.test\"");
     assert!((secs / 86400.0 - 20.0).abs() < 0.1, "{secs}");
+    let not_after = line("drctl_cert_not_after_timestamp_seconds{subject=\"CN=metrics.test\"");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        ((not_after - now) / 86400.0 - 20.0).abs() < 0.1,
+        "{not_after}"
+    );
     assert_eq!(
-        line("drctl_health_up{job=\"api-health\",check=\"api\"}"),
+        line("drctl_health_up{job_name=\"api-health\",check=\"api\"}"),
         1.0
     );
     let ratio = line("drctl_disk_used_ratio{mount=\"/\"}");
     assert!((ratio * 100.0 - df_percent("/")).abs() <= 1.5);
-    assert_eq!(line("drctl_prune_bytes_freed_total{job=\"logs\"}"), 1234.0);
-    assert_eq!(line("drctl_check_result{job=\"certs\"}"), 1.0);
+    assert_eq!(
+        line("drctl_prune_bytes_freed_total{job_name=\"logs\"}"),
+        1234.0
+    );
+    assert_eq!(line("drctl_check_result{job_name=\"certs\"}"), 1.0);
     assert!(
-        line("drctl_vacuum_dead_tuples_removed_total{job=\"vacuum\"}") >= 3000.0,
+        line("drctl_vacuum_dead_tuples_removed_total{job_name=\"vacuum\"}") >= 3000.0,
         "{body}"
     );
 }
@@ -621,7 +633,7 @@ fn the_daemon_runs_check_jobs_on_schedule_and_alerts_firing_then_resolved() {
     assert_eq!(events(), vec!["firing"], "{}", d.log());
     let (_, body) = http_get(http, "/metrics");
     assert!(
-        body.contains("drctl_health_up{job=\"tcp-health\",check=\"svc\"} 0"),
+        body.contains("drctl_health_up{job_name=\"tcp-health\",check=\"svc\"} 0"),
         "{body}"
     );
 
@@ -632,7 +644,7 @@ fn the_daemon_runs_check_jobs_on_schedule_and_alerts_firing_then_resolved() {
     assert_eq!(events(), vec!["firing", "resolved"]);
     let (_, body) = http_get(http, "/metrics");
     assert!(
-        body.contains("drctl_health_up{job=\"tcp-health\",check=\"svc\"} 1"),
+        body.contains("drctl_health_up{job_name=\"tcp-health\",check=\"svc\"} 1"),
         "{body}"
     );
     drop(listener);

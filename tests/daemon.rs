@@ -124,6 +124,19 @@ fn metrics_health_and_status_are_served_and_the_exposition_parses() {
     ] {
         assert!(samples.contains(name), "{name} missing: {samples}");
     }
+    // The job is `job_name`: a `job` label would clash with Prometheus's own.
+    assert!(succeeded.contains("'job_name': 'tick'"), "{succeeded}");
+    assert!(!samples.contains("'job':"), "{samples}");
+    let build = samples
+        .lines()
+        .find(|l| l.starts_with("drctl_build_info "))
+        .unwrap_or_else(|| panic!("{samples}"));
+    assert!(
+        build.contains(&format!("'version': '{}'", env!("CARGO_PKG_VERSION")))
+            && build.contains("'commit': '")
+            && build.ends_with(" 1"),
+        "{build}"
+    );
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(20)), Some(0), "{}", d.log());
 }
@@ -186,6 +199,33 @@ fn a_one_second_job_fires_repeatedly_and_shows_in_status() {
         .matches("\"id\"")
         .count();
     assert!(listed >= 3, "each run committed a backup: {listed}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(20)), Some(0), "{}", d.log());
+}
+
+/// A taken `[http] listen` port (another exporter) does not stop the
+/// backups: the daemon logs it, keeps scheduling, and binds once it is free.
+#[test]
+fn a_taken_metrics_port_is_retried_while_jobs_keep_running() {
+    let w = files_world("tick", "* * * * * *");
+    let port = http_port(&w);
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let mut d = Daemon::start(&w);
+    wait_until(Duration::from_secs(20), "two successful runs", || {
+        count(&runs(&w, "tick"), "succeeded") >= 2
+    });
+    assert!(d.child.try_wait().unwrap().is_none(), "{}", d.log());
+    let log = d.log();
+    assert!(
+        log.contains("cannot serve /metrics") && log.contains(&port.to_string()),
+        "{log}"
+    );
+    drop(squatter);
+    wait_until(
+        Duration::from_secs(30),
+        "the endpoint bound at last",
+        || http_get_opt(port, "/metrics").is_some_and(|(code, _)| code == 200),
+    );
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(20)), Some(0), "{}", d.log());
 }
@@ -425,7 +465,7 @@ fn the_shipped_systemd_units_verify_cleanly_and_drctl_service_is_hardened() {
         let text = std::fs::read_to_string(systemd.join(src)).unwrap();
         std::fs::write(
             dir.join(dst),
-            text.replace("/usr/local/bin/drctl", env!("CARGO_BIN_EXE_drctl")),
+            text.replace("/usr/bin/drctl", env!("CARGO_BIN_EXE_drctl")),
         )
         .unwrap();
     }
@@ -448,8 +488,20 @@ fn the_shipped_systemd_units_verify_cleanly_and_drctl_service_is_hardened() {
     }
     for unit in ["drctl.service", "drctl-run@.service"] {
         let text = std::fs::read_to_string(systemd.join(unit)).unwrap();
-        assert!(text.contains("\nLimitNOFILE=65536\n"), "{unit}");
+        for line in [
+            "LimitNOFILE=65536",
+            "UMask=0077",
+            "Nice=10",
+            "IOSchedulingClass=best-effort",
+            "OOMScoreAdjust=500",
+            "ProtectSystem=strict",
+            "NoNewPrivileges=yes",
+        ] {
+            assert!(text.contains(&format!("\n{line}\n")), "{unit}: {line}");
+        }
     }
+    let daemon = std::fs::read_to_string(systemd.join("drctl.service")).unwrap();
+    assert!(daemon.contains("\nRestartPreventExitStatus=2\n"));
     let out = std::process::Command::new("systemd-analyze")
         .args(["security", "--offline=true", "--threshold=20", "--no-pager"])
         .arg(dir.join("drctl.service"))
@@ -713,7 +765,7 @@ fn a_run_that_fails_before_it_can_be_recorded_is_still_counted_and_turns_health_
     let (_, metrics) = http_get(port, "/metrics");
     let failed = metrics
         .lines()
-        .find(|l| l.starts_with("drctl_job_runs_total{job=\"tick\",outcome=\"failed\"}"))
+        .find(|l| l.starts_with("drctl_job_runs_total{job_name=\"tick\",outcome=\"failed\"}"))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|n| n.parse::<u64>().ok())
         .unwrap_or(0);
@@ -877,9 +929,9 @@ fn real_restores_are_exported_as_metrics() {
             .parse()
             .unwrap()
     };
-    let secs = line("drctl_restore_duration_seconds{job=\"cfgs\"}");
+    let secs = line("drctl_restore_duration_seconds{job_name=\"cfgs\"}");
     assert!((0.0..60.0).contains(&secs), "{secs}");
-    let at = line("drctl_restore_last_timestamp_seconds{job=\"cfgs\",outcome=\"done\"}");
+    let at = line("drctl_restore_last_timestamp_seconds{job_name=\"cfgs\",outcome=\"done\"}");
     let now = chrono::Utc::now().timestamp() as f64;
     assert!((now - 120.0..=now + 5.0).contains(&at), "{at} vs {now}");
     d.signal(libc::SIGTERM);

@@ -107,7 +107,7 @@ fn an_encrypted_backup_restores_with_the_right_key_names_a_wrong_one_and_opens_w
         "--latest",
         "--to",
         &pg.url(&target),
-        "--jobs",
+        "--parallel",
         "2",
         "--identity",
         vault_key.to_str().unwrap(),

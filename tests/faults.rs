@@ -405,7 +405,7 @@ fn rpo_age_comes_from_the_store_clock_not_the_writing_host() {
     w.set_env("APP_DATABASE_URL", &pg.url(&src));
     let age = |w: &World| {
         let r = w.drctl(&["rpo", "--json"]);
-        r.ok();
+        assert!(r.code == 0 || r.code == 8, "{}", r.all());
         let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
         (
             v[0]["compliant"].as_bool().unwrap(),
@@ -1233,7 +1233,7 @@ fn random_kills_and_store_faults_never_make_a_false_restorable() {
         let starts_request = [&b"GET "[..], b"PUT ", b"POST ", b"HEAD ", b"DELETE "]
             .iter()
             .any(|m| chunk.starts_with(m));
-        if starts_request && roll % 2 == 0 {
+        if starts_request && roll.is_multiple_of(2) {
             Fault::SlowDown
         } else {
             Fault::Cut

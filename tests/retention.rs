@@ -106,7 +106,8 @@ fn retention_on_400_backups_keeps_exactly_the_gfs_set_in_the_jobs_time_zone() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let gap_min = 10 + (x % 4300) as i64 * (if x % 5 == 0 { 1 } else { 0 }) + (x % 40) as i64;
+        let gap_min =
+            10 + (x % 4300) as i64 * (if x.is_multiple_of(5) { 1 } else { 0 }) + (x % 40) as i64;
         t += chrono::Duration::minutes(gap_min.max(10));
         times.push(t);
     }

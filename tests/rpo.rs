@@ -33,7 +33,7 @@ async fn an_rpo_of_two_seconds_goes_violated_then_compliant_with_exact_transitio
     let line = |name: &str| -> f64 {
         metrics
             .lines()
-            .find(|l| l.starts_with(&format!("{name}{{job=\"nightly\"}}")))
+            .find(|l| l.starts_with(&format!("{name}{{job_name=\"nightly\"}}")))
             .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
             .rsplit(' ')
             .next()
@@ -115,12 +115,27 @@ async fn an_rpo_of_two_seconds_goes_violated_then_compliant_with_exact_transitio
 
     // Without the daemon, `drctl rpo` still answers from the repository.
     std::thread::sleep(std::time::Duration::from_millis(2500));
+    // A violation is exit 8, so cron and monitoring can act on it.
     let r = w.drctl(&["rpo", "--json"]);
-    r.ok();
+    assert_eq!(r.code, 8, "{}", r.all());
     let rows: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(rows[0]["compliant"], false, "{rows}");
     assert!(rows[0]["age_seconds"].as_f64().unwrap() >= 2.0);
     let table = w.drctl(&["rpo"]);
-    table.ok();
+    assert_eq!(table.code, 8, "{}", table.all());
     assert!(table.stdout.contains("VIOLATED"), "{}", table.stdout);
+    assert!(
+        table.stderr.contains("RPO violated: nightly"),
+        "{}",
+        table.stderr
+    );
+    let check = w.drctl(&["rpo", "--check"]);
+    assert_eq!(check.code, 8, "{}", check.all());
+    assert!(
+        check
+            .stdout
+            .starts_with("nightly: RPO violated: newest backup"),
+        "{}",
+        check.stdout
+    );
 }

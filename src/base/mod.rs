@@ -14,6 +14,7 @@ pub mod faults;
 pub mod host;
 pub mod ids;
 pub mod manifest;
+pub mod private_fs;
 pub mod progress;
 pub mod retention;
 pub mod schedule;

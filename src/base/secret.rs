@@ -16,6 +16,26 @@ impl Secret {
         Secret(value)
     }
 
+    /// Wrap a URL whose secret parts are its password and credential
+    /// query values: only those are registered for redaction, so logs and
+    /// errors still say which server (`connecting to db:5432/app`) instead
+    /// of masking the whole address. A value that is not a URL is
+    /// registered whole.
+    pub fn url(value: String) -> Self {
+        match url::Url::parse(&value) {
+            Ok(u) => {
+                register_url_password(&value);
+                for (k, v) in u.query_pairs() {
+                    if secret_param(&k) {
+                        register(&v);
+                    }
+                }
+            }
+            Err(_) => register(&value),
+        }
+        Secret(value)
+    }
+
     /// The clear value, for the one place that must hand it on (libpq passfile, SDK).
     pub fn expose(&self) -> &str {
         &self.0
@@ -172,6 +192,23 @@ mod tests {
         assert_eq!(mask_url("https://api.example/health?verbose=1"), None);
         assert_eq!(mask_url("not a url"), None);
         assert_eq!(mask_url("/var/lib/drctl"), None);
+    }
+
+    #[test]
+    fn a_url_secret_hides_its_password_not_its_host() {
+        let s = Secret::url("postgres://app:pw-7e1d9c@db.example:5433/app".into());
+        assert_eq!(
+            redact("connecting to postgres://app:pw-7e1d9c@db.example:5433/app"),
+            "connecting to postgres://app:***@db.example:5433/app"
+        );
+        let _ = Secret::url("postgres://app@db-nopw.example/app".into());
+        assert_eq!(
+            redact("connecting to db-nopw.example/app"),
+            "connecting to db-nopw.example/app"
+        );
+        let _ = Secret::url("not-a-url-secret-value".into());
+        assert_eq!(redact("x not-a-url-secret-value"), "x ***");
+        assert_eq!(format!("{s}"), "***");
     }
 
     #[test]

@@ -11,13 +11,31 @@ pub enum ConfigCommand {
         /// client tools drctl would run are at least as new as the server
         #[arg(long)]
         connect: bool,
+        /// Check the embedded defaults when no config file exists (without
+        /// it, a missing /etc/drctl/drctl.toml is exit 2: a fresh install
+        /// that was never configured backs nothing up)
+        #[arg(long)]
+        allow_defaults: bool,
     },
 }
 
 pub async fn exec(path: Option<&Path>, c: ConfigCommand) -> anyhow::Result<()> {
     match c {
-        ConfigCommand::Check { connect } => {
+        ConfigCommand::Check {
+            connect,
+            allow_defaults,
+        } => {
             let cfg = LoadedConfig::load(path)?;
+            if cfg.files.is_empty() && !allow_defaults {
+                return Err(drctl::Error::Config {
+                    file: drctl::config::DEFAULT_CONFIG_PATH.into(),
+                    key: "-".into(),
+                    message: "no config file: expected /etc/drctl/drctl.toml, --config FILE or \
+                              DRCTL_CONFIG (--allow-defaults checks the embedded defaults)"
+                        .into(),
+                }
+                .into());
+            }
             let refs = cfg.unresolved_refs();
             if !refs.is_empty() {
                 if other_user_than_service(&cfg) {
@@ -37,6 +55,9 @@ pub async fn exec(path: Option<&Path>, c: ConfigCommand) -> anyhow::Result<()> {
                 }
             }
             println!("{}", render_masked(&cfg).trim_end());
+            for (key, message) in cfg.warnings() {
+                eprintln!("drctl: warning: {key}: {message}");
+            }
             eprintln!(
                 "config ok: {} repositories, {} jobs",
                 cfg.config.repositories.len(),

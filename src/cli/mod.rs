@@ -14,6 +14,7 @@ mod alerts;
 mod backups;
 mod config_cmd;
 mod drill;
+mod logging;
 mod progress;
 mod prune;
 mod restore;
@@ -31,13 +32,23 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     name = "drctl",
-    version,
+    version = drctl::LONG_VERSION,
     about = "Backups, maintenance and restore drills for PostgreSQL hosts"
 )]
 struct Cli {
     /// Config file [default: /etc/drctl/drctl.toml, else embedded defaults]
     #[arg(short, long, global = true, env = "DRCTL_CONFIG")]
     config: Option<PathBuf>,
+    /// Log lines as text, JSON, or journal fields [default: the journal
+    /// under systemd, else text]
+    #[arg(long, global = true, env = "DRCTL_LOG_FORMAT", value_enum)]
+    log_format: Option<logging::LogFormat>,
+    /// More log detail (-v: drctl's debug lines; -vv: every crate's; -vvv: trace); DRCTL_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors in the log
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -78,7 +89,7 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    logging::init(cli.log_format, cli.verbose, cli.quiet);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -125,42 +136,6 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Alerts(a) => alerts::exec(&load()?, a).await,
         Command::Drill { command } => drill::exec(&load()?, command).await,
         Command::Config { command } => config_cmd::exec(cli.config.as_deref(), command).await,
-    }
-}
-
-/// Libraries that log whole requests at debug level (the Docker engine
-/// client logs an exec's environment, a password included; HTTP and SMTP
-/// clients log headers): capped at info whatever `DRCTL_LOG` says.
-const CHATTY: [&str; 6] = ["bollard", "hyper", "hyper_util", "reqwest", "lettre", "h2"];
-
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let mut filter =
-        EnvFilter::try_from_env("DRCTL_LOG").unwrap_or_else(|_| EnvFilter::new("warn,drctl=info"));
-    for krate in CHATTY {
-        if let Ok(d) = format!("{krate}=info").parse() {
-            filter = filter.add_directive(d);
-        }
-    }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(|| RedactingStderr)
-        .with_target(false)
-        .try_init();
-}
-
-/// stderr through `secret::redact`: a registered secret that reaches a log
-/// line by any path is masked there too.
-struct RedactingStderr;
-
-impl std::io::Write for RedactingStderr {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let text = String::from_utf8_lossy(buf);
-        std::io::stderr().write_all(drctl::base::secret::redact(&text).as_bytes())?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
     }
 }
 

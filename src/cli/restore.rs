@@ -40,8 +40,15 @@ pub struct Args {
     /// and set PGPASSWORD or PGPASSFILE
     #[arg(long, value_name = "VAR")]
     to_env: Option<String>,
-    /// Parallel pg_restore jobs
-    #[arg(long, default_value_t = 1)]
+    /// Parallel pg_restore workers (pg_restore -j); `--jobs N` is the
+    /// older spelling, still accepted
+    #[arg(
+        long = "parallel",
+        short = 'j',
+        alias = "jobs",
+        value_name = "N",
+        default_value_t = 1
+    )]
     jobs: usize,
     /// Print the plan and change nothing
     #[arg(long)]

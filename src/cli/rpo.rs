@@ -1,6 +1,8 @@
 //! `drctl rpo [--since 30d] [--json]`: evaluates every job with an `rpo`
 //! against its repository now (so it is right without the daemon), then
-//! sums compliance over the window from the recorded transitions.
+//! sums compliance over the window from the recorded transitions. Exit 8
+//! when any job's RPO is violated now, so a cron line or a monitoring
+//! check can act on it; `--check` prints only the violations.
 
 use drctl::config::LoadedConfig;
 use drctl::services::state::State;
@@ -16,6 +18,10 @@ pub struct Args {
     job: Option<String>,
     #[arg(long)]
     json: bool,
+    /// For monitoring: print only violations (nothing when all comply);
+    /// the exit code (8 on a violation) is the answer
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Serialize)]
@@ -56,9 +62,42 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         Some(tokio::time::Instant::now() + std::time::Duration::from_secs(20)),
     )
     .await;
+    let violated: Vec<&Row> = rows.iter().filter(|r| !r.status.compliant).collect();
+    let verdict = || -> anyhow::Result<()> {
+        if violated.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = violated.iter().map(|r| r.status.job.clone()).collect();
+        Err(super::run::Problem {
+            exit: drctl::base::error::Exit::Critical,
+            message: format!("RPO violated: {}", names.join(", ")),
+        }
+        .into())
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+        return verdict();
+    }
+    if a.check {
+        for r in &violated {
+            println!(
+                "{}: RPO violated: newest backup {}, target {}",
+                r.status.job,
+                r.status.age_seconds.map_or_else(
+                    || "none".into(),
+                    |s| format!(
+                        "{} old",
+                        humantime::format_duration(std::time::Duration::from_secs(
+                            s.max(0.0) as u64
+                        ))
+                    )
+                ),
+                humantime::format_duration(std::time::Duration::from_secs(
+                    r.status.target_seconds.max(0.0) as u64
+                )),
+            );
+        }
+        return verdict();
     }
     let d = |s: f64| {
         humantime::format_duration(std::time::Duration::from_secs(s.max(0.0) as u64)).to_string()
@@ -83,5 +122,5 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         "compliance over the last {} (tracked time only)",
         humantime::format_duration(a.since)
     );
-    Ok(())
+    verdict()
 }

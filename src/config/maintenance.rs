@@ -190,6 +190,17 @@ pub struct PruneFilesJob {
     /// Report what would be deleted; delete nothing.
     #[serde(default)]
     pub dry_run: bool,
+    /// Skip files another process holds open for writing (default). When
+    /// drctl cannot see other processes' open files (not root, no
+    /// CAP_SYS_PTRACE, or /proc mounted `hidepid`), the run refuses to
+    /// delete instead; `false` says to delete without looking.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub check_open_files: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if signature
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// `type = "prune_images"`: `docker image prune` with keep_last per repository.

@@ -68,6 +68,7 @@ repository = "local"
 const ENV_KEYS: &[&str] = &[
     "state_dir",
     "schedules_dir",
+    "history",
     "repositories",
     "jobs",
     "daemon",
@@ -87,6 +88,11 @@ pub struct Config {
     /// Optional directory of `*.toml` files holding more `[jobs.*]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedules_dir: Option<PathBuf>,
+    /// How long run history, finished alert deliveries and RPO transitions
+    /// are kept in the state database (the daemon prunes hourly); counters
+    /// and each job's newest run of every outcome are kept regardless.
+    #[serde(default = "default_history", with = "humantime_serde")]
+    pub history: std::time::Duration,
     /// Where backups are stored (`[repositories.NAME]`).
     #[serde(default)]
     pub repositories: BTreeMap<String, RepositoryConfig>,
@@ -151,8 +157,13 @@ fn yes_http() -> bool {
     true
 }
 
+/// Not 9187 (postgres_exporter's, often on the same host): the Prometheus
+/// project's default-port list has 9100-9999 fully allocated, so drctl
+/// takes a port above that block.
+pub const DEFAULT_HTTP_PORT: u16 = 10108;
+
 fn default_listen() -> std::net::SocketAddr {
-    std::net::SocketAddr::from(([127, 0, 0, 1], 9187))
+    std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT))
 }
 
 /// `[daemon]`: how the scheduler starts and stops.
@@ -175,6 +186,10 @@ impl Default for DaemonConfig {
 
 fn default_grace() -> std::time::Duration {
     std::time::Duration::from_secs(90)
+}
+
+fn default_history() -> std::time::Duration {
+    std::time::Duration::from_secs(90 * 86400)
 }
 
 fn default_state_dir() -> PathBuf {
@@ -215,6 +230,7 @@ impl LoadedConfig {
             config: Config {
                 state_dir: default_state_dir(),
                 schedules_dir: None,
+                history: default_history(),
                 repositories: BTreeMap::new(),
                 jobs: BTreeMap::new(),
                 daemon: DaemonConfig::default(),
@@ -249,6 +265,51 @@ impl LoadedConfig {
         self.files
             .first()
             .map_or_else(|| "<embedded defaults>".into(), |p| p.display().to_string())
+    }
+
+    /// What is valid but probably not meant, as (full key, explanation):
+    /// alerts that would reach nobody. `config check` prints them and the
+    /// daemon logs them at start; neither fails on them.
+    pub fn warnings(&self) -> Vec<(String, String)> {
+        let a = &self.config.alerts;
+        let mut out = Vec::new();
+        if self.config.jobs.is_empty() {
+            return out;
+        }
+        if a.channels.is_empty() {
+            out.push((
+                "alerts.channels".to_owned(),
+                "no channel is configured: failed backups and RPO violations are recorded \
+                 (drctl status, drctl alerts) but nobody is told; expected e.g. \
+                 [alerts.channels.ops] type = \"email\" and [alerts.routes] critical = [\"ops\"]"
+                    .to_owned(),
+            ));
+            return out;
+        }
+        for (sev, list, what) in [
+            (
+                "critical",
+                &a.routes.critical,
+                "failed backups and RPO violations",
+            ),
+            (
+                "warning",
+                &a.routes.warning,
+                "warnings (a disk filling, a certificate expiring)",
+            ),
+        ] {
+            if list.is_empty() {
+                out.push((
+                    format!("alerts.routes.{sev}"),
+                    format!(
+                        "empty, so {what} reach no channel although channels are configured; \
+                         expected e.g. {sev} = [\"{}\"]",
+                        a.channels.keys().next().map_or("ops", String::as_str)
+                    ),
+                ));
+            }
+        }
+        out
     }
 
     /// Every `*_env` variable that is unset and every `*_file` that cannot
@@ -399,6 +460,13 @@ impl LoadedConfig {
                     "{} is not a loopback address; the endpoint has no authentication (expected 127.0.0.1:PORT or [::1]:PORT, behind a reverse proxy for remote scrapes)",
                     http.listen
                 ),
+            ));
+        }
+        if self.config.history < std::time::Duration::from_secs(86400) {
+            errors.push((
+                "history".to_string(),
+                "shorter than a day (expected e.g. \"90d\"; RPO windows and DR reports read this history)"
+                    .to_string(),
             ));
         }
         for (name, repo) in &self.config.repositories {
@@ -972,13 +1040,24 @@ pub fn resolve_secret(
     file: Option<&Path>,
     what: &str,
 ) -> Result<crate::base::secret::Secret> {
-    use crate::base::secret::Secret;
+    resolve_secret_as(inline, env, file, what, crate::base::secret::Secret::new)
+}
+
+/// [`resolve_secret`] wrapping the value with `wrap` (a URL registers
+/// only its password for redaction).
+pub fn resolve_secret_as(
+    inline: Option<&str>,
+    env: Option<&str>,
+    file: Option<&Path>,
+    what: &str,
+    wrap: fn(String) -> crate::base::secret::Secret,
+) -> Result<crate::base::secret::Secret> {
     if let Some(v) = inline {
-        return Ok(Secret::new(v.to_owned()));
+        return Ok(wrap(v.to_owned()));
     }
     if let Some(var) = env {
         return match std::env::var(var) {
-            Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim().to_owned())),
+            Ok(v) if !v.trim().is_empty() => Ok(wrap(v.trim().to_owned())),
             _ => Err(Error::Other(format!(
                 "{what}: environment variable {var} is not set (expected the value there)"
             ))),
@@ -991,7 +1070,7 @@ pub fn resolve_secret(
         };
         let v = std::fs::read_to_string(&path)
             .map_err(|e| Error::io(format!("{what}: reading {}", path.display()), e))?;
-        return Ok(Secret::new(v.trim().to_owned()));
+        return Ok(wrap(v.trim().to_owned()));
     }
     Err(Error::Other(format!("{what}: no value configured")))
 }

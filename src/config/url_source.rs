@@ -65,11 +65,12 @@ impl UrlSource {
     /// The URL, read now (an environment variable or file may change
     /// between runs; a rotated password is picked up without a reload).
     pub fn resolve(&self, what: &str) -> crate::Result<crate::base::secret::Secret> {
-        super::resolve_secret(
+        super::resolve_secret_as(
             self.url.as_deref(),
             self.url_env.as_deref(),
             self.url_file.as_deref(),
             what,
+            crate::base::secret::Secret::url,
         )
     }
 }

@@ -77,15 +77,24 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, stop: Cancell
     }
 }
 
+/// The job is `job_name`, not `job`: Prometheus gives every scraped series
+/// its own `job` label (the scrape job), and a clashing one is renamed
+/// `exported_job`, breaking every query written against the docs.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
-    job: String,
+    job_name: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
-    job: String,
+    job_name: String,
     outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    commit: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -159,14 +168,16 @@ async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Response {
     let is_running = Family::<JobLabels, Gauge>::default();
     let next = Family::<JobLabels, FloatGauge>::default();
     for j in &jobs {
-        let l = JobLabels { job: j.job.clone() };
+        let l = JobLabels {
+            job_name: j.job.clone(),
+        };
         for outcome in ["succeeded", "failed", "interrupted", "skipped"] {
             let mut n = j.runs.get(outcome).copied().unwrap_or(0).max(0) as u64;
             if outcome == "failed" {
                 n += d.internal.unrecorded(&j.job);
             }
             runs.get_or_create(&OutcomeLabels {
-                job: j.job.clone(),
+                job_name: j.job.clone(),
                 outcome: outcome.into(),
             })
             .inc_by(n);
@@ -270,6 +281,18 @@ async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Response {
         Ok(a) => register_alerts(&mut reg, a),
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
+    let build = Family::<BuildLabels, Gauge>::default();
+    build
+        .get_or_create(&BuildLabels {
+            version: env!("CARGO_PKG_VERSION").into(),
+            commit: crate::COMMIT.into(),
+        })
+        .set(1);
+    reg.register(
+        "drctl_build_info",
+        "Always 1; the labels say which drctl runs (a fleet upgrade in one query)",
+        build,
+    );
     let up = Gauge::<i64>::default();
     up.set(1);
     reg.register("drctl_scheduler_up", "1 while the scheduler runs", up);
@@ -300,6 +323,18 @@ struct DeliveryLabels {
 
 type Labels = Vec<(String, String)>;
 
+/// A stored check sample's labels as exposed: `job` becomes `job_name`
+/// (see [`JobLabels`]).
+fn exposed(labels: &Labels) -> Labels {
+    labels
+        .iter()
+        .map(|(k, v)| {
+            let k = if k == "job" { "job_name" } else { k.as_str() };
+            (k.to_owned(), v.clone())
+        })
+        .collect()
+}
+
 /// Values maintenance and check runs stored (`checks::metrics`), for jobs
 /// still in the config.
 fn register_checks(
@@ -314,13 +349,13 @@ fn register_checks(
         if *counter {
             let fam = Family::<Labels, Counter<f64, AtomicU64>>::default();
             for r in mine {
-                fam.get_or_create(&r.labels).inc_by(r.value);
+                fam.get_or_create(&exposed(&r.labels)).inc_by(r.value);
             }
             reg.register(*name, *help, fam);
         } else {
             let fam = Family::<Labels, FloatGauge>::default();
             for r in mine {
-                fam.get_or_create(&r.labels).set(r.value);
+                fam.get_or_create(&exposed(&r.labels)).set(r.value);
             }
             reg.register(*name, *help, fam);
         }
@@ -373,7 +408,7 @@ fn register_rpo(reg: &mut Registry, rows: Vec<(String, f64, bool, Option<f64>)>)
     let age = Family::<JobLabels, FloatGauge>::default();
     let compliant = Family::<JobLabels, Gauge>::default();
     for (job, t, ok, a) in rows {
-        let l = JobLabels { job };
+        let l = JobLabels { job_name: job };
         target.get_or_create(&l).set(t);
         if let Some(a) = a {
             age.get_or_create(&l).set(a);
@@ -413,7 +448,7 @@ fn register_restores(reg: &mut Registry, rows: &[crate::engine::restore::journal
         std::collections::BTreeMap::new();
     for r in rows {
         last.get_or_create(&OutcomeLabels {
-            job: r.job.clone(),
+            job_name: r.job.clone(),
             outcome: r.outcome.clone(),
         })
         .set(r.ended_ms as f64 / 1000.0);
@@ -425,7 +460,7 @@ fn register_restores(reg: &mut Registry, rows: &[crate::engine::restore::journal
     for (job, r) in newest {
         duration
             .get_or_create(&JobLabels {
-                job: job.to_owned(),
+                job_name: job.to_owned(),
             })
             .set((r.ended_ms - r.started_ms).max(0) as f64 / 1000.0);
     }

@@ -528,19 +528,46 @@ async fn reschedule(
     Ok(ids)
 }
 
-/// Bind the endpoint (a taken port is a start error naming the key) and
-/// serve it until the daemon stops.
-async fn serve_http(d: &Arc<Daemon>, addr: std::net::SocketAddr) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        Error::io(
-            format!("binding the HTTP endpoint {addr} ([http] listen)"),
-            e,
-        )
-    })?;
-    tracing::info!(%addr, "serving /metrics, /health and /status");
-    let app = http::router(d.clone());
-    tokio::spawn(http::serve(listener, app, d.stopping.clone()));
-    Ok(())
+/// Serve the endpoint until the daemon stops. A port that is taken (another
+/// exporter, a second daemon) is logged and retried with backoff while the
+/// scheduler runs: backups matter more than their metrics, and exiting
+/// would only make systemd restart the daemon every 10 s forever.
+fn serve_http(d: &Arc<Daemon>, addr: std::net::SocketAddr) {
+    let d = d.clone();
+    tokio::spawn(async move {
+        let mut attempt = 0u32;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    let wait = bind_retry_wait(attempt);
+                    tracing::error!(
+                        %addr,
+                        error = %e,
+                        retry_in = %humantime::format_duration(wait),
+                        "cannot serve /metrics, /health and /status on [http] listen; \
+                         jobs keep running on schedule"
+                    );
+                    attempt += 1;
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = d.stopping.cancelled() => return,
+                    }
+                }
+            }
+        };
+        if attempt > 0 {
+            tracing::warn!(%addr, attempts = attempt + 1, "the HTTP endpoint is bound at last");
+        }
+        tracing::info!(%addr, "serving /metrics, /health and /status");
+        let app = http::router(d.clone());
+        http::serve(listener, app, d.stopping.clone()).await;
+    });
+}
+
+/// 5 s, 10 s, 20 s ... up to 5 min between attempts to bind the endpoint.
+fn bind_retry_wait(attempt: u32) -> Duration {
+    Duration::from_secs(5u64.saturating_mul(1 << attempt.min(6)).min(300))
 }
 
 /// What the stop notice says: news only when jobs were still running.
@@ -574,6 +601,9 @@ fn stop_notice(
 /// endpoint, deliver alerts, evaluate RPO; SIGHUP reloads the config.
 pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     let cfg = Arc::new(load_resolved(config_path.as_deref())?);
+    for (key, message) in cfg.warnings() {
+        tracing::warn!(key, "{message}");
+    }
     let state = State::open(&cfg.config.state_dir).await?;
     let d = Arc::new(Daemon {
         config: RwLock::new(cfg.clone()),
@@ -594,7 +624,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     let mut ids = reschedule(&sched, &d, &cfg, Vec::new()).await?;
     let mut offsets = utc_offsets(&cfg, Utc::now());
     if cfg.config.http.enabled {
-        serve_http(&d, cfg.config.http.listen).await?;
+        serve_http(&d, cfg.config.http.listen);
     }
     sched.start().await.map_err(sched_err)?;
     let alert_worker = tokio::spawn(alert_worker(d.clone()));
@@ -788,6 +818,14 @@ async fn alert_worker(d: Arc<Daemon>) {
             if let Err(e) = alerter.forget_finished().await {
                 tracing::warn!(error = %e, "forgetting old outbox rows");
             }
+            let before = Utc::now()
+                - chrono::Duration::from_std(cfg.config.history)
+                    .unwrap_or_else(|_| chrono::Duration::days(90));
+            match d.state.prune_history(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "pruned history older than `history`"),
+                Err(e) => tracing::warn!(error = %e, "pruning old history"),
+            }
         }
         match crate::services::alerts::has_pending(&d.state).await {
             Ok(false) => continue,
@@ -807,6 +845,12 @@ async fn alert_worker(d: Arc<Daemon>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binding_the_endpoint_backs_off_to_five_minutes() {
+        let waits: Vec<u64> = (0..9).map(|a| bind_retry_wait(a).as_secs()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
 
     #[test]
     fn the_stop_notice_is_news_only_when_jobs_were_running() {

@@ -32,17 +32,12 @@ impl HostLock {
         state_dir: &Path,
         job: &str,
     ) -> Result<std::result::Result<HostLock, String>> {
+        crate::services::state::refuse_foreign_owner(state_dir)?;
         let dir = state_dir.join("locks");
-        std::fs::create_dir_all(&dir)
+        crate::base::private_fs::dir_all(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let path = dir.join(format!("{job}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let file = open_lock_file(&path)?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(mut locked) => {
                 let me = format!(
@@ -67,5 +62,18 @@ impl HostLock {
             }
             Err((_, e)) => Err(Error::io(format!("locking {}", path.display()), e.into())),
         }
+    }
+}
+
+/// The lock file, read-write (so the holder can write who it is), or
+/// read-only when it belongs to another user: flock(2) needs only an open
+/// descriptor, so a lock file left by a run as another user never stops
+/// the service user from taking the lock.
+fn open_lock_file(path: &Path) -> Result<std::fs::File> {
+    match crate::base::private_fs::open_rw(path) {
+        Ok(f) => Ok(f),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => std::fs::File::open(path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e)),
+        Err(e) => Err(Error::io(format!("opening {}", path.display()), e)),
     }
 }

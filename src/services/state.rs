@@ -23,6 +23,95 @@ pub fn tail(text: &str, max: usize) -> &str {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Refuse to work in a state directory that belongs to another user: a
+/// `drctl run` as root would leave root-owned files (the database's WAL,
+/// lock files, repository objects) that the service user then cannot open,
+/// and every later scheduled run would fail. The error names the command
+/// to use instead.
+pub fn refuse_foreign_owner(state_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(state_dir) else {
+        return Ok(()); // created below, by this user
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    match owner_refusal(
+        state_dir,
+        meta.uid(),
+        me,
+        &std::env::args().collect::<Vec<_>>(),
+    ) {
+        Some(message) => Err(Error::Usage(message)),
+        None => Ok(()),
+    }
+}
+
+/// The refusal for a state directory owned by `owner` when running as
+/// `me`, or None when they are the same user.
+fn owner_refusal(state_dir: &Path, owner: u32, me: u32, argv: &[String]) -> Option<String> {
+    if owner == me {
+        return None;
+    }
+    let name = |uid: u32| {
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map_or_else(|| format!("#{uid}"), |u| u.name)
+    };
+    let owner_name = name(owner);
+    let command: Vec<String> = argv
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let a = if i == 0 {
+                "drctl".to_owned()
+            } else {
+                a.clone()
+            };
+            let a = crate::base::secret::mask_url(&a).unwrap_or(a);
+            if a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,".contains(c))
+            {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect();
+    Some(format!(
+        "the state directory {} belongs to user {owner_name} and this command runs as {}: \
+         files it created there would lock the service out of its own state. \
+         Run it as the owner: sudo -u {owner_name} {}",
+        state_dir.display(),
+        name(me),
+        command.join(" ")
+    ))
+}
+
+/// Migrations run unless a newer drctl already ran (a version above every
+/// one this binary knows is applied): then the file is used as it is, so a
+/// downgrade after running a newer binary once keeps working. That is safe
+/// because migrations are additive only (new tables, new columns with
+/// defaults; never a drop, rename or type change), which the
+/// `migrations_are_additive` test checks on every file.
+async fn migrate(pool: &SqlitePool) -> std::result::Result<(), sqlx::migrate::MigrateError> {
+    let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+            .ok()
+            .flatten();
+    if let Some(v) = applied.filter(|v| *v > known) {
+        tracing::info!(
+            applied = v,
+            known,
+            "the state file was migrated by a newer drctl; using it as it is"
+        );
+        return Ok(());
+    }
+    MIGRATOR.run(pool).await
+}
+
 /// The time codec of the tables that store Unix milliseconds (alerts, the
 /// outbox, RPO): one place, so every module reads and writes them alike.
 pub fn ms(t: DateTime<Utc>) -> i64 {
@@ -140,7 +229,8 @@ impl State {
             context,
             source,
         };
-        std::fs::create_dir_all(state_dir)
+        refuse_foreign_owner(state_dir)?;
+        crate::base::private_fs::dir_all(state_dir)
             .map_err(|e| err(format!("creating {}", state_dir.display()), e.into()))?;
         let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
             .map_err(|e| err(String::new(), e.into()))?
@@ -151,11 +241,7 @@ impl State {
         // file at once, and sqlx does not lock SQLite migrations: serialise
         // creation and migration with a lock file.
         let lock_path = state_dir.join("state.db.open-lock");
-        let lock_file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
+        let lock_file = crate::base::private_fs::open_rw(&lock_path)
             .map_err(|e| err(format!("opening {}", lock_path.display()), e.into()))?;
         let guard = tokio::task::spawn_blocking(move || {
             nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
@@ -164,6 +250,10 @@ impl State {
         .await
         .map_err(|e| err("taking the open lock".into(), e.into()))?
         .map_err(|e| err(format!("locking {}", lock_path.display()), e.into()))?;
+        // Created 0600 before SQLite opens it: its WAL and shared-memory
+        // files take the database file's mode.
+        crate::base::private_fs::open_rw(&path)
+            .map_err(|e| err(format!("creating {}", path.display()), e.into()))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // A COMMIT that failed (a full disk) leaves its connection inside
@@ -176,7 +266,7 @@ impl State {
             .connect_with(opts)
             .await
             .map_err(|e| err(String::new(), e.into()))?;
-        let migrated = MIGRATOR.run(&pool).await;
+        let migrated = migrate(&pool).await;
         drop(guard);
         migrated.map_err(|e| err("migrating".into(), e.into()))?;
         Ok(State { pool, path })
@@ -401,23 +491,60 @@ impl State {
             .map(|t| t.with_timezone(&Utc)))
     }
 
-    /// Run counts of `job` by outcome.
+    /// Run counts of `job` by outcome, since the state file began (pruned
+    /// runs included): `run_totals`, kept by triggers, plus the running ones.
     pub async fn run_counts(&self, job: &str) -> Result<std::collections::BTreeMap<String, i64>> {
-        let rows =
-            sqlx::query("SELECT status, count(*) AS n FROM runs WHERE job = ? GROUP BY status")
-                .bind(job)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| self.err(e))?;
+        let rows = sqlx::query(
+            "SELECT status, n FROM run_totals WHERE job = ?
+             UNION ALL
+             SELECT 'running', count(*) FROM runs WHERE job = ? AND status = 'running'",
+        )
+        .bind(job)
+        .bind(job)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
         rows.into_iter()
             .map(|r| Ok((r.try_get::<String, _>("status")?, r.try_get::<i64, _>("n")?)))
             .collect::<Result<_, sqlx::Error>>()
             .map_err(|e| self.err(e))
     }
 
+    /// Forget history older than `before`: finished runs (but the newest of
+    /// each outcome per job, which `status` and the alerts read) and RPO
+    /// transitions (but the last one before `before` per
+    /// job, which a compliance window starting there needs). Counters do not
+    /// move: `run_totals` keeps the counts. Returns the rows deleted.
+    pub async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64> {
+        let cut_text = before.to_rfc3339();
+        let cut_ms = before.timestamp_millis();
+        let mut tx = self.pool.begin().await.map_err(|e| self.err(e))?;
+        let runs = sqlx::query(
+            "DELETE FROM runs WHERE status != 'running' AND finished_at < ?
+               AND id NOT IN (SELECT max(id) FROM runs GROUP BY job, status)",
+        )
+        .bind(&cut_text)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?
+        .rows_affected();
+        let transitions = sqlx::query(
+            "DELETE FROM rpo_transitions WHERE at < ? AND id NOT IN
+               (SELECT max(id) FROM rpo_transitions WHERE at < ? GROUP BY job)",
+        )
+        .bind(cut_ms)
+        .bind(cut_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?
+        .rows_affected();
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(runs + transitions)
+    }
+
     /// Stored bytes of the last successful backup of `job`.
     pub async fn last_backup_bytes(&self, job: &str) -> Result<Option<i64>> {
-        sqlx::query_scalar("SELECT bytes FROM runs WHERE job = ? AND status = 'succeeded' ORDER BY id DESC LIMIT 1")
+        sqlx::query_scalar("SELECT bytes FROM runs WHERE job = ? AND status = 'succeeded' ORDER BY finished_at DESC LIMIT 1")
             .bind(job)
             .fetch_optional(&self.pool)
             .await
@@ -427,15 +554,21 @@ impl State {
 
     /// Most recent runs first; `job` filters.
     pub async fn runs(&self, job: Option<&str>, limit: i64) -> Result<Vec<RunRecord>> {
-        let rows = sqlx::query(
+        // One job: walk its (job, started_at) index from the end, so the
+        // cost does not grow with the history (/metrics reads this per job).
+        let sql = if job.is_some() {
             "SELECT id, job, kind, host, trigger, started_at, finished_at, status, bytes, backup_id, error, output, result, details
-             FROM runs WHERE (?1 IS NULL OR job = ?1) ORDER BY id DESC LIMIT ?2",
-        )
-        .bind(job)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
+             FROM runs WHERE job = ?1 ORDER BY started_at DESC, id DESC LIMIT ?2"
+        } else {
+            "SELECT id, job, kind, host, trigger, started_at, finished_at, status, bytes, backup_id, error, output, result, details
+             FROM runs WHERE ?1 IS NULL ORDER BY id DESC LIMIT ?2"
+        };
+        let rows = sqlx::query(sql)
+            .bind(job)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
         rows.into_iter()
             .map(|r| {
                 Ok(RunRecord {
@@ -459,5 +592,159 @@ impl State {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Open a state file that a newer binary migrated (a version this one
+    /// does not know is recorded as applied): it still opens and works.
+    #[tokio::test]
+    async fn a_newer_binarys_state_file_still_opens() {
+        let t = tempfile::tempdir().unwrap();
+        let s = State::open(t.path()).await.unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (99990101, 'from the future', 1, x'00', 1)",
+        )
+        .execute(s.pool())
+        .await
+        .unwrap();
+        sqlx::query("CREATE TABLE future_things (x INTEGER)")
+            .execute(s.pool())
+            .await
+            .unwrap();
+        s.pool().close().await;
+        let s = State::open(t.path())
+            .await
+            .expect("opens after a downgrade");
+        let id = s
+            .start_run("j", "backup", "h", "test", Utc::now())
+            .await
+            .unwrap();
+        assert!(id > 0);
+    }
+
+    #[tokio::test]
+    async fn the_state_file_is_private_under_any_umask() {
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("state");
+        let s = State::open(&dir).await.unwrap();
+        s.start_run("j", "backup", "h", "test", Utc::now())
+            .await
+            .unwrap();
+        nix::sys::stat::umask(old);
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        for f in ["state.db", "state.db-wal", "state.db.open-lock"] {
+            let m = std::fs::metadata(dir.join(f)).unwrap().mode() & 0o777;
+            assert_eq!(m, 0o600, "{f}");
+        }
+    }
+
+    #[test]
+    fn another_users_state_directory_is_refused_with_the_command_to_use() {
+        let dir = Path::new("/var/lib/drctl");
+        assert_eq!(owner_refusal(dir, 0, 0, &[]), None);
+        let argv = [
+            "/usr/bin/drctl",
+            "run",
+            "appdb",
+            "--label",
+            "before it's done",
+        ]
+        .map(String::from);
+        let m = owner_refusal(dir, 0, 4242, &argv).unwrap();
+        assert!(m.contains("/var/lib/drctl belongs to user root"), "{m}");
+        assert!(m.contains("runs as #4242"), "{m}");
+        assert!(
+            m.ends_with("sudo -u root drctl run appdb --label 'before it'\\''s done'"),
+            "{m}"
+        );
+    }
+
+    /// Pruned history leaves the counters and each job's newest run of
+    /// every outcome; a run that finishes after is counted on top.
+    #[tokio::test]
+    async fn pruning_history_keeps_counts_and_the_newest_runs() {
+        let t = tempfile::tempdir().unwrap();
+        let s = State::open(t.path()).await.unwrap();
+        let old = Utc::now() - chrono::Duration::days(200);
+        for i in 0..5 {
+            let id = s
+                .start_run(
+                    "hc",
+                    "health",
+                    "h",
+                    "schedule",
+                    old + chrono::Duration::minutes(i),
+                )
+                .await
+                .unwrap();
+            sqlx::query("UPDATE runs SET status = ?, finished_at = ? WHERE id = ?")
+                .bind(if i == 4 { "failed" } else { "succeeded" })
+                .bind((old + chrono::Duration::minutes(i)).to_rfc3339())
+                .bind(id)
+                .execute(s.pool())
+                .await
+                .unwrap();
+        }
+        s.record_skipped("hc", "health", "schedule", "busy")
+            .await
+            .unwrap();
+        let before = s.run_counts("hc").await.unwrap();
+        assert_eq!(before.get("succeeded"), Some(&4), "{before:?}");
+        assert_eq!(before.get("failed"), Some(&1));
+        let n = s
+            .prune_history(Utc::now() - chrono::Duration::days(90))
+            .await
+            .unwrap();
+        assert_eq!(
+            n, 3,
+            "the three older successes go, the newest of each outcome stays"
+        );
+        assert_eq!(
+            s.run_counts("hc").await.unwrap(),
+            before,
+            "counters never go down"
+        );
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE job = 'hc'")
+            .fetch_one(s.pool())
+            .await
+            .unwrap();
+        assert_eq!(left, 3, "newest success, the failure, the skip");
+        assert!(s.last_success("hc").await.unwrap().is_some());
+        let id = s
+            .start_run("hc", "health", "h", "schedule", Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(s.run_counts("hc").await.unwrap().get("running"), Some(&1));
+        s.finish_run(id, RunStatus::Succeeded, None, None, None)
+            .await
+            .unwrap();
+        assert_eq!(s.run_counts("hc").await.unwrap().get("succeeded"), Some(&5));
+    }
+
+    /// Migrations only add: an older binary keeps working on a newer file.
+    #[test]
+    fn migrations_are_additive() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            let text = std::fs::read_to_string(&p).unwrap().to_uppercase();
+            for line in text.lines() {
+                let code = line.split("--").next().unwrap_or("");
+                for bad in ["DROP ", "RENAME ", "ALTER COLUMN", "DELETE FROM"] {
+                    assert!(
+                        !code.contains(bad),
+                        "{}: `{bad}` in a migration breaks an older binary: {line}",
+                        p.display()
+                    );
+                }
+            }
+        }
     }
 }

@@ -880,6 +880,12 @@ pub fn http_port(w: &World) -> u16 {
 }
 
 /// GET over plain HTTP/1.1 with std only: (status code, body).
+/// [`http_get`], or None while nothing answers on `port`.
+pub fn http_get_opt(port: u16, path: &str) -> Option<(u16, String)> {
+    std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    Some(http_get(port, path))
+}
+
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -285,6 +285,16 @@ async fn start_cluster(tools: &PgTools, dir: &Path) -> Result<u16> {
         for d in [dir.parent().unwrap_or(dir), dir] {
             let _ = nix::unistd::chown(d, Some(pg.uid), Some(pg.gid));
         }
+        // The state directory (`STATE/drills/NAME`) is 0700: postgres may
+        // pass through it (0711), never list or read it.
+        if let Some(state) = dir.parent().and_then(Path::parent) {
+            use std::os::unix::fs::PermissionsExt;
+            if let Ok(m) = std::fs::metadata(state) {
+                let mode = m.permissions().mode() & 0o7777;
+                let _ =
+                    std::fs::set_permissions(state, std::fs::Permissions::from_mode(mode | 0o011));
+            }
+        }
     }
     let data = dir.join("data");
     let mut init = server_tool(tools, "initdb");

@@ -229,6 +229,11 @@ pub async fn run(ctx: &CheckCtx<'_>, job: &CertExpiryJob) -> Result<Report> {
             &[("subject", &c.subject), ("source", &c.source)],
             secs as f64,
         ));
+        report.samples.push(Sample::gauge(
+            "drctl_cert_not_after_timestamp_seconds",
+            &[("subject", &c.subject), ("source", &c.source)],
+            c.not_after.timestamp() as f64,
+        ));
         if soonest.as_ref().is_none_or(|(s, _)| secs < *s) {
             soonest = Some((secs, format!("{subject} {when}")));
         }

@@ -100,21 +100,43 @@ fn matches(pattern: &str) -> std::result::Result<Vec<Candidate>, String> {
     Ok(out)
 }
 
-/// Paths some process holds open for writing (as `lsof`/`fuser` see them).
-fn open_for_writing(candidates: &BTreeMap<PathBuf, Candidate>) -> HashSet<PathBuf> {
+/// Paths some process holds open for writing (as `lsof`/`fuser` see them),
+/// or why that cannot be known: a process whose descriptors this one may
+/// not read, or a /proc that hides other users' processes, would make
+/// every file look unused, and deleting a log another process is still
+/// writing loses what it writes next.
+fn open_for_writing(
+    candidates: &BTreeMap<PathBuf, Candidate>,
+) -> std::result::Result<HashSet<PathBuf>, String> {
     let mut open = HashSet::new();
     if candidates.is_empty() {
-        return open; // no /proc walk when nothing matched
+        return Ok(open); // no /proc walk when nothing matched
     }
-    let Ok(procs) = procfs::process::all_processes() else {
-        return open;
-    };
+    let hidepid = procfs::process::Process::myself()
+        .and_then(|p| p.mountinfo())
+        .ok()
+        .and_then(|mi| {
+            mi.into_iter()
+                .find(|m| m.mount_point == Path::new("/proc") && m.fs_type == "proc")
+                .and_then(|m| m.super_options.get("hidepid").cloned().flatten())
+        });
+    let euid = nix::unistd::geteuid().as_raw();
+    let procs = procfs::process::all_processes()
+        .map_err(|e| format!("cannot list processes in /proc: {e}"))?;
     let me = std::process::id() as i32;
+    let mut unreadable: Vec<(i32, u32)> = Vec::new();
     for p in procs.flatten() {
         if p.pid == me {
             continue;
         }
-        let Ok(fds) = p.fd() else { continue };
+        let fds = match p.fd() {
+            Ok(f) => f,
+            Err(procfs::ProcError::PermissionDenied(_)) => {
+                unreadable.push((p.pid, p.uid().unwrap_or(u32::MAX)));
+                continue;
+            }
+            Err(_) => continue, // exited meanwhile
+        };
         for fd in fds.flatten() {
             // The fd link's owner-write bit is set when it was opened for writing.
             if fd.mode & 0o200 == 0 {
@@ -127,7 +149,32 @@ fn open_for_writing(candidates: &BTreeMap<PathBuf, Candidate>) -> HashSet<PathBu
             }
         }
     }
-    open
+    open_files_blind(hidepid.as_deref(), euid, &unreadable).map_or(Ok(open), Err)
+}
+
+/// Why the open-file check would be blind, if it would: pure, so each case
+/// is unit-tested without changing users.
+fn open_files_blind(hidepid: Option<&str>, euid: u32, unreadable: &[(i32, u32)]) -> Option<String> {
+    const FIX: &str = "run drctl as root or grant it CAP_SYS_PTRACE \
+        (AmbientCapabilities=CAP_SYS_PTRACE in the unit), or set check_open_files = false \
+        to delete without looking";
+    let hidden = hidepid.is_some_and(|v| !matches!(v, "0" | "off"));
+    if hidden && euid != 0 {
+        return Some(format!(
+            "refusing to delete: /proc is mounted with hidepid={} (ProtectProc=), so the files \
+             other users' processes hold open cannot be seen; set ProtectProc=default, {FIX}",
+            hidepid.unwrap_or_default()
+        ));
+    }
+    if let Some((pid, uid)) = unreadable.first() {
+        return Some(format!(
+            "refusing to delete: cannot read the open files of {} process(es) of other users \
+             (pid {pid}, uid {uid}, and others); reading /proc/PID/fd of another user's process \
+             needs the CAP_SYS_PTRACE capability: {FIX}",
+            unreadable.len()
+        ));
+    }
+    None
 }
 
 fn gzip_in_place(path: &Path) -> std::result::Result<u64, String> {
@@ -271,7 +318,12 @@ fn prune(job: &PruneFilesJob, now: SystemTime) -> std::result::Result<Outcome, S
         matched_bytes: all.values().map(|c| c.bytes).sum(),
         ..Outcome::default()
     };
-    let plan = plan_files(&all, &open_for_writing(&all), job, now);
+    let open = if job.check_open_files {
+        open_for_writing(&all)?
+    } else {
+        HashSet::new()
+    };
+    let plan = plan_files(&all, &open, job, now);
     out.kept = plan.kept;
     for (path, reason) in plan.delete {
         let bytes = all[&path].bytes;
@@ -403,6 +455,32 @@ mod tests {
     fn job(extra: &str) -> PruneFilesJob {
         toml::from_str(&format!("paths = [\"/var/log/app/*.log\"]\n{extra}")).unwrap()
     }
+    #[test]
+    fn a_blind_open_file_check_refuses_and_names_the_permission() {
+        assert_eq!(open_files_blind(None, 0, &[]), None);
+        assert_eq!(open_files_blind(None, 998, &[]), None);
+        assert_eq!(open_files_blind(Some("0"), 998, &[]), None);
+        // root sees through hidepid
+        assert_eq!(open_files_blind(Some("invisible"), 0, &[]), None);
+        let m = open_files_blind(Some("invisible"), 998, &[]).unwrap();
+        assert!(
+            m.contains("hidepid=invisible") && m.contains("ProtectProc="),
+            "{m}"
+        );
+        let m = open_files_blind(None, 998, &[(1, 0), (77, 105)]).unwrap();
+        assert!(
+            m.contains("CAP_SYS_PTRACE") && m.contains("2 process(es)"),
+            "{m}"
+        );
+        assert!(m.contains("check_open_files = false"), "{m}");
+    }
+
+    #[test]
+    fn check_open_files_defaults_on() {
+        assert!(job("").check_open_files);
+        assert!(!job("check_open_files = false").check_open_files);
+    }
+
     fn deleted(p: &FilesPlan) -> Vec<&str> {
         p.delete.keys().map(|k| k.to_str().unwrap()).collect()
     }

@@ -11,7 +11,12 @@ use sqlx::Row;
 pub const HELP: &[(&str, &str, bool)] = &[
     (
         "drctl_cert_expiry_seconds",
-        "Seconds until the certificate expires (negative: expired)",
+        "Seconds until the certificate expires (negative: expired), as of the last check run",
+        false,
+    ),
+    (
+        "drctl_cert_not_after_timestamp_seconds",
+        "When the certificate expires (Unix time): alert on `... - time() < 14 * 86400`, exact between check runs",
         false,
     ),
     (

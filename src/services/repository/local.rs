@@ -3,6 +3,10 @@
 //! Writes go to a hidden temporary file, are fsynced, renamed into place and
 //! the directory fsynced, so a crash leaves either nothing or a whole file;
 //! the manifest is linked into place, which fails if one already exists.
+//!
+//! Dumps hold every row and the globals file holds role password hashes, so
+//! whatever the process umask, objects are created 0600 and the
+//! directories drctl creates 0700: only the service user reads a backup.
 
 use super::{Backend, BoxRead, ObjectInfo};
 use crate::base::error::{Error, Result};
@@ -56,8 +60,10 @@ impl LocalBackend {
 
     async fn prepare_dir(&self, path: &Path) -> Result<PathBuf> {
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        tokio::fs::create_dir_all(&dir)
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || crate::base::private_fs::dir_all(&d))
             .await
+            .map_err(|e| Error::repo(&self.name, e))?
             .map_err(|e| self.err(format!("creating {}", dir.display()), e))?;
         Ok(dir)
     }
@@ -81,7 +87,7 @@ impl Backend for LocalBackend {
         // Removes the temporary file if this future is dropped (cancelled) mid-write.
         let guard = TempGuard(Some(tmp.clone()));
         let result: Result<u64> = async {
-            let f = tokio::fs::File::create(&tmp)
+            let f = crate::base::private_fs::create_new(&tmp)
                 .await
                 .map_err(|e| self.err(format!("creating {}", tmp.display()), e))?;
             // Every write to a tokio file is a hand-off to a blocking thread:
@@ -135,7 +141,7 @@ impl Backend for LocalBackend {
         let path = self.path(key);
         let dir = self.prepare_dir(&path).await?;
         let tmp = Self::temp_path(&path);
-        let mut f = tokio::fs::File::create(&tmp)
+        let mut f = crate::base::private_fs::create_new(&tmp)
             .await
             .map_err(|e| self.err(format!("creating {}", tmp.display()), e))?;
         // tokio's File buffers: without flush() a failed write (ENOSPC)

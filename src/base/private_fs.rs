@@ -1,0 +1,86 @@
+//! Files and directories only their owner can read, whatever the umask.
+//!
+//! A dump holds every row, the globals file role password hashes, the state
+//! database every run's errors: under a umask of 022 (the default outside
+//! systemd) they would be world-readable. Modes are set explicitly after
+//! creation, because the umask can only take bits away from a mode.
+
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// `mkdir -p` whose every new directory is 0700. A directory that already
+/// exists keeps its mode: the operator chose it.
+pub fn dir_all(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Open (creating it 0600 if missing) a file for reading and writing; an
+/// existing file keeps its mode and content.
+pub fn open_rw(path: &Path) -> std::io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    Ok(f)
+}
+
+/// Create a new file, 0600 (fails if it exists).
+pub async fn create_new(path: &Path) -> std::io::Result<tokio::fs::File> {
+    let f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .await?;
+    Ok(f)
+}
+
+/// Tighten an existing file to 0600 (one a library created with its own
+/// mode, such as SQLite's database and its WAL).
+pub fn restrict(path: &Path) -> std::io::Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[tokio::test]
+    async fn modes_hold_under_a_permissive_umask() {
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("a/b/c");
+        dir_all(&d).unwrap();
+        for p in [t.path().join("a"), t.path().join("a/b"), d.clone()] {
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().mode() & 0o777,
+                0o700,
+                "{p:?}"
+            );
+        }
+        let f = d.join("x");
+        drop(create_new(&f).await.unwrap());
+        assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, 0o600);
+        assert!(create_new(&f).await.is_err(), "create_new never overwrites");
+        let g = d.join("y");
+        drop(open_rw(&g).unwrap());
+        assert_eq!(std::fs::metadata(&g).unwrap().mode() & 0o777, 0o600);
+        nix::sys::stat::umask(old);
+    }
+}

@@ -1,0 +1,464 @@
+//! Fleet-ready edges, reproduced as an operator rolling drctl out meets
+//! them: file modes under a permissive umask, commands run as the wrong
+//! user, lock files left by another user, `prune_files` without the
+//! permission to see open files, first-contact config checks.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+const NOBODY: u32 = 65534;
+
+/// `drctl` in world `w` as uid/gid 65534, environment kept.
+fn as_nobody(w: &World, args: &[&str]) -> Run {
+    let mut c = std::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_drctl"))
+        .arg("-c")
+        .arg(&w.config)
+        .args(args)
+        .env_remove("DRCTL_CONFIG")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in &w.env {
+        c.env(k, v);
+    }
+    Run::from(c.output().unwrap())
+}
+
+fn chown_tree(p: &Path, uid: u32) {
+    let st = std::process::Command::new("chown")
+        .args(["-R", &format!("{uid}:{uid}")])
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().mode() & 0o777
+}
+
+#[test]
+fn backups_and_state_are_private_whatever_the_umask() {
+    let src = scratch_dir("drctl-src-");
+    std::fs::write(src.join("a.conf"), "secret=1\n").unwrap();
+    let w = World::new(&format!(
+        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\
+         [jobs.etc]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"local\"\n",
+        src.display()
+    ));
+    let mut c = w.command(&["run", "etc"]);
+    unsafe {
+        c.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let r = Run::from(c.output().unwrap());
+    r.ok();
+    let id = r.stdout.trim();
+    let mut checked = 0;
+    for e in walkdir::WalkDir::new(w.repo_dir()).min_depth(1) {
+        let e = e.unwrap();
+        let want = if e.file_type().is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(e.path()), want, "{}", e.path().display());
+        checked += 1;
+    }
+    assert!(checked >= 4, "{checked} entries under the repository");
+    assert!(w
+        .repo_dir()
+        .join("etc")
+        .join(id)
+        .join("manifest.json")
+        .is_file());
+    let state = w.dir.join("state");
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("state.db")), 0o600);
+    assert_eq!(mode(&state.join("locks")), 0o700);
+    assert_eq!(mode(&state.join("locks/etc.lock")), 0o600);
+}
+
+#[test]
+fn a_command_as_another_user_than_the_state_owner_is_refused_with_the_command_to_use() {
+    let src = scratch_dir("drctl-src-");
+    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
+    let w = World::new(&format!(
+        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\
+         [jobs.etc]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"local\"\n",
+        src.display()
+    ));
+    // The service user (here: nobody) owns the state; root runs a job.
+    as_nobody(&w, &["status"]).ok();
+    let state = w.dir.join("state");
+    assert_eq!(std::fs::metadata(&state).unwrap().uid(), NOBODY);
+    let before: Vec<_> = walkdir::WalkDir::new(&state)
+        .into_iter()
+        .map(|e| e.unwrap().path().to_owned())
+        .collect();
+    let r = w.drctl(&["run", "etc"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("belongs to user nobody")
+            && r.stderr.contains(&format!(
+                "sudo -u nobody drctl -c {} run etc",
+                w.config.display()
+            )),
+        "{}",
+        r.stderr
+    );
+    // Nothing of root's was left behind for the service to trip over.
+    for e in walkdir::WalkDir::new(&state) {
+        let e = e.unwrap();
+        assert_eq!(
+            e.metadata().unwrap().uid(),
+            NOBODY,
+            "{}",
+            e.path().display()
+        );
+    }
+    let after: Vec<_> = walkdir::WalkDir::new(&state)
+        .into_iter()
+        .map(|e| e.unwrap().path().to_owned())
+        .collect();
+    assert_eq!(before, after);
+    assert!(!w.repo_dir().join("etc").exists(), "no backup was written");
+}
+
+/// A lock file another user created (before the owner check existed, or by
+/// hand) never stops the service user from taking the lock.
+#[test]
+fn a_lock_file_left_by_root_does_not_lock_the_service_user_out() {
+    let src = scratch_dir("drctl-src-");
+    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
+    let w = World::new(&format!(
+        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\
+         [jobs.etc]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"local\"\n",
+        src.display()
+    ));
+    let locks = w.dir.join("state/locks");
+    std::fs::create_dir_all(&locks).unwrap();
+    std::fs::create_dir_all(w.repo_dir()).unwrap();
+    chown_tree(&w.dir.join("state"), NOBODY);
+    chown_tree(&w.repo_dir(), NOBODY);
+    let lock = locks.join("etc.lock");
+    std::fs::write(&lock, "pid 1 on an old run as root").unwrap();
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(std::fs::metadata(&lock).unwrap().uid(), 0);
+    let r = as_nobody(&w, &["run", "etc"]);
+    r.ok();
+    assert!(w.repo_dir().join("etc").join(r.stdout.trim()).is_dir());
+}
+
+/// Without the permission to read other users' open files, `prune_files`
+/// would see every file as unused: it refuses and deletes nothing, unless
+/// `check_open_files = false` says so.
+#[test]
+fn prune_files_refuses_when_it_cannot_see_open_files() {
+    let logs = scratch_dir("drctl-logs-");
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(40 * 86400);
+    for n in ["a.log", "b.log"] {
+        let p = logs.join(n);
+        std::fs::write(&p, "line\n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    chown_tree(&logs, NOBODY);
+    let job = |extra: &str| {
+        format!(
+            "[jobs.logs]\ntype = \"prune_files\"\npaths = [\"{}/*.log\"]\nolder_than = \"30d\"\n{extra}",
+            logs.display()
+        )
+    };
+    let w = World::new(&job(""));
+    std::fs::create_dir_all(w.dir.join("state")).unwrap();
+    chown_tree(&w.dir.join("state"), NOBODY);
+    let r = as_nobody(&w, &["run", "logs"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("refusing to delete") && r.stderr.contains("CAP_SYS_PTRACE"),
+        "{}",
+        r.stderr
+    );
+    assert!(logs.join("a.log").exists() && logs.join("b.log").exists());
+
+    let w = World::new(&job("check_open_files = false\n"));
+    std::fs::create_dir_all(w.dir.join("state")).unwrap();
+    chown_tree(&w.dir.join("state"), NOBODY);
+    let r = as_nobody(&w, &["run", "logs"]);
+    r.ok();
+    assert!(!logs.join("a.log").exists() && !logs.join("b.log").exists());
+}
+
+#[test]
+fn config_check_without_a_config_file_fails_unless_defaults_are_allowed() {
+    let dir = scratch_dir("drctl-nocfg-");
+    let check = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_drctl"))
+            .args(["config", "check"])
+            .args(extra)
+            .env_remove("DRCTL_CONFIG")
+            .env("DRCTL_STATE_DIR", &dir)
+            .env("DATABASE_URL", "postgres://app@127.0.0.1:5432/app")
+            .output()
+            .unwrap();
+        Run::from(out)
+    };
+    if Path::new("/etc/drctl/drctl.toml").exists() {
+        return; // this machine is configured: nothing to reproduce
+    }
+    let r = check(&[]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("/etc/drctl/drctl.toml") && r.stderr.contains("--allow-defaults"),
+        "{}",
+        r.stderr
+    );
+    check(&["--allow-defaults"]).ok();
+}
+
+#[test]
+fn config_check_warns_when_alerts_reach_nobody() {
+    let w = World::new(
+        "[repositories.local]\ntype = \"local\"\npath = \"{dir}/repo\"\n\
+         [jobs.etc]\ntype = \"files\"\npaths = [\"/etc/hostname\"]\nrepository = \"local\"\n",
+    );
+    let r = w.drctl(&["config", "check"]);
+    r.ok();
+    assert!(
+        r.stderr
+            .contains("warning: alerts.channels: no channel is configured"),
+        "{}",
+        r.stderr
+    );
+    let w = World::new(
+        "[repositories.local]\ntype = \"local\"\npath = \"{dir}/repo\"\n\
+         [jobs.etc]\ntype = \"files\"\npaths = [\"/etc/hostname\"]\nrepository = \"local\"\n\
+         [alerts.channels.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/x\"\n\
+         [alerts.routes]\nwarning = [\"hook\"]\n",
+    );
+    let r = w.drctl(&["config", "check"]);
+    r.ok();
+    assert!(
+        r.stderr.contains("warning: alerts.routes.critical: empty")
+            && !r.stderr.contains("alerts.routes.warning"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// A database URL without a password is not a secret: errors name the
+/// server, instead of "connecting to ***".
+#[test]
+fn a_passwordless_url_shows_its_server_in_errors() {
+    let port = free_port();
+    let mut w = World::new(
+        "[repositories.local]\ntype = \"local\"\npath = \"{dir}/repo\"\n\
+         [jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"local\"\n",
+    );
+    w.set_env(
+        "APP_DATABASE_URL",
+        &format!("postgres://app@127.0.0.1:{port}/appdb"),
+    );
+    let r = w.drctl(&["run", "appdb"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains(&format!("127.0.0.1:{port}/appdb")),
+        "{}",
+        r.stderr
+    );
+}
+
+fn etc_world() -> World {
+    let src = scratch_dir("drctl-src-");
+    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
+    World::new(&format!(
+        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\
+         [jobs.etc]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"local\"\n\
+         [jobs.broken]\ntype = \"files\"\npaths = [\"{}/missing\"]\nrepository = \"local\"\n",
+        src.display(),
+        src.display()
+    ))
+}
+
+#[test]
+fn logs_have_no_colour_codes_off_a_terminal_and_speak_json_when_asked() {
+    let mut w = etc_world();
+    w.set_env("DRCTL_LOG", "info");
+    let r = w.drctl(&["run", "etc"]);
+    r.ok();
+    assert!(r.stderr.contains("backup started"), "{}", r.stderr);
+    assert!(!r.stderr.contains('\u{1b}'), "ANSI escapes: {:?}", r.stderr);
+
+    for how in [
+        &["--log-format", "json", "run", "etc"][..],
+        &["run", "etc"][..],
+    ] {
+        let mut c = w.command(how);
+        if how.len() == 2 {
+            c.env("DRCTL_LOG_FORMAT", "json");
+        }
+        let r = Run::from(c.output().unwrap());
+        r.ok();
+        let lines: Vec<serde_json::Value> = r
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let started = lines
+            .iter()
+            .find(|v| v["fields"]["message"] == "backup started")
+            .unwrap_or_else(|| panic!("{}", r.stderr));
+        assert_eq!(started["level"], "INFO");
+        assert_eq!(started["fields"]["job"], "etc");
+    }
+}
+
+#[test]
+fn quiet_and_verbose_set_the_detail() {
+    let w = etc_world();
+    let run = |args: &[&str]| {
+        let mut c = w.command(args);
+        c.env_remove("DRCTL_LOG");
+        let r = Run::from(c.output().unwrap());
+        r.ok();
+        r
+    };
+    let r = run(&["-q", "run", "etc"]);
+    assert!(!r.stderr.contains("backup started"), "{}", r.stderr);
+    let r = run(&["run", "etc"]);
+    assert!(r.stderr.contains("backup started"), "{}", r.stderr);
+    assert!(!r.stderr.contains("DEBUG"), "{}", r.stderr);
+    let r = run(&["-vv", "run", "etc"]);
+    assert!(r.stderr.contains("DEBUG"), "{}", r.stderr);
+}
+
+/// Under systemd (stderr connected to the journal, as `JOURNAL_STREAM`
+/// says), each line is a journal entry with its priority and fields. The
+/// journal here is a datagram socket at the journal's path, in a mount
+/// namespace of the test's own.
+#[test]
+fn under_systemd_logs_go_to_the_journal_with_priorities_and_fields() {
+    let w = etc_world();
+    let dir = scratch_dir("drctl-journal-");
+    let sock = std::os::unix::net::UnixDatagram::bind(dir.join("socket")).unwrap();
+    std::fs::set_permissions(dir.join("socket"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    let run = |job: &str| {
+        let script = format!(
+            "mount -t tmpfs none /run && mkdir -p /run/systemd/journal && \
+             mount --bind {} /run/systemd/journal && \
+             JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec \"$0\" \"$@\"",
+            dir.display()
+        );
+        let mut c = std::process::Command::new("unshare");
+        c.args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .arg(env!("CARGO_BIN_EXE_drctl"))
+            .arg("-c")
+            .arg(&w.config)
+            .args(["run", job])
+            .env_remove("DRCTL_CONFIG")
+            .env_remove("DRCTL_LOG")
+            .stdin(std::process::Stdio::null());
+        for (k, v) in &w.env {
+            if k != "DRCTL_LOG" {
+                c.env(k, v);
+            }
+        }
+        Run::from(c.output().unwrap())
+    };
+    let entries = || {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        while let Ok(n) = sock.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    };
+    let r = run("etc");
+    r.ok();
+    assert!(
+        !r.stderr.contains("backup started"),
+        "went to stderr: {}",
+        r.stderr
+    );
+    let got = entries();
+    let started = got
+        .iter()
+        .find(|e| e.starts_with("MESSAGE=backup started"))
+        .unwrap_or_else(|| panic!("{got:#?}\n{}", r.stderr));
+    for field in [
+        "\nPRIORITY=5\n",
+        "\nSYSLOG_IDENTIFIER=drctl\n",
+        "\nJOB=etc\n",
+        "\nBACKUP_ID=",
+    ] {
+        assert!(started.contains(field), "{field} in {started}");
+    }
+    let r = run("broken");
+    assert_ne!(r.code, 0);
+    let got = entries();
+    assert!(
+        got.iter()
+            .any(|e| e.contains("\nPRIORITY=3\n") && e.contains("\nJOB=broken\n")),
+        "no error entry for the failed run: {got:#?}"
+    );
+}
+
+/// `rust-version` in Cargo.toml is at least what every locked dependency
+/// declares, so an older toolchain fails with cargo's clear message
+/// instead of a compile error deep in a dependency.
+#[test]
+fn rust_version_covers_every_locked_dependency() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let parse = |v: &str| -> Vec<u32> { v.split('.').map(|p| p.parse().unwrap()).collect() };
+    let ours = parse(env!("CARGO_PKG_RUST_VERSION"));
+    let mut needs = Vec::new();
+    for p in meta["packages"].as_array().unwrap() {
+        if let Some(v) = p["rust_version"].as_str() {
+            if parse(v) > ours {
+                needs.push(format!("{} {} needs {v}", p["name"], p["version"]));
+            }
+        }
+    }
+    assert!(
+        needs.is_empty(),
+        "rust-version {ours:?} is too low: {needs:?}"
+    );
+}
+
+#[test]
+fn version_names_the_commit() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drctl"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let inner = text
+        .trim()
+        .strip_prefix(&format!("drctl {} (", env!("CARGO_PKG_VERSION")))
+        .and_then(|t| t.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        inner == "unknown" || (inner.len() == 12 && inner.chars().all(|c| c.is_ascii_hexdigit())),
+        "{text}"
+    );
+}

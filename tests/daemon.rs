@@ -469,14 +469,29 @@ fn the_shipped_systemd_units_verify_cleanly_and_drctl_service_is_hardened() {
         )
         .unwrap();
     }
+    // The units' `Documentation=man:drctl(1)` must resolve: the pages
+    // `drctl man` writes (what the package installs) are on MANPATH.
+    let man = scratch_dir("drctl-man-");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drctl"))
+        .args(["man", "--out-dir"])
+        .arg(man.join("man1"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(man.join("man1/drctl.1").is_file() && man.join("man1/drctl-restore.1").is_file());
     for unit in [
         "drctl.service",
         "drctl-run@appdb.service",
         "drctl-run@appdb.timer",
     ] {
         let out = std::process::Command::new("systemd-analyze")
-            .args(["verify", "--man=no"])
+            .args(["verify", "--man=yes"])
             .arg(dir.join(unit))
+            .env("MANPATH", &man)
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);

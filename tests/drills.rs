@@ -313,14 +313,24 @@ fn the_daemon_runs_a_scheduled_drill_and_exports_its_metrics() {
     );
     d.w.drctl(&["run", &d.job]).ok();
     let mut daemon = Daemon::start(&d.w);
-    wait_until(Duration::from_secs(60), "a scheduled drill", || {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
         let r = d.w.drctl(&["drill", "list", "--json"]);
         let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_default();
-        v["runs"].as_array().is_some_and(|a| {
+        if v["runs"].as_array().is_some_and(|a| {
             a.iter()
                 .any(|r| r["outcome"] == "passed" && r["trigger"] == "schedule")
-        })
-    });
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled drill passed: {}\n{}",
+            r.all(),
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (code, metrics) = http_get(http_port(&d.w), "/metrics");
     assert_eq!(code, 200);
     let value = |prefix: &str| -> f64 {

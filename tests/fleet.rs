@@ -43,13 +43,7 @@ fn mode(p: &Path) -> u32 {
 
 #[test]
 fn backups_and_state_are_private_whatever_the_umask() {
-    let src = scratch_dir("drctl-src-");
-    std::fs::write(src.join("a.conf"), "secret=1\n").unwrap();
-    let w = World::new(&format!(
-        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\
-         [jobs.etc]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"local\"\n",
-        src.display()
-    ));
+    let w = etc_world();
     let mut c = w.command(&["run", "etc"]);
     unsafe {
         c.pre_exec(|| {
@@ -83,13 +77,7 @@ fn backups_and_state_are_private_whatever_the_umask() {
 
 #[test]
 fn a_command_as_another_user_than_the_state_owner_is_refused_with_the_command_to_use() {
-    let src = scratch_dir("drctl-src-");
-    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
-    let w = World::new(&format!(
-        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\
-         [jobs.etc]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"local\"\n",
-        src.display()
-    ));
+    let w = etc_world();
     // The service user (here: nobody) owns the state; root runs a job.
     as_nobody(&w, &["status"]).ok();
     let state = w.dir.join("state");
@@ -131,13 +119,7 @@ fn a_command_as_another_user_than_the_state_owner_is_refused_with_the_command_to
 /// hand) never stops the service user from taking the lock.
 #[test]
 fn a_lock_file_left_by_root_does_not_lock_the_service_user_out() {
-    let src = scratch_dir("drctl-src-");
-    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
-    let w = World::new(&format!(
-        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\
-         [jobs.etc]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"local\"\n",
-        src.display()
-    ));
+    let w = etc_world();
     let locks = w.dir.join("state/locks");
     std::fs::create_dir_all(&locks).unwrap();
     std::fs::create_dir_all(w.repo_dir()).unwrap();
@@ -460,5 +442,174 @@ fn version_names_the_commit() {
     assert!(
         inner == "unknown" || (inner.len() == 12 && inner.chars().all(|c| c.is_ascii_hexdigit())),
         "{text}"
+    );
+}
+
+/// The bash completion script completes subcommands and their flags.
+#[test]
+fn bash_completion_completes_commands_and_flags() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drctl"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let dir = scratch_dir("drctl-completion-");
+    std::fs::write(dir.join("drctl.bash"), &out.stdout).unwrap();
+    let complete = |words: &str| -> String {
+        let script = format!(
+            "source {}/drctl.bash\nCOMP_WORDS=({words})\nCOMP_CWORD=$((${{#COMP_WORDS[@]}} - 1))\n\
+             COMP_LINE=\"{words}\"\nCOMP_POINT=${{#COMP_LINE}}\n_drctl drctl \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\"\n\
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            dir.display()
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        complete("drctl res").lines().any(|l| l == "restore"),
+        "{}",
+        complete("drctl res")
+    );
+    let flags = complete("drctl restore --par");
+    assert!(flags.lines().any(|l| l == "--parallel"), "{flags}");
+    for shell in ["zsh", "fish"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_drctl"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("restore"));
+    }
+}
+
+/// Missing AWS credentials are one sentence naming what was tried, not the
+/// SDK's provider-by-provider dump with a "cannot reach the store" hint.
+#[test]
+fn missing_aws_credentials_are_one_sentence() {
+    let w = World::new(
+        "[repositories.r]\ntype = \"s3\"\nbucket = \"b\"\nregion = \"us-east-1\"\nendpoint = \"http://127.0.0.1:9\"\n\
+         [jobs.etc]\ntype = \"files\"\npaths = [\"/etc/hostname\"]\nrepository = \"r\"\n",
+    );
+    let home = scratch_dir("drctl-home-");
+    let mut c = w.command(&["backups", "etc"]);
+    for k in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+    ] {
+        c.env_remove(k);
+    }
+    c.env("HOME", &home)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env_remove("DRCTL_LOG");
+    let r = Run::from(c.output().unwrap());
+    assert_ne!(r.code, 0);
+    let err = r.stderr.trim();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("no AWS credentials found (tried the environment"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("dispatch failure") && err.len() < 500,
+        "{err}"
+    );
+}
+
+/// Job files in `schedules/` next to the main config are merged without a
+/// `schedules_dir` key (the package's /etc/drctl/schedules).
+#[test]
+fn schedules_next_to_the_config_are_merged_by_default() {
+    let w = World::new("[repositories.local]\ntype = \"local\"\npath = \"{dir}/repo\"\n");
+    std::fs::create_dir_all(w.dir.join("schedules")).unwrap();
+    std::fs::write(
+        w.dir.join("schedules/etc.toml"),
+        "[jobs.etc]\ntype = \"files\"\npaths = [\"/etc/hostname\"]\nrepository = \"local\"\n",
+    )
+    .unwrap();
+    let r = w.drctl(&["config", "check"]);
+    r.ok();
+    assert!(r.stderr.contains("1 jobs"), "{}", r.stderr);
+    w.drctl(&["run", "etc"]).ok();
+}
+
+/// `drctl doctor` probes for real: a reachable database and a writable
+/// repository are ok; a database that refuses and a repository that cannot
+/// be written fail with their fix, and the exit code says so.
+#[test]
+fn doctor_checks_databases_repositories_and_the_state_directory() {
+    let pg = pg();
+    let db = pg.create_db("doctor");
+    let blocked = scratch_dir("drctl-blocked-");
+    std::fs::write(blocked.join("repo"), "a file where a directory should be").unwrap();
+    let mut w = World::new(&format!(
+        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\
+         [repositories.broken]\ntype = \"local\"\npath = \"{}/repo/sub\"\n\
+         [jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"local\"\n\
+         [jobs.gone]\ntype = \"postgres\"\nurl_env = \"GONE_URL\"\nrepository = \"broken\"\n",
+        blocked.display()
+    ));
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    w.set_env(
+        "GONE_URL",
+        &format!("postgres://nobody@127.0.0.1:{}/none", free_port()),
+    );
+    w.drctl(&["run", "appdb"]).ok();
+    let r = w.drctl(&["doctor", "--json"]);
+    assert_eq!(r.code, 8, "{}", r.all());
+    let findings: Vec<serde_json::Value> = serde_json::from_str(&r.stdout).unwrap();
+    let level = |check: &str, subject: &str| -> String {
+        findings
+            .iter()
+            .find(|f| f["check"] == check && f["subject"] == subject)
+            .unwrap_or_else(|| panic!("no {check} {subject} in {findings:#?}"))["level"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(level("database", "appdb"), "ok");
+    assert_eq!(level("database", "gone"), "fail");
+    assert_eq!(level("repository", "local"), "ok");
+    assert_eq!(level("clock", "local"), "ok");
+    assert_eq!(level("repository", "broken"), "fail");
+    assert_eq!(level("scratch", "appdb"), "ok");
+    assert_eq!(
+        level("state", &w.dir.join("state").display().to_string()),
+        "ok"
+    );
+    let gone = findings
+        .iter()
+        .find(|f| f["subject"] == "gone" && f["check"] == "database")
+        .unwrap();
+    assert!(
+        gone["fix"].as_str().unwrap().contains("pg_hba.conf"),
+        "{gone}"
+    );
+    // No probe is left behind.
+    assert!(
+        !w.repo_dir().join("_doctor").exists()
+            || std::fs::read_dir(w.repo_dir().join("_doctor"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+    // The text form: one line per finding, fixes under them.
+    let t = w.drctl(&["doctor"]);
+    assert_eq!(t.code, 8);
+    assert!(
+        t.stdout
+            .lines()
+            .any(|l| l.starts_with("FAIL  repository   broken")),
+        "{}",
+        t.stdout
+    );
+    assert!(
+        t.stdout
+            .contains("fix: check the credentials and the write permission"),
+        "{}",
+        t.stdout
     );
 }

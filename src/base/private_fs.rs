@@ -37,6 +37,22 @@ pub fn open_rw(path: &Path) -> std::io::Result<std::fs::File> {
     Ok(f)
 }
 
+/// Create an empty file 0600 unless one exists; an existing file is not
+/// even opened (see `State::open`: a stray descriptor of a SQLite file
+/// drops the process's locks on it when closed).
+pub fn create_if_missing(path: &Path) -> std::io::Result<()> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(f) => f.set_permissions(std::fs::Permissions::from_mode(0o600)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Create a new file, 0600 (fails if it exists).
 pub async fn create_new(path: &Path) -> std::io::Result<tokio::fs::File> {
     let f = tokio::fs::OpenOptions::new()
@@ -48,12 +64,6 @@ pub async fn create_new(path: &Path) -> std::io::Result<tokio::fs::File> {
     f.set_permissions(std::fs::Permissions::from_mode(0o600))
         .await?;
     Ok(f)
-}
-
-/// Tighten an existing file to 0600 (one a library created with its own
-/// mode, such as SQLite's database and its WAL).
-pub fn restrict(path: &Path) -> std::io::Result<()> {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
 }
 
 #[cfg(test)]

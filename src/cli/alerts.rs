@@ -112,7 +112,7 @@ async fn list(cfg: &LoadedConfig, json: bool, limit: i64) -> anyhow::Result<()> 
     Ok(())
 }
 
-async fn test(cfg: &LoadedConfig, only: Option<String>, json: bool) -> anyhow::Result<()> {
+pub async fn test(cfg: &LoadedConfig, only: Option<String>, json: bool) -> anyhow::Result<()> {
     let all = &cfg.config.alerts.channels;
     if let Some(name) = &only {
         if !all.contains_key(name) {

@@ -195,7 +195,7 @@ async fn list(cfg: &LoadedConfig, state: &State, n: i64, json: bool) -> anyhow::
             "{:>5} {:<18} {:<26} {:<11} {:>8} {}",
             r.id,
             r.drill,
-            r.started_at,
+            super::when(&r.started_at),
             r.outcome,
             r.total_seconds
                 .map_or_else(|| "-".into(), |t| format!("{t:.1}s")),

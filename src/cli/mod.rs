@@ -13,6 +13,7 @@ macro_rules! println {
 mod alerts;
 mod backups;
 mod config_cmd;
+mod doctor;
 mod drill;
 mod logging;
 mod progress;
@@ -85,6 +86,20 @@ enum Command {
         #[command(subcommand)]
         command: config_cmd::ConfigCommand,
     },
+    /// Check the whole setup (config, databases, repositories, clock, space, alerts, systemd), with fixes
+    Doctor(doctor::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (drctl.1 and drctl-COMMAND.1) into a directory
+    #[command(hide = true)]
+    Man {
+        /// Where to write them
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -136,7 +151,40 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Alerts(a) => alerts::exec(&load()?, a).await,
         Command::Drill { command } => drill::exec(&load()?, command).await,
         Command::Config { command } => config_cmd::exec(cli.config.as_deref(), command).await,
+        Command::Doctor(a) => doctor::exec(&load()?, a).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "drctl", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out_dir } => write_man_pages(&out_dir),
     }
+}
+
+/// `drctl(1)` and one page per subcommand (`drctl-restore(1)`), from the
+/// same definitions as `--help`, so the pages never drift from the CLI.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let mut pages = vec![("drctl".to_owned(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("drctl-{}", sub.get_name());
+        pages.push((
+            name.clone(),
+            sub.clone().name(name).version(drctl::LONG_VERSION),
+        ));
+    }
+    for (name, page) in pages {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page)
+            .render(&mut out)
+            .with_context(|| format!("rendering {name}(1)"))?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
 }
 
 /// A token cancelled by SIGINT or SIGTERM, so a run stops cleanly: children
@@ -196,6 +244,20 @@ pub fn label_arg(text: Option<&str>) -> drctl::Result<Option<drctl::base::ids::L
     text.map(drctl::base::ids::Label::parse)
         .transpose()
         .map_err(|m| drctl::Error::Usage(format!("--label: {m}")))
+}
+
+/// A stored RFC 3339 time (`2026-12-02T04:24:20.547038342+00:00`) as a
+/// table cell: to the second, in UTC (`2026-12-02 04:24:20Z`); text that is
+/// not a time is shown as it is.
+pub fn when(text: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(text).map_or_else(
+        |_| text.to_owned(),
+        |t| {
+            t.with_timezone(&chrono::Utc)
+                .format("%Y-%m-%d %H:%M:%SZ")
+                .to_string()
+        },
+    )
 }
 
 pub fn human_bytes(n: u64) -> String {

@@ -82,7 +82,9 @@ fn print_plan(p: &Plan) {
         eprintln!("undo plan");
         eprintln!(
             "  safety copy {} (job {}, made {})",
-            p.backup_id, p.job, p.backup_finished_at
+            p.backup_id,
+            p.job,
+            super::when(&p.backup_finished_at)
         );
         eprintln!("  target      {}", p.target);
         for (i, s) in p.steps.iter().enumerate() {
@@ -93,7 +95,10 @@ fn print_plan(p: &Plan) {
     eprintln!("restore plan");
     eprintln!(
         "  backup     {} (job {}, {} from {})",
-        p.backup_id, p.job, p.backup_finished_at, p.backup_host
+        p.backup_id,
+        p.job,
+        super::when(&p.backup_finished_at),
+        p.backup_host
     );
     eprintln!("  repository {}", p.repository);
     eprintln!(

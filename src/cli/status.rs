@@ -59,7 +59,7 @@ pub async fn status(cfg: &LoadedConfig, a: StatusArgs) -> anyhow::Result<()> {
         let (last, outcome, dur) = match &r.last_run {
             // A check's verdict says more than "succeeded".
             Some(run) => (
-                run.started_at.clone(),
+                super::when(&run.started_at),
                 match (&run.result, run.status) {
                     (Some(v), drctl::services::state::RunStatus::Succeeded) => v.clone(),
                     _ => run.status.to_string(),
@@ -111,7 +111,7 @@ fn describe_restore(r: &drctl::engine::restore::journal::RestoreRecord) -> Strin
             drctl::engine::restore::journal::Action::Restore => "restore",
             drctl::engine::restore::journal::Action::Undo => "undo",
         },
-        r.started_at,
+        super::when(&r.started_at),
         r.outcome
     );
     if let Some(t) = r.total_seconds {
@@ -156,7 +156,7 @@ pub async fn logs(cfg: &LoadedConfig, a: LogsArgs) -> anyhow::Result<()> {
     for r in runs.iter().rev() {
         println!(
             "{} {:<11} {:>8} {:<9} {}",
-            r.started_at,
+            super::when(&r.started_at),
             r.status,
             duration(r),
             r.trigger,

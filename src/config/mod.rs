@@ -261,7 +261,7 @@ impl LoadedConfig {
         Ok(loaded)
     }
 
-    fn main_file(&self) -> String {
+    pub(crate) fn main_file(&self) -> String {
         self.files
             .first()
             .map_or_else(|| "<embedded defaults>".into(), |p| p.display().to_string())
@@ -385,6 +385,19 @@ impl LoadedConfig {
         self.merge_dir("drills_dir", "DRCTL_DRILLS_DIR", "drills")
     }
 
+    /// Unset, `schedules_dir` is `schedules/` and `drills_dir` `drills/`
+    /// next to the main config file (`/etc/drctl/schedules`), when that
+    /// directory exists: a package drops job files there.
+    fn default_dir(&self, section: &str) -> Option<PathBuf> {
+        let name = if section == "jobs" {
+            "schedules"
+        } else {
+            "drills"
+        };
+        let dir = self.files.first()?.parent()?.join(name);
+        dir.is_dir().then_some(dir)
+    }
+
     /// Merge `dir_key/*.toml` (sorted), each holding only `[section.*]`
     /// tables; a name defined twice is an error naming both files.
     fn merge_dir(&mut self, dir_key: &str, dir_env: &str, section: &str) -> Result<()> {
@@ -392,7 +405,8 @@ impl LoadedConfig {
             .figment
             .extract_inner(dir_key)
             .ok()
-            .or_else(|| std::env::var_os(dir_env).map(PathBuf::from));
+            .or_else(|| std::env::var_os(dir_env).map(PathBuf::from))
+            .or_else(|| self.default_dir(section));
         let Some(dir) = dir else { return Ok(()) };
         let entries = std::fs::read_dir(&dir).map_err(|e| Error::Config {
             file: self.file_of(dir_key),

@@ -251,8 +251,11 @@ impl State {
         .map_err(|e| err("taking the open lock".into(), e.into()))?
         .map_err(|e| err(format!("locking {}", lock_path.display()), e.into()))?;
         // Created 0600 before SQLite opens it: its WAL and shared-memory
-        // files take the database file's mode.
-        crate::base::private_fs::open_rw(&path)
+        // files take the database file's mode. Only when it does not exist:
+        // closing any descriptor of an open SQLite file drops every POSIX
+        // lock this process holds on it (the daemon's own connections),
+        // which corrupts concurrent access.
+        crate::base::private_fs::create_if_missing(&path)
             .map_err(|e| err(format!("creating {}", path.display()), e.into()))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)

@@ -72,10 +72,46 @@ macro_rules! write_options {
 /// the SDK's debug dump of the raw response, and a hint for the common ones.
 fn err_text<E: std::error::Error>(e: E) -> String {
     let text = crate::base::error::chain(&e);
+    if let Some(sentence) = no_credentials(&text) {
+        return sentence;
+    }
     match hint(&text) {
         Some(h) => format!("{text} ({h})"),
         None => text,
     }
+}
+
+/// The SDK's "no credentials found in chain" (a line per provider, with
+/// a misleading "dispatch failure" in front) as one sentence: which sources
+/// were tried and how to provide one.
+fn no_credentials(text: &str) -> Option<String> {
+    if !text.contains("no credentials found in chain")
+        && !text.contains("credential provider was not enabled")
+    {
+        return None;
+    }
+    let tried: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.trim().split_once(':').map(|(name, _)| name.trim()))
+        .filter(|name| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric()))
+        .map(|name| match name {
+            "Environment" => "the environment (AWS_ACCESS_KEY_ID)".to_owned(),
+            "Profile" => "the shared config (~/.aws, AWS_PROFILE)".to_owned(),
+            "WebIdentityToken" => "a web identity token".to_owned(),
+            "EcsContainer" => "the ECS container endpoint".to_owned(),
+            "Ec2InstanceMetadata" => "the EC2 instance metadata (IMDS)".to_owned(),
+            other => other.to_owned(),
+        })
+        .collect();
+    let tried = if tried.is_empty() {
+        String::new()
+    } else {
+        format!(" (tried {})", tried.join(", "))
+    };
+    Some(format!(
+        "no AWS credentials found{tried}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+         (under systemd in /etc/drctl/drctl.env), a profile, or an instance role"
+    ))
 }
 
 /// What to check for the errors operators meet while setting up a bucket.
@@ -561,6 +597,24 @@ impl Backend for S3Backend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_credentials_are_one_sentence() {
+        let sdk = "dispatch failure: other: the credential provider was not enabled: no credentials found in chain. Attempted:
+  Environment: the credential provider was not enabled: environment variable not set
+  Profile: the credential provider was not enabled
+  WebIdentityToken: the credential provider was not enabled: $AWS_WEB_IDENTITY_TOKEN_FILE was not set
+  EcsContainer: the credential provider was not enabled: ECS provider not configured
+  Ec2InstanceMetadata: the credential provider was not enabled: IMDS disabled";
+        let s = no_credentials(sdk).unwrap();
+        assert!(!s.contains('\n') && s.len() < 400, "{s}");
+        assert!(s.starts_with("no AWS credentials found (tried the environment (AWS_ACCESS_KEY_ID), the shared config"), "{s}");
+        assert!(
+            s.contains("the EC2 instance metadata (IMDS)") && s.contains("/etc/drctl/drctl.env"),
+            "{s}"
+        );
+        assert_eq!(no_credentials("service error: NoSuchBucket"), None);
+    }
 
     #[test]
     fn common_store_errors_get_a_hint_and_others_none() {

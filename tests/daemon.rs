@@ -84,8 +84,15 @@ fn metrics_health_and_status_are_served_and_the_exposition_parses() {
     assert_eq!(st[0]["job"], "tick");
     assert!(st[0]["next_run"].is_string());
 
-    let (code, body) = http_get(port, "/metrics");
+    // Prometheus's own Accept header gets OpenMetrics (curl gets the
+    // classic text format: tests/monitoring.rs lints that with promtool).
+    let (code, body) = http_get_with(
+        port,
+        "/metrics",
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
+    );
     assert_eq!(code, 200);
+    assert!(body.ends_with("# EOF\n"), "{body}");
     let exposition = body;
     // An independent, strict parser: the Python client's OpenMetrics parser.
     let parsed = std::process::Command::new("python3")

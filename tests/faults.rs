@@ -432,17 +432,9 @@ fn rpo_age_comes_from_the_store_clock_not_the_writing_host() {
 /// clock is shifted by `offset` (libfaketime): one of two hosts sharing a
 /// repository, with a wrong clock. Root only, as CI runs.
 fn skewed_run(w: &World, host: &str, offset: &str, args: &[&str]) -> Run {
-    let mut c = std::process::Command::new("unshare");
-    c.args(["--uts", "sh", "-c", "hostname \"$0\" && exec \"$@\"", host])
-        .args(["faketime", "-f", offset, env!("CARGO_BIN_EXE_drctl"), "-c"])
-        .arg(&w.config)
-        .args(args)
-        .env_remove("DRCTL_CONFIG")
-        .stdin(std::process::Stdio::null());
-    for (k, v) in &w.env {
-        c.env(k, v);
-    }
-    Run::from(c.output().unwrap())
+    let mut prefix = as_host(host);
+    prefix.extend(["faketime", "-f", offset]);
+    Run::from(w.command_via(&prefix, args).output().unwrap())
 }
 
 #[test]

@@ -9,23 +9,26 @@ use common::*;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::time::Duration;
 
 const NOBODY: u32 = 65534;
 
 /// `drctl` in world `w` as uid/gid 65534, environment kept.
 fn as_nobody(w: &World, args: &[&str]) -> Run {
-    let mut c = std::process::Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_drctl"))
-        .arg("-c")
-        .arg(&w.config)
-        .args(args)
-        .env_remove("DRCTL_CONFIG")
-        .stdin(std::process::Stdio::null());
-    for (k, v) in &w.env {
-        c.env(k, v);
-    }
-    Run::from(c.output().unwrap())
+    Run::from(
+        w.command_via(
+            &[
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+            ],
+            args,
+        )
+        .output()
+        .unwrap(),
+    )
 }
 
 fn chown_tree(p: &Path, uid: u32) {
@@ -341,20 +344,19 @@ fn under_systemd_logs_go_to_the_journal_with_priorities_and_fields() {
              JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec \"$0\" \"$@\"",
             dir.display()
         );
-        let mut c = std::process::Command::new("unshare");
-        c.args(["--mount", "--propagation", "private", "sh", "-c", &script])
-            .arg(env!("CARGO_BIN_EXE_drctl"))
-            .arg("-c")
-            .arg(&w.config)
-            .args(["run", job])
-            .env_remove("DRCTL_CONFIG")
-            .env_remove("DRCTL_LOG")
-            .stdin(std::process::Stdio::null());
-        for (k, v) in &w.env {
-            if k != "DRCTL_LOG" {
-                c.env(k, v);
-            }
-        }
+        let mut c = w.command_via(
+            &[
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+            ],
+            &["run", job],
+        );
+        c.env_remove("DRCTL_LOG");
         Run::from(c.output().unwrap())
     };
     let entries = || {
@@ -611,5 +613,155 @@ fn doctor_checks_databases_repositories_and_the_state_directory() {
             .contains("fix: check the credentials and the write permission"),
         "{}",
         t.stdout
+    );
+}
+
+/// Two hosts (UTS namespaces of their own) sharing one repository: each
+/// daemon publishes `_hosts/<host>.json`; `drctl fleet` from either shows
+/// both with their state; a host whose daemon dies is shown stale and
+/// alerted on by the other (`fleet_stale`), resolved when it comes back.
+// One end-to-end scenario told in order.
+#[allow(clippy::too_many_lines)]
+#[test]
+fn the_fleet_view_shows_every_host_of_a_repository_and_alerts_on_a_silent_one() {
+    use common::receivers::HttpReceiver;
+    let repo = scratch_dir("drctl-fleet-repo-");
+    let src = scratch_dir("drctl-src-");
+    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
+    let hook = HttpReceiver::start();
+    // Host names take no underscore.
+    let (a_host, b_host) = (
+        unique("fleet-a").replace('_', "-"),
+        unique("fleet-b").replace('_', "-"),
+    );
+    let world = |job: &str, paths: &str| {
+        World::new(&format!(
+            "fleet_publish = \"1s\"\nfleet_stale = \"8s\"\n\
+             [http]\nenabled = false\n\
+             [repositories.shared]\ntype = \"local\"\npath = \"{}\"\n\
+             [jobs.{job}]\ntype = \"files\"\npaths = [\"{paths}\"]\nrepository = \"shared\"\nschedule = \"0 0 2 * * *\"\nrpo = \"1d\"\n\
+             [jobs.health]\ntype = \"health\"\n[[jobs.health.checks]]\ntype = \"http\"\nurl = \"http://user:fleet-canary-pw@127.0.0.1:{}/up\"\n\
+             [alerts.channels.hook]\ntype = \"webhook\"\nurl = \"{}\"\n[alerts.routes]\ncritical = [\"hook\"]\n",
+            repo.display(),
+            free_port(),
+            hook.url("/alerts")
+        ))
+    };
+    let a = world("etc", &src.display().to_string());
+    // Host b's job fails: its path does not exist.
+    let b = world("conf", &format!("{}/missing", src.display()));
+    assert_eq!(
+        Run::from(
+            a.command_via(&as_host(&a_host), &["run", "etc"])
+                .output()
+                .unwrap()
+        )
+        .code,
+        0
+    );
+    assert_ne!(
+        Run::from(
+            b.command_via(&as_host(&b_host), &["run", "conf"])
+                .output()
+                .unwrap()
+        )
+        .code,
+        0
+    );
+    let _da = Daemon::start_via(&a, &as_host(&a_host));
+    let mut db = Daemon::start_via(&b, &as_host(&b_host));
+    let fleet = |w: &World| {
+        let r = w.drctl(&["fleet", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_default();
+        (r.code, v)
+    };
+    let host = |v: &serde_json::Value, h: &str| {
+        v.as_array()
+            .and_then(|a| a.iter().find(|x| x["host"] == h).cloned())
+    };
+    wait_until(Duration::from_secs(30), "both hosts published", || {
+        let (_, v) = fleet(&a);
+        host(&v, &a_host).is_some() && host(&v, &b_host).is_some()
+    });
+    let (code, v) = fleet(&b);
+    // b's failing job: exit 7 (warning) from any host.
+    assert_eq!(code, 7, "{v}");
+    let ha = host(&v, &a_host).unwrap();
+    assert_eq!(ha["state"], "ok", "{ha}");
+    assert_eq!(ha["stale"], false);
+    assert_eq!(ha["status"]["version"], env!("CARGO_PKG_VERSION"));
+    let etc = ha["status"]["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job"] == "etc")
+        .unwrap();
+    assert_eq!(etc["last_outcome"], "succeeded", "{ha}");
+    assert_eq!(etc["rpo"]["compliant"], true, "{ha}");
+    let hb = host(&v, &b_host).unwrap();
+    assert_eq!(hb["state"], "failing", "{hb}");
+    // The objects: private, no secret in them, one per host.
+    let objects: Vec<std::path::PathBuf> = std::fs::read_dir(repo.join("_hosts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(objects.len(), 2, "{objects:?}");
+    for o in &objects {
+        assert_eq!(mode(o) & 0o777, 0o600, "{}", o.display());
+        let text = std::fs::read_to_string(o).unwrap();
+        assert!(!text.contains("fleet-canary-pw"), "{text}");
+    }
+    // The text table names both hosts.
+    let table = a.drctl(&["fleet"]);
+    assert!(
+        table.stdout.contains(&a_host) && table.stdout.contains(&b_host),
+        "{}",
+        table.stdout
+    );
+    assert!(table.stdout.contains("FAILING"), "{}", table.stdout);
+    // The DR report covers the fleet.
+    let report = a.drctl(&["drill", "report", "--fleet", "--format", "json"]);
+    let r: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
+    let hosts: Vec<&str> = r["fleet"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["host"].as_str().unwrap())
+        .collect();
+    assert!(
+        hosts.contains(&a_host.as_str()) && hosts.contains(&b_host.as_str()),
+        "{r}"
+    );
+    let md = a.drctl(&["drill", "report", "--fleet"]);
+    assert!(md.stdout.contains("## Fleet"), "{}", md.stdout);
+
+    // b's daemon dies: a alerts once b's status is older than 8 s.
+    db.child.kill().unwrap();
+    db.child.wait().unwrap();
+    let key = format!("host_stale:{b_host}");
+    wait_until(Duration::from_secs(40), "host_stale fired", || {
+        hook.requests("/alerts")
+            .iter()
+            .any(|r| r.json()["key"] == key && r.json()["event"] == "firing")
+    });
+    let (code, v) = fleet(&a);
+    assert_eq!(code, 8, "{v}");
+    assert_eq!(host(&v, &b_host).unwrap()["state"], "stale");
+    let _db = Daemon::start_via(&b, &as_host(&b_host));
+    wait_until(Duration::from_secs(40), "host_stale resolved", || {
+        hook.requests("/alerts")
+            .iter()
+            .any(|r| r.json()["key"] == key && r.json()["event"] == "resolved")
+    });
+}
+
+#[test]
+fn a_fleet_stale_shorter_than_an_idle_hosts_silence_is_refused() {
+    let msg = config_error("fleet_publish = \"1m\"\nfleet_stale = \"5m\"\n");
+    assert!(msg.contains("fleet_stale") && msg.contains("15m"), "{msg}");
+    let msg = config_error("fleet_publish = \"0s\"\nfleet_stale = \"15m\"\n");
+    assert!(
+        msg.contains("fleet_stale") && msg.contains("fleet_publish"),
+        "{msg}"
     );
 }

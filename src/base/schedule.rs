@@ -100,6 +100,15 @@ impl Schedule {
             .map(|d| d.with_timezone(&Utc))
     }
 
+    /// The length of the period `t` falls in: from the occurrence at or
+    /// before `t` to the next one. For irregular schedules (weekdays only)
+    /// it varies, which is what a "two periods without success" alert wants:
+    /// Friday's run is not late on Sunday.
+    pub fn period_at(&self, t: DateTime<Utc>) -> Option<chrono::Duration> {
+        let prev = self.previous_at_or_before(t)?;
+        Some(self.next_after(t)? - prev)
+    }
+
     /// A run was missed if the last success predates the previous occurrence.
     pub fn missed(&self, last_success: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
         match (last_success, self.previous_at_or_before(now)) {
@@ -116,6 +125,25 @@ mod tests {
 
     fn at(s: &str) -> DateTime<Utc> {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_period_is_the_gap_around_now() {
+        let daily = Schedule::parse("30 2 * * *", None).unwrap();
+        assert_eq!(
+            daily.period_at(at("2026-11-22T03:00:00Z")),
+            Some(chrono::Duration::days(1))
+        );
+        // Weekdays at 02:00: on Saturday the period is Friday to Monday.
+        let weekdays = Schedule::parse("0 2 * * 1-5", None).unwrap();
+        assert_eq!(
+            weekdays.period_at(at("2026-11-28T12:00:00Z")),
+            Some(chrono::Duration::days(3))
+        );
+        assert_eq!(
+            weekdays.period_at(at("2026-11-25T12:00:00Z")),
+            Some(chrono::Duration::days(1))
+        );
     }
 
     #[test]

@@ -67,48 +67,54 @@ async fn list(cfg: &LoadedConfig, json: bool, limit: i64) -> anyhow::Result<()> 
     if active.is_empty() {
         println!("No firing alerts.");
     } else {
-        println!(
-            "{:<8} {:<9} {:<28} {:<20} {:>5}  SUMMARY",
-            "STATE", "SEVERITY", "KEY", "SINCE (UTC)", "SENT"
-        );
+        let mut tb =
+            super::table::new(&["STATE", "SEVERITY", "KEY", "SINCE (UTC)", "SENT", "SUMMARY"]);
+        super::table::right(&mut tb, &[4]);
         for a in &active {
-            println!(
-                "{:<8} {:<9} {:<28} {:<20} {:>5}  {}",
-                a.state,
-                a.severity.as_str(),
-                a.key,
+            tb.add_row(vec![
+                a.state.to_string(),
+                a.severity.as_str().to_owned(),
+                a.key.clone(),
                 t(&a.started_at),
-                a.notifications,
-                a.summary
-            );
+                a.notifications.to_string(),
+                a.summary.clone(),
+            ]);
         }
+        println!("{}", super::table::render(&tb));
     }
     println!();
     if outbox.is_empty() {
         println!("Outbox is empty.");
         return Ok(());
     }
-    println!(
-        "{:>5} {:<10} {:<12} {:<28} {:<10} {:>8} {:<20}  LAST ERROR",
-        "ID", "CHANNEL", "EVENT", "KEY", "STATE", "ATTEMPTS", "NEXT/DONE (UTC)"
-    );
+    let mut tb = super::table::new(&[
+        "ID",
+        "CHANNEL",
+        "EVENT",
+        "KEY",
+        "STATE",
+        "ATTEMPTS",
+        "NEXT/DONE (UTC)",
+        "LAST ERROR",
+    ]);
+    super::table::right(&mut tb, &[0, 5]);
     for d in &outbox {
         let when = d
             .delivered_at
             .or(d.next_attempt_at)
             .map_or_else(|| "-".into(), |x| t(&x));
-        println!(
-            "{:>5} {:<10} {:<12} {:<28} {:<10} {:>8} {:<20}  {}",
-            d.id,
-            d.channel,
-            d.event,
-            d.alert_key,
-            d.state,
-            d.attempts,
+        tb.add_row(vec![
+            d.id.to_string(),
+            d.channel.clone(),
+            d.event.clone(),
+            d.alert_key.clone(),
+            d.state.to_string(),
+            d.attempts.to_string(),
             when,
-            drctl::base::secret::redact(d.last_error.as_deref().unwrap_or(""))
-        );
+            drctl::base::secret::redact(d.last_error.as_deref().unwrap_or("")),
+        ]);
     }
+    println!("{}", super::table::render(&tb));
     Ok(())
 }
 

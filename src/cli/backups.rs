@@ -141,23 +141,24 @@ fn print(rows: Vec<Row>, json: bool) -> anyhow::Result<()> {
         println!("no committed backups");
         return Ok(());
     }
-    println!(
-        "{:<12} {:<44} {:<26} {:>10} {:>9}  STATUS",
-        "JOB", "ID", "FINISHED", "SIZE", "DURATION"
-    );
+    let mut t = super::table::new(&["JOB", "ID", "FINISHED", "SIZE", "DURATION", "STATUS"]);
+    super::table::right(&mut t, &[3, 4]);
     for r in rows {
-        println!(
-            "{:<12} {:<44} {:<26} {:>10} {:>8.1}s  {}{}",
-            r.job,
-            r.id,
-            r.finished_at,
+        t.add_row(vec![
+            r.job.clone(),
+            r.id.clone(),
+            r.finished_at.clone(),
             super::human_bytes(r.stored_bytes),
-            r.duration_seconds,
-            r.status,
-            marks(r.label.as_deref(), r.keep_until.as_deref())
-                + &r.problem.map(|p| format!(" ({p})")).unwrap_or_default()
-        );
+            format!("{:.1}s", r.duration_seconds),
+            format!(
+                "{}{}{}",
+                r.status,
+                marks(r.label.as_deref(), r.keep_until.as_deref()),
+                r.problem.map(|p| format!(" ({p})")).unwrap_or_default()
+            ),
+        ]);
     }
+    println!("{}", super::table::render(&t));
     Ok(())
 }
 

@@ -30,6 +30,9 @@ pub enum DrillCommand {
         /// Write here instead of stdout
         #[arg(short = 'o', long)]
         output: Option<std::path::PathBuf>,
+        /// Add every host publishing into this host's repositories (`drctl fleet`) and their drills
+        #[arg(long)]
+        fleet: bool,
     },
     /// Configured drills and their recent runs
     List {
@@ -65,7 +68,8 @@ pub async fn exec(cfg: &LoadedConfig, cmd: DrillCommand) -> anyhow::Result<()> {
             since,
             format,
             output,
-        } => report(cfg, &state, since, format, output).await,
+            fleet,
+        } => report(cfg, &state, since, format, output, fleet).await,
         DrillCommand::List { n, json } => list(cfg, &state, n, json).await,
     }
 }
@@ -137,8 +141,18 @@ async fn report(
     since: std::time::Duration,
     format: Format,
     output: Option<std::path::PathBuf>,
+    fleet: bool,
 ) -> anyhow::Result<()> {
-    let r = drctl::engine::report::build(cfg, state, since).await?;
+    let mut r = drctl::engine::report::build(cfg, state, since).await?;
+    if fleet {
+        let stale = cfg
+            .config
+            .fleet_stale
+            .unwrap_or(std::time::Duration::from_secs(15 * 60));
+        r.fleet =
+            drctl::engine::fleet::gather(cfg, &drctl::engine::fleet::repositories(cfg), stale)
+                .await?;
+    }
     let text = match format {
         Format::Html => drctl::engine::report::html(&r),
         Format::Md => drctl::engine::report::markdown(&r),
@@ -168,40 +182,44 @@ async fn list(cfg: &LoadedConfig, state: &State, n: i64, json: bool) -> anyhow::
         );
         return Ok(());
     }
-    println!(
-        "{:<18} {:<12} {:<22} {:>8} {:>10}",
-        "DRILL", "JOB", "SCHEDULE", "RTO", "LAST"
-    );
+    let mut t = super::table::new(&["DRILL", "JOB", "SCHEDULE", "RTO", "LAST"]);
+    super::table::right(&mut t, &[3]);
     for (name, d) in &cfg.config.drills {
         let last = runs
             .iter()
             .find(|r| &r.drill == name)
             .map_or("never", |r| r.outcome.as_str());
-        println!(
-            "{:<18} {:<12} {:<22} {:>8} {:>10}",
-            name,
-            d.job,
+        t.add_row(vec![
+            name.clone(),
+            d.job.clone(),
             d.schedule
                 .as_ref()
-                .map_or("-", drctl::base::values::Parsed::text),
+                .map_or("-", drctl::base::values::Parsed::text)
+                .to_owned(),
             d.rto
                 .map_or_else(|| "-".into(), |r| humantime::format_duration(r).to_string()),
-            last
-        );
+            last.to_owned(),
+        ]);
+    }
+    println!("{}", super::table::render(&t));
+    if runs.is_empty() {
+        return Ok(());
     }
     println!();
+    let mut t = super::table::new(&["ID", "DRILL", "STARTED", "OUTCOME", "TOTAL", "BACKUP"]);
+    super::table::right(&mut t, &[0, 4]);
     for r in &runs {
-        println!(
-            "{:>5} {:<18} {:<26} {:<11} {:>8} {}",
-            r.id,
-            r.drill,
+        t.add_row(vec![
+            r.id.to_string(),
+            r.drill.clone(),
             super::when(&r.started_at),
-            r.outcome,
+            r.outcome.to_string(),
             r.total_seconds
                 .map_or_else(|| "-".into(), |t| format!("{t:.1}s")),
-            r.backup_id.as_deref().unwrap_or("-")
-        );
+            r.backup_id.clone().unwrap_or_else(|| "-".into()),
+        ]);
     }
+    println!("{}", super::table::render(&t));
     Ok(())
 }
 

@@ -15,6 +15,7 @@ mod backups;
 mod config_cmd;
 mod doctor;
 mod drill;
+mod fleet;
 mod logging;
 mod progress;
 mod prune;
@@ -22,6 +23,7 @@ mod restore;
 mod rpo;
 mod run;
 mod status;
+mod table;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -88,6 +90,8 @@ enum Command {
     },
     /// Check the whole setup (config, databases, repositories, clock, space, alerts, systemd), with fixes
     Doctor(doctor::Args),
+    /// Every host publishing into the repositories: version, jobs, failures, RPO, drills, staleness
+    Fleet(fleet::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions {
         /// The shell
@@ -152,6 +156,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Drill { command } => drill::exec(&load()?, command).await,
         Command::Config { command } => config_cmd::exec(cli.config.as_deref(), command).await,
         Command::Doctor(a) => doctor::exec(&load()?, a).await,
+        Command::Fleet(a) => fleet::exec(&load()?, a).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "drctl", &mut std::io::stdout());

@@ -102,22 +102,28 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     let d = |s: f64| {
         humantime::format_duration(std::time::Duration::from_secs(s.max(0.0) as u64)).to_string()
     };
-    println!(
-        "{:<14} {:>8} {:>12} {:<9} {:>10} {:>12}  NEWEST",
-        "JOB", "TARGET", "AGE", "STATUS", "COMPLIANCE", "WORST GAP"
-    );
+    let mut t = super::table::new(&[
+        "JOB",
+        "TARGET",
+        "AGE",
+        "STATUS",
+        "COMPLIANCE",
+        "WORST GAP",
+        "NEWEST",
+    ]);
+    super::table::right(&mut t, &[1, 2, 4, 5]);
     for r in &rows {
-        println!(
-            "{:<14} {:>8} {:>12} {:<9} {:>9.2}% {:>12}  {}",
-            r.status.job,
+        t.add_row(vec![
+            r.status.job.clone(),
             d(r.status.target_seconds),
             r.status.age_seconds.map_or_else(|| "no backup".into(), d),
-            if r.status.compliant { "ok" } else { "VIOLATED" },
-            r.window.compliance * 100.0,
+            if r.status.compliant { "ok" } else { "VIOLATED" }.to_owned(),
+            format!("{:.2}%", r.window.compliance * 100.0),
             r.window.worst_gap_seconds.map_or_else(|| "-".into(), d),
-            r.status.newest_backup.as_deref().unwrap_or("-"),
-        );
+            r.status.newest_backup.clone().unwrap_or_else(|| "-".into()),
+        ]);
     }
+    println!("{}", super::table::render(&t));
     eprintln!(
         "compliance over the last {} (tracked time only)",
         humantime::format_duration(a.since)

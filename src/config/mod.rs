@@ -69,6 +69,8 @@ const ENV_KEYS: &[&str] = &[
     "state_dir",
     "schedules_dir",
     "history",
+    "fleet_publish",
+    "fleet_stale",
     "repositories",
     "jobs",
     "daemon",
@@ -93,6 +95,19 @@ pub struct Config {
     /// and each job's newest run of every outcome are kept regardless.
     #[serde(default = "default_history", with = "humantime_serde")]
     pub history: std::time::Duration,
+    /// How often the daemon may write its status (`_hosts/<host>.json`)
+    /// into its repositories for `drctl fleet`: at most this often when
+    /// something changed, every five of it otherwise. `"0s"` turns it off.
+    #[serde(default = "default_fleet_publish", with = "humantime_serde")]
+    pub fleet_publish: std::time::Duration,
+    /// Alert (`host_stale:HOST`) when another host's status is older than
+    /// this: its daemon or machine is down. Unset: no such alert.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub fleet_stale: Option<std::time::Duration>,
     /// Where backups are stored (`[repositories.NAME]`).
     #[serde(default)]
     pub repositories: BTreeMap<String, RepositoryConfig>,
@@ -188,6 +203,17 @@ fn default_grace() -> std::time::Duration {
     std::time::Duration::from_secs(90)
 }
 
+/// An unchanged fleet status is still rewritten this often (five
+/// `fleet_publish` periods), so that staleness means "the daemon stopped",
+/// not "nothing happened".
+pub fn fleet_heartbeat(publish: std::time::Duration) -> std::time::Duration {
+    publish.saturating_mul(5)
+}
+
+fn default_fleet_publish() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+
 fn default_history() -> std::time::Duration {
     std::time::Duration::from_secs(90 * 86400)
 }
@@ -231,6 +257,8 @@ impl LoadedConfig {
                 state_dir: default_state_dir(),
                 schedules_dir: None,
                 history: default_history(),
+                fleet_publish: default_fleet_publish(),
+                fleet_stale: None,
                 repositories: BTreeMap::new(),
                 jobs: BTreeMap::new(),
                 daemon: DaemonConfig::default(),
@@ -482,6 +510,24 @@ impl LoadedConfig {
                 "shorter than a day (expected e.g. \"90d\"; RPO windows and DR reports read this history)"
                     .to_string(),
             ));
+        }
+        if let Some(stale) = self.config.fleet_stale {
+            let publish = self.config.fleet_publish;
+            if publish.is_zero() {
+                errors.push((
+                    "fleet_stale".to_string(),
+                    "set while fleet_publish = \"0s\" turns publishing off (expected fleet_publish = \"1m\" or no fleet_stale)".to_string(),
+                ));
+            } else if stale <= fleet_heartbeat(publish) + publish {
+                errors.push((
+                    "fleet_stale".to_string(),
+                    format!(
+                        "{} is not longer than an idle host's longest silence ({}: five fleet_publish periods and one more); expected e.g. \"15m\"",
+                        humantime::format_duration(stale),
+                        humantime::format_duration(fleet_heartbeat(publish) + publish)
+                    ),
+                ));
+            }
         }
         for (name, repo) in &self.config.repositories {
             let key = format!("repositories.{name}");

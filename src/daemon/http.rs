@@ -4,6 +4,7 @@
 //! `drctl run` outside the daemon count too and nothing is lost on restart
 //! except what Prometheus already expects counters to lose.
 
+use super::exposition;
 use super::Daemon;
 use crate::engine::status::JobStatus;
 use axum::extract::State as AxState;
@@ -154,7 +155,7 @@ async fn status(AxState(d): AxState<Arc<Daemon>>) -> Response {
 // The exposition is written top to bottom, one metric family after the
 // other; split, the families would only move apart.
 #[allow(clippy::too_many_lines)]
-async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Response {
+async fn metrics(AxState(d): AxState<Arc<Daemon>>, headers: axum::http::HeaderMap) -> Response {
     let jobs = match statuses(&d).await {
         Ok(s) => s,
         Err(r) => return r,
@@ -167,6 +168,8 @@ async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Response {
     let size = Family::<JobLabels, Gauge>::default();
     let is_running = Family::<JobLabels, Gauge>::default();
     let next = Family::<JobLabels, FloatGauge>::default();
+    let period = Family::<JobLabels, FloatGauge>::default();
+    let last_failed = Family::<JobLabels, Gauge>::default();
     for j in &jobs {
         let l = JobLabels {
             job_name: j.job.clone(),
@@ -203,6 +206,14 @@ async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Response {
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         {
             next.get_or_create(&l).set(t.timestamp() as f64);
+        }
+        if let Some(p) = j.schedule_period_seconds {
+            period.get_or_create(&l).set(p);
+        }
+        if let Some(r) = j.last_run.as_ref().filter(|r| r.finished_at.is_some()) {
+            last_failed
+                .get_or_create(&l)
+                .set(i64::from(r.status == "failed"));
         }
         is_running
             .get_or_create(&l)
@@ -261,6 +272,16 @@ async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Response {
         "Next scheduled run (Unix time)",
         next,
     );
+    reg.register(
+        "drctl_job_schedule_period_seconds",
+        "Seconds between the schedule's current and next occurrence: alert when the last success is older than two of them",
+        period,
+    );
+    reg.register(
+        "drctl_job_last_run_failed",
+        "1 if the job's last finished run failed, 0 if it succeeded, was skipped or interrupted",
+        last_failed,
+    );
     match crate::engine::drill::list(&d.state, None, None, 1000).await {
         Ok(runs) => register_drills(&mut reg, &d.config(), runs),
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
@@ -300,14 +321,13 @@ async fn metrics(AxState(d): AxState<Arc<Daemon>>) -> Response {
     if let Err(e) = prometheus_client::encoding::text::encode(&mut body, &reg) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
+    let accept = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok());
+    if exposition::wants_openmetrics(accept) {
+        ([(header::CONTENT_TYPE, exposition::OPENMETRICS)], body).into_response()
+    } else {
+        let text = exposition::to_text_format(&body);
+        ([(header::CONTENT_TYPE, exposition::TEXT)], text).into_response()
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -486,6 +506,7 @@ fn register_drills(
     let success = Family::<DrillLabels, FloatGauge>::default();
     let duration = Family::<DrillPhaseLabels, FloatGauge>::default();
     let rto = Family::<DrillLabels, FloatGauge>::default();
+    let failed = Family::<DrillLabels, Gauge>::default();
     for (name, d) in &cfg.config.drills {
         let l = DrillLabels {
             drill: name.clone(),
@@ -505,6 +526,9 @@ fn register_drills(
                 .set(ok.timestamp_millis() as f64 / 1000.0);
         }
         if let Some(last) = mine.clone().find(|r| r.finished_at.is_some()) {
+            failed.get_or_create(&l).set(i64::from(
+                last.outcome == crate::engine::drill::DrillOutcome::Failed,
+            ));
             for p in &last.phases {
                 duration
                     .get_or_create(&DrillPhaseLabels {
@@ -537,5 +561,10 @@ fn register_drills(
         "drctl_drill_rto_target_seconds",
         "The drill's RTO target",
         rto,
+    );
+    reg.register(
+        "drctl_drill_last_run_failed",
+        "1 if the drill's last finished run failed (a phase failed), 0 if it restored (in time or over RTO)",
+        failed,
     );
 }

@@ -11,6 +11,8 @@
 //! A tick that finds its job still running records a skip; the host lock
 //! (`lock.rs`) keeps `drctl run` and the daemon apart.
 
+mod exposition;
+mod fleet;
 mod http;
 mod internal;
 mod notify;
@@ -460,7 +462,7 @@ fn load_resolved(path: Option<&std::path::Path>) -> Result<LoadedConfig> {
 async fn shut_down(
     d: &Arc<Daemon>,
     mut sched: JobScheduler,
-    workers: [tokio::task::JoinHandle<()>; 2],
+    workers: [tokio::task::JoinHandle<()>; 3],
     grace: Duration,
 ) {
     let running: Vec<String> = d
@@ -629,6 +631,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     sched.start().await.map_err(sched_err)?;
     let alert_worker = tokio::spawn(alert_worker(d.clone()));
     let rpo_worker = tokio::spawn(rpo_worker(d.clone()));
+    let fleet_worker = tokio::spawn(fleet::worker(d.clone()));
     catch_up(&d).await;
 
     let io = |e| Error::io("installing signal handlers", e);
@@ -696,7 +699,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     shut_down(
         &d,
         sched,
-        [alert_worker, rpo_worker],
+        [alert_worker, rpo_worker, fleet_worker],
         cfg.config.daemon.grace_period,
     )
     .await;

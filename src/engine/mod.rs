@@ -9,6 +9,7 @@ pub mod backup;
 pub mod check_run;
 pub mod doctor;
 pub mod drill;
+pub mod fleet;
 pub mod jobs;
 pub mod prune;
 pub mod report;

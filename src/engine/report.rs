@@ -108,6 +108,60 @@ pub struct Report {
     pub real_restores: Vec<RealRestore>,
     /// What the reader should know (a job never drilled, ...).
     pub notes: Vec<String>,
+    /// Every host publishing into the repositories (`drill report
+    /// --fleet`), with its drills: the report covers the whole fleet.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fleet: Vec<crate::engine::fleet::HostView>,
+}
+
+/// The fleet section's header (one row per host and drill).
+const FLEET_HEADERS: [&str; 10] = [
+    "host",
+    "state",
+    "seen",
+    "drill",
+    "job",
+    "latest",
+    "restore time",
+    "RTO",
+    "30 days: passed / over RTO / failed",
+    "backup",
+];
+
+/// The fleet section as plain cells, one row per host and drill (a host
+/// without drills gets one row saying so) (pure).
+pub fn fleet_rows(hosts: &[crate::engine::fleet::HostView]) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for h in hosts {
+        let seen = format!(
+            "{} ago",
+            humantime::format_duration(Duration::from_secs(h.age_seconds.unsigned_abs()))
+        );
+        let head = [h.host.clone(), h.state.to_owned(), seen];
+        if h.status.drills.is_empty() {
+            let mut row = head.to_vec();
+            row.extend(["no drill".into()]);
+            row.resize(FLEET_HEADERS.len(), "-".into());
+            rows.push(row);
+        }
+        for d in &h.status.drills {
+            let mut row = head.to_vec();
+            row.extend([
+                d.drill.clone(),
+                d.job.clone(),
+                match (&d.last_outcome, &d.last_finished_at) {
+                    (Some(o), Some(t)) => format!("{o} ({})", day(t)),
+                    _ => "not run in 30 days".into(),
+                },
+                opt_dur(d.last_total_seconds),
+                opt_dur(d.rto_seconds),
+                format!("{} / {} / {}", d.passed_30d, d.over_rto_30d, d.failed_30d),
+                d.last_backup_id.clone().unwrap_or_else(|| "-".into()),
+            ]);
+            rows.push(row);
+        }
+    }
+    rows
 }
 
 impl Report {
@@ -153,6 +207,18 @@ impl Report {
                 "; lowest RPO compliance {:.1}% ({job})",
                 c * 100.0
             ));
+        }
+        if !self.fleet.is_empty() {
+            let not_ok: Vec<String> = self
+                .fleet
+                .iter()
+                .filter(|h| h.state != "ok")
+                .map(|h| format!("{} {}", h.host, h.state))
+                .collect();
+            s.push_str(&format!("; fleet of {} host(s)", self.fleet.len()));
+            if !not_ok.is_empty() {
+                s.push_str(&format!(": {}", not_ok.join(", ")));
+            }
         }
         s
     }
@@ -230,6 +296,7 @@ pub async fn build(cfg: &LoadedConfig, state: &State, since: Duration) -> Result
         jobs,
         real_restores,
         notes,
+        fleet: Vec::new(),
     })
 }
 
@@ -356,6 +423,14 @@ pub fn markdown(r: &Report) -> String {
             d.over_rto,
             d.failed
         );
+    }
+    if !r.fleet.is_empty() {
+        let _ = writeln!(o, "\n## Fleet\n");
+        let _ = writeln!(o, "| {} |", FLEET_HEADERS.join(" | "));
+        let _ = writeln!(o, "|{}", " --- |".repeat(FLEET_HEADERS.len()));
+        for row in fleet_rows(&r.fleet) {
+            let _ = writeln!(o, "| {} |", row.join(" | "));
+        }
     }
     let _ = writeln!(o, "\n## Backups: RPO compliance\n");
     let _ = writeln!(o, "| job | RPO | now | newest backup age | compliance | violations | worst gap | drills passed |");
@@ -639,6 +714,14 @@ pub fn html(r: &Report) -> String {
             esc(&d.drill),
             chart(d, r.from, r.to)
         );
+    }
+    if !r.fleet.is_empty() {
+        o.push_str("<h2 style=\"font-size:18px\">Fleet</h2>");
+        let rows = fleet_rows(&r.fleet)
+            .into_iter()
+            .map(|row| row.iter().map(|c| esc(c)).collect())
+            .collect();
+        o.push_str(&table(&FLEET_HEADERS, rows, "fleet"));
     }
     o.push_str("<h2 style=\"font-size:18px\">Backups: RPO compliance</h2>");
     let rows = r

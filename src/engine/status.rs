@@ -31,6 +31,10 @@ pub struct JobStatus {
     pub last_backup_bytes: Option<i64>,
     /// When it runs next (None: no schedule).
     pub next_run: Option<String>,
+    /// Seconds between the schedule's current and next occurrence (the
+    /// period "no success in two periods" is measured in).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_period_seconds: Option<f64>,
     /// All-time run counts on this host by outcome.
     pub runs: BTreeMap<String, i64>,
     /// The newest restore (or undo) of this job on this host, an
@@ -123,8 +127,13 @@ pub async fn jobs(cfg: &LoadedConfig, state: &State, now: DateTime<Utc>) -> Resu
             last_success: state.last_success(name).await?.map(|t| t.to_rfc3339()),
             last_backup_bytes: state.last_backup_bytes(name).await?,
             next_run: parsed
+                .as_ref()
                 .and_then(|p| p.next_after(now))
                 .map(|t| t.to_rfc3339()),
+            schedule_period_seconds: parsed
+                .as_ref()
+                .and_then(|p| p.period_at(now))
+                .map(|d| d.num_milliseconds() as f64 / 1000.0),
             runs: state.run_counts(name).await?,
             last_restore: if job.is_backup() {
                 crate::engine::restore::journal::recent(state, Some(name), None, 1)

@@ -544,6 +544,24 @@ fn secret_key() -> String {
 }
 
 /// One test's world: a config file, a state dir and the env for `drctl`.
+/// A command prefix that runs the rest in a UTS namespace of its own under
+/// the host name that follows it: `&[AS_HOST[0], ..., "db2"]` via
+/// [`as_host`]. Two "hosts" on one machine, as drctl sees them.
+pub const AS_HOST: [&str; 5] = [
+    "unshare",
+    "--uts",
+    "sh",
+    "-c",
+    "hostname \"$0\" && exec \"$@\"",
+];
+
+/// [`AS_HOST`] with the host name.
+pub fn as_host(host: &str) -> Vec<&str> {
+    let mut p = AS_HOST.to_vec();
+    p.push(host);
+    p
+}
+
 pub struct World {
     pub dir: PathBuf,
     pub config: PathBuf,
@@ -608,7 +626,21 @@ impl World {
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_drctl"));
+        self.command_via(&[], args)
+    }
+
+    /// `drctl -c CONFIG ARGS` of this world run through `prefix` (e.g.
+    /// `setpriv --reuid=65534 --`, or [`AS_HOST`] and a host name): the
+    /// prefix's program gets drctl's path and its arguments.
+    pub fn command_via(&self, prefix: &[&str], args: &[&str]) -> Command {
+        let mut c = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_drctl"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_drctl")),
+        };
         c.arg("-c")
             .arg(&self.config)
             .args(args)
@@ -818,10 +850,15 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(w: &World) -> Daemon {
+        Daemon::start_via(w, &[])
+    }
+
+    /// The daemon through a command prefix (see [`World::command_via`]).
+    pub fn start_via(w: &World, prefix: &[&str]) -> Daemon {
         let log = w.dir.join(format!("daemon-{}.log", unique("d")));
         let f = std::fs::File::create(&log).unwrap();
         let child = w
-            .command(&["daemon"])
+            .command_via(prefix, &["daemon"])
             .stderr(Stdio::from(f))
             .stdout(Stdio::null())
             .spawn()
@@ -887,11 +924,16 @@ pub fn http_get_opt(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_get_with(port, path, "")
+}
+
+/// [`http_get`] with extra request header lines (each ending in `\r\n`).
+pub fn http_get_with(port: u16, path: &str, headers: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{headers}\r\n"
     )
     .unwrap();
     let mut raw = String::new();

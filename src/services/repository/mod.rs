@@ -61,6 +61,16 @@ pub trait Backend: Send + Sync {
     async fn put_stream(&self, key: &str, reader: BoxRead, size_hint: Option<u64>) -> Result<u64>;
     /// Store small `bytes` under `key` only if nothing is there yet.
     async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<()>;
+    /// Replace the small, mutable object `key` (a host's fleet status)
+    /// whole or not at all. Unlike backup objects it takes no Object Lock
+    /// retention and no storage class: rewritten every few minutes, it must
+    /// stay readable at once and must not pile up locked versions.
+    async fn put_replace(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        let n = bytes.len() as u64;
+        self.put_stream(key, Box::pin(std::io::Cursor::new(bytes)), Some(n))
+            .await
+            .map(|_| ())
+    }
     /// The object's bytes.
     async fn get(&self, key: &str) -> Result<BoxRead>;
     /// Every object below `prefix` (recursive), in no particular order.

@@ -413,6 +413,28 @@ impl Backend for S3Backend {
         }
     }
 
+    async fn put_replace(&self, key: &str, bytes: Vec<u8>) -> Result<()> {
+        let key = self.full_key(key);
+        let mut b = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(ByteStream::from(bytes));
+        // Encryption as configured; no storage class, no Object Lock.
+        if let Some(e) = &self.sse {
+            b = b.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::from(e.as_str()));
+        }
+        if let Some(k) = &self.kms_key_id {
+            b = b.ssekms_key_id(k);
+        }
+        b.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(&format!("writing {key}"), err_text(e)))
+    }
+
     async fn get(&self, key: &str) -> Result<BoxRead> {
         let full = self.full_key(key);
         match self

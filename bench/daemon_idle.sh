@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Idle daemon cost: 10 scheduled jobs (none due) with an RPO each (so the
 # RPO worker lists the repository every minute per job), an alert channel
-# and the outbox worker, N idle minutes (default 5).
+# and the outbox worker, the fleet view (its status checked every minute,
+# rewritten on change or every 5 min; fleet_stale reads every host's status
+# every minute), N idle minutes (default 5).
 # Prints peak RSS and CPU seconds per idle minute (targets: <= 25 MiB, <= 0.1 s/min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +14,7 @@ trap 'kill $pid 2>/dev/null || true; rm -rf "$tmp"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 {
   echo "state_dir = \"$tmp/state\""
+  echo "fleet_stale = \"15m\""
   echo "[http]"; echo "listen = \"127.0.0.1:$port\""
   echo "[repositories.local]"; echo "type = \"local\""; echo "path = \"$tmp/repo\""
   for i in $(seq 1 10); do

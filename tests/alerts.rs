@@ -732,3 +732,125 @@ fn a_restore_is_announced_when_it_starts_and_when_it_ends() {
     assert_eq!(seen[3].0, "restore_failed");
     assert!(seen[3].1.contains("integrity"), "{seen:?}");
 }
+
+/// PagerDuty's Events API v2 played by the HTTP receiver: one incident per
+/// condition (`dedup_key` = the condition key), trigger then resolve; 429
+/// and 5xx retried until 202; a 400 given up at once without blocking what
+/// follows; the routing key in no output.
+#[test]
+fn pagerduty_gets_one_incident_per_condition_retried_on_429_and_5xx_and_a_400_does_not_block() {
+    const ROUTING_KEY: &str = "pd-routing-key-R0ut1ng-5511aa";
+    let http = HttpReceiver::start();
+    let src = Source::new();
+    let mut w = World::new(&format!(
+        "{}{}[alerts]\nretry_initial = \"100ms\"\nretry_max = \"1s\"\n\
+         [alerts.channels.pd]\ntype = \"pagerduty\"\nrouting_key_env = \"PD_ROUTING_KEY\"\nurl = \"{}\"\n\
+         [alerts.routes]\ncritical = [\"pd\"]\n",
+        repo(),
+        src.job("nightly", ""),
+        http.url("/v2/enqueue")
+    ));
+    w.set_env("PD_ROUTING_KEY", ROUTING_KEY);
+    let events = || http.requests("/v2/enqueue");
+    let deliver_until = |n: usize, what: &str| {
+        wait_until(Duration::from_secs(30), what, || {
+            w.drctl(&["alerts", "deliver"]);
+            events().len() >= n
+        });
+    };
+
+    // Rate-limited, then down, then accepted: three tries of one trigger.
+    http.queue_statuses(&[429, 503, 202]);
+    src.break_it();
+    assert_ne!(w.drctl(&["run", "nightly"]).code, 0);
+    deliver_until(3, "the trigger accepted");
+    let sent = events();
+    let trigger = sent[2].json();
+    for r in &sent {
+        assert_eq!(r.json(), trigger, "a retry sends the same event");
+    }
+    assert_eq!(trigger["event_action"], "trigger");
+    assert_eq!(trigger["dedup_key"], "job_failed:nightly");
+    assert_eq!(trigger["routing_key"], ROUTING_KEY);
+    assert_eq!(trigger["payload"]["severity"], "critical");
+    assert_eq!(trigger["payload"]["component"], "nightly");
+    assert_eq!(trigger["payload"]["class"], "job_failed");
+    assert!(
+        trigger["payload"]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("job nightly failed on "),
+        "{trigger}"
+    );
+    assert!(trigger["payload"]["source"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
+    let row = |event: &str| -> serde_json::Value {
+        alerts_json(&w)["outbox"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["event"] == event)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(row("firing")["state"], "delivered");
+    assert_eq!(row("firing")["attempts"], 3);
+
+    // Recovery resolves the same incident.
+    src.fix();
+    w.drctl(&["run", "nightly"]).ok();
+    deliver_until(4, "the resolve");
+    let resolve = events()[3].json();
+    assert_eq!(
+        resolve,
+        serde_json::json!({"routing_key": ROUTING_KEY, "event_action": "resolve", "dedup_key": "job_failed:nightly"})
+    );
+
+    // PagerDuty refuses an event (400): given up at once, and the resolve
+    // behind it still goes out.
+    http.queue_statuses(&[400]);
+    src.break_it();
+    assert_ne!(w.drctl(&["run", "nightly"]).code, 0);
+    deliver_until(5, "the refused trigger");
+    src.fix();
+    w.drctl(&["run", "nightly"]).ok();
+    deliver_until(6, "the next resolve");
+    let outbox = alerts_json(&w)["outbox"].as_array().unwrap().clone();
+    let refused = outbox
+        .iter()
+        .find(|r| r["event"] == "firing" && r["state"] == "failed")
+        .unwrap_or_else(|| panic!("{outbox:?}"));
+    assert_eq!(refused["attempts"], 1, "{refused}");
+    assert!(refused["last_error"].as_str().unwrap().contains("HTTP 400"));
+    assert_eq!(outbox[0]["event"], "resolved");
+    assert_eq!(outbox[0]["state"], "delivered", "{outbox:?}");
+
+    // `alerts test` opens and closes an event of its own.
+    let before = events().len();
+    w.drctl(&["alerts", "test"]).ok();
+    let test: Vec<serde_json::Value> = events()[before..]
+        .iter()
+        .map(common::receivers::Request::json)
+        .collect();
+    assert_eq!(test.len(), 2, "{test:?}");
+    assert_eq!(test[0]["event_action"], "trigger");
+    assert_eq!(test[1]["event_action"], "resolve");
+    assert_eq!(test[0]["dedup_key"], test[1]["dedup_key"]);
+    assert_ne!(test[0]["dedup_key"], "job_failed:nightly");
+
+    // The routing key is in no output, JSON or log.
+    for args in [
+        &["alerts", "--json"][..],
+        &["alerts"][..],
+        &["config", "check"][..],
+        &["logs", "nightly"][..],
+    ] {
+        let r = w.drctl(args);
+        assert!(
+            !r.all().contains(ROUTING_KEY),
+            "{args:?} leaks the routing key:\n{}",
+            r.all()
+        );
+    }
+}

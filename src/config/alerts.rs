@@ -121,6 +121,9 @@ pub enum ChannelConfig {
     Webhook(WebhookChannel),
     /// Dead man's switch pings.
     Ping(PingChannel),
+    /// PagerDuty Events API v2.
+    #[serde(rename = "pagerduty")]
+    PagerDuty(PagerDutyChannel),
 }
 
 impl ChannelConfig {
@@ -131,6 +134,7 @@ impl ChannelConfig {
             ChannelConfig::Slack(_) => "slack",
             ChannelConfig::Webhook(_) => "webhook",
             ChannelConfig::Ping(_) => "ping",
+            ChannelConfig::PagerDuty(_) => "pagerduty",
         }
     }
 }
@@ -257,6 +261,33 @@ pub struct PingChannel {
     pub timeout: Duration,
 }
 
+/// `type = "pagerduty"`: PagerDuty's Events API v2. A firing condition
+/// triggers an incident keyed by the condition (`dedup_key`), its repeats
+/// update it, its resolve resolves it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PagerDutyChannel {
+    /// The integration's routing key inline (prefer `_env`/`_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_key: Option<Secret>,
+    /// The routing key from this environment variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_key_env: Option<String>,
+    /// The routing key from this file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_key_file: Option<PathBuf>,
+    /// The Events API endpoint (the EU service region has its own).
+    #[serde(default = "default_pagerduty_url")]
+    pub url: String,
+    /// Request limit.
+    #[serde(default = "default_http_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_pagerduty_url() -> String {
+    "https://events.pagerduty.com/v2/enqueue".into()
+}
+
 fn default_ping_max_age() -> Duration {
     Duration::from_secs(3600)
 }
@@ -305,6 +336,10 @@ impl ChannelConfig {
             ChannelConfig::Webhook(w) => {
                 check("url", http_url(&w.url));
                 check("secret", w.secret_source().at_most_one());
+            }
+            ChannelConfig::PagerDuty(p) => {
+                check("routing_key", p.routing_key_source().require());
+                check("url", http_url(&p.url));
             }
             ChannelConfig::Ping(p) => {
                 check("url", p.url_source().require());
@@ -400,7 +435,7 @@ impl AlertsConfig {
                 }
                 Some(ChannelConfig::Ping(_)) => {
                     return Err(format!(
-                        "{name:?} is a ping channel: pings follow every run of their jobs and take no alerts (expected an email, slack or webhook channel)"
+                        "{name:?} is a ping channel: pings follow every run of their jobs and take no alerts (expected an email, slack, webhook or pagerduty channel)"
                     ))
                 }
                 Some(_) => {}
@@ -466,6 +501,18 @@ impl WebhookChannel {
             inline: self.secret.as_ref(),
             env: self.secret_env.as_deref(),
             file: self.secret_file.as_deref(),
+        }
+    }
+}
+
+impl PagerDutyChannel {
+    /// `routing_key` / `routing_key_env` / `routing_key_file`.
+    pub fn routing_key_source(&self) -> SecretSource<'_> {
+        SecretSource {
+            keys: ["routing_key", "routing_key_env", "routing_key_file"],
+            inline: self.routing_key.as_ref(),
+            env: self.routing_key_env.as_deref(),
+            file: self.routing_key_file.as_deref(),
         }
     }
 }

@@ -17,8 +17,8 @@ mod secret_source;
 mod url_source;
 
 pub use alerts::{
-    AlertsConfig, ChannelConfig, EmailChannel, JobAlerts, PingChannel, Routes, SlackChannel,
-    SmtpSecurity, WebhookChannel,
+    AlertsConfig, ChannelConfig, EmailChannel, JobAlerts, PagerDutyChannel, PingChannel, Routes,
+    SlackChannel, SmtpSecurity, WebhookChannel,
 };
 pub use drills::{DrillConfig, DrillTarget, ReportSchedule, SqlCheck};
 pub use encryption::{Encryption, IDENTITY_ENV};

@@ -4,6 +4,7 @@
 
 mod email;
 mod http;
+mod pagerduty;
 mod ping;
 mod slack;
 mod webhook;
@@ -47,6 +48,7 @@ pub fn build(name: &str, cfg: &ChannelConfig) -> Result<Box<dyn Channel>, String
         ChannelConfig::Slack(c) => slack::Slack::new(c).map(|c| Box::new(c) as _),
         ChannelConfig::Webhook(c) => webhook::Webhook::new(c).map(|c| Box::new(c) as _),
         ChannelConfig::Ping(c) => ping::Ping::new(c).map(|c| Box::new(c) as _),
+        ChannelConfig::PagerDuty(c) => pagerduty::PagerDuty::new(c).map(|c| Box::new(c) as _),
     };
     r.map_err(|e| format!("channel {name} ({}): {e}", cfg.kind()))
 }

@@ -1103,3 +1103,120 @@ fn a_restore_verified_by_a_health_check_waits_for_the_service_and_exits_9_when_i
         r.stderr
     );
 }
+
+/// `rate_limit` on the loopback S3 server: a 6 MiB incompressible backup
+/// at 2 MiB/s takes at least the time the limit allows, up and down, and
+/// the restored bytes are the original ones. (Lower bounds only: a loaded
+/// machine can make a run slower, never faster than its limit.)
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limit_holds_uploads_and_downloads_to_the_configured_rate() {
+    let bucket = s3().create_bucket().await;
+    let src = scratch_dir("drctl-rate-src-");
+    let mut bytes = vec![0u8; 6 << 20];
+    {
+        use std::io::Read;
+        std::fs::File::open("/dev/urandom")
+            .unwrap()
+            .read_exact(&mut bytes)
+            .unwrap();
+    }
+    std::fs::write(src.join("blob.bin"), &bytes).unwrap();
+    let w = World::new(&format!(
+        "[repositories.offsite]\ntype = \"s3\"\nbucket = \"{bucket}\"\nendpoint = \"{}\"\npath_style = true\npart_size = \"5MiB\"\nrate_limit = \"2MiB/s\"\n\
+         [jobs.blob]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"offsite\"\ncompression = \"none\"\n",
+        s3().endpoint,
+        src.display()
+    ));
+    let limit = 2.0 * 1024.0 * 1024.0;
+    let started = std::time::Instant::now();
+    let run = tokio::task::spawn_blocking({
+        let mut c = w.command(&["run", "blob"]);
+        move || Run::from(c.output().unwrap())
+    })
+    .await
+    .unwrap();
+    run.ok();
+    let up = started.elapsed().as_secs_f64();
+    let stored = bytes.len() as f64;
+    assert!(
+        stored / up <= limit * 1.1,
+        "uploaded {stored} B in {up:.2} s: {:.2} MiB/s over the 2 MiB/s limit",
+        stored / up / 1048576.0
+    );
+
+    let out = scratch_dir("drctl-rate-out-").join("a");
+    let started = std::time::Instant::now();
+    let restored = tokio::task::spawn_blocking({
+        let mut c = w.command(&[
+            "restore",
+            "--job",
+            "blob",
+            "--latest",
+            "--to",
+            out.to_str().unwrap(),
+        ]);
+        move || Run::from(c.output().unwrap())
+    })
+    .await
+    .unwrap();
+    restored.ok();
+    let down = started.elapsed().as_secs_f64();
+    assert!(
+        stored / down <= limit * 1.1,
+        "downloaded {stored} B in {down:.2} s: over the limit"
+    );
+    let back = std::fs::read(out.join(src.strip_prefix("/").unwrap()).join("blob.bin")).unwrap();
+    assert!(back == bytes, "restored bytes differ");
+}
+
+/// `nice` and `io_priority`: pg_dump and pg_restore run at them (read by
+/// the tools themselves from /proc and ionice), drctl itself does not.
+#[test]
+fn pg_dump_and_pg_restore_run_at_the_jobs_nice_and_io_priority() {
+    let pg = pg();
+    let db = pg.create_db("prio");
+    pg.seed(&db, &unique("prio_owner"), 50);
+    let seen = scratch_dir("drctl-prio-");
+    let record = |tool: &str| {
+        format!(
+            "[ \"$1\" = --version ] || echo \"{tool} $(awk '{{print $19}}' /proc/$$/stat) $(ionice -p $$)\" >> {}/seen\nexec \"$REAL\" \"$@\"",
+            seen.display()
+        )
+    };
+    let (dump, restore) = (record("pg_dump"), record("pg_restore"));
+    let bin = tool_wrappers(&[("pg_dump", &dump), ("pg_restore", &restore)]);
+    let mut w = local_world(
+        "APP_DATABASE_URL",
+        &format!(
+            "pg_bindir = \"{}\"\nnice = 15\nio_priority = \"idle\"",
+            bin.display()
+        ),
+    );
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    w.drctl(&["run", "appdb"]).ok();
+    let target = pg.create_db("prio_to");
+    w.drctl(&["restore", "--latest", "--to", &pg.url(&target), "--yes"])
+        .ok();
+    let lines = std::fs::read_to_string(seen.join("seen")).unwrap();
+    let dumps: Vec<&str> = lines
+        .lines()
+        .filter(|l| l.starts_with("pg_dump "))
+        .collect();
+    let restores: Vec<&str> = lines
+        .lines()
+        .filter(|l| l.starts_with("pg_restore "))
+        .collect();
+    assert!(!dumps.is_empty() && !restores.is_empty(), "{lines}");
+    for l in dumps.iter().chain(&restores) {
+        assert!(l.ends_with(" 15 idle"), "{l}\n{lines}");
+    }
+    assert_eq!(pg.fingerprint(&db), pg.fingerprint(&target));
+    // Out of range: refused with the key named.
+    let msg = config_error(
+        "[repositories.l]\ntype = \"local\"\npath = \"/tmp/x\"\n[jobs.a]\ntype = \"postgres\"\nurl = \"postgres://h/d\"\nrepository = \"l\"\nnice = -5\n",
+    );
+    assert!(
+        msg.contains("jobs.a.nice") && msg.contains("0 to 19"),
+        "{msg}"
+    );
+}

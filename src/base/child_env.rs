@@ -54,3 +54,50 @@ mod tests {
         }
     }
 }
+
+/// The I/O scheduling class a child gets (ioprio_set(2)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoPriority {
+    /// Disk time only when no other process wants it.
+    Idle,
+    /// The normal class, at its lowest level (7).
+    BestEffort,
+}
+
+/// How a child is to be scheduled: `nice` and I/O class, applied between
+/// fork and exec (so the child, and only it, runs at them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Priority {
+    /// setpriority(2) value, 0 to 19.
+    pub nice: Option<i32>,
+    /// ioprio_set(2) class.
+    pub io: Option<IoPriority>,
+}
+
+impl Priority {
+    /// Apply to the calling process. Only async-signal-safe calls: this
+    /// runs in the forked child before exec.
+    pub fn apply_to_self(self) -> std::io::Result<()> {
+        if let Some(n) = self.nice {
+            // SAFETY: setpriority on our own process; no memory is touched.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, n) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        if let Some(io) = self.io {
+            // linux/ioprio.h: class in the top bits, level in the low 13.
+            const CLASS_SHIFT: i32 = 13;
+            const WHO_PROCESS: i32 = 1;
+            let value = match io {
+                IoPriority::Idle => 3 << CLASS_SHIFT,
+                IoPriority::BestEffort => (2 << CLASS_SHIFT) | 7,
+            };
+            // SAFETY: ioprio_set on our own process (who = 0).
+            if unsafe { libc::syscall(libc::SYS_ioprio_set, WHO_PROCESS, 0, value) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}

@@ -466,6 +466,15 @@ pub struct PostgresJob {
     /// In a container, without a URL: the database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
+    /// CPU niceness of pg_dump and pg_restore on this host (0 to 19;
+    /// default: drctl's own, 10 under the shipped units).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nice: Option<i32>,
+    /// I/O scheduling class of pg_dump and pg_restore on this host:
+    /// `"idle"` (only when nobody else wants the disk) or `"best-effort"`
+    /// (default: drctl's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_priority: Option<crate::base::child_env::IoPriority>,
 }
 
 /// `compose = { project = "catalogizer", service = "postgres" }`.
@@ -551,6 +560,8 @@ impl KindSpec for PostgresJob {
             "docker_socket",
             "user",
             "database",
+            "nice",
+            "io_priority",
         ]);
         k
     }
@@ -571,6 +582,18 @@ impl KindSpec for PostgresJob {
         }
         if self.compression_threads == Some(0) {
             p.push(("compression_threads".into(), "expected at least 1".into()));
+        }
+        if self.nice.is_some_and(|n| !(0..=19).contains(&n)) {
+            p.push((
+                "nice".into(),
+                "expected 0 to 19 (a lower priority than drctl's; raising it needs CAP_SYS_NICE, which the service does not have)".into(),
+            ));
+        }
+        if self.in_container() && (self.nice.is_some() || self.io_priority.is_some()) {
+            p.push((
+                "nice".into(),
+                "nice and io_priority apply to tools drctl starts on this host; in a container the exec'd tools run under the container's own limits (set them on the container)".into(),
+            ));
         }
     }
 }

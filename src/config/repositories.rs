@@ -33,6 +33,11 @@ pub struct LocalRepository {
         skip_serializing_if = "Option::is_none"
     )]
     pub lease_ttl: Option<std::time::Duration>,
+    /// Bytes per second at most to and from this repository (`"20MiB/s"`),
+    /// all of this process's uploads and downloads together: a backup at
+    /// 2 AM leaves the uplink to replication and the application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::base::values::Parsed<crate::base::values::ByteRate>>,
 }
 
 /// `type = "s3"`. Credentials come from the AWS chain (environment,
@@ -85,6 +90,9 @@ pub struct S3Repository {
         skip_serializing_if = "Option::is_none"
     )]
     pub lease_ttl: Option<std::time::Duration>,
+    /// See [`LocalRepository::rate_limit`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::base::values::Parsed<crate::base::values::ByteRate>>,
 }
 
 /// S3 Object Lock retention applied to every object of a backup.
@@ -118,6 +126,16 @@ impl RepositoryConfig {
             .max(std::time::Duration::from_secs(1))
     }
 
+    /// The configured `rate_limit`, parsed.
+    pub fn rate_limit(
+        &self,
+    ) -> Option<&crate::base::values::Parsed<crate::base::values::ByteRate>> {
+        match self {
+            RepositoryConfig::Local(l) => l.rate_limit.as_ref(),
+            RepositoryConfig::S3(s) => s.rate_limit.as_ref(),
+        }
+    }
+
     /// `local` or `s3`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -139,6 +157,9 @@ impl RepositoryConfig {
     pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
         if let Some(e) = self.encryption() {
             e.validate()?;
+        }
+        if let Some(why) = self.rate_limit().and_then(|r| r.problem()) {
+            return Err(("rate_limit", why.to_owned()));
         }
         match self {
             RepositoryConfig::Local(l) => {

@@ -363,7 +363,7 @@ async fn deep_check(
                     Ok(t) => t,
                     Err(e) => {
                         tracing::warn!(error = %e, "verifying with the host's pg_restore");
-                        crate::services::pg::PgTools::locate(p.pg_bindir.as_deref())
+                        crate::services::pg::PgTools::host_for(p)
                     }
                 },
                 _ => crate::services::pg::PgTools::locate(None),

@@ -7,6 +7,7 @@ mod endpoint;
 mod expect;
 mod glob;
 mod parsed;
+mod rate;
 mod window;
 
 pub use compression::Compression;
@@ -14,4 +15,5 @@ pub use endpoint::Endpoint;
 pub use expect::Expect;
 pub use glob::root_of;
 pub use parsed::{zone, FromConfig, Parsed};
+pub use rate::ByteRate;
 pub use window::Window;

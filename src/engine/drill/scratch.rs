@@ -179,7 +179,7 @@ pub async fn prepare(
         ));
     }
     if target.ephemeral {
-        let tools = PgTools::locate(pg_job.pg_bindir.as_deref());
+        let tools = PgTools::host_for(pg_job);
         let root = state_dir.join("drills");
         let swept = sweep_clusters(&tools, &root, job).await;
         let dir = root.join(&database);

@@ -176,7 +176,7 @@ async fn check_tools(tools: &PgTools, job: &PostgresJob, server_num: i32) -> PgT
     if tools.container().is_none() {
         return tools.clone();
     }
-    let host = PgTools::locate(job.pg_bindir.as_deref());
+    let host = PgTools::host_for(job);
     match host.version("pg_restore").await {
         Ok(v) if i64::from(v.major) >= i64::from(server_num / 10000) => host,
         _ => tools.clone(),

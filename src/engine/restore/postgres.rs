@@ -537,7 +537,7 @@ async fn tools_for(job: &PostgresJob, replaces: bool) -> Result<PgTools> {
     if replaces {
         PgTools::for_job(job).await
     } else {
-        Ok(PgTools::locate(job.pg_bindir.as_deref()))
+        Ok(PgTools::host_for(job))
     }
 }
 

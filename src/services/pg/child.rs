@@ -54,6 +54,24 @@ pub fn spawn_tool(
     pipe_stdin: bool,
     pipe_stdout: bool,
 ) -> Result<ToolChild> {
+    spawn_tool_at(
+        program,
+        args,
+        env,
+        (pipe_stdin, pipe_stdout),
+        crate::base::child_env::Priority::default(),
+    )
+}
+
+/// [`spawn_tool`] at a CPU and I/O priority (a job's `nice` and
+/// `io_priority`), set in the child between fork and exec.
+pub fn spawn_tool_at(
+    program: &std::path::Path,
+    args: &[String],
+    env: &[(String, String)],
+    (pipe_stdin, pipe_stdout): (bool, bool),
+    priority: crate::base::child_env::Priority,
+) -> Result<ToolChild> {
     let tool = program
         .file_name()
         .and_then(|n| n.to_str())
@@ -97,7 +115,7 @@ pub fn spawn_tool(
                 let fd = std::os::fd::BorrowedFd::borrow_raw(fd);
                 fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).map_err(std::io::Error::from)?;
             }
-            Ok(())
+            priority.apply_to_self()
         });
     }
     let mut child = cmd

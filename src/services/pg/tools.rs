@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 pub struct PgTools {
     bindir: Option<PathBuf>,
     container: Option<Container>,
+    /// The job's `nice` / `io_priority` for tools started on this host.
+    priority: crate::base::child_env::Priority,
 }
 
 /// A tool's environment and the passfile it names (held while it runs).
@@ -42,6 +44,7 @@ impl PgTools {
             return PgTools {
                 bindir: Some(d.to_path_buf()),
                 container: None,
+                priority: crate::base::child_env::Priority::default(),
             };
         }
         let newest = std::fs::read_dir("/usr/lib/postgresql")
@@ -59,6 +62,7 @@ impl PgTools {
         PgTools {
             bindir: newest,
             container: None,
+            priority: crate::base::child_env::Priority::default(),
         }
     }
 
@@ -66,7 +70,7 @@ impl PgTools {
     /// container of its `compose` service), else on this host.
     pub async fn for_job(job: &crate::config::PostgresJob) -> Result<Self> {
         if !job.in_container() {
-            return Ok(Self::locate(job.pg_bindir.as_deref()));
+            return Ok(Self::host_for(job));
         }
         let docker = crate::services::docker::connect(
             job.docker_socket.as_deref(),
@@ -83,7 +87,24 @@ impl PgTools {
         Ok(PgTools {
             bindir: None,
             container: Some(Container { docker, name }),
+            priority: crate::base::child_env::Priority::default(),
         })
+    }
+
+    /// The job's tools on this host (its `pg_bindir`, else the newest
+    /// installed), at its `nice` and `io_priority`.
+    pub fn host_for(job: &crate::config::PostgresJob) -> Self {
+        Self::locate(job.pg_bindir.as_deref()).with_priority(job)
+    }
+
+    /// These tools at the job's `nice` and `io_priority` (host tools only:
+    /// the config refuses them for a job in a container).
+    pub fn with_priority(mut self, job: &crate::config::PostgresJob) -> Self {
+        self.priority = crate::base::child_env::Priority {
+            nice: job.nice,
+            io: job.io_priority,
+        };
+        self
     }
 
     /// The container the tools run in, if any.
@@ -125,7 +146,13 @@ impl PgTools {
                 )
                 .await
             }
-            None => super::spawn_tool(&self.path(tool), args, env, pipe_stdin, pipe_stdout),
+            None => super::child::spawn_tool_at(
+                &self.path(tool),
+                args,
+                env,
+                (pipe_stdin, pipe_stdout),
+                self.priority,
+            ),
         }
     }
 

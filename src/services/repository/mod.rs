@@ -103,6 +103,32 @@ pub struct Repository {
     pub name: String,
     backend: std::sync::Arc<dyn Backend>,
     lease_ttl: std::time::Duration,
+    /// `rate_limit`: shared by every `Repository` of the same name in this
+    /// process (see [`limiter`]).
+    limiter: Option<async_speed_limit::Limiter>,
+}
+
+/// The one limiter of repository `name` at `rate` in this process, so that
+/// the daemon's concurrent jobs writing to one repository share its
+/// `rate_limit` instead of each getting all of it. A token bucket on the
+/// byte stream (async-speed-limit): the delay follows every read in
+/// proportion to its bytes, so the limit holds for any part size and the
+/// stream never waits on a timer between parts.
+fn limiter(name: &str, rate: u64) -> async_speed_limit::Limiter {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static ALL: OnceLock<Mutex<HashMap<(String, u64), async_speed_limit::Limiter>>> =
+        OnceLock::new();
+    let all = ALL.get_or_init(|| Mutex::new(HashMap::new()));
+    let make = || async_speed_limit::Limiter::new(rate as f64);
+    match all.lock() {
+        Ok(mut m) => m
+            .entry((name.to_owned(), rate))
+            .or_insert_with(make)
+            .clone(),
+        // A poisoned map: a limiter of this stream's own still limits.
+        Err(_) => make(),
+    }
 }
 
 /// A lease that renews itself (every quarter of the TTL, by rewriting its
@@ -175,10 +201,15 @@ impl Repository {
             RepositoryConfig::Local(l) => std::sync::Arc::new(LocalBackend::new(name, &l.path)),
             RepositoryConfig::S3(s) => std::sync::Arc::new(S3Backend::connect(name, s).await?),
         };
+        let limiter = match cfg.rate_limit() {
+            Some(r) => Some(limiter(name, r.get()?.0)),
+            None => None,
+        };
         Ok(Repository {
             name: name.to_owned(),
             backend,
             lease_ttl: cfg.lease_ttl(),
+            limiter,
         })
     }
 
@@ -206,7 +237,11 @@ impl Repository {
         size_hint: Option<u64>,
     ) -> Result<u64> {
         self.backend
-            .put_stream(&Self::artifact_key(job, id, name), reader, size_hint)
+            .put_stream(
+                &Self::artifact_key(job, id, name),
+                self.limited(reader),
+                size_hint,
+            )
             .await
     }
 
@@ -424,7 +459,16 @@ impl Repository {
 
     /// A reader over a stored artifact's bytes (callers verify them).
     pub async fn get_artifact(&self, job: &JobName, id: &BackupId, name: &str) -> Result<BoxRead> {
-        self.backend.get(&Self::artifact_key(job, id, name)).await
+        let r = self.backend.get(&Self::artifact_key(job, id, name)).await?;
+        Ok(self.limited(r))
+    }
+
+    /// `reader` at most at the repository's `rate_limit`.
+    fn limited(&self, reader: BoxRead) -> BoxRead {
+        match &self.limiter {
+            Some(l) => Box::pin(l.clone().limit(reader)),
+            None => reader,
+        }
     }
 
     /// Every object of one backup (manifest included), for tests and pruning.
@@ -514,6 +558,7 @@ mod protocol {
             name: "mem".into(),
             backend: mem.clone(),
             lease_ttl: std::time::Duration::from_secs(3600),
+            limiter: None,
         };
         (repo, mem)
     }

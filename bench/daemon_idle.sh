@@ -35,8 +35,13 @@ end=$(cpu)
 curl -sf "http://127.0.0.1:$port/metrics" > /dev/null || python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/metrics').read()"
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+# What the RSS is made of: anonymous memory (heap, stacks) against clean
+# pages of the binary itself (page cache, reclaimable, never swapped).
+anon=$(awk '/^RssAnon/ {print $2}' "/proc/$pid/status")
+file=$(awk '/^RssFile/ {print $2}' "/proc/$pid/status")
 python3 - <<PY
 cpu = $end - $start
 print(f"idle daemon, 10 jobs, {$MINUTES} min: RSS {$rss/1024:.1f} MiB (peak {$hwm/1024:.1f} MiB), "
       f"CPU {cpu:.2f} s total = {cpu/$MINUTES:.3f} s per idle minute (targets: <= 25 MiB, <= 0.1 s/min)")
+print(f"  of the RSS: {$anon/1024:.1f} MiB anonymous (heap, stacks), {$file/1024:.1f} MiB file pages (mostly the binary's own code)")
 PY

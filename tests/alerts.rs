@@ -84,6 +84,17 @@ fn alerts_json(w: &World) -> serde_json::Value {
 
 /// HMAC-SHA256 written out from RFC 2104 on top of plain SHA-256, so the
 /// check does not share code with drctl's `hmac` crate.
+/// The newest outbox row of `event` (`firing`, `resolved`, ...).
+fn outbox_row(w: &World, event: &str) -> serde_json::Value {
+    alerts_json(w)["outbox"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["event"] == event)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {event} row in the outbox"))
+}
+
 fn hmac_sha256(key: &[u8], msg: &[u8]) -> String {
     let mut k = [0u8; 64];
     if key.len() > 64 {
@@ -554,21 +565,12 @@ fn a_rejected_message_does_not_block_the_next_and_an_undeliverable_one_expires_a
         "",
         "max_age = \"1s\"\nretry_initial = \"100ms\"\n",
     );
-    let row = |w: &World, event: &str| -> serde_json::Value {
-        alerts_json(w)["outbox"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["event"] == event)
-            .cloned()
-            .unwrap()
-    };
 
     // Slack refuses the payload (400): given up at once, not retried...
     http.queue_statuses(&[400]);
     src.break_it();
     assert_ne!(w.drctl(&["run", "nightly"]).code, 0);
-    let firing = row(&w, "firing");
+    let firing = outbox_row(&w, "firing");
     assert_eq!(firing["state"], "failed", "{firing}");
     assert_eq!(firing["attempts"], 1);
     assert!(
@@ -578,7 +580,7 @@ fn a_rejected_message_does_not_block_the_next_and_an_undeliverable_one_expires_a
     // ...and the resolve behind it still goes out.
     src.fix();
     w.drctl(&["run", "nightly"]).ok();
-    assert_eq!(row(&w, "resolved")["state"], "delivered");
+    assert_eq!(outbox_row(&w, "resolved")["state"], "delivered");
     assert_eq!(http.requests("/slack").len(), 2);
 
     // Slack down for longer than max_age: the row expires, saying why.
@@ -785,17 +787,8 @@ fn pagerduty_gets_one_incident_per_condition_retried_on_429_and_5xx_and_a_400_do
     assert!(trigger["payload"]["source"]
         .as_str()
         .is_some_and(|s| !s.is_empty()));
-    let row = |event: &str| -> serde_json::Value {
-        alerts_json(&w)["outbox"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["event"] == event)
-            .cloned()
-            .unwrap()
-    };
-    assert_eq!(row("firing")["state"], "delivered");
-    assert_eq!(row("firing")["attempts"], 3);
+    assert_eq!(outbox_row(&w, "firing")["state"], "delivered");
+    assert_eq!(outbox_row(&w, "firing")["attempts"], 3);
 
     // Recovery resolves the same incident.
     src.fix();

@@ -764,4 +764,9 @@ fn a_fleet_stale_shorter_than_an_idle_hosts_silence_is_refused() {
         msg.contains("fleet_stale") && msg.contains("fleet_publish"),
         "{msg}"
     );
+    let msg = config_error("fleet_publish = \"10ms\"\n");
+    assert!(
+        msg.contains("fleet_publish") && msg.contains("at least 1s"),
+        "{msg}"
+    );
 }

@@ -511,8 +511,16 @@ impl LoadedConfig {
                     .to_string(),
             ));
         }
+        let publish = self.config.fleet_publish;
+        // Each period reads the state database and, with fleet_stale, the
+        // repositories: a sub-second period would be a busy loop.
+        if !publish.is_zero() && publish < std::time::Duration::from_secs(1) {
+            errors.push((
+                "fleet_publish".to_string(),
+                "expected \"0s\" (off) or at least 1s (e.g. \"1m\")".to_string(),
+            ));
+        }
         if let Some(stale) = self.config.fleet_stale {
-            let publish = self.config.fleet_publish;
             if publish.is_zero() {
                 errors.push((
                     "fleet_stale".to_string(),

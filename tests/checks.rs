@@ -600,6 +600,10 @@ retry_delay = "5s"
         examples.display()
     ));
     w.set_env("APP_DATABASE_URL", "postgres://app@127.0.0.1:5432/app");
+    w.set_env(
+        "SKILLREGISTRY_DATABASE_URL",
+        "postgres://app@127.0.0.1:5432/skillregistry",
+    );
     let r = w.drctl(&["config", "check"]);
     r.ok();
 }

@@ -33,7 +33,7 @@ async fn an_rpo_of_two_seconds_goes_violated_then_compliant_with_exact_transitio
     let line = |name: &str| -> f64 {
         metrics
             .lines()
-            .find(|l| l.starts_with(&format!("{name}{{job_name=\"nightly\"}}")))
+            .find(|l| l.starts_with(&format!("{name}{{job_name=\"nightly\",repository=\"")))
             .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
             .rsplit(' ')
             .next()

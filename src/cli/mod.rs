@@ -13,6 +13,7 @@ macro_rules! println {
 mod alerts;
 mod backups;
 mod config_cmd;
+mod copy;
 mod doctor;
 mod drill;
 mod fleet;
@@ -68,6 +69,8 @@ enum Command {
     Verify(verify::Args),
     /// Apply retention (and sweep orphans): never the newest, nothing in use or locked
     Prune(prune::Args),
+    /// Copy backups into the jobs' copy repositories (backfill; idempotent)
+    Copy(copy::Args),
     /// RPO per job: target, age of the newest backup, status, compliance over a window
     Rpo(rpo::Args),
     /// Run every scheduled job on its schedule (under systemd: Type=notify)
@@ -150,6 +153,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => status::status(&load()?, a).await,
         Command::Logs(a) => status::logs(&load()?, a).await,
         Command::Prune(a) => prune::exec(&load()?, a).await,
+        Command::Copy(a) => copy::exec(&load()?, a).await,
         Command::Rpo(a) => rpo::exec(&load()?, a).await,
         Command::Verify(a) => verify::exec(&load()?, a).await,
         Command::Alerts(a) => alerts::exec(&load()?, a).await,

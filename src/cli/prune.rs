@@ -1,4 +1,4 @@
-//! `drctl prune [--job JOB]... [--dry-run] [--orphan-age 1d] [--json]`
+//! `drctl prune [--job JOB]... [--repository REPO] [--dry-run] [--orphan-age 1d] [--json]`
 
 use drctl::config::LoadedConfig;
 use drctl::engine::prune::{self, Options};
@@ -8,6 +8,9 @@ pub struct Args {
     /// Only this job (repeatable) [default: every backup job]
     #[arg(long)]
     job: Vec<String>,
+    /// Only this repository (a job's own or one of its copies) [default: each with its own retention]
+    #[arg(long)]
+    repository: Option<String>,
     /// Show what would be deleted; delete nothing
     #[arg(long)]
     dry_run: bool,
@@ -25,8 +28,22 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     let mut reports = Vec::new();
     // One broken repository stops pruning for its jobs only.
     let mut failed: Vec<(String, drctl::Error)> = Vec::new();
+    let mut targets = Vec::new();
     for j in &jobs {
-        let repo = cfg.job(j)?.1.repository().unwrap_or_default();
+        for repo in cfg.job(j)?.1.repositories() {
+            if a.repository.as_deref().is_none_or(|r| r == repo) {
+                targets.push((j, repo));
+            }
+        }
+    }
+    if let (Some(r), true) = (&a.repository, targets.is_empty()) {
+        return Err(drctl::Error::Usage(format!(
+            "--repository {r}: none of the jobs ({}) stores backups there",
+            jobs.join(", ")
+        ))
+        .into());
+    }
+    for (j, repo) in &targets {
         let report = async {
             let opts = Options {
                 dry_run: a.dry_run,
@@ -34,12 +51,12 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
                 verdicts: state.verdicts(repo, j).await?,
                 just_made: None,
             };
-            prune::job(cfg, j, &opts).await
+            prune::job_in(cfg, j, repo, &opts).await
         };
         match report.await {
             Ok(r) => reports.push(r),
-            Err(e) if jobs.len() == 1 => return Err(e.into()),
-            Err(e) => failed.push((j.clone(), e)),
+            Err(e) if targets.len() == 1 => return Err(e.into()),
+            Err(e) => failed.push((format!("{j} (in {repo})"), e)),
         }
     }
     if a.json {
@@ -47,9 +64,15 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     } else {
         for r in &reports {
             let verb = if r.dry_run { "would delete" } else { "deleted" };
+            // The job's own repository keeps the short form scripts know.
+            let own = cfg.job(&r.job).ok().and_then(|(_, j)| j.repository()) == Some(&r.repository);
+            let what = if own {
+                r.job.clone()
+            } else {
+                format!("{} in {}", r.job, r.repository)
+            };
             println!(
-                "{}: kept {}, {verb} {} ({}), skipped {}, orphans {}, uploads aborted {}",
-                r.job,
+                "{what}: kept {}, {verb} {} ({}), skipped {}, orphans {}, uploads aborted {}",
                 r.kept.len(),
                 r.deleted.len(),
                 super::human_bytes(r.bytes_freed),

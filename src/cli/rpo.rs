@@ -29,32 +29,50 @@ struct Row {
     #[serde(flatten)]
     status: drctl::engine::rpo::Status,
     window: drctl::engine::rpo::Window,
+    #[serde(skip)]
+    own: bool,
+}
+
+impl Row {
+    /// `appdb`, or `appdb in offsite` for a copy repository.
+    fn name(&self) -> String {
+        if self.own {
+            self.status.job.clone()
+        } else {
+            format!("{} in {}", self.status.job, self.status.repository)
+        }
+    }
 }
 
 pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     let state = State::open(&cfg.config.state_dir).await?;
-    let mut jobs = drctl::engine::rpo::jobs(cfg);
+    let mut targets = drctl::engine::rpo::targets(cfg);
     if let Some(j) = &a.job {
-        let (_, jc) = cfg.job(j)?;
-        if jc.rpo().is_none() {
+        cfg.job(j)?;
+        targets.retain(|t| &t.job == j);
+        if targets.is_empty() {
             anyhow::bail!(drctl::Error::Config {
                 file: cfg.file_of(&format!("jobs.{j}")),
                 key: format!("jobs.{j}.rpo"),
                 message: "the job has no rpo (expected e.g. rpo = \"1h\")".into(),
             });
         }
-        jobs.retain(|(n, _)| n == j);
     }
-    if jobs.is_empty() {
+    if targets.is_empty() {
         anyhow::bail!("no job sets an rpo (expected e.g. rpo = \"1h\" on a backup job)");
     }
     let now = chrono::Utc::now();
     let from = now - chrono::Duration::from_std(a.since)?;
     let mut rows = Vec::new();
-    for (job, _) in jobs {
-        let status = drctl::engine::rpo::evaluate(cfg, &state, &job).await?;
-        let window = drctl::engine::rpo::window(&state, &job, from, now).await?;
-        rows.push(Row { status, window });
+    let copies = targets.iter().any(|t| !t.own);
+    for t in &targets {
+        let status = drctl::engine::rpo::evaluate_in(cfg, &state, &t.job, &t.repository).await?;
+        let window = drctl::engine::rpo::window(&state, &t.key(), from, now).await?;
+        rows.push(Row {
+            status,
+            window,
+            own: t.own,
+        });
     }
     let _ = drctl::services::alerts::deliver_due(
         cfg,
@@ -67,7 +85,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         if violated.is_empty() {
             return Ok(());
         }
-        let names: Vec<String> = violated.iter().map(|r| r.status.job.clone()).collect();
+        let names: Vec<String> = violated.iter().map(|r| r.name()).collect();
         Err(super::run::Problem {
             exit: drctl::base::error::Exit::Critical,
             message: format!("RPO violated: {}", names.join(", ")),
@@ -82,7 +100,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         for r in &violated {
             println!(
                 "{}: RPO violated: newest backup {}, target {}",
-                r.status.job,
+                r.name(),
                 r.status.age_seconds.map_or_else(
                     || "none".into(),
                     |s| format!(
@@ -99,11 +117,25 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         }
         return verdict();
     }
+    print_table(&rows, copies);
+    eprintln!(
+        "compliance over the last {} (tracked time only)",
+        humantime::format_duration(a.since)
+    );
+    verdict()
+}
+
+/// The human table: one row per job and repository.
+fn print_table(rows: &[Row], copies: bool) {
     let d = |s: f64| {
         humantime::format_duration(std::time::Duration::from_secs(s.max(0.0) as u64)).to_string()
     };
-    let mut t = super::table::new(&[
-        "JOB",
+    // A REPOSITORY column once a job has copies (each is measured alone).
+    let mut head = vec!["JOB"];
+    if copies {
+        head.push("REPOSITORY");
+    }
+    head.extend([
         "TARGET",
         "AGE",
         "STATUS",
@@ -111,10 +143,15 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         "WORST GAP",
         "NEWEST",
     ]);
-    super::table::right(&mut t, &[1, 2, 4, 5]);
-    for r in &rows {
-        t.add_row(vec![
-            r.status.job.clone(),
+    let mut t = super::table::new(&head);
+    let shift = usize::from(copies);
+    super::table::right(&mut t, &[1 + shift, 2 + shift, 4 + shift, 5 + shift]);
+    for r in rows {
+        let mut cells = vec![r.status.job.clone()];
+        if copies {
+            cells.push(r.status.repository.clone());
+        }
+        cells.extend([
             d(r.status.target_seconds),
             r.status.age_seconds.map_or_else(|| "no backup".into(), d),
             if r.status.compliant { "ok" } else { "VIOLATED" }.to_owned(),
@@ -122,11 +159,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
             r.window.worst_gap_seconds.map_or_else(|| "-".into(), d),
             r.status.newest_backup.clone().unwrap_or_else(|| "-".into()),
         ]);
+        t.add_row(cells);
     }
     println!("{}", super::table::render(&t));
-    eprintln!(
-        "compliance over the last {} (tracked time only)",
-        humantime::format_duration(a.since)
-    );
-    verdict()
 }

@@ -1,4 +1,4 @@
-//! `drctl verify [--job JOB]... [--latest | --all] [--deep] [--json]`
+//! `drctl verify [--job JOB]... [--repository REPO] [--latest | --all] [--deep] [--json]`
 
 use drctl::config::LoadedConfig;
 use drctl::engine::verify::{self, Options, Summary};
@@ -23,6 +23,9 @@ pub struct Args {
     /// age identity file for --deep on encrypted backups
     #[arg(long, short = 'i')]
     identity: Option<PathBuf>,
+    /// Only this repository (the job's own or one of its copies) [default: all of them]
+    #[arg(long)]
+    repository: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -34,6 +37,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         all: a.all,
         deep: a.deep,
         identity: a.identity,
+        repository: a.repository,
     };
     let summary = verify::run(cfg, &jobs, &opts).await?;
     let state = State::open(&cfg.config.state_dir).await?;
@@ -73,11 +77,12 @@ pub fn print(s: &Summary, json: bool) -> anyhow::Result<()> {
     }
     for b in &s.backups {
         println!(
-            "{} {}/{} ({})",
+            "{} {}/{} ({}) in {}",
             if b.ok { "ok  " } else { "FAIL" },
             b.job,
             b.backup_id,
-            b.finished_at
+            b.finished_at,
+            b.repository
         );
         for a in &b.artifacts {
             println!(

@@ -12,6 +12,7 @@ use crate::base::values::Parsed;
 use bytesize::ByteSize;
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -374,6 +375,24 @@ pub struct Storage {
     pub restore: Option<RestoreHooks>,
     /// The repository (`[repositories.NAME]`) backups go to.
     pub repository: String,
+    /// Repositories every committed backup is copied to, byte for byte
+    /// (3-2-1: a second medium, an offsite bucket). A copy is a backup of
+    /// its own there, with its own retention and Object Lock.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<String>,
+    /// `[jobs.X.copy_retention.REPO]`: the retention of one copy
+    /// repository (e.g. 12 monthly offsite); without one a copy keeps
+    /// `retention`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub copy_retention: BTreeMap<String, crate::base::retention::Policy>,
+    /// RPO of the copies (default: `rpo`): a copy older than this is a
+    /// violation of its own repository.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rpo_copies: Option<Duration>,
     /// How artifacts are compressed (default zstd).
     #[serde(default)]
     pub compression: Compression,
@@ -401,6 +420,43 @@ impl Storage {
             ));
         }
         p.check(check_level(self.compression, self.compression_level));
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &self.copies {
+            if c == &self.repository {
+                p.push((
+                    "copies".into(),
+                    format!("{c:?} is the job's own repository (expected other repositories to copy its backups to)"),
+                ));
+            } else if !seen.insert(c) {
+                p.push(("copies".into(), format!("{c:?} is listed twice")));
+            }
+        }
+        for (repo, policy) in &self.copy_retention {
+            if !self.copies.contains(repo) {
+                p.push((
+                    format!("copy_retention.{repo}"),
+                    format!(
+                        "{repo:?} is not in copies (expected one of: {})",
+                        if self.copies.is_empty() {
+                            "none listed".into()
+                        } else {
+                            self.copies.join(", ")
+                        }
+                    ),
+                ));
+            } else if policy.is_empty() {
+                p.push((
+                    format!("copy_retention.{repo}"),
+                    "keeps nothing but the newest copy: set keep_last, hourly, daily, weekly, monthly or yearly to at least 1".into(),
+                ));
+            }
+        }
+        if self.rpo_copies.is_some() && self.copies.is_empty() {
+            p.push((
+                "rpo_copies".into(),
+                "the job has no copies (expected copies = [\"REPO\", ...] with it)".into(),
+            ));
+        }
     }
 }
 
@@ -795,6 +851,44 @@ impl JobConfig {
     /// The job's retention policy, if it sets one (backup kinds only).
     pub fn retention(&self) -> Option<&crate::base::retention::Policy> {
         self.storage().and_then(|s| s.retention.as_ref())
+    }
+
+    /// The repositories a backup job's copies go to (`copies`).
+    pub fn copies(&self) -> &[String] {
+        self.storage().map_or(&[], |s| s.copies.as_slice())
+    }
+
+    /// Every repository holding this job's backups: its own first, then
+    /// its copies (empty for kinds that store nothing).
+    pub fn repositories(&self) -> Vec<&str> {
+        self.repository()
+            .into_iter()
+            .chain(self.copies().iter().map(String::as_str))
+            .collect()
+    }
+
+    /// The retention that applies in repository `repo`: a copy's
+    /// `copy_retention` if set, else the job's `retention`.
+    pub fn retention_in(&self, repo: &str) -> Option<&crate::base::retention::Policy> {
+        let s = self.storage()?;
+        if s.repository != repo {
+            if let Some(p) = s.copy_retention.get(repo) {
+                return Some(p);
+            }
+        }
+        s.retention.as_ref()
+    }
+
+    /// The RPO that applies in repository `repo`: `rpo_copies` for a copy
+    /// if set, else `rpo`.
+    pub fn rpo_in(&self, repo: &str) -> Option<Duration> {
+        let s = self.storage()?;
+        let d = if s.repository != repo {
+            s.rpo_copies.or(s.rpo)
+        } else {
+            s.rpo
+        };
+        d.filter(|d| !d.is_zero())
     }
 
     /// The job's RPO target, if it sets one (backup kinds only).

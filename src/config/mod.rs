@@ -565,6 +565,36 @@ impl LoadedConfig {
         self.one_error(errors)
     }
 
+    /// `repository` and `copies` of `[jobs.NAME]` (`key`) that name no
+    /// `[repositories.NAME]`.
+    fn repository_errors(&self, key: &str, job: &JobConfig) -> Vec<(String, String)> {
+        let known: Vec<&str> = self
+            .config
+            .repositories
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let expected = if known.is_empty() {
+            "none defined".into()
+        } else {
+            known.join(", ")
+        };
+        let named = job
+            .repository()
+            .map(|r| ("repository", r))
+            .into_iter()
+            .chain(job.copies().iter().map(|c| ("copies", c.as_str())));
+        named
+            .filter(|(_, r)| !self.config.repositories.contains_key(*r))
+            .map(|(k, r)| {
+                (
+                    format!("{key}.{k}"),
+                    format!("no repository named {r:?} (expected one of: {expected})"),
+                )
+            })
+            .collect()
+    }
+
     /// What is wrong with `[jobs.NAME]`, including references to other
     /// sections (repository, channels, coordination, verified jobs).
     fn job_errors(&self, name: &str, job: &JobConfig) -> Vec<(String, String)> {
@@ -586,27 +616,7 @@ impl LoadedConfig {
         if let Err(msg) = JobName::parse(name) {
             errors.push((key.clone(), msg));
         }
-        if let Some(repo) = job.repository() {
-            if !self.config.repositories.contains_key(repo) {
-                let known: Vec<&str> = self
-                    .config
-                    .repositories
-                    .keys()
-                    .map(String::as_str)
-                    .collect();
-                errors.push((
-                    format!("{key}.repository"),
-                    format!(
-                        "no repository named {repo:?} (expected one of: {})",
-                        if known.is_empty() {
-                            "none defined".into()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                ));
-            }
-        }
+        errors.extend(self.repository_errors(&key, job));
         if job.scheduling().lock == LockScope::Cluster && self.config.coordination.is_none() {
             errors.push((
                 format!("{key}.lock"),

@@ -6,6 +6,7 @@
 
 use super::exposition;
 use super::Daemon;
+use crate::config::LoadedConfig;
 use crate::engine::status::JobStatus;
 use axum::extract::State as AxState;
 use axum::http::{header, StatusCode};
@@ -291,7 +292,7 @@ async fn metrics(AxState(d): AxState<Arc<Daemon>>, headers: axum::http::HeaderMa
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
     match crate::engine::rpo::saved(&d.state).await {
-        Ok(rows) => register_rpo(&mut reg, rows),
+        Ok(rows) => register_rpo(&mut reg, &d.config(), rows),
         Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
     match crate::services::checks::metrics::all(&d.state).await {
@@ -423,12 +424,39 @@ fn register_alerts(reg: &mut Registry, a: crate::services::alerts::AlertStats) {
     );
 }
 
-fn register_rpo(reg: &mut Registry, rows: Vec<(String, f64, bool, Option<f64>)>) {
-    let target = Family::<JobLabels, FloatGauge>::default();
-    let age = Family::<JobLabels, FloatGauge>::default();
-    let compliant = Family::<JobLabels, Gauge>::default();
-    for (job, t, ok, a) in rows {
-        let l = JobLabels { job_name: job };
+/// RPO series are per job and repository: `repository` is the job's own
+/// or one of its copies ("the offsite copy is 3 days old" is a series of
+/// its own).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpoLabels {
+    job_name: String,
+    repository: String,
+}
+
+fn register_rpo(
+    reg: &mut Registry,
+    cfg: &LoadedConfig,
+    rows: Vec<(String, f64, bool, Option<f64>)>,
+) {
+    let target = Family::<RpoLabels, FloatGauge>::default();
+    let age = Family::<RpoLabels, FloatGauge>::default();
+    let compliant = Family::<RpoLabels, Gauge>::default();
+    for (key, t, ok, a) in rows {
+        let (job, copy) = crate::engine::rpo::split_key(&key);
+        let repository = match copy {
+            Some(r) => r.to_owned(),
+            None => cfg
+                .config
+                .jobs
+                .get(job)
+                .and_then(|j| j.repository())
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        let l = RpoLabels {
+            job_name: job.to_owned(),
+            repository,
+        };
         target.get_or_create(&l).set(t);
         if let Some(a) = a {
             age.get_or_create(&l).set(a);

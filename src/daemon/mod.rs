@@ -11,6 +11,7 @@
 //! A tick that finds its job still running records a skip; the host lock
 //! (`lock.rs`) keeps `drctl run` and the daemon apart.
 
+mod copies;
 mod exposition;
 mod fleet;
 mod http;
@@ -462,7 +463,7 @@ fn load_resolved(path: Option<&std::path::Path>) -> Result<LoadedConfig> {
 async fn shut_down(
     d: &Arc<Daemon>,
     mut sched: JobScheduler,
-    workers: [tokio::task::JoinHandle<()>; 3],
+    workers: [tokio::task::JoinHandle<()>; 4],
     grace: Duration,
 ) {
     let running: Vec<String> = d
@@ -632,6 +633,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     let alert_worker = tokio::spawn(alert_worker(d.clone()));
     let rpo_worker = tokio::spawn(rpo_worker(d.clone()));
     let fleet_worker = tokio::spawn(fleet::worker(d.clone()));
+    let copy_worker = tokio::spawn(copies::worker(d.clone()));
     catch_up(&d).await;
 
     let io = |e| Error::io("installing signal handlers", e);
@@ -699,7 +701,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     shut_down(
         &d,
         sched,
-        [alert_worker, rpo_worker, fleet_worker],
+        [alert_worker, rpo_worker, fleet_worker, copy_worker],
         cfg.config.daemon.grace_period,
     )
     .await;
@@ -727,19 +729,19 @@ async fn rpo_worker(d: Arc<Daemon>) {
     let mut due: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
     loop {
         let cfg = d.config();
-        let jobs = crate::engine::rpo::jobs(&cfg);
-        due.retain(|j, _| jobs.iter().any(|(n, _)| n == j));
+        let targets = crate::engine::rpo::targets(&cfg);
+        due.retain(|k, _| targets.iter().any(|t| &t.key() == k));
         let now = tokio::time::Instant::now();
-        for (job, target) in &jobs {
-            let next = due.entry(job.clone()).or_insert(now);
+        for t in &targets {
+            let next = due.entry(t.key()).or_insert(now);
             if *next > now {
                 continue;
             }
-            *next = now + crate::engine::rpo::interval(*target);
-            let eval = crate::engine::rpo::evaluate(&cfg, &d.state, job);
+            *next = now + crate::engine::rpo::interval(t.target);
+            let eval = crate::engine::rpo::evaluate_in(&cfg, &d.state, &t.job, &t.repository);
             tokio::select! {
                 r = eval => if let Err(e) = r {
-                    tracing::warn!(job = %job, error = %e, "RPO evaluation failed");
+                    tracing::warn!(job = %t.job, repository = %t.repository, error = %e, "RPO evaluation failed");
                 },
                 () = d.stopping.cancelled() => return,
             }

@@ -185,7 +185,11 @@ async fn record_output(state: &State, run_id: i64, name: &str, output: &str) {
 
 /// Remove what a failed attempt stored. Safe: it has no manifest, so nothing
 /// lists it; a failure here only leaves an orphan for prune to sweep.
-async fn discard_partial(repo: &Repository, job: &crate::base::ids::JobName, id: &BackupId) {
+pub(crate) async fn discard_partial(
+    repo: &Repository,
+    job: &crate::base::ids::JobName,
+    id: &BackupId,
+) {
     match repo.objects_of(job, id).await {
         Ok(objs) if objs.iter().any(|o| o.key.ends_with(manifest::FILE_NAME)) => {
             // The commit may have landed even though its response was lost:

@@ -7,6 +7,7 @@
 
 pub mod backup;
 pub mod check_run;
+pub mod copy;
 pub mod doctor;
 pub mod drill;
 pub mod fleet;

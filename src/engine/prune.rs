@@ -69,6 +69,8 @@ pub struct Skipped {
 pub struct Report {
     /// The job.
     pub job: String,
+    /// The repository pruned.
+    pub repository: String,
     /// Nothing was deleted.
     pub dry_run: bool,
     /// Backups kept, each with why.
@@ -310,24 +312,40 @@ pub fn plan(
     p
 }
 
-/// Prune `job` (a backup job) by its `retention` (no policy: orphans only).
+/// Prune `job` (a backup job) in its own repository by its `retention`
+/// (no policy: orphans only).
 pub async fn job(cfg: &LoadedConfig, name: &str, opts: &Options) -> Result<Report> {
-    let (job_name, jc) = cfg.job(name)?;
+    let (_, jc) = cfg.job(name)?;
     let repo_name = jc.backup_repository(name)?;
+    job_in(cfg, name, repo_name, opts).await
+}
+
+/// Prune `job` in `repo_name` (its own repository or one of its copies)
+/// by the retention that applies there (see `JobConfig::retention_in`).
+pub async fn job_in(
+    cfg: &LoadedConfig,
+    name: &str,
+    repo_name: &str,
+    opts: &Options,
+) -> Result<Report> {
+    let (job_name, jc) = cfg.job(name)?;
+    jc.backup_repository(name)?;
     let repo_cfg = cfg.repository(repo_name)?;
+    let policy = jc.retention_in(repo_name);
     let repo = Repository::open(repo_name, repo_cfg).await?;
     let tz = jc.scheduling().zone()?;
     let prefix = format!("{job_name}/");
     let dirs = group(repo.objects_of_job(&job_name).await?, &prefix);
-    let pins = match jc.retention() {
+    let pins = match policy {
         Some(_) => pinned(&repo, &job_name, &dirs, Utc::now()).await?,
         None => BTreeSet::new(),
     };
     let candidates = candidates(&dirs, opts, &pins);
     refuse_unsafe(&repo, &job_name, &candidates).await?;
-    let keep = crate::base::retention::decide(&candidates, jc.retention(), tz);
+    let keep = crate::base::retention::decide(&candidates, policy, tz);
     let mut report = Report {
         job: name.to_owned(),
+        repository: repo_name.to_owned(),
         dry_run: opts.dry_run,
         ..Report::default()
     };

@@ -120,6 +120,8 @@ pub fn replay(
 pub struct Status {
     /// The job.
     pub job: String,
+    /// The repository whose backups were measured (the job's own, or a copy).
+    pub repository: String,
     /// Its RPO.
     pub target_seconds: f64,
     /// Whether the newest usable backup is younger than the RPO.
@@ -146,13 +148,61 @@ pub fn interval(target: Duration) -> Duration {
     (target / 10).clamp(Duration::from_millis(100), Duration::from_secs(60))
 }
 
-/// Jobs with an `rpo`.
-pub fn jobs(cfg: &LoadedConfig) -> Vec<(String, Duration)> {
-    cfg.config
-        .jobs
-        .iter()
-        .filter_map(|(n, j)| j.rpo().map(|t| (n.clone(), t)))
-        .collect()
+/// One RPO series: a job's backups in one of its repositories.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// The job.
+    pub job: String,
+    /// The repository (the job's own, or one of its copies).
+    pub repository: String,
+    /// The RPO there (`rpo`, or `rpo_copies` for a copy).
+    pub target: Duration,
+    /// Whether it is the job's own repository.
+    pub own: bool,
+}
+
+impl Target {
+    /// The series' key in the state database and its alert's subject:
+    /// `JOB` in the job's own repository (as before copies existed),
+    /// `JOB@REPO` in a copy (job names cannot hold `@`).
+    pub fn key(&self) -> String {
+        series_key(&self.job, &self.repository, self.own)
+    }
+}
+
+fn series_key(job: &str, repository: &str, own: bool) -> String {
+    if own {
+        job.to_owned()
+    } else {
+        format!("{job}@{repository}")
+    }
+}
+
+/// A series key's job and, for a copy, its repository.
+pub fn split_key(key: &str) -> (&str, Option<&str>) {
+    match key.split_once('@') {
+        Some((job, repo)) => (job, Some(repo)),
+        None => (key, None),
+    }
+}
+
+/// Every RPO series: each job with an `rpo`, in its own repository and in
+/// each of its copies.
+pub fn targets(cfg: &LoadedConfig) -> Vec<Target> {
+    let mut out = Vec::new();
+    for (name, j) in &cfg.config.jobs {
+        for repo in j.repositories() {
+            if let Some(target) = j.rpo_in(repo) {
+                out.push(Target {
+                    job: name.clone(),
+                    repository: repo.to_owned(),
+                    target,
+                    own: j.repository() == Some(repo),
+                });
+            }
+        }
+    }
+    out
 }
 
 struct Saved {
@@ -185,15 +235,46 @@ where
     }))
 }
 
-/// Evaluate `job` against the repository now: record exact transitions,
-/// raise or clear `rpo_violated:JOB`, and return the status.
+/// Evaluate `job` against its own repository now: record exact
+/// transitions, raise or clear `rpo_violated:JOB`, and return the status.
 pub async fn evaluate(cfg: &LoadedConfig, state: &State, job: &str) -> Result<Status> {
-    let (job_name, jc) = cfg.job(job)?;
-    let target = jc
-        .rpo()
-        .ok_or_else(|| Error::Other(format!("job {job} has no rpo")))?;
-    let target_span = span(target);
+    let (_, jc) = cfg.job(job)?;
     let repo_name = jc.backup_repository(job)?;
+    evaluate_in(cfg, state, job, repo_name).await
+}
+
+/// Evaluate every RPO series of `job` (its own repository and its copies),
+/// logging what cannot be evaluated.
+pub async fn evaluate_all(cfg: &LoadedConfig, state: &State, job: &str) {
+    for t in targets(cfg).into_iter().filter(|t| t.job == job) {
+        if let Err(e) = evaluate_in(cfg, state, job, &t.repository).await {
+            tracing::warn!(job, repository = %t.repository, error = %e, "RPO evaluation failed");
+        }
+    }
+}
+
+/// Evaluate `job`'s backups in `repo_name` (its own repository or a copy):
+/// the series `JOB` or `JOB@REPO` (see [`Target::key`]), alerting
+/// `rpo_violated:JOB` or `rpo_violated:JOB:REPO`.
+pub async fn evaluate_in(
+    cfg: &LoadedConfig,
+    state: &State,
+    job: &str,
+    repo_name: &str,
+) -> Result<Status> {
+    let (job_name, jc) = cfg.job(job)?;
+    let own = jc.backup_repository(job)? == repo_name;
+    if !jc.repositories().contains(&repo_name) {
+        return Err(Error::Usage(format!(
+            "job {job} stores no backups in repository {repo_name}"
+        )));
+    }
+    let target = jc
+        .rpo_in(repo_name)
+        .ok_or_else(|| Error::Other(format!("job {job} has no rpo")))?;
+    let key = series_key(job, repo_name, own);
+    let series = key.as_str();
+    let target_span = span(target);
     let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
     // A backup whose host's clock ran ahead claims a freshness it does not
     // have: it never counts (see `BackupRef::clock_skew`).
@@ -204,7 +285,7 @@ pub async fn evaluate(cfg: &LoadedConfig, state: &State, job: &str) -> Result<St
         .filter(|b| b.clock_skew().is_none())
         .collect();
     let now = Utc::now();
-    let seen = load(state, state.pool(), job).await?;
+    let seen = load(state, state.pool(), series).await?;
     let target_ms = target.as_millis() as i64;
 
     // Manifests of the backups not seen yet (the newest 50 at most: older
@@ -235,6 +316,7 @@ pub async fn evaluate(cfg: &LoadedConfig, state: &State, job: &str) -> Result<St
         if t.is_empty() {
             return Ok(Status {
                 job: job.to_owned(),
+                repository: repo_name.to_owned(),
                 target_seconds: target.as_secs_f64(),
                 compliant: sv.compliant,
                 since: sv.since,
@@ -250,7 +332,7 @@ pub async fn evaluate(cfg: &LoadedConfig, state: &State, job: &str) -> Result<St
         .map_err(|e| state.err(e))?;
     // Re-read inside the transaction: another process may have evaluated
     // since. Replaying points it already counted changes nothing.
-    let saved = load(state, &mut *tx, job).await?;
+    let saved = load(state, &mut *tx, series).await?;
     let now = saved.as_ref().map_or(now, |s| now.max(s.checked_at));
     if let Some(theirs) = saved.as_ref().and_then(|s| s.newest_id.clone()) {
         if newest_id.as_ref().is_none_or(|ours| &theirs > ours) {
@@ -260,10 +342,10 @@ pub async fn evaluate(cfg: &LoadedConfig, state: &State, job: &str) -> Result<St
     let (transitions, newest_started, compliant, since) =
         advance(saved.as_ref(), &points, now, target_span);
     if saved.as_ref().is_some_and(|s| s.target_ms != target_ms) {
-        tracing::info!(job, ?target, "RPO target changed");
+        tracing::info!(job, repository = repo_name, ?target, "RPO target changed");
     }
     let ev = Evaluated {
-        job,
+        job: series,
         target_ms,
         now,
         newest_id: newest_id.as_deref(),
@@ -275,13 +357,14 @@ pub async fn evaluate(cfg: &LoadedConfig, state: &State, job: &str) -> Result<St
 
     let status = Status {
         job: job.to_owned(),
+        repository: repo_name.to_owned(),
         target_seconds: target.as_secs_f64(),
         compliant,
         since,
         newest_backup: newest_id,
         age_seconds: newest_started.map(|n| secs(now - n)),
     };
-    alert(cfg, state, &status, target).await;
+    alert(cfg, state, &status, target, own).await;
     Ok(status)
 }
 
@@ -402,12 +485,21 @@ fn advance(
     }
 }
 
-async fn alert(cfg: &LoadedConfig, state: &State, s: &Status, target: Duration) {
+async fn alert(cfg: &LoadedConfig, state: &State, s: &Status, target: Duration, own: bool) {
     let alerter = Alerter::new(cfg, state);
-    let key = format!("rpo_violated:{}", s.job);
+    // The job's own repository keeps the key it always had.
+    let (subject, what) = if own {
+        (s.job.clone(), s.job.clone())
+    } else {
+        (
+            format!("{}:{}", s.job, s.repository),
+            format!("{} in repository {}", s.job, s.repository),
+        )
+    };
+    let key = format!("rpo_violated:{subject}");
     let r = if s.compliant {
         alerter
-            .clear(&key, format!("RPO of {} met again", s.job))
+            .clear(&key, format!("RPO of {what} met again"))
             .await
     } else {
         let age = match s.age_seconds {
@@ -420,9 +512,9 @@ async fn alert(cfg: &LoadedConfig, state: &State, s: &Status, target: Duration) 
         };
         let mut c = Condition::new(
             "rpo_violated",
-            &s.job,
+            &subject,
             Severity::Critical,
-            format!("RPO of {} violated", s.job),
+            format!("RPO of {what} violated"),
         );
         c.job = Some(s.job.clone());
         c.detail = Some(format!(
@@ -430,10 +522,17 @@ async fn alert(cfg: &LoadedConfig, state: &State, s: &Status, target: Duration) 
             humantime::format_duration(target),
             s.since.format("%Y-%m-%d %H:%M:%S UTC")
         ));
-        c.hint = Some(format!(
-            "Check why backups stopped: `drctl status` and `drctl logs {0}` on the host that runs it (is the daemon up? is the job failing?). `drctl run {0}` takes one now.",
-            s.job
-        ));
+        c.hint = Some(if own {
+            format!(
+                "Check why backups stopped: `drctl status` and `drctl logs {0}` on the host that runs it (is the daemon up? is the job failing?). `drctl run {0}` takes one now.",
+                s.job
+            )
+        } else {
+            format!(
+                "The copies in {1} lag behind: look for a copy_failed:{0}:{1} alert and its error (`drctl alerts`), then `drctl copy --job {0} --to {1}`.",
+                s.job, s.repository
+            )
+        });
         alerter.raise(c).await
     };
     if let Err(e) = r {

@@ -293,14 +293,37 @@ pub async fn run_job(
                     Err(e) => tracing::warn!(job = name, error = %e, "retention failed"),
                 }
             }
-            // A new backup may end an RPO violation: say so now, not at the next check.
-            if job.rpo().is_some() {
-                if let Err(e) = crate::engine::rpo::evaluate(cfg, state, name).await {
-                    tracing::warn!(job = name, error = %e, "RPO evaluation after the backup failed");
-                }
+            // Copies follow the commit; a failed copy raises copy_failed
+            // (the daemon retries it), never a failed backup.
+            if !job.copies().is_empty() {
+                copy_after(cfg, state, name).await;
             }
+            // A new backup may end an RPO violation: say so now, not at the next check.
+            crate::engine::rpo::evaluate_all(cfg, state, name).await;
             Ok(Outcome::Committed(Box::new(m)))
         }
+    }
+}
+
+/// Copy a job's new backup (and whatever else its copies lack) into
+/// each copy repository, logging what failed.
+async fn copy_after(cfg: &LoadedConfig, state: &State, name: &str) {
+    let _lock = match crate::engine::copy::lock(cfg, name, true).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(job = name, error = %e, "cannot take the copy lock; the daemon copies later");
+            return;
+        }
+    };
+    match crate::engine::copy::sync_all(cfg, state, name, None, None).await {
+        Ok(reports) => {
+            for r in reports {
+                if let Some(p) = r.problems() {
+                    tracing::error!(job = name, repository = %r.to, problems = %p, "copy failed; the backup exists in {} only until a retry succeeds", r.from);
+                }
+            }
+        }
+        Err(e) => tracing::error!(job = name, error = %e, "copying the backup failed"),
     }
 }
 

@@ -27,6 +27,9 @@ pub struct Options {
     pub deep: bool,
     /// age identity for deep verification of encrypted backups.
     pub identity: Option<PathBuf>,
+    /// Only this repository (`--repository`); default: the job's own and
+    /// each of its copies.
+    pub repository: Option<String>,
 }
 
 /// One artifact's verdict.
@@ -47,6 +50,8 @@ pub struct ArtifactCheck {
 pub struct BackupCheck {
     /// Its job.
     pub job: String,
+    /// The repository it was read from.
+    pub repository: String,
     /// Its id.
     pub backup_id: String,
     /// When it finished (RFC 3339).
@@ -147,25 +152,30 @@ pub async fn report(
     // proven one is kept. Only integrity failures count as damage (an
     // unreachable store says nothing about the backup).
     for b in &s.backups {
-        let Some(repo) = cfg.job(&b.job).ok().and_then(|(_, j)| j.repository()) else {
-            continue;
-        };
         if !b.ok && !b.integrity_failure {
             continue;
         }
         if let Err(e) = state
-            .record_verdict(repo, &b.job, &b.backup_id, b.ok, s.deep)
+            .record_verdict(&b.repository, &b.job, &b.backup_id, b.ok, s.deep)
             .await
         {
             tracing::warn!(job = %b.job, backup = %b.backup_id, error = %e, "cannot record the verification");
         }
     }
     let alerter = Alerter::new(cfg, state);
-    let mut jobs: Vec<&str> = s.backups.iter().map(|b| b.job.as_str()).collect();
-    jobs.dedup();
-    for job in jobs {
-        let bad: Vec<&BackupCheck> = s.backups.iter().filter(|b| b.job == job && !b.ok).collect();
-        let subject = format!("{job}:{scope}");
+    let mut checked: Vec<(&str, &str)> = s
+        .backups
+        .iter()
+        .map(|b| (b.job.as_str(), b.repository.as_str()))
+        .collect();
+    checked.dedup();
+    for (job, repo) in checked {
+        let bad: Vec<&BackupCheck> = s
+            .backups
+            .iter()
+            .filter(|b| b.job == job && b.repository == repo && !b.ok)
+            .collect();
+        let subject = damaged_subject(cfg, job, repo, scope);
         let r = if bad.is_empty() {
             alerter
                 .clear(
@@ -203,6 +213,21 @@ pub async fn report(
     }
 }
 
+/// The subject of `backup_damaged` for `job`'s backups in `repo`:
+/// `JOB:SCOPE` in the job's own repository, `JOB:REPO:SCOPE` in a copy.
+pub fn damaged_subject(cfg: &LoadedConfig, job: &str, repo: &str, scope: &str) -> String {
+    let own = cfg
+        .job(job)
+        .ok()
+        .and_then(|(_, j)| j.repository())
+        .is_none_or(|r| r == repo);
+    if own {
+        format!("{job}:{scope}")
+    } else {
+        format!("{job}:{repo}:{scope}")
+    }
+}
+
 /// Backup jobs to verify: the named ones, or every job with a repository.
 pub fn backup_jobs(cfg: &LoadedConfig, only: Option<&[String]>) -> Result<Vec<String>> {
     match only {
@@ -233,24 +258,51 @@ pub async fn run(cfg: &LoadedConfig, jobs: &[String], opts: &Options) -> Result<
         deep: opts.deep,
         ..Summary::default()
     };
+    let mut targets = Vec::new();
     for name in jobs {
-        if let Err(e) = job(cfg, name, opts, &mut summary).await {
+        let (_, jc) = cfg.job(name)?;
+        jc.backup_repository(name)?;
+        let repos = jc.repositories();
+        match &opts.repository {
+            Some(r) if repos.contains(&r.as_str()) => targets.push((name, r.clone())),
+            Some(_) => {}
+            None => targets.extend(repos.into_iter().map(|r| (name, r.to_owned()))),
+        }
+    }
+    if let (Some(r), true) = (&opts.repository, targets.is_empty()) {
+        return Err(Error::Usage(format!(
+            "--repository {r}: none of the jobs ({}) stores backups there",
+            jobs.join(", ")
+        )));
+    }
+    for (name, repo) in &targets {
+        if let Err(e) = job(cfg, name, repo, opts, &mut summary).await {
             // One broken repository is an error for its jobs only: the
             // others are still verified, and the summary fails.
-            if jobs.len() == 1 {
+            if targets.len() == 1 {
                 return Err(e);
             }
+            let what = if cfg.job(name).ok().and_then(|(_, j)| j.repository()) == Some(repo) {
+                (*name).clone()
+            } else {
+                format!("{name} (in {repo})")
+            };
             summary
                 .unreachable
-                .push((name.clone(), crate::base::secret::redact(&e.to_string())));
+                .push((what, crate::base::secret::redact(&e.to_string())));
         }
     }
     Ok(summary)
 }
 
-async fn job(cfg: &LoadedConfig, name: &str, opts: &Options, summary: &mut Summary) -> Result<()> {
+async fn job(
+    cfg: &LoadedConfig,
+    name: &str,
+    repo_name: &str,
+    opts: &Options,
+    summary: &mut Summary,
+) -> Result<()> {
     let (job_name, job) = cfg.job(name)?;
-    let repo_name = job.backup_repository(name)?;
     let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
     let listed = repo.list_backups(&job_name).await?;
     let refs: Vec<_> = if opts.all {
@@ -265,7 +317,13 @@ async fn job(cfg: &LoadedConfig, name: &str, opts: &Options, summary: &mut Summa
         listed.into_iter().skip(cut).collect()
     };
     if refs.is_empty() {
-        summary.without_backups.push(name.to_owned());
+        summary
+            .without_backups
+            .push(if job.repository() == Some(repo_name) {
+                name.to_owned()
+            } else {
+                format!("{name} (in {repo_name})")
+            });
         return Ok(());
     }
     for b in refs {
@@ -274,6 +332,7 @@ async fn job(cfg: &LoadedConfig, name: &str, opts: &Options, summary: &mut Summa
             Err(e @ (Error::Integrity { .. } | Error::NotFound(_))) => {
                 summary.backups.push(BackupCheck {
                     job: name.to_owned(),
+                    repository: repo_name.to_owned(),
                     backup_id: b.id.to_string(),
                     finished_at: String::new(),
                     ok: false,
@@ -337,6 +396,7 @@ async fn backup(
     }
     BackupCheck {
         job: job_name.to_string(),
+        repository: repo.name.clone(),
         backup_id: m.id.to_string(),
         finished_at: m.finished_at.to_rfc3339(),
         ok: artifacts.iter().all(|a| a.ok),

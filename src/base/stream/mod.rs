@@ -3,12 +3,14 @@
 //! Measure(stored) -> sink`. Memory is bounded by the buffers of each stage,
 //! never by the data size.
 
+mod checked;
 mod codec;
 pub mod crypt;
 mod guarded;
 mod measure;
 mod tee;
 
+pub use checked::{Checked, Mismatch};
 pub use codec::{decoder, encoder, BoxRead};
 pub use guarded::{guarded, Guarded, Verdict};
 pub use measure::{Measure, Measured};

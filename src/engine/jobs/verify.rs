@@ -25,6 +25,7 @@ pub async fn run(
         all: job.scope == VerifyScope::All,
         deep: job.deep,
         identity: None,
+        repository: None,
     };
     let work = async {
         let jobs = verify::backup_jobs(cfg, job.jobs.as_deref())?;

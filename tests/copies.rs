@@ -515,3 +515,166 @@ fn a_lagging_copy_violates_its_own_rpo() {
     assert_eq!(code, 0, "{again:?}");
     assert!(!active_alerts(&w).contains(&"rpo_violated:etc:second".to_owned()));
 }
+
+/// A PostgreSQL job in a local repository with a copy in a second local
+/// repository; `url` is the database's, `extra` more job keys.
+fn pg_two_repos(db: &str, second: &Path, extra: &str) -> World {
+    let mut w = World::new(&format!(
+        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\
+         [repositories.second]\ntype = \"local\"\npath = \"{}\"\n\
+         [jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"local\"\ncopies = [\"second\"]\n{extra}",
+        second.display()
+    ));
+    w.set_env("APP_DATABASE_URL", &pg().url(db));
+    w
+}
+
+/// A flipped byte in the primary's dump: `restore --latest` restores the
+/// same backup from the copy, says so, and raises `backup_damaged` for the
+/// damaged one; pinned with `--repository`, it fails (exit 3) instead.
+#[test]
+fn a_damaged_primary_falls_back_to_the_copy() {
+    let pg = pg();
+    let db = pg.create_db("fb_src");
+    pg.seed(&db, &unique("fb_owner"), 200);
+    let before = pg.fingerprint(&db);
+    let second = scratch_dir("drctl-fb-second-");
+    let w = pg_two_repos(&db, &second, "");
+    let id = run_id(&w, "appdb");
+    assert!(manifest_at(&second, "appdb", &id).exists());
+    w.corrupt_artifact("appdb", &id, "database.dump");
+
+    let pinned = unique("fb_pinned");
+    let r = w.drctl(&[
+        "restore",
+        "--latest",
+        "--repository",
+        "local",
+        "--to",
+        &pg.url(&pinned),
+    ]);
+    assert_eq!(r.code, 3, "{}", r.all());
+
+    let target = unique("fb_dst");
+    let r = w.drctl(&["restore", "--latest", "--to", &pg.url(&target), "--json"]);
+    r.ok();
+    let rep: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(rep["backup_id"], id.as_str());
+    assert_eq!(rep["repository"], "second");
+    let warned = rep["warnings"].to_string();
+    assert!(
+        warned.contains("in repository local could not be restored")
+            && warned.contains("restored from repository second instead"),
+        "{warned}"
+    );
+    assert_eq!(pg.fingerprint(&target), before);
+    let alerts = active_alerts(&w);
+    assert!(
+        alerts.contains(&"backup_damaged:appdb:latest".to_owned()),
+        "{alerts:?}"
+    );
+}
+
+/// The primary unreachable (an S3 endpoint that resets every connection):
+/// `restore --latest` restores from the copy and names the repository it
+/// passed over.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_primary_falls_back_to_the_copy() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let pg = pg();
+    let db = pg.create_db("un_src");
+    pg.seed(&db, &unique("un_owner"), 100);
+    let before = pg.fingerprint(&db);
+    let bucket = s3().create_bucket().await;
+    let up = Arc::new(AtomicBool::new(true));
+    let port = {
+        let up = up.clone();
+        fault_proxy(
+            s3().endpoint.trim_start_matches("http://").to_owned(),
+            move |_| {
+                if up.load(Ordering::SeqCst) {
+                    Fault::Pass
+                } else {
+                    Fault::Cut
+                }
+            },
+        )
+    };
+    let second = scratch_dir("drctl-un-second-");
+    let mut w = World::new(&format!(
+        "[repositories.offsite]\ntype = \"s3\"\nbucket = \"{bucket}\"\nendpoint = \"http://127.0.0.1:{port}\"\npath_style = true\n\
+         [repositories.second]\ntype = \"local\"\npath = \"{}\"\n\
+         [jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"offsite\"\ncopies = [\"second\"]\n",
+        second.display()
+    ));
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    let id = tokio::task::spawn_blocking({
+        let mut c = w.command(&["run", "appdb"]);
+        move || Run::from(c.output().unwrap())
+    })
+    .await
+    .unwrap();
+    let id = id.ok().stdout.trim().to_owned();
+    up.store(false, Ordering::SeqCst);
+    let target = unique("un_dst");
+    let r = tokio::task::spawn_blocking({
+        let mut c = w.command(&["restore", "--latest", "--to", &pg.url(&target)]);
+        move || Run::from(c.output().unwrap())
+    })
+    .await
+    .unwrap();
+    r.ok();
+    assert!(
+        r.stderr.contains("repository offsite passed over"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains(&format!("restored {id} from second")),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(pg.fingerprint(&target), before);
+}
+
+/// A drill pinned to the copy repository restores from it, so the offsite
+/// copy is proven restorable, not only the local one.
+#[test]
+fn a_drill_restores_from_the_copy_repository_it_names() {
+    let pg = pg();
+    let db = pg.create_db("dr_src");
+    pg.seed(&db, &unique("dr_owner"), 100);
+    let second = scratch_dir("drctl-dr-second-");
+    let mut w = pg_two_repos(
+        &db,
+        &second,
+        "[drills.offsite]\njob = \"appdb\"\nrepository = \"second\"\ntarget = { server_url_env = \"DRILL_PG_URL\" }\n\
+         [[drills.offsite.checks]]\nsql = \"SELECT count(*) FROM public.customer\"\nexpect = \">= 1\"\n",
+    );
+    w.set_env("DRILL_PG_URL", &pg.url("postgres"));
+    let id = run_id(&w, "appdb");
+    // Damage the local copy: a drill of the copy does not care.
+    w.corrupt_artifact("appdb", &id, "database.dump");
+    let r = w.drctl(&["drill", "run", "offsite", "--json"]);
+    r.ok();
+    let rec: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(rec["outcome"], "passed", "{rec:#}");
+    assert_eq!(rec["backup_id"], id.as_str());
+    // A drill naming a repository the job does not use is a config error.
+    std::fs::write(
+        &w.config,
+        std::fs::read_to_string(&w.config).unwrap().replace(
+            "repository = \"second\"\ntarget",
+            "repository = \"nowhere\"\ntarget",
+        ),
+    )
+    .unwrap();
+    let r = w.drctl(&["config", "check"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("drills.offsite.repository"),
+        "{}",
+        r.stderr
+    );
+}

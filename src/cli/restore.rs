@@ -73,6 +73,11 @@ pub struct Args {
     /// Skip the job's [jobs.X.restore] before/after hooks
     #[arg(long)]
     no_hooks: bool,
+    /// Read only this repository (the job's own or one of its copies)
+    /// [default: the newest backup in any of them, falling back to the
+    /// next one holding it when a copy is damaged or unreachable]
+    #[arg(long, conflicts_with = "undo")]
+    repository: Option<String>,
     #[arg(long)]
     json: bool,
 }
@@ -107,6 +112,9 @@ fn print_plan(p: &Plan) {
         super::human_bytes(p.raw_bytes)
     );
     eprintln!("  target     {}", p.target);
+    for n in &p.notes {
+        eprintln!("  note       {n}");
+    }
     for (i, s) in p.steps.iter().enumerate() {
         eprintln!("  {}. {s}", i + 1);
     }
@@ -143,6 +151,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         hooks: !a.no_hooks,
         announce: true,
         origin: restore::journal::Origin::Operator,
+        repository: a.repository,
     };
     // A restore killed half-way is finished or rolled back first, and says so.
     let state = drctl::services::state::State::open(&cfg.config.state_dir).await?;
@@ -208,8 +217,9 @@ fn print_report(report: &restore::Report, undo: bool) {
         return;
     }
     eprintln!(
-        "restored {} into {} in {:.1}s (fetch+verify {:.1}s, restore {:.1}s, {} fetched)",
+        "restored {} from {} into {} in {:.1}s (fetch+verify {:.1}s, restore {:.1}s, {} fetched)",
         report.backup_id,
+        report.repository,
         report.target,
         report.total_seconds,
         report.fetch_seconds,

@@ -39,6 +39,11 @@ pub struct DrillConfig {
     /// Longest a check query may run.
     #[serde(default = "default_check_timeout", with = "humantime_serde")]
     pub check_timeout: Duration,
+    /// Restore from this repository only (one of the job's `copies`, so
+    /// the offsite copy is proven restorable, not only the local one).
+    /// Default: the newest backup in any of the job's repositories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
 }
 
 fn one() -> usize {

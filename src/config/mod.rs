@@ -675,10 +675,25 @@ impl LoadedConfig {
             errors.push((key.clone(), msg));
         }
         match self.config.jobs.get(&d.job) {
-            Some(JobConfig {
-                kind: Kind::Postgres(_),
-                ..
-            }) => {}
+            Some(
+                j @ JobConfig {
+                    kind: Kind::Postgres(_),
+                    ..
+                },
+            ) => {
+                if let Some(r) = &d.repository {
+                    if !j.repositories().contains(&r.as_str()) {
+                        errors.push((
+                            format!("{key}.repository"),
+                            format!(
+                                "job {:?} stores no backups in {r:?} (expected one of: {})",
+                                d.job,
+                                j.repositories().join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
             Some(other) => errors.push((
                 format!("{key}.job"),
                 format!(

@@ -283,6 +283,7 @@ async fn phases(
         hooks: false,
         announce: false,
         origin: crate::engine::restore::journal::Origin::Drill,
+        repository: d.repository.clone(),
     };
     opts.progress.set_phase("fetch", 0);
     let resolved = crate::engine::restore::resolve(cfg, &req0)

@@ -63,6 +63,11 @@ pub struct RestoreRequest {
     /// An operator's restore or a drill's (journaled; the DR report's
     /// "real restores" are the operators').
     pub origin: journal::Origin,
+    /// Read only this repository (`--repository`, a drill's
+    /// `repository`): no fallback to another. Default: the job's own
+    /// repository and its copies, the newest backup in any of them, and the
+    /// next one holding the same backup when a copy is damaged or gone.
+    pub repository: Option<String>,
 }
 
 /// What a restore will do, printed by `--dry-run` and before confirmation.
@@ -90,6 +95,10 @@ pub struct Plan {
     pub replaces_existing: bool,
     /// What will happen, in order.
     pub steps: Vec<String>,
+    /// Repositories passed over while choosing the backup, and why (an
+    /// unreachable one, a damaged manifest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// What a restore did.
@@ -97,6 +106,8 @@ pub struct Plan {
 pub struct Report {
     /// The backup restored.
     pub backup_id: String,
+    /// The repository it was read from.
+    pub repository: String,
     /// Where it went (no password).
     pub target: String,
     /// Where the replaced database now lives (`<name>_pre_restore_<ts>`).
@@ -143,27 +154,93 @@ pub struct Resolved<'a> {
     pub manifest: Manifest,
     /// Identities for encrypted artifacts, checked against the manifest.
     pub keys: crate::services::keys::Keys,
+    /// Repositories passed over, and why.
+    pub notes: Vec<String>,
+}
+
+/// The repositories a request may read, in the order they are tried: the
+/// pinned one, or the job's own and then its copies.
+fn sources<'c>(config: &'c JobConfig, name: &str, req: &'c RestoreRequest) -> Result<Vec<&'c str>> {
+    let all = config.repositories();
+    config.backup_repository(name)?;
+    match &req.repository {
+        Some(r) if all.contains(&r.as_str()) => Ok(vec![r.as_str()]),
+        Some(r) => Err(Error::Usage(format!(
+            "--repository {r}: job {name} stores no backups there (its repositories: {})",
+            all.join(", ")
+        ))),
+        None => Ok(all),
+    }
 }
 
 /// Find the job, the repository and the backup a request means (the
 /// newest usable one unless an id is given), without touching the target.
+/// With copies, every repository of the job is looked at: the newest
+/// backup in any of them wins (the job's own repository on a tie), and a
+/// repository that cannot be read is passed over with a note; with an id,
+/// the first repository holding it.
 pub async fn resolve<'a>(cfg: &'a LoadedConfig, req: &RestoreRequest) -> Result<Resolved<'a>> {
     let name = job_name(cfg, req)?;
     let (job, config) = cfg.job(&name)?;
-    let repo_name = config.backup_repository(&name)?;
-    let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
-    let manifest = if let Some(id) = &req.id {
-        let id = BackupId::parse(id).map_err(|e| Error::Usage(format!("--id: {e}")))?;
-        repo.read_manifest(&job, &id).await?
-    } else if let Some(label) = &req.label {
-        repo.latest_labelled(&job, label).await?
-    } else {
-        let latest = repo.latest_usable(&job).await?;
-        for s in &latest.skipped {
-            tracing::warn!(job = %job, "passing over a newer backup: {s}");
-        }
-        latest.manifest
+    let id = match &req.id {
+        Some(id) => Some(BackupId::parse(id).map_err(|e| Error::Usage(format!("--id: {e}")))?),
+        None => None,
     };
+    let sources = sources(config, &name, req)?;
+    let mut notes = Vec::new();
+    let mut best: Option<(Repository, Manifest)> = None;
+    let mut first_err: Option<Error> = None;
+    for repo_name in &sources {
+        let found = async {
+            let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
+            let m = if let Some(id) = &id {
+                repo.read_manifest(&job, id).await?
+            } else if let Some(label) = &req.label {
+                repo.latest_labelled(&job, label).await?
+            } else {
+                let latest = repo.latest_usable(&job).await?;
+                for s in &latest.skipped {
+                    tracing::warn!(job = %job, repository = %repo_name, "passing over a newer backup: {s}");
+                }
+                latest.manifest
+            };
+            Ok::<_, Error>((repo, m))
+        }
+        .await;
+        match found {
+            Ok((repo, m)) => {
+                let newer = best.as_ref().is_none_or(|(_, b)| m.id > b.id);
+                if newer {
+                    best = Some((repo, m));
+                }
+                if id.is_some() {
+                    break;
+                }
+            }
+            Err(e) => {
+                if sources.len() > 1 && !matches!(e, Error::NotFound(_)) {
+                    notes.push(format!(
+                        "repository {repo_name} passed over: {}",
+                        crate::base::secret::redact(&e.to_string())
+                    ));
+                }
+                // The first error that is not "nothing there" says most.
+                let replace = first_err.as_ref().is_none_or(|f| {
+                    matches!(f, Error::NotFound(_)) && !matches!(e, Error::NotFound(_))
+                });
+                if replace {
+                    first_err = Some(e);
+                }
+            }
+        }
+    }
+    let Some((repo, manifest)) = best else {
+        return Err(first_err
+            .unwrap_or_else(|| Error::NotFound(format!("no committed backup of job {name}"))));
+    };
+    for n in &notes {
+        tracing::warn!(job = %job, "{n}");
+    }
     let keys =
         crate::services::keys::for_manifest(cfg, config, &manifest, req.identity.as_deref())?;
     Ok(Resolved {
@@ -172,6 +249,7 @@ pub async fn resolve<'a>(cfg: &'a LoadedConfig, req: &RestoreRequest) -> Result<
         repo,
         manifest,
         keys,
+        notes,
     })
 }
 
@@ -211,6 +289,7 @@ pub async fn plan(cfg: &LoadedConfig, req: &RestoreRequest) -> Result<Plan> {
     if let Some(h) = hooks_for(r.config, req) {
         wrap_steps(&mut plan.steps, h);
     }
+    plan.notes = r.notes;
     Ok(plan)
 }
 
@@ -249,13 +328,124 @@ fn hooks_for<'a>(
 
 /// Perform the restore. Refuses (exit 4) where consent is needed and not
 /// given; exits 9 when the data went in but the service did not come back.
+///
+/// Falls back to a good copy: when the backup's artifacts fail their
+/// checksum or its repository fails while they are read, and no
+/// `repository` was pinned, the same backup is restored from the next
+/// repository of the job that holds it; the damaged copy raises
+/// `backup_damaged` and the report says what happened.
 pub async fn run(
     cfg: &LoadedConfig,
     req: &RestoreRequest,
     progress: Arc<Progress>,
 ) -> Result<Report> {
-    let started = std::time::Instant::now();
     let r = resolve(cfg, req).await?;
+    let (job, id, first_repo) = (r.job.clone(), r.manifest.id.clone(), r.repo.name.clone());
+    let pinned = req.repository.is_some();
+    let mut tried = vec![first_repo];
+    let mut notes = r.notes.clone();
+    let mut result = run_resolved(cfg, req, r, progress.clone()).await;
+    while let Err(e) = &result {
+        if pinned || !matches!(e, Error::Integrity { .. } | Error::Repository { .. }) {
+            break;
+        }
+        let failed = tried.last().cloned().unwrap_or_default();
+        let why = crate::base::secret::redact(&e.to_string());
+        if matches!(e, Error::Integrity { .. }) {
+            damaged(cfg, &job, &failed, &id, &why).await;
+        }
+        let Some(next) = next_holding(cfg, &job, &id, &tried).await else {
+            break;
+        };
+        let note = format!(
+            "backup {id} in repository {failed} could not be restored ({why}); restored from repository {next} instead"
+        );
+        tracing::warn!(job = %job, "{note}");
+        notes.push(note);
+        tried.push(next.clone());
+        let again = RestoreRequest {
+            id: Some(id.to_string()),
+            label: None,
+            repository: Some(next),
+            ..req.clone()
+        };
+        result = match resolve(cfg, &again).await {
+            Ok(r) => run_resolved(cfg, &again, r, progress.clone()).await,
+            Err(e) => Err(e),
+        };
+    }
+    result.map(|mut rep| {
+        let mut all = notes;
+        all.append(&mut rep.warnings);
+        rep.warnings = all;
+        rep
+    })
+}
+
+/// The next repository of `job` (not in `tried`) whose manifest of `id`
+/// reads: where a restore falls back to.
+async fn next_holding(
+    cfg: &LoadedConfig,
+    job: &JobName,
+    id: &BackupId,
+    tried: &[String],
+) -> Option<String> {
+    let (_, config) = cfg.job(job.as_str()).ok()?;
+    for name in config.repositories() {
+        if tried.iter().any(|t| t == name) {
+            continue;
+        }
+        let Ok(rc) = cfg.repository(name) else {
+            continue;
+        };
+        let Ok(repo) = Repository::open(name, rc).await else {
+            continue;
+        };
+        if repo.read_manifest(job, id).await.is_ok() {
+            return Some(name.to_owned());
+        }
+    }
+    None
+}
+
+/// A copy that failed its checksum during a restore: recorded as damaged
+/// (retention stops counting it) and `backup_damaged` raised for it.
+async fn damaged(cfg: &LoadedConfig, job: &JobName, repo: &str, id: &BackupId, why: &str) {
+    use crate::services::alerts::{Alerter, Condition, Severity};
+    let Ok(state) = crate::services::state::State::open(&cfg.config.state_dir).await else {
+        return;
+    };
+    if let Err(e) = state
+        .record_verdict(repo, job.as_str(), id.as_str(), false, false)
+        .await
+    {
+        tracing::warn!(error = %e, "cannot record the damaged backup");
+    }
+    let subject = crate::engine::verify::damaged_subject(cfg, job.as_str(), repo, "latest");
+    let mut c = Condition::new(
+        "backup_damaged",
+        &subject,
+        Severity::Critical,
+        format!("backup {id} of {job} in repository {repo} failed its checksum during a restore"),
+    );
+    c.job = Some(job.to_string());
+    c.detail = Some(why.to_owned());
+    c.hint = Some(format!(
+        "The restore fell back to another repository. Look at the storage of {repo} (disk errors, lifecycle rules, who can write there) and run `drctl verify --job {job} --repository {repo} --all`."
+    ));
+    if let Err(e) = Alerter::new(cfg, &state).raise(c).await {
+        tracing::warn!(error = %e, "cannot record the backup_damaged alert");
+    }
+}
+
+/// [`run`] for one resolved backup in one repository.
+async fn run_resolved(
+    cfg: &LoadedConfig,
+    req: &RestoreRequest,
+    r: Resolved<'_>,
+    progress: Arc<Progress>,
+) -> Result<Report> {
+    let started = std::time::Instant::now();
     let tmp_dir = scratch_dir(cfg, req)?;
     // Finish or roll back restores that were killed before this one starts.
     let state = crate::services::state::State::open(&cfg.config.state_dir).await?;
@@ -324,7 +514,10 @@ pub async fn run(
     let what = format!("restore of {} (backup {})", r.job, r.manifest.id);
     let result = procedure.around(work, consent, &what).await;
     release(lease).await;
-    result
+    result.map(|mut rep| {
+        rep.repository.clone_from(&r.repo.name);
+        rep
+    })
 }
 
 /// One restore per target on this host.
@@ -656,6 +849,7 @@ pub(crate) fn base_plan(
         target,
         replaces_existing,
         steps,
+        notes: Vec::new(),
     }
 }
 

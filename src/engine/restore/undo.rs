@@ -124,6 +124,7 @@ pub async fn plan(cfg: &LoadedConfig, req: &RestoreRequest, wanted: Option<&str>
         target: c.target.display(),
         replaces_existing: true,
         steps,
+        notes: Vec::new(),
     })
 }
 

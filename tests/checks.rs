@@ -233,47 +233,10 @@ fn health_checks_flip_only_after_their_thresholds_and_alert_once_with_a_resolve(
     assert_eq!(firing["severity"], "critical");
 }
 
-/// redis-server on a free loopback port, killed on drop.
-struct Redis {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server (apt-get install redis-server)");
-        wait_until(Duration::from_secs(20), "redis to listen", || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        Redis { child, port }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn health_probes_tcp_postgres_redis_and_command_against_real_servers() {
     let pg = pg();
-    let redis = Redis::start();
+    let redis = Redis::start(&[]);
     let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let tcp_port = tcp.local_addr().unwrap().port();
     let dead = free_port();
@@ -600,6 +563,7 @@ retry_delay = "5s"
         examples.display()
     ));
     w.set_env("APP_DATABASE_URL", "postgres://app@127.0.0.1:5432/app");
+    w.set_env("CACHE_REDIS_URL", "redis://127.0.0.1:6379");
     w.set_env(
         "SKILLREGISTRY_DATABASE_URL",
         "postgres://app@127.0.0.1:5432/skillregistry",

@@ -34,6 +34,9 @@ pub struct Manifest {
     /// What was dumped, for a database backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<PostgresSource>,
+    /// What was snapshotted, for a Redis backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSource>,
     /// The stored files, each with sizes and a checksum.
     pub artifacts: Vec<Artifact>,
     /// Row counts taken in the dump's snapshot, for drills to prove completeness.
@@ -127,6 +130,22 @@ impl PostgresSource {
     pub fn identity(&self) -> Option<(&str, &str)> {
         Some((self.system_identifier.as_deref()?, self.database.as_str()))
     }
+}
+
+/// The Redis server a `redis` backup is of, as it was.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RedisSource {
+    /// Always `redis`.
+    pub engine: String,
+    /// The server's `redis_version`.
+    pub server_version: String,
+    /// The RDB format version of the snapshot (`REDIS0011`: 11).
+    pub rdb_version: u32,
+    /// How the snapshot was taken (`replication-sync`).
+    pub method: String,
+    /// Keys per database (`db0` ...) from `INFO keyspace` right after the
+    /// snapshot was taken: a drill compares the restored server with it.
+    pub keyspace: std::collections::BTreeMap<String, u64>,
 }
 
 /// One stored file of a backup.
@@ -244,6 +263,7 @@ pub fn artifact_base(content: &str) -> Option<&'static str> {
         "pg_dump_custom" => Some("database.dump"),
         "pg_globals_sql" => Some("globals.sql"),
         "tar" => Some("files.tar"),
+        "redis_rdb" => Some("dump.rdb"),
         _ => None,
     }
 }
@@ -272,6 +292,7 @@ mod tests {
             finished_at: Utc::now(),
             drctl_version: "x".into(),
             source: None,
+            redis: None,
             artifacts: vec![Artifact {
                 name: name.into(),
                 content: content.into(),

@@ -16,6 +16,7 @@ pub mod ids;
 pub mod manifest;
 pub mod private_fs;
 pub mod progress;
+pub mod rdb;
 pub mod retention;
 pub mod schedule;
 pub mod secret;

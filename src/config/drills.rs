@@ -21,7 +21,9 @@ pub struct DrillConfig {
     /// IANA time zone of the schedule (default UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timezone: Option<Parsed<Tz>>,
-    /// Where the backup is restored.
+    /// Where the backup is restored (postgres jobs; a redis drill takes
+    /// none: it starts a throwaway redis-server).
+    #[serde(default)]
     pub target: DrillTarget,
     /// Recovery time objective: a drill slower than this is marked over-RTO.
     #[serde(
@@ -88,7 +90,8 @@ pub struct SqlCheck {
 }
 
 impl DrillConfig {
-    pub(crate) fn validate(&self, p: &mut super::Problems) {
+    /// `redis`: the drill is of a redis job (no target, no SQL checks).
+    pub(crate) fn validate(&self, p: &mut super::Problems, redis: bool) {
         let t = &self.target;
         let sources = [
             t.server_url.is_some(),
@@ -100,7 +103,20 @@ impl DrillConfig {
         .iter()
         .filter(|b| **b)
         .count();
-        if sources != 1 {
+        if redis {
+            if sources != 0 {
+                p.push((
+                    "target".into(),
+                    "a drill of a redis job takes no target (it starts a throwaway redis-server on a free loopback port)".into(),
+                ));
+            }
+            if !self.checks.is_empty() {
+                p.push((
+                    "checks".into(),
+                    "a drill of a redis job runs no SQL checks (it compares key counts with the backup's manifest)".into(),
+                ));
+            }
+        } else if sources != 1 {
             p.push((
                 "target".into(),
                 "expected exactly one of server_url_env, server_url, server_url_file, ephemeral = true, or job_server = true".into(),

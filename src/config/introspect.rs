@@ -80,7 +80,7 @@ mod tests {
         t.insert("type".into(), kind.into());
         let arr = |v: &str| toml::Value::Array(vec![v.into()]);
         match kind {
-            "postgres" => {
+            "postgres" | "redis" => {
                 t.insert("repository".into(), "r".into());
             }
             "files" => {

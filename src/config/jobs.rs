@@ -170,6 +170,7 @@ macro_rules! kinds {
 kinds! {
     Postgres(PostgresJob) = "postgres";
     Files(FilesJob) = "files";
+    Redis(RedisJob) = "redis";
     Verify(VerifyJob) = "verify";
     Vacuum(super::maintenance::VacuumJob) = "vacuum";
     Reindex(super::maintenance::ReindexJob) = "reindex";
@@ -765,7 +766,7 @@ impl KindSpec for FilesJob {
 }
 
 /// What an operation on backups tells a job of another kind.
-pub const BACKUP_KINDS: &str = "it stores no backups (expected a postgres or files job)";
+pub const BACKUP_KINDS: &str = "it stores no backups (expected a postgres, files or redis job)";
 
 /// The scheduling settings every job kind shares.
 #[derive(Debug, Clone, Copy)]
@@ -965,6 +966,61 @@ fn check_level(c: Compression, level: Option<i32>) -> Result<(), (&'static str, 
             "compression_level",
             format!("expected 1..=19 for zstd or 1..=9 for gzip (none takes no level), got {l}"),
         ))
+    }
+}
+
+/// `type = "redis"`: an RDB snapshot of a Redis server, fetched over the
+/// network the way `redis-cli --rdb` does (see `engine::jobs::redis`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisJob {
+    /// Repository, compression, encryption, retention and RPO.
+    #[serde(flatten)]
+    pub storage: Storage,
+    /// The server: `redis://[user:password@]host:port` from `url`,
+    /// `url_env` or `url_file` (the password is the AUTH/ACL one).
+    #[serde(flatten)]
+    pub connection: super::UrlSource,
+    /// Longest the server may stay silent while it prepares or sends the
+    /// snapshot (a fork of a large dataset takes a while) before the run
+    /// fails (default 5m).
+    #[serde(default = "default_redis_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_redis_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+impl KindSpec for RedisJob {
+    fn keys() -> Vec<&'static str> {
+        let mut k = super::introspect::fields::<Storage>();
+        k.extend(super::introspect::fields::<super::UrlSource>());
+        k.push("timeout");
+        k
+    }
+
+    fn storage(&self) -> Option<&Storage> {
+        Some(&self.storage)
+    }
+
+    fn validate(&self, p: &mut Problems) {
+        self.storage.validate(p);
+        let c = &self.connection;
+        if let Err(m) = one_url_source(&c.url, &c.url_env, &c.url_file) {
+            p.push(("url".into(), m));
+        }
+        if let Some(u) = &c.url {
+            if !u.starts_with("redis://") {
+                p.push((
+                    "url".into(),
+                    "expected a redis:// URL (redis://[user:password@]host:port)".into(),
+                ));
+            }
+        }
+        if self.timeout.is_zero() {
+            p.push(("timeout".into(), "expected a duration above 0".into()));
+        }
     }
 }
 

@@ -24,7 +24,8 @@ pub use drills::{DrillConfig, DrillTarget, ReportSchedule, SqlCheck};
 pub use encryption::{Encryption, IDENTITY_ENV};
 pub use jobs::{
     Common, Compression, ContainerRef, FilesJob, JobConfig, Kind, KindSpec, LockScope, PathEntry,
-    PostgresJob, Problems, RestoreHooks, Scheduling, Storage, VerifyJob, VerifyScope, BACKUP_KINDS,
+    PostgresJob, Problems, RedisJob, RestoreHooks, Scheduling, Storage, VerifyJob, VerifyScope,
+    BACKUP_KINDS,
 };
 pub use maintenance::strip_userinfo;
 pub use maintenance::{
@@ -677,7 +678,7 @@ impl LoadedConfig {
         match self.config.jobs.get(&d.job) {
             Some(
                 j @ JobConfig {
-                    kind: Kind::Postgres(_),
+                    kind: Kind::Postgres(_) | Kind::Redis(_),
                     ..
                 },
             ) => {
@@ -697,7 +698,7 @@ impl LoadedConfig {
             Some(other) => errors.push((
                 format!("{key}.job"),
                 format!(
-                    "{:?} is a {} job (expected a postgres backup job)",
+                    "{:?} is a {} job (expected a postgres or redis backup job)",
                     d.job,
                     other.kind()
                 ),
@@ -705,7 +706,11 @@ impl LoadedConfig {
             None => errors.push((format!("{key}.job"), format!("no job named {:?}", d.job))),
         }
         let mut problems = Problems::default();
-        d.validate(&mut problems);
+        let redis = matches!(
+            self.config.jobs.get(&d.job).map(|j| &j.kind),
+            Some(Kind::Redis(_))
+        );
+        d.validate(&mut problems, redis);
         for (field, msg) in problems.into_inner() {
             errors.push((format!("{key}.{field}"), msg));
         }

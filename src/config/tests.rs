@@ -469,7 +469,7 @@ checks = [{ sql = "SELECT 1", expect = ">= x" }]
     // The first problem heads the error; each other one is an "also:" line.
     let message = format!("key `{key}`: {message}");
     for (k, what) in [
-        ("drills.d.job", "expected a postgres backup job"),
+        ("drills.d.job", "expected a postgres or redis backup job"),
         ("jobs.vac.dead_ratio", "between 0 and 1"),
         ("jobs.vac.analyze_ratio", "between 0 and 1"),
         ("jobs.vac.window", "HH:MM-HH:MM"),

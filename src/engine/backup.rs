@@ -72,6 +72,7 @@ pub async fn run(
         match &job.kind {
             Kind::Postgres(j) => jobs::postgres::backup(&ctx, j).await,
             Kind::Files(j) => jobs::files::backup(&ctx, j).await,
+            Kind::Redis(j) => jobs::redis::backup(&ctx, j).await,
             other => Err(Error::WrongKind {
                 job: name.to_owned(),
                 kind: other.name(),
@@ -96,6 +97,7 @@ pub async fn run(
                 finished_at: Utc::now(),
                 drctl_version: crate::VERSION.into(),
                 source: out.source,
+                redis: out.redis,
                 artifacts: out.artifacts,
                 tables: out.tables,
                 label: mark.label.clone(),

@@ -602,6 +602,7 @@ mod tests {
             rto_seconds: None,
             checks: vec![],
             swept: vec![],
+            repository: None,
         }
     }
 

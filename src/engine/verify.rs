@@ -482,6 +482,26 @@ async fn deep_check(
                 "SHA-256 matches; decoded {raw} bytes; {entries} tar entries"
             ))
         }
+        "redis_rdb" => {
+            let mut check = RdbSink::default();
+            let raw = fetch::to_writer(repo, job_name, &m.id, a, &mut check, None, keys).await?;
+            if raw != a.raw_bytes {
+                return Err(size_mismatch(a, raw));
+            }
+            let s = check.0.finish().map_err(|m| Error::Integrity {
+                artifact: a.name.clone(),
+                message: format!("not a whole RDB file: {m}"),
+            })?;
+            Ok(format!(
+                "SHA-256 matches; decoded {raw} bytes; RDB version {}, {}",
+                s.version,
+                if s.checksummed {
+                    "CRC-64 matches"
+                } else {
+                    "written without a checksum (rdbchecksum no)"
+                }
+            ))
+        }
         _ => {
             let raw =
                 fetch::to_writer(repo, job_name, &m.id, a, tokio::io::sink(), None, keys).await?;
@@ -490,6 +510,27 @@ async fn deep_check(
             }
             Ok(format!("SHA-256 matches; decoded {raw} bytes"))
         }
+    }
+}
+
+/// A writer that checks what it is given as an RDB file (`base::rdb`).
+#[derive(Default)]
+struct RdbSink(crate::base::rdb::Checker);
+
+impl tokio::io::AsyncWrite for RdbSink {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.0.update(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 

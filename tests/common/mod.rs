@@ -1064,3 +1064,49 @@ pub fn dead_tuples(pg: &Pg, db: &str, table: &str) -> i64 {
     .parse()
     .unwrap()
 }
+
+/// redis-server on a free loopback port (no persistence unless `extra`
+/// asks for it), killed on drop.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start(extra: &[&str]) -> Redis {
+        let port = free_port();
+        let p = port.to_string();
+        // Its own directory: a snapshot for a replica (drctl's SYNC) is
+        // written there, and a server started in the crate would load it.
+        let dir = scratch_dir("drctl-redis-").display().to_string();
+        let mut args = vec![
+            "--port",
+            &p,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir,
+        ];
+        args.extend_from_slice(extra);
+        let child = Command::new("redis-server")
+            .args(&args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        wait_until(Duration::from_secs(20), "redis to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Redis { child, port }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

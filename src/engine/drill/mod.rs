@@ -4,6 +4,7 @@
 //! every phase against the RTO, record it, alert, and always clean up.
 
 pub mod checks;
+mod redis;
 mod scratch;
 mod store;
 
@@ -104,6 +105,10 @@ pub struct DrillRecord {
     /// Leftovers of earlier drills removed first.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub swept: Vec<String>,
+    /// The repository the backup was restored from (this run only; not
+    /// kept in the state database).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
 }
 
 impl DrillRecord {
@@ -153,13 +158,13 @@ pub async fn run(
         ),
     })?;
     let (_, job) = cfg.job(&d.job)?;
-    let Kind::Postgres(pg_job) = &job.kind else {
+    if !matches!(job.kind, Kind::Postgres(_) | Kind::Redis(_)) {
         return Err(Error::WrongKind {
             job: d.job.clone(),
             kind: job.kind(),
-            expected: "drills restore postgres jobs",
+            expected: "drills restore postgres or redis jobs",
         });
-    };
+    }
     // One run of a drill at a time on this host (daemon and CLI alike).
     let _lock = crate::services::lock::HostLock::try_acquire(
         &cfg.config.state_dir,
@@ -187,15 +192,27 @@ pub async fn run(
         rto_seconds: d.rto.map(|r| r.as_secs_f64()),
         checks: Vec::new(),
         swept: Vec::new(),
+        repository: None,
     };
     let mut scratch = None;
-    let result = phases(cfg, d, pg_job, &opts, &mut rec, &mut scratch).await;
+    let mut redis_scratch = None;
+    let result = match &job.kind {
+        Kind::Postgres(pg_job) => phases(cfg, d, pg_job, &opts, &mut rec, &mut scratch).await,
+        _ => redis::phases(cfg, name, d, &opts, &mut rec, &mut redis_scratch).await,
+    };
 
     // Cleanup always runs: after success, failure or cancellation.
     opts.progress.set_phase("cleanup", 0);
     let t = Instant::now();
     let mut cleanup_err = None;
     if let Some(s) = &scratch {
+        if opts.keep && result.is_ok() {
+            tracing::info!(scratch = %s.display(), "kept for inspection (--keep)");
+        } else if let Err(e) = s.remove().await {
+            cleanup_err = Some(e.to_string());
+        }
+    }
+    if let Some(s) = redis_scratch.as_mut() {
         if opts.keep && result.is_ok() {
             tracing::info!(scratch = %s.display(), "kept for inspection (--keep)");
         } else if let Err(e) = s.remove().await {
@@ -217,7 +234,8 @@ pub async fn run(
     // A drill that restored and checked the backup proves it restorable:
     // retention keeps the newest such backup.
     if rec.outcome.restored() {
-        if let (Some(repo), Some(backup)) = (job.repository(), rec.backup_id.as_deref()) {
+        let repo = rec.repository.as_deref().or(job.repository());
+        if let (Some(repo), Some(backup)) = (repo, rec.backup_id.as_deref()) {
             if let Err(e) = state.record_verdict(repo, &d.job, backup, true, true).await {
                 tracing::warn!(error = %e, "cannot record the drill's verdict");
             }
@@ -314,7 +332,10 @@ async fn phases(
     };
     let restored = crate::engine::restore::run(cfg, &req, opts.progress.clone()).await;
     let report = match restored {
-        Ok(r) => r,
+        Ok(r) => {
+            rec.repository = Some(r.repository.clone());
+            r
+        }
         Err(e) => {
             // The restore's own phase marker says where it stopped.
             let phase = if opts.progress.phase() == "restore" {

@@ -73,6 +73,7 @@ fn record(r: &sqlx::sqlite::SqliteRow) -> Result<DrillRecord> {
         rto_seconds: r.get("rto_seconds"),
         checks: serde_json::from_str::<Vec<CheckResult>>(&checks).unwrap_or_default(),
         swept: Vec::new(),
+        repository: None,
     })
 }
 

@@ -9,6 +9,7 @@ pub mod health;
 pub mod postgres;
 pub mod prune_files;
 pub mod prune_images;
+pub mod redis;
 pub mod reindex;
 pub mod vacuum;
 pub mod verify;
@@ -99,6 +100,8 @@ impl Seal {
 pub struct BackupOutput {
     /// What was dumped, for a database backup.
     pub source: Option<PostgresSource>,
+    /// What was snapshotted, for a Redis backup.
+    pub redis: Option<crate::base::manifest::RedisSource>,
     /// Every stored artifact, measured.
     pub artifacts: Vec<Artifact>,
     /// Row counts read in the dump's snapshot.

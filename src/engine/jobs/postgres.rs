@@ -165,6 +165,7 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
         artifacts,
         tables,
         output,
+        ..Default::default()
     })
 }
 

@@ -10,6 +10,7 @@ pub mod health;
 pub mod hooks;
 pub mod journal;
 pub mod postgres;
+pub mod redis;
 pub mod undo;
 
 use crate::base::error::{Error, Result};
@@ -284,6 +285,7 @@ pub async fn plan(cfg: &LoadedConfig, req: &RestoreRequest) -> Result<Plan> {
     let mut plan = match &r.config.kind {
         Kind::Postgres(j) => postgres::plan(&r, j, req)?,
         Kind::Files(_) => files::plan(&r, req)?,
+        Kind::Redis(_) => redis::plan(&r, req)?,
         other => return Err(not_restorable(&r.job, other)),
     };
     if let Some(h) = hooks_for(r.config, req) {
@@ -457,6 +459,7 @@ async fn run_resolved(
     let target = match &r.config.kind {
         Kind::Postgres(j) => postgres::target_key(j, req)?,
         Kind::Files(_) => files::target_key(req)?,
+        Kind::Redis(_) => redis::target_key(req)?,
         other => return Err(not_restorable(&r.job, other)),
     };
     let _target_lock = lock_target(cfg, &target)?;
@@ -509,6 +512,7 @@ async fn run_resolved(
     let consent = || match &r.config.kind {
         Kind::Postgres(j) => postgres::consent(j, req),
         Kind::Files(_) => files::consent(req),
+        Kind::Redis(_) => redis::consent(req),
         _ => Ok(()),
     };
     let what = format!("restore of {} (backup {})", r.job, r.manifest.id);
@@ -750,6 +754,7 @@ async fn journaled(
     let result = match &r.config.kind {
         Kind::Postgres(j) => postgres::run(r, j, req, tmp_dir, progress, journal).await,
         Kind::Files(_) => files::run(r, req, tmp_dir, progress).await,
+        Kind::Redis(_) => redis::run(r, req, progress).await,
         other => Err(not_restorable(&r.job, other)),
     };
     settle_outcome(cfg, state, journal, &result).await?;

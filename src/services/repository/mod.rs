@@ -594,6 +594,7 @@ mod protocol {
             finished_at: at,
             drctl_version: "test".into(),
             source: None,
+            redis: None,
             artifacts: vec![Artifact {
                 name: "database.dump.zst".into(),
                 content: "pg_dump_custom".into(),

@@ -174,11 +174,13 @@ async fn every_backup_lands_in_both_repositories_each_with_its_own_retention() {
     assert_eq!(pg.fingerprint(&target), before);
 }
 
-/// `drctl copy` backfills a repository added later (moto, a second S3
-/// implementation), copies only what its retention keeps, honours
-/// `--since`, and a second run copies nothing.
+/// `drctl copy` backfills a repository added later, from one S3 server
+/// (the in-process one) into another (moto, a second S3 implementation),
+/// copies only what its retention keeps, honours `--since`, and a second
+/// run copies nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn copy_backfills_a_new_repository_and_a_second_run_copies_nothing() {
+    let primary = s3().create_bucket().await;
     let moto = Moto::start();
     moto.client()
         .await
@@ -190,9 +192,10 @@ async fn copy_backfills_a_new_repository_and_a_second_run_copies_nothing() {
     let src = scratch_dir("drctl-copy-src-");
     random_file(&src, "a.bin", 200_000);
     let base = format!(
-        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\
+        "[repositories.hot]\ntype = \"s3\"\nbucket = \"{primary}\"\nendpoint = \"{}\"\npath_style = true\n\
          [repositories.cold]\ntype = \"s3\"\nbucket = \"cold\"\nendpoint = \"{}\"\npath_style = true\n\
-         [jobs.etc]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"local\"\n",
+         [jobs.etc]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"hot\"\n",
+        s3().endpoint,
         moto.endpoint,
         src.display()
     );

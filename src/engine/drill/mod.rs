@@ -247,6 +247,48 @@ pub async fn run(
 
 type PhaseResult = std::result::Result<(), (&'static str, Error)>;
 
+/// The restore request of a drill, without its target: the job's backups
+/// (or the drill's `repository`), into scratch, the application untouched
+/// (no hooks, no announcement), journaled as a drill's.
+fn request(
+    d: &crate::config::DrillConfig,
+    opts: &Options,
+) -> crate::engine::restore::RestoreRequest {
+    crate::engine::restore::RestoreRequest {
+        job: Some(d.job.clone()),
+        id: opts.id.clone(),
+        label: None,
+        to: None,
+        to_job_server: None,
+        jobs: d.jobs,
+        dry_run: false,
+        confirmed: true,
+        tmp_dir: None,
+        cancel: opts.cancel.clone(),
+        identity: None,
+        preserve_modes: false,
+        force_source: false,
+        hooks: false,
+        announce: false,
+        origin: crate::engine::restore::journal::Origin::Drill,
+        repository: d.repository.clone(),
+    }
+}
+
+/// Which backup the drill restores, and how old its data is (recorded).
+async fn pick(
+    cfg: &LoadedConfig,
+    req: &crate::engine::restore::RestoreRequest,
+    rec: &mut DrillRecord,
+) -> Result<crate::base::manifest::Manifest> {
+    let resolved = crate::engine::restore::resolve(cfg, req).await?;
+    let m = resolved.manifest.clone();
+    rec.backup_id = Some(m.id.to_string());
+    rec.backup_age_seconds =
+        Some((chrono::Utc::now() - m.started_at).num_milliseconds() as f64 / 1000.0);
+    Ok(m)
+}
+
 /// A drill's outcome, failed phase and error: the first failing phase
 /// decides (cancelled is `interrupted`); then a failed cleanup; a drill
 /// that passed every phase is `over_rto` when it took longer than its RTO.
@@ -282,36 +324,9 @@ async fn phases(
     scratch_out: &mut Option<scratch::Scratch>,
 ) -> PhaseResult {
     let at = |phase: &'static str| move |e: Error| (phase, e);
-    // Which backup, and how old its data is.
-    let req0 = crate::engine::restore::RestoreRequest {
-        job: Some(d.job.clone()),
-        id: opts.id.clone(),
-        label: None,
-        to: None,
-        to_job_server: None,
-        jobs: d.jobs,
-        dry_run: true,
-        confirmed: true,
-        tmp_dir: None,
-        cancel: opts.cancel.clone(),
-        identity: None,
-        preserve_modes: false,
-        force_source: false,
-        // A drill restores into scratch: the application is not touched.
-        hooks: false,
-        announce: false,
-        origin: crate::engine::restore::journal::Origin::Drill,
-        repository: d.repository.clone(),
-    };
+    let req0 = request(d, opts);
     opts.progress.set_phase("fetch", 0);
-    let resolved = crate::engine::restore::resolve(cfg, &req0)
-        .await
-        .map_err(at("fetch"))?;
-    let m = resolved.manifest.clone();
-    drop(resolved);
-    rec.backup_id = Some(m.id.to_string());
-    rec.backup_age_seconds =
-        Some((chrono::Utc::now() - m.started_at).num_milliseconds() as f64 / 1000.0);
+    let m = pick(cfg, &req0, rec).await.map_err(at("fetch"))?;
 
     let (scratch, swept) = scratch::prepare(&d.target, &d.job, pg_job, &cfg.config.state_dir)
         .await

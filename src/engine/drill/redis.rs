@@ -85,33 +85,11 @@ pub async fn phases(
     });
     rec.target = Some(dir.display().to_string());
     let req = crate::engine::restore::RestoreRequest {
-        job: Some(d.job.clone()),
-        id: opts.id.clone(),
-        label: None,
         to: Some(dir.display().to_string()),
-        to_job_server: None,
-        jobs: 1,
-        dry_run: false,
-        confirmed: true,
-        tmp_dir: None,
-        cancel: opts.cancel.clone(),
-        identity: None,
-        preserve_modes: false,
-        force_source: false,
-        hooks: false,
-        announce: false,
-        origin: crate::engine::restore::journal::Origin::Drill,
-        repository: d.repository.clone(),
+        ..super::request(d, opts)
     };
     opts.progress.set_phase("fetch", 0);
-    let resolved = crate::engine::restore::resolve(cfg, &req)
-        .await
-        .map_err(at("fetch"))?;
-    let m = resolved.manifest.clone();
-    drop(resolved);
-    rec.backup_id = Some(m.id.to_string());
-    rec.backup_age_seconds =
-        Some((chrono::Utc::now() - m.started_at).num_milliseconds() as f64 / 1000.0);
+    let m = super::pick(cfg, &req, rec).await.map_err(at("fetch"))?;
     let req = crate::engine::restore::RestoreRequest {
         id: Some(m.id.to_string()),
         ..req

@@ -5,7 +5,7 @@
 //! writes through symlinked parents) extracts it, setuid/setgid bits
 //! dropped unless `--preserve-modes`.
 
-use super::{base_plan, fetch, Plan, Report, Resolved, RestoreRequest};
+use super::{base_plan, Plan, Report, Resolved, RestoreRequest};
 use crate::base::error::{Error, Result};
 use crate::base::progress::Progress;
 use std::path::{Path, PathBuf};
@@ -79,22 +79,8 @@ pub async fn run(
         std::process::id(),
         rand::random::<u32>()
     ));
-    progress.set_phase("fetch", artifact.stored_bytes);
-    let t0 = std::time::Instant::now();
-    let fetch = fetch::to_file(
-        &r.repo,
-        &r.job,
-        &r.manifest.id,
-        artifact,
-        &tmp,
-        Some(progress.clone()),
-        &r.keys,
-    );
-    if let Err(e) = super::cancellable(&req.cancel, "fetching the archive", fetch).await {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    let fetch_seconds = t0.elapsed().as_secs_f64();
+    let fetch_seconds =
+        super::fetch_to_temp(r, req, artifact, &tmp, &progress, "fetching the archive").await?;
     let t1 = std::time::Instant::now();
     let tmp2 = tmp.clone();
     let dir2 = dir.clone();

@@ -858,6 +858,35 @@ pub(crate) fn base_plan(
     }
 }
 
+/// Fetch `artifact` of the resolved backup into the temporary file `tmp`
+/// (verified, decrypted, decompressed), stoppable by the request's cancel;
+/// the file is removed when it fails. Returns the seconds it took.
+pub(crate) async fn fetch_to_temp(
+    r: &Resolved<'_>,
+    req: &RestoreRequest,
+    artifact: &crate::base::manifest::Artifact,
+    tmp: &std::path::Path,
+    progress: &Arc<Progress>,
+    what: &str,
+) -> Result<f64> {
+    progress.set_phase("fetch", artifact.stored_bytes);
+    let t0 = std::time::Instant::now();
+    let fetch = fetch::to_file(
+        &r.repo,
+        &r.job,
+        &r.manifest.id,
+        artifact,
+        tmp,
+        Some(progress.clone()),
+        &r.keys,
+    );
+    if let Err(e) = cancellable(&req.cancel, what, fetch).await {
+        let _ = std::fs::remove_file(tmp);
+        return Err(e);
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
 /// Run `work` unless `cancel` fires first (then `Interrupted`). Each kind
 /// wraps its phases with this so it can clean up what it created.
 pub(crate) async fn cancellable<T>(

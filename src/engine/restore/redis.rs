@@ -8,7 +8,7 @@
 //! is replaced (a running server overwrites it at its next save): the job's
 //! `[jobs.X.restore]` hooks stop and start it (`containers` for Docker).
 
-use super::{base_plan, fetch, Plan, Report, Resolved, RestoreRequest};
+use super::{base_plan, Plan, Report, Resolved, RestoreRequest};
 use crate::base::error::{Error, Result};
 use crate::base::progress::Progress;
 use std::path::{Path, PathBuf};
@@ -97,22 +97,8 @@ pub async fn run(
         std::process::id(),
         rand::random::<u32>()
     ));
-    progress.set_phase("fetch", artifact.stored_bytes);
-    let t0 = std::time::Instant::now();
-    let fetch = fetch::to_file(
-        &r.repo,
-        &r.job,
-        &r.manifest.id,
-        artifact,
-        &tmp,
-        Some(progress.clone()),
-        &r.keys,
-    );
-    if let Err(e) = super::cancellable(&req.cancel, "fetching the snapshot", fetch).await {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    let fetch_seconds = t0.elapsed().as_secs_f64();
+    let fetch_seconds =
+        super::fetch_to_temp(r, req, artifact, &tmp, &progress, "fetching the snapshot").await?;
     let t1 = std::time::Instant::now();
     let (tmp2, dir2, name) = (tmp.clone(), dir.clone(), artifact.name.clone());
     let placed = tokio::task::spawn_blocking(move || place(&tmp2, &dir2, &name)).await;

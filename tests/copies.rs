@@ -47,6 +47,21 @@ fn random_file(dir: &Path, name: &str, len: usize) {
     std::fs::write(dir.join(name), bytes).unwrap();
 }
 
+/// A loopback port in front of the in-process S3 server that passes
+/// traffic while `up` holds and resets every connection otherwise.
+fn switchable_s3(up: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
+    fault_proxy(
+        s3().endpoint.trim_start_matches("http://").to_owned(),
+        move |_| {
+            if up.load(std::sync::atomic::Ordering::SeqCst) {
+                Fault::Pass
+            } else {
+                Fault::Cut
+            }
+        },
+    )
+}
+
 fn manifest_at(repo: &Path, job: &str, id: &str) -> PathBuf {
     repo.join(job).join(id).join("manifest.json")
 }
@@ -343,19 +358,7 @@ async fn a_failed_copy_pages_and_the_daemon_retries_until_the_store_is_back() {
     use std::sync::Arc;
     let bucket = s3().create_bucket().await;
     let up = Arc::new(AtomicBool::new(false));
-    let port = {
-        let up = up.clone();
-        fault_proxy(
-            s3().endpoint.trim_start_matches("http://").to_owned(),
-            move |_| {
-                if up.load(Ordering::SeqCst) {
-                    Fault::Pass
-                } else {
-                    Fault::Cut
-                }
-            },
-        )
-    };
+    let port = switchable_s3(up.clone());
     let src = scratch_dir("drctl-retry-src-");
     random_file(&src, "a.bin", 10_000);
     let w = World::new(&format!(
@@ -591,19 +594,7 @@ async fn an_unreachable_primary_falls_back_to_the_copy() {
     let before = pg.fingerprint(&db);
     let bucket = s3().create_bucket().await;
     let up = Arc::new(AtomicBool::new(true));
-    let port = {
-        let up = up.clone();
-        fault_proxy(
-            s3().endpoint.trim_start_matches("http://").to_owned(),
-            move |_| {
-                if up.load(Ordering::SeqCst) {
-                    Fault::Pass
-                } else {
-                    Fault::Cut
-                }
-            },
-        )
-    };
+    let port = switchable_s3(up.clone());
     let second = scratch_dir("drctl-un-second-");
     let mut w = World::new(&format!(
         "[repositories.offsite]\ntype = \"s3\"\nbucket = \"{bucket}\"\nendpoint = \"http://127.0.0.1:{port}\"\npath_style = true\n\

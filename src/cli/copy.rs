@@ -84,14 +84,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         let _lock = copy::lock(cfg, j, true).await?;
         reports.extend(copy::sync_all(cfg, &state, j, a.to.as_deref(), a.since).await?);
     }
-    let delivery = drctl::services::alerts::deliver_due(
-        cfg,
-        &state,
-        Some(tokio::time::Instant::now() + std::time::Duration::from_secs(20)),
-    );
-    if let Err(e) = delivery.await {
-        tracing::error!(error = %e, "delivering alerts");
-    }
+    super::deliver_now(cfg, &state).await;
     if a.json {
         println!(
             "{}",

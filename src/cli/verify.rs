@@ -43,14 +43,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     let state = State::open(&cfg.config.state_dir).await?;
     verify::report(cfg, &state, &summary, opts.all).await;
     print(&summary, a.json)?;
-    let delivery = drctl::services::alerts::deliver_due(
-        cfg,
-        &state,
-        Some(tokio::time::Instant::now() + std::time::Duration::from_secs(20)),
-    );
-    if let Err(e) = delivery.await {
-        tracing::error!(error = %e, "delivering alerts");
-    }
+    super::deliver_now(cfg, &state).await;
     match summary.error() {
         Some(e) => Err(e.into()),
         // A job named on the command line that has nothing to verify is an

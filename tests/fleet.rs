@@ -634,12 +634,16 @@ fn the_fleet_view_shows_every_host_of_a_repository_and_alerts_on_a_silent_one() 
         unique("fleet-a").replace('_', "-"),
         unique("fleet-b").replace('_', "-"),
     );
+    // Only a's job has an RPO: b's, never backed up, would otherwise be
+    // `rpo_violated` (worse than `failing`) as soon as its daemon has
+    // evaluated it, racing the first publication.
     let world = |job: &str, paths: &str| {
+        let rpo = if job == "etc" { "rpo = \"1d\"\n" } else { "" };
         World::new(&format!(
             "fleet_publish = \"1s\"\nfleet_stale = \"8s\"\n\
              [http]\nenabled = false\n\
              [repositories.shared]\ntype = \"local\"\npath = \"{}\"\n\
-             [jobs.{job}]\ntype = \"files\"\npaths = [\"{paths}\"]\nrepository = \"shared\"\nschedule = \"0 0 2 * * *\"\nrpo = \"1d\"\n\
+             [jobs.{job}]\ntype = \"files\"\npaths = [\"{paths}\"]\nrepository = \"shared\"\nschedule = \"0 0 2 * * *\"\n{rpo}\
              [jobs.health]\ntype = \"health\"\n[[jobs.health.checks]]\ntype = \"http\"\nurl = \"http://user:fleet-canary-pw@127.0.0.1:{}/up\"\n\
              [alerts.channels.hook]\ntype = \"webhook\"\nurl = \"{}\"\n[alerts.routes]\ncritical = [\"hook\"]\n",
             repo.display(),

@@ -306,12 +306,17 @@ pub async fn sync(
 /// made); without, `None` when another process holds it.
 pub async fn lock(cfg: &LoadedConfig, job: &str, wait: bool) -> Result<Option<HostLock>> {
     let name = format!("copy-{job}");
+    let mut said = false;
     loop {
         match HostLock::try_acquire(&cfg.config.state_dir, &name)? {
             Ok(l) => return Ok(Some(l)),
             Err(_) if !wait => return Ok(None),
             Err(holder) => {
-                tracing::info!(job, %holder, "waiting for another copy of this job to finish");
+                // Once, not every second: an offsite copy can take hours.
+                if !said {
+                    tracing::info!(job, %holder, "waiting for another copy of this job to finish");
+                    said = true;
+                }
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         }

@@ -568,6 +568,10 @@ retry_delay = "5s"
         "SKILLREGISTRY_DATABASE_URL",
         "postgres://app@127.0.0.1:5432/skillregistry",
     );
+    w.set_env(
+        "SKILLREGISTRY_REPLICATION_URL",
+        "postgres://drctl_backup@127.0.0.1:5432/postgres",
+    );
     let r = w.drctl(&["config", "check"]);
     r.ok();
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// A psql session kept open (holding a lock or a snapshot) until dropped;
 /// its backend is terminated then (a backend in pg_sleep does not notice
-/// its client is gone).
+/// its client is gone, and an idle one would wait for psql's stdin).
 struct Session {
     child: std::process::Child,
     db: String,
@@ -78,10 +78,11 @@ fn vacuum_lowers_dead_tuples_and_gives_up_on_a_locked_table_after_lock_timeout()
         "dead tuples in the statistics",
         || dead_tuples(pg, &db, "busy") >= 15000 && dead_tuples(pg, &db, "locked") >= 15000,
     );
-    let holder = Session::open(
-        &db,
-        "BEGIN; LOCK TABLE locked IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600);",
-    );
+    // The holder sits idle in its transaction rather than in pg_sleep: a
+    // running statement keeps a snapshot whose xmin may predate the DELETE
+    // (when another test's transaction was open at that moment), and that
+    // would keep VACUUM from removing busy's dead tuples too.
+    let holder = Session::open(&db, "BEGIN; LOCK TABLE locked IN ACCESS EXCLUSIVE MODE;");
     wait_until(Duration::from_secs(20), "the lock to be held", || {
         pg.psql(&db, "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'locked' AND l.mode = 'AccessExclusiveLock' AND l.granted") == "1"
     });

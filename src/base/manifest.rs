@@ -37,6 +37,9 @@ pub struct Manifest {
     /// What was snapshotted, for a Redis backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSource>,
+    /// The cluster and WAL range, for a physical (`pg_basebackup`) backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<PhysicalSource>,
     /// The stored files, each with sizes and a checksum.
     pub artifacts: Vec<Artifact>,
     /// Row counts taken in the dump's snapshot, for drills to prove completeness.
@@ -146,6 +149,35 @@ pub struct RedisSource {
     /// Keys per database (`db0` ...) from `INFO keyspace` right after the
     /// snapshot was taken: a drill compares the restored server with it.
     pub keyspace: std::collections::BTreeMap<String, u64>,
+}
+
+/// The cluster a physical base backup is of, and the WAL it needs: a
+/// restore replays from `start_lsn` and is consistent once past `stop_lsn`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PhysicalSource {
+    /// Always `postgresql`.
+    pub engine: String,
+    /// The server's `server_version`.
+    pub server_version: String,
+    /// `server_version_num`: a base backup restores only into the same
+    /// major version.
+    pub server_version_num: i32,
+    /// `pg_control_system().system_identifier`: WAL of another cluster
+    /// never replays onto it.
+    pub system_identifier: String,
+    /// The timeline the backup was taken on.
+    pub timeline: u32,
+    /// Where replay starts (`START WAL LOCATION` of its `backup_label`).
+    pub start_lsn: crate::base::wal::Lsn,
+    /// Where the backup becomes consistent.
+    pub stop_lsn: crate::base::wal::Lsn,
+    /// The cluster's `wal_segment_size`.
+    pub wal_segment_bytes: u64,
+    /// `pg_basebackup --version`.
+    pub tool_version: String,
+    /// `fetch`: the WAL from start to stop is inside the tar too, so the
+    /// backup restores on its own even without the archive.
+    pub wal_method: String,
 }
 
 /// One stored file of a backup.
@@ -264,6 +296,7 @@ pub fn artifact_base(content: &str) -> Option<&'static str> {
         "pg_globals_sql" => Some("globals.sql"),
         "tar" => Some("files.tar"),
         "redis_rdb" => Some("dump.rdb"),
+        "pg_basebackup_tar" => Some("base.tar"),
         _ => None,
     }
 }
@@ -293,6 +326,7 @@ mod tests {
             drctl_version: "x".into(),
             source: None,
             redis: None,
+            physical: None,
             artifacts: vec![Artifact {
                 name: name.into(),
                 content: content.into(),

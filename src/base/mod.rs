@@ -23,3 +23,4 @@ pub mod secret;
 pub mod stream;
 pub mod tar_entry;
 pub mod values;
+pub mod wal;

@@ -26,6 +26,7 @@ mod run;
 mod status;
 mod table;
 mod verify;
+mod wal;
 
 use clap::{Parser, Subcommand};
 use drctl::config::LoadedConfig;
@@ -85,6 +86,11 @@ enum Command {
     Drill {
         #[command(subcommand)]
         command: drill::DrillCommand,
+    },
+    /// The WAL archive of a postgres_physical job: push (archive_command), fetch (restore_command), list
+    Wal {
+        #[command(subcommand)]
+        command: wal::WalCommand,
     },
     /// Inspect the configuration
     Config {
@@ -158,6 +164,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(a) => verify::exec(&load()?, a).await,
         Command::Alerts(a) => alerts::exec(&load()?, a).await,
         Command::Drill { command } => drill::exec(&load()?, command).await,
+        Command::Wal { command } => wal::exec(&load()?, command).await,
         Command::Config { command } => config_cmd::exec(cli.config.as_deref(), command).await,
         Command::Doctor(a) => doctor::exec(&load()?, a).await,
         Command::Fleet(a) => fleet::exec(&load()?, a).await,

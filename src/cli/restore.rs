@@ -9,7 +9,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
-#[command(group = clap::ArgGroup::new("which").required(true).args(["latest", "id", "label", "undo"]))]
+#[command(group = clap::ArgGroup::new("which").required(true).args(["latest", "id", "label", "undo", "at", "lsn"]))]
 pub struct Args {
     /// Restore the newest committed backup
     #[arg(long)]
@@ -20,6 +20,18 @@ pub struct Args {
     /// Restore the newest backup with this label (`drctl run --label`)
     #[arg(long)]
     label: Option<String>,
+    /// postgres_physical jobs: recover to this moment (RFC 3339, or
+    /// "2026-12-01 03:14:00" in UTC): the newest base backup before it plus
+    /// the archived WAL up to it
+    #[arg(long, value_parser = parse_at, requires = "to_datadir")]
+    at: Option<chrono::DateTime<chrono::Utc>>,
+    /// postgres_physical jobs: recover to this WAL position (16/B374D848)
+    #[arg(long, value_parser = parse_lsn, requires = "to_datadir")]
+    lsn: Option<drctl::base::wal::Lsn>,
+    /// postgres_physical jobs: the data directory to restore into (new or
+    /// empty); with --latest, recovery runs to the end of the archived WAL
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["to", "to_env", "undo", "id", "label"])]
+    to_datadir: Option<PathBuf>,
     /// Undo the last restore of the job's own database: swap its newest
     /// safety copy (<db>_pre_restore_<ts>) back; the replaced database
     /// becomes a safety copy in its turn
@@ -120,7 +132,140 @@ fn print_plan(p: &Plan) {
     }
 }
 
+/// RFC 3339, or `2026-12-01 03:14:00` (UTC).
+fn parse_at(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, f) {
+            return Ok(t.and_utc());
+        }
+    }
+    Err(format!(
+        "{s}: expected a time such as 2026-12-01T03:14:00Z (RFC 3339) or \"2026-12-01 03:14:00\" (UTC)"
+    ))
+}
+
+fn parse_lsn(s: &str) -> Result<drctl::base::wal::Lsn, String> {
+    drctl::base::wal::Lsn::parse(s)
+        .ok_or_else(|| format!("{s}: expected an LSN such as 16/B374D848"))
+}
+
+/// A point-in-time restore of a postgres_physical job.
+async fn exec_pitr(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
+    use restore::pitr::{PitrRequest, Target};
+    let Some(datadir) = a.to_datadir else {
+        return Err(drctl::Error::Usage(
+            "a postgres_physical job restores into a data directory: give --to-datadir DIR".into(),
+        )
+        .into());
+    };
+    let target = match (a.at, a.lsn) {
+        (Some(t), _) => Target::Time(t),
+        (None, Some(l)) => Target::Lsn(l),
+        (None, None) => Target::Latest,
+    };
+    let req = PitrRequest {
+        job: a.job,
+        target,
+        datadir,
+        dry_run: a.dry_run,
+        identity: a.identity,
+        parallel: a.jobs.max(4),
+    };
+    let plan = restore::pitr::plan(cfg, &req).await?;
+    if a.dry_run {
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            print_pitr_plan(&plan);
+            eprintln!("dry run: nothing changed");
+        }
+        return Ok(());
+    }
+    if !a.json {
+        print_pitr_plan(&plan);
+    }
+    let report = restore::pitr::run(cfg, &req).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    for l in &report.recovery {
+        eprintln!("  postgres: {l}");
+    }
+    eprintln!(
+        "restored job {} to {} into {} in {:.1}s (base backup {:.1}s, WAL {:.1}s, recovery {:.1}s); timeline {}",
+        report.plan.job,
+        report.plan.target,
+        report.plan.datadir,
+        report.total_seconds,
+        report.base_seconds,
+        report.wal_seconds,
+        report.recovery_seconds,
+        report.timeline.map_or_else(|| "?".into(), |t| t.to_string())
+    );
+    eprintln!("the data directory is a stopped, promoted cluster: start it with its service (or pg_ctl start -D DIR)");
+    Ok(())
+}
+
+fn print_pitr_plan(p: &restore::pitr::PitrPlan) {
+    eprintln!("point-in-time restore plan");
+    eprintln!(
+        "  base backup {} (job {}, finished {}), start {} on timeline {}",
+        p.backup_id,
+        p.job,
+        super::when(&p.backup_finished_at.to_rfc3339()),
+        p.start_lsn,
+        p.timeline
+    );
+    eprintln!("  repository  {}", p.repository);
+    eprintln!(
+        "  target      {} (timeline {})",
+        p.target, p.target_timeline
+    );
+    if let Some((a, b)) = &p.wal_range {
+        eprintln!(
+            "  WAL         {} files, {a}..{b}, {} stored",
+            p.wal_files,
+            super::human_bytes(p.wal_stored_bytes)
+        );
+    }
+    eprintln!(
+        "  base size   {} stored",
+        super::human_bytes(p.base_stored_bytes)
+    );
+    if let Some((a, b)) = &p.window {
+        eprintln!(
+            "  window      {} .. {}",
+            super::when(&a.to_rfc3339()),
+            super::when(&b.to_rfc3339())
+        );
+    }
+    eprintln!("  data dir    {}", p.datadir);
+    for (i, s) in p.steps.iter().enumerate() {
+        eprintln!("  {}. {s}", i + 1);
+    }
+}
+
 pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
+    let physical = a.to_datadir.is_some()
+        || a.at.is_some()
+        || a.lsn.is_some()
+        || drctl::engine::wal::physical_job(cfg, a.job.as_deref()).is_ok_and(|_| {
+            a.job.is_some()
+                || cfg
+                    .config
+                    .jobs
+                    .values()
+                    .filter(|j| j.backup_repository("").is_ok())
+                    .count()
+                    == 1
+        });
+    if physical {
+        return exec_pitr(cfg, a).await;
+    }
     let to = match &a.to_env {
         Some(var) => match std::env::var(var) {
             Ok(v) if !v.trim().is_empty() => Some(v.trim().to_owned()),

@@ -86,6 +86,24 @@ pub fn print(s: &Summary, json: bool) -> anyhow::Result<()> {
             );
         }
     }
+    for w in &s.wal {
+        println!(
+            "{} {} WAL in {}: {} file(s) from {} to {}{}",
+            if w.ok() { "ok  " } else { "FAIL" },
+            w.job,
+            w.repository,
+            w.files,
+            w.from.as_deref().unwrap_or("-"),
+            w.newest.as_deref().unwrap_or("-"),
+            if w.deep { ", each decoded" } else { "" }
+        );
+        for g in &w.gaps {
+            println!("       FAIL missing {g}");
+        }
+        for d in &w.damaged {
+            println!("       FAIL {d}");
+        }
+    }
     for j in &s.without_backups {
         println!("none {j}: no committed backup yet");
     }

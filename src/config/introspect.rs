@@ -80,7 +80,7 @@ mod tests {
         t.insert("type".into(), kind.into());
         let arr = |v: &str| toml::Value::Array(vec![v.into()]);
         match kind {
-            "postgres" | "redis" => {
+            "postgres" | "redis" | "postgres_physical" => {
                 t.insert("repository".into(), "r".into());
             }
             "files" => {

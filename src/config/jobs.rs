@@ -171,6 +171,7 @@ kinds! {
     Postgres(PostgresJob) = "postgres";
     Files(FilesJob) = "files";
     Redis(RedisJob) = "redis";
+    PostgresPhysical(super::physical::PhysicalJob) = "postgres_physical";
     Verify(VerifyJob) = "verify";
     Vacuum(super::maintenance::VacuumJob) = "vacuum";
     Reindex(super::maintenance::ReindexJob) = "reindex";
@@ -403,7 +404,7 @@ pub struct Storage {
 }
 
 impl Storage {
-    fn validate(&self, p: &mut Problems) {
+    pub(super) fn validate(&self, p: &mut Problems) {
         if let Some(h) = &self.restore {
             h.validate(p);
         }
@@ -766,7 +767,8 @@ impl KindSpec for FilesJob {
 }
 
 /// What an operation on backups tells a job of another kind.
-pub const BACKUP_KINDS: &str = "it stores no backups (expected a postgres, files or redis job)";
+pub const BACKUP_KINDS: &str =
+    "it stores no backups (expected a postgres, postgres_physical, files or redis job)";
 
 /// The scheduling settings every job kind shares.
 #[derive(Debug, Clone, Copy)]

@@ -11,6 +11,7 @@ mod encryption;
 mod introspect;
 mod jobs;
 mod maintenance;
+mod physical;
 mod render;
 mod repositories;
 mod secret_source;
@@ -32,6 +33,7 @@ pub use maintenance::{
     CertExpiryJob, DiskJob, Down, HealthCheck, HealthJob, ProbeType, PruneFilesJob, PruneImagesJob,
     ReindexJob, Session, SessionSpec, VacuumJob,
 };
+pub use physical::{PhysicalJob, WalMode};
 pub use render::render_masked;
 pub use repositories::{LocalRepository, LockMode, ObjectLock, RepositoryConfig, S3Repository};
 pub use secret_source::SecretSource;

@@ -730,7 +730,12 @@ async fn rpo_worker(d: Arc<Daemon>) {
     loop {
         let cfg = d.config();
         let targets = crate::engine::rpo::targets(&cfg);
-        due.retain(|k, _| targets.iter().any(|t| &t.key() == k));
+        let physical = crate::engine::wal::physical_jobs(&cfg);
+        due.retain(|k, _| {
+            targets.iter().any(|t| &t.key() == k)
+                || k.strip_prefix("wal:")
+                    .is_some_and(|j| physical.iter().any(|p| p == j))
+        });
         let now = tokio::time::Instant::now();
         for t in &targets {
             let next = due.entry(t.key()).or_insert(now);
@@ -746,6 +751,17 @@ async fn rpo_worker(d: Arc<Daemon>) {
                 () = d.stopping.cancelled() => return,
             }
         }
+        for job in crate::engine::wal::physical_jobs(&cfg) {
+            let next = due.entry(format!("wal:{job}")).or_insert(now);
+            if *next > now {
+                continue;
+            }
+            *next = now + WAL_CHAIN_EVERY;
+            tokio::select! {
+                () = wal_chain(&cfg, &d.state, &job) => {},
+                () = d.stopping.cancelled() => return,
+            }
+        }
         let wake = due
             .values()
             .min()
@@ -756,6 +772,26 @@ async fn rpo_worker(d: Arc<Daemon>) {
             () = tokio::time::sleep_until(wake) => {}
             () = d.stopping.cancelled() => return,
         }
+    }
+}
+
+/// How often the daemon looks for gaps in each physical job's WAL chain.
+const WAL_CHAIN_EVERY: Duration = Duration::from_secs(30);
+
+/// Look at a physical job's WAL chain and raise or clear `wal_gap:JOB`.
+async fn wal_chain(cfg: &crate::config::LoadedConfig, state: &State, job: &str) {
+    let checked = async {
+        let (name, jc, _) = crate::engine::wal::physical_job(cfg, Some(job))?;
+        let repo_name = jc.backup_repository(job)?;
+        let repo =
+            crate::services::repository::Repository::open(repo_name, cfg.repository(repo_name)?)
+                .await?;
+        crate::engine::wal::check(cfg, &repo, &name, crate::engine::wal::Depth::Chain, None).await
+    }
+    .await;
+    match checked {
+        Ok(c) => crate::engine::wal::alert_gaps(cfg, state, &c).await,
+        Err(e) => tracing::warn!(job, error = %e, "cannot check the WAL chain"),
     }
 }
 

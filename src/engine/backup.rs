@@ -73,6 +73,7 @@ pub async fn run(
             Kind::Postgres(j) => jobs::postgres::backup(&ctx, j).await,
             Kind::Files(j) => jobs::files::backup(&ctx, j).await,
             Kind::Redis(j) => jobs::redis::backup(&ctx, j).await,
+            Kind::PostgresPhysical(j) => jobs::postgres_physical::backup(&ctx, j).await,
             other => Err(Error::WrongKind {
                 job: name.to_owned(),
                 kind: other.name(),
@@ -98,6 +99,7 @@ pub async fn run(
                 drctl_version: crate::VERSION.into(),
                 source: out.source,
                 redis: out.redis,
+                physical: out.physical,
                 artifacts: out.artifacts,
                 tables: out.tables,
                 label: mark.label.clone(),

@@ -19,3 +19,4 @@ pub mod rpo;
 pub mod runner;
 pub mod status;
 pub mod verify;
+pub mod wal;

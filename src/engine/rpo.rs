@@ -276,28 +276,16 @@ pub async fn evaluate_in(
     let series = key.as_str();
     let target_span = span(target);
     let repo = Repository::open(repo_name, cfg.repository(repo_name)?).await?;
-    // A backup whose host's clock ran ahead claims a freshness it does not
-    // have: it never counts (see `BackupRef::clock_skew`).
-    let listed: Vec<_> = repo
-        .list_backups(&job_name)
-        .await?
-        .into_iter()
-        .filter(|b| b.clock_skew().is_none())
-        .collect();
     let now = Utc::now();
     let seen = load(state, state.pool(), series).await?;
     let target_ms = target.as_millis() as i64;
-
-    // Manifests of the backups not seen yet (the newest 50 at most: older
-    // ones cannot change the status any more).
     let known = seen.as_ref().and_then(|s| s.newest_id.clone());
-    let unseen: Vec<_> = listed
-        .iter()
-        .filter(|b| known.as_deref().is_none_or(|k| b.id.as_str() > k))
-        .rev()
-        .take(50)
-        .collect();
-    let (points, mut newest_id) = read_points(&repo, &job_name, &unseen, known).await;
+    let physical = own && matches!(jc.kind, crate::config::Kind::PostgresPhysical(_));
+    let (points, mut newest_id) = if physical {
+        wal_points(&repo, &job_name, known).await?
+    } else {
+        backup_points(&repo, &job_name, known).await?
+    };
 
     // Nothing new and nothing due: answer without a write (the daemon asks
     // every target/10; a write per ask would fsync for nothing).
@@ -418,6 +406,61 @@ async fn record(
     Ok((compliant, since))
 }
 
+/// The RPO points of a job's backups committed after `known` (the newest
+/// id counted before), and the newest id now.
+async fn backup_points(
+    repo: &Repository,
+    job_name: &crate::base::ids::JobName,
+    known: Option<String>,
+) -> Result<(Vec<Point>, Option<String>)> {
+    // A backup whose host's clock ran ahead claims a freshness it does not
+    // have: it never counts (see `BackupRef::clock_skew`).
+    let listed: Vec<_> = repo
+        .list_backups(job_name)
+        .await?
+        .into_iter()
+        .filter(|b| b.clock_skew().is_none())
+        .collect();
+    // Manifests of the backups not seen yet (the newest 50 at most: older
+    // ones cannot change the status any more).
+    let unseen: Vec<_> = listed
+        .iter()
+        .filter(|b| known.as_deref().is_none_or(|k| b.id.as_str() > k))
+        .rev()
+        .take(50)
+        .collect();
+    Ok(read_points(repo, job_name, &unseen, known).await)
+}
+
+/// A physical job's RPO points: each WAL file stored after `known` (the
+/// greatest name counted before) is a point at the store's time of its
+/// record. The RPO of point-in-time recovery is the age of the last WAL
+/// byte in the repository, not of the last base backup.
+async fn wal_points(
+    repo: &Repository,
+    job_name: &crate::base::ids::JobName,
+    known: Option<String>,
+) -> Result<(Vec<Point>, Option<String>)> {
+    let archive = crate::engine::wal::list(repo, job_name).await?;
+    let mut newest = known.clone();
+    let points = archive
+        .files
+        .iter()
+        .filter(|(n, _)| known.as_deref().is_none_or(|k| n.as_str() > k))
+        .filter_map(|(n, o)| {
+            if newest.as_deref().is_none_or(|k| n.as_str() > k) {
+                newest = Some(n.clone());
+            }
+            let at = o.modified?;
+            Some(Point {
+                started: at,
+                finished: at,
+            })
+        })
+        .collect();
+    Ok((points, newest))
+}
+
 /// RPO points of `backups` from their manifests, and the newest id read
 /// (starting from `known`). An unreadable manifest is skipped and logged.
 async fn read_points(
@@ -522,7 +565,15 @@ async fn alert(cfg: &LoadedConfig, state: &State, s: &Status, target: Duration, 
             humantime::format_duration(target),
             s.since.format("%Y-%m-%d %H:%M:%S UTC")
         ));
-        c.hint = Some(if own {
+        let physical = cfg
+            .job(&s.job)
+            .is_ok_and(|(_, j)| matches!(j.kind, crate::config::Kind::PostgresPhysical(_)));
+        c.hint = Some(if own && physical {
+            format!(
+                "No WAL has reached the repository for that long: look for `drctl wal push` errors in the PostgreSQL server log (archive_command), check `archive_timeout` (an idle database ships nothing without it), and `drctl wal list --job {0}`.",
+                s.job
+            )
+        } else if own {
             format!(
                 "Check why backups stopped: `drctl status` and `drctl logs {0}` on the host that runs it (is the daemon up? is the job failing?). `drctl run {0}` takes one now.",
                 s.job

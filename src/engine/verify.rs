@@ -75,6 +75,9 @@ pub struct Summary {
     pub without_backups: Vec<String>,
     /// Read through to the data (decoded, archive read to its end).
     pub deep: bool,
+    /// The WAL archives of physical jobs: continuity and each file.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub wal: Vec<crate::engine::wal::WalCheck>,
     /// Jobs that could not be verified at all (repository unreachable,
     /// listing failed), with why: the others were still verified.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -88,7 +91,9 @@ impl Summary {
     }
     /// Whether every backup passed.
     pub fn ok(&self) -> bool {
-        self.failed().next().is_none() && self.unreachable.is_empty()
+        self.failed().next().is_none()
+            && self.unreachable.is_empty()
+            && self.wal.iter().all(crate::engine::wal::WalCheck::ok)
     }
     /// One line per failed artifact, for errors and alerts.
     pub fn problems(&self) -> String {
@@ -104,6 +109,18 @@ impl Summary {
     }
     /// The error `drctl verify` exits with when something failed.
     pub fn error(&self) -> Option<Error> {
+        if let Some(w) = self.wal.iter().find(|w| !w.ok()) {
+            let mut lines: Vec<String> = w.gaps.iter().map(|g| format!("missing: {g}")).collect();
+            lines.extend(w.damaged.iter().cloned());
+            return Some(Error::Integrity {
+                artifact: format!("{}/wal", w.job),
+                message: format!(
+                    "the WAL archive of {} is not whole:\n{}",
+                    w.job,
+                    lines.join("\n")
+                ),
+            });
+        }
         let bad: Vec<&BackupCheck> = self.failed().collect();
         let Some(first) = bad.first() else {
             let lines: Vec<String> = self
@@ -161,6 +178,9 @@ pub async fn report(
         {
             tracing::warn!(job = %b.job, backup = %b.backup_id, error = %e, "cannot record the verification");
         }
+    }
+    for w in &s.wal {
+        crate::engine::wal::alert_gaps(cfg, state, w).await;
     }
     let alerter = Alerter::new(cfg, state);
     let mut checked: Vec<(&str, &str)> = s
@@ -357,6 +377,24 @@ async fn job(
         summary.bytes_read += check.artifacts.iter().map(|a| a.stored_bytes).sum::<u64>();
         summary.backups.push(check);
     }
+    if matches!(job.kind, crate::config::Kind::PostgresPhysical(_))
+        && job.repository() == Some(repo_name)
+    {
+        summary.wal.push(
+            crate::engine::wal::check(
+                cfg,
+                &repo,
+                &job_name,
+                if opts.deep {
+                    crate::engine::wal::Depth::Deep
+                } else {
+                    crate::engine::wal::Depth::Records
+                },
+                opts.identity.as_deref(),
+            )
+            .await?,
+        );
+    }
     Ok(())
 }
 
@@ -455,7 +493,7 @@ async fn deep_check(
                 "SHA-256 matches; decoded {raw} bytes; pg_restore read every data block"
             ))
         }
-        "tar" => {
+        "tar" | "pg_basebackup_tar" => {
             let (w, r) = tokio::io::duplex(1 << 20);
             // The same checks a restore applies before extracting, so an
             // archive that verifies is one that restores.

@@ -43,11 +43,24 @@ pub fn for_manifest(
     m: &Manifest,
     given: Option<&Path>,
 ) -> Result<Keys> {
-    let mut wanted: Vec<&str> = m
+    let wanted: Vec<&str> = m
         .artifacts
         .iter()
         .flat_map(|a| a.encryption_recipients.iter().map(String::as_str))
         .collect();
+    for_recipients(cfg, job, &format!("backup {}", m.id), wanted, given)
+}
+
+/// The keys that open what `what` (a backup, a WAL file) was encrypted to:
+/// `wanted` fingerprints; a missing or wrong identity is named before a
+/// byte is fetched.
+pub fn for_recipients(
+    cfg: &LoadedConfig,
+    job: &JobConfig,
+    what: &str,
+    mut wanted: Vec<&str>,
+    given: Option<&Path>,
+) -> Result<Keys> {
     if wanted.is_empty() {
         return Ok(None);
     }
@@ -55,8 +68,7 @@ pub fn for_manifest(
     wanted.dedup();
     let Some((path, from)) = identity_path(cfg, job, given) else {
         return Err(Error::Key(format!(
-            "backup {} is encrypted to {}; no identity given (expected --identity FILE, ${IDENTITY_ENV}, or encryption.identity_file in the config, holding the AGE-SECRET-KEY-1... of one of those recipients)",
-            m.id,
+            "{what} is encrypted to {}; no identity given (expected --identity FILE, ${IDENTITY_ENV}, or encryption.identity_file in the config, holding the AGE-SECRET-KEY-1... of one of those recipients)",
             wanted.join(", ")
         )));
     };
@@ -68,8 +80,7 @@ pub fn for_manifest(
         .collect();
     if !have.iter().any(|h| wanted.contains(&h.as_str())) {
         return Err(Error::Key(format!(
-            "backup {} is encrypted to {}, but the identity file {} (from {from}) holds {}: not one of them (expected the identity of one of the backup's recipients)",
-            m.id,
+            "{what} is encrypted to {}, but the identity file {} (from {from}) holds {}: not one of them (expected the identity of one of the recipients)",
             wanted.join(", "),
             path.display(),
             have.join(", ")

@@ -240,37 +240,7 @@ async fn sweep_databases(tools: &PgTools, admin: &PgTarget, job: &str) -> Result
     Ok(names)
 }
 
-/// Run a PostgreSQL server tool as the `postgres` user when we are root
-/// (initdb refuses root), as ourselves otherwise.
-fn server_tool(tools: &PgTools, tool: &str) -> tokio::process::Command {
-    let path = tools.path(tool);
-    let mut c = if nix::unistd::geteuid().is_root() {
-        let mut c = tokio::process::Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(path);
-        c
-    } else {
-        tokio::process::Command::new(path)
-    };
-    crate::base::child_env::restrict(&mut c);
-    c
-}
-
-async fn run(mut c: tokio::process::Command, what: &str) -> Result<()> {
-    let out = c
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| Error::io(what.to_owned(), e))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(Error::Tool {
-            tool: what.to_owned(),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
-    }
-}
+use crate::services::pg::server::{run, server_tool};
 
 async fn start_cluster(tools: &PgTools, dir: &Path) -> Result<u16> {
     std::fs::create_dir_all(dir)

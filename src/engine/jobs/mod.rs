@@ -7,6 +7,7 @@ pub mod disk;
 pub mod files;
 pub mod health;
 pub mod postgres;
+pub mod postgres_physical;
 pub mod prune_files;
 pub mod prune_images;
 pub mod redis;
@@ -102,12 +103,40 @@ pub struct BackupOutput {
     pub source: Option<PostgresSource>,
     /// What was snapshotted, for a Redis backup.
     pub redis: Option<crate::base::manifest::RedisSource>,
+    /// The cluster and WAL range, for a physical base backup.
+    pub physical: Option<crate::base::manifest::PhysicalSource>,
     /// Every stored artifact, measured.
     pub artifacts: Vec<Artifact>,
     /// Row counts read in the dump's snapshot.
     pub tables: Vec<TableCount>,
     /// What child processes printed (stderr), for the run record.
     pub output: String,
+}
+
+/// `source` compressed, then encrypted to `seal`, measured (bytes and
+/// SHA-256 of what is stored): the one packing pipeline of backups and WAL.
+pub fn pack<R>(
+    source: R,
+    packing: Packing,
+    seal: Option<&Seal>,
+) -> (BoxRead, crate::base::stream::Measured)
+where
+    R: tokio::io::AsyncRead + Send + Unpin + 'static,
+{
+    let packed = encoder(source, packing.compression, packing.level, packing.threads);
+    let sealed = match seal {
+        Some(s) => crate::base::stream::crypt::encrypt(packed, s.recipients.clone()),
+        None => packed,
+    };
+    let (stored, stored_m) = Measure::new(sealed);
+    (Box::pin(stored), stored_m)
+}
+
+impl Seal {
+    /// The recipients' fingerprints, as manifests record them.
+    pub fn fingerprints(&self) -> &[String] {
+        &self.fingerprints
+    }
 }
 
 /// Compression settings of one artifact.
@@ -152,13 +181,7 @@ impl BackupCtx<'_> {
         } else {
             raw
         };
-        let packed = encoder(raw, packing.compression, packing.level, packing.threads);
-        let sealed = match &self.seal {
-            Some(s) => crate::base::stream::crypt::encrypt(packed, s.recipients.clone()),
-            None => packed,
-        };
-        let (stored, stored_m) = Measure::new(sealed);
-        let boxed: BoxRead = Box::pin(stored);
+        let (boxed, stored_m) = pack(raw, packing, self.seal.as_ref());
         let n = self
             .repo
             .put_artifact(self.job, self.id, &name, boxed, size_hint)

@@ -42,24 +42,20 @@ fn verify(artifact: &Artifact, key: &str, size: u64, sha: &str) -> Result<()> {
 /// Stream the stored artifact, hashing it; chunks go to `sink` while it takes them.
 async fn read_hashed(
     repo: &Repository,
-    job: &JobName,
-    id: &BackupId,
+    key: &str,
     artifact: &Artifact,
     sink: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
     progress: Option<Arc<Progress>>,
 ) -> Result<()> {
-    let key = Repository::artifact_key(job, id, &artifact.name);
-    let mut reader = repo
-        .get_artifact(job, id, &artifact.name)
-        .await
-        .map_err(|e| match e {
-            // The manifest names it, so a missing object is damage.
-            Error::NotFound(_) => Error::Integrity {
-                artifact: key.clone(),
-                message: "listed in the manifest but missing from the repository".into(),
-            },
-            other => other,
-        })?;
+    let key = key.to_owned();
+    let mut reader = repo.get_key(&key).await.map_err(|e| match e {
+        // The manifest names it, so a missing object is damage.
+        Error::NotFound(_) => Error::Integrity {
+            artifact: key.clone(),
+            message: "listed in the manifest but missing from the repository".into(),
+        },
+        other => other,
+    })?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut sink = Some(sink);
@@ -134,6 +130,23 @@ pub async fn to_writer<W>(
 where
     W: tokio::io::AsyncWrite + Unpin,
 {
+    let key = Repository::artifact_key(job, id, &artifact.name);
+    key_to_writer(repo, &key, artifact, w, progress, keys).await
+}
+
+/// [`to_writer`] for the object at `key` described by `artifact` (a stored
+/// WAL file, whose record reads as an artifact).
+pub async fn key_to_writer<W>(
+    repo: &Repository,
+    key: &str,
+    artifact: &Artifact,
+    w: W,
+    progress: Option<Arc<Progress>>,
+    keys: &Keys,
+) -> Result<u64>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let mut decoded = Timed {
         inner: decoder(
@@ -160,7 +173,7 @@ where
         drop(decoded); // close the channel so the reader drains on its own
         Ok::<u64, std::io::Error>(n)
     };
-    let (read, written) = tokio::join!(read_hashed(repo, job, id, artifact, tx, progress), write);
+    let (read, written) = tokio::join!(read_hashed(repo, key, artifact, tx, progress), write);
     match (read, written) {
         (Err(e), _) => Err(e),
         // Our side failed (a full --tmp-dir, a consumer that exited): the
@@ -256,7 +269,8 @@ pub async fn verify_only(
 ) -> Result<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     drop(rx);
-    read_hashed(repo, job, id, artifact, tx, progress).await
+    let key = Repository::artifact_key(job, id, &artifact.name);
+    read_hashed(repo, &key, artifact, tx, progress).await
 }
 
 /// Decompress `artifact` into memory (small artifacts: globals), verified.
@@ -275,6 +289,7 @@ pub async fn to_memory(
         )));
     }
     let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let key = Repository::artifact_key(job, id, &artifact.name);
     let mut decoded = decoder(
         unseal(channel_reader(rx), artifact, keys),
         artifact.compression,
@@ -285,7 +300,7 @@ pub async fn to_memory(
         drop(decoded);
         r.map(|_| v)
     };
-    let (read, data) = tokio::join!(read_hashed(repo, job, id, artifact, tx, None), read_all);
+    let (read, data) = tokio::join!(read_hashed(repo, &key, artifact, tx, None), read_all);
     read?;
     data.map_err(|e| Error::Integrity {
         artifact: artifact.name.clone(),

@@ -5,6 +5,7 @@
 pub mod archive;
 mod child;
 mod maintenance;
+pub mod server;
 mod session;
 mod target;
 mod tools;

@@ -459,8 +459,21 @@ impl Repository {
 
     /// A reader over a stored artifact's bytes (callers verify them).
     pub async fn get_artifact(&self, job: &JobName, id: &BackupId, name: &str) -> Result<BoxRead> {
-        let r = self.backend.get(&Self::artifact_key(job, id, name)).await?;
+        self.get_key(&Self::artifact_key(job, id, name)).await
+    }
+
+    /// A reader over any object drctl wrote (WAL), at the rate limit.
+    pub async fn get_key(&self, key: &str) -> Result<BoxRead> {
+        let r = self.backend.get(key).await?;
         Ok(self.limited(r))
+    }
+
+    /// Stream an object drctl names itself (WAL) into the store, at the
+    /// rate limit; returns the bytes stored.
+    pub async fn put_key(&self, key: &str, reader: BoxRead, size_hint: Option<u64>) -> Result<u64> {
+        self.backend
+            .put_stream(key, self.limited(reader), size_hint)
+            .await
     }
 
     /// `reader` at most at the repository's `rate_limit`.
@@ -595,6 +608,7 @@ mod protocol {
             drctl_version: "test".into(),
             source: None,
             redis: None,
+            physical: None,
             artifacts: vec![Artifact {
                 name: "database.dump.zst".into(),
                 content: "pg_dump_custom".into(),

@@ -1,0 +1,106 @@
+//! `type = "postgres_physical"`: a whole cluster, as PostgreSQL's own tools
+//! copy it (`pg_basebackup` for base backups, `archive_command = 'drctl wal
+//! push %p'` for the WAL), for point-in-time recovery.
+
+use super::jobs::{one_url_source, KindSpec, Problems, Storage};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the WAL reaches the repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WalMode {
+    /// The server's `archive_command = 'drctl wal push %p'` stores each
+    /// finished segment (set `archive_timeout` to bound the RPO of an idle
+    /// database).
+    #[default]
+    ArchiveCommand,
+    /// The daemon runs `pg_receivewal` on a replication slot.
+    Stream,
+}
+
+/// `type = "postgres_physical"`: base backups of a cluster plus its
+/// archived WAL, restorable to any moment in between.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhysicalJob {
+    /// Repository, compression, encryption, retention and RPO (the RPO is
+    /// measured from the newest WAL stored, not the newest base backup).
+    #[serde(flatten)]
+    pub storage: Storage,
+    /// The server, as a user with the REPLICATION attribute: `url`,
+    /// `url_env` or `url_file` (the database part is ignored).
+    #[serde(flatten)]
+    pub connection: super::UrlSource,
+    /// How the WAL is archived: `archive_command` (default) or `stream`.
+    #[serde(default)]
+    pub wal: WalMode,
+    /// With `wal = "stream"`: how often the unfinished segment is stored.
+    #[serde(default = "default_wal_flush", with = "humantime_serde")]
+    pub wal_flush: Duration,
+    /// Directory holding `pg_basebackup`, `pg_ctl`, `postgres` (default:
+    /// the newest /usr/lib/postgresql/*/bin, else `$PATH`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_bindir: Option<PathBuf>,
+    /// `fast` (default: the backup starts at once) or `spread` (the
+    /// checkpoint is spread over `checkpoint_completion_target`).
+    #[serde(default = "default_checkpoint")]
+    pub checkpoint: String,
+    /// zstd worker threads (default: half the cores, 1 to 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression_threads: Option<u32>,
+}
+
+fn default_wal_flush() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_checkpoint() -> String {
+    "fast".into()
+}
+
+impl KindSpec for PhysicalJob {
+    fn keys() -> Vec<&'static str> {
+        let mut k = super::introspect::fields::<Storage>();
+        k.extend(super::introspect::fields::<super::UrlSource>());
+        k.extend([
+            "wal",
+            "wal_flush",
+            "pg_bindir",
+            "checkpoint",
+            "compression_threads",
+        ]);
+        k
+    }
+
+    fn storage(&self) -> Option<&Storage> {
+        Some(&self.storage)
+    }
+
+    fn validate(&self, p: &mut Problems) {
+        self.storage.validate(p);
+        let c = &self.connection;
+        if let Err(m) = one_url_source(&c.url, &c.url_env, &c.url_file) {
+            p.push(("url".into(), m));
+        }
+        if self.wal == WalMode::Stream {
+            p.push((
+                "wal".into(),
+                "\"stream\" (pg_receivewal supervised by the daemon) is not available in this version; expected \"archive_command\"".into(),
+            ));
+        }
+        if self.wal_flush < Duration::from_secs(1) {
+            p.push(("wal_flush".into(), "expected at least 1s".into()));
+        }
+        if !matches!(self.checkpoint.as_str(), "fast" | "spread") {
+            p.push((
+                "checkpoint".into(),
+                "expected \"fast\" or \"spread\"".into(),
+            ));
+        }
+        if self.compression_threads == Some(0) {
+            p.push(("compression_threads".into(), "expected at least 1".into()));
+        }
+    }
+}

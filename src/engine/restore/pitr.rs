@@ -1,0 +1,1036 @@
+//! Point-in-time recovery of a `postgres_physical` job into a data
+//! directory: the newest base backup before the target, the archived WAL
+//! from its start to the target, PostgreSQL's own recovery.
+//!
+//! Everything is decided before anything is written (`choose`, pure): the
+//! base backup, the timeline path, the WAL files the recovery will ask for,
+//! and whether each is stored; a target outside the archive or a gap in
+//! the WAL refuses the restore naming what is missing. Then the base tar is
+//! fetched (verified) and extracted into the empty data directory, the WAL
+//! is fetched into `DATADIR/drctl_wal/` (verified, decrypted, several at
+//! once), and the server is started with `recovery.signal`, a
+//! `restore_command` that copies from there, and the target; drctl waits
+//! for the promotion (`pg_controldata`: in production), stops the server
+//! cleanly and removes what it added. The directory is then an ordinary
+//! cluster on a new timeline, ready for its service to start.
+
+use crate::base::error::{Error, Result};
+use crate::base::ids::JobName;
+use crate::base::manifest::Manifest;
+use crate::base::wal::{self, Lsn, Segment, WalName};
+use crate::config::LoadedConfig;
+use crate::engine::wal as archive;
+use crate::services::pg::server::{self, give_to_postgres, server_tool};
+use crate::services::pg::PgTools;
+use crate::services::repository::Repository;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Where recovery stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The end of the archived WAL.
+    Latest,
+    /// Transactions committed at or before this time.
+    Time(DateTime<Utc>),
+    /// This WAL position.
+    Lsn(Lsn),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Latest => f.write_str("the end of the archived WAL"),
+            Target::Time(t) => write!(
+                f,
+                "{}",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ),
+            Target::Lsn(l) => write!(f, "LSN {l}"),
+        }
+    }
+}
+
+/// A point-in-time restore, as asked.
+#[derive(Debug, Clone)]
+pub struct PitrRequest {
+    /// The job (optional with one physical job).
+    pub job: Option<String>,
+    /// Where recovery stops.
+    pub target: Target,
+    /// The data directory to create (missing or empty).
+    pub datadir: PathBuf,
+    /// Print the plan; touch nothing.
+    pub dry_run: bool,
+    /// age identity file for encrypted backups and WAL.
+    pub identity: Option<PathBuf>,
+    /// WAL files fetched at once.
+    pub parallel: usize,
+}
+
+/// What a point-in-time restore will do (`--dry-run` prints it).
+#[derive(Debug, Clone, Serialize)]
+pub struct PitrPlan {
+    /// The job.
+    pub job: String,
+    /// The repository read.
+    pub repository: String,
+    /// The base backup.
+    pub backup_id: String,
+    /// When it finished (the earliest time it can be recovered to).
+    pub backup_finished_at: DateTime<Utc>,
+    /// Where its replay starts.
+    pub start_lsn: String,
+    /// Its timeline.
+    pub timeline: u32,
+    /// The target, as text.
+    pub target: String,
+    /// The timeline recovery ends on.
+    pub target_timeline: u32,
+    /// WAL files to fetch (segments and histories).
+    pub wal_files: usize,
+    /// Their stored size.
+    pub wal_stored_bytes: u64,
+    /// The first and last segment.
+    pub wal_range: Option<(String, String)>,
+    /// The base backup's stored size.
+    pub base_stored_bytes: u64,
+    /// Where it goes.
+    pub datadir: String,
+    /// The span the archive can restore to: the oldest base backup's end to
+    /// the newest WAL stored.
+    pub window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// The steps, in order.
+    pub steps: Vec<String>,
+}
+
+/// How a point-in-time restore went.
+#[derive(Debug, Clone, Serialize)]
+pub struct PitrReport {
+    /// What was planned.
+    pub plan: PitrPlan,
+    /// PostgreSQL's own words on where recovery stopped.
+    pub recovery: Vec<String>,
+    /// The timeline the restored cluster is on.
+    pub timeline: Option<u32>,
+    /// Seconds fetching and extracting the base backup.
+    pub base_seconds: f64,
+    /// Seconds fetching WAL.
+    pub wal_seconds: f64,
+    /// Seconds of PostgreSQL's recovery until promoted.
+    pub recovery_seconds: f64,
+    /// The whole restore.
+    pub total_seconds: f64,
+}
+
+/// A base backup that can serve as the start of a recovery.
+#[derive(Debug, Clone)]
+pub struct Base {
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Its physical facts.
+    pub physical: crate::base::manifest::PhysicalSource,
+}
+
+/// The pure choice: base backup, timeline path, WAL names needed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    /// Index into the bases given.
+    pub base: usize,
+    /// The timeline recovery ends on.
+    pub target_timeline: u32,
+    /// WAL segment file names, in replay order.
+    pub segments: Vec<String>,
+    /// For a time target: the stored segments after those, up to the first
+    /// missing one. A segment's store time bounds its records from above
+    /// only (archiving can lag), so the first record past the target may
+    /// lie further on: when recovery ends before the target, these are
+    /// fetched a few at a time and recovery resumes.
+    pub more: Vec<String>,
+}
+
+/// Stored segment facts the choice reads: name → store time.
+pub type Stored<'a> = &'a std::collections::BTreeMap<String, DateTime<Utc>>;
+
+/// Choose the base backup and the WAL a recovery to `target` needs, or say
+/// why it cannot be done (pure: bases sorted oldest first, the stored
+/// files with their store times, the timeline histories read).
+pub fn choose(
+    bases: &[Base],
+    stored: Stored<'_>,
+    histories: &std::collections::BTreeMap<u32, Vec<(u32, Lsn)>>,
+    target: Target,
+) -> std::result::Result<Choice, String> {
+    let Some(newest) = bases.last() else {
+        return Err("no base backup of this job is stored (run the job first)".into());
+    };
+    let bytes = newest.physical.wal_segment_bytes;
+    let idx = match target {
+        Target::Latest => bases.len() - 1,
+        Target::Time(t) => bases
+            .iter()
+            .rposition(|b| b.manifest.finished_at <= t)
+            .ok_or_else(|| {
+                format!(
+                    "{} is before the oldest base backup's end ({}, backup {}): nothing can be restored to it",
+                    Target::Time(t),
+                    bases[0].manifest.finished_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    bases[0].manifest.id
+                )
+            })?,
+        Target::Lsn(l) => bases
+            .iter()
+            .rposition(|b| b.physical.stop_lsn <= l)
+            .ok_or_else(|| {
+                format!(
+                    "LSN {l} is before the oldest base backup's end ({}, backup {})",
+                    bases[0].physical.stop_lsn, bases[0].manifest.id
+                )
+            })?,
+    };
+    let base = &bases[idx];
+    let p = &base.physical;
+    // The newest timeline descending from the base's: PostgreSQL's
+    // recovery_target_timeline = 'latest'.
+    let target_timeline = histories
+        .iter()
+        .filter(|(tli, h)| **tli > p.timeline && descends(h, p.timeline, p.stop_lsn))
+        .map(|(tli, _)| *tli)
+        .max()
+        .unwrap_or(p.timeline);
+    let path = wal::timeline_path(
+        target_timeline,
+        histories
+            .get(&target_timeline)
+            .map_or(&[][..], Vec::as_slice),
+    );
+    let path: Vec<(u32, Lsn)> = path.into_iter().filter(|(t, _)| *t >= p.timeline).collect();
+    // The newest segment on the path that is stored (a .partial counts).
+    let on_path = |s: &Segment| {
+        path.iter()
+            .rev()
+            .find(|(_, begin)| begin.segno(bytes) <= s.segno)
+            .is_some_and(|(t, _)| *t == s.tli)
+    };
+    let mut stored_segs: Vec<(Segment, DateTime<Utc>)> = stored
+        .iter()
+        .filter_map(|(n, t)| {
+            let seg = match wal::classify(n)? {
+                WalName::Segment => Segment::parse(n, bytes)?,
+                WalName::Partial => Segment::parse(n.strip_suffix(".partial")?, bytes)?,
+                _ => return None,
+            };
+            Some((seg, *t))
+        })
+        .filter(|(s, _)| on_path(s) && s.segno >= p.start_lsn.segno(bytes))
+        .collect();
+    stored_segs.sort_by_key(|(s, _)| s.segno);
+    if stored_segs.is_empty() {
+        return Err(format!(
+            "no WAL is stored from the base backup {} on (is archive_command running `drctl wal push`?)",
+            base.manifest.id
+        ));
+    }
+    let last = last_segment(target, &stored_segs, bytes)?;
+    let last = last.max(p.stop_lsn.segno(bytes));
+    let segments = wal::needed(p.start_lsn, last, &path, bytes);
+    let has = |n: &str| stored.contains_key(n) || stored.contains_key(&format!("{n}.partial"));
+    let gaps = wal::gaps(&segments, &has);
+    if !gaps.is_empty() {
+        return Err(format!(
+            "WAL gap: {} missing from the repository; a recovery from backup {} to {} needs {} (restore to an earlier point, or from a newer base backup)",
+            gaps.iter().map(wal::describe_gap).collect::<Vec<_>>().join(", "),
+            base.manifest.id,
+            target,
+            if gaps.len() == 1 { "it" } else { "them" }
+        ));
+    }
+    let more = match target {
+        Target::Time(_) => stored_segs
+            .last()
+            .map(|(s, _)| wal::needed(p.start_lsn, s.segno, &path, bytes))
+            .unwrap_or_default()
+            .into_iter()
+            .skip(segments.len())
+            .take_while(|n| has(n))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(Choice {
+        base: idx,
+        target_timeline,
+        segments,
+        more,
+    })
+}
+
+/// The last segment a recovery to `target` replays, from the stored
+/// segments on its path (sorted, with their store times), or why the
+/// target is past the archive.
+fn last_segment(
+    target: Target,
+    stored_segs: &[(Segment, DateTime<Utc>)],
+    bytes: u64,
+) -> std::result::Result<u64, String> {
+    let Some((last_stored, newest_time)) = stored_segs.last().copied() else {
+        return Err("no WAL is stored".into());
+    };
+    Ok(match target {
+        Target::Latest => last_stored.segno,
+        Target::Lsn(l) => {
+            if l.segno(bytes) > last_stored.segno {
+                return Err(format!(
+                    "LSN {l} is past the end of the archived WAL (the newest segment stored is {})",
+                    last_stored.name(bytes)
+                ));
+            }
+            l.segno(bytes)
+        }
+        Target::Time(t) => {
+            if t > newest_time {
+                return Err(format!(
+                    "{} is after the end of the archived WAL (the newest file was stored at {}): restore --latest, or wait for the next segment",
+                    Target::Time(t),
+                    newest_time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ));
+            }
+            // The first segment stored at or after the target holds the
+            // first record past it (or the target lies in it).
+            stored_segs
+                .iter()
+                .find(|(_, at)| *at >= t)
+                .map_or(last_stored.segno, |(s, _)| s.segno)
+        }
+    })
+}
+
+/// Whether a timeline with history `h` branched off `tli` at or after `at`
+/// (so a recovery from a backup on `tli` ending at `at` can follow it).
+fn descends(h: &[(u32, Lsn)], tli: u32, at: Lsn) -> bool {
+    h.iter()
+        .any(|(parent, switch)| *parent == tli && *switch >= at)
+}
+
+/// Everything a restore reads from the repository, once.
+struct Gathered {
+    job: JobName,
+    repo: Repository,
+    repo_name: String,
+    bases: Vec<Base>,
+    archive: archive::Archive,
+    histories: std::collections::BTreeMap<u32, Vec<(u32, Lsn)>>,
+}
+
+async fn gather(cfg: &LoadedConfig, req: &PitrRequest) -> Result<Gathered> {
+    let (job, jc, _) = archive::physical_job(cfg, req.job.as_deref())?;
+    let repo_name = jc.backup_repository(job.as_str())?.to_owned();
+    let repo = Repository::open(&repo_name, cfg.repository(&repo_name)?).await?;
+    let mut bases = Vec::new();
+    for b in repo.list_backups(&job).await? {
+        match repo.read_manifest(&job, &b.id).await {
+            Ok(m) => {
+                if let Some(p) = m.physical.clone() {
+                    bases.push(Base {
+                        manifest: m,
+                        physical: p,
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::warn!(backup = %b.id, error = %e, "skipping a base backup whose manifest does not read");
+            }
+        }
+    }
+    bases.sort_by_key(|b| b.manifest.finished_at);
+    let archive = archive::list(&repo, &job).await?;
+    let mut histories = std::collections::BTreeMap::new();
+    let keys_cfg = jc;
+    for name in archive.files.keys() {
+        if let Some(WalName::History(tli)) = wal::classify(name) {
+            let text =
+                read_small(cfg, keys_cfg, &repo, &job, name, req.identity.as_deref()).await?;
+            histories.insert(tli, wal::parse_history(&text));
+        }
+    }
+    Ok(Gathered {
+        job,
+        repo,
+        repo_name,
+        bases,
+        archive,
+        histories,
+    })
+}
+
+/// A small stored WAL file (a timeline history) as text.
+async fn read_small(
+    cfg: &LoadedConfig,
+    jc: &crate::config::JobConfig,
+    repo: &Repository,
+    job: &JobName,
+    name: &str,
+    identity: Option<&Path>,
+) -> Result<String> {
+    let rec = archive::read_record(repo, job, name).await?;
+    let keys = crate::services::keys::for_recipients(
+        cfg,
+        jc,
+        &format!("WAL file {name}"),
+        rec.encryption_recipients
+            .iter()
+            .map(String::as_str)
+            .collect(),
+        identity,
+    )?;
+    let dir = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
+    let dest = dir.path().join(name);
+    archive::fetch(repo, job, &rec, &dest, &keys).await?;
+    std::fs::read_to_string(&dest).map_err(|e| Error::io(format!("reading {name}"), e))
+}
+
+fn stored_times(a: &archive::Archive) -> std::collections::BTreeMap<String, DateTime<Utc>> {
+    a.files
+        .iter()
+        .filter_map(|(n, o)| Some((n.clone(), o.modified?)))
+        .collect()
+}
+
+/// Plan a point-in-time restore (what `--dry-run` prints), or refuse it.
+pub async fn plan(cfg: &LoadedConfig, req: &PitrRequest) -> Result<PitrPlan> {
+    let g = gather(cfg, req).await?;
+    make_plan(&g, req).map(|(p, _)| p)
+}
+
+fn make_plan(g: &Gathered, req: &PitrRequest) -> Result<(PitrPlan, Choice)> {
+    let times = stored_times(&g.archive);
+    let c = choose(&g.bases, &times, &g.histories, req.target).map_err(Error::Refused)?;
+    let base = &g.bases[c.base];
+    let wal_stored_bytes = c
+        .segments
+        .iter()
+        .filter_map(|n| g.archive.files.get(n).map(|o| o.size))
+        .sum();
+    let window = match (g.bases.first(), g.archive.newest()) {
+        (Some(b), Some(w)) => Some((b.manifest.finished_at, w)),
+        _ => None,
+    };
+    let target_text = req.target.to_string();
+    let dd = req.datadir.display().to_string();
+    let plan = PitrPlan {
+        job: g.job.to_string(),
+        repository: format!("{} ({})", g.repo_name, g.repo.location()),
+        backup_id: base.manifest.id.to_string(),
+        backup_finished_at: base.manifest.finished_at,
+        start_lsn: base.physical.start_lsn.to_string(),
+        timeline: base.physical.timeline,
+        target: target_text.clone(),
+        target_timeline: c.target_timeline,
+        wal_files: c.segments.len(),
+        wal_stored_bytes,
+        wal_range: c
+            .segments
+            .first()
+            .zip(c.segments.last())
+            .map(|(a, b)| (a.clone(), b.clone())),
+        base_stored_bytes: base.manifest.stored_bytes(),
+        datadir: dd.clone(),
+        window,
+        steps: vec![
+            format!("fetch base backup {} (verified) and extract it into {dd}", base.manifest.id),
+            format!("fetch {} WAL files (verified) into {dd}/drctl_wal", c.segments.len()),
+            format!("start PostgreSQL in recovery to {target_text} on timeline {}, promote", c.target_timeline),
+            "stop it cleanly and remove drctl's recovery settings: the directory is ready for its service".into(),
+        ],
+    };
+    Ok((plan, c))
+}
+
+/// Refuse a data directory that holds anything (a restore never writes
+/// over a cluster).
+fn check_datadir(dir: &Path) -> Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(mut d) => {
+            if d.next().is_some() {
+                return Err(Error::Refused(format!(
+                    "{} is not empty: a point-in-time restore writes only into a new or empty data directory",
+                    dir.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("reading {}", dir.display()), e)),
+    }
+}
+
+/// The block drctl appends to `postgresql.auto.conf` for the recovery,
+/// removed again once the server is promoted.
+const BEGIN: &str = "# drctl point-in-time restore: begin (removed after promotion)";
+const END: &str = "# drctl point-in-time restore: end";
+
+/// The recovery settings for `target` (pure).
+pub fn recovery_settings(target: Target, with_target: bool) -> String {
+    let mut s = format!(
+        "{BEGIN}\nrestore_command = 'cp \"drctl_wal/%f\" \"%p\"'\nrecovery_target_timeline = 'latest'\narchive_mode = 'off'\n"
+    );
+    if with_target {
+        match target {
+            Target::Latest => {}
+            Target::Time(t) => {
+                s.push_str(&format!(
+                    "recovery_target_time = '{}'\nrecovery_target_action = 'promote'\n",
+                    t.format("%Y-%m-%d %H:%M:%S%.6f+00")
+                ));
+            }
+            Target::Lsn(l) => {
+                s.push_str(&format!(
+                    "recovery_target_lsn = '{l}'\nrecovery_target_action = 'promote'\n"
+                ));
+            }
+        }
+    }
+    s.push_str(END);
+    s.push('\n');
+    s
+}
+
+/// `text` without drctl's block (pure).
+pub fn without_block(text: &str) -> String {
+    let mut out = String::new();
+    let mut inside = false;
+    for l in text.lines() {
+        if l == BEGIN {
+            inside = true;
+            continue;
+        }
+        if l == END {
+            inside = false;
+            continue;
+        }
+        if !inside {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Restore the job's cluster to `req.target` into `req.datadir`.
+pub async fn run(cfg: &LoadedConfig, req: &PitrRequest) -> Result<PitrReport> {
+    let t0 = std::time::Instant::now();
+    check_datadir(&req.datadir)?;
+    let g = gather(cfg, req).await?;
+    let (plan, choice) = make_plan(&g, req)?;
+    let (_, jc, job) = archive::physical_job(cfg, req.job.as_deref())?;
+    let base = &g.bases[choice.base];
+    let tools = PgTools::locate(job.pg_bindir.as_deref());
+    let version = tools.version("postgres").await?;
+    if i64::from(version.major) != i64::from(base.physical.server_version_num / 10000) {
+        return Err(Error::Refused(format!(
+            "the base backup is of PostgreSQL {} and this host's server is {} ({}): a physical backup restores only into the same major version (set pg_bindir)",
+            base.physical.server_version,
+            version.major,
+            tools.path("postgres").display()
+        )));
+    }
+    let keys =
+        crate::services::keys::for_manifest(cfg, jc, &base.manifest, req.identity.as_deref())?;
+    let lease = g
+        .repo
+        .lease(&g.job, &base.manifest.id, "point-in-time restore")
+        .await?;
+    let result = restore_into(cfg, &g, req, &plan, &choice, base, &tools, &keys).await;
+    if let Err(e) = lease.release().await {
+        tracing::warn!(error = %e, "cannot remove the restore's lease; it expires by itself");
+    }
+    let mut report = result?;
+    report.total_seconds = t0.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_into(
+    cfg: &LoadedConfig,
+    g: &Gathered,
+    req: &PitrRequest,
+    plan: &PitrPlan,
+    choice: &Choice,
+    base: &Base,
+    tools: &PgTools,
+    keys: &crate::services::keys::Keys,
+) -> Result<PitrReport> {
+    let dd = &req.datadir;
+    crate::base::private_fs::dir_all(dd)
+        .map_err(|e| Error::io(format!("creating {}", dd.display()), e))?;
+    {
+        // PostgreSQL refuses a data directory others may read.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dd, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(format!("chmod {}", dd.display()), e))?;
+    }
+    // 1. The base backup, verified, then extracted (never outside dd).
+    let t1 = std::time::Instant::now();
+    let artifact = base
+        .manifest
+        .artifact("pg_basebackup_tar")
+        .ok_or_else(|| Error::Integrity {
+            artifact: base.manifest.id.to_string(),
+            message: "the manifest lists no base.tar".into(),
+        })?;
+    let tar = dd.join(".drctl-base.tar");
+    super::fetch::to_file(
+        &g.repo,
+        &g.job,
+        &base.manifest.id,
+        artifact,
+        &tar,
+        None,
+        keys,
+    )
+    .await?;
+    let (tar2, dd2) = (tar.clone(), dd.clone());
+    let extracted = tokio::task::spawn_blocking(move || extract(&tar2, &dd2)).await;
+    let _ = std::fs::remove_file(&tar);
+    extracted.map_err(|e| Error::task("extracting the base backup", e))??;
+    let base_seconds = t1.elapsed().as_secs_f64();
+
+    // 2. The WAL, verified, several at once; histories too.
+    let t2 = std::time::Instant::now();
+    let spool = dd.join("drctl_wal");
+    crate::base::private_fs::dir_all(&spool)
+        .map_err(|e| Error::io(format!("creating {}", spool.display()), e))?;
+    let mut names: Vec<(String, String)> = choice
+        .segments
+        .iter()
+        .map(|n| (stored_name(&g.archive, n), n.clone()))
+        .collect();
+    names.extend(
+        g.archive
+            .files
+            .keys()
+            .filter(|n| matches!(wal::classify(n), Some(WalName::History(_))))
+            .map(|n| (n.clone(), n.clone())),
+    );
+    fetch_all(cfg, g, req, &names, &spool).await?;
+    let wal_seconds = t2.elapsed().as_secs_f64();
+
+    // 3. Recovery.
+    let t3 = std::time::Instant::now();
+    let auto = dd.join("postgresql.auto.conf");
+    let original = std::fs::read_to_string(&auto).unwrap_or_default();
+    let original = without_block(&original);
+    write_settings(&auto, &original, req.target, true)?;
+    std::fs::write(dd.join("recovery.signal"), b"")
+        .map_err(|e| Error::io("writing recovery.signal", e))?;
+    // A postmaster.pid from the source never comes with pg_basebackup, but
+    // a stale one would keep the server from starting.
+    let _ = std::fs::remove_file(dd.join("postmaster.pid"));
+    give_to_postgres(dd)?;
+    let lines = recover_to_target(cfg, g, req, choice, tools, (&auto, &original)).await?;
+    let recovery_seconds = t3.elapsed().as_secs_f64();
+    std::fs::write(&auto, original.as_bytes())
+        .map_err(|e| Error::io(format!("writing {}", auto.display()), e))?;
+    let _ = std::fs::remove_dir_all(&spool);
+    let _ = std::fs::remove_file(dd.join("recovery.signal"));
+    let timeline = controldata(tools, dd)
+        .await
+        .ok()
+        .and_then(|c| field(&c, "Latest checkpoint's TimeLineID")?.parse().ok());
+    Ok(PitrReport {
+        plan: plan.clone(),
+        recovery: lines,
+        timeline,
+        base_seconds,
+        wal_seconds,
+        recovery_seconds,
+        total_seconds: 0.0,
+    })
+}
+
+/// Run PostgreSQL's recovery to the target; when it ends before the
+/// target (archiving lagged, so the first record past it lies further on),
+/// fetch the next stored segments and resume; when the whole archive
+/// replayed without passing the target, recover to its end, which is the
+/// state at the target.
+async fn recover_to_target(
+    cfg: &LoadedConfig,
+    g: &Gathered,
+    req: &PitrRequest,
+    choice: &Choice,
+    tools: &PgTools,
+    (auto, original): (&Path, &str),
+) -> Result<Vec<String>> {
+    let dd = &req.datadir;
+    let spool = dd.join("drctl_wal");
+    let log = dd.join("drctl_recovery.log");
+    let mut recovery = recover(tools, dd, &log).await;
+    let mut more = choice.more.iter();
+    while ended_early(&recovery) {
+        let batch: Vec<(String, String)> = more
+            .by_ref()
+            .take(4)
+            .map(|n| (stored_name(&g.archive, n), n.clone()))
+            .collect();
+        if batch.is_empty() {
+            break;
+        }
+        tracing::info!(
+            files = batch.len(),
+            "recovery has not reached the target yet; fetching the next WAL files"
+        );
+        fetch_all(cfg, g, req, &batch, &spool).await?;
+        std::fs::write(dd.join("recovery.signal"), b"")
+            .map_err(|e| Error::io("writing recovery.signal", e))?;
+        give_to_postgres(&spool)?;
+        recovery = recover(tools, dd, &log).await;
+    }
+    if ended_early(&recovery) {
+        // The whole archive replayed and no record past the target: the
+        // end of the archive is the state at the target. Recover to it
+        // without the target.
+        tracing::warn!("the target lies after the last archived transaction; recovering to the end of the archive, which is the state at the target");
+        write_settings(auto, original, req.target, false)?;
+        give_to_postgres(dd)?;
+        recovery = recover(tools, dd, &log).await;
+    }
+    recovery
+}
+
+/// The stored name of segment `n`: itself, or its `.partial`.
+fn stored_name(a: &archive::Archive, n: &str) -> String {
+    if a.has(n) {
+        n.to_owned()
+    } else {
+        format!("{n}.partial")
+    }
+}
+
+/// Whether recovery stopped at the end of the WAL it had, before the target.
+fn ended_early(r: &Result<Vec<String>>) -> bool {
+    matches!(r, Err(Error::Other(m)) if m.contains("recovery ended before configured recovery target was reached"))
+}
+
+fn write_settings(auto: &Path, original: &str, target: Target, with_target: bool) -> Result<()> {
+    let text = format!("{original}{}", recovery_settings(target, with_target));
+    std::fs::write(auto, text).map_err(|e| Error::io(format!("writing {}", auto.display()), e))
+}
+
+async fn fetch_all(
+    cfg: &LoadedConfig,
+    g: &Gathered,
+    req: &PitrRequest,
+    names: &[(String, String)],
+    spool: &Path,
+) -> Result<()> {
+    use futures::StreamExt;
+    let (_, jc, _) = archive::physical_job(cfg, req.job.as_deref())?;
+    let mut recs = Vec::new();
+    for (stored, as_name) in names {
+        recs.push((
+            archive::read_record(&g.repo, &g.job, stored).await?,
+            as_name,
+        ));
+    }
+    let wanted: Vec<&str> = recs
+        .iter()
+        .flat_map(|(r, _)| r.encryption_recipients.iter().map(String::as_str))
+        .collect();
+    let keys =
+        crate::services::keys::for_recipients(cfg, jc, "the WAL", wanted, req.identity.as_deref())?;
+    let results: Vec<Result<()>> = futures::stream::iter(recs.iter())
+        .map(|(r, as_name)| {
+            let dest = spool.join(as_name.as_str());
+            let keys = keys.clone();
+            async move { archive::fetch(&g.repo, &g.job, r, &dest, &keys).await }
+        })
+        .buffer_unordered(req.parallel.max(1))
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Start the server on `dd` (no TCP, no socket: nobody connects during
+/// recovery) and wait until it is promoted, then stop it cleanly. Returns
+/// PostgreSQL's lines about where recovery stopped.
+async fn recover(tools: &PgTools, dd: &Path, log: &Path) -> Result<Vec<String>> {
+    let _ = std::fs::remove_file(log);
+    // Nobody connects during recovery, but the server needs one socket: a
+    // Unix socket in a private directory (short: socket paths are limited
+    // to 107 bytes), no TCP.
+    let sockets = tempfile::Builder::new()
+        .prefix("drctl-pitr-")
+        .tempdir()
+        .map_err(|e| Error::io("creating a socket directory", e))?;
+    give_to_postgres(sockets.path())?;
+    let opts = format!(
+        "-c listen_addresses= -c unix_socket_directories={} -c archive_mode=off",
+        sockets.path().display()
+    );
+    let mut start = server_tool(tools, "pg_ctl");
+    start
+        .args(["start", "-W", "-D"])
+        .arg(dd)
+        .arg("-l")
+        .arg(log)
+        .args(["-o", &opts]);
+    server::run(start, "pg_ctl start").await?;
+    let pid_file = dd.join("postmaster.pid");
+    let signal = dd.join("recovery.signal");
+    let started = std::time::Instant::now();
+    let mut seen_pid = false;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let running = pid_file.exists();
+        seen_pid |= running;
+        if running && !signal.exists() {
+            // PostgreSQL removes recovery.signal when archive recovery
+            // ends; promoted once pg_control says so.
+            let state = controldata(tools, dd)
+                .await
+                .ok()
+                .and_then(|c| field(&c, "Database cluster state").map(str::to_owned))
+                .unwrap_or_default();
+            if state == "in production" {
+                break;
+            }
+        }
+        if !running && (seen_pid || started.elapsed() > std::time::Duration::from_secs(30)) {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let fatal: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("FATAL") || l.contains("PANIC"))
+                .collect();
+            return Err(Error::Other(format!(
+                "PostgreSQL stopped during recovery: {}",
+                if fatal.is_empty() {
+                    text.lines().last().unwrap_or("no log").to_owned()
+                } else {
+                    fatal.join("; ")
+                }
+            )));
+        }
+    }
+    let mut stop = server_tool(tools, "pg_ctl");
+    stop.args(["stop", "-m", "fast", "-w", "-t", "300", "-D"])
+        .arg(dd);
+    server::run(stop, "pg_ctl stop").await?;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.contains("recovery stopping")
+                || l.contains("last completed transaction")
+                || l.contains("selected new timeline")
+                || l.contains("archive recovery complete")
+                || l.contains("consistent recovery state")
+        })
+        .map(|l| l.split_once("LOG:").map_or(l, |(_, m)| m).trim().to_owned())
+        .collect())
+}
+
+async fn controldata(tools: &PgTools, dd: &Path) -> Result<String> {
+    let mut c = server_tool(tools, "pg_controldata");
+    c.arg("-D").arg(dd);
+    server::run(c, "pg_controldata").await
+}
+
+/// `Name:   value` of `pg_controldata`'s output.
+fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
+}
+
+/// Extract the base tar into `dd`: every entry checked first (nothing
+/// outside `dd`, no device), then unpacked with its modes.
+fn extract(tar_path: &Path, dd: &Path) -> Result<()> {
+    let open = || {
+        std::fs::File::open(tar_path)
+            .map_err(|e| Error::io(format!("opening {}", tar_path.display()), e))
+    };
+    match super::files::check_archive(std::io::BufReader::new(open()?)) {
+        Ok(Ok(_)) => {}
+        Ok(Err(why)) => {
+            return Err(Error::Integrity {
+                artifact: "base.tar".into(),
+                message: format!("holds an entry that cannot be restored safely: {why}"),
+            })
+        }
+        Err(e) => return Err(Error::io("reading the base backup", e)),
+    }
+    let mut a = tar::Archive::new(std::io::BufReader::new(open()?));
+    a.set_preserve_permissions(true);
+    a.set_mask(0o7000);
+    for entry in a
+        .entries()
+        .map_err(|e| Error::io("reading the base backup", e))?
+    {
+        let mut entry = entry.map_err(|e| Error::io("reading the base backup", e))?;
+        match entry.unpack_in(dd) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Error::Integrity {
+                    artifact: "base.tar".into(),
+                    message: "an entry would land outside the data directory".into(),
+                })
+            }
+            Err(e) => return Err(Error::io("extracting the base backup", e)),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::manifest::PhysicalSource;
+    use std::collections::BTreeMap;
+
+    const MB16: u64 = wal::DEFAULT_SEGMENT_BYTES;
+
+    fn at(min: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + min * 60, 0).unwrap()
+    }
+
+    fn base(finished_min: i64, start_seg: u64, tli: u32) -> Base {
+        let m = Manifest {
+            format: 1,
+            id: crate::base::ids::BackupId::new(at(finished_min - 1), "h"),
+            job: JobName::parse("db").unwrap(),
+            kind: "postgres_physical".into(),
+            host: "h".into(),
+            started_at: at(finished_min - 1),
+            finished_at: at(finished_min),
+            drctl_version: "x".into(),
+            source: None,
+            redis: None,
+            physical: None,
+            artifacts: vec![],
+            tables: vec![],
+            label: None,
+            keep_until: None,
+        };
+        Base {
+            manifest: m,
+            physical: PhysicalSource {
+                engine: "postgresql".into(),
+                server_version: "15".into(),
+                server_version_num: 150000,
+                system_identifier: "1".into(),
+                timeline: tli,
+                start_lsn: Lsn(start_seg * MB16 + 0x28),
+                stop_lsn: Lsn(start_seg * MB16 + 0x100),
+                wal_segment_bytes: MB16,
+                tool_version: "x".into(),
+                wal_method: "fetch".into(),
+            },
+        }
+    }
+
+    fn seg(tli: u32, n: u64) -> String {
+        Segment { tli, segno: n }.name(MB16)
+    }
+
+    fn stored(list: &[(String, i64)]) -> BTreeMap<String, DateTime<Utc>> {
+        list.iter().map(|(n, m)| (n.clone(), at(*m))).collect()
+    }
+
+    #[test]
+    fn the_newest_base_before_the_target_and_the_wal_up_to_the_first_segment_past_it() {
+        let bases = [base(10, 2, 1), base(20, 5, 1)];
+        let s = stored(
+            &(2..=9)
+                .map(|i| (seg(1, i), 5 + i as i64 * 3))
+                .collect::<Vec<_>>(),
+        );
+        // Segment i is stored at minute 5 + 3i: 2→11, 3→14, 4→17, 5→20, 6→23.
+        let c = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(15))).unwrap();
+        assert_eq!(c.base, 0);
+        assert_eq!(c.segments, [seg(1, 2), seg(1, 3), seg(1, 4)]);
+        // Archiving can lag: the rest of the chain is there to fetch if
+        // recovery ends before the target.
+        assert_eq!(c.more, (5..=9).map(|i| seg(1, i)).collect::<Vec<_>>());
+        let c = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(22))).unwrap();
+        assert_eq!(c.base, 1);
+        assert_eq!(c.segments, [seg(1, 5), seg(1, 6)]);
+        let c = choose(&bases, &s, &BTreeMap::new(), Target::Latest).unwrap();
+        assert_eq!(c.segments.last(), Some(&seg(1, 9)));
+        let c = choose(&bases, &s, &BTreeMap::new(), Target::Lsn(Lsn(7 * MB16 + 5))).unwrap();
+        assert_eq!(c.segments, [seg(1, 5), seg(1, 6), seg(1, 7)]);
+    }
+
+    #[test]
+    fn targets_outside_the_archive_and_gaps_are_refused_by_name() {
+        let bases = [base(10, 2, 1)];
+        let mut s = stored(
+            &(2..=6)
+                .map(|i| (seg(1, i), 5 + i as i64 * 3))
+                .collect::<Vec<_>>(),
+        );
+        let e = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(5))).unwrap_err();
+        assert!(e.contains("before the oldest base backup"), "{e}");
+        let e = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(60))).unwrap_err();
+        assert!(e.contains("after the end of the archived WAL"), "{e}");
+        let e = choose(&bases, &s, &BTreeMap::new(), Target::Lsn(Lsn(9 * MB16))).unwrap_err();
+        assert!(e.contains("past the end"), "{e}");
+        s.remove(&seg(1, 4));
+        let e = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(20))).unwrap_err();
+        assert!(e.contains(&format!("WAL gap: {}", seg(1, 4))), "{e}");
+        // Before the gap is fine.
+        let c = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(13))).unwrap();
+        assert!(
+            c.more.is_empty(),
+            "the chain stops at the gap: {:?}",
+            c.more
+        );
+        // The newest segment stored only as .partial counts.
+        let mut s = stored(&[(seg(1, 2), 11), (format!("{}.partial", seg(1, 3)), 14)]);
+        let c = choose(&bases, &s, &BTreeMap::new(), Target::Latest).unwrap();
+        assert_eq!(c.segments, [seg(1, 2), seg(1, 3)]);
+        s.clear();
+        assert!(choose(&bases, &s, &BTreeMap::new(), Target::Latest)
+            .unwrap_err()
+            .contains("no WAL is stored"));
+        assert!(choose(&[], &s, &BTreeMap::new(), Target::Latest)
+            .unwrap_err()
+            .contains("no base backup"));
+    }
+
+    #[test]
+    fn a_later_timeline_branching_after_the_backup_is_followed() {
+        let bases = [base(10, 2, 1)];
+        // Timeline 2 branched off 1 inside segment 4.
+        let mut h = BTreeMap::new();
+        h.insert(2, vec![(1, Lsn(4 * MB16 + 0x500))]);
+        let s = stored(&[
+            (seg(1, 2), 11),
+            (seg(1, 3), 12),
+            (seg(1, 4), 13),
+            (seg(2, 4), 14),
+            (seg(2, 5), 15),
+            ("00000002.history".into(), 14),
+        ]);
+        let c = choose(&bases, &s, &h, Target::Latest).unwrap();
+        assert_eq!(c.target_timeline, 2);
+        assert_eq!(c.segments, [seg(1, 2), seg(1, 3), seg(2, 4), seg(2, 5)]);
+    }
+
+    #[test]
+    fn recovery_settings_are_one_block_removed_whole() {
+        let t = Target::Time(DateTime::from_timestamp(1_800_000_000, 5_000_000).unwrap());
+        let s = recovery_settings(t, true);
+        assert!(
+            s.contains("recovery_target_time = '2027-01-15 08:00:00.005000+00'"),
+            "{s}"
+        );
+        assert!(s.contains("restore_command = 'cp \"drctl_wal/%f\" \"%p\"'"));
+        assert!(!recovery_settings(t, false).contains("recovery_target_time ="));
+        let conf = format!("# by ALTER SYSTEM\nwork_mem = '8MB'\n{s}");
+        assert_eq!(
+            without_block(&conf),
+            "# by ALTER SYSTEM\nwork_mem = '8MB'\n"
+        );
+        assert!(recovery_settings(Target::Lsn(Lsn(0x3000060)), true)
+            .contains("recovery_target_lsn = '0/3000060'"));
+    }
+}

@@ -1,0 +1,554 @@
+//! Point-in-time recovery with a real cluster archiving through `drctl wal
+//! push` (archive_command) into the loopback S3 server, encrypted: base
+//! backups with pg_basebackup, restores to a time and to the end of the
+//! archive into fresh data directories started by the test, a deleted WAL
+//! segment refusing the restore by name, and the archive_command contract
+//! (idempotent, refusing different content, a SIGKILLed push retried).
+// One scenario told in order: each step depends on the archive the earlier
+// ones built.
+#![allow(clippy::too_many_lines)]
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// `program args`, as `postgres` when we are root.
+fn as_pg(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// A cluster of the test's own, archiving with `archive_command`.
+struct Cluster {
+    data: PathBuf,
+    port: u16,
+}
+
+impl Cluster {
+    fn init(dir: &Path) -> PathBuf {
+        let data = dir.join("data");
+        let pw = dir.join("pw");
+        std::fs::write(&pw, PG_PASSWORD).unwrap();
+        if is_root() {
+            assert!(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir)
+                .status()
+                .unwrap()
+                .success());
+        }
+        let out = as_pg(&pg_bin("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=scram-sha-256", "--pwfile"])
+            .arg(&pw)
+            .args(["-E", "UTF8", "--locale=C.UTF-8", "--no-sync"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        data
+    }
+
+    fn start(data: &Path, port: u16, extra: &str) -> Cluster {
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} -c fsync=off -c full_page_writes=on {extra}",
+            data.display()
+        );
+        let log = data.join("test-server.log");
+        let out = as_pg(&pg_bin("pg_ctl"))
+            .args(["start", "-w", "-t", "120", "-D"])
+            .arg(data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-o", &opts])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Cluster {
+            data: data.to_owned(),
+            port,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "postgres://postgres:{PG_PASSWORD}@127.0.0.1:{}/postgres",
+            self.port
+        )
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        let out = Command::new(pg_bin("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.url(),
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Row count and md5 of the sorted rows of the written table.
+    fn fingerprint(&self) -> String {
+        self.psql("SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, '|' ORDER BY x::text)), '') FROM ledger x")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = as_pg(&pg_bin("pg_ctl"))
+            .args(["stop", "-m", "immediate", "-w", "-D"])
+            .arg(&self.data)
+            .output();
+    }
+}
+
+/// A fresh age key pair: (identity file path, recipient).
+fn keypair(dir: &Path) -> (PathBuf, String) {
+    use age::secrecy::ExposeSecret;
+    let id = age::x25519::Identity::generate();
+    let path = dir.join("pitr.key");
+    std::fs::write(&path, format!("{}\n", id.to_string().expose_secret())).unwrap();
+    (path, id.to_public().to_string())
+}
+
+/// Names of the job's committed WAL files in the bucket.
+async fn stored_wal(bucket: &str) -> Vec<String> {
+    let c = s3().client().await;
+    let out = c
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix("db/wal/")
+        .send()
+        .await
+        .unwrap();
+    out.contents()
+        .iter()
+        .filter_map(|o| o.key()?.strip_prefix("db/wal/")?.strip_suffix(".json"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Wait until the segment the cluster is writing now is archived: switch
+/// to a new one and wait for the old one's record.
+async fn archive_now(c: &Cluster, bucket: &str) {
+    let seg = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    c.psql("SELECT pg_switch_wal()");
+    for _ in 0..300 {
+        if stored_wal(bucket).await.contains(&seg) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{seg} was not archived; server log: {}",
+        std::fs::read_to_string(c.data.join("test-server.log")).unwrap_or_default()
+    );
+}
+
+/// Start a restored data directory on a free port and read its fingerprint.
+fn fingerprint_of(data: &Path) -> (String, String) {
+    let c = Cluster::start(data, free_port(), "-c archive_mode=off");
+    let fp = c.fingerprint();
+    let ro = c.psql("SELECT pg_is_in_recovery()");
+    (fp, ro)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_is_refused_by_name()
+{
+    let root = scratch_dir("drctl-pitr-");
+    let bucket = s3().create_bucket().await;
+    let keys = scratch_dir("drctl-pitr-keys-");
+    let (identity, recipient) = keypair(&keys);
+    let mut w = World::new(&format!(
+        "[repositories.s3]\ntype = \"s3\"\nbucket = \"{bucket}\"\nendpoint = \"{}\"\npath_style = true\nencryption = {{ recipients = [\"{recipient}\"] }}\n\
+         [jobs.db]\ntype = \"postgres_physical\"\nurl_env = \"PHYS_URL\"\nrepository = \"s3\"\nrpo = \"1h\"\n",
+        s3().endpoint
+    ));
+    // archive_command runs as the server's user with the server's
+    // environment: a script gives it the test's S3 credentials.
+    let script = w.dir.join("archive.sh");
+    let mut env_lines = String::new();
+    for (k, v) in &w.env {
+        env_lines.push_str(&format!("export {k}='{v}'\n"));
+    }
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n{env_lines}exec {} -c {} wal push --job db \"$1\"\n",
+            env!("CARGO_BIN_EXE_drctl"),
+            w.config.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let data = Cluster::init(&root);
+    let port = free_port();
+    let c = Cluster::start(
+        &data,
+        port,
+        &format!(
+            "-c wal_level=replica -c archive_mode=on -c archive_command='{} %p'",
+            script.display()
+        ),
+    );
+    w.set_env("PHYS_URL", &c.url());
+    c.psql("CREATE TABLE ledger (id bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp(), note text)");
+    c.psql("INSERT INTO ledger (id, note) SELECT g, 'before the base backup' FROM generate_series(1, 1000) g");
+
+    // A base backup: pg_basebackup's tar, encrypted, with its positions.
+    let r = w.drctl(&["run", "db"]);
+    r.ok();
+    let id = r.stdout.trim().to_owned();
+    let m: serde_json::Value =
+        serde_json::from_str(&w.drctl(&["backups", "db", "--json"]).ok().stdout).unwrap();
+    let listed = m.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{m}");
+    assert_eq!(listed[0]["id"], id.as_str());
+
+    // Writes at known times: T1 between batch A and batch B, T2 between B and C.
+    c.psql("INSERT INTO ledger (id, note) SELECT g, 'batch A' FROM generate_series(1001, 2000) g");
+    archive_now(&c, &bucket).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let t1 = chrono::Utc::now();
+    let f1 = c.fingerprint();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.psql("INSERT INTO ledger (id, note) SELECT g, 'batch B' FROM generate_series(2001, 3000) g");
+    c.psql("UPDATE ledger SET note = 'changed in B' WHERE id <= 100");
+    archive_now(&c, &bucket).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let t2 = chrono::Utc::now();
+    let f2 = c.fingerprint();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.psql("DELETE FROM ledger WHERE id % 3 = 0");
+    c.psql("INSERT INTO ledger (id, note) SELECT g, 'batch C' FROM generate_series(3001, 3500) g");
+    archive_now(&c, &bucket).await;
+    let f_end = c.fingerprint();
+    assert!(f1 != f2 && f2 != f_end);
+
+    // The RPO is the age of the newest WAL stored, not of the base backup.
+    let r = w.drctl(&["rpo", "--json"]);
+    r.ok();
+    let rows: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let row = &rows.as_array().unwrap()[0];
+    assert_eq!(row["compliant"], true, "{row}");
+    assert!(row["age_seconds"].as_f64().unwrap() < 30.0, "{row}");
+    assert_eq!(
+        row["newest_backup"].as_str().unwrap().len(),
+        24,
+        "a WAL segment: {row}"
+    );
+
+    // verify: the base backup's tar walked, the WAL chain whole, each file
+    // decoded.
+    let mut cmd = w.command(&["verify", "--job", "db", "--deep"]);
+    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
+    let r = Run::from(cmd.output().unwrap());
+    r.ok();
+    assert!(r.stdout.contains("ok   db WAL in s3"), "{}", r.stdout);
+
+    // The plan, without touching anything.
+    let d1 = root.join("restored-t1");
+    let at = t1.to_rfc3339();
+    let mut cmd = w.command(&[
+        "restore",
+        "--job",
+        "db",
+        "--at",
+        &at,
+        "--to-datadir",
+        d1.to_str().unwrap(),
+        "--dry-run",
+        "--json",
+    ]);
+    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
+    let r = Run::from(cmd.output().unwrap());
+    r.ok();
+    let plan: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(plan["backup_id"], id.as_str(), "{plan}");
+    assert!(plan["wal_files"].as_u64().unwrap() >= 2, "{plan}");
+    assert!(!d1.exists(), "a dry run creates nothing");
+
+    // To T1: exactly the state at T1.
+    let mut cmd = w.command(&[
+        "restore",
+        "--job",
+        "db",
+        "--at",
+        &at,
+        "--to-datadir",
+        d1.to_str().unwrap(),
+    ]);
+    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
+    let r = Run::from(cmd.output().unwrap());
+    r.ok();
+    assert!(!d1.join("drctl_wal").exists() && !d1.join("recovery.signal").exists());
+    let auto = std::fs::read_to_string(d1.join("postgresql.auto.conf")).unwrap();
+    assert!(!auto.contains("drctl"), "recovery settings removed: {auto}");
+    let (fp, in_recovery) = fingerprint_of(&d1);
+    assert_eq!(fp, f1, "the state at T1: {}", r.stderr);
+    assert_eq!(in_recovery, "f", "promoted");
+
+    // To T2 with the other spelling of a time.
+    let d2 = root.join("restored-t2");
+    let at2 = t2.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+    let mut cmd = w.command(&[
+        "restore",
+        "--job",
+        "db",
+        "--at",
+        &at2,
+        "--to-datadir",
+        d2.to_str().unwrap(),
+    ]);
+    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
+    Run::from(cmd.output().unwrap()).ok();
+    assert_eq!(fingerprint_of(&d2).0, f2);
+
+    // --latest: the end of the archive, which is the final state.
+    let d3 = root.join("restored-latest");
+    let mut cmd = w.command(&[
+        "restore",
+        "--job",
+        "db",
+        "--latest",
+        "--to-datadir",
+        d3.to_str().unwrap(),
+    ]);
+    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
+    Run::from(cmd.output().unwrap()).ok();
+    assert_eq!(fingerprint_of(&d3).0, f_end);
+
+    // A non-empty data directory is refused, untouched.
+    let mut cmd = w.command(&[
+        "restore",
+        "--job",
+        "db",
+        "--latest",
+        "--to-datadir",
+        d3.to_str().unwrap(),
+    ]);
+    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
+    let r = Run::from(cmd.output().unwrap());
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains("not empty"), "{}", r.stderr);
+
+    // A target past the archive is refused before anything is written.
+    let d4 = root.join("restored-future");
+    let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let mut cmd = w.command(&[
+        "restore",
+        "--job",
+        "db",
+        "--at",
+        &future,
+        "--to-datadir",
+        d4.to_str().unwrap(),
+    ]);
+    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
+    let r = Run::from(cmd.output().unwrap());
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("after the end of the archived WAL"),
+        "{}",
+        r.stderr
+    );
+    assert!(!d4.exists());
+
+    // The archive_command contract: the same file again is a no-op; other
+    // content under a stored name is refused (exit 3), nothing overwritten.
+    let stored = stored_wal(&bucket).await;
+    let seg = stored
+        .iter()
+        .filter(|n| n.len() == 24)
+        .max()
+        .unwrap()
+        .clone();
+    let spot = scratch_dir("drctl-pitr-push-");
+    let copy = spot.join(&seg);
+    let mut cmd = w.command(&["wal", "fetch", "--job", "db", &seg, copy.to_str().unwrap()]);
+    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
+    Run::from(cmd.output().unwrap()).ok();
+    assert_eq!(std::fs::metadata(&copy).unwrap().len(), 16 << 20);
+    w.drctl(&["wal", "push", "--job", "db", copy.to_str().unwrap()])
+        .ok();
+    let mut bytes = std::fs::read(&copy).unwrap();
+    bytes[4096] ^= 0xff;
+    std::fs::write(&copy, &bytes).unwrap();
+    let r = w.drctl(&["wal", "push", "--job", "db", copy.to_str().unwrap()]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("different content"), "{}", r.stderr);
+    let again = spot.join("again");
+    std::fs::create_dir_all(&again).unwrap();
+    let mut cmd = w.command(&[
+        "wal",
+        "fetch",
+        "--job",
+        "db",
+        &seg,
+        again.join(&seg).to_str().unwrap(),
+    ]);
+    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
+    Run::from(cmd.output().unwrap()).ok();
+    assert_ne!(
+        std::fs::read(again.join(&seg)).unwrap(),
+        bytes,
+        "the stored file is the original"
+    );
+    // A file that is not stored: exit 5, nothing written.
+    let r = w.drctl(&[
+        "wal",
+        "fetch",
+        "--job",
+        "db",
+        "0000000100000000000000FE",
+        spot.join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(!spot.join("x").exists());
+    // A name that is not a WAL file: a usage error.
+    let r = w.drctl(&["wal", "push", "--job", "db", "/etc/passwd"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+
+    // A segment deleted from the repository: restores across it are refused
+    // naming it, `wal list` shows the gap, and one before it still works.
+    let segs: Vec<String> = {
+        let mut s: Vec<String> = stored_wal(&bucket)
+            .await
+            .into_iter()
+            .filter(|n| n.len() == 24)
+            .collect();
+        s.sort();
+        s
+    };
+    // The segment holding batch B's records: archived after T1, before T2.
+    let victim = segs[segs.len() - 2].clone();
+    let client = s3().client().await;
+    client
+        .delete_object()
+        .bucket(&bucket)
+        .key(format!("db/wal/{victim}.json"))
+        .send()
+        .await
+        .unwrap();
+    let d5 = root.join("restored-gap");
+    let mut cmd = w.command(&[
+        "restore",
+        "--job",
+        "db",
+        "--latest",
+        "--to-datadir",
+        d5.to_str().unwrap(),
+    ]);
+    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
+    let r = Run::from(cmd.output().unwrap());
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("WAL gap: {victim}")),
+        "{}",
+        r.stderr
+    );
+    assert!(!d5.exists(), "refused before anything was written");
+    let r = w.drctl(&["wal", "list", "--job", "db", "--json"]);
+    r.ok();
+    let list: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(list["gaps"], serde_json::json!([victim]), "{list}");
+    // The daemon sees the gap at once (critical wal_gap:db) ...
+    {
+        let _d = Daemon::start(&w);
+        wait_until(
+            Duration::from_secs(30),
+            "the daemon's wal_gap alert",
+            || active_alerts(&w).contains(&"wal_gap:db".to_string()),
+        );
+    }
+    // ... and verify fails on it (exit 3).
+    let r = w.drctl(&["verify", "--job", "db"]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(
+        r.stdout.contains(&format!("FAIL missing {victim}")),
+        "{}",
+        r.stdout
+    );
+    assert!(active_alerts(&w).contains(&"wal_gap:db".to_string()));
+
+    // A push SIGKILLed between its upload and its record stores nothing;
+    // PostgreSQL's retry stores the file once.
+    let name = "000000010000000000000001.00000028.backup";
+    let file = spot.join(name);
+    std::fs::write(&file, b"START WAL LOCATION: 0/1000028\n").unwrap();
+    let mut cmd = w.command(&["wal", "push", "--job", "db", file.to_str().unwrap()]);
+    cmd.env("DRCTL_FAULT_PAUSE", "wal.push.uploaded")
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0,
+            "push ended early"
+        );
+        if line.contains("fault point wal.push.uploaded") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !stored_wal(&bucket).await.contains(&name.to_string()),
+        "no record, not stored"
+    );
+    w.drctl(&["wal", "push", "--job", "db", file.to_str().unwrap()])
+        .ok();
+    w.drctl(&["wal", "push", "--job", "db", file.to_str().unwrap()])
+        .ok();
+    let records = stored_wal(&bucket)
+        .await
+        .iter()
+        .filter(|n| n.as_str() == name)
+        .count();
+    assert_eq!(records, 1);
+    let back = spot.join("back.backup");
+    let mut cmd = w.command(&["wal", "fetch", "--job", "db", name, back.to_str().unwrap()]);
+    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
+    Run::from(cmd.output().unwrap()).ok();
+    assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&file).unwrap());
+    drop(c);
+}

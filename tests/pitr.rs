@@ -186,16 +186,26 @@ fn fingerprint_of(data: &Path) -> (String, String) {
     (fp, ro)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_is_refused_by_name()
-{
+/// A world with one encrypted S3 repository and a physical job `db`
+/// (`extra` keys added), and a cluster archiving into it.
+struct Setup {
+    root: PathBuf,
+    bucket: String,
+    identity: PathBuf,
+    w: World,
+    c: Cluster,
+    /// The `-c` options that make a server archive into the job.
+    archive_command: String,
+}
+
+async fn setup(extra: &str) -> Setup {
     let root = scratch_dir("drctl-pitr-");
     let bucket = s3().create_bucket().await;
     let keys = scratch_dir("drctl-pitr-keys-");
     let (identity, recipient) = keypair(&keys);
     let mut w = World::new(&format!(
         "[repositories.s3]\ntype = \"s3\"\nbucket = \"{bucket}\"\nendpoint = \"{}\"\npath_style = true\nencryption = {{ recipients = [\"{recipient}\"] }}\n\
-         [jobs.db]\ntype = \"postgres_physical\"\nurl_env = \"PHYS_URL\"\nrepository = \"s3\"\nrpo = \"1h\"\n",
+         [jobs.db]\ntype = \"postgres_physical\"\nurl_env = \"PHYS_URL\"\nrepository = \"s3\"\n{extra}",
         s3().endpoint
     ));
     // archive_command runs as the server's user with the server's
@@ -218,17 +228,36 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    let data = Cluster::init(&root);
-    let port = free_port();
-    let c = Cluster::start(
-        &data,
-        port,
-        &format!(
-            "-c wal_level=replica -c archive_mode=on -c archive_command='{} %p'",
-            script.display()
-        ),
+    let archive_command = format!(
+        "-c wal_level=replica -c archive_mode=on -c archive_command='{} %p'",
+        script.display()
     );
+    let data = Cluster::init(&root);
+    let c = Cluster::start(&data, free_port(), &archive_command);
     w.set_env("PHYS_URL", &c.url());
+    w.set_env("DRCTL_AGE_IDENTITY_FILE", identity.to_str().unwrap());
+    Setup {
+        root,
+        bucket,
+        identity,
+        w,
+        c,
+        archive_command,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_is_refused_by_name()
+{
+    let Setup {
+        root,
+        bucket,
+        identity,
+        w,
+        c,
+        archive_command,
+    } = setup("rpo = \"1h\"\n").await;
+    let _ = archive_command;
     c.psql("CREATE TABLE ledger (id bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp(), note text)");
     c.psql("INSERT INTO ledger (id, note) SELECT g, 'before the base backup' FROM generate_series(1, 1000) g");
 
@@ -551,4 +580,257 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
     Run::from(cmd.output().unwrap()).ok();
     assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&file).unwrap());
     drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_prunes_wal_only_below_the_oldest_kept_base_backup_and_restores_follow_a_new_timeline(
+) {
+    let Setup {
+        root,
+        bucket,
+        w,
+        c,
+        archive_command,
+        ..
+    } = setup("retention = { keep_last = 2 }\n").await;
+    c.psql("CREATE TABLE ledger (id bigint PRIMARY KEY, note text)");
+    c.psql("INSERT INTO ledger SELECT g, 'first' FROM generate_series(1, 500) g");
+    w.drctl(&["run", "db"]).ok();
+    c.psql("INSERT INTO ledger SELECT g, 'between' FROM generate_series(501, 1000) g");
+    archive_now(&c, &bucket).await;
+    let before_second = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.psql("SELECT pg_switch_wal()");
+    let second = w.drctl(&["run", "db"]);
+    second.ok();
+    let second_id = second.stdout.trim().to_owned();
+    let m = {
+        let c3 = s3().client().await;
+        let o = c3
+            .get_object()
+            .bucket(&bucket)
+            .key(format!("db/{second_id}/manifest.json"))
+            .send()
+            .await
+            .unwrap();
+        let b = o.body.collect().await.unwrap().into_bytes();
+        serde_json::from_slice::<serde_json::Value>(&b).unwrap()
+    };
+    let start_seg = {
+        let lsn = m["physical"]["start_lsn"].as_str().unwrap();
+        let (hi, lo) = lsn.split_once('/').unwrap();
+        let l = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+        format!("00000001{:08X}{:08X}", (l >> 24) >> 8, (l >> 24) & 0xFF)
+    };
+    c.psql("INSERT INTO ledger SELECT g, 'after' FROM generate_series(1001, 1500) g");
+    archive_now(&c, &bucket).await;
+    // Retention runs after each backup: with two kept, nothing went yet.
+    // Keep one from now on.
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    std::fs::write(&w.config, text.replace("keep_last = 2", "keep_last = 1")).unwrap();
+    let below: Vec<String> = stored_wal(&bucket)
+        .await
+        .into_iter()
+        .filter(|n| !n.ends_with(".history") && n[..24] < *start_seg.as_str())
+        .collect();
+    assert!(
+        !below.is_empty(),
+        "WAL older than the second base backup is stored: {start_seg} {:?}",
+        stored_wal(&bucket).await
+    );
+
+    // Dry run: the plan, nothing deleted.
+    let r = w.drctl(&["prune", "--job", "db", "--dry-run"]);
+    r.ok();
+    assert!(
+        r.stdout
+            .contains(&format!("WAL: {} file(s) before", below.len())),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        stored_wal(&bucket)
+            .await
+            .iter()
+            .filter(|n| below.contains(n))
+            .count(),
+        below.len()
+    );
+    let r = w.drctl(&["prune", "--job", "db"]);
+    r.ok();
+    let left = stored_wal(&bucket).await;
+    assert!(left.iter().all(|n| !below.contains(n)), "{left:?}");
+    assert!(
+        left.contains(&start_seg),
+        "the kept base backup's WAL stays: {left:?}"
+    );
+    // No object of a pruned file is left behind.
+    let objects: Vec<String> = s3()
+        .client()
+        .await
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("db/wal/")
+        .send()
+        .await
+        .unwrap()
+        .contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_owned))
+        .collect();
+    for b in &below {
+        assert!(
+            !objects
+                .iter()
+                .any(|k| k.starts_with(&format!("db/wal/{b}."))),
+            "{b}: {objects:?}"
+        );
+    }
+    // Before the oldest base backup kept: refused by name.
+    let d0 = root.join("too-early");
+    let r = w.drctl(&[
+        "restore",
+        "--job",
+        "db",
+        "--at",
+        &before_second.to_rfc3339(),
+        "--to-datadir",
+        d0.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert!(
+        r.stderr.contains("before the oldest base backup"),
+        "{}",
+        r.stderr
+    );
+
+    // Restore the end of the archive, stop the old cluster, and run the
+    // restored one as the new primary, archiving into the same job: a new
+    // timeline.
+    let d1 = root.join("new-primary");
+    w.drctl(&[
+        "restore",
+        "--job",
+        "db",
+        "--latest",
+        "--to-datadir",
+        d1.to_str().unwrap(),
+    ])
+    .ok();
+    drop(c);
+    let p = Cluster::start(&d1, free_port(), &archive_command);
+    assert_eq!(p.psql("SELECT count(*) FROM ledger"), "1500");
+    p.psql("INSERT INTO ledger SELECT g, 'on the new timeline' FROM generate_series(1501, 1700) g");
+    archive_now(&p, &bucket).await;
+    assert!(stored_wal(&bucket)
+        .await
+        .contains(&"00000002.history".to_string()));
+    let f = p.fingerprint();
+    drop(p);
+
+    // A restore now follows timeline 2 to its end.
+    let d2 = root.join("on-timeline-2");
+    let r = w.drctl(&[
+        "restore",
+        "--job",
+        "db",
+        "--latest",
+        "--to-datadir",
+        d2.to_str().unwrap(),
+        "--json",
+    ]);
+    r.ok();
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["plan"]["target_timeline"], 2, "{report}");
+    assert_eq!(
+        report["timeline"], 3,
+        "promoted onto a timeline of its own: {report}"
+    );
+    assert_eq!(fingerprint_of(&d2).0, f);
+}
+
+/// The README's "Point-in-time recovery by hand", run as written (the
+/// bucket, key and time substituted): `aws`, `age`, `zstd`, `tar` and
+/// PostgreSQL's recovery, no drctl.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_point_in_time_is_recovered_with_standard_tools_only() {
+    let Setup {
+        root,
+        bucket,
+        identity,
+        w,
+        c,
+        ..
+    } = setup("").await;
+    c.psql("CREATE TABLE ledger (id bigint PRIMARY KEY, note text)");
+    c.psql("INSERT INTO ledger SELECT g, 'base' FROM generate_series(1, 300) g");
+    let id = w.drctl(&["run", "db"]).ok().stdout.trim().to_owned();
+    c.psql("INSERT INTO ledger SELECT g, 'before the target' FROM generate_series(301, 600) g");
+    archive_now(&c, &bucket).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let at = chrono::Utc::now();
+    let want = c.fingerprint();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.psql("DELETE FROM ledger WHERE id > 100");
+    archive_now(&c, &bucket).await;
+    drop(c);
+
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("Point-in-time recovery by hand")
+        .nth(1)
+        .expect("the README's section");
+    let script = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("its shell block");
+    assert!(
+        script.trim_end().ends_with("pg_ctl start -D restored"),
+        "{script}"
+    );
+    let script = script
+        .replace(
+            "s3://acme-backups/db1/appdb-pitr",
+            &format!("s3://{bucket}/db"),
+        )
+        .replace("~/drctl-vault.key", identity.to_str().unwrap())
+        .replace(
+            "2026-12-01 03:14:00+00",
+            &at.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+        )
+        .replace("pg_ctl start -D restored", "");
+    let work = root.join("by-hand");
+    std::fs::create_dir_all(&work).unwrap();
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c"])
+        .arg(format!(
+            "aws() {{ command aws --endpoint-url {} --region us-east-1 \"$@\"; }}\nID={id}\n{script}",
+            s3().endpoint
+        ))
+        .current_dir(&work)
+        .envs(w.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let restored = work.join("restored");
+    if is_root() {
+        assert!(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&restored)
+            .status()
+            .unwrap()
+            .success());
+    }
+    let r = Cluster::start(&restored, free_port(), "-c archive_mode=off");
+    wait_until(Duration::from_secs(60), "the recovery to promote", || {
+        r.psql("SELECT pg_is_in_recovery()") == "f"
+    });
+    assert_eq!(r.fingerprint(), want);
 }

@@ -63,38 +63,7 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         for r in &reports {
-            let verb = if r.dry_run { "would delete" } else { "deleted" };
-            // The job's own repository keeps the short form scripts know.
-            let own = cfg.job(&r.job).ok().and_then(|(_, j)| j.repository()) == Some(&r.repository);
-            let what = if own {
-                r.job.clone()
-            } else {
-                format!("{} in {}", r.job, r.repository)
-            };
-            println!(
-                "{what}: kept {}, {verb} {} ({}), skipped {}, orphans {}, uploads aborted {}",
-                r.kept.len(),
-                r.deleted.len(),
-                super::human_bytes(r.bytes_freed),
-                r.skipped.len(),
-                r.orphans.len(),
-                r.uploads_aborted.len()
-            );
-            for id in &r.deleted {
-                println!("  {verb} {id}");
-            }
-            for s in &r.skipped {
-                println!("  kept {} ({})", s.id, s.why);
-            }
-            for o in &r.orphans {
-                println!("  orphan {o}");
-            }
-            for n in &r.notes {
-                println!("  note: {n}");
-            }
-            for e in &r.errors {
-                println!("  ERROR {e}");
-            }
+            print_report(cfg, r);
         }
     }
     for (j, e) in &failed {
@@ -113,4 +82,52 @@ pub async fn exec(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         anyhow::bail!("prune finished with {errors} error(s); see above");
     }
     Ok(())
+}
+
+/// One job's prune, for a person.
+fn print_report(cfg: &LoadedConfig, r: &drctl::engine::prune::Report) {
+    let verb = if r.dry_run { "would delete" } else { "deleted" };
+    // The job's own repository keeps the short form scripts know.
+    let own = cfg.job(&r.job).ok().and_then(|(_, j)| j.repository()) == Some(&r.repository);
+    let what = if own {
+        r.job.clone()
+    } else {
+        format!("{} in {}", r.job, r.repository)
+    };
+    println!(
+        "{what}: kept {}, {verb} {} ({}), skipped {}, orphans {}, uploads aborted {}",
+        r.kept.len(),
+        r.deleted.len(),
+        super::human_bytes(r.bytes_freed),
+        r.skipped.len(),
+        r.orphans.len(),
+        r.uploads_aborted.len()
+    );
+    for id in &r.deleted {
+        println!("  {verb} {id}");
+    }
+    for s in &r.skipped {
+        println!("  kept {} ({})", s.id, s.why);
+    }
+    for o in &r.orphans {
+        println!("  orphan {o}");
+    }
+    if let Some(w) = &r.wal {
+        println!(
+            "  WAL: {} file(s) before {} {}",
+            w.files,
+            w.keep_from.as_deref().unwrap_or("-"),
+            if r.dry_run {
+                "would be deleted"
+            } else {
+                "deleted"
+            }
+        );
+    }
+    for n in &r.notes {
+        println!("  note: {n}");
+    }
+    for e in &r.errors {
+        println!("  ERROR {e}");
+    }
 }

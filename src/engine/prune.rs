@@ -89,6 +89,9 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Deletions that failed (the next prune retries them).
     pub errors: Vec<String>,
+    /// A physical job's WAL below its oldest kept base backup, deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wal: Option<crate::engine::wal::WalPruned>,
 }
 
 /// One backup directory of a listing: its objects, its leases, and whether
@@ -375,6 +378,24 @@ pub async fn job_in(
     };
     let plan = plan(&dirs, &keep, &prefix, &uploads, &rules);
     apply(&repo, name, plan, opts.dry_run, &mut report).await;
+    if matches!(jc.kind, crate::config::Kind::PostgresPhysical(_))
+        && jc.repository() == Some(repo_name)
+    {
+        // The backups left: those kept and those protected.
+        let left: Vec<BackupId> = dirs
+            .iter()
+            .filter(|(id, d)| d.manifest && !report.deleted.iter().any(|x| x == id.as_str()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        match crate::engine::wal::prune(&repo, &job_name, &left, opts.dry_run).await {
+            Ok(w) => {
+                report.bytes_freed += w.bytes;
+                report.errors.extend(w.errors.iter().cloned());
+                report.wal = Some(w);
+            }
+            Err(e) => report.errors.push(format!("WAL: {e}")),
+        }
+    }
     Ok(report)
 }
 

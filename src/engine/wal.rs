@@ -746,3 +746,112 @@ pub async fn alert_gaps(
         tracing::error!(job = %c.job, error = %e, "cannot record the WAL alert");
     }
 }
+
+/// Whether `object` (a name under `{job}/wal/`) holds the bytes of WAL
+/// file `name`: `<name>.<8 hex>` and a suffix drctl writes, so another
+/// file's objects (`<name>.partial...`, `<name>.00000028.backup...`) never
+/// match.
+fn object_of(name: &str, object: &str) -> bool {
+    let Some(rest) = object.strip_prefix(name).and_then(|r| r.strip_prefix('.')) else {
+        return false;
+    };
+    let (nonce, suffix) = rest.split_at(rest.len().min(8));
+    nonce.len() == 8
+        && nonce.bytes().all(|b| b.is_ascii_hexdigit())
+        && ["", ".zst", ".gz", ".age", ".zst.age", ".gz.age"].contains(&suffix)
+}
+
+/// What pruning a job's WAL did (or, dry, would do).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WalPruned {
+    /// Where the WAL still needed starts: the oldest kept base backup's start.
+    pub keep_from: Option<String>,
+    /// Files deleted (records and their objects).
+    pub files: usize,
+    /// Bytes deleted.
+    pub bytes: u64,
+    /// Deletions that failed (the next prune retries them).
+    pub errors: Vec<String>,
+}
+
+/// Delete the WAL no kept base backup needs: every segment (and `.partial`,
+/// `.backup`) wholly before the oldest start among `kept` (`wal::prunable`;
+/// history files stay). Without a readable kept base backup nothing is
+/// deleted. Each file's record goes first, then its objects (a file without
+/// a record is not stored, so a prune cut short never leaves a record
+/// naming nothing).
+pub async fn prune(
+    repo: &Repository,
+    job: &JobName,
+    kept: &[crate::base::ids::BackupId],
+    dry_run: bool,
+) -> Result<WalPruned> {
+    let mut oldest: Option<(crate::base::wal::Lsn, u64)> = None;
+    for id in kept {
+        let m = repo.read_manifest(job, id).await?;
+        if let Some(p) = m.physical {
+            if oldest.is_none_or(|(l, _)| p.start_lsn < l) {
+                oldest = Some((p.start_lsn, p.wal_segment_bytes));
+            }
+        }
+    }
+    let Some((from, bytes)) = oldest else {
+        return Ok(WalPruned::default());
+    };
+    let listed = repo.backend().list(&prefix(job)).await?;
+    let archive = list(repo, job).await?;
+    let names: Vec<String> = archive.files.keys().cloned().collect();
+    let mut out = WalPruned {
+        keep_from: Some(from.to_string()),
+        ..WalPruned::default()
+    };
+    for name in crate::base::wal::prunable(&names, from, bytes) {
+        let objects: Vec<&ObjectInfo> = listed
+            .iter()
+            .filter(|o| {
+                o.key
+                    .strip_prefix(&prefix(job))
+                    .is_some_and(|k| object_of(&name, k))
+            })
+            .collect();
+        out.files += 1;
+        out.bytes += objects.iter().map(|o| o.size).sum::<u64>();
+        if dry_run {
+            continue;
+        }
+        if let Err(e) = repo.backend().delete(&record_key(job, &name)).await {
+            out.errors.push(format!("{name}: deleting its record: {e}"));
+            continue;
+        }
+        for o in objects {
+            if let Err(e) = repo.backend().delete(&o.key).await {
+                out.errors
+                    .push(format!("{}: {e} (left as an orphan)", o.key));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_files_objects_are_its_own_only() {
+        let n = "000000010000000000000003";
+        assert!(super::object_of(
+            n,
+            "000000010000000000000003.0a1b2c3d.zst.age"
+        ));
+        assert!(super::object_of(n, "000000010000000000000003.0a1b2c3d"));
+        for other in [
+            "000000010000000000000003.json",
+            "000000010000000000000003.partial.0a1b2c3d.zst",
+            "000000010000000000000003.00000028.backup.0a1b2c3d.zst",
+            "000000010000000000000003.00000028.backup.json",
+            "0000000100000000000000030.0a1b2c3d.zst",
+            "000000010000000000000003.0a1b2c3d.zst.json",
+        ] {
+            assert!(!super::object_of(n, other), "{other}");
+        }
+    }
+}

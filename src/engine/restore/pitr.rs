@@ -637,6 +637,9 @@ async fn restore_into(
         .await
         .ok()
         .and_then(|c| field(&c, "Latest checkpoint's TimeLineID")?.parse().ok());
+    if let Some(tli) = timeline {
+        mark_history_for_archiving(dd, tli)?;
+    }
     Ok(PitrReport {
         plan: plan.clone(),
         recovery: lines,
@@ -695,6 +698,23 @@ async fn recover_to_target(
         recovery = recover(tools, dd, &log).await;
     }
     recovery
+}
+
+/// The promotion wrote the new timeline's history file while archiving
+/// was off (drctl's recovery run never archives), so PostgreSQL did not
+/// mark it: mark it `.ready`, so that whenever this cluster runs with
+/// `archive_command` again it archives the history first, and restores
+/// from the repository can follow the new timeline.
+fn mark_history_for_archiving(dd: &Path, tli: u32) -> Result<()> {
+    let name = format!("{tli:08X}.history");
+    let status = dd.join("pg_wal").join("archive_status");
+    if !dd.join("pg_wal").join(&name).exists() || status.join(format!("{name}.done")).exists() {
+        return Ok(());
+    }
+    let ready = status.join(format!("{name}.ready"));
+    std::fs::write(&ready, b"")
+        .map_err(|e| Error::io(format!("writing {}", ready.display()), e))?;
+    give_to_postgres(&ready)
 }
 
 /// The stored name of segment `n`: itself, or its `.partial`.

@@ -178,6 +178,19 @@ async fn archive_now(c: &Cluster, bucket: &str) {
     );
 }
 
+/// `drctl restore --job db ARGS --to-datadir DIR`.
+fn restore_db(w: &World, args: &[&str], dir: &Path) -> Run {
+    let mut all = vec![
+        "restore",
+        "--job",
+        "db",
+        "--to-datadir",
+        dir.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    w.drctl(&all)
+}
+
 /// Start a restored data directory on a free port and read its fingerprint.
 fn fingerprint_of(data: &Path) -> (String, String) {
     let c = Cluster::start(data, free_port(), "-c archive_mode=off");
@@ -250,14 +263,8 @@ async fn setup(extra: &str) -> Setup {
 async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_is_refused_by_name()
 {
     let Setup {
-        root,
-        bucket,
-        identity,
-        w,
-        c,
-        archive_command,
+        root, bucket, w, c, ..
     } = setup("rpo = \"1h\"\n").await;
-    let _ = archive_command;
     c.psql("CREATE TABLE ledger (id bigint PRIMARY KEY, at timestamptz DEFAULT clock_timestamp(), note text)");
     c.psql("INSERT INTO ledger (id, note) SELECT g, 'before the base backup' FROM generate_series(1, 1000) g");
 
@@ -306,28 +313,14 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
 
     // verify: the base backup's tar walked, the WAL chain whole, each file
     // decoded.
-    let mut cmd = w.command(&["verify", "--job", "db", "--deep"]);
-    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
-    let r = Run::from(cmd.output().unwrap());
+    let r = w.drctl(&["verify", "--job", "db", "--deep"]);
     r.ok();
     assert!(r.stdout.contains("ok   db WAL in s3"), "{}", r.stdout);
 
     // The plan, without touching anything.
     let d1 = root.join("restored-t1");
     let at = t1.to_rfc3339();
-    let mut cmd = w.command(&[
-        "restore",
-        "--job",
-        "db",
-        "--at",
-        &at,
-        "--to-datadir",
-        d1.to_str().unwrap(),
-        "--dry-run",
-        "--json",
-    ]);
-    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
-    let r = Run::from(cmd.output().unwrap());
+    let r = restore_db(&w, &["--at", &at, "--dry-run", "--json"], &d1);
     r.ok();
     let plan: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(plan["backup_id"], id.as_str(), "{plan}");
@@ -335,17 +328,7 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
     assert!(!d1.exists(), "a dry run creates nothing");
 
     // To T1: exactly the state at T1.
-    let mut cmd = w.command(&[
-        "restore",
-        "--job",
-        "db",
-        "--at",
-        &at,
-        "--to-datadir",
-        d1.to_str().unwrap(),
-    ]);
-    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
-    let r = Run::from(cmd.output().unwrap());
+    let r = restore_db(&w, &["--at", &at], &d1);
     r.ok();
     assert!(!d1.join("drctl_wal").exists() && !d1.join("recovery.signal").exists());
     let auto = std::fs::read_to_string(d1.join("postgresql.auto.conf")).unwrap();
@@ -357,61 +340,23 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
     // To T2 with the other spelling of a time.
     let d2 = root.join("restored-t2");
     let at2 = t2.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
-    let mut cmd = w.command(&[
-        "restore",
-        "--job",
-        "db",
-        "--at",
-        &at2,
-        "--to-datadir",
-        d2.to_str().unwrap(),
-    ]);
-    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
-    Run::from(cmd.output().unwrap()).ok();
+    restore_db(&w, &["--at", &at2], &d2).ok();
     assert_eq!(fingerprint_of(&d2).0, f2);
 
     // --latest: the end of the archive, which is the final state.
     let d3 = root.join("restored-latest");
-    let mut cmd = w.command(&[
-        "restore",
-        "--job",
-        "db",
-        "--latest",
-        "--to-datadir",
-        d3.to_str().unwrap(),
-    ]);
-    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
-    Run::from(cmd.output().unwrap()).ok();
+    restore_db(&w, &["--latest"], &d3).ok();
     assert_eq!(fingerprint_of(&d3).0, f_end);
 
     // A non-empty data directory is refused, untouched.
-    let mut cmd = w.command(&[
-        "restore",
-        "--job",
-        "db",
-        "--latest",
-        "--to-datadir",
-        d3.to_str().unwrap(),
-    ]);
-    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
-    let r = Run::from(cmd.output().unwrap());
+    let r = restore_db(&w, &["--latest"], &d3);
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert!(r.stderr.contains("not empty"), "{}", r.stderr);
 
     // A target past the archive is refused before anything is written.
     let d4 = root.join("restored-future");
     let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
-    let mut cmd = w.command(&[
-        "restore",
-        "--job",
-        "db",
-        "--at",
-        &future,
-        "--to-datadir",
-        d4.to_str().unwrap(),
-    ]);
-    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
-    let r = Run::from(cmd.output().unwrap());
+    let r = restore_db(&w, &["--at", &future], &d4);
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert!(
         r.stderr.contains("after the end of the archived WAL"),
@@ -431,9 +376,8 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
         .clone();
     let spot = scratch_dir("drctl-pitr-push-");
     let copy = spot.join(&seg);
-    let mut cmd = w.command(&["wal", "fetch", "--job", "db", &seg, copy.to_str().unwrap()]);
-    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
-    Run::from(cmd.output().unwrap()).ok();
+    w.drctl(&["wal", "fetch", "--job", "db", &seg, copy.to_str().unwrap()])
+        .ok();
     assert_eq!(std::fs::metadata(&copy).unwrap().len(), 16 << 20);
     w.drctl(&["wal", "push", "--job", "db", copy.to_str().unwrap()])
         .ok();
@@ -445,16 +389,15 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
     assert!(r.stderr.contains("different content"), "{}", r.stderr);
     let again = spot.join("again");
     std::fs::create_dir_all(&again).unwrap();
-    let mut cmd = w.command(&[
+    w.drctl(&[
         "wal",
         "fetch",
         "--job",
         "db",
         &seg,
         again.join(&seg).to_str().unwrap(),
-    ]);
-    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
-    Run::from(cmd.output().unwrap()).ok();
+    ])
+    .ok();
     assert_ne!(
         std::fs::read(again.join(&seg)).unwrap(),
         bytes,
@@ -497,16 +440,7 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
         .await
         .unwrap();
     let d5 = root.join("restored-gap");
-    let mut cmd = w.command(&[
-        "restore",
-        "--job",
-        "db",
-        "--latest",
-        "--to-datadir",
-        d5.to_str().unwrap(),
-    ]);
-    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
-    let r = Run::from(cmd.output().unwrap());
+    let r = restore_db(&w, &["--latest"], &d5);
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert!(
         r.stderr.contains(&format!("WAL gap: {victim}")),
@@ -575,9 +509,8 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
         .count();
     assert_eq!(records, 1);
     let back = spot.join("back.backup");
-    let mut cmd = w.command(&["wal", "fetch", "--job", "db", name, back.to_str().unwrap()]);
-    cmd.env("DRCTL_AGE_IDENTITY_FILE", &identity);
-    Run::from(cmd.output().unwrap()).ok();
+    w.drctl(&["wal", "fetch", "--job", "db", name, back.to_str().unwrap()])
+        .ok();
     assert_eq!(std::fs::read(&back).unwrap(), std::fs::read(&file).unwrap());
     drop(c);
 }
@@ -688,15 +621,7 @@ async fn retention_prunes_wal_only_below_the_oldest_kept_base_backup_and_restore
     }
     // Before the oldest base backup kept: refused by name.
     let d0 = root.join("too-early");
-    let r = w.drctl(&[
-        "restore",
-        "--job",
-        "db",
-        "--at",
-        &before_second.to_rfc3339(),
-        "--to-datadir",
-        d0.to_str().unwrap(),
-    ]);
+    let r = restore_db(&w, &["--at", &before_second.to_rfc3339()], &d0);
     assert_eq!(r.code, 4, "{}", r.all());
     assert!(
         r.stderr.contains("before the oldest base backup"),
@@ -708,15 +633,7 @@ async fn retention_prunes_wal_only_below_the_oldest_kept_base_backup_and_restore
     // restored one as the new primary, archiving into the same job: a new
     // timeline.
     let d1 = root.join("new-primary");
-    w.drctl(&[
-        "restore",
-        "--job",
-        "db",
-        "--latest",
-        "--to-datadir",
-        d1.to_str().unwrap(),
-    ])
-    .ok();
+    restore_db(&w, &["--latest"], &d1).ok();
     drop(c);
     let p = Cluster::start(&d1, free_port(), &archive_command);
     assert_eq!(p.psql("SELECT count(*) FROM ledger"), "1500");
@@ -730,15 +647,7 @@ async fn retention_prunes_wal_only_below_the_oldest_kept_base_backup_and_restore
 
     // A restore now follows timeline 2 to its end.
     let d2 = root.join("on-timeline-2");
-    let r = w.drctl(&[
-        "restore",
-        "--job",
-        "db",
-        "--latest",
-        "--to-datadir",
-        d2.to_str().unwrap(),
-        "--json",
-    ]);
+    let r = restore_db(&w, &["--latest", "--json"], &d2);
     r.ok();
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(report["plan"]["target_timeline"], 2, "{report}");
@@ -833,4 +742,202 @@ async fn a_point_in_time_is_recovered_with_standard_tools_only() {
         r.psql("SELECT pg_is_in_recovery()") == "f"
     });
     assert_eq!(r.fingerprint(), want);
+}
+
+/// `wal = "stream"`: the daemon runs pg_receivewal on a slot; finished
+/// segments and, every `wal_flush`, the unfinished one reach the
+/// repository; a write that never filled a segment is restored; a killed
+/// pg_receivewal is started again and the chain has no gap.
+#[tokio::test(flavor = "multi_thread")]
+async fn streamed_wal_restores_the_last_write_of_an_unfinished_segment_and_survives_a_killed_receiver(
+) {
+    let Setup {
+        root, bucket, w, c, ..
+    } = setup(
+        "wal = \"stream\"\nwal_flush = \"1s\"\nrpo = \"1m\"\n\
+         [repositories.disk]\ntype = \"local\"\npath = \"{dir}/repo\"\n\
+         [jobs.db-local]\ntype = \"postgres_physical\"\nurl_env = \"PHYS_URL\"\nrepository = \"disk\"\nwal = \"stream\"\nwal_flush = \"1s\"\n",
+    )
+    .await;
+    c.psql("CREATE TABLE ledger (id bigint PRIMARY KEY, note text)");
+    c.psql("INSERT INTO ledger SELECT g, 'base' FROM generate_series(1, 300) g");
+    let d = Daemon::start(&w);
+    wait_until(Duration::from_secs(30), "the replication slots", || {
+        c.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name IN ('drctl_db', 'drctl_db_local') AND active")
+            == "2"
+    });
+    w.drctl(&["run", "db"]).ok();
+    // The same cluster streamed into a local repository too.
+    w.drctl(&["run", "db-local"]).ok();
+    c.psql("INSERT INTO ledger SELECT g, 'finished segment' FROM generate_series(301, 600) g");
+    let seg = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    c.psql("SELECT pg_switch_wal()");
+    for _ in 0..300 {
+        if stored_wal(&bucket).await.contains(&seg) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        stored_wal(&bucket).await.contains(&seg),
+        "{seg} streamed: {}",
+        d.log()
+    );
+
+    // A write that fills no segment: only the .partial carries it.
+    c.psql("INSERT INTO ledger SELECT g, 'unfinished segment' FROM generate_series(601, 650) g");
+    let current = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let written = chrono::Utc::now();
+    let f = c.fingerprint();
+    let partial = format!("{current}.partial");
+    let mut stored_after = false;
+    for _ in 0..100 {
+        let client = s3().client().await;
+        if let Ok(o) = client
+            .head_object()
+            .bucket(&bucket)
+            .key(format!("db/wal/{partial}.json"))
+            .send()
+            .await
+        {
+            let t = o.last_modified().unwrap().secs();
+            if t > written.timestamp() {
+                stored_after = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        stored_after,
+        "{partial} stored after the write: {}",
+        d.log()
+    );
+    let r = w.drctl(&["rpo", "--json"]);
+    r.ok();
+    let rows: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(rows[0]["age_seconds"].as_f64().unwrap() < 10.0, "{rows}");
+    let d1 = root.join("from-the-partial");
+    restore_db(&w, &["--latest"], &d1).ok();
+    assert_eq!(
+        fingerprint_of(&d1).0,
+        f,
+        "the unfinished segment's write is restored"
+    );
+
+    // pg_receivewal killed: started again, nothing missed.
+    let pid = c.psql("SELECT active_pid FROM pg_replication_slots WHERE slot_name = 'drctl_db'");
+    assert!(Command::new("pkill")
+        .args(["-9", "-x", "pg_receivewal"])
+        .status()
+        .unwrap()
+        .success());
+    wait_until(
+        Duration::from_secs(30),
+        "pg_receivewal to stream again",
+        || {
+            let p = c.psql("SELECT coalesce(active_pid, 0) FROM pg_replication_slots WHERE slot_name = 'drctl_db'");
+            p != "0" && p != pid
+        },
+    );
+    c.psql("INSERT INTO ledger SELECT g, 'after the restart' FROM generate_series(651, 900) g");
+    let seg = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    c.psql("SELECT pg_switch_wal()");
+    let f2 = c.fingerprint();
+    for _ in 0..300 {
+        if stored_wal(&bucket).await.contains(&seg) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        stored_wal(&bucket).await.contains(&seg),
+        "{seg} streamed after the restart: {}",
+        d.log()
+    );
+    let local = w.dir.join(format!("repo/db-local/wal/{seg}.json"));
+    wait_until(
+        Duration::from_secs(30),
+        "the local job's copy of it",
+        || local.exists(),
+    );
+    let r = w.drctl(&["wal", "list", "--job", "db", "--json"]);
+    r.ok();
+    let list: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(list["gaps"], serde_json::json!([]), "{list}");
+    drop(d);
+    let d2 = root.join("after-the-restart");
+    restore_db(&w, &["--latest"], &d2).ok();
+    assert_eq!(fingerprint_of(&d2).0, f2);
+    let d3 = root.join("from-the-local-repository");
+    w.drctl(&[
+        "restore",
+        "--job",
+        "db-local",
+        "--latest",
+        "--to-datadir",
+        d3.to_str().unwrap(),
+    ])
+    .ok();
+    assert_eq!(fingerprint_of(&d3).0, f2);
+}
+
+/// A point-in-time drill: a random point inside the window, restored into
+/// a throwaway data directory, proven by the daemon's marker rows (the
+/// newest at or before the target is recent, none after) and SQL checks,
+/// recorded and removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pitr_drill_restores_a_random_point_and_proves_it_with_the_marker_rows() {
+    let Setup { bucket, w, c, .. } = setup(
+        "marker = true\nmarker_interval = \"2s\"\n\
+         [drills.pitr-weekly]\njob = \"db\"\nat = \"random\"\nrto = \"10m\"\n\
+         [[drills.pitr-weekly.checks]]\nsql = \"SELECT count(*) FROM ledger\"\nexpect = \">= 300\"\n",
+    )
+    .await;
+    c.psql("CREATE TABLE ledger (id bigint PRIMARY KEY, note text)");
+    c.psql("INSERT INTO ledger SELECT g, 'base' FROM generate_series(1, 300) g");
+    let d = Daemon::start(&w);
+    wait_until(Duration::from_secs(30), "the first marker rows", || {
+        c.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'drctl_marker'") == "1"
+            && c.psql("SELECT count(*) FROM drctl_marker")
+                .parse::<i64>()
+                .unwrap_or(0)
+                >= 2
+    });
+    w.drctl(&["run", "db"]).ok();
+    for i in 0..4 {
+        c.psql(&format!(
+            "INSERT INTO ledger SELECT g, 'round {i}' FROM generate_series({}, {}) g",
+            1000 + i * 100,
+            1099 + i * 100
+        ));
+        archive_now(&c, &bucket).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    archive_now(&c, &bucket).await;
+    let r = w.drctl(&["drill", "run", "pitr-weekly", "--json"]);
+    r.ok();
+    let rec: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(rec["outcome"], "passed", "{rec}");
+    let checks = rec["checks"].as_array().unwrap();
+    let marker = checks
+        .iter()
+        .find(|c| c["kind"] == "marker")
+        .expect("a marker check");
+    assert_eq!(marker["ok"], true, "{rec}");
+    assert!(
+        checks.iter().any(|c| c["kind"] == "sql" && c["ok"] == true),
+        "{rec}"
+    );
+    assert!(
+        rec["target"].as_str().unwrap().contains("recovered to"),
+        "{rec}"
+    );
+    // The throwaway directory is gone.
+    let drills = w.dir.join("state").join("drills");
+    let left: Vec<_> = std::fs::read_dir(&drills)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    drop(d);
 }

@@ -137,6 +137,12 @@ fn parse_at(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&chrono::Utc));
     }
+    // As psql prints a timestamptz: `2026-12-01 03:14:00+00`.
+    for f in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+        if let Ok(t) = chrono::DateTime::parse_from_str(s, f) {
+            return Ok(t.with_timezone(&chrono::Utc));
+        }
+    }
     for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
         if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, f) {
             return Ok(t.and_utc());
@@ -379,5 +385,23 @@ fn print_report(report: &restore::Report, undo: bool) {
     }
     for w in &report.warnings {
         eprintln!("warning: {w}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn at_takes_rfc3339_psql_and_plain_utc_times() {
+        let want = chrono::DateTime::parse_from_rfc3339("2026-12-01T03:14:00Z").unwrap();
+        for s in [
+            "2026-12-01T03:14:00Z",
+            "2026-12-01T04:14:00+01:00",
+            "2026-12-01 03:14:00+00",
+            "2026-12-01 04:14:00.000+01",
+            "2026-12-01 03:14:00",
+        ] {
+            assert_eq!(super::parse_at(s).unwrap(), want, "{s}");
+        }
+        assert!(super::parse_at("yesterday").is_err());
     }
 }

@@ -41,6 +41,15 @@ pub struct DrillConfig {
     /// Longest a check query may run.
     #[serde(default = "default_check_timeout", with = "humantime_serde")]
     pub check_timeout: Duration,
+    /// A drill of a `postgres_physical` job: the point restored to,
+    /// `random` (default: anywhere inside the window the archive can
+    /// restore), `latest`, or an RFC 3339 time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// A drill of a `postgres_physical` job: the database its SQL checks
+    /// run in (default: the job's `marker_database`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
     /// Restore from this repository only (one of the job's `copies`, so
     /// the offsite copy is proven restorable, not only the local one).
     /// Default: the newest backup in any of the job's repositories.
@@ -89,9 +98,21 @@ pub struct SqlCheck {
     pub expect: Parsed<Expect>,
 }
 
+/// What kind of job a drill restores, for its validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DrilledKind {
+    /// A logical backup into a scratch database.
+    Postgres,
+    /// An RDB into a throwaway redis-server.
+    Redis,
+    /// A point-in-time restore into a throwaway data directory.
+    Physical,
+}
+
 impl DrillConfig {
-    /// `redis`: the drill is of a redis job (no target, no SQL checks).
-    pub(crate) fn validate(&self, p: &mut super::Problems, redis: bool) {
+    /// Checks that depend on the kind of job drilled.
+    pub(crate) fn validate(&self, p: &mut super::Problems, kind: DrilledKind) {
+        let redis = kind == DrilledKind::Redis;
         let t = &self.target;
         let sources = [
             t.server_url.is_some(),
@@ -116,11 +137,35 @@ impl DrillConfig {
                     "a drill of a redis job runs no SQL checks (it compares key counts with the backup's manifest)".into(),
                 ));
             }
+        } else if kind == DrilledKind::Physical {
+            if sources != 0 {
+                p.push((
+                    "target".into(),
+                    "a drill of a postgres_physical job takes no target (it recovers into a throwaway data directory under state_dir)".into(),
+                ));
+            }
         } else if sources != 1 {
             p.push((
                 "target".into(),
                 "expected exactly one of server_url_env, server_url, server_url_file, ephemeral = true, or job_server = true".into(),
             ));
+        }
+        if kind != DrilledKind::Physical && (self.at.is_some() || self.database.is_some()) {
+            p.push((
+                if self.at.is_some() { "at" } else { "database" }.into(),
+                "only a drill of a postgres_physical job takes it".into(),
+            ));
+        }
+        if let Some(at) = self.at.as_deref() {
+            if !matches!(at, "random" | "latest")
+                && chrono::DateTime::parse_from_rfc3339(at).is_err()
+            {
+                p.push((
+                    "at".into(),
+                    "expected \"random\", \"latest\" or an RFC 3339 time (2026-12-01T03:14:00Z)"
+                        .into(),
+                ));
+            }
         }
         p.check(schedule_problem(
             self.schedule.as_ref(),

@@ -680,7 +680,7 @@ impl LoadedConfig {
         match self.config.jobs.get(&d.job) {
             Some(
                 j @ JobConfig {
-                    kind: Kind::Postgres(_) | Kind::Redis(_),
+                    kind: Kind::Postgres(_) | Kind::Redis(_) | Kind::PostgresPhysical(_),
                     ..
                 },
             ) => {
@@ -700,7 +700,7 @@ impl LoadedConfig {
             Some(other) => errors.push((
                 format!("{key}.job"),
                 format!(
-                    "{:?} is a {} job (expected a postgres or redis backup job)",
+                    "{:?} is a {} job (expected a postgres, postgres_physical or redis backup job)",
                     d.job,
                     other.kind()
                 ),
@@ -708,11 +708,12 @@ impl LoadedConfig {
             None => errors.push((format!("{key}.job"), format!("no job named {:?}", d.job))),
         }
         let mut problems = Problems::default();
-        let redis = matches!(
-            self.config.jobs.get(&d.job).map(|j| &j.kind),
-            Some(Kind::Redis(_))
-        );
-        d.validate(&mut problems, redis);
+        let kind = match self.config.jobs.get(&d.job).map(|j| &j.kind) {
+            Some(Kind::Redis(_)) => drills::DrilledKind::Redis,
+            Some(Kind::PostgresPhysical(_)) => drills::DrilledKind::Physical,
+            _ => drills::DrilledKind::Postgres,
+        };
+        d.validate(&mut problems, kind);
         for (field, msg) in problems.into_inner() {
             errors.push((format!("{key}.{field}"), msg));
         }

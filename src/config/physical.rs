@@ -16,7 +16,9 @@ pub enum WalMode {
     /// database).
     #[default]
     ArchiveCommand,
-    /// The daemon runs `pg_receivewal` on a replication slot.
+    /// The daemon runs `pg_receivewal` on a replication slot
+    /// (`drctl_<job>`), storing each finished segment and, every
+    /// `wal_flush`, the unfinished one.
     Stream,
 }
 
@@ -50,6 +52,25 @@ pub struct PhysicalJob {
     /// zstd worker threads (default: half the cores, 1 to 4).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression_threads: Option<u32>,
+    /// The daemon writes one row a minute into `drctl_marker` (created if
+    /// missing) in `marker_database`: a point-in-time drill proves that
+    /// its restore stopped exactly at its target.
+    #[serde(default)]
+    pub marker: bool,
+    /// The database of the marker table (default `postgres`).
+    #[serde(default = "default_marker_database")]
+    pub marker_database: String,
+    /// How often a marker row is written (default 1m).
+    #[serde(default = "default_marker_interval", with = "humantime_serde")]
+    pub marker_interval: Duration,
+}
+
+fn default_marker_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_marker_database() -> String {
+    "postgres".into()
 }
 
 fn default_wal_flush() -> Duration {
@@ -70,6 +91,9 @@ impl KindSpec for PhysicalJob {
             "pg_bindir",
             "checkpoint",
             "compression_threads",
+            "marker",
+            "marker_database",
+            "marker_interval",
         ]);
         k
     }
@@ -84,12 +108,6 @@ impl KindSpec for PhysicalJob {
         if let Err(m) = one_url_source(&c.url, &c.url_env, &c.url_file) {
             p.push(("url".into(), m));
         }
-        if self.wal == WalMode::Stream {
-            p.push((
-                "wal".into(),
-                "\"stream\" (pg_receivewal supervised by the daemon) is not available in this version; expected \"archive_command\"".into(),
-            ));
-        }
         if self.wal_flush < Duration::from_secs(1) {
             p.push(("wal_flush".into(), "expected at least 1s".into()));
         }
@@ -98,6 +116,9 @@ impl KindSpec for PhysicalJob {
                 "checkpoint".into(),
                 "expected \"fast\" or \"spread\"".into(),
             ));
+        }
+        if self.marker_interval < Duration::from_secs(1) {
+            p.push(("marker_interval".into(), "expected at least 1s".into()));
         }
         if self.compression_threads == Some(0) {
             p.push(("compression_threads".into(), "expected at least 1".into()));

@@ -260,6 +260,10 @@ fn the_repositorys_example_drills_load() {
     assert_eq!(d.checks.len(), 2);
     assert_eq!(d.rto, Some(std::time::Duration::from_secs(1800)));
     assert!(c.config.drills["appdb-ephemeral"].target.ephemeral);
+    assert_eq!(
+        c.config.drills["skillregistry-pitr-weekly"].at.as_deref(),
+        Some("random")
+    );
 }
 
 #[test]
@@ -469,7 +473,10 @@ checks = [{ sql = "SELECT 1", expect = ">= x" }]
     // The first problem heads the error; each other one is an "also:" line.
     let message = format!("key `{key}`: {message}");
     for (k, what) in [
-        ("drills.d.job", "expected a postgres or redis backup job"),
+        (
+            "drills.d.job",
+            "expected a postgres, postgres_physical or redis backup job",
+        ),
         ("jobs.vac.dead_ratio", "between 0 and 1"),
         ("jobs.vac.analyze_ratio", "between 0 and 1"),
         ("jobs.vac.window", "HH:MM-HH:MM"),

@@ -16,8 +16,10 @@ mod exposition;
 mod fleet;
 mod http;
 mod internal;
+mod marker;
 mod notify;
 mod preflight;
+mod wal_stream;
 
 use crate::base::error::{Error, Result};
 use crate::base::progress::Progress;
@@ -463,7 +465,7 @@ fn load_resolved(path: Option<&std::path::Path>) -> Result<LoadedConfig> {
 async fn shut_down(
     d: &Arc<Daemon>,
     mut sched: JobScheduler,
-    workers: [tokio::task::JoinHandle<()>; 4],
+    workers: [tokio::task::JoinHandle<()>; 6],
     grace: Duration,
 ) {
     let running: Vec<String> = d
@@ -630,10 +632,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         serve_http(&d, cfg.config.http.listen);
     }
     sched.start().await.map_err(sched_err)?;
-    let alert_worker = tokio::spawn(alert_worker(d.clone()));
-    let rpo_worker = tokio::spawn(rpo_worker(d.clone()));
-    let fleet_worker = tokio::spawn(fleet::worker(d.clone()));
-    let copy_worker = tokio::spawn(copies::worker(d.clone()));
+    let workers = spawn_workers(&d);
     catch_up(&d).await;
 
     let io = |e| Error::io("installing signal handlers", e);
@@ -698,15 +697,22 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         }
     }
 
-    shut_down(
-        &d,
-        sched,
-        [alert_worker, rpo_worker, fleet_worker, copy_worker],
-        cfg.config.daemon.grace_period,
-    )
-    .await;
+    shut_down(&d, sched, workers, cfg.config.daemon.grace_period).await;
     tracing::info!("daemon stopped");
     Ok(())
+}
+
+/// The daemon's background workers: alerts, RPO (and WAL chains), the
+/// fleet status, copies, WAL streaming, PITR markers.
+fn spawn_workers(d: &Arc<Daemon>) -> [tokio::task::JoinHandle<()>; 6] {
+    [
+        tokio::spawn(alert_worker(d.clone())),
+        tokio::spawn(rpo_worker(d.clone())),
+        tokio::spawn(fleet::worker(d.clone())),
+        tokio::spawn(copies::worker(d.clone())),
+        tokio::spawn(wal_stream::worker(d.clone())),
+        tokio::spawn(marker::worker(d.clone())),
+    ]
 }
 
 /// The `daemon_started` notice (info: a restart loop shows in the channels).

@@ -446,7 +446,9 @@ async fn wal_points(
     let points = archive
         .files
         .iter()
-        .filter(|(n, _)| known.as_deref().is_none_or(|k| n.as_str() > k))
+        // A `.partial` is stored again under the same name as the
+        // unfinished segment grows (`wal = "stream"`): it always counts.
+        .filter(|(n, _)| known.as_deref().is_none_or(|k| n.as_str() > k) || n.ends_with(".partial"))
         .filter_map(|(n, o)| {
             if newest.as_deref().is_none_or(|k| n.as_str() > k) {
                 newest = Some(n.clone());

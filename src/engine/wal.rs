@@ -99,19 +99,19 @@ pub async fn push(
     if let Some(done) = already(repo, job, &name, raw_bytes, &raw_sha256).await? {
         return Ok(done);
     }
-    let nonce = format!("{:08x}", rand::random::<u32>());
-    let object = format!(
-        "{name}.{nonce}{}{}",
-        packing.compression.suffix(),
-        if seal.is_some() { ".age" } else { "" }
-    );
     let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
-    let (raw, raw_m) = crate::base::stream::Measure::new(file);
-    let (stream, stored_m) = pack(raw, packing, seal);
-    let key = object_key(job, &object);
-    repo.put_key(&key, stream, Some(raw_bytes)).await?;
+    let (record, raw_m) = upload(
+        (repo, job),
+        &name,
+        file,
+        (raw_bytes, raw_sha256.clone()),
+        packing,
+        seal,
+    )
+    .await?;
+    let key = object_key(job, &record.object);
     crate::base::faults::point("wal.push.uploaded").await;
     if raw_m.bytes() != raw_bytes || raw_m.sha256() != raw_sha256 {
         let _ = repo.backend().delete(&key).await;
@@ -120,19 +120,6 @@ pub async fn push(
             path.display()
         )));
     }
-    let record = WalRecord {
-        format: FORMAT,
-        name: name.clone(),
-        object,
-        raw_bytes,
-        raw_sha256,
-        stored_bytes: stored_m.bytes(),
-        sha256: stored_m.sha256(),
-        compression: packing.compression,
-        encryption_recipients: seal.map(|s| s.fingerprints().to_vec()).unwrap_or_default(),
-        host: crate::base::host::name(),
-        stored_at: chrono::Utc::now(),
-    };
     match commit(repo, job, &record).await {
         Ok(()) => Ok(Pushed::Stored(record)),
         Err(e) => {
@@ -144,6 +131,54 @@ pub async fn push(
             }
         }
     }
+}
+
+/// Store the bytes of WAL file `name` (`raw`: their size and SHA-256 as
+/// measured before) packed as a new object under a fresh nonce. Returns the
+/// record that commits it and what was read of `source` (a file that
+/// changed meanwhile reads differently).
+async fn upload<R>(
+    (repo, job): (&Repository, &JobName),
+    name: &str,
+    source: R,
+    (raw_bytes, raw_sha256): (u64, String),
+    packing: Packing,
+    seal: Option<&Seal>,
+) -> Result<(WalRecord, crate::base::stream::Measured)>
+where
+    R: tokio::io::AsyncRead + Send + Unpin + 'static,
+{
+    let nonce = format!("{:08x}", rand::random::<u32>());
+    let object = format!(
+        "{name}.{nonce}{}{}",
+        packing.compression.suffix(),
+        if seal.is_some() { ".age" } else { "" }
+    );
+    let (raw, raw_m) = crate::base::stream::Measure::new(source);
+    let (stream, stored_m) = pack(raw, packing, seal);
+    repo.put_key(&object_key(job, &object), stream, Some(raw_bytes))
+        .await?;
+    let record = WalRecord {
+        format: FORMAT,
+        name: name.to_owned(),
+        object,
+        raw_bytes,
+        raw_sha256,
+        stored_bytes: stored_m.bytes(),
+        sha256: stored_m.sha256(),
+        compression: packing.compression,
+        encryption_recipients: seal.map(|s| s.fingerprints().to_vec()).unwrap_or_default(),
+        host: crate::base::host::name(),
+        stored_at: chrono::Utc::now(),
+    };
+    Ok((record, raw_m))
+}
+
+/// A record as stored: pretty JSON and a final newline.
+fn record_json(r: &WalRecord) -> Vec<u8> {
+    let mut json = serde_json::to_vec_pretty(r).unwrap_or_default();
+    json.push(b'\n');
+    json
 }
 
 /// `Some(AlreadyStored)` when `name` is stored with this content, an error
@@ -188,10 +223,8 @@ async fn commit(repo: &Repository, job: &JobName, r: &WalRecord) -> Result<()> {
             ))
         }
     }
-    let mut json = serde_json::to_vec_pretty(r).unwrap_or_default();
-    json.push(b'\n');
     repo.backend()
-        .put_if_absent(&record_key(job, &r.name), json)
+        .put_if_absent(&record_key(job, &r.name), record_json(r))
         .await?;
     let back = read_record(repo, job, &r.name).await?;
     if &back != r {
@@ -255,9 +288,10 @@ pub async fn fetch(
     repo: &Repository,
     job: &JobName,
     record: &WalRecord,
-    dest: &Path,
+    dest: impl AsRef<Path>,
     keys: &Keys,
 ) -> Result<()> {
+    let dest = dest.as_ref();
     let tmp = dest.with_file_name(format!(
         ".{}.drctl-{:08x}",
         record.name,
@@ -833,8 +867,148 @@ pub async fn prune(
     Ok(out)
 }
 
+/// What the streaming uploader does with the files `pg_receivewal` left
+/// in its spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpoolAction {
+    /// A finished segment or a timeline history: store it, then remove it.
+    Push(String),
+    /// The unfinished segment: store it again, replacing the last copy.
+    PushPartial(String),
+}
+
+/// The actions for a spool listing (pure): finished files oldest first,
+/// then, when `partial_due`, the unfinished one. Anything else (a
+/// temporary file of pg_receivewal's) is left alone.
+pub fn spool_actions(names: &[String], partial_due: bool) -> Vec<SpoolAction> {
+    let mut done: Vec<&String> = names
+        .iter()
+        .filter(|n| matches!(classify(n), Some(WalName::Segment | WalName::History(_))))
+        .collect();
+    // Histories first: a restore that sees a new timeline's segment can
+    // then always read where it branched.
+    done.sort_by_key(|n| (!n.ends_with(".history"), n.as_str()));
+    let mut out: Vec<SpoolAction> = done
+        .into_iter()
+        .map(|n| SpoolAction::Push(n.clone()))
+        .collect();
+    if partial_due {
+        if let Some(p) = names
+            .iter()
+            .filter(|n| classify(n) == Some(WalName::Partial))
+            .max()
+        {
+            out.push(SpoolAction::PushPartial(p.clone()));
+        }
+    }
+    out
+}
+
+/// Store the unfinished newest segment (`X.partial`) again, as it is now:
+/// a new object, the record replaced, the previous object removed. The
+/// file is read once into memory (a segment is 16 MiB by default) because
+/// pg_receivewal keeps writing it: what is stored is one consistent read,
+/// and a record torn at its end is where PostgreSQL's recovery stops.
+pub async fn push_partial(
+    repo: &Repository,
+    job: &JobName,
+    path: &Path,
+    packing: Packing,
+    seal: Option<&Seal>,
+) -> Result<WalRecord> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    if check_name(&name)? != WalName::Partial {
+        return Err(Error::Usage(format!("{name} is not a .partial segment")));
+    }
+    let bytes = tokio::fs::read(path)
+        .await
+        .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let raw_sha256 = hex::encode(Sha256::digest(&bytes));
+    let previous = match read_record(repo, job, &name).await {
+        Ok(r) if r.raw_sha256 == raw_sha256 => return Ok(r),
+        Ok(r) => Some(r),
+        Err(Error::NotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
+    let raw_bytes = bytes.len() as u64;
+    let (record, _) = upload(
+        (repo, job),
+        &name,
+        std::io::Cursor::new(bytes),
+        (raw_bytes, raw_sha256),
+        packing,
+        seal,
+    )
+    .await?;
+    let json = record_json(&record);
+    repo.backend()
+        .put_replace(&record_key(job, &name), json)
+        .await?;
+    if read_record(repo, job, &name).await? != record {
+        return Err(Error::repo(
+            &repo.name,
+            format!(
+                "{} reads back different from what was written",
+                record_key(job, &name)
+            ),
+        ));
+    }
+    if let Some(old) = previous {
+        let _ = repo.backend().delete(&object_key(job, &old.object)).await;
+    }
+    Ok(record)
+}
+
+/// Remove a stored file: its record first, then its objects (a file is
+/// not stored without its record). Removing what is not there is fine.
+pub async fn forget(repo: &Repository, job: &JobName, name: &str) -> Result<()> {
+    let listed = repo.backend().list(&prefix(job)).await?;
+    match repo.backend().delete(&record_key(job, name)).await {
+        Ok(()) | Err(Error::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    for o in listed.iter().filter(|o| {
+        o.key
+            .strip_prefix(&prefix(job))
+            .is_some_and(|k| object_of(name, k))
+    }) {
+        repo.backend().delete(&o.key).await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    use super::SpoolAction::{Push, PushPartial};
+
+    #[test]
+    fn the_spool_is_stored_histories_first_then_segments_in_order_then_the_unfinished_one() {
+        let names: Vec<String> = [
+            "000000020000000000000005.partial",
+            "000000020000000000000004",
+            "00000002.history",
+            "000000010000000000000003",
+            ".000000020000000000000006.tmp",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        assert_eq!(
+            super::spool_actions(&names, true),
+            [
+                Push("00000002.history".into()),
+                Push("000000010000000000000003".into()),
+                Push("000000020000000000000004".into()),
+                PushPartial("000000020000000000000005.partial".into()),
+            ]
+        );
+        assert_eq!(super::spool_actions(&names, false).len(), 3);
+    }
+
     #[test]
     fn a_files_objects_are_its_own_only() {
         let n = "000000010000000000000003";

@@ -21,6 +21,29 @@ pub struct CheckResult {
     pub ok: bool,
 }
 
+/// A SQL check's result: what it answered (or its error) against its
+/// expectation.
+pub fn judged(
+    c: &crate::config::SqlCheck,
+    expect: &Expect,
+    got: std::result::Result<Option<String>, String>,
+) -> CheckResult {
+    let (got, ok) = match got {
+        Ok(v) => {
+            let ok = expect.holds(v.as_deref());
+            (v, ok)
+        }
+        Err(e) => (Some(format!("error: {e}")), false),
+    };
+    CheckResult {
+        kind: "sql".into(),
+        name: c.sql.clone(),
+        expected: expect.to_string(),
+        got,
+        ok,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

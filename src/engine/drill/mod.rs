@@ -4,6 +4,7 @@
 //! every phase against the RTO, record it, alert, and always clean up.
 
 pub mod checks;
+mod pitr;
 mod redis;
 mod scratch;
 mod store;
@@ -158,11 +159,14 @@ pub async fn run(
         ),
     })?;
     let (_, job) = cfg.job(&d.job)?;
-    if !matches!(job.kind, Kind::Postgres(_) | Kind::Redis(_)) {
+    if !matches!(
+        job.kind,
+        Kind::Postgres(_) | Kind::Redis(_) | Kind::PostgresPhysical(_)
+    ) {
         return Err(Error::WrongKind {
             job: d.job.clone(),
             kind: job.kind(),
-            expected: "drills restore postgres or redis jobs",
+            expected: "drills restore postgres, postgres_physical or redis jobs",
         });
     }
     // One run of a drill at a time on this host (daemon and CLI alike).
@@ -196,29 +200,23 @@ pub async fn run(
     };
     let mut scratch = None;
     let mut redis_scratch = None;
+    let mut pitr_scratch = None;
     let result = match &job.kind {
         Kind::Postgres(pg_job) => phases(cfg, d, pg_job, &opts, &mut rec, &mut scratch).await,
+        Kind::PostgresPhysical(_) => {
+            pitr::phases(cfg, name, d, &opts, &mut rec, &mut pitr_scratch).await
+        }
         _ => redis::phases(cfg, name, d, &opts, &mut rec, &mut redis_scratch).await,
     };
 
     // Cleanup always runs: after success, failure or cancellation.
     opts.progress.set_phase("cleanup", 0);
     let t = Instant::now();
-    let mut cleanup_err = None;
-    if let Some(s) = &scratch {
-        if opts.keep && result.is_ok() {
-            tracing::info!(scratch = %s.display(), "kept for inspection (--keep)");
-        } else if let Err(e) = s.remove().await {
-            cleanup_err = Some(e.to_string());
-        }
-    }
-    if let Some(s) = redis_scratch.as_mut() {
-        if opts.keep && result.is_ok() {
-            tracing::info!(scratch = %s.display(), "kept for inspection (--keep)");
-        } else if let Err(e) = s.remove().await {
-            cleanup_err = Some(e.to_string());
-        }
-    }
+    let keep = opts.keep && result.is_ok();
+    let cleanup_err = clean(&mut scratch, keep)
+        .await
+        .or(clean(&mut redis_scratch, keep).await)
+        .or(clean(&mut pitr_scratch, keep).await);
     rec.phases.push(Phase {
         name: "cleanup".into(),
         seconds: t.elapsed().as_secs_f64(),
@@ -246,6 +244,52 @@ pub async fn run(
 }
 
 type PhaseResult = std::result::Result<(), (&'static str, Error)>;
+
+/// Where a drill restored: removed after it, whatever happened.
+trait Throwaway {
+    /// Where it is, for messages.
+    fn display(&self) -> String;
+    /// Remove it (stop what runs there).
+    async fn remove(&mut self) -> Result<()>;
+}
+
+impl Throwaway for scratch::Scratch {
+    fn display(&self) -> String {
+        scratch::Scratch::display(self)
+    }
+    async fn remove(&mut self) -> Result<()> {
+        scratch::Scratch::remove(self).await
+    }
+}
+
+impl Throwaway for redis::Scratch {
+    fn display(&self) -> String {
+        redis::Scratch::display(self)
+    }
+    async fn remove(&mut self) -> Result<()> {
+        redis::Scratch::remove(self).await
+    }
+}
+
+impl Throwaway for pitr::Scratch {
+    fn display(&self) -> String {
+        pitr::Scratch::display(self)
+    }
+    async fn remove(&mut self) -> Result<()> {
+        pitr::Scratch::remove(self).await
+    }
+}
+
+/// Remove the drill's scratch place unless it is kept (`--keep` after a
+/// drill that passed); the error, if removing failed.
+async fn clean<S: Throwaway>(s: &mut Option<S>, keep: bool) -> Option<String> {
+    let s = s.as_mut()?;
+    if keep {
+        tracing::info!(scratch = %s.display(), "kept for inspection (--keep)");
+        return None;
+    }
+    s.remove().await.err().map(|e| e.to_string())
+}
 
 /// The restore request of a drill, without its target: the job's backups
 /// (or the drill's `repository`), into scratch, the application untouched
@@ -499,20 +543,7 @@ async fn verify(
     for c in &d.checks {
         let expect = c.expect.get()?;
         let got = sql_check(&mut conn, &c.sql, d.check_timeout).await;
-        let (got, ok) = match got {
-            Ok(v) => {
-                let ok = expect.holds(v.as_deref());
-                (v, ok)
-            }
-            Err(e) => (Some(format!("error: {e}")), false),
-        };
-        out.push(CheckResult {
-            kind: "sql".into(),
-            name: c.sql.clone(),
-            expected: expect.to_string(),
-            got,
-            ok,
-        });
+        out.push(checks::judged(c, expect, got));
     }
     let _ = conn.close().await;
     Ok(())

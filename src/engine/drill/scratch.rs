@@ -242,9 +242,10 @@ async fn sweep_databases(tools: &PgTools, admin: &PgTarget, job: &str) -> Result
 
 use crate::services::pg::server::{run, server_tool};
 
-async fn start_cluster(tools: &PgTools, dir: &Path) -> Result<u16> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+/// As root, give a drill's directory (`STATE/drills/NAME`) and its parent
+/// to the `postgres` user, and let it pass through the state directory
+/// (0711: never list or read it); a no-op otherwise.
+pub(super) fn hand_to_postgres(dir: &Path) -> Result<()> {
     if nix::unistd::geteuid().is_root() {
         let pg = nix::unistd::User::from_name("postgres")
             .ok()
@@ -266,6 +267,13 @@ async fn start_cluster(tools: &PgTools, dir: &Path) -> Result<u16> {
             }
         }
     }
+    Ok(())
+}
+
+async fn start_cluster(tools: &PgTools, dir: &Path) -> Result<u16> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    hand_to_postgres(dir)?;
     let data = dir.join("data");
     let mut init = server_tool(tools, "initdb");
     init.arg("-D")

@@ -112,6 +112,10 @@ pub struct PitrReport {
     pub plan: PitrPlan,
     /// PostgreSQL's own words on where recovery stopped.
     pub recovery: Vec<String>,
+    /// Recovery stopped at the target (false: the archive ended before
+    /// its first record past the target, so the end of the archive, which
+    /// is the state at the target as far as the archive knows, was restored).
+    pub reached_target: bool,
     /// The timeline the restored cluster is on.
     pub timeline: Option<u32>,
     /// Seconds fetching and extracting the base backup.
@@ -627,7 +631,8 @@ async fn restore_into(
     // a stale one would keep the server from starting.
     let _ = std::fs::remove_file(dd.join("postmaster.pid"));
     give_to_postgres(dd)?;
-    let lines = recover_to_target(cfg, g, req, choice, tools, (&auto, &original)).await?;
+    let (lines, reached_target) =
+        recover_to_target(cfg, g, req, choice, tools, (&auto, &original)).await?;
     let recovery_seconds = t3.elapsed().as_secs_f64();
     std::fs::write(&auto, original.as_bytes())
         .map_err(|e| Error::io(format!("writing {}", auto.display()), e))?;
@@ -643,6 +648,7 @@ async fn restore_into(
     Ok(PitrReport {
         plan: plan.clone(),
         recovery: lines,
+        reached_target,
         timeline,
         base_seconds,
         wal_seconds,
@@ -663,7 +669,7 @@ async fn recover_to_target(
     choice: &Choice,
     tools: &PgTools,
     (auto, original): (&Path, &str),
-) -> Result<Vec<String>> {
+) -> Result<(Vec<String>, bool)> {
     let dd = &req.datadir;
     let spool = dd.join("drctl_wal");
     let log = dd.join("drctl_recovery.log");
@@ -695,9 +701,9 @@ async fn recover_to_target(
         tracing::warn!("the target lies after the last archived transaction; recovering to the end of the archive, which is the state at the target");
         write_settings(auto, original, req.target, false)?;
         give_to_postgres(dd)?;
-        recovery = recover(tools, dd, &log).await;
+        return recover(tools, dd, &log).await.map(|l| (l, false));
     }
-    recovery
+    recovery.map(|l| (l, true))
 }
 
 /// The promotion wrote the new timeline's history file while archiving
@@ -743,7 +749,6 @@ async fn fetch_all(
     names: &[(String, String)],
     spool: &Path,
 ) -> Result<()> {
-    use futures::StreamExt;
     let (_, jc, _) = archive::physical_job(cfg, req.job.as_deref())?;
     let mut recs = Vec::new();
     for (stored, as_name) in names {
@@ -758,16 +763,24 @@ async fn fetch_all(
         .collect();
     let keys =
         crate::services::keys::for_recipients(cfg, jc, "the WAL", wanted, req.identity.as_deref())?;
-    let results: Vec<Result<()>> = futures::stream::iter(recs.iter())
-        .map(|(r, as_name)| {
-            let dest = spool.join(as_name.as_str());
-            let keys = keys.clone();
-            async move { archive::fetch(&g.repo, &g.job, r, &dest, &keys).await }
-        })
-        .buffer_unordered(req.parallel.max(1))
-        .collect()
-        .await;
-    results.into_iter().collect()
+    // A few at a time; a batch of plain futures (no closure over
+    // borrowed data) keeps the restore future Send for the daemon's drills.
+    for batch in recs.chunks(req.parallel.max(1)) {
+        let mut fetches = Vec::with_capacity(batch.len());
+        for (r, as_name) in batch {
+            fetches.push(archive::fetch(
+                &g.repo,
+                &g.job,
+                r,
+                spool.join(as_name.as_str()),
+                &keys,
+            ));
+        }
+        for r in futures::future::join_all(fetches).await {
+            r?;
+        }
+    }
+    Ok(())
 }
 
 /// Start the server on `dd` (no TCP, no socket: nobody connects during

@@ -189,7 +189,17 @@ impl Backend for LocalBackend {
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let root = self.root.clone();
-        let start = self.path(prefix);
+        // A prefix is a string, as in S3: `job/wal/0001.` lists the
+        // objects whose keys start so, from the directory that holds them.
+        let (start, only) = if prefix.is_empty() || prefix.ends_with('/') {
+            (self.path(prefix), None)
+        } else {
+            let p = self.path(prefix);
+            (
+                p.parent().map_or_else(|| root.clone(), Path::to_path_buf),
+                Some(prefix.to_owned()),
+            )
+        };
         let name = self.name.clone();
         tokio::task::spawn_blocking(move || {
             let mut out = Vec::new();
@@ -228,6 +238,9 @@ impl Backend for LocalBackend {
                         }
                     }
                 }
+            }
+            if let Some(p) = only {
+                out.retain(|o| o.key.starts_with(&p));
             }
             Ok(out)
         })
@@ -269,5 +282,40 @@ impl Drop for TempGuard {
         if let Some(p) = self.0.take() {
             let _ = std::fs::remove_file(p);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_prefix_is_a_string_as_in_s3() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::new("t", dir.path());
+        for k in [
+            "j/wal/0001.aa.zst",
+            "j/wal/0001.json",
+            "j/wal/0002.json",
+            "j/x/y",
+        ] {
+            b.put_if_absent(k, b"x".to_vec()).await.unwrap();
+        }
+        let keys = |v: Vec<ObjectInfo>| {
+            let mut k: Vec<String> = v.into_iter().map(|o| o.key).collect();
+            k.sort();
+            k
+        };
+        assert_eq!(
+            keys(b.list("j/wal/0001.").await.unwrap()),
+            ["j/wal/0001.aa.zst", "j/wal/0001.json"]
+        );
+        assert_eq!(
+            keys(b.list("j/wal/0001.aa.zst").await.unwrap()),
+            ["j/wal/0001.aa.zst"]
+        );
+        assert_eq!(keys(b.list("j/wal/").await.unwrap()).len(), 3);
+        assert!(b.list("j/nothing/").await.unwrap().is_empty());
+        assert_eq!(keys(b.list("j/").await.unwrap()).len(), 4);
     }
 }

@@ -166,16 +166,25 @@ async fn stored_wal(bucket: &str) -> Vec<String> {
 async fn archive_now(c: &Cluster, bucket: &str) {
     let seg = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
     c.psql("SELECT pg_switch_wal()");
+    wait_stored(bucket, &seg, &|| {
+        format!(
+            "server log: {}",
+            std::fs::read_to_string(c.data.join("test-server.log")).unwrap_or_default()
+        )
+    })
+    .await;
+}
+
+/// Wait (30 s at most) until WAL file `seg` has its record in the bucket;
+/// `context` explains a timeout (a server's or a daemon's log).
+async fn wait_stored(bucket: &str, seg: &str, context: &dyn Fn() -> String) {
     for _ in 0..300 {
-        if stored_wal(bucket).await.contains(&seg) {
+        if stored_wal(bucket).await.iter().any(|n| n == seg) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!(
-        "{seg} was not archived; server log: {}",
-        std::fs::read_to_string(c.data.join("test-server.log")).unwrap_or_default()
-    );
+    panic!("{seg} was not stored; {}", context());
 }
 
 /// `drctl restore --job db ARGS --to-datadir DIR`.
@@ -772,17 +781,7 @@ async fn streamed_wal_restores_the_last_write_of_an_unfinished_segment_and_survi
     c.psql("INSERT INTO ledger SELECT g, 'finished segment' FROM generate_series(301, 600) g");
     let seg = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
     c.psql("SELECT pg_switch_wal()");
-    for _ in 0..300 {
-        if stored_wal(&bucket).await.contains(&seg) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        stored_wal(&bucket).await.contains(&seg),
-        "{seg} streamed: {}",
-        d.log()
-    );
+    wait_stored(&bucket, &seg, &|| d.log()).await;
 
     // A write that fills no segment: only the .partial carries it.
     c.psql("INSERT INTO ledger SELECT g, 'unfinished segment' FROM generate_series(601, 650) g");
@@ -844,17 +843,7 @@ async fn streamed_wal_restores_the_last_write_of_an_unfinished_segment_and_survi
     let seg = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
     c.psql("SELECT pg_switch_wal()");
     let f2 = c.fingerprint();
-    for _ in 0..300 {
-        if stored_wal(&bucket).await.contains(&seg) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        stored_wal(&bucket).await.contains(&seg),
-        "{seg} streamed after the restart: {}",
-        d.log()
-    );
+    wait_stored(&bucket, &seg, &|| d.log()).await;
     let local = w.dir.join(format!("repo/db-local/wal/{seg}.json"));
     wait_until(
         Duration::from_secs(30),

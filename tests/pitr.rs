@@ -362,6 +362,60 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
     assert_eq!(r.code, 4, "{}", r.stderr);
     assert!(r.stderr.contains("not empty"), "{}", r.stderr);
 
+    // A flipped byte in the stored base backup: the streamed restore stops
+    // on it (exit 3) and leaves the directory as empty as it found it.
+    let client = s3().client().await;
+    let listed = client
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix(format!("db/{id}/"))
+        .send()
+        .await
+        .unwrap();
+    let base_key = listed
+        .contents()
+        .iter()
+        .filter_map(|o| o.key())
+        .find(|k| k.contains("base.tar"))
+        .unwrap()
+        .to_owned();
+    let original = client
+        .get_object()
+        .bucket(&bucket)
+        .key(&base_key)
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes()
+        .to_vec();
+    let put = |bytes: Vec<u8>| {
+        client
+            .put_object()
+            .bucket(&bucket)
+            .key(&base_key)
+            .body(bytes.into())
+            .send()
+    };
+    let mut flipped = original.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0xff;
+    put(flipped).await.unwrap();
+    let d_bad = root.join("restored-corrupt");
+    std::fs::create_dir_all(&d_bad).unwrap();
+    let r = restore_db(&w, &["--at", &at], &d_bad);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(r.stderr.contains("base.tar"), "{}", r.stderr);
+    assert_eq!(
+        std::fs::read_dir(&d_bad).unwrap().count(),
+        0,
+        "a failed restore leaves the directory empty"
+    );
+    put(original).await.unwrap();
+
     // A target past the archive is refused before anything is written.
     let d4 = root.join("restored-future");
     let future = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
@@ -440,7 +494,6 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
     };
     // The segment holding batch B's records: archived after T1, before T2.
     let victim = segs[segs.len() - 2].clone();
-    let client = s3().client().await;
     client
         .delete_object()
         .bucket(&bucket)
@@ -904,6 +957,19 @@ async fn a_pitr_drill_restores_a_random_point_and_proves_it_with_the_marker_rows
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     archive_now(&c, &bucket).await;
+    // Before any drill a dry run has no estimate; it says so.
+    let scratch = scratch_dir("drctl-pitr-plan-").join("data");
+    let plan_of = || {
+        let r = restore_db(&w, &["--latest", "--dry-run", "--json"], &scratch);
+        let plan: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
+        plan
+    };
+    let plan = plan_of();
+    assert!(plan["estimate"].is_null(), "{plan}");
+    assert!(plan["work_bytes"].as_u64().unwrap() > 16 << 20, "{plan}");
+    let r = restore_db(&w, &["--latest", "--dry-run"], &scratch);
+    assert!(r.ok().stderr.contains("estimate    none"), "{}", r.stderr);
+
     let r = w.drctl(&["drill", "run", "pitr-weekly", "--json"]);
     r.ok();
     let rec: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
@@ -928,5 +994,127 @@ async fn a_pitr_drill_restores_a_random_point_and_proves_it_with_the_marker_rows
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
+
+    // The drill's rate now estimates a restore: its seconds per byte of
+    // work (fetch and restore phases over the bytes it processed), times
+    // this restore's work.
+    assert!(rec["work_bytes"].as_u64().unwrap() > 0, "{rec}");
+    let plan = plan_of();
+    assert_eq!(plan["estimate"]["drills"], 1, "{plan}");
+    let phase = |name: &str| {
+        rec["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap()["seconds"]
+            .as_f64()
+            .unwrap()
+    };
+    let rate = (phase("fetch") + phase("restore")) / rec["work_bytes"].as_f64().unwrap();
+    let want = rate * plan["work_bytes"].as_f64().unwrap();
+    let got = plan["estimate"]["seconds"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-6 * want.max(1.0), "{got} vs {want}");
+    let r = restore_db(&w, &["--latest", "--dry-run"], &scratch);
+    assert!(
+        r.ok().stderr.contains("past drill of this job"),
+        "{}",
+        r.stderr
+    );
     drop(d);
+}
+
+/// `verify --deep` unpacks each base backup and runs PostgreSQL's own
+/// `pg_verifybackup` on it; a base backup whose stored object matches its
+/// checksum but whose files do not match pg_basebackup's `backup_manifest`
+/// (what a bug upstream of drctl's hashing would leave) is failed by it.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_deep_runs_pg_verifybackup_and_fails_a_base_backup_postgresql_would_reject() {
+    let root = scratch_dir("drctl-pitr-verify-");
+    let mut w = World::new(
+        "[repositories.local]\ntype = \"local\"\npath = \"{dir}/repo\"\n\
+         [jobs.db]\ntype = \"postgres_physical\"\nurl_env = \"PHYS_URL\"\nrepository = \"local\"\n",
+    );
+    let data = Cluster::init(&root);
+    let c = Cluster::start(
+        &data,
+        free_port(),
+        "-c wal_level=replica -c archive_mode=on -c archive_command=/bin/true",
+    );
+    w.set_env("PHYS_URL", &c.url());
+    let id = w.drctl(&["run", "db"]).ok().stdout.trim().to_owned();
+    let v = w.drctl(&["verify", "--job", "db", "--deep"]);
+    v.ok();
+    assert!(
+        v.stdout
+            .contains("pg_verifybackup: backup successfully verified"),
+        "{}",
+        v.stdout
+    );
+    assert_eq!(
+        std::fs::read_dir(w.dir.join("state").join("tmp"))
+            .unwrap()
+            .count(),
+        0,
+        "the scratch copy is removed"
+    );
+
+    // Rewrite the stored base backup with one byte of PG_VERSION changed,
+    // and the manifest's size and SHA-256 to match the new object.
+    let dir = w.repo_dir().join("db").join(&id);
+    let obj = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().contains("base.tar"))
+        .unwrap();
+    let out = Command::new("zstd")
+        .args(["-d", "-c"])
+        .arg(&obj)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut tar_bytes = out.stdout;
+    let at = {
+        let mut a = tar::Archive::new(std::io::Cursor::new(&tar_bytes));
+        a.entries()
+            .unwrap()
+            .flatten()
+            .find(|e| e.path().unwrap().to_string_lossy() == "PG_VERSION")
+            .unwrap()
+            .raw_file_position() as usize
+    };
+    tar_bytes[at] = if tar_bytes[at] == b'9' { b'8' } else { b'9' };
+    let mut z = Command::new("zstd")
+        .args(["-q", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = z.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &tar_bytes));
+    let stored = z.wait_with_output().unwrap().stdout;
+    feeder.join().unwrap().unwrap();
+    std::fs::write(&obj, &stored).unwrap();
+    let mpath = dir.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&mpath).unwrap()).unwrap();
+    for a in m["artifacts"].as_array_mut().unwrap() {
+        if a["name"].as_str().unwrap().contains("base.tar") {
+            a["stored_bytes"] = stored.len().into();
+            a["sha256"] = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&stored)).into();
+        }
+    }
+    std::fs::write(&mpath, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+
+    // The checksum alone passes; pg_verifybackup does not.
+    w.drctl(&["verify", "--job", "db"]).ok();
+    let v = w.drctl(&["verify", "--job", "db", "--deep"]);
+    assert_eq!(v.code, 3, "{}", v.all());
+    assert!(
+        v.stdout.contains("pg_verifybackup rejects") && v.stdout.contains("PG_VERSION"),
+        "{}",
+        v.stdout
+    );
+    drop(c);
 }

@@ -194,14 +194,21 @@ fn a_redis_snapshot_taken_under_writes_restores_into_a_throwaway_server() {
     assert!(dir.join("dump.rdb").exists());
     let restored = Redis::start(&["--dir", dir.to_str().unwrap(), "--dbfilename", "dump.rdb"]);
     let mut rcon = connect(restored.port, "");
-    wait_until(Duration::from_secs(30), "the RDB to load", || {
-        let info: String = redis::cmd("INFO")
-            .arg("persistence")
-            .query(&mut rcon)
-            .unwrap();
-        info.contains("loading:0")
-    });
-    let size: u64 = redis::cmd("DBSIZE").query(&mut rcon).unwrap();
+    // `INFO persistence` can say `loading:0` before the load has begun, so
+    // wait for a data command to stop answering LOADING instead.
+    let mut size = 0u64;
+    wait_until(
+        Duration::from_secs(30),
+        "the RDB to load",
+        || match redis::cmd("DBSIZE").query::<u64>(&mut rcon) {
+            Ok(n) => {
+                size = n;
+                true
+            }
+            Err(e) if e.kind() == redis::ErrorKind::BusyLoadingError => false,
+            Err(e) => panic!("DBSIZE on the restored server: {e}"),
+        },
+    );
     assert_eq!(size, total);
     assert_eq!(sample(&mut rcon), expected);
     drop(restored);

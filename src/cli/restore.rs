@@ -250,6 +250,19 @@ fn print_pitr_plan(p: &restore::pitr::PitrPlan) {
         );
     }
     eprintln!("  data dir    {}", p.datadir);
+    match p.estimate {
+        Some(e) => eprintln!(
+            "  estimate    about {} to the promotion ({} of work, the median rate of {} past drill{} of this job)",
+            humantime::format_duration(std::time::Duration::from_secs(e.seconds.ceil() as u64)),
+            super::human_bytes(p.work_bytes),
+            e.drills,
+            if e.drills == 1 { "" } else { "s" }
+        ),
+        None => eprintln!(
+            "  estimate    none: no drill of this job has restored on this host yet ({} of work)",
+            super::human_bytes(p.work_bytes)
+        ),
+    }
     for (i, s) in p.steps.iter().enumerate() {
         eprintln!("  {}. {s}", i + 1);
     }

@@ -603,6 +603,7 @@ mod tests {
             checks: vec![],
             swept: vec![],
             repository: None,
+            work_bytes: None,
         }
     }
 

@@ -373,7 +373,8 @@ async fn job(
         } else {
             None
         };
-        let check = backup(&repo, &job_name, job, &m, opts.deep, &keys).await;
+        let scratch = cfg.config.state_dir.join("tmp");
+        let check = backup(&repo, &job_name, job, &m, opts.deep, &keys, &scratch).await;
         summary.bytes_read += check.artifacts.iter().map(|a| a.stored_bytes).sum::<u64>();
         summary.backups.push(check);
     }
@@ -405,12 +406,13 @@ async fn backup(
     m: &Manifest,
     deep: bool,
     keys: &crate::services::keys::Keys,
+    scratch: &std::path::Path,
 ) -> BackupCheck {
     let mut artifacts = Vec::new();
     let mut integrity_failure = false;
     for a in &m.artifacts {
         let r = if deep {
-            deep_check(repo, job_name, job, m, a, keys).await
+            deep_check(repo, job_name, job, m, a, keys, scratch).await
         } else {
             fetch::verify_only(repo, job_name, &m.id, a, None)
                 .await
@@ -450,6 +452,7 @@ async fn deep_check(
     m: &Manifest,
     a: &Artifact,
     keys: &crate::services::keys::Keys,
+    scratch: &std::path::Path,
 ) -> Result<String> {
     match a.content.as_str() {
         "pg_dump_custom" => {
@@ -493,7 +496,8 @@ async fn deep_check(
                 "SHA-256 matches; decoded {raw} bytes; pg_restore read every data block"
             ))
         }
-        "tar" | "pg_basebackup_tar" => {
+        "pg_basebackup_tar" => deep_check_base(repo, job_name, job, m, a, keys, scratch).await,
+        "tar" => {
             let (w, r) = tokio::io::duplex(1 << 20);
             // The same checks a restore applies before extracting, so an
             // archive that verifies is one that restores.
@@ -548,6 +552,78 @@ async fn deep_check(
             }
             Ok(format!("SHA-256 matches; decoded {raw} bytes"))
         }
+    }
+}
+
+/// A base backup read through to what PostgreSQL would accept: unpacked
+/// into a scratch directory with the checks a restore applies, then
+/// `pg_verifybackup` against the backup's own `backup_manifest` (every
+/// file's size and checksum, and the WAL from start to end parsed by
+/// pg_waldump). PostgreSQL's tool, not a second implementation of its
+/// manifest; without it on this host the walk alone, and the detail says so.
+/// The scratch directory (as large as the cluster) is removed at once.
+async fn deep_check_base(
+    repo: &Repository,
+    job_name: &JobName,
+    job: &JobConfig,
+    m: &Manifest,
+    a: &Artifact,
+    keys: &crate::services::keys::Keys,
+    scratch: &std::path::Path,
+) -> Result<String> {
+    crate::base::private_fs::dir_all(scratch)
+        .map_err(|e| Error::io(format!("creating {}", scratch.display()), e))?;
+    let dir = tempfile::Builder::new()
+        .prefix("verify-base-")
+        .tempdir_in(scratch)
+        .map_err(|e| Error::io(format!("creating a directory in {}", scratch.display()), e))?;
+    let (w, r) = tokio::io::duplex(4 << 20);
+    let reader = tokio_util::io::SyncIoBridge::new(r);
+    let (into, name) = (dir.path().to_path_buf(), a.name.clone());
+    let unpack = tokio::task::spawn_blocking(move || {
+        crate::engine::restore::files::unpack_checked(
+            std::io::BufReader::with_capacity(1 << 20, reader),
+            &into,
+            &name,
+        )
+    });
+    let raw = fetch::to_writer(repo, job_name, &m.id, a, Lenient(Some(w)), None, keys).await;
+    let unpacked = unpack
+        .await
+        .map_err(|e| Error::task("unpacking the base backup", e))?;
+    // A damaged object explains whatever the unpacking met.
+    let raw = raw?;
+    unpacked?;
+    if raw != a.raw_bytes {
+        return Err(size_mismatch(a, raw));
+    }
+    let bindir = match &job.kind {
+        Kind::PostgresPhysical(p) => p.pg_bindir.as_deref(),
+        _ => None,
+    };
+    let tools = crate::services::pg::PgTools::locate(bindir);
+    let tool = tools.path("pg_verifybackup");
+    if !tool.exists() {
+        return Ok(format!(
+            "SHA-256 matches; decoded {raw} bytes; unpacked; pg_verifybackup not found ({}): the files were not checked against backup_manifest",
+            tool.display()
+        ));
+    }
+    let mut c = tokio::process::Command::new(&tool);
+    crate::base::child_env::restrict(&mut c);
+    c.env("LC_ALL", "C").arg(dir.path());
+    let checked = crate::services::pg::server::run(c, "pg_verifybackup").await;
+    drop(dir);
+    match checked {
+        Ok(out) => Ok(format!(
+            "SHA-256 matches; decoded {raw} bytes; pg_verifybackup: {}",
+            out.trim()
+        )),
+        Err(Error::Tool { stderr, .. }) => Err(Error::Integrity {
+            artifact: a.name.clone(),
+            message: format!("pg_verifybackup rejects the base backup: {stderr}"),
+        }),
+        Err(e) => Err(e),
     }
 }
 

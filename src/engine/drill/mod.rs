@@ -9,7 +9,7 @@ mod redis;
 mod scratch;
 mod store;
 
-pub use store::list;
+pub use store::{list, restored_for_job};
 
 use crate::base::error::{Error, Result};
 use crate::base::progress::Progress;
@@ -110,6 +110,11 @@ pub struct DrillRecord {
     /// kept in the state database).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repository: Option<String>,
+    /// Bytes the restore processed (a point-in-time drill: the base
+    /// backup's raw size and the WAL replayed): with the fetch and restore
+    /// phases, the rate a later restore's estimate is made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_bytes: Option<u64>,
 }
 
 impl DrillRecord {
@@ -197,6 +202,7 @@ pub async fn run(
         checks: Vec::new(),
         swept: Vec::new(),
         repository: None,
+        work_bytes: None,
     };
     let mut scratch = None;
     let mut redis_scratch = None;

@@ -156,6 +156,7 @@ pub(super) async fn phases(
     req.dry_run = false;
     let plan = pitr::plan(cfg, &req).await.map_err(at("fetch"))?;
     rec.backup_id = Some(plan.backup_id.clone());
+    rec.work_bytes = Some(plan.work_bytes);
     rec.target = Some(format!("{} (recovered to {})", dir.display(), plan.target));
     rec.backup_age_seconds = Some(match req.target {
         Target::Time(t) => (Utc::now() - t).num_milliseconds() as f64 / 1000.0,

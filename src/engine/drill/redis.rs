@@ -182,7 +182,7 @@ fn free_port() -> Result<u16> {
 }
 
 /// `INFO keyspace` of the throwaway server once it has loaded the file
-/// (until then it answers LOADING, or is not listening yet).
+/// (until then data commands answer LOADING, or it is not listening yet).
 async fn loaded_keyspace(
     port: u16,
     limit: Duration,
@@ -192,6 +192,10 @@ async fn loaded_keyspace(
         let attempt = async {
             let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
             let mut con = client.get_multiplexed_async_connection().await?;
+            // INFO is served while the file is loading (and has been seen
+            // to say `loading:0` then); DBSIZE answers LOADING until the
+            // load is done, so it goes first.
+            redis::cmd("DBSIZE").query_async::<u64>(&mut con).await?;
             redis::cmd("INFO")
                 .arg("keyspace")
                 .query_async::<String>(&mut con)

@@ -23,7 +23,7 @@ pub(super) async fn start(state: &State, drill: &str, job: &str, trigger: &str) 
 
 pub(super) async fn finish(state: &State, id: i64, r: &DrillRecord) -> Result<()> {
     sqlx::query(
-        "UPDATE drills SET finished_at = ?, outcome = ?, failed_phase = ?, error = ?, backup_id = ?, backup_age_seconds = ?, target = ?, phases = ?, total_seconds = ?, rto_seconds = ?, checks = ? WHERE id = ?",
+        "UPDATE drills SET finished_at = ?, outcome = ?, failed_phase = ?, error = ?, backup_id = ?, backup_age_seconds = ?, target = ?, phases = ?, total_seconds = ?, rto_seconds = ?, checks = ?, work_bytes = ? WHERE id = ?",
     )
     .bind(&r.finished_at)
     .bind(r.outcome)
@@ -36,6 +36,7 @@ pub(super) async fn finish(state: &State, id: i64, r: &DrillRecord) -> Result<()
     .bind(r.total_seconds)
     .bind(r.rto_seconds)
     .bind(serde_json::to_string(&r.checks).unwrap_or_else(|_| "[]".into()))
+    .bind(r.work_bytes.and_then(|b| i64::try_from(b).ok()))
     .bind(id)
     .execute(state.pool())
     .await
@@ -74,6 +75,9 @@ fn record(r: &sqlx::sqlite::SqliteRow) -> Result<DrillRecord> {
         checks: serde_json::from_str::<Vec<CheckResult>>(&checks).unwrap_or_default(),
         swept: Vec::new(),
         repository: None,
+        work_bytes: r
+            .get::<Option<i64>, _>("work_bytes")
+            .and_then(|b| u64::try_from(b).ok()),
     })
 }
 
@@ -89,6 +93,20 @@ pub async fn list(
     )
     .bind(drill)
     .bind(since)
+    .bind(limit)
+    .fetch_all(state.pool())
+    .await
+    .map_err(|e| state.err(e))?;
+    rows.iter().map(record).collect()
+}
+
+/// The newest finished runs of drills of `job` that passed or only missed
+/// their RTO (both restored everything), newest first.
+pub async fn restored_for_job(state: &State, job: &str, limit: i64) -> Result<Vec<DrillRecord>> {
+    let rows = sqlx::query(
+        "SELECT * FROM drills WHERE job = ?1 AND outcome IN ('passed', 'over_rto') ORDER BY id DESC LIMIT ?2",
+    )
+    .bind(job)
     .bind(limit)
     .fetch_all(state.pool())
     .await

@@ -120,6 +120,52 @@ pub fn check_archive<R: std::io::Read>(
     Ok(Ok(n))
 }
 
+/// Unpack a tar stream into the empty directory `dir` in one pass, every
+/// entry through [`check_entry`] before it is written (modes kept,
+/// setuid/setgid/sticky bits dropped). For a target that was empty: an
+/// entry refused half-way leaves what came before it, which the caller
+/// removes; a target with data in it goes through the two-pass extraction.
+pub fn unpack_checked(reader: impl std::io::Read, dir: &Path, artifact: &str) -> Result<()> {
+    let mut a = tar::Archive::new(reader);
+    a.set_preserve_permissions(true);
+    a.set_mask(0o7000);
+    let read_err = |e| Error::io(format!("reading {artifact}"), e);
+    for entry in a.entries().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
+        let path = entry.path().map_err(read_err)?.into_owned();
+        let link = entry
+            .link_name()
+            .map_err(read_err)?
+            .map(std::borrow::Cow::into_owned);
+        if let Err(why) = check_entry(&path, entry.header().entry_type(), link.as_deref()) {
+            return Err(Error::Integrity {
+                artifact: artifact.into(),
+                message: format!("holds an entry that cannot be restored safely: {why}"),
+            });
+        }
+        match entry.unpack_in(dir) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Error::Integrity {
+                    artifact: artifact.into(),
+                    message: format!("{} would land outside {}", path.display(), dir.display()),
+                })
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!("extracting {} from {artifact}", path.display()),
+                    e,
+                ))
+            }
+        }
+    }
+    // The rest of the stream (tar's zero blocks), so the writing side is
+    // not cut short and gets to report the object's checksum.
+    let mut rest = a.into_inner();
+    std::io::copy(&mut rest, &mut std::io::sink()).map_err(read_err)?;
+    Ok(())
+}
+
 fn extract(archive: &Path, dir: &Path, preserve_modes: bool) -> Result<()> {
     let open = || {
         std::fs::File::open(archive)

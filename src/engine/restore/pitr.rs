@@ -6,9 +6,10 @@
 //! base backup, the timeline path, the WAL files the recovery will ask for,
 //! and whether each is stored; a target outside the archive or a gap in
 //! the WAL refuses the restore naming what is missing. Then the base tar is
-//! fetched (verified) and extracted into the empty data directory, the WAL
-//! is fetched into `DATADIR/drctl_wal/` (verified, decrypted, several at
-//! once), and the server is started with `recovery.signal`, a
+//! streamed into the empty data directory (hashed as it arrives, each entry
+//! checked before it is written; on any failure the directory is emptied
+//! again) while the WAL is fetched beside it into `DATADIR/drctl_wal/`
+//! (verified, decrypted, several at once), and the server is started with `recovery.signal`, a
 //! `restore_command` that copies from there, and the target; drctl waits
 //! for the promotion (`pg_controldata`: in production), stops the server
 //! cleanly and removes what it added. The directory is then an ordinary
@@ -103,6 +104,69 @@ pub struct PitrPlan {
     pub window: Option<(DateTime<Utc>, DateTime<Utc>)>,
     /// The steps, in order.
     pub steps: Vec<String>,
+    /// Bytes the restore processes: the base backup's raw size and the
+    /// WAL files it replays.
+    pub work_bytes: u64,
+    /// How long it should take, from past drills of this job on this host.
+    pub estimate: Option<Estimate>,
+}
+
+/// A restore's expected duration.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Estimate {
+    /// Seconds, fetch to promotion.
+    pub seconds: f64,
+    /// The drills it was made from.
+    pub drills: usize,
+}
+
+/// The expected duration of a restore of `work` bytes, from past restores
+/// given as (seconds, bytes) (pure): the median of their seconds per byte,
+/// times `work`. The median, so that one drill slowed by a busy host does
+/// not move the estimate; none without a past restore that did any work.
+pub fn estimate(past: &[(f64, u64)], work: u64) -> Option<Estimate> {
+    let mut rates: Vec<f64> = past
+        .iter()
+        .filter(|(s, b)| *b > 0 && s.is_finite() && *s > 0.0)
+        .map(|(s, b)| s / *b as f64)
+        .collect();
+    if rates.is_empty() {
+        return None;
+    }
+    rates.sort_by(f64::total_cmp);
+    let n = rates.len();
+    let median = if n % 2 == 1 {
+        rates[n / 2]
+    } else {
+        (rates[n / 2 - 1] + rates[n / 2]) / 2.0
+    };
+    Some(Estimate {
+        seconds: median * work as f64,
+        drills: n,
+    })
+}
+
+/// [`estimate`] from the newest drills of `job` recorded on this host
+/// (their fetch and restore phases: what a restore does); none when the
+/// state cannot be read (another user's, or a fresh host): a dry run never
+/// fails for want of an estimate.
+async fn estimate_from_drills(cfg: &LoadedConfig, job: &str, work: u64) -> Option<Estimate> {
+    let state = crate::services::state::State::open(&cfg.config.state_dir)
+        .await
+        .map_err(|e| tracing::debug!(error = %e, "no restore estimate: cannot read the state"))
+        .ok()?;
+    let runs = crate::engine::drill::restored_for_job(&state, job, 5)
+        .await
+        .map_err(|e| tracing::debug!(error = %e, "no restore estimate: cannot read past drills"))
+        .ok()?;
+    let past: Vec<(f64, u64)> = runs
+        .iter()
+        .filter_map(|r| {
+            let seconds = r.phase("fetch")? + r.phase("restore")?;
+            Some((seconds, r.work_bytes?))
+        })
+        .collect();
+    estimate(&past, work)
 }
 
 /// How a point-in-time restore went.
@@ -403,7 +467,9 @@ fn stored_times(a: &archive::Archive) -> std::collections::BTreeMap<String, Date
 /// Plan a point-in-time restore (what `--dry-run` prints), or refuse it.
 pub async fn plan(cfg: &LoadedConfig, req: &PitrRequest) -> Result<PitrPlan> {
     let g = gather(cfg, req).await?;
-    make_plan(&g, req).map(|(p, _)| p)
+    let (mut p, _) = make_plan(&g, req)?;
+    p.estimate = estimate_from_drills(cfg, g.job.as_str(), p.work_bytes).await;
+    Ok(p)
 }
 
 fn make_plan(g: &Gathered, req: &PitrRequest) -> Result<(PitrPlan, Choice)> {
@@ -446,6 +512,9 @@ fn make_plan(g: &Gathered, req: &PitrRequest) -> Result<(PitrPlan, Choice)> {
             format!("start PostgreSQL in recovery to {target_text} on timeline {}, promote", c.target_timeline),
             "stop it cleanly and remove drctl's recovery settings: the directory is ready for its service".into(),
         ],
+        work_bytes: base.manifest.raw_bytes()
+            + c.segments.len() as u64 * base.physical.wal_segment_bytes,
+        estimate: None,
     };
     Ok((plan, c))
 }
@@ -573,8 +642,9 @@ async fn restore_into(
         std::fs::set_permissions(dd, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| Error::io(format!("chmod {}", dd.display()), e))?;
     }
-    // 1. The base backup, verified, then extracted (never outside dd).
-    let t1 = std::time::Instant::now();
+    // 1 and 2 at once: the base backup streamed into the directory while
+    // the WAL files are fetched beside it (they are independent, and the
+    // base is bound by the disk while the WAL is bound by the network).
     let artifact = base
         .manifest
         .artifact("pg_basebackup_tar")
@@ -582,25 +652,6 @@ async fn restore_into(
             artifact: base.manifest.id.to_string(),
             message: "the manifest lists no base.tar".into(),
         })?;
-    let tar = dd.join(".drctl-base.tar");
-    super::fetch::to_file(
-        &g.repo,
-        &g.job,
-        &base.manifest.id,
-        artifact,
-        &tar,
-        None,
-        keys,
-    )
-    .await?;
-    let (tar2, dd2) = (tar.clone(), dd.clone());
-    let extracted = tokio::task::spawn_blocking(move || extract(&tar2, &dd2)).await;
-    let _ = std::fs::remove_file(&tar);
-    extracted.map_err(|e| Error::task("extracting the base backup", e))??;
-    let base_seconds = t1.elapsed().as_secs_f64();
-
-    // 2. The WAL, verified, several at once; histories too.
-    let t2 = std::time::Instant::now();
     let spool = dd.join("drctl_wal");
     crate::base::private_fs::dir_all(&spool)
         .map_err(|e| Error::io(format!("creating {}", spool.display()), e))?;
@@ -616,8 +667,23 @@ async fn restore_into(
             .filter(|n| matches!(wal::classify(n), Some(WalName::History(_))))
             .map(|n| (n.clone(), n.clone())),
     );
-    fetch_all(cfg, g, req, &names, &spool).await?;
-    let wal_seconds = t2.elapsed().as_secs_f64();
+    let base_part = async {
+        let t = std::time::Instant::now();
+        let r = stream_base(g, base, artifact, dd, keys).await;
+        (r, t.elapsed().as_secs_f64())
+    };
+    let wal_part = async {
+        let t = std::time::Instant::now();
+        let r = fetch_all(cfg, g, req, &names, &spool).await;
+        (r, t.elapsed().as_secs_f64())
+    };
+    let ((based, base_seconds), (walled, wal_seconds)) = tokio::join!(base_part, wal_part);
+    if let Err(e) = based.and(walled) {
+        // Nothing of the cluster may stay behind: the directory was empty
+        // (or absent), and a partial base backup must never be started.
+        empty_dir(dd);
+        return Err(e);
+    }
 
     // 3. Recovery.
     let t3 = std::time::Instant::now();
@@ -813,7 +879,7 @@ async fn recover(tools: &PgTools, dd: &Path, log: &Path) -> Result<Vec<String>> 
     let started = std::time::Instant::now();
     let mut seen_pid = false;
     loop {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let running = pid_file.exists();
         seen_pid |= running;
         if running && !signal.exists() {
@@ -874,43 +940,60 @@ fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
 }
 
-/// Extract the base tar into `dd`: every entry checked first (nothing
-/// outside `dd`, no device), then unpacked with its modes.
-fn extract(tar_path: &Path, dd: &Path) -> Result<()> {
-    let open = || {
-        std::fs::File::open(tar_path)
-            .map_err(|e| Error::io(format!("opening {}", tar_path.display()), e))
+/// Fetch the base tar and unpack it into `dd` in one pass: the stored
+/// bytes are hashed as they arrive, each entry is checked before it is
+/// written (nothing outside `dd`, no device), and the result stands only if
+/// the whole object matched its manifest. One read of the stored object and
+/// one write of the cluster, where a temporary file would be three passes.
+async fn stream_base(
+    g: &Gathered,
+    base: &Base,
+    artifact: &crate::base::manifest::Artifact,
+    dd: &Path,
+    keys: &crate::services::keys::Keys,
+) -> Result<()> {
+    let (w, r) = tokio::io::duplex(4 << 20);
+    let reader = tokio_util::io::SyncIoBridge::new(r);
+    let into = dd.to_path_buf();
+    let unpack = tokio::task::spawn_blocking(move || {
+        super::files::unpack_checked(
+            std::io::BufReader::with_capacity(1 << 20, reader),
+            &into,
+            "base.tar",
+        )
+    });
+    let fetched =
+        super::fetch::to_writer(&g.repo, &g.job, &base.manifest.id, artifact, w, None, keys).await;
+    let unpacked = unpack
+        .await
+        .map_err(|e| Error::task("extracting the base backup", e))?;
+    match (fetched, unpacked) {
+        // A damaged object explains whatever the unpacking met.
+        (Err(e @ Error::Integrity { .. }), _) => Err(e),
+        (_, Err(e)) => Err(e),
+        (Err(e), Ok(())) => Err(e),
+        (Ok(_), Ok(())) => Ok(()),
+    }
+}
+
+/// Remove everything inside `dd` (a restore that failed before recovery
+/// leaves the directory as empty as it found it; the directory itself
+/// stays, it may be a mount point).
+fn empty_dir(dd: &Path) {
+    let Ok(entries) = std::fs::read_dir(dd) else {
+        return;
     };
-    match super::files::check_archive(std::io::BufReader::new(open()?)) {
-        Ok(Ok(_)) => {}
-        Ok(Err(why)) => {
-            return Err(Error::Integrity {
-                artifact: "base.tar".into(),
-                message: format!("holds an entry that cannot be restored safely: {why}"),
-            })
-        }
-        Err(e) => return Err(Error::io("reading the base backup", e)),
-    }
-    let mut a = tar::Archive::new(std::io::BufReader::new(open()?));
-    a.set_preserve_permissions(true);
-    a.set_mask(0o7000);
-    for entry in a
-        .entries()
-        .map_err(|e| Error::io("reading the base backup", e))?
-    {
-        let mut entry = entry.map_err(|e| Error::io("reading the base backup", e))?;
-        match entry.unpack_in(dd) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(Error::Integrity {
-                    artifact: "base.tar".into(),
-                    message: "an entry would land outside the data directory".into(),
-                })
-            }
-            Err(e) => return Err(Error::io("extracting the base backup", e)),
+    for e in entries.flatten() {
+        let p = e.path();
+        let r = if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        if let Err(err) = r {
+            tracing::warn!(path = %p.display(), error = %err, "cannot remove what the failed restore wrote");
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1046,6 +1129,23 @@ mod tests {
         let c = choose(&bases, &s, &h, Target::Latest).unwrap();
         assert_eq!(c.target_timeline, 2);
         assert_eq!(c.segments, [seg(1, 2), seg(1, 3), seg(2, 4), seg(2, 5)]);
+    }
+
+    #[test]
+    fn the_estimate_is_the_median_rate_of_past_restores_times_the_work() {
+        assert_eq!(estimate(&[], 1000), None);
+        assert_eq!(
+            estimate(&[(0.0, 100), (5.0, 0)], 1000),
+            None,
+            "no work done"
+        );
+        // 1 s/100 B, 2 s/100 B, 10 s/100 B (a slow outlier): median 2 s/100 B.
+        let e = estimate(&[(1.0, 100), (10.0, 100), (2.0, 100)], 1000).unwrap();
+        assert_eq!(e.drills, 3);
+        assert!((e.seconds - 20.0).abs() < 1e-9, "{e:?}");
+        // An even count takes the mean of the middle two.
+        let e = estimate(&[(1.0, 100), (3.0, 100)], 100).unwrap();
+        assert!((e.seconds - 2.0).abs() < 1e-9, "{e:?}");
     }
 
     #[test]

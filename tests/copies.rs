@@ -106,19 +106,8 @@ async fn every_backup_lands_in_both_repositories_each_with_its_own_retention() {
     // The copy is the same backup, byte for byte: the same manifest.
     let local = std::fs::read(manifest_at(&w.repo_dir(), "appdb", &ids[3])).unwrap();
     let remote = s3()
-        .client()
-        .await
-        .get_object()
-        .bucket(&bucket)
-        .key(format!("db1/appdb/{}/manifest.json", ids[3]))
-        .send()
-        .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes();
+        .get(&bucket, &format!("db1/appdb/{}/manifest.json", ids[3]))
+        .await;
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&local).unwrap(),
         serde_json::from_slice::<serde_json::Value>(&remote).unwrap()

@@ -959,3 +959,55 @@ fn real_restores_are_exported_as_metrics() {
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(20)), Some(0), "{}", d.log());
 }
+
+/// The idle daemon gives back the code pages only startup needed: a few
+/// seconds after start it drops its mappings of the binary's read-only
+/// segments, and the kernel's count of its resident code falls; it goes on
+/// working (the pages come back from the page cache as they run).
+#[test]
+fn the_idle_daemon_gives_back_the_code_pages_startup_touched() {
+    let w = files_world("nightly", "0 0 3 * * *");
+    let mut d = Daemon::start(&w);
+    wait_until(Duration::from_secs(30), "the first trim", || {
+        d.log().contains("dropped the mappings")
+    });
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("dropped the mappings"))
+        .unwrap();
+    let field = |k: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|t| t.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k} in {line}"))
+            .parse()
+            .unwrap()
+    };
+    let (before, after) = (field("resident_before"), field("resident_after"));
+    assert!(
+        before > 1 << 20,
+        "startup touched over a MiB of code: {line}"
+    );
+    assert!(after * 2 < before, "{line}");
+    // From outside: the binary's read-only mappings hold less than before.
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_drctl")).unwrap();
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", d.child.id())).unwrap();
+    let mut now = 0u64;
+    let mut ours = false;
+    for l in smaps.lines() {
+        let head: Vec<&str> = l.split_whitespace().collect();
+        if head.len() >= 5 && head[0].contains('-') && head[1].len() == 4 {
+            ours =
+                head.len() == 6 && std::path::Path::new(head[5]) == exe && !head[1].contains('w');
+        } else if ours && l.starts_with("Rss:") {
+            now += head[1].parse::<u64>().unwrap() * 1024;
+        }
+    }
+    assert!(
+        now < before,
+        "now {now} bytes resident, {before} before the trim"
+    );
+    // Still working: a clean stop runs code the trim unmapped.
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(20)), Some(0), "{}", d.log());
+}

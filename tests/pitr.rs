@@ -379,19 +379,7 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
         .find(|k| k.contains("base.tar"))
         .unwrap()
         .to_owned();
-    let original = client
-        .get_object()
-        .bucket(&bucket)
-        .key(&base_key)
-        .send()
-        .await
-        .unwrap()
-        .body
-        .collect()
-        .await
-        .unwrap()
-        .into_bytes()
-        .to_vec();
+    let original = s3().get(&bucket, &base_key).await;
     let put = |bytes: Vec<u8>| {
         client
             .put_object()
@@ -1115,6 +1103,30 @@ async fn verify_deep_runs_pg_verifybackup_and_fails_a_base_backup_postgresql_wou
         v.stdout.contains("pg_verifybackup rejects") && v.stdout.contains("PG_VERSION"),
         "{}",
         v.stdout
+    );
+
+    // A tablespace outside the data directory: pg_basebackup could stream
+    // only one to drctl, so the run is refused before it starts, naming it.
+    let ts = root.join("ts");
+    std::fs::create_dir_all(&ts).unwrap();
+    if is_root() {
+        assert!(Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&ts)
+            .status()
+            .unwrap()
+            .success());
+    }
+    c.psql(&format!(
+        "CREATE TABLESPACE extra LOCATION '{}'",
+        ts.display()
+    ));
+    let r = w.drctl(&["run", "db"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains(&format!("extra at {}", ts.display())) && r.stderr.contains("logical"),
+        "{}",
+        r.stderr
     );
     drop(c);
 }

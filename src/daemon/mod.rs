@@ -19,6 +19,7 @@ mod internal;
 mod marker;
 mod notify;
 mod preflight;
+mod trim;
 mod wal_stream;
 
 use crate::base::error::{Error, Result};
@@ -465,7 +466,7 @@ fn load_resolved(path: Option<&std::path::Path>) -> Result<LoadedConfig> {
 async fn shut_down(
     d: &Arc<Daemon>,
     mut sched: JobScheduler,
-    workers: [tokio::task::JoinHandle<()>; 6],
+    workers: [tokio::task::JoinHandle<()>; 7],
     grace: Duration,
 ) {
     let running: Vec<String> = d
@@ -703,8 +704,8 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
 }
 
 /// The daemon's background workers: alerts, RPO (and WAL chains), the
-/// fleet status, copies, WAL streaming, PITR markers.
-fn spawn_workers(d: &Arc<Daemon>) -> [tokio::task::JoinHandle<()>; 6] {
+/// fleet status, copies, WAL streaming, PITR markers, the code-page trim.
+fn spawn_workers(d: &Arc<Daemon>) -> [tokio::task::JoinHandle<()>; 7] {
     [
         tokio::spawn(alert_worker(d.clone())),
         tokio::spawn(rpo_worker(d.clone())),
@@ -712,6 +713,7 @@ fn spawn_workers(d: &Arc<Daemon>) -> [tokio::task::JoinHandle<()>; 6] {
         tokio::spawn(copies::worker(d.clone())),
         tokio::spawn(wal_stream::worker(d.clone())),
         tokio::spawn(marker::worker(d.clone())),
+        tokio::spawn(trim::worker(d.stopping.clone())),
     ]
 }
 

@@ -483,8 +483,8 @@ async fn deep_check(
                 )
                 .await?;
             let stdin = child.take_stdin();
-            let raw =
-                fetch::to_writer(repo, job_name, &m.id, a, Lenient(stdin), None, keys).await?;
+            let raw = fetch::to_writer(repo, job_name, &m.id, a, fetch::Lenient(stdin), None, keys)
+                .await?;
             child.finish().await.map_err(|e| Error::Integrity {
                 artifact: a.name.clone(),
                 message: format!("pg_restore cannot read the archive to its end: {e}"),
@@ -498,17 +498,14 @@ async fn deep_check(
         }
         "pg_basebackup_tar" => deep_check_base(repo, job_name, job, m, a, keys, scratch).await,
         "tar" => {
-            let (w, r) = tokio::io::duplex(1 << 20);
             // The same checks a restore applies before extracting, so an
             // archive that verifies is one that restores.
-            let walk = tokio::task::spawn_blocking(move || {
-                crate::engine::restore::files::check_archive(tokio_util::io::SyncIoBridge::new(r))
-            });
-            let raw =
-                fetch::to_writer(repo, job_name, &m.id, a, Lenient(Some(w)), None, keys).await?;
-            let entries = walk
-                .await
-                .map_err(|e| Error::task("reading the tar listing", e))?
+            let (raw, walked) = fetch::to_blocking_reader(repo, job_name, &m.id, a, keys, |r| {
+                crate::engine::restore::files::check_archive(r)
+            })
+            .await?;
+            let raw = raw?;
+            let entries = walked
                 .map_err(|e| Error::Integrity {
                     artifact: a.name.clone(),
                     message: format!("not a readable tar archive: {e}"),
@@ -577,20 +574,11 @@ async fn deep_check_base(
         .prefix("verify-base-")
         .tempdir_in(scratch)
         .map_err(|e| Error::io(format!("creating a directory in {}", scratch.display()), e))?;
-    let (w, r) = tokio::io::duplex(4 << 20);
-    let reader = tokio_util::io::SyncIoBridge::new(r);
     let (into, name) = (dir.path().to_path_buf(), a.name.clone());
-    let unpack = tokio::task::spawn_blocking(move || {
-        crate::engine::restore::files::unpack_checked(
-            std::io::BufReader::with_capacity(1 << 20, reader),
-            &into,
-            &name,
-        )
-    });
-    let raw = fetch::to_writer(repo, job_name, &m.id, a, Lenient(Some(w)), None, keys).await;
-    let unpacked = unpack
-        .await
-        .map_err(|e| Error::task("unpacking the base backup", e))?;
+    let (raw, unpacked) = fetch::to_blocking_reader(repo, job_name, &m.id, a, keys, move |r| {
+        crate::engine::restore::files::unpack_checked(r, &into, &name)
+    })
+    .await?;
     // A damaged object explains whatever the unpacking met.
     let raw = raw?;
     unpacked?;
@@ -655,58 +643,5 @@ fn size_mismatch(a: &Artifact, raw: u64) -> Error {
             "decodes to {raw} bytes, manifest says {} before compression",
             a.raw_bytes
         ),
-    }
-}
-
-/// A writer into a consumer that may stop reading early (`pg_restore
-/// --list` exits after the table of contents): once it is gone the rest is
-/// discarded, so the whole artifact is still decoded and hashed.
-struct Lenient<W>(Option<W>);
-
-fn gone(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::BrokenPipe
-}
-
-impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Lenient<W> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let Some(w) = self.0.as_mut() else {
-            return Poll::Ready(Ok(buf.len()));
-        };
-        match Pin::new(w).poll_write(cx, buf) {
-            Poll::Ready(Err(e)) if gone(&e) => {
-                self.0 = None;
-                Poll::Ready(Ok(buf.len()))
-            }
-            other => other,
-        }
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let Some(w) = self.0.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        match Pin::new(w).poll_flush(cx) {
-            Poll::Ready(Err(e)) if gone(&e) => {
-                self.0 = None;
-                Poll::Ready(Ok(()))
-            }
-            other => other,
-        }
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let Some(w) = self.0.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        let r = match Pin::new(w).poll_shutdown(cx) {
-            Poll::Ready(Err(e)) if gone(&e) => Poll::Ready(Ok(())),
-            other => other,
-        };
-        if r.is_ready() {
-            self.0 = None; // close stdin: the consumer sees EOF
-        }
-        r
     }
 }

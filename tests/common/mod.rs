@@ -523,6 +523,24 @@ impl S3 {
         s3_client(&self.endpoint)
     }
 
+    /// The bytes of `bucket/key`.
+    pub async fn get(&self, bucket: &str, key: &str) -> Vec<u8> {
+        self.client()
+            .await
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {bucket}/{key}: {e:?}"))
+            .body
+            .collect()
+            .await
+            .unwrap()
+            .into_bytes()
+            .to_vec()
+    }
+
     pub async fn create_bucket(&self) -> String {
         let name = unique("bucket").replace('_', "-");
         self.client()

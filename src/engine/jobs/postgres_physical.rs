@@ -36,6 +36,8 @@ pub struct Cluster {
     pub archive_mode: String,
     /// `archive_command`.
     pub archive_command: String,
+    /// Tablespaces besides `pg_default` and `pg_global`, as `name at location`.
+    pub tablespaces: Vec<String>,
 }
 
 /// Read [`Cluster`] over a normal connection.
@@ -46,7 +48,9 @@ pub async fn cluster(tools: &PgTools, target: &PgTarget) -> Result<Cluster> {
             "SELECT current_setting('server_version_num'), current_setting('server_version'),
                     (SELECT system_identifier::text FROM pg_control_system()),
                     (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'),
-                    current_setting('archive_mode'), current_setting('archive_command')",
+                    current_setting('archive_mode'), current_setting('archive_command'),
+                    (SELECT string_agg(spcname || ' at ' || pg_tablespace_location(oid), E'\n' ORDER BY spcname)
+                       FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global'))",
         )
         .await?
         .into_iter()
@@ -72,6 +76,11 @@ pub async fn cluster(tools: &PgTools, target: &PgTarget) -> Result<Cluster> {
             .unwrap_or(crate::base::wal::DEFAULT_SEGMENT_BYTES),
         archive_mode: col(4),
         archive_command: col(5),
+        tablespaces: col(6)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
     })
 }
 
@@ -115,6 +124,14 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PhysicalJob) -> Result<BackupOutp
     let target = target(job)?;
     let tools = PgTools::locate(job.pg_bindir.as_deref());
     let c = cluster(&tools, &target).await?;
+    if !c.tablespaces.is_empty() {
+        // pg_basebackup streams a single tablespace to stdout; refused
+        // before it starts, with what to do instead.
+        return Err(Error::Other(format!(
+            "the cluster has tablespaces outside its data directory ({}): a postgres_physical job backs up clusters without extra tablespaces; back their databases up with a postgres (logical) job",
+            c.tablespaces.join(", ")
+        )));
+    }
     match archiving_problem(job.wal, &c) {
         Some(why) if c.archive_mode == "off" => return Err(Error::Other(why)),
         // A wrapper script may well run drctl: said, not refused.
@@ -209,6 +226,7 @@ pg_basebackup: base backup completed";
             segment_bytes: 16 << 20,
             archive_mode: "off".into(),
             archive_command: String::new(),
+            tablespaces: Vec::new(),
         };
         assert!(archiving_problem(WalMode::ArchiveCommand, &c)
             .unwrap()

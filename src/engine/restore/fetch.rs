@@ -191,6 +191,95 @@ where
     }
 }
 
+/// Decode `artifact` into `consume`, which reads it as a plain `Read` on a
+/// blocking thread (a tar walk or unpack) while the stored bytes are
+/// hashed on their way: one pass over the object. A consumer that stops
+/// early does not cut the hashing short (the rest is discarded), so a
+/// damaged object is still reported as what it is. Returns the fetch's
+/// result (decoded size, or the integrity error, which explains whatever
+/// the consumer met) and the consumer's.
+pub async fn to_blocking_reader<T, F>(
+    repo: &Repository,
+    job: &JobName,
+    id: &BackupId,
+    artifact: &Artifact,
+    keys: &Keys,
+    consume: F,
+) -> Result<(Result<u64>, T)>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut dyn std::io::Read) -> T + Send + 'static,
+{
+    let (w, r) = tokio::io::duplex(4 << 20);
+    let mut reader =
+        std::io::BufReader::with_capacity(1 << 20, tokio_util::io::SyncIoBridge::new(r));
+    let consumer = tokio::task::spawn_blocking(move || consume(&mut reader));
+    let fetched = to_writer(repo, job, id, artifact, Lenient(Some(w)), None, keys).await;
+    let consumed = consumer
+        .await
+        .map_err(|e| Error::task(format!("reading {}", artifact.name), e))?;
+    Ok((fetched, consumed))
+}
+
+/// A writer into a consumer that may stop reading early (`pg_restore
+/// --list` exits after the table of contents): once it is gone the rest is
+/// discarded, so the whole artifact is still decoded and hashed.
+pub struct Lenient<W>(pub Option<W>);
+
+fn gone(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::BrokenPipe
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Lenient<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let Some(w) = self.0.as_mut() else {
+            return std::task::Poll::Ready(Ok(buf.len()));
+        };
+        match std::pin::Pin::new(w).poll_write(cx, buf) {
+            std::task::Poll::Ready(Err(e)) if gone(&e) => {
+                self.0 = None;
+                std::task::Poll::Ready(Ok(buf.len()))
+            }
+            other => other,
+        }
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let Some(w) = self.0.as_mut() else {
+            return std::task::Poll::Ready(Ok(()));
+        };
+        match std::pin::Pin::new(w).poll_flush(cx) {
+            std::task::Poll::Ready(Err(e)) if gone(&e) => {
+                self.0 = None;
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let Some(w) = self.0.as_mut() else {
+            return std::task::Poll::Ready(Ok(()));
+        };
+        let r = match std::pin::Pin::new(w).poll_shutdown(cx) {
+            std::task::Poll::Ready(Err(e)) if gone(&e) => std::task::Poll::Ready(Ok(())),
+            other => other,
+        };
+        if r.is_ready() {
+            self.0 = None; // close stdin: the consumer sees EOF
+        }
+        r
+    }
+}
+
 /// Remembers whether an error came from the destination (disk full, a
 /// consumer gone) rather than from decoding, which `copy` cannot tell.
 struct WriteSide<W> {

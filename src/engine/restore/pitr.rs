@@ -952,21 +952,16 @@ async fn stream_base(
     dd: &Path,
     keys: &crate::services::keys::Keys,
 ) -> Result<()> {
-    let (w, r) = tokio::io::duplex(4 << 20);
-    let reader = tokio_util::io::SyncIoBridge::new(r);
     let into = dd.to_path_buf();
-    let unpack = tokio::task::spawn_blocking(move || {
-        super::files::unpack_checked(
-            std::io::BufReader::with_capacity(1 << 20, reader),
-            &into,
-            "base.tar",
-        )
-    });
-    let fetched =
-        super::fetch::to_writer(&g.repo, &g.job, &base.manifest.id, artifact, w, None, keys).await;
-    let unpacked = unpack
-        .await
-        .map_err(|e| Error::task("extracting the base backup", e))?;
+    let (fetched, unpacked) = super::fetch::to_blocking_reader(
+        &g.repo,
+        &g.job,
+        &base.manifest.id,
+        artifact,
+        keys,
+        move |r| super::files::unpack_checked(r, &into, "base.tar"),
+    )
+    .await?;
     match (fetched, unpacked) {
         // A damaged object explains whatever the unpacking met.
         (Err(e @ Error::Integrity { .. }), _) => Err(e),

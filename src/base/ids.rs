@@ -15,6 +15,22 @@ fn valid_component(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
+/// `name` in the letters a PostgreSQL object name may hold unquoted
+/// (lower-case ASCII letters, digits, `_`), other characters as `_`, at
+/// most `max` of them: the job's part of a slot or scratch database name.
+pub fn pg_name_part(name: &str, max: usize) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(max)
+        .collect()
+}
+
 /// A job name as used in the config and in repository keys.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -40,16 +40,7 @@ fn stream_jobs(cfg: &crate::config::LoadedConfig) -> Vec<String> {
 /// The replication slot of a job: `drctl_` and the job's name in the
 /// letters a slot name may hold (lower case, digits, `_`), at most 63.
 pub fn slot_name(job: &str) -> String {
-    let clean: String = job
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let clean = crate::base::ids::pg_name_part(job, 63);
     format!("drctl_{clean}").chars().take(63).collect()
 }
 

@@ -10,17 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// Scratch databases are named `drctl_drill_<job>_<YYYYmmddHHMMSS>`.
 pub fn prefix(job: &str) -> String {
-    let clean: String = job
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .take(30)
-        .collect();
+    let clean = crate::base::ids::pg_name_part(job, 30);
     format!("drctl_drill_{clean}_")
 }
 

@@ -1220,3 +1220,216 @@ fn pg_dump_and_pg_restore_run_at_the_jobs_nice_and_io_priority() {
         "{msg}"
     );
 }
+
+#[test]
+fn row_counts_come_from_the_archive_and_match_count_star_for_partitions_inheritance_and_odd_rows() {
+    let pg = pg();
+    let src = pg.create_db("rows_src");
+    pg.psql(
+        &src,
+        r#"CREATE TABLE plain (v text);
+           INSERT INTO plain VALUES (E'two\nlines'), ('\.'), (E'back\\slash'), (E'\\.\n\n'), ('');
+           CREATE TABLE empty (v int);
+           CREATE SCHEMA "Sales";
+           CREATE TABLE "Sales"."Big Orders" (at date, n int) PARTITION BY RANGE (at);
+           CREATE TABLE "Sales"."Big Orders 2025" PARTITION OF "Sales"."Big Orders" FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+           CREATE TABLE "Sales"."Big Orders 2026" PARTITION OF "Sales"."Big Orders" FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+           INSERT INTO "Sales"."Big Orders" SELECT DATE '2025-03-01' + g, g FROM generate_series(1, 400) g;
+           CREATE TABLE parent (n int);
+           CREATE TABLE kid () INHERITS (parent);
+           INSERT INTO parent SELECT generate_series(1, 2);
+           INSERT INTO kid SELECT generate_series(1, 5);
+           CREATE TABLE "odd, name.dot" (n int);
+           INSERT INTO "odd, name.dot" VALUES (1), (2);
+           CREATE UNLOGGED TABLE scratch (n int);
+           INSERT INTO scratch VALUES (1);
+           SELECT lo_from_bytea(0, E'a large\nobject\n'::bytea);"#,
+    );
+    let mut w = local_world("APP_DATABASE_URL", "globals = false");
+    w.set_env("APP_DATABASE_URL", &pg.url(&src));
+    let id = w.drctl(&["run", "appdb"]).ok().stdout.trim().to_owned();
+    let manifest = manifest(&w, "appdb", &id);
+    let listed: Vec<(String, String, i64)> = manifest["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["schema"].as_str().unwrap().to_owned(),
+                t["name"].as_str().unwrap().to_owned(),
+                t["rows"].as_i64().expect("every table has a count"),
+            )
+        })
+        .collect();
+    let names: Vec<&str> = listed.iter().map(|(_, n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Big Orders",
+            "empty",
+            "kid",
+            "odd, name.dot",
+            "parent",
+            "plain",
+            "scratch"
+        ],
+        "partitions are counted in their table, not listed"
+    );
+    for (schema, name, rows) in &listed {
+        let sql = format!("SELECT count(*) FROM \"{schema}\".\"{name}\"");
+        assert_eq!(pg.psql(&src, &sql), rows.to_string(), "{schema}.{name}");
+    }
+    let rows = |n: &str| listed.iter().find(|t| t.1 == n).unwrap().2;
+    assert_eq!(
+        (
+            rows("plain"),
+            rows("Big Orders"),
+            rows("parent"),
+            rows("kid")
+        ),
+        (5, 400, 7, 5)
+    );
+
+    // The same counts hold in a restored copy.
+    let target = unique("rows_dst");
+    w.drctl(&[
+        "restore",
+        "--latest",
+        "--job",
+        "appdb",
+        "--to",
+        &pg.url(&target),
+        "--jobs",
+        "2",
+    ])
+    .ok();
+    for (schema, name, rows) in &listed {
+        let sql = format!("SELECT count(*) FROM \"{schema}\".\"{name}\"");
+        assert_eq!(pg.psql(&target, &sql), rows.to_string(), "{schema}.{name}");
+    }
+}
+
+#[test]
+fn a_restore_loads_tables_while_the_dump_is_still_arriving_and_a_failed_load_leaves_nothing() {
+    let pg = pg();
+    let src = pg.create_db("pipe_src");
+    pg.psql(
+        &src,
+        "CREATE TABLE a (id int PRIMARY KEY, body text);
+         INSERT INTO a SELECT g, md5(g::text) || md5((g * 3)::text) FROM generate_series(1, 30000) g;
+         CREATE TABLE b (id int REFERENCES a, body text);
+         INSERT INTO b SELECT * FROM a;
+         CREATE INDEX b_body ON b (body);
+         CREATE SEQUENCE s; SELECT setval('s', 42);",
+    );
+    let dir = scratch_dir("drctl-pipe-");
+    let log = dir.join("pg_restore.log");
+    let fail = dir.join("fail");
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    // Each pg_restore logs the size of the temporary dump file when it starts.
+    let bin = tool_wrappers(&[(
+        "pg_restore",
+        &format!(
+            r#"if [ "$1" = "--version" ]; then exec "$REAL" --version; fi
+f=$(ls {tmp}/.drctl-restore-*.dump 2>/dev/null | head -n 1)
+echo "$(if [ -n "$f" ]; then stat -c %s "$f"; else echo 0; fi) $*" >> {log}
+case "$*" in *--section=data*) if [ -e {fail} ]; then echo "pg_restore: error: simulated load failure" >&2; exit 1; fi;; esac
+exec "$REAL" "$@""#,
+            log = log.display(),
+            fail = fail.display(),
+            tmp = tmp.display()
+        ),
+    )]);
+    // A slow download (1 MiB/s) leaves time to load while fetching.
+    let mut w = World::new(&format!(
+        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\nrate_limit = \"1MiB/s\"\n\n\
+         [jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"local\"\nglobals = false\npg_bindir = \"{}\"\n",
+        bin.display()
+    ));
+    w.set_env("APP_DATABASE_URL", &pg.url(&src));
+    w.drctl(&["run", "appdb"]).ok();
+
+    let target = unique("pipe_dst");
+    let tmp_arg = tmp.display().to_string();
+    w.drctl(&[
+        "restore",
+        "--latest",
+        "--to",
+        &pg.url(&target),
+        "--jobs",
+        "2",
+        "--tmp-dir",
+        &tmp_arg,
+    ])
+    .ok();
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let size_at = |what: &str| -> Vec<u64> {
+        calls
+            .lines()
+            .filter(|l| l.contains(what))
+            .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    // The last pass, after the verified fetch, sees the whole file.
+    let whole = size_at("--section=post-data --jobs=2");
+    assert_eq!(whole.len(), 1, "{calls}");
+    // Table a's primary key is built while b's data still arrives.
+    let early: Vec<u64> = calls
+        .lines()
+        .filter(|l| l.contains("--section=post-data") && !l.contains("--jobs"))
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(early.first().is_some_and(|s| *s < whole[0]), "{calls}");
+    // Loaders of a block read the archive from their stdin (no file
+    // argument): both tables started loading before the dump was whole.
+    let streamed: Vec<u64> = calls
+        .lines()
+        .filter(|l| l.contains("--section=data") && !l.contains(".drctl-restore-"))
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(streamed.len(), 2, "a loader per table block: {calls}");
+    assert!(streamed.iter().all(|s| *s < whole[0]), "{calls}");
+    assert!(size_at("--section=pre-data")[0] < whole[0], "{calls}");
+    for (sql, want) in [
+        ("SELECT count(*) FROM a", "30000"),
+        ("SELECT count(*) FROM b", "30000"),
+        ("SELECT last_value FROM s", "42"),
+        (
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'b_body'",
+            "1",
+        ),
+        (
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f'",
+            "1",
+        ),
+    ] {
+        assert_eq!(pg.psql(&target, sql), want, "{sql}");
+    }
+
+    // A load that fails: the new database is dropped, no temporary file stays.
+    std::fs::write(&fail, "").unwrap();
+    let target = unique("pipe_fail");
+    let r = w.drctl(&[
+        "restore",
+        "--latest",
+        "--to",
+        &pg.url(&target),
+        "--jobs",
+        "2",
+        "--tmp-dir",
+        &tmp_arg,
+    ]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("simulated load failure"), "{}", r.stderr);
+    assert!(
+        !pg.db_exists(&target),
+        "the half-loaded database is dropped"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

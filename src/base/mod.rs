@@ -9,6 +9,7 @@
 mod names;
 
 pub mod child_env;
+pub mod custom_archive;
 pub mod error;
 pub mod faults;
 pub mod host;

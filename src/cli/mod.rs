@@ -128,7 +128,11 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(dispatch(cli)) {
+    let result = rt.block_on(dispatch(cli));
+    // Blocking threads still reading a pipe that a stray grandchild of a
+    // killed tool holds open must not keep drctl from exiting.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             use drctl::base::error::Exit;

@@ -3,6 +3,7 @@
 //! seed runbooks and PostgreSQL's own autovacuum use.
 
 use super::jobs::{one_url_source, KeyError, KindSpec, Problems};
+use super::UrlSource;
 use crate::base::values::{Parsed, Window};
 use bytesize::ByteSize;
 use chrono_tz::Tz;
@@ -332,11 +333,14 @@ impl ProbeType {
     }
 }
 
-/// One health check. A flat struct (serde's `flatten` cannot be combined
-/// with `deny_unknown_fields`); `validate` rejects keys of another type.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A health check as written: every key of every type in one flat table,
+/// because serde's `flatten` cannot be combined with `deny_unknown_fields`
+/// (which names an unknown key with its path). It becomes a
+/// [`HealthCheck`] at once; keys of another type travel along for
+/// `validate` to name.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HealthCheck {
+pub struct RawHealthCheck {
     /// Its `type`.
     #[serde(rename = "type")]
     pub probe: ProbeType,
@@ -404,6 +408,228 @@ pub struct HealthCheck {
     pub expect_exit: i32,
 }
 
+/// One health check: the keys every check has, and what its `type`
+/// probes ([`Probe`], one variant per type with only its own keys).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "RawHealthCheck", into = "RawHealthCheck")]
+pub struct HealthCheck {
+    /// Names the check in alerts and metrics (default: its target).
+    pub name: Option<String>,
+    /// Further attempts within one run after a failed one.
+    pub retries: u32,
+    /// Wait between attempts within one run.
+    pub retry_delay: Duration,
+    /// Per attempt.
+    pub timeout: Duration,
+    /// Consecutive failed runs before the check is down (and alerts).
+    pub failure_threshold: u32,
+    /// Consecutive passing runs before a down check is up again.
+    pub success_threshold: u32,
+    /// `critical` (default) or `warning` while down.
+    pub severity: Parsed<Down>,
+    /// What is probed.
+    pub probe: Probe,
+    /// Keys that belong to another type, as written (for `validate`).
+    stray: Vec<&'static str>,
+}
+
+/// What a health check probes, by its `type`.
+#[derive(Debug, Clone)]
+pub enum Probe {
+    /// An HTTP(S) request with status, body and JSON expectations.
+    Http(HttpProbe),
+    /// A TCP connect to `host:port`.
+    Tcp {
+        /// `host:port`.
+        address: String,
+    },
+    /// A PostgreSQL connection and `SELECT 1`.
+    Postgres {
+        /// The server's URL.
+        url: UrlSource,
+    },
+    /// A Redis PING.
+    Redis {
+        /// The server's URL.
+        url: UrlSource,
+    },
+    /// A command's exit status.
+    Command {
+        /// argv, no shell.
+        argv: Vec<String>,
+        /// The exit status it must end with.
+        expect_exit: i32,
+    },
+}
+
+/// An HTTP check's request and expectations.
+#[derive(Debug, Clone)]
+pub struct HttpProbe {
+    /// The URL (it may hold a token: `Debug` masks it).
+    pub url: UrlSource,
+    /// The method (GET when not set).
+    pub method: Option<Parsed<HttpMethod>>,
+    /// The status expected (any 2xx when not set).
+    pub expect_status: Option<u16>,
+    /// Text the body must contain.
+    pub body_contains: Option<String>,
+    /// RFC 6901 pointer into a JSON body...
+    pub json_pointer: Option<String>,
+    /// ...and the value it must equal.
+    pub json_equals: Option<toml::Value>,
+    /// Extra request headers.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// An HTTP method, parsed when the config is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpMethod(pub reqwest::Method);
+
+impl crate::base::values::FromConfig for HttpMethod {
+    fn from_config(text: &str) -> Result<Self, String> {
+        reqwest::Method::from_bytes(text.to_ascii_uppercase().as_bytes())
+            .map(HttpMethod)
+            .map_err(|_| "expected an HTTP method".into())
+    }
+}
+
+impl Probe {
+    /// The check's `type`.
+    pub fn kind(&self) -> ProbeType {
+        match self {
+            Probe::Http(_) => ProbeType::Http,
+            Probe::Tcp { .. } => ProbeType::Tcp,
+            Probe::Postgres { .. } => ProbeType::Postgres,
+            Probe::Redis { .. } => ProbeType::Redis,
+            Probe::Command { .. } => ProbeType::Command,
+        }
+    }
+
+    /// Where the URL comes from, for the types that have one.
+    pub fn url(&self) -> Option<&UrlSource> {
+        match self {
+            Probe::Http(h) => Some(&h.url),
+            Probe::Postgres { url } | Probe::Redis { url } => Some(url),
+            Probe::Tcp { .. } | Probe::Command { .. } => None,
+        }
+    }
+}
+
+impl From<RawHealthCheck> for HealthCheck {
+    fn from(r: RawHealthCheck) -> Self {
+        let kind = r.probe;
+        let url = UrlSource {
+            url: r.url,
+            url_env: r.url_env,
+            url_file: r.url_file,
+        };
+        let has_url = url.url.is_some() || url.url_env.is_some() || url.url_file.is_some();
+        // Keys of another type, in the order the documentation lists them.
+        let mut stray = Vec::new();
+        let http = [
+            ("method", r.method.is_some()),
+            ("expect_status", r.expect_status.is_some()),
+            ("body_contains", r.body_contains.is_some()),
+            ("json_pointer", r.json_pointer.is_some()),
+            ("json_equals", r.json_equals.is_some()),
+            ("headers", !r.headers.is_empty()),
+        ];
+        if kind != ProbeType::Http {
+            stray.extend(http.iter().filter(|(_, set)| *set).map(|(k, _)| *k));
+        }
+        if kind != ProbeType::Tcp && r.address.is_some() {
+            stray.push("address");
+        }
+        if kind != ProbeType::Command && r.command.is_some() {
+            stray.push("command");
+        }
+        if matches!(kind, ProbeType::Tcp | ProbeType::Command) && has_url {
+            stray.push("url");
+        }
+        let probe = match kind {
+            ProbeType::Http => Probe::Http(HttpProbe {
+                url,
+                method: r.method.map(Parsed::new),
+                expect_status: r.expect_status,
+                body_contains: r.body_contains,
+                json_pointer: r.json_pointer,
+                json_equals: r.json_equals,
+                headers: r.headers,
+            }),
+            ProbeType::Tcp => Probe::Tcp {
+                address: r.address.unwrap_or_default(),
+            },
+            ProbeType::Postgres => Probe::Postgres { url },
+            ProbeType::Redis => Probe::Redis { url },
+            ProbeType::Command => Probe::Command {
+                argv: r.command.unwrap_or_default(),
+                expect_exit: r.expect_exit,
+            },
+        };
+        HealthCheck {
+            name: r.name,
+            retries: r.retries,
+            retry_delay: r.retry_delay,
+            timeout: r.timeout,
+            failure_threshold: r.failure_threshold,
+            success_threshold: r.success_threshold,
+            severity: r.severity,
+            probe,
+            stray,
+        }
+    }
+}
+
+impl From<HealthCheck> for RawHealthCheck {
+    fn from(c: HealthCheck) -> Self {
+        let mut r = RawHealthCheck {
+            probe: c.probe.kind(),
+            name: c.name,
+            retries: c.retries,
+            retry_delay: c.retry_delay,
+            timeout: c.timeout,
+            failure_threshold: c.failure_threshold,
+            success_threshold: c.success_threshold,
+            severity: c.severity,
+            url: None,
+            url_env: None,
+            url_file: None,
+            method: None,
+            expect_status: None,
+            body_contains: None,
+            json_pointer: None,
+            json_equals: None,
+            headers: BTreeMap::new(),
+            address: None,
+            command: None,
+            expect_exit: 0,
+        };
+        let set_url = |r: &mut RawHealthCheck, u: UrlSource| {
+            r.url = u.url;
+            r.url_env = u.url_env;
+            r.url_file = u.url_file;
+        };
+        match c.probe {
+            Probe::Http(h) => {
+                set_url(&mut r, h.url);
+                r.method = h.method.map(|m| m.text().to_owned());
+                r.expect_status = h.expect_status;
+                r.body_contains = h.body_contains;
+                r.json_pointer = h.json_pointer;
+                r.json_equals = h.json_equals;
+                r.headers = h.headers;
+            }
+            Probe::Tcp { address } => r.address = Some(address),
+            Probe::Postgres { url } | Probe::Redis { url } => set_url(&mut r, url),
+            Probe::Command { argv, expect_exit } => {
+                r.command = Some(argv);
+                r.expect_exit = expect_exit;
+            }
+        }
+        r
+    }
+}
+
 fn default_probe_delay() -> Duration {
     d(5)
 }
@@ -445,37 +671,34 @@ impl HealthCheck {
         if let Some(n) = &self.name {
             return n.clone();
         }
-        let target = match self.probe {
-            ProbeType::Tcp => self.address.clone(),
-            ProbeType::Command => self.command.as_ref().map(|c| c.join(" ")),
-            _ => self
-                .url
-                .as_deref()
-                .map(strip_userinfo)
-                .or_else(|| self.url_env.as_ref().map(|e| format!("${e}")))
-                .or_else(|| self.url_file.as_ref().map(|f| f.display().to_string())),
+        let target = match &self.probe {
+            Probe::Tcp { address } => Some(address.clone()),
+            Probe::Command { argv, .. } => Some(argv.join(" ")),
+            other => other.url().and_then(|u| {
+                u.url
+                    .as_deref()
+                    .map(strip_userinfo)
+                    .or_else(|| u.url_env.as_ref().map(|e| format!("${e}")))
+                    .or_else(|| u.url_file.as_ref().map(|f| f.display().to_string()))
+            }),
         };
-        format!("{}:{}", self.probe.as_str(), target.unwrap_or_default())
+        format!(
+            "{}:{}",
+            self.probe.kind().as_str(),
+            target.unwrap_or_default()
+        )
     }
 
-    /// The keys that say what is probed (`url`, `address`, `command`):
-    /// exactly those of the check's type.
+    /// The keys that say what is probed (`url`, `address`, `command`).
     fn validate_target(&self, key: &str, p: &mut Problems) {
-        let has_url = self.url.is_some() || self.url_env.is_some() || self.url_file.is_some();
-        let not_for = |k: &str| {
-            err(
-                format!("{key}.{k}"),
-                format!("not a key of {} checks", self.probe.as_str()),
-            )
-        };
-        match self.probe {
-            ProbeType::Http | ProbeType::Postgres | ProbeType::Redis => {
+        match &self.probe {
+            Probe::Http(HttpProbe { url, .. }) | Probe::Postgres { url } | Probe::Redis { url } => {
                 p.check(
-                    one_url_source(&self.url, &self.url_env, &self.url_file)
+                    one_url_source(&url.url, &url.url_env, &url.url_file)
                         .map_err(|m| err(format!("{key}.url"), m)),
                 );
-                if let Some(u) = &self.url {
-                    let schemes: &[&str] = match self.probe {
+                if let Some(u) = &url.url {
+                    let schemes: &[&str] = match self.probe.kind() {
                         ProbeType::Http => &["http://", "https://"],
                         ProbeType::Postgres => &["postgres://", "postgresql://"],
                         _ => &["redis://", "rediss://"],
@@ -488,9 +711,9 @@ impl HealthCheck {
                     }
                 }
             }
-            ProbeType::Tcp => {
-                let a = self.address.as_deref().unwrap_or("");
-                if a.rsplit_once(':')
+            Probe::Tcp { address } => {
+                if address
+                    .rsplit_once(':')
                     .and_then(|(_, p)| p.parse::<u16>().ok())
                     .is_none()
                 {
@@ -499,68 +722,43 @@ impl HealthCheck {
                         "expected host:port, e.g. \"127.0.0.1:6379\"",
                     ));
                 }
-                if has_url {
-                    p.push(not_for("url"));
-                }
             }
-            ProbeType::Command => {
-                if self.command.as_ref().is_none_or(std::vec::Vec::is_empty) {
+            Probe::Command { argv, .. } => {
+                if argv.is_empty() {
                     p.push(err(
                         format!("{key}.command"),
                         "expected a non-empty argv list, e.g. [\"pg_isready\", \"-q\"]",
                     ));
-                }
-                if has_url {
-                    p.push(not_for("url"));
                 }
             }
         }
     }
 
     fn validate(&self, key: &str, p: &mut Problems) {
-        let http_only = [
-            ("method", self.method.is_some()),
-            ("expect_status", self.expect_status.is_some()),
-            ("body_contains", self.body_contains.is_some()),
-            ("json_pointer", self.json_pointer.is_some()),
-            ("json_equals", self.json_equals.is_some()),
-            ("headers", !self.headers.is_empty()),
-        ];
-        let not_for = |k: &str| {
-            err(
+        for k in &self.stray {
+            p.push(err(
                 format!("{key}.{k}"),
-                format!("not a key of {} checks", self.probe.as_str()),
-            )
-        };
-        if self.probe != ProbeType::Http {
-            for (k, _) in http_only.iter().filter(|(_, set)| *set) {
-                p.push(not_for(k));
-            }
-        }
-        if self.probe != ProbeType::Tcp && self.address.is_some() {
-            p.push(not_for("address"));
-        }
-        if self.probe != ProbeType::Command && self.command.is_some() {
-            p.push(not_for("command"));
+                format!("not a key of {} checks", self.probe.kind().as_str()),
+            ));
         }
         self.validate_target(key, p);
-        if let Some(ptr) = &self.json_pointer {
-            if !ptr.is_empty() && !ptr.starts_with('/') {
-                p.push(err(
-                    format!("{key}.json_pointer"),
-                    "expected an RFC 6901 pointer starting with '/', e.g. \"/status\"",
-                ));
+        if let Probe::Http(h) = &self.probe {
+            if let Some(ptr) = &h.json_pointer {
+                if !ptr.is_empty() && !ptr.starts_with('/') {
+                    p.push(err(
+                        format!("{key}.json_pointer"),
+                        "expected an RFC 6901 pointer starting with '/', e.g. \"/status\"",
+                    ));
+                }
+                if h.json_equals.is_none() {
+                    p.push(err(
+                        format!("{key}.json_equals"),
+                        "expected the value json_pointer must equal",
+                    ));
+                }
             }
-            if self.json_equals.is_none() {
-                p.push(err(
-                    format!("{key}.json_equals"),
-                    "expected the value json_pointer must equal",
-                ));
-            }
-        }
-        if let Some(m) = &self.method {
-            if reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).is_err() {
-                p.push(err(format!("{key}.method"), "expected an HTTP method"));
+            if let Some(why) = h.method.as_ref().and_then(Parsed::problem) {
+                p.push(err(format!("{key}.method"), why));
             }
         }
         if self.failure_threshold == 0 || self.success_threshold == 0 {

@@ -30,8 +30,8 @@ pub use jobs::{
 };
 pub use maintenance::strip_userinfo;
 pub use maintenance::{
-    CertExpiryJob, DiskJob, Down, HealthCheck, HealthJob, ProbeType, PruneFilesJob, PruneImagesJob,
-    ReindexJob, Session, SessionSpec, VacuumJob,
+    CertExpiryJob, DiskJob, Down, HealthCheck, HealthJob, HttpMethod, HttpProbe, Probe, ProbeType,
+    PruneFilesJob, PruneImagesJob, RawHealthCheck, ReindexJob, Session, SessionSpec, VacuumJob,
 };
 pub use physical::{PhysicalJob, WalMode};
 pub use render::render_masked;

@@ -526,3 +526,65 @@ fn restore_hooks_are_argv_lists_with_a_timeout() {
     let (_, key, _) = config_err(r);
     assert!(key.starts_with("jobs.app"), "{key}");
 }
+
+#[test]
+fn health_checks_load_as_one_variant_per_type_and_render_back_the_same_keys() {
+    let (_d, r) = load_str(
+        "[jobs.h]\ntype = \"health\"\n\
+         [[jobs.h.checks]]\ntype = \"http\"\nurl = \"http://127.0.0.1:1/h\"\nmethod = \"head\"\nexpect_status = 204\n\
+         [[jobs.h.checks]]\ntype = \"tcp\"\naddress = \"127.0.0.1:6379\"\n\
+         [[jobs.h.checks]]\ntype = \"command\"\ncommand = [\"true\"]\nexpect_exit = 1\n\
+         [[jobs.h.checks]]\ntype = \"redis\"\nurl_env = \"REDIS_URL\"\n",
+    );
+    let c = r.unwrap();
+    let Kind::Health(h) = &c.config.jobs["h"].kind else {
+        panic!("not a health job")
+    };
+    match &h.checks[0].probe {
+        Probe::Http(p) => {
+            assert_eq!(
+                p.method.as_ref().unwrap().get().unwrap().0,
+                reqwest::Method::HEAD
+            );
+            assert_eq!(p.expect_status, Some(204));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(&h.checks[1].probe, Probe::Tcp { address } if address == "127.0.0.1:6379"));
+    assert!(
+        matches!(&h.checks[2].probe, Probe::Command { argv, expect_exit: 1 } if argv == &["true"])
+    );
+    assert!(
+        matches!(&h.checks[3].probe, Probe::Redis { url } if url.url_env.as_deref() == Some("REDIS_URL"))
+    );
+    // `config check` prints the keys as written, nothing of another type.
+    let out = render_masked(&c);
+    for want in [
+        "method = \"head\"",
+        "address = \"127.0.0.1:6379\"",
+        "expect_exit = 1",
+        "url_env = \"REDIS_URL\"",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    assert!(!out.contains("headers"), "{out}");
+}
+
+#[test]
+fn keys_of_another_check_type_are_each_named_with_the_type() {
+    let (_d, r) = load_str(
+        "[jobs.h]\ntype = \"health\"\n\
+         [[jobs.h.checks]]\ntype = \"postgres\"\nurl = \"postgres://db/app\"\naddress = \"db:5432\"\nmethod = \"GET\"\n\
+         [[jobs.h.checks]]\ntype = \"http\"\nurl = \"http://x/\"\nmethod = \"NOT A METHOD\"\n",
+    );
+    let text = r.unwrap_err().to_string();
+    for want in [
+        "jobs.h.checks[0].address",
+        "jobs.h.checks[0].method",
+        "not a key of postgres checks",
+        "jobs.h.checks[1].method",
+        "expected an HTTP method",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+}

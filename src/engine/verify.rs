@@ -500,10 +500,11 @@ async fn deep_check(
         "tar" => {
             // The same checks a restore applies before extracting, so an
             // archive that verifies is one that restores.
-            let (raw, walked) = fetch::to_blocking_reader(repo, job_name, &m.id, a, keys, |r| {
-                crate::engine::restore::files::check_archive(r)
-            })
-            .await?;
+            let (raw, walked) =
+                fetch::to_blocking_reader(repo, job_name, &m.id, a, keys, None, |r| {
+                    crate::engine::restore::files::check_archive(r)
+                })
+                .await?;
             let raw = raw?;
             let entries = walked
                 .map_err(|e| Error::Integrity {
@@ -575,10 +576,11 @@ async fn deep_check_base(
         .tempdir_in(scratch)
         .map_err(|e| Error::io(format!("creating a directory in {}", scratch.display()), e))?;
     let (into, name) = (dir.path().to_path_buf(), a.name.clone());
-    let (raw, unpacked) = fetch::to_blocking_reader(repo, job_name, &m.id, a, keys, move |r| {
-        crate::engine::restore::files::unpack_checked(r, &into, &name)
-    })
-    .await?;
+    let (raw, unpacked) =
+        fetch::to_blocking_reader(repo, job_name, &m.id, a, keys, None, move |r| {
+            crate::engine::restore::files::unpack_checked(r, &into, &name)
+        })
+        .await?;
     // A damaged object explains whatever the unpacking met.
     let raw = raw?;
     unpacked?;

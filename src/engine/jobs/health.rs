@@ -9,7 +9,7 @@
 //! from the daemon and from `drctl run` count alike.
 
 use crate::base::error::{Error, Result};
-use crate::config::{resolve_secret, Down, HealthCheck, HealthJob, ProbeType};
+use crate::config::{resolve_secret, Down, HealthCheck, HealthJob, HttpProbe, Probe, UrlSource};
 use crate::engine::jobs::CheckCtx;
 use crate::services::checks::{Finding, Level, Report, Sample};
 use crate::services::state::State;
@@ -19,11 +19,11 @@ use std::time::Instant;
 
 /// One probe attempt: Ok(what it saw) or Err(why it failed).
 async fn probe(c: &HealthCheck) -> std::result::Result<String, String> {
-    let url = || {
+    let resolve = |u: &UrlSource| {
         resolve_secret(
-            c.url.as_deref(),
-            c.url_env.as_deref(),
-            c.url_file.as_deref(),
+            u.url.as_deref(),
+            u.url_env.as_deref(),
+            u.url_file.as_deref(),
             "health check URL",
         )
         // Errors quote URLs (reqwest, redis): scrub the password part too.
@@ -31,17 +31,14 @@ async fn probe(c: &HealthCheck) -> std::result::Result<String, String> {
         .map_err(|e| e.to_string())
     };
     let work = async {
-        match c.probe {
-            ProbeType::Http => http(c, url()?.expose()).await,
-            ProbeType::Tcp => {
-                let a = c.address.as_deref().unwrap_or_default();
-                tokio::net::TcpStream::connect(a)
-                    .await
-                    .map(|_| format!("{a} accepts connections"))
-                    .map_err(|e| format!("cannot connect to {a}: {e}"))
-            }
-            ProbeType::Postgres => {
-                let target = crate::services::pg::PgTarget::parse(url()?.expose())
+        match &c.probe {
+            Probe::Http(h) => http(c, h, resolve(&h.url)?.expose()).await,
+            Probe::Tcp { address } => tokio::net::TcpStream::connect(address.as_str())
+                .await
+                .map(|_| format!("{address} accepts connections"))
+                .map_err(|e| format!("cannot connect to {address}: {e}")),
+            Probe::Postgres { url } => {
+                let target = crate::services::pg::PgTarget::parse(resolve(url)?.expose())
                     .map_err(|e| e.to_string())?;
                 let mut conn = target.connect().await.map_err(|e| e.to_string())?;
                 let one: i32 = sqlx::query_scalar("SELECT 1")
@@ -52,8 +49,8 @@ async fn probe(c: &HealthCheck) -> std::result::Result<String, String> {
                 let _ = conn.close().await;
                 Ok(format!("SELECT 1 returned {one} on {}", target.display()))
             }
-            ProbeType::Redis => {
-                let u = url()?;
+            Probe::Redis { url } => {
+                let u = resolve(url)?;
                 let client = redis::Client::open(u.expose())
                     .map_err(|e| crate::base::secret::redact(&e.to_string()))?;
                 let mut con = client
@@ -70,7 +67,7 @@ async fn probe(c: &HealthCheck) -> std::result::Result<String, String> {
                     Err(format!("PING answered {pong:?}"))
                 }
             }
-            ProbeType::Command => command(c).await,
+            Probe::Command { argv, expect_exit } => command(argv, *expect_exit).await,
         }
     };
     match tokio::time::timeout(c.timeout, work).await {
@@ -82,22 +79,19 @@ async fn probe(c: &HealthCheck) -> std::result::Result<String, String> {
     }
 }
 
-async fn http(c: &HealthCheck, url: &str) -> std::result::Result<String, String> {
+async fn http(c: &HealthCheck, h: &HttpProbe, url: &str) -> std::result::Result<String, String> {
     let shown = crate::config::strip_userinfo(url);
     let client = reqwest::Client::builder()
         .timeout(c.timeout)
         .redirect(reqwest::redirect::Policy::limited(5))
         .build()
         .map_err(|e| e.to_string())?;
-    let method = c
-        .method
-        .as_deref()
-        .map(|m| reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes()))
-        .transpose()
-        .map_err(|e| e.to_string())?
-        .unwrap_or(reqwest::Method::GET);
+    let method = match &h.method {
+        Some(m) => m.get().map_err(|e| e.to_string())?.0.clone(),
+        None => reqwest::Method::GET,
+    };
     let mut req = client.request(method.clone(), url);
-    for (k, v) in &c.headers {
+    for (k, v) in &h.headers {
         req = req.header(k, v);
     }
     let resp = req.send().await.map_err(|e| {
@@ -109,7 +103,7 @@ async fn http(c: &HealthCheck, url: &str) -> std::result::Result<String, String>
     })?;
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
-    let status_ok = match c.expect_status {
+    let status_ok = match h.expect_status {
         Some(s) => status.as_u16() == s,
         None => status.is_success(),
     };
@@ -120,12 +114,12 @@ async fn http(c: &HealthCheck, url: &str) -> std::result::Result<String, String>
     if !status_ok {
         return Err(format!(
             "{method} {shown} answered {status} (expected {}): {}",
-            c.expect_status
+            h.expect_status
                 .map_or_else(|| "2xx".into(), |s| s.to_string()),
             excerpt()
         ));
     }
-    if let Some(needle) = &c.body_contains {
+    if let Some(needle) = &h.body_contains {
         if !body.contains(needle.as_str()) {
             return Err(format!(
                 "{method} {shown} answered {status} without {needle:?} in the body: {}",
@@ -133,7 +127,7 @@ async fn http(c: &HealthCheck, url: &str) -> std::result::Result<String, String>
             ));
         }
     }
-    if let (Some(ptr), Some(want)) = (&c.json_pointer, &c.json_equals) {
+    if let (Some(ptr), Some(want)) = (&h.json_pointer, &h.json_equals) {
         let doc: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
             format!(
                 "{method} {shown}: the body is not JSON ({e}): {}",
@@ -155,8 +149,7 @@ async fn http(c: &HealthCheck, url: &str) -> std::result::Result<String, String>
     Ok(format!("{method} {shown} answered {status}"))
 }
 
-async fn command(c: &HealthCheck) -> std::result::Result<String, String> {
-    let argv = c.command.as_deref().unwrap_or_default();
+async fn command(argv: &[String], expect_exit: i32) -> std::result::Result<String, String> {
     let (prog, args) = argv.split_first().ok_or("empty command")?;
     let mut cmd = tokio::process::Command::new(prog);
     crate::base::child_env::restrict(&mut cmd);
@@ -174,11 +167,11 @@ async fn command(c: &HealthCheck) -> std::result::Result<String, String> {
             300,
         ))
     };
-    if code == Some(c.expect_exit) {
-        Ok(format!("{} exited {}", argv.join(" "), c.expect_exit))
+    if code == Some(expect_exit) {
+        Ok(format!("{} exited {}", argv.join(" "), expect_exit))
     } else {
         let mut msg = match code {
-            Some(n) => format!("{} exited {n} (expected {})", argv.join(" "), c.expect_exit),
+            Some(n) => format!("{} exited {n} (expected {})", argv.join(" "), expect_exit),
             None => format!("{} was killed by a signal", argv.join(" ")),
         };
         let err = tail(&out.stderr);

@@ -8,10 +8,13 @@
 //! come from `pg_dumpall --globals-only`.
 
 use super::{BackupCtx, BackupOutput, Packing};
+use crate::base::custom_archive;
 use crate::base::error::{Error, Result};
 use crate::base::manifest::{PostgresSource, TableCount};
 use crate::config::PostgresJob;
 use crate::services::pg::{PgTarget, PgTools, SqlSession};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 pub use crate::services::pg::{job_target as target, quote_ident, system_identifier};
 
@@ -109,37 +112,32 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
     ];
     let child = tools.spawn("pg_dump", &args, &env, false, true).await?;
     let (stdout, waiter) = child.into_checked_stdout()?;
-    // A pg_dump that stops early but exits 0 (a wrapper, a full pipe
-    // buffer lost, a bug) must be a failed run, not a committed backup.
-    let (stdout, copy) = crate::base::stream::tee(stdout, 8);
-    let checker = crate::services::pg::archive::spawn_check(
-        &check_tools(&tools, job, server_num).await,
-        copy,
-    )
-    .await?;
     let hint = Some((db_size.max(0) as u64) / 2);
-    let (stored, counts) = tokio::join!(
-        ctx.store(
-            "database.dump",
-            "pg_dump_custom",
-            stdout,
-            packing,
-            hint,
-            true
-        ),
-        count_rows(&mut session, job.count_rows_max_table_size.as_u64() as i64),
-    );
+    // A pg_dump that stops early but exits 0 (a wrapper, a full pipe
+    // buffer lost, a bug) must be a failed run, not a committed backup:
+    // the archive is proven whole while it streams, in-process for the
+    // versions drctl reads (with the rows counted from it), else by
+    // `pg_restore -f /dev/null` on a copy of the stream.
+    let max_count = job.count_rows_max_table_size.as_u64() as i64;
+    let dump = Dump {
+        ctx,
+        packing,
+        hint,
+        max_count,
+    };
+    let (stored, dumped, tables) = if custom_archive::supports_pg_dump(dump_version.major) {
+        dump.walked(stdout, waiter, &mut session).await?
+    } else {
+        let tools = check_tools(&tools, job, server_num).await;
+        dump.checked(stdout, waiter, &mut session, &tools).await?
+    };
     // pg_dump's own verdict (with its stderr) explains a failed upload best.
-    let dumped = waiter.await.map_err(|e| Error::task("pg_dump waiter", e))?;
     let mut output = globals_output;
     if let Ok(text) = &dumped {
         output.push_str(text);
     }
     let dump = first_cause(stored, dumped)?;
-    checker
-        .await
-        .map_err(|e| Error::task("archive check", e))??;
-    let tables = counts?;
+    let tables = tables?;
     session.execute("COMMIT").await?;
     if let Err(e) = session.close().await {
         tracing::debug!(error = %e, "closing the snapshot session");
@@ -167,6 +165,101 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PostgresJob) -> Result<BackupOutp
         output,
         ..Default::default()
     })
+}
+
+/// The database dump's way into the repository.
+struct Dump<'a, 'b> {
+    ctx: &'a BackupCtx<'b>,
+    packing: Packing,
+    hint: Option<u64>,
+    max_count: i64,
+}
+
+/// What storing the dump came to: the artifact, pg_dump's verdict (its
+/// output), and the tables with their rows (empty when either failed).
+type Dumped = (
+    Result<crate::base::manifest::Artifact>,
+    Result<String>,
+    Result<Vec<TableCount>>,
+);
+
+type Waiter = tokio_util::task::AbortOnDropHandle<Result<String>>;
+
+impl Dump<'_, '_> {
+    /// Store the dump while walking its archive in-process: whole or
+    /// not, and the rows of each table as the archive holds them.
+    async fn walked(
+        &self,
+        stdout: crate::services::pg::ExitChecked,
+        waiter: Waiter,
+        session: &mut SqlSession,
+    ) -> Result<Dumped> {
+        let walker = Arc::new(Mutex::new(custom_archive::Walker::new()));
+        let feed = walker.clone();
+        let stdout = tokio_util::io::InspectReader::new(stdout, move |bytes: &[u8]| {
+            if let Ok(mut w) = feed.lock() {
+                // The first error sticks in the walker; read on to the end.
+                let _ = w.feed(bytes);
+            }
+        });
+        let (stored, list) = tokio::join!(self.store(stdout), table_list(session));
+        let dumped = waiter.await.map_err(|e| Error::task("pg_dump waiter", e))?;
+        let walked = Arc::try_unwrap(walker)
+            .ok()
+            .and_then(|m| m.into_inner().ok())
+            .ok_or_else(|| Error::Other("the archive walker is still in use".into()))?
+            .finish();
+        let tables = match (&stored, &dumped, walked) {
+            (Ok(_), Ok(_), Ok(summary)) => {
+                counted_tables(session, list?, &summary.table_rows(), self.max_count).await
+            }
+            (Ok(_), Ok(_), Err(e)) => Err(archive_error(e)),
+            // The store's or pg_dump's own error explains it better.
+            _ => Ok(Vec::new()),
+        };
+        Ok((stored, dumped, tables))
+    }
+
+    /// Store the dump while `pg_restore -f /dev/null` reads a copy (archive
+    /// versions the walker does not read), counting rows with `count(*)`.
+    async fn checked(
+        &self,
+        stdout: crate::services::pg::ExitChecked,
+        waiter: Waiter,
+        session: &mut SqlSession,
+        check_tools: &PgTools,
+    ) -> Result<Dumped> {
+        let (stdout, copy) = crate::base::stream::tee(stdout, 8);
+        let checker = crate::services::pg::archive::spawn_check(check_tools, copy).await?;
+        let (stored, counts) =
+            tokio::join!(self.store(stdout), count_rows(session, self.max_count));
+        let dumped = waiter.await.map_err(|e| Error::task("pg_dump waiter", e))?;
+        let checked = checker
+            .await
+            .map_err(|e| Error::task("archive check", e))
+            .and_then(|r| r);
+        let tables = match (&stored, &dumped) {
+            (Ok(_), Ok(_)) => checked.and(counts),
+            _ => Ok(Vec::new()),
+        };
+        Ok((stored, dumped, tables))
+    }
+
+    async fn store<R>(&self, stdout: R) -> Result<crate::base::manifest::Artifact>
+    where
+        R: tokio::io::AsyncRead + Send + Unpin + 'static,
+    {
+        self.ctx
+            .store(
+                "database.dump",
+                "pg_dump_custom",
+                stdout,
+                self.packing,
+                self.hint,
+                true,
+            )
+            .await
+    }
 }
 
 /// Where the archive check's `pg_restore` runs. For a job in a container,
@@ -268,6 +361,150 @@ async fn dump_globals(
     )))
 }
 
+/// How an archive that is not whole fails the run (the same words as the
+/// `pg_restore` check's: the archive is incomplete).
+fn archive_error(e: custom_archive::ArchiveError) -> Error {
+    Error::Tool {
+        tool: "pg_dump".into(),
+        status: "its archive is incomplete".into(),
+        stderr: e.to_string(),
+    }
+}
+
+/// A table the manifest lists, with the tables whose rows its `count(*)`
+/// sees: itself and every inheritance child or partition below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listed {
+    schema: String,
+    name: String,
+    bytes: i64,
+    /// (schema, name, relkind) of itself and its descendants.
+    members: Vec<(String, String, char)>,
+}
+
+/// The tables the manifest lists (ordinary and partitioned, not
+/// partitions), read in the dump's snapshot.
+async fn table_list(s: &mut SqlSession) -> Result<Vec<Listed>> {
+    // Names hex-encoded: any character survives psql's line protocol and
+    // the separators of the member list.
+    let rows = s
+        .rows(
+            "WITH RECURSIVE listed AS (
+               SELECT c.oid, n.nspname, c.relname, pg_total_relation_size(c.oid) AS bytes
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+               WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+                 AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+                 AND NOT c.relispartition
+             ), tree(root, member) AS (
+               SELECT oid, oid FROM listed
+               UNION SELECT t.root, i.inhrelid FROM tree t JOIN pg_inherits i ON i.inhparent = t.member
+             )
+             SELECT encode(convert_to(l.nspname::text, 'UTF8'), 'hex'),
+                    encode(convert_to(l.relname::text, 'UTF8'), 'hex'), l.bytes::text,
+                    string_agg(encode(convert_to(mn.nspname::text, 'UTF8'), 'hex') || '.' ||
+                               encode(convert_to(m.relname::text, 'UTF8'), 'hex') || '.' || m.relkind::text, ',')
+             FROM listed l JOIN tree t ON t.root = l.oid
+               JOIN pg_class m ON m.oid = t.member JOIN pg_namespace mn ON mn.oid = m.relnamespace
+             GROUP BY l.nspname, l.relname, l.bytes
+             ORDER BY l.nspname, l.relname",
+        )
+        .await?;
+    rows.into_iter()
+        .map(|r| {
+            let text = |i: usize| r.get(i).cloned().flatten().unwrap_or_default();
+            let members = text(3)
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(|m| {
+                    let mut parts = m.split('.');
+                    let schema = unhex(parts.next().unwrap_or_default())?;
+                    let name = unhex(parts.next().unwrap_or_default())?;
+                    let kind = parts.next().and_then(|k| k.chars().next()).unwrap_or('?');
+                    Ok((schema, name, kind))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Listed {
+                schema: unhex(&text(0))?,
+                name: unhex(&text(1))?,
+                bytes: text(2).parse().unwrap_or(0),
+                members,
+            })
+        })
+        .collect()
+}
+
+fn unhex(h: &str) -> Result<String> {
+    hex::decode(h)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| Error::Other(format!("a table name that does not decode: {h}")))
+}
+
+/// A listed table's rows as the archive holds them: the sum over itself
+/// and its descendants, when every one of them with storage has a COPY
+/// block in the archive; `None` when one has not (a foreign table, an
+/// extension's table pg_dump leaves out), which is then counted by SQL.
+fn rows_from_archive(t: &Listed, rows: &HashMap<(String, String), u64>) -> Option<u64> {
+    t.members
+        .iter()
+        .try_fold(0u64, |sum, (schema, name, kind)| match kind {
+            'p' => Some(sum),
+            'r' => rows.get(&(schema.clone(), name.clone())).map(|n| sum + n),
+            _ => None,
+        })
+}
+
+/// The manifest's tables: counted from the archive where it holds them,
+/// else by `count(*)` in the dump's snapshot; tables above `max_bytes`
+/// without a count.
+async fn counted_tables(
+    s: &mut SqlSession,
+    list: Vec<Listed>,
+    rows: &HashMap<(String, String), u64>,
+    max_bytes: i64,
+) -> Result<Vec<TableCount>> {
+    let mut out = Vec::with_capacity(list.len());
+    for t in list {
+        let rows = if t.bytes > max_bytes {
+            None
+        } else if let Some(n) = rows_from_archive(&t, rows) {
+            Some(i64::try_from(n).unwrap_or(i64::MAX))
+        } else {
+            count_one(s, &t.schema, &t.name).await?
+        };
+        out.push(TableCount {
+            schema: t.schema,
+            name: t.name,
+            rows,
+            bytes: t.bytes,
+        });
+    }
+    Ok(out)
+}
+
+/// `count(*)` of one table in the snapshot; `None` (with a warning) when
+/// it cannot be read.
+async fn count_one(s: &mut SqlSession, schema: &str, name: &str) -> Result<Option<i64>> {
+    let q = format!(
+        "SELECT count(*)::text FROM {}.{}",
+        quote_ident(schema),
+        quote_ident(name)
+    );
+    // A savepoint keeps the snapshot alive if one table cannot be read.
+    s.execute("SAVEPOINT drctl_count").await?;
+    match s.scalar(&q).await {
+        Ok(n) => {
+            s.execute("RELEASE SAVEPOINT drctl_count").await?;
+            Ok(n.and_then(|n| n.parse().ok()))
+        }
+        Err(e) => {
+            tracing::warn!(table = %format!("{schema}.{name}"), error = %e, "cannot count rows");
+            s.execute("ROLLBACK TO SAVEPOINT drctl_count").await?;
+            Ok(None)
+        }
+    }
+}
+
 /// Exact row counts in the exporting transaction's snapshot. Tables above
 /// `max_bytes` are listed without a count rather than scanned.
 async fn count_rows(s: &mut SqlSession, max_bytes: i64) -> Result<Vec<TableCount>> {
@@ -275,57 +512,53 @@ async fn count_rows(s: &mut SqlSession, max_bytes: i64) -> Result<Vec<TableCount
     // would only add contention (and their start-up) to a scan we overlap anyway.
     s.execute("SET LOCAL max_parallel_workers_per_gather = 0")
         .await?;
-    // Names hex-encoded: any character survives psql's line protocol.
-    let tables = s
-        .rows(
-            "SELECT encode(convert_to(n.nspname::text, 'UTF8'), 'hex'), encode(convert_to(c.relname::text, 'UTF8'), 'hex'),
-                    pg_total_relation_size(c.oid)::text
-         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-           AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
-           AND NOT c.relispartition
-         ORDER BY n.nspname, c.relname",
-        )
-        .await?;
-    let mut out = Vec::with_capacity(tables.len());
-    for t in tables {
-        let text = |i: usize| t.get(i).cloned().flatten().unwrap_or_default();
-        let unhex = |h: String| {
-            hex::decode(&h)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| Error::Other(format!("a table name that does not decode: {h}")))
-        };
-        let (schema, name) = (unhex(text(0))?, unhex(text(1))?);
-        let bytes: i64 = text(2).parse().unwrap_or(0);
-        let rows = if bytes <= max_bytes {
-            let q = format!(
-                "SELECT count(*)::text FROM {}.{}",
-                quote_ident(&schema),
-                quote_ident(&name)
-            );
-            // A savepoint keeps the snapshot alive if one table cannot be read.
-            s.execute("SAVEPOINT drctl_count").await?;
-            match s.scalar(&q).await {
-                Ok(n) => {
-                    s.execute("RELEASE SAVEPOINT drctl_count").await?;
-                    n.and_then(|n| n.parse().ok())
-                }
-                Err(e) => {
-                    tracing::warn!(table = %format!("{schema}.{name}"), error = %e, "cannot count rows");
-                    s.execute("ROLLBACK TO SAVEPOINT drctl_count").await?;
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        out.push(TableCount {
-            schema,
-            name,
-            rows,
-            bytes,
-        });
+    let list = table_list(s).await?;
+    counted_tables(s, list, &HashMap::new(), max_bytes).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(members: &[(&str, char)]) -> Listed {
+        Listed {
+            schema: "public".into(),
+            name: members[0].0.into(),
+            bytes: 0,
+            members: members
+                .iter()
+                .map(|(n, k)| ("public".to_string(), n.to_string(), *k))
+                .collect(),
+        }
     }
-    Ok(out)
+
+    #[test]
+    fn a_tables_rows_sum_its_own_and_its_descendants_blocks() {
+        let rows: HashMap<(String, String), u64> =
+            [("t", 3), ("t_2025", 5), ("t_2026", 7), ("child", 2)]
+                .into_iter()
+                .map(|(n, r)| (("public".to_string(), n.to_string()), r))
+                .collect();
+        // A plain table.
+        assert_eq!(rows_from_archive(&listed(&[("t", 'r')]), &rows), Some(3));
+        // A partitioned table: no rows of its own, the partitions' summed.
+        let parted = listed(&[("p", 'p'), ("t_2025", 'r'), ("t_2026", 'r')]);
+        assert_eq!(rows_from_archive(&parted, &rows), Some(12));
+        // Inheritance: count(*) on the parent sees the child's rows too.
+        assert_eq!(
+            rows_from_archive(&listed(&[("t", 'r'), ("child", 'r')]), &rows),
+            Some(5)
+        );
+        // A member without a block (not dumped) or a foreign one: SQL counts.
+        assert_eq!(
+            rows_from_archive(&listed(&[("t", 'r'), ("gone", 'r')]), &rows),
+            None
+        );
+        assert_eq!(
+            rows_from_archive(&listed(&[("t", 'r'), ("remote", 'f')]), &rows),
+            None
+        );
+        // A partitioned table without partitions holds nothing.
+        assert_eq!(rows_from_archive(&listed(&[("p", 'p')]), &rows), Some(0));
+    }
 }

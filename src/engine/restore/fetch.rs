@@ -204,6 +204,7 @@ pub async fn to_blocking_reader<T, F>(
     id: &BackupId,
     artifact: &Artifact,
     keys: &Keys,
+    progress: Option<Arc<Progress>>,
     consume: F,
 ) -> Result<(Result<u64>, T)>
 where
@@ -214,7 +215,7 @@ where
     let mut reader =
         std::io::BufReader::with_capacity(1 << 20, tokio_util::io::SyncIoBridge::new(r));
     let consumer = tokio::task::spawn_blocking(move || consume(&mut reader));
-    let fetched = to_writer(repo, job, id, artifact, Lenient(Some(w)), None, keys).await;
+    let fetched = to_writer(repo, job, id, artifact, Lenient(Some(w)), progress, keys).await;
     let consumed = consumer
         .await
         .map_err(|e| Error::task(format!("reading {}", artifact.name), e))?;

@@ -9,6 +9,7 @@ pub mod files;
 pub mod health;
 pub mod hooks;
 pub mod journal;
+pub mod pipelined;
 pub mod pitr;
 pub mod postgres;
 pub mod redis;

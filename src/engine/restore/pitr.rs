@@ -959,6 +959,7 @@ async fn stream_base(
         &base.manifest.id,
         artifact,
         keys,
+        None,
         move |r| super::files::unpack_checked(r, &into, "base.tar"),
     )
     .await?;

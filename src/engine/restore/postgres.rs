@@ -110,69 +110,67 @@ pub async fn run(
         ..Default::default()
     };
 
-    // 1. Fetch and verify everything before the target sees a byte.
+    // 1. The globals, and where the dump goes; the server's refusals.
     let t0 = Instant::now();
-    let fetched = fetch_all(r, dump, req, tmp_dir, &progress, journal).await?;
-    let (globals, dump_file, streamed) = (&fetched.globals, &fetched.dump_file, fetched.streamed);
-    report.bytes_fetched =
-        dump.stored_bytes + m.artifact("pg_globals_sql").map_or(0, |g| g.stored_bytes);
-    report.fetch_seconds = t0.elapsed().as_secs_f64();
-    report.decode_seconds = progress.decode_seconds();
-
-    // 2. Roles, then the database.
-    let t1 = Instant::now();
+    let mut fetched = prepare_fetch(r, dump, tmp_dir, journal).await?;
     let admin = dest.with_database(&job.maintenance_db);
     let mut conn = SqlSession::open(&tools, &admin).await?;
     refuse_older_server(m, &mut conn).await?;
     if replaces && !req.force_source {
         refuse_another_source(r, &mut conn, &dest.database).await?;
     }
+    let exists = database_exists(&mut conn, &dest.database).await?;
+    // Loading while fetching only into a database this restore creates
+    // (dropped again if the fetch then fails its checksum), on this host.
+    let pipelined = !fetched.streamed && tools.container().is_none() && (replaces || !exists);
+    if !pipelined {
+        // Fetch and verify everything before the target sees a byte.
+        fetch_dump(r, dump, req, tmp_dir, &progress, &mut fetched).await?;
+        report.fetch_seconds = t0.elapsed().as_secs_f64();
+        report.decode_seconds = progress.decode_seconds();
+    }
+    let (globals, dump_file, streamed) = (&fetched.globals, &fetched.dump_file, fetched.streamed);
+    report.bytes_fetched =
+        dump.stored_bytes + m.artifact("pg_globals_sql").map_or(0, |g| g.stored_bytes);
+
+    // 2. Roles, then the database.
+    let t1 = Instant::now();
     if let Some(sql) = globals {
         restore_roles(&tools, &admin, &mut conn, sql, &mut report).await?;
     }
-    let exists = database_exists(&mut conn, &dest.database).await?;
     let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
-    let into = if replaces {
-        side_name(&dest.database, &format!("_restoring_{stamp}"))
-    } else {
-        if exists {
-            ensure_empty(&tools, &dest).await?;
-        }
-        dest.database.clone()
-    };
-    let created_db = !exists || replaces;
-    let safety = safety_name(&mut conn, &dest.database, &stamp).await?;
-    // `<db>_restoring_<stamp>` is ours from the start; a `--to` target only
-    // once our CREATE DATABASE succeeded (recovery never drops a database
-    // someone else created).
-    journal
-        .names(
-            replaces.then_some(dest.database.as_str()),
-            &into,
-            replaces,
-            (replaces && exists).then_some(safety.as_str()),
-        )
-        .await?;
-    journal.step(super::journal::Step::Restoring).await?;
-    if created_db {
-        create_database(&mut conn, &into, m.source.as_ref()).await?;
-        if !replaces {
-            journal.created().await?;
-        }
-    }
-
-    progress.set_phase("restore", dump.raw_bytes);
-    let into_target = dest.with_database(&into);
-    let restore = pg_restore(
+    let (into, safety) = open_target(
         &tools,
-        &into_target,
-        req.jobs.max(1),
-        if streamed { None } else { Some(dump_file) },
-        r,
-        dump,
-        &progress,
-    );
-    let restored = cancellable(&req.cancel, &format!("restore into {into}"), restore).await;
+        &mut conn,
+        &dest,
+        (replaces, exists),
+        &stamp,
+        m.source.as_ref(),
+        journal,
+    )
+    .await?;
+    let created_db = !exists || replaces;
+
+    let into_target = dest.with_database(&into);
+    let restored = if pipelined {
+        let (restored, fetch_seconds) =
+            load_while_fetching(r, dump, req, &tools, &into_target, dump_file, &progress, t0).await;
+        report.fetch_seconds = fetch_seconds;
+        report.decode_seconds = progress.decode_seconds();
+        restored
+    } else {
+        progress.set_phase("restore", dump.raw_bytes);
+        let restore = pg_restore(
+            &tools,
+            &into_target,
+            req.jobs.max(1),
+            if streamed { None } else { Some(dump_file) },
+            r,
+            dump,
+            &progress,
+        );
+        cancellable(&req.cancel, &format!("restore into {into}"), restore).await
+    };
     if let Err(e) = restored {
         if created_db {
             drop_database(&mut conn, &into).await;
@@ -234,18 +232,19 @@ struct Fetched {
     dump_file: PathBuf,
     /// No room for a temporary copy: verified, to be streamed again.
     streamed: bool,
+    /// Bytes the temporary copy needs, and bytes free for it.
+    needed: u64,
+    free: u64,
     _cleanup: RemoveOnDrop,
 }
 
-/// Fetch the globals into memory and the dump into a temporary file in
-/// `tmp_dir`, each checked against the manifest; with no room for the
-/// file, verify the dump only (it is streamed into pg_restore later).
-async fn fetch_all(
+/// Fetch the globals into memory and choose the dump's temporary file in
+/// `tmp_dir` (journaled, removed on drop); with no room for the file, the
+/// dump is to be verified, then streamed.
+async fn prepare_fetch(
     r: &Resolved<'_>,
     dump: &Artifact,
-    req: &RestoreRequest,
     tmp_dir: &Path,
-    progress: &Arc<Progress>,
     journal: &super::journal::Journal,
 ) -> Result<Fetched> {
     let m = &r.manifest;
@@ -267,11 +266,31 @@ async fn fetch_all(
     journal.temp_file(&dump_file).await?;
     let needed = dump.raw_bytes + dump.raw_bytes / 20 + 64 * 1024 * 1024;
     let free = free_space(tmp_dir)?;
-    let streamed = free < needed;
+    Ok(Fetched {
+        globals,
+        _cleanup: RemoveOnDrop(dump_file.clone()),
+        dump_file,
+        streamed: free < needed,
+        needed,
+        free,
+    })
+}
+
+/// Fetch the dump into its temporary file, checked against the manifest
+/// (or, with no room for it, verify it only).
+async fn fetch_dump(
+    r: &Resolved<'_>,
+    dump: &Artifact,
+    req: &RestoreRequest,
+    tmp_dir: &Path,
+    progress: &Arc<Progress>,
+    f: &mut Fetched,
+) -> Result<()> {
+    let m = &r.manifest;
     progress.set_phase("fetch", dump.stored_bytes);
-    let cleanup = RemoveOnDrop(dump_file.clone());
+    let (needed, free) = (f.needed, f.free);
     let fetch = async {
-        if streamed {
+        if f.streamed {
             if req.jobs > 1 {
                 return Err(Error::Other(format!(
                     "parallel restore needs {needed} bytes free in {} for the decompressed dump, {free} are free: free space, pass --tmp-dir elsewhere, or use --jobs 1 to stream",
@@ -290,7 +309,7 @@ async fn fetch_all(
                 &r.job,
                 &m.id,
                 dump,
-                &dump_file,
+                &f.dump_file,
                 Some(progress.clone()),
                 &r.keys,
             )
@@ -298,13 +317,99 @@ async fn fetch_all(
             .map(|_| ())
         }
     };
-    cancellable(&req.cancel, "fetching the backup", fetch).await?;
-    Ok(Fetched {
-        globals,
-        dump_file,
-        streamed,
-        _cleanup: cleanup,
-    })
+    cancellable(&req.cancel, "fetching the backup", fetch).await
+}
+
+/// The database the restore goes into (the side database of a restore
+/// over the job's own, else the target, which must then be empty unless
+/// created here) and the name a replaced database will be kept under;
+/// journaled, and created when it does not exist yet.
+async fn open_target(
+    tools: &PgTools,
+    conn: &mut SqlSession,
+    dest: &PgTarget,
+    (replaces, exists): (bool, bool),
+    stamp: &str,
+    source: Option<&crate::base::manifest::PostgresSource>,
+    journal: &super::journal::Journal,
+) -> Result<(String, String)> {
+    let into = if replaces {
+        side_name(&dest.database, &format!("_restoring_{stamp}"))
+    } else {
+        if exists {
+            ensure_empty(tools, dest).await?;
+        }
+        dest.database.clone()
+    };
+    let safety = safety_name(conn, &dest.database, stamp).await?;
+    // `<db>_restoring_<stamp>` is ours from the start; a `--to` target only
+    // once our CREATE DATABASE succeeded (recovery never drops a database
+    // someone else created).
+    journal
+        .names(
+            replaces.then_some(dest.database.as_str()),
+            &into,
+            replaces,
+            (replaces && exists).then_some(safety.as_str()),
+        )
+        .await?;
+    journal.step(super::journal::Step::Restoring).await?;
+    if !exists || replaces {
+        create_database(conn, &into, source).await?;
+        if !replaces {
+            journal.created().await?;
+        }
+    }
+    Ok((into, safety))
+}
+
+/// Fetch the dump into `dump_file` while `pipelined::restore` loads it
+/// into `into`; the restore's result and the fetch's end (seconds since
+/// `t0`).
+#[allow(clippy::too_many_arguments)]
+async fn load_while_fetching(
+    r: &Resolved<'_>,
+    dump: &Artifact,
+    req: &RestoreRequest,
+    tools: &PgTools,
+    into: &PgTarget,
+    dump_file: &Path,
+    progress: &Arc<Progress>,
+    t0: Instant,
+) -> (Result<()>, f64) {
+    progress.set_phase("fetch", dump.stored_bytes);
+    let (tx, rx) = tokio::sync::watch::channel(super::pipelined::Unpacking::default());
+    let path = dump_file.to_path_buf();
+    let fetch_end = std::sync::Mutex::new(None);
+    let fetch = async {
+        let fetched = fetch::to_blocking_reader(
+            &r.repo,
+            &r.job,
+            &r.manifest.id,
+            dump,
+            &r.keys,
+            Some(progress.clone()),
+            move |reader| super::pipelined::unpack(reader, &path, &tx),
+        )
+        .await;
+        if let Ok(mut end) = fetch_end.lock() {
+            *end = Some(t0.elapsed().as_secs_f64());
+        }
+        match fetched? {
+            // A damaged object explains whatever the unpacking met.
+            (Err(e @ Error::Integrity { .. }), _) | (_, Err(e)) | (Err(e), Ok(())) => Err(e),
+            (Ok(_), Ok(())) => Ok(()),
+        }
+    };
+    let restore = super::pipelined::restore(tools, into, req.jobs, dump_file, fetch, rx);
+    let what = format!("restore into {}", into.database);
+    let restored = cancellable(&req.cancel, &what, restore).await;
+    let secs = fetch_end
+        .lock()
+        .ok()
+        .and_then(|e| *e)
+        .unwrap_or_else(|| t0.elapsed().as_secs_f64());
+    (restored, secs)
 }
 
 /// Create the roles of the backup's globals that the server lacks, noting
@@ -609,11 +714,7 @@ async fn pg_restore(
     progress: &Arc<Progress>,
 ) -> Result<()> {
     let (env, _passfile) = tools.env_for(into)?;
-    let mut args = vec![
-        "--exit-on-error".to_string(),
-        "--no-password".into(),
-        format!("--dbname={}", into.database),
-    ];
+    let mut args = super::pipelined::restore_args(into);
     if let (Some(f), Some(c)) = (file, tools.container()) {
         return pg_restore_in_container(tools, c, &args, &env, jobs, f).await;
     }

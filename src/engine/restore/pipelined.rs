@@ -42,8 +42,9 @@ use tokio::sync::watch;
 pub struct Unpacking {
     /// Bytes written to the file (visible to any reader of it).
     pub written: u64,
-    /// Every entry, once the whole table of contents is written.
-    pub toc: Option<Vec<TocEntry>>,
+    /// Every entry, once the whole table of contents is written (shared:
+    /// this state is cloned on every update, the list can be long).
+    pub toc: Option<std::sync::Arc<Vec<TocEntry>>>,
     /// Where the first data block starts (the table of contents' end).
     pub data_start: u64,
     /// Data blocks wholly written: (entry id, start, end, data bytes).
@@ -80,7 +81,7 @@ pub fn unpack(r: &mut dyn Read, path: &Path, tx: &watch::Sender<Unpacking>) -> R
                 (Some(true), Some(w)) => {
                     if u.toc.is_none() {
                         if let Some(start) = w.data_start() {
-                            u.toc = Some(w.toc().to_vec());
+                            u.toc = Some(std::sync::Arc::new(w.toc().to_vec()));
                             u.data_start = start;
                         }
                     }
@@ -232,6 +233,7 @@ where
         file,
         jobs,
         toc,
+        dirty: false,
         launched: 0,
         taken: HashSet::new(),
         loaded: HashSet::new(),
@@ -248,7 +250,10 @@ where
         tokio::select! {
             r = &mut fetch, if !fetched => { r?; fetched = true; }
             Some(r) = loading.next(), if !loading.is_empty() => match r {
-                Ok(ids) => plan.loaded.extend(ids),
+                Ok(ids) => {
+                    plan.dirty = true;
+                    plan.loaded.extend(ids);
+                }
                 Err(e) => {
                     drop(loading);
                     return Err(explain(e, fetch, fetched).await);
@@ -266,7 +271,9 @@ struct Plan<'a> {
     into: &'a PgTarget,
     file: &'a Path,
     jobs: usize,
-    toc: Vec<TocEntry>,
+    toc: std::sync::Arc<Vec<TocEntry>>,
+    /// A loader finished since the last look for early post-data entries.
+    dirty: bool,
     /// Blocks handed to loaders, counted in stream order.
     launched: usize,
     /// Data entries handed to loaders, and those whose loader finished.
@@ -303,7 +310,8 @@ impl<'a> Plan<'a> {
                 rx.clone(),
             )));
         }
-        if loading.len() < self.jobs {
+        // Only a finished load can make an index ready.
+        if loading.len() < self.jobs && std::mem::take(&mut self.dirty) {
             let ready = early_post_data(&self.toc, &self.loaded, &self.early);
             if !ready.is_empty() {
                 tracing::debug!(?ready, "indexes and constraints of loaded tables");
@@ -361,17 +369,20 @@ async fn wait_for_toc<F>(
     fetched: &mut bool,
     closed: &mut bool,
     rx: &mut watch::Receiver<Unpacking>,
-) -> Result<Option<Vec<TocEntry>>>
+) -> Result<Option<std::sync::Arc<Vec<TocEntry>>>>
 where
     F: std::future::Future<Output = Result<()>>,
 {
     loop {
-        let u = rx.borrow_and_update().clone();
-        if u.opaque {
+        let (opaque, toc) = {
+            let u = rx.borrow_and_update();
+            (u.opaque, u.toc.clone())
+        };
+        if opaque {
             return Ok(None);
         }
-        if u.toc.is_some() || *fetched {
-            return Ok(u.toc);
+        if toc.is_some() || *fetched {
+            return Ok(toc);
         }
         tokio::select! {
             r = fetch.as_mut() => { r?; *fetched = true; }
@@ -433,14 +444,17 @@ async fn stream_load(
                     f.seek(std::io::SeekFrom::Start(start)).await.map_err(io)?;
                     pos = start;
                 }
-                let u = rx.borrow_and_update().clone();
-                let done = u.blocks.iter().find(|b| b.0 == last).map(|b| b.2);
-                end = done.unwrap_or(u.written).max(pos);
+                let (done, written, opaque) = {
+                    let u = rx.borrow_and_update();
+                    let done = u.blocks.iter().rev().find(|b| b.0 == last).map(|b| b.2);
+                    (done, u.written, u.opaque)
+                };
+                end = done.unwrap_or(written).max(pos);
                 if done == Some(pos) {
                     return Ok::<(), Error>(());
                 }
                 if end == pos {
-                    if u.opaque || rx.changed().await.is_err() {
+                    if opaque || rx.changed().await.is_err() {
                         return Err(Error::Other(
                             "the dump ended before the block being loaded".into(),
                         ));

@@ -10,8 +10,8 @@
 #   backup : drctl run (local repository)  vs pg_dump -Fc -Z0 > /dev/null
 #                                          vs pg_dump -Fc -Z0 | zstd -1 > file
 #   restore: drctl restore --latest -j2    vs pg_restore -j2 from a local -Fc file
-# then one strace -c -f of drctl run and of the pipeline (futex, epoll_wait,
-# read, write counts).
+# then one strace -c -f of drctl run and of the pipeline, and of drctl
+# restore and pg_restore -j2 (futex, epoll_wait, read, write counts).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALE=${1:-50}
@@ -85,7 +85,13 @@ if command -v strace >/dev/null 2>&1; then
   calls() { awk '$NF ~ /^(futex|epoll_wait|read|write)$/ {printf "%s %s, ", $NF, $4}' "$1"; }
   strace -f -c -o "$tmp/run.strace" "$drctl" -c "$tmp/drctl.toml" run bench >/dev/null 2>&1
   strace -f -c -o "$tmp/pipe.strace" sh -c "pg_dump -Fc -Z0 -d bench | zstd -q -1 -T1 > $tmp/pipe.zst"
+  q postgres "DROP DATABASE IF EXISTS r_target"
+  strace -f -c -o "$tmp/restore.strace" "$drctl" -c "$tmp/drctl.toml" restore --latest --job bench --jobs 2 --to "$base/r_target" >/dev/null 2>&1
+  q postgres "DROP DATABASE IF EXISTS r_target"; q postgres "CREATE DATABASE r_target TEMPLATE template0"
+  strace -f -c -o "$tmp/pgr.strace" pg_restore -j2 -d "$base/r_target" "$tmp/bench.dump"
   echo
   echo "syscalls, drctl run (its children included): $(calls "$tmp/run.strace")"
   echo "syscalls, pg_dump | zstd: $(calls "$tmp/pipe.strace")"
+  echo "syscalls, drctl restore --jobs 2 (its children included): $(calls "$tmp/restore.strace")"
+  echo "syscalls, pg_restore -j2: $(calls "$tmp/pgr.strace")"
 fi

@@ -9,6 +9,7 @@ mod common;
 
 use common::receivers::HttpReceiver;
 use common::*;
+use std::path::PathBuf;
 use std::time::Duration;
 
 fn local_world(db_url_env: &str, extra_job: &str) -> World {
@@ -1309,6 +1310,84 @@ fn row_counts_come_from_the_archive_and_match_count_star_for_partitions_inherita
     }
 }
 
+/// A pg_restore wrapper for restores into `tmp`: each call logs the size
+/// of the temporary dump file when it starts, its list's entries and its
+/// arguments (`SIZE [ID,ID,] ARGS`); data loads fail while `fail` exists.
+struct LoggedRestores {
+    bin: PathBuf,
+    log: PathBuf,
+    fail: PathBuf,
+    tmp: PathBuf,
+}
+
+fn logged_restores(prefix: &str) -> LoggedRestores {
+    let dir = scratch_dir(prefix);
+    let (log, fail, tmp) = (
+        dir.join("pg_restore.log"),
+        dir.join("fail"),
+        dir.join("tmp"),
+    );
+    std::fs::create_dir_all(&tmp).unwrap();
+    let bin = tool_wrappers(&[(
+        "pg_restore",
+        &format!(
+            r#"if [ "$1" = "--version" ]; then exec "$REAL" --version; fi
+f=$(ls {tmp}/.drctl-restore-*.dump 2>/dev/null | head -n 1)
+list=$(for a in "$@"; do case "$a" in --use-list=*) tr '\n' ',' < "${{a#--use-list=}}";; esac; done)
+echo "$(if [ -n "$f" ]; then stat -c %s "$f"; else echo 0; fi) [$list] $*" >> {log}
+case "$*" in *--section=data*) if [ -e {fail} ]; then echo "pg_restore: error: simulated load failure" >&2; exit 1; fi;; esac
+exec "$REAL" "$@""#,
+            log = log.display(),
+            fail = fail.display(),
+            tmp = tmp.display()
+        ),
+    )]);
+    LoggedRestores {
+        bin,
+        log,
+        fail,
+        tmp,
+    }
+}
+
+impl LoggedRestores {
+    /// `drctl restore --latest --jobs 2` into `target`, through `tmp`.
+    fn restore(&self, w: &World, pg: &Pg, target: &str) -> Run {
+        let tmp = self.tmp.display().to_string();
+        w.drctl(&[
+            "restore",
+            "--latest",
+            "--to",
+            &pg.url(target),
+            "--jobs",
+            "2",
+            "--tmp-dir",
+            &tmp,
+        ])
+    }
+
+    /// With a failing load: the restore fails naming it, the half-loaded
+    /// database is dropped and no temporary file stays.
+    fn a_failed_load_leaves_nothing(&self, w: &World, pg: &Pg, prefix: &str) {
+        std::fs::write(&self.fail, "").unwrap();
+        let target = unique(prefix);
+        let r = self.restore(w, pg, &target);
+        assert_ne!(r.code, 0, "{}", r.all());
+        assert!(r.stderr.contains("simulated load failure"), "{}", r.stderr);
+        assert!(
+            !pg.db_exists(&target),
+            "the half-loaded database is dropped"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(&self.tmp)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        std::fs::remove_file(&self.fail).unwrap();
+    }
+}
+
 #[test]
 fn a_restore_loads_tables_while_the_dump_is_still_arriving_and_a_failed_load_leaves_nothing() {
     let pg = pg();
@@ -1322,48 +1401,19 @@ fn a_restore_loads_tables_while_the_dump_is_still_arriving_and_a_failed_load_lea
          CREATE INDEX b_body ON b (body);
          CREATE SEQUENCE s; SELECT setval('s', 42);",
     );
-    let dir = scratch_dir("drctl-pipe-");
-    let log = dir.join("pg_restore.log");
-    let fail = dir.join("fail");
-    let tmp = dir.join("tmp");
-    std::fs::create_dir_all(&tmp).unwrap();
-    // Each pg_restore logs the size of the temporary dump file when it starts.
-    let bin = tool_wrappers(&[(
-        "pg_restore",
-        &format!(
-            r#"if [ "$1" = "--version" ]; then exec "$REAL" --version; fi
-f=$(ls {tmp}/.drctl-restore-*.dump 2>/dev/null | head -n 1)
-echo "$(if [ -n "$f" ]; then stat -c %s "$f"; else echo 0; fi) $*" >> {log}
-case "$*" in *--section=data*) if [ -e {fail} ]; then echo "pg_restore: error: simulated load failure" >&2; exit 1; fi;; esac
-exec "$REAL" "$@""#,
-            log = log.display(),
-            fail = fail.display(),
-            tmp = tmp.display()
-        ),
-    )]);
+    let logged = logged_restores("drctl-pipe-");
     // A slow download (1 MiB/s) leaves time to load while fetching.
     let mut w = World::new(&format!(
         "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\nrate_limit = \"1MiB/s\"\n\n\
          [jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"local\"\nglobals = false\npg_bindir = \"{}\"\n",
-        bin.display()
+        logged.bin.display()
     ));
     w.set_env("APP_DATABASE_URL", &pg.url(&src));
     w.drctl(&["run", "appdb"]).ok();
 
     let target = unique("pipe_dst");
-    let tmp_arg = tmp.display().to_string();
-    w.drctl(&[
-        "restore",
-        "--latest",
-        "--to",
-        &pg.url(&target),
-        "--jobs",
-        "2",
-        "--tmp-dir",
-        &tmp_arg,
-    ])
-    .ok();
-    let calls = std::fs::read_to_string(&log).unwrap();
+    logged.restore(&w, pg, &target).ok();
+    let calls = std::fs::read_to_string(&logged.log).unwrap();
     let size_at = |what: &str| -> Vec<u64> {
         calls
             .lines()
@@ -1408,28 +1458,125 @@ exec "$REAL" "$@""#,
     }
 
     // A load that fails: the new database is dropped, no temporary file stays.
-    std::fs::write(&fail, "").unwrap();
-    let target = unique("pipe_fail");
-    let r = w.drctl(&[
-        "restore",
-        "--latest",
-        "--to",
-        &pg.url(&target),
-        "--jobs",
-        "2",
-        "--tmp-dir",
-        &tmp_arg,
-    ]);
-    assert_ne!(r.code, 0, "{}", r.all());
-    assert!(r.stderr.contains("simulated load failure"), "{}", r.stderr);
-    assert!(
-        !pg.db_exists(&target),
-        "the half-loaded database is dropped"
+    logged.a_failed_load_leaves_nothing(&w, pg, "pipe_fail");
+}
+
+#[test]
+fn from_a_local_repository_each_loader_reads_the_archive_itself_largest_table_first() {
+    let pg = pg();
+    let src = pg.create_db("cursor_src");
+    pg.psql(
+        &src,
+        "CREATE TABLE a_small (id int PRIMARY KEY, v text);
+         INSERT INTO a_small SELECT g, g::text FROM generate_series(1, 100) g;
+         CREATE TABLE b_small (id int PRIMARY KEY REFERENCES a_small, v text);
+         INSERT INTO b_small SELECT g, g::text FROM generate_series(1, 100) g;
+         CREATE TABLE m_mid (id int PRIMARY KEY, body text);
+         INSERT INTO m_mid SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
+         CREATE TABLE z_big (id int PRIMARY KEY, body text);
+         INSERT INTO z_big SELECT g, md5(g::text) || md5((g * 3)::text) FROM generate_series(1, 60000) g;
+         CREATE INDEX z_big_body ON z_big (body);
+         CREATE SEQUENCE s; SELECT setval('s', 42);
+         ANALYZE;",
     );
-    let leftovers: Vec<_> = std::fs::read_dir(&tmp)
+    let logged = logged_restores("drctl-cursor-");
+    let mut w = World::new(&format!(
+        "[repositories.local]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\n\
+         [jobs.appdb]\ntype = \"postgres\"\nurl_env = \"APP_DATABASE_URL\"\nrepository = \"local\"\nglobals = false\npg_bindir = \"{}\"\n",
+        logged.bin.display()
+    ));
+    w.set_env("APP_DATABASE_URL", &pg.url(&src));
+    w.drctl(&["run", "appdb"]).ok();
+    let object = std::fs::read_dir(w.repo_dir().join("appdb"))
         .unwrap()
         .flatten()
-        .map(|e| e.file_name())
+        .map(|e| e.path().join("database.dump.zst"))
+        .find(|p| p.exists())
+        .unwrap();
+    let ids = |name: &str| -> String {
+        // The archive's id of a table's data, from pg_restore's listing.
+        let dump = logged.tmp.with_file_name("plain.dump");
+        let zst = std::process::Command::new("zstd")
+            .args(["-q", "-d", "-f", "-o"])
+            .arg(&dump)
+            .arg(&object)
+            .status()
+            .unwrap();
+        assert!(zst.success());
+        let listing = std::process::Command::new(pg_bin("pg_restore"))
+            .arg("-l")
+            .arg(&dump)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&listing.stdout)
+            .lines()
+            .find(|l| l.contains(&format!("TABLE DATA public {name} ")))
+            .and_then(|l| l.split(';').next())
+            .unwrap()
+            .to_string()
+    };
+    let (big, small_a, small_b) = (ids("z_big"), ids("a_small"), ids("b_small"));
+
+    let target = unique("cursor_dst");
+    logged.restore(&w, pg, &target).ok();
+    let calls = std::fs::read_to_string(&logged.log).unwrap();
+    let loaders: Vec<&str> = calls
+        .lines()
+        .filter(|l| l.contains("--section=data") && !l.contains(".drctl-restore-"))
         .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Only the table of contents is written to disk, whatever the data.
+    let raw: u64 = calls
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse::<u64>().unwrap())
+        .max()
+        .unwrap();
+    assert!(raw > 0 && raw < 64 * 1024, "{calls}");
+    // Three loaders (the big table first; the mid one; the small ones
+    // together), each fed on its stdin.
+    assert_eq!(loaders.len(), 3, "{calls}");
+    assert!(
+        loaders[..2].iter().any(|l| l.contains(&format!("[{big},"))),
+        "{calls}"
+    );
+    assert!(
+        loaders
+            .iter()
+            .any(|l| l.contains(&format!("[{small_a},{small_b},"))),
+        "{calls}"
+    );
+    for (sql, want) in [
+        ("SELECT count(*) FROM a_small", "100"),
+        ("SELECT count(*) FROM b_small", "100"),
+        ("SELECT count(*) FROM m_mid", "20000"),
+        ("SELECT count(*) FROM z_big", "60000"),
+        ("SELECT sum(length(body)) FROM z_big", "3840000"),
+        ("SELECT last_value FROM s", "42"),
+        (
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'z_big_body'",
+            "1",
+        ),
+        (
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f'",
+            "1",
+        ),
+    ] {
+        assert_eq!(pg.psql(&target, sql), want, "{sql}");
+    }
+
+    // A stored object with a flipped byte: the checksum's verdict, and
+    // the new database is gone again.
+    let good = std::fs::read(&object).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() * 2 / 3;
+    bad[mid] ^= 0x55;
+    std::fs::write(&object, &bad).unwrap();
+    let target = unique("cursor_bad");
+    let r = logged.restore(&w, pg, &target);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("SHA-256"), "{}", r.stderr);
+    assert!(!pg.db_exists(&target), "the database is dropped");
+    std::fs::write(&object, &good).unwrap();
+
+    // A loader that fails: named, the database dropped, nothing left over.
+    logged.a_failed_load_leaves_nothing(&w, pg, "cursor_fail");
 }

@@ -89,6 +89,24 @@ pub fn for_recipients(
     Ok(Some(Arc::new(ids)))
 }
 
+/// [`unseal`] for a reader on a blocking thread; buffered for the
+/// decompressor that follows.
+pub fn unseal_blocking<R>(
+    reader: R,
+    artifact: &crate::base::manifest::Artifact,
+    keys: &Keys,
+) -> std::io::Result<Box<dyn std::io::BufRead + Send>>
+where
+    R: std::io::BufRead + Send + 'static,
+{
+    match keys {
+        Some(k) if !artifact.encryption_recipients.is_empty() => Ok(Box::new(
+            std::io::BufReader::with_capacity(256 * 1024, crypt::decrypt_blocking(reader, k)?),
+        )),
+        _ => Ok(Box::new(reader)),
+    }
+}
+
 /// Undo encryption if the artifact is encrypted.
 pub fn unseal<R>(
     reader: R,

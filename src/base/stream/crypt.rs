@@ -118,6 +118,22 @@ where
     Box::pin(reader)
 }
 
+/// [`decrypt`] for a reader on a blocking thread (a restore's unpack leg).
+pub fn decrypt_blocking<R>(
+    inner: R,
+    identities: &[Identity],
+) -> std::io::Result<super::codec::BlockingRead>
+where
+    R: std::io::BufRead + Send + 'static,
+{
+    let age = |e: age::DecryptError| std::io::Error::other(format!("age: {e}"));
+    let plain = age::Decryptor::new_buffered(inner)
+        .map_err(age)?
+        .decrypt(identities.iter().map(|i| i as &dyn age::Identity))
+        .map_err(age)?;
+    Ok(Box::new(plain))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,7 +159,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(back, data);
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(
+            &mut decrypt_blocking(
+                std::io::Cursor::new(sealed.clone()),
+                std::slice::from_ref(&key),
+            )
+            .unwrap(),
+            &mut back,
+        )
+        .unwrap();
+        assert_eq!(back, data);
         let stranger = Identity::generate();
+        let refused = decrypt_blocking(
+            std::io::Cursor::new(sealed.clone()),
+            std::slice::from_ref(&stranger),
+        );
+        assert!(refused.is_err_and(|e| e.to_string().starts_with("age: ")));
         let err = decrypt(
             std::io::Cursor::new(sealed.clone()),
             Arc::new(vec![stranger]),
@@ -154,10 +186,18 @@ mod tests {
         assert!(err.to_string().contains("age"), "{err}");
         // A truncated file is an error, never a short plaintext.
         let cut = sealed[..sealed.len() - 100].to_vec();
-        assert!(decrypt(std::io::Cursor::new(cut), Arc::new(vec![key]))
-            .read_to_end(&mut Vec::new())
-            .await
-            .is_err());
+        assert!(decrypt(
+            std::io::Cursor::new(cut.clone()),
+            Arc::new(vec![key.clone()])
+        )
+        .read_to_end(&mut Vec::new())
+        .await
+        .is_err());
+        assert!(std::io::Read::read_to_end(
+            &mut decrypt_blocking(std::io::Cursor::new(cut), &[key]).unwrap(),
+            &mut Vec::new()
+        )
+        .is_err());
     }
 
     #[tokio::test]

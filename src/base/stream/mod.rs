@@ -11,7 +11,7 @@ mod measure;
 mod tee;
 
 pub use checked::{Checked, Mismatch};
-pub use codec::{decoder, encoder, BoxRead};
+pub use codec::{blocking_decoder, decoder, encoder, BlockingRead, BoxRead};
 pub use guarded::{guarded, Guarded, Verdict};
 pub use measure::{Measure, Measured};
 pub use tee::{tee, Tee};

@@ -10,8 +10,8 @@ use crate::base::error::{Error, Result};
 use crate::base::ids::{BackupId, JobName};
 use crate::base::manifest::Artifact;
 use crate::base::progress::Progress;
-use crate::base::stream::decoder;
-use crate::services::keys::{unseal, Keys};
+use crate::base::stream::{blocking_decoder, decoder};
+use crate::services::keys::{unseal, unseal_blocking, Keys};
 use crate::services::repository::Repository;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -193,11 +193,14 @@ where
 
 /// Decode `artifact` into `consume`, which reads it as a plain `Read` on a
 /// blocking thread (a tar walk or unpack) while the stored bytes are
-/// hashed on their way: one pass over the object. A consumer that stops
-/// early does not cut the hashing short (the rest is discarded), so a
-/// damaged object is still reported as what it is. Returns the fetch's
-/// result (decoded size, or the integrity error, which explains whatever
-/// the consumer met) and the consumer's.
+/// hashed on their way: one pass over the object. The decryption and
+/// decompression run on that thread too, with blocking I/O, as `zstd -d |
+/// tar x` would: one hand-off per stored chunk, not several per decoded
+/// buffer. A consumer that stops early does not cut the hashing short (the
+/// rest is decoded and discarded), so a damaged object is still reported
+/// as what it is. Returns the fetch's result (decoded size, or the
+/// integrity error, which explains whatever the consumer met) and the
+/// consumer's.
 pub async fn to_blocking_reader<T, F>(
     repo: &Repository,
     job: &JobName,
@@ -211,15 +214,165 @@ where
     T: Send + 'static,
     F: FnOnce(&mut dyn std::io::Read) -> T + Send + 'static,
 {
-    let (w, r) = tokio::io::duplex(4 << 20);
-    let mut reader =
-        std::io::BufReader::with_capacity(1 << 20, tokio_util::io::SyncIoBridge::new(r));
-    let consumer = tokio::task::spawn_blocking(move || consume(&mut reader));
-    let fetched = to_writer(repo, job, id, artifact, Lenient(Some(w)), progress, keys).await;
-    let consumed = consumer
+    let key = Repository::artifact_key(job, id, &artifact.name);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let (sealed, keys_for_thread) = (artifact.clone(), keys.clone());
+    let timing = progress.clone();
+    let consumer = tokio::task::spawn_blocking(move || {
+        let mut decoded = Decoding::open(rx, &sealed, &keys_for_thread, timing);
+        let consumed = consume(&mut std::io::BufReader::with_capacity(
+            1 << 20,
+            &mut decoded,
+        ));
+        (decoded.finish(), consumed)
+    });
+    let read = read_hashed(repo, &key, artifact, tx, progress).await;
+    let (decoded, consumed) = consumer
         .await
         .map_err(|e| Error::task(format!("reading {}", artifact.name), e))?;
+    let fetched = read.and_then(|()| {
+        decoded.map_err(|e| Error::Integrity {
+            artifact: artifact.name.clone(),
+            message: format!(
+                "checksum matches but the content cannot be decrypted or decompressed: {e}"
+            ),
+        })
+    });
     Ok((fetched, consumed))
+}
+
+/// The decoded content of a stored object at `path` (a local
+/// repository's file), read on a blocking thread: decrypted and
+/// decompressed, not checked (the caller verifies the stored bytes on
+/// their own, see [`verify_only`]).
+pub fn open_blocking(
+    path: &Path,
+    artifact: &Artifact,
+    keys: &Keys,
+) -> std::io::Result<crate::base::stream::BlockingRead> {
+    let f = std::fs::File::open(path)?;
+    let plain = unseal_blocking(
+        std::io::BufReader::with_capacity(1 << 20, f),
+        artifact,
+        keys,
+    )?;
+    blocking_decoder(plain, artifact.compression)
+}
+
+/// The stored chunks as the hashing side hands them over, read on a
+/// blocking thread. Time spent waiting for them is counted apart, so the
+/// decode time reported excludes the download.
+struct Chunks {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    chunk: Bytes,
+    waited: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::io::Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = {
+            let have = std::io::BufRead::fill_buf(self)?;
+            let n = have.len().min(buf.len());
+            buf[..n].copy_from_slice(&have[..n]);
+            n
+        };
+        std::io::BufRead::consume(self, n);
+        Ok(n)
+    }
+}
+
+impl std::io::BufRead for Chunks {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        while self.chunk.is_empty() {
+            let t = std::time::Instant::now();
+            let next = self.rx.blocking_recv();
+            self.waited.fetch_add(
+                t.elapsed().as_nanos() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            match next {
+                Some(Ok(b)) => self.chunk = b,
+                Some(Err(e)) => return Err(e),
+                None => break, // the end, or the hashing side gave up (it says why)
+            }
+        }
+        Ok(&self.chunk)
+    }
+    fn consume(&mut self, n: usize) {
+        bytes::Buf::advance(&mut self.chunk, n);
+    }
+}
+
+/// The decoding end on the consumer's thread: the first decode error is
+/// kept (the consumer only sees an I/O error), and the decoded bytes counted.
+struct Decoding {
+    inner: std::result::Result<crate::base::stream::BlockingRead, String>,
+    bytes: u64,
+    progress: Option<Arc<Progress>>,
+    waited: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Decoding {
+    fn open(
+        rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+        artifact: &Artifact,
+        keys: &Keys,
+        progress: Option<Arc<Progress>>,
+    ) -> Self {
+        let waited = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let chunks = Chunks {
+            rx,
+            chunk: Bytes::new(),
+            waited: waited.clone(),
+        };
+        let inner = unseal_blocking(chunks, artifact, keys)
+            .and_then(|plain| blocking_decoder(plain, artifact.compression))
+            .map_err(|e| e.to_string());
+        Self {
+            inner,
+            bytes: 0,
+            progress,
+            waited,
+        }
+    }
+
+    /// Decode what the consumer left, to the end: the decoded size, or why
+    /// the content does not decode.
+    fn finish(mut self) -> std::result::Result<u64, String> {
+        std::io::copy(&mut self, &mut std::io::sink()).map_err(|e| e.to_string())?;
+        self.inner.map(|_| self.bytes)
+    }
+}
+
+impl std::io::Read for Decoding {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let inner = match &mut self.inner {
+            Ok(r) => r,
+            Err(e) => return Err(std::io::Error::other(e.clone())),
+        };
+        let (t, waited) = (
+            std::time::Instant::now(),
+            self.waited.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let r = inner.read(buf);
+        if let Some(p) = &self.progress {
+            let waiting = self.waited.load(std::sync::atomic::Ordering::Relaxed) - waited;
+            p.add_decode_time(
+                t.elapsed()
+                    .saturating_sub(std::time::Duration::from_nanos(waiting)),
+            );
+        }
+        match r {
+            Ok(n) => {
+                self.bytes += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                self.inner = Err(e.to_string());
+                Err(e)
+            }
+        }
+    }
 }
 
 /// A writer into a consumer that may stop reading early (`pg_restore
@@ -396,4 +549,134 @@ pub async fn to_memory(
         artifact: artifact.name.clone(),
         message: format!("cannot decompress: {e}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::stream::{crypt, encoder};
+    use crate::base::values::Compression;
+    use tokio::io::AsyncReadExt;
+
+    /// `plain` stored as an artifact (compressed with `c`, encrypted when
+    /// `keys` has an identity), with its manifest entry.
+    async fn stored(
+        repo: &Repository,
+        plain: &[u8],
+        c: Compression,
+        keys: &Keys,
+    ) -> (JobName, BackupId, Artifact) {
+        let mut packed = encoder(std::io::Cursor::new(plain.to_vec()), c, None, 1);
+        if let Some(ids) = keys {
+            let to = Arc::new(ids.iter().map(age::x25519::Identity::to_public).collect());
+            packed = crypt::encrypt(packed, to);
+        }
+        let mut bytes = Vec::new();
+        packed.read_to_end(&mut bytes).await.unwrap();
+        let (job, id) = (
+            JobName::parse("appdb").unwrap(),
+            BackupId::new(chrono::Utc::now(), "h"),
+        );
+        let name = "database.dump.zst";
+        repo.put_artifact(
+            &job,
+            &id,
+            name,
+            Box::pin(std::io::Cursor::new(bytes.clone())),
+            None,
+        )
+        .await
+        .unwrap();
+        let artifact = Artifact {
+            name: name.into(),
+            content: "pg_dump_custom".into(),
+            raw_bytes: plain.len() as u64,
+            stored_bytes: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+            compression: c,
+            encryption_recipients: if keys.is_some() {
+                vec!["k".into()]
+            } else {
+                vec![]
+            },
+        };
+        (job, id, artifact)
+    }
+
+    fn sample() -> Vec<u8> {
+        (0..3_000_000u32)
+            .map(|i| (i % 241) as u8 ^ (i >> 13) as u8)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_blocking_reader_decodes_every_format_and_hashes_to_the_end() {
+        let plain = sample();
+        let key = Arc::new(vec![age::x25519::Identity::generate()]);
+        for (c, keys) in [
+            (Compression::Zstd, None),
+            (Compression::Gzip, None),
+            (Compression::None, None),
+            (Compression::Zstd, Some(key.clone())),
+        ] {
+            let (repo, _) = Repository::in_memory();
+            let (job, id, a) = stored(&repo, &plain, c, &keys).await;
+            let progress = Progress::new();
+            let (fetched, got) =
+                to_blocking_reader(&repo, &job, &id, &a, &keys, Some(progress.clone()), |r| {
+                    let mut v = Vec::new();
+                    r.read_to_end(&mut v).map(|_| v)
+                })
+                .await
+                .unwrap();
+            assert_eq!(fetched.unwrap(), plain.len() as u64, "{c:?}");
+            assert_eq!(got.unwrap(), plain, "{c:?}");
+            // A consumer that stops early (pg_restore --list) still gets
+            // the whole object decoded and checked.
+            let (fetched, ()) = to_blocking_reader(&repo, &job, &id, &a, &keys, None, |r| {
+                let _ = r.read(&mut [0u8; 10]);
+            })
+            .await
+            .unwrap();
+            assert_eq!(fetched.unwrap(), plain.len() as u64, "{c:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn damage_is_named_for_what_it_is_whatever_the_consumer_met() {
+        let plain = sample();
+        let (repo, mem) = Repository::in_memory();
+        let (job, id, a) = stored(&repo, &plain, Compression::Zstd, &None).await;
+        let key = Repository::artifact_key(&job, &id, &a.name);
+        let read_all = |r: &mut dyn std::io::Read| r.read_to_end(&mut Vec::new()).map(|_| ());
+
+        // A flipped byte: the checksum says so, not the decoder.
+        let mut bytes = mem.get_bytes(&key);
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xff;
+        mem.tamper(&key, bytes.clone());
+        let (fetched, consumed) = to_blocking_reader(&repo, &job, &id, &a, &None, None, read_all)
+            .await
+            .unwrap();
+        let e = fetched.unwrap_err().to_string();
+        assert!(e.contains("SHA-256 is"), "{e}");
+        assert!(consumed.is_err());
+
+        // Bytes that match their (recorded) checksum but do not decode.
+        let mut damaged = a.clone();
+        damaged.sha256 = hex::encode(Sha256::digest(&bytes));
+        let (fetched, _) = to_blocking_reader(&repo, &job, &id, &damaged, &None, None, read_all)
+            .await
+            .unwrap();
+        let e = fetched.unwrap_err().to_string();
+        assert!(e.contains("cannot be decrypted or decompressed"), "{e}");
+
+        // A missing object is damage too.
+        mem.remove(&key);
+        let (fetched, _) = to_blocking_reader(&repo, &job, &id, &a, &None, None, read_all)
+            .await
+            .unwrap();
+        let e = fetched.unwrap_err().to_string();
+        assert!(e.contains("missing from the repository"), "{e}");
+    }
 }

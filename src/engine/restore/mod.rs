@@ -4,6 +4,7 @@
 //! `files.rs` (safe extraction).
 
 pub mod containers;
+pub mod cursors;
 pub mod fetch;
 pub mod files;
 pub mod health;

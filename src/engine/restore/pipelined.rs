@@ -34,7 +34,6 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 
 /// How far the unpacking has come, as the loaders see it.
@@ -326,40 +325,43 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// After the verified fetch and every loader: the data entries no
-    /// loader took (sequence values; every block of an archive the walker
-    /// gave up on), then the rest of post-data.
+    /// After the verified fetch and every loader.
     async fn finish(self) -> Result<()> {
-        tracing::debug!("fetched and loaded: the rest of the data, then post-data");
-        let ids = |skip: &HashSet<i64>| -> Vec<i64> {
-            self.toc
-                .iter()
-                .map(|e| e.id)
-                .filter(|id| !skip.contains(id))
-                .collect()
-        };
-        let data = vec!["--section=data".into()];
-        pg_restore(
+        finish(
             self.tools,
             self.into,
-            data,
-            Some(&ids(&self.taken)),
-            Some(self.file),
-        )
-        .await?;
-        let post = vec![
-            "--section=post-data".into(),
-            format!("--jobs={}", self.jobs),
-        ];
-        pg_restore(
-            self.tools,
-            self.into,
-            post,
-            Some(&ids(&self.early)),
-            Some(self.file),
+            self.file,
+            self.jobs,
+            &self.toc,
+            (&self.taken, &self.early),
         )
         .await
     }
+}
+
+/// After the verified fetch and every loader: the data entries no loader
+/// took (sequence values; every block of an archive the walker gave up
+/// on), then the rest of post-data. `file` needs to hold only the table of
+/// contents unless blocks are left (pg_restore reads no data for these).
+pub(super) async fn finish(
+    tools: &PgTools,
+    into: &PgTarget,
+    file: &Path,
+    jobs: usize,
+    toc: &[TocEntry],
+    (taken, early): (&HashSet<i64>, &HashSet<i64>),
+) -> Result<()> {
+    tracing::debug!("fetched and loaded: the rest of the data, then post-data");
+    let ids = |skip: &HashSet<i64>| -> Vec<i64> {
+        toc.iter()
+            .map(|e| e.id)
+            .filter(|id| !skip.contains(id))
+            .collect()
+    };
+    let data = vec!["--section=data".into()];
+    pg_restore(tools, into, data, Some(&ids(taken)), Some(file)).await?;
+    let post = vec!["--section=post-data".into(), format!("--jobs={jobs}")];
+    pg_restore(tools, into, post, Some(&ids(early)), Some(file)).await
 }
 
 /// Wait for the table of contents to be written (its entry ids), or for
@@ -393,7 +395,7 @@ where
 
 /// A loader failed: if the fetch has not finished, its verdict comes
 /// first (a damaged object explains whatever pg_restore met in it).
-async fn explain<F>(e: Error, fetch: std::pin::Pin<Box<F>>, fetched: bool) -> Error
+pub(super) async fn explain<F>(e: Error, fetch: std::pin::Pin<Box<F>>, fetched: bool) -> Error
 where
     F: std::future::Future<Output = Result<()>>,
 {
@@ -418,9 +420,8 @@ async fn stream_load(
     data_start: u64,
     ids: Vec<i64>,
     start: u64,
-    mut rx: watch::Receiver<Unpacking>,
+    rx: watch::Receiver<Unpacking>,
 ) -> Result<Vec<i64>> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let last = ids.last().copied().unwrap_or_default();
     let (listing, list_arg) = list_file(&ids)?;
     let (env, _passfile) = tools.env_for(into)?;
@@ -428,59 +429,96 @@ async fn stream_load(
     args.extend(["--section=data".into(), list_arg]);
     tracing::debug!(?ids, start, "loading while fetching");
     let mut child = tools.spawn("pg_restore", &args, &env, true, false).await?;
-    let mut stdin = child
-        .take_stdin()
-        .ok_or_else(|| Error::Other("pg_restore stdin".into()))?;
-    let io = |e: std::io::Error| Error::io(format!("reading {}", file.display()), e);
-    let feed = async {
-        let mut f = tokio::fs::File::open(file).await.map_err(io)?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut pos = 0u64;
-        let mut end = data_start;
-        loop {
-            if pos == end {
-                if end == data_start {
-                    // The table of contents is sent; now the blocks.
-                    f.seek(std::io::SeekFrom::Start(start)).await.map_err(io)?;
-                    pos = start;
-                }
-                let (done, written, opaque) = {
-                    let u = rx.borrow_and_update();
-                    let done = u.blocks.iter().rev().find(|b| b.0 == last).map(|b| b.2);
-                    (done, u.written, u.opaque)
-                };
-                end = done.unwrap_or(written).max(pos);
-                if done == Some(pos) {
-                    return Ok::<(), Error>(());
-                }
-                if end == pos {
-                    if opaque || rx.changed().await.is_err() {
-                        return Err(Error::Other(
-                            "the dump ended before the block being loaded".into(),
-                        ));
-                    }
-                    continue;
-                }
-            }
-            let want = ((end - pos) as usize).min(buf.len());
-            let n = f.read(&mut buf[..want]).await.map_err(io)?;
-            if n == 0 {
-                return Err(Error::Other("the dump file is shorter than written".into()));
-            }
-            pos += n as u64;
-            if stdin.write_all(&buf[..n]).await.is_err() {
-                return Ok(()); // pg_restore stopped reading: its exit says why
-            }
-        }
+    let stdin = child
+        .take_blocking_stdin()
+        .ok_or_else(|| Error::Other("pg_restore has no stdin on this host".into()))?
+        .map_err(|e| Error::io("taking pg_restore's stdin", e))?;
+    let range = Feed {
+        file: file.to_path_buf(),
+        data_start,
+        start,
+        last,
     };
-    let fed = feed.await;
-    let _ = stdin.shutdown().await;
-    drop(stdin);
+    let fed = tokio::task::spawn_blocking(move || range.into(stdin, rx))
+        .await
+        .map_err(|e| Error::task("feeding pg_restore", e))
+        .and_then(|r| r);
     let finished = child.finish().await;
     drop(listing);
     tracing::debug!(?ids, "loaded");
     finished?;
     fed.map(|()| ids)
+}
+
+/// What one loader is fed from the file being written: its table of
+/// contents (`..data_start`), then from `start` to the end of block `last`.
+struct Feed {
+    file: PathBuf,
+    data_start: u64,
+    start: u64,
+    last: i64,
+}
+
+impl Feed {
+    /// Copy the range into `stdin` as the file grows, on a blocking thread
+    /// in 1 MiB pieces: a write sleeps in the kernel while pg_restore
+    /// catches up, instead of a runtime wake-up per 4 KiB it reads. Closing
+    /// `stdin` (by returning) is pg_restore's end of input. A pg_restore
+    /// that stops reading ends the feed quietly: its exit says why.
+    fn into(self, mut stdin: std::fs::File, mut rx: watch::Receiver<Unpacking>) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let io = |e: std::io::Error| Error::io(format!("reading {}", self.file.display()), e);
+        let mut f = std::fs::File::open(&self.file).map_err(io)?;
+        let mut buf = vec![0u8; 1 << 20];
+        // Copy `n` bytes from where `f` is; false if pg_restore is gone.
+        let mut copy = |f: &mut std::fs::File, mut n: u64| -> Result<bool> {
+            while n > 0 {
+                let want = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                let got = match f.read(&mut buf[..want]) {
+                    Ok(0) => {
+                        return Err(Error::Other("the dump file is shorter than written".into()))
+                    }
+                    Ok(got) => got,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io(e)),
+                };
+                match stdin.write_all(&buf[..got]) {
+                    Ok(()) => n -= got as u64,
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(false),
+                    Err(e) => return Err(Error::io("writing to pg_restore", e)),
+                }
+            }
+            Ok(true)
+        };
+        if !copy(&mut f, self.data_start)? {
+            return Ok(());
+        }
+        f.seek(SeekFrom::Start(self.start)).map_err(io)?;
+        let mut pos = self.start;
+        loop {
+            let (done, written, opaque) = {
+                let u = rx.borrow_and_update();
+                let done = u.blocks.iter().rev().find(|b| b.0 == self.last);
+                (done.map(|b| b.2), u.written, u.opaque)
+            };
+            if done == Some(pos) {
+                return Ok(());
+            }
+            let end = done.unwrap_or(written).max(pos);
+            if end == pos {
+                if opaque || futures::executor::block_on(rx.changed()).is_err() {
+                    return Err(Error::Other(
+                        "the dump ended before the block being loaded".into(),
+                    ));
+                }
+                continue;
+            }
+            if !copy(&mut f, end - pos)? {
+                return Ok(());
+            }
+            pos = end;
+        }
+    }
 }
 
 /// A pg_restore list naming these entries (one id per line: pg_restore
@@ -491,7 +529,7 @@ fn list(ids: &[i64]) -> String {
 
 /// The list as an unlinked file the child inherits (`/dev/fd/N`), since
 /// its stdin carries the archive: nothing to clean up after a crash.
-fn list_file(ids: &[i64]) -> Result<(std::fs::File, String)> {
+pub(super) fn list_file(ids: &[i64]) -> Result<(std::fs::File, String)> {
     let mut f = tempfile::tempfile().map_err(|e| Error::io("creating a pg_restore list", e))?;
     f.write_all(list(ids).as_bytes())
         .and_then(|()| f.flush())
@@ -514,7 +552,7 @@ pub(super) fn restore_args(into: &PgTarget) -> Vec<String> {
 
 /// One `pg_restore` of `file` into `into` with `extra` arguments and,
 /// when given, a list of the entries to restore.
-async fn pg_restore(
+pub(super) async fn pg_restore(
     tools: &PgTools,
     into: &PgTarget,
     extra: Vec<String>,

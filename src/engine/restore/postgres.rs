@@ -13,6 +13,7 @@ use crate::base::progress::Progress;
 use crate::config::PostgresJob;
 use crate::services::pg::{job_target, quote_ident, quote_literal};
 use crate::services::pg::{PgTarget, PgTools, SqlSession};
+use crate::services::repository::Repository;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -363,9 +364,11 @@ async fn open_target(
     Ok((into, safety))
 }
 
-/// Fetch the dump into `dump_file` while `pipelined::restore` loads it
-/// into `into`; the restore's result and the fetch's end (seconds since
-/// `t0`).
+/// Load the dump into `into` while it is fetched: from a local repository
+/// by `cursors::restore` (each loader reads the stored file, `dump_file`
+/// holds the table of contents), else by `pipelined::restore` (fetched
+/// into `dump_file`). The restore's result and the end of the fetch's
+/// verification (seconds since `t0`).
 #[allow(clippy::too_many_arguments)]
 async fn load_while_fetching(
     r: &Resolved<'_>,
@@ -378,38 +381,82 @@ async fn load_while_fetching(
     t0: Instant,
 ) -> (Result<()>, f64) {
     progress.set_phase("fetch", dump.stored_bytes);
-    let (tx, rx) = tokio::sync::watch::channel(super::pipelined::Unpacking::default());
-    let path = dump_file.to_path_buf();
     let fetch_end = std::sync::Mutex::new(None);
-    let fetch = async {
-        let fetched = fetch::to_blocking_reader(
-            &r.repo,
-            &r.job,
-            &r.manifest.id,
-            dump,
-            &r.keys,
-            Some(progress.clone()),
-            move |reader| super::pipelined::unpack(reader, &path, &tx),
-        )
-        .await;
+    let fetched = || {
         if let Ok(mut end) = fetch_end.lock() {
             *end = Some(t0.elapsed().as_secs_f64());
         }
-        match fetched? {
-            // A damaged object explains whatever the unpacking met.
-            (Err(e @ Error::Integrity { .. }), _) | (_, Err(e)) | (Err(e), Ok(())) => Err(e),
-            (Ok(_), Ok(())) => Ok(()),
-        }
     };
-    let restore = super::pipelined::restore(tools, into, req.jobs, dump_file, fetch, rx);
     let what = format!("restore into {}", into.database);
-    let restored = cancellable(&req.cancel, &what, restore).await;
+    let src = local_source(r, dump);
+    let first = match &src {
+        Some(src) => super::cursors::open(src, dump_file).await,
+        None => None,
+    };
+    let restored = if let (Some(src), Some(first)) = (&src, first) {
+        let verify = async {
+            let m = &r.manifest;
+            let verified =
+                fetch::verify_only(&r.repo, &r.job, &m.id, dump, Some(progress.clone())).await;
+            fetched();
+            verified
+        };
+        let restore = super::cursors::restore(tools, into, req.jobs, src, first, dump_file, verify);
+        cancellable(&req.cancel, &what, restore).await
+    } else {
+        let (tx, rx) = tokio::sync::watch::channel(super::pipelined::Unpacking::default());
+        let path = dump_file.to_path_buf();
+        let fetch = async {
+            let unpacked = fetch::to_blocking_reader(
+                &r.repo,
+                &r.job,
+                &r.manifest.id,
+                dump,
+                &r.keys,
+                Some(progress.clone()),
+                move |reader| super::pipelined::unpack(reader, &path, &tx),
+            )
+            .await;
+            fetched();
+            match unpacked? {
+                // A damaged object explains whatever the unpacking met.
+                (Err(e @ Error::Integrity { .. }), _) | (_, Err(e)) | (Err(e), Ok(())) => Err(e),
+                (Ok(_), Ok(())) => Ok(()),
+            }
+        };
+        let restore = super::pipelined::restore(tools, into, req.jobs, dump_file, fetch, rx);
+        cancellable(&req.cancel, &what, restore).await
+    };
     let secs = fetch_end
         .lock()
         .ok()
         .and_then(|e| *e)
         .unwrap_or_else(|| t0.elapsed().as_secs_f64());
     (restored, secs)
+}
+
+/// The dump as a file of a local repository, for a restore whose loaders
+/// each read it (`None` for a remote or rate-limited repository).
+fn local_source<'a>(r: &'a Resolved<'_>, dump: &'a Artifact) -> Option<super::cursors::Source<'a>> {
+    let key = Repository::artifact_key(&r.job, &r.manifest.id, &dump.name);
+    let object = r.repo.local_object(&key)?;
+    let sizes = r
+        .manifest
+        .tables
+        .iter()
+        .filter_map(|t| {
+            Some((
+                (t.schema.clone(), t.name.clone()),
+                u64::try_from(t.bytes).ok()?,
+            ))
+        })
+        .collect();
+    Some(super::cursors::Source {
+        object,
+        artifact: dump,
+        keys: &r.keys,
+        sizes,
+    })
 }
 
 /// Create the roles of the backup's globals that the server lacks, noting

@@ -75,6 +75,10 @@ impl Backend for LocalBackend {
         format!("file://{}", self.root.display())
     }
 
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        Some(self.path(key))
+    }
+
     async fn put_stream(
         &self,
         key: &str,

@@ -36,6 +36,14 @@ impl MemoryBackend {
         }
     }
 
+    /// An object's bytes (empty if there is none).
+    pub fn get_bytes(&self, key: &str) -> Vec<u8> {
+        self.lock_objects()
+            .get(key)
+            .map(|o| o.0.clone())
+            .unwrap_or_default()
+    }
+
     /// Lose an object.
     pub fn remove(&self, key: &str) {
         self.lock_objects().remove(key);

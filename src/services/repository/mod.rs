@@ -73,6 +73,12 @@ pub trait Backend: Send + Sync {
     }
     /// The object's bytes.
     async fn get(&self, key: &str) -> Result<BoxRead>;
+    /// Where the object is on this host's filesystem, for a store that
+    /// keeps objects there: reading it again is then as cheap as keeping a
+    /// copy. `None` for a remote store.
+    fn local_path(&self, _key: &str) -> Option<std::path::PathBuf> {
+        None
+    }
     /// Every object below `prefix` (recursive), in no particular order.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>>;
     /// Remove an object (absent is fine).
@@ -462,6 +468,16 @@ impl Repository {
         self.get_key(&Self::artifact_key(job, id, name)).await
     }
 
+    /// The file holding `key` when the repository is a directory on this
+    /// host without a rate limit (a limit applies to every read, so reads
+    /// must then go through [`Repository::get_key`]).
+    pub fn local_object(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.limiter
+            .is_none()
+            .then(|| self.backend.local_path(key))
+            .flatten()
+    }
+
     /// A reader over any object drctl wrote (WAL), at the rate limit.
     pub async fn get_key(&self, key: &str) -> Result<BoxRead> {
         let r = self.backend.get(key).await?;
@@ -558,6 +574,21 @@ impl Repository {
 }
 
 #[cfg(test)]
+impl Repository {
+    /// A repository in memory, for unit tests of what reads and writes it.
+    pub fn in_memory() -> (Repository, std::sync::Arc<memory::MemoryBackend>) {
+        let mem = std::sync::Arc::new(memory::MemoryBackend::default());
+        let repo = Repository {
+            name: "mem".into(),
+            backend: mem.clone(),
+            lease_ttl: std::time::Duration::from_secs(3600),
+            limiter: None,
+        };
+        (repo, mem)
+    }
+}
+
+#[cfg(test)]
 mod protocol {
     use super::memory::MemoryBackend;
     use super::*;
@@ -566,14 +597,7 @@ mod protocol {
     use std::sync::Arc;
 
     fn repo() -> (Repository, Arc<MemoryBackend>) {
-        let mem = Arc::new(MemoryBackend::default());
-        let repo = Repository {
-            name: "mem".into(),
-            backend: mem.clone(),
-            lease_ttl: std::time::Duration::from_secs(3600),
-            limiter: None,
-        };
-        (repo, mem)
+        Repository::in_memory()
     }
 
     fn job() -> JobName {

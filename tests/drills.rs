@@ -105,6 +105,9 @@ fn a_drill_passes_on_a_good_backup_with_exact_row_counts_roles_and_checks() {
             "cleanup"
         ]
     );
+    // Decoding took time, whichever way the restore read the backup.
+    let decode = v["phases"][1]["seconds"].as_f64().unwrap();
+    assert!(decode > 0.0, "{v}");
     let checks = v["checks"].as_array().unwrap();
     let payment = checks
         .iter()

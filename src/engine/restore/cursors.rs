@@ -25,6 +25,7 @@ use super::pipelined::{early_post_data, explain, finish, list_file, pg_restore, 
 use crate::base::custom_archive::{ArchiveError, DataEntry, TocEntry, Walker};
 use crate::base::error::{Error, Result};
 use crate::base::manifest::Artifact;
+use crate::base::progress::Progress;
 use crate::base::stream::BlockingRead;
 use crate::services::keys::Keys;
 use crate::services::pg::{PgTarget, PgTools};
@@ -131,6 +132,8 @@ pub fn pick(runs: &[Run], claimed: &[bool], at: &[usize], me: usize) -> Option<u
 /// One decoder over the stored object, walking the archive as it goes.
 pub struct Cursor {
     reader: BlockingRead,
+    /// Where the time spent decoding is counted (a drill's phase).
+    progress: Arc<Progress>,
     walker: Walker,
     /// The piece before the current one, and where it starts.
     prev: (Vec<u8>, u64),
@@ -140,11 +143,17 @@ pub struct Cursor {
 
 impl Cursor {
     /// A cursor at the start of the object at `path`.
-    pub fn open(path: &Path, artifact: &Artifact, keys: &Keys) -> Result<Self> {
+    pub fn open(
+        path: &Path,
+        artifact: &Artifact,
+        keys: &Keys,
+        progress: Arc<Progress>,
+    ) -> Result<Self> {
         let reader = super::fetch::open_blocking(path, artifact, keys)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         Ok(Self {
             reader,
+            progress,
             walker: Walker::new(),
             prev: (Vec::new(), 0),
             cur: (Vec::new(), 0),
@@ -157,6 +166,7 @@ impl Cursor {
         let mut piece = std::mem::take(&mut self.prev.0);
         piece.resize(PIECE, 0);
         let mut filled = 0;
+        let t = std::time::Instant::now();
         while filled < PIECE {
             match self.reader.read(&mut piece[filled..]) {
                 Ok(0) => break,
@@ -166,6 +176,7 @@ impl Cursor {
                 Err(e) => return Err(Error::io("decoding the dump", e)),
             }
         }
+        self.progress.add_decode_time(t.elapsed());
         piece.truncate(filled);
         self.walker.feed(&piece).map_err(walk_error)?;
         self.prev = std::mem::replace(&mut self.cur, (piece, at));
@@ -315,6 +326,7 @@ struct Shared {
     object: PathBuf,
     artifact: Artifact,
     keys: Keys,
+    progress: Arc<Progress>,
     runtime: tokio::runtime::Handle,
     events: tokio::sync::mpsc::UnboundedSender<Event>,
 }
@@ -367,7 +379,12 @@ impl Shared {
 
     /// A new cursor past the table of contents.
     fn fresh(&self) -> Result<Cursor> {
-        let mut c = Cursor::open(&self.object, &self.artifact, &self.keys)?;
+        let mut c = Cursor::open(
+            &self.object,
+            &self.artifact,
+            &self.keys,
+            self.progress.clone(),
+        )?;
         c.table_of_contents()?
             .ok_or_else(|| Error::Other("the dump cannot be walked".into()))?;
         Ok(c)
@@ -444,6 +461,8 @@ pub struct Source<'a> {
     pub keys: &'a Keys,
     /// Table sizes from the manifest, by (schema, name).
     pub sizes: std::collections::HashMap<(String, String), u64>,
+    /// Counts the time spent decoding, summed over the cursors.
+    pub progress: Arc<Progress>,
 }
 
 /// Open the first cursor and read the table of contents into `toc_file`;
@@ -452,9 +471,9 @@ pub struct Source<'a> {
 /// that checks everything first and names what is wrong.
 pub async fn open(src: &Source<'_>, toc_file: &Path) -> Option<(Cursor, Vec<u8>)> {
     let (object, artifact, keys) = (src.object.clone(), src.artifact.clone(), src.keys.clone());
-    let path = toc_file.to_path_buf();
+    let (path, progress) = (toc_file.to_path_buf(), src.progress.clone());
     let opened = tokio::task::spawn_blocking(move || {
-        let mut c = Cursor::open(&object, &artifact, &keys)?;
+        let mut c = Cursor::open(&object, &artifact, &keys, progress)?;
         let Some(toc) = c.table_of_contents()? else {
             return Ok(None);
         };
@@ -531,6 +550,7 @@ where
         object: src.object.clone(),
         artifact: src.artifact.clone(),
         keys: src.keys.clone(),
+        progress: src.progress.clone(),
         runtime: tokio::runtime::Handle::current(),
         events: tx,
     });

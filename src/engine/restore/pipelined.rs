@@ -439,7 +439,7 @@ async fn stream_load(
         start,
         last,
     };
-    let fed = tokio::task::spawn_blocking(move || range.into(stdin, rx))
+    let fed = tokio::task::spawn_blocking(move || range.copy_into(stdin, rx))
         .await
         .map_err(|e| Error::task("feeding pg_restore", e))
         .and_then(|r| r);
@@ -465,7 +465,7 @@ impl Feed {
     /// catches up, instead of a runtime wake-up per 4 KiB it reads. Closing
     /// `stdin` (by returning) is pg_restore's end of input. A pg_restore
     /// that stops reading ends the feed quietly: its exit says why.
-    fn into(self, mut stdin: std::fs::File, mut rx: watch::Receiver<Unpacking>) -> Result<()> {
+    fn copy_into(self, mut stdin: std::fs::File, mut rx: watch::Receiver<Unpacking>) -> Result<()> {
         use std::io::{Seek, SeekFrom};
         let io = |e: std::io::Error| Error::io(format!("reading {}", self.file.display()), e);
         let mut f = std::fs::File::open(&self.file).map_err(io)?;

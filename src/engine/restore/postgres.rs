@@ -388,7 +388,7 @@ async fn load_while_fetching(
         }
     };
     let what = format!("restore into {}", into.database);
-    let src = local_source(r, dump);
+    let src = local_source(r, dump, progress);
     let first = match &src {
         Some(src) => super::cursors::open(src, dump_file).await,
         None => None,
@@ -437,7 +437,11 @@ async fn load_while_fetching(
 
 /// The dump as a file of a local repository, for a restore whose loaders
 /// each read it (`None` for a remote or rate-limited repository).
-fn local_source<'a>(r: &'a Resolved<'_>, dump: &'a Artifact) -> Option<super::cursors::Source<'a>> {
+fn local_source<'a>(
+    r: &'a Resolved<'_>,
+    dump: &'a Artifact,
+    progress: &Arc<Progress>,
+) -> Option<super::cursors::Source<'a>> {
     let key = Repository::artifact_key(&r.job, &r.manifest.id, &dump.name);
     let object = r.repo.local_object(&key)?;
     let sizes = r
@@ -456,6 +460,7 @@ fn local_source<'a>(r: &'a Resolved<'_>, dump: &'a Artifact) -> Option<super::cu
         artifact: dump,
         keys: &r.keys,
         sizes,
+        progress: progress.clone(),
     })
 }
 

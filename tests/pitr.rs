@@ -1105,8 +1105,25 @@ async fn verify_deep_runs_pg_verifybackup_and_fails_a_base_backup_postgresql_wou
         v.stdout
     );
 
-    // A tablespace outside the data directory: pg_basebackup could stream
-    // only one to drctl, so the run is refused before it starts, naming it.
+    drop(c);
+}
+
+/// A cluster with a tablespace outside its data directory: pg_basebackup
+/// writes one tar per tablespace, each stored beside `base.tar` with the
+/// cluster's `backup_manifest`; `verify --deep` assembles them for
+/// pg_verifybackup; a restore refuses to write into the tablespace's old
+/// directory (the live cluster's) and, with `--tablespace-map`, restores
+/// the tablespace elsewhere, WAL written into it after the backup
+/// included; a drill puts it inside its throwaway directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_with_a_tablespace_is_backed_up_verified_and_restored_with_it_moved() {
+    let Setup {
+        root, bucket, w, c, ..
+    } = setup(
+        "[drills.spaced]\njob = \"db\"\nat = \"latest\"\n\
+         [[drills.spaced.checks]]\nsql = \"SELECT count(*) FROM spaced\"\nexpect = \">= 600\"\n",
+    )
+    .await;
     let ts = root.join("ts");
     std::fs::create_dir_all(&ts).unwrap();
     if is_root() {
@@ -1121,12 +1138,155 @@ async fn verify_deep_runs_pg_verifybackup_and_fails_a_base_backup_postgresql_wou
         "CREATE TABLESPACE extra LOCATION '{}'",
         ts.display()
     ));
-    let r = w.drctl(&["run", "db"]);
-    assert_eq!(r.code, 1, "{}", r.all());
+    c.psql("CREATE TABLE spaced (id int PRIMARY KEY, v text) TABLESPACE extra");
+    c.psql("INSERT INTO spaced SELECT g, md5(g::text) FROM generate_series(1, 500) g");
+    let oid = c.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'extra'");
+    // What a killed run of this job left in the scratch directory: the
+    // next run removes it.
+    let tmp = w.dir.join("state").join("tmp");
+    let stale = tmp.join("basebackup+db+killed");
+    std::fs::create_dir_all(stale.join("backup")).unwrap();
+    std::fs::write(stale.join("backup").join("base.tar"), b"half").unwrap();
+
+    let id = w.drctl(&["run", "db"]).ok().stdout.trim().to_owned();
+    let objects: Vec<String> = {
+        let s3c = s3().client().await;
+        let out = s3c
+            .list_objects_v2()
+            .bucket(&bucket)
+            .prefix(format!("db/{id}/"))
+            .send()
+            .await
+            .unwrap();
+        out.contents()
+            .iter()
+            .filter_map(|o| o.key()?.rsplit('/').next().map(str::to_owned))
+            .collect()
+    };
+    for want in [
+        "base.tar.zst.age",
+        &format!("{oid}.tar.zst.age"),
+        "backup_manifest.zst.age",
+    ] {
+        assert!(objects.iter().any(|o| o == want), "{want} in {objects:?}");
+    }
+    assert_eq!(
+        std::fs::read_dir(&tmp).map_or(0, Iterator::count),
+        0,
+        "the scratch directory pg_basebackup wrote into is gone, and the killed run's"
+    );
+    // Written after the backup, into the tablespace: replayed from the WAL.
+    c.psql("INSERT INTO spaced SELECT g, md5(g::text) FROM generate_series(501, 600) g");
+    archive_now(&c, &bucket).await;
+
+    let v = w.drctl(&["verify", "--job", "db", "--deep"]);
+    v.ok();
     assert!(
-        r.stderr.contains(&format!("extra at {}", ts.display())) && r.stderr.contains("logical"),
+        v.stdout
+            .contains("pg_verifybackup: backup successfully verified"),
+        "{}",
+        v.stdout
+    );
+
+    // Into the old location (still the live cluster's): refused before
+    // anything is written, naming the way out.
+    let refused_dir = root.join("refused");
+    let r = restore_db(&w, &["--latest"], &refused_dir);
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert!(
+        r.stderr.contains("tablespace extra") && r.stderr.contains("--tablespace-map"),
         "{}",
         r.stderr
     );
-    drop(c);
+    assert!(!refused_dir.exists(), "a refused restore writes nothing");
+    let r = restore_db(
+        &w,
+        &["--latest", "--tablespace-map", "nosuch=/x"],
+        &refused_dir,
+    );
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert!(
+        r.stderr.contains("no tablespace of that name"),
+        "{}",
+        r.stderr
+    );
+
+    let moved = root.join("ts-restored");
+    let data = root.join("restored");
+    let map = format!("extra={}", moved.display());
+    let plan = restore_db(
+        &w,
+        &["--latest", "--dry-run", "--tablespace-map", &map],
+        &data,
+    );
+    assert!(
+        plan.ok().stderr.contains(&format!(
+            "tablespace  extra (OID {oid}): {} -> {}",
+            ts.display(),
+            moved.display()
+        )),
+        "{}",
+        plan.stderr
+    );
+    restore_db(&w, &["--latest", "--tablespace-map", &map], &data).ok();
+    let r = Cluster::start(&data, free_port(), "-c archive_mode=off");
+    assert_eq!(r.psql("SELECT count(*) FROM spaced"), "600");
+    assert_eq!(
+        r.psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'extra'"),
+        moved.display().to_string()
+    );
+    assert_eq!(
+        r.psql("SELECT count(*) FROM spaced WHERE v <> md5(id::text)"),
+        "0"
+    );
+    drop(r);
+    // The original tablespace is untouched.
+    assert_eq!(c.psql("SELECT count(*) FROM spaced"), "600");
+
+    // A drill restores into its throwaway directory, the tablespace too.
+    let d = w.drctl(&["drill", "run", "spaced", "--json"]);
+    d.ok();
+    let rec: serde_json::Value = serde_json::from_str(&d.stdout).unwrap();
+    assert_eq!(rec["outcome"], "passed", "{rec}");
+    let drills = w.dir.join("state").join("drills");
+    let left: Vec<_> = std::fs::read_dir(&drills)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+
+    // A flipped byte in the stored tablespace tar: exit 3 naming it, and
+    // neither the data directory nor the tablespace's keeps anything.
+    let key = format!("db/{id}/{oid}.tar.zst.age");
+    let mut bytes = s3().get(&bucket, &key).await;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    s3().client()
+        .await
+        .put_object()
+        .bucket(&bucket)
+        .key(&key)
+        .body(bytes.into())
+        .send()
+        .await
+        .unwrap();
+    let (bad_data, bad_ts) = (root.join("bad"), root.join("bad-ts"));
+    let r = restore_db(
+        &w,
+        &[
+            "--latest",
+            "--tablespace-map",
+            &format!("{oid}={}", bad_ts.display()),
+        ],
+        &bad_data,
+    );
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(r.stderr.contains(&format!("{oid}.tar")), "{}", r.stderr);
+    for d in [&bad_data, &bad_ts] {
+        assert_eq!(
+            std::fs::read_dir(d).map_or(0, Iterator::count),
+            0,
+            "{} is left empty",
+            d.display()
+        );
+    }
 }

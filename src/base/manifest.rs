@@ -178,6 +178,24 @@ pub struct PhysicalSource {
     /// `fetch`: the WAL from start to stop is inside the tar too, so the
     /// backup restores on its own even without the archive.
     pub wal_method: String,
+    /// Tablespaces outside the data directory, each stored as its own tar
+    /// (pg_basebackup's `OID.tar`), with the cluster's `backup_manifest`
+    /// beside them; none for most clusters, whose `base.tar` holds all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tablespaces: Vec<PhysicalTablespace>,
+}
+
+/// A tablespace of a base backup: where it lived and which artifact holds it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PhysicalTablespace {
+    /// Its OID: the name of its link under `pg_tblspc/` and of its tar.
+    pub oid: u32,
+    /// `pg_tablespace.spcname`.
+    pub name: String,
+    /// Its directory on the backed-up host (`pg_tablespace_location`).
+    pub location: String,
+    /// The artifact holding its files (`OID.tar...`).
+    pub artifact: String,
 }
 
 /// One stored file of a backup.
@@ -252,7 +270,24 @@ impl Manifest {
     /// `../../etc/x` (or any name not of our making) is refused outright.
     fn check_artifact_names(&self) -> Result<(), String> {
         let mut seen = std::collections::HashSet::new();
+        let suffixes =
+            |a: &Artifact| artifact_name("", a.compression, !a.encryption_recipients.is_empty());
         for a in &self.artifacts {
+            if a.content == TABLESPACE_TAR {
+                // One per tablespace, named by its OID: `16384.tar.zst`.
+                let oid = a
+                    .name
+                    .strip_suffix(&suffixes(a))
+                    .and_then(|n| n.strip_suffix(".tar"))
+                    .filter(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()));
+                if oid.is_none() || !seen.insert(a.name.as_str()) {
+                    return Err(format!(
+                        "artifact name {:?} is not a tablespace's OID.tar drctl writes, or is listed twice",
+                        a.name
+                    ));
+                }
+                continue;
+            }
             let Some(base) = artifact_base(&a.content) else {
                 return Err(format!("unknown artifact content {:?}", a.content));
             };
@@ -265,6 +300,18 @@ impl Manifest {
             }
             if !seen.insert(a.content.as_str()) {
                 return Err(format!("artifact {} is listed twice", a.content));
+            }
+        }
+        for t in self.physical.iter().flat_map(|p| &p.tablespaces) {
+            if !self
+                .artifacts
+                .iter()
+                .any(|a| a.content == TABLESPACE_TAR && a.name == t.artifact)
+            {
+                return Err(format!(
+                    "tablespace {} names {:?}, which is not one of the backup's tablespace tars",
+                    t.name, t.artifact
+                ));
             }
         }
         Ok(())
@@ -288,10 +335,15 @@ impl Manifest {
     }
 }
 
+/// The content of a tablespace's tar in a base backup: the one content
+/// that may appear more than once, each named `OID.tar...`.
+pub const TABLESPACE_TAR: &str = "pg_basebackup_tablespace_tar";
+
 /// The base name of the artifact holding `content`, or `None` for a content
-/// drctl does not write.
+/// drctl does not write (or, for [`TABLESPACE_TAR`], names per tablespace).
 pub fn artifact_base(content: &str) -> Option<&'static str> {
     match content {
+        "pg_backup_manifest" => Some("backup_manifest"),
         "pg_dump_custom" => Some("database.dump"),
         "pg_globals_sql" => Some("globals.sql"),
         "tar" => Some("files.tar"),
@@ -357,5 +409,54 @@ mod tests {
             let e = Manifest::parse(&sample(name, content), "k").unwrap_err();
             assert_eq!(e.exit_code(), 3, "{name}: {e}");
         }
+    }
+
+    #[test]
+    fn tablespace_tars_are_named_by_their_oid_and_listed_once() {
+        assert!(Manifest::parse(&sample("16384.tar.zst", TABLESPACE_TAR), "k").is_ok());
+        assert!(Manifest::parse(&sample("backup_manifest.zst", "pg_backup_manifest"), "k").is_ok());
+        for name in [
+            "../16384.tar.zst",
+            "16384.tar",
+            ".tar.zst",
+            "1a.tar.zst",
+            "16384.zst",
+        ] {
+            let e = Manifest::parse(&sample(name, TABLESPACE_TAR), "k").unwrap_err();
+            assert_eq!(e.exit_code(), 3, "{name}: {e}");
+        }
+        let mut m: Manifest =
+            serde_json::from_slice(&sample("16384.tar.zst", TABLESPACE_TAR)).unwrap();
+        let mut again = m.artifacts[0].clone();
+        m.artifacts.push(again.clone());
+        assert!(Manifest::parse(&m.to_json(), "k").is_err(), "listed twice");
+        again.name = "16385.tar.zst".into();
+        m.artifacts[1] = again;
+        assert!(Manifest::parse(&m.to_json(), "k").is_ok());
+        // A tablespace must name one of them.
+        m.physical = Some(PhysicalSource {
+            engine: "postgresql".into(),
+            server_version: "16".into(),
+            server_version_num: 160000,
+            system_identifier: "1".into(),
+            timeline: 1,
+            start_lsn: crate::base::wal::Lsn(0),
+            stop_lsn: crate::base::wal::Lsn(0),
+            wal_segment_bytes: 16 << 20,
+            tool_version: "x".into(),
+            wal_method: "fetch".into(),
+            tablespaces: vec![PhysicalTablespace {
+                oid: 16386,
+                name: "t".into(),
+                location: "/t".into(),
+                artifact: "16386.tar.zst".into(),
+            }],
+        });
+        let e = Manifest::parse(&m.to_json(), "k").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not one of the backup's tablespace tars"),
+            "{e}"
+        );
     }
 }

@@ -65,7 +65,7 @@ enum Command {
     /// List committed backups from the repository
     Backups(backups::Args),
     /// Restore a backup (latest or by id)
-    Restore(restore::Args),
+    Restore(Box<restore::Args>),
     /// Check stored backups against their manifests (size, SHA-256; --deep: decode and read)
     Verify(verify::Args),
     /// Apply retention (and sweep orphans): never the newest, nothing in use or locked
@@ -158,7 +158,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(a) => run::exec(&load()?, a).await,
         Command::Backups(a) => backups::exec(&load()?, a).await,
-        Command::Restore(a) => restore::exec(&load()?, a).await,
+        Command::Restore(a) => restore::exec(&load()?, *a).await,
         Command::Daemon => Ok(drctl::daemon::run(cli.config.clone()).await?),
         Command::Status(a) => status::status(&load()?, a).await,
         Command::Logs(a) => status::logs(&load()?, a).await,

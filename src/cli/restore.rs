@@ -32,6 +32,11 @@ pub struct Args {
     /// empty); with --latest, recovery runs to the end of the archived WAL
     #[arg(long, value_name = "DIR", conflicts_with_all = ["to", "to_env", "undo", "id", "label"])]
     to_datadir: Option<PathBuf>,
+    /// postgres_physical jobs with tablespaces: restore the tablespace
+    /// OLD (its name, OID or old location) into NEWDIR instead of its old
+    /// location (repeatable; pg_basebackup's --tablespace-mapping)
+    #[arg(long, value_name = "OLD=NEWDIR", value_parser = restore::pitr::parse_tablespace_mapping, requires = "to_datadir")]
+    tablespace_map: Vec<(String, PathBuf)>,
     /// Undo the last restore of the job's own database: swap its newest
     /// safety copy (<db>_pre_restore_<ts>) back; the replaced database
     /// becomes a safety copy in its turn
@@ -179,6 +184,8 @@ async fn exec_pitr(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         dry_run: a.dry_run,
         identity: a.identity,
         parallel: a.jobs.max(4),
+        tablespace_map: a.tablespace_map,
+        tablespaces_under: None,
     };
     let plan = restore::pitr::plan(cfg, &req).await?;
     if a.dry_run {
@@ -250,6 +257,12 @@ fn print_pitr_plan(p: &restore::pitr::PitrPlan) {
         );
     }
     eprintln!("  data dir    {}", p.datadir);
+    for t in &p.tablespaces {
+        eprintln!(
+            "  tablespace  {} (OID {}): {} -> {}",
+            t.name, t.oid, t.location, t.directory
+        );
+    }
     match p.estimate {
         Some(e) => eprintln!(
             "  estimate    about {} to the promotion ({} of work, the median rate of {} past drill{} of this job)",

@@ -67,6 +67,7 @@ pub async fn run(
         repo: &repo,
         progress,
         seal,
+        scratch: cfg.config.state_dir.join("tmp"),
     };
     let work = async {
         match &job.kind {

@@ -497,7 +497,7 @@ async fn deep_check(
             ))
         }
         "pg_basebackup_tar" => deep_check_base(repo, job_name, job, m, a, keys, scratch).await,
-        "tar" => {
+        "tar" | crate::base::manifest::TABLESPACE_TAR => {
             // The same checks a restore applies before extracting, so an
             // archive that verifies is one that restores.
             let (raw, walked) =
@@ -586,6 +586,38 @@ async fn deep_check_base(
     unpacked?;
     if raw != a.raw_bytes {
         return Err(size_mismatch(a, raw));
+    }
+    // A cluster with tablespaces: each tar where the backup_manifest has
+    // its files (`pg_tblspc/OID/...`), and the manifest itself.
+    for t in m.physical.iter().flat_map(|p| &p.tablespaces) {
+        let ta = m
+            .artifacts
+            .iter()
+            .find(|x| x.name == t.artifact)
+            .ok_or_else(|| Error::Integrity {
+                artifact: a.name.clone(),
+                message: format!(
+                    "the manifest lists no {} for tablespace {}",
+                    t.artifact, t.name
+                ),
+            })?;
+        let into = dir.path().join("pg_tblspc").join(t.oid.to_string());
+        crate::base::private_fs::dir_all(&into)
+            .map_err(|e| Error::io(format!("creating {}", into.display()), e))?;
+        let name = ta.name.clone();
+        let (raw, unpacked) =
+            fetch::to_blocking_reader(repo, job_name, &m.id, ta, keys, None, move |r| {
+                crate::engine::restore::files::unpack_checked(r, &into, &name)
+            })
+            .await?;
+        raw?;
+        unpacked?;
+    }
+    if let Some(ma) = m.artifact("pg_backup_manifest") {
+        let file = tokio::fs::File::create(dir.path().join("backup_manifest"))
+            .await
+            .map_err(|e| Error::io("creating backup_manifest", e))?;
+        fetch::to_writer(repo, job_name, &m.id, ma, file, None, keys).await?;
     }
     let bindir = match &job.kind {
         Kind::PostgresPhysical(p) => p.pg_bindir.as_deref(),

@@ -135,6 +135,8 @@ pub(super) async fn phases(
         dry_run: true,
         identity: None,
         parallel: 4,
+        tablespace_map: Vec::new(),
+        tablespaces_under: Some(dir.join("tablespaces")),
     };
     opts.progress.set_phase("fetch", 0);
     let window = pitr::plan(cfg, &req)

@@ -72,6 +72,10 @@ pub struct BackupCtx<'a> {
     pub progress: Arc<Progress>,
     /// Encrypt every artifact to these recipients.
     pub seal: Option<Seal>,
+    /// Where a job that cannot stream may write temporary files
+    /// (`STATE_DIR/tmp`): a cluster with tablespaces, which
+    /// pg_basebackup writes only to a directory.
+    pub scratch: std::path::PathBuf,
 }
 
 /// The recipients a backup is encrypted to, parsed once per run.

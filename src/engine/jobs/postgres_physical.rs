@@ -8,10 +8,17 @@
 //! `zstd -d | tar -x` gives a data directory back without drctl. The start
 //! and end positions and the timeline go into drctl's manifest: a
 //! point-in-time restore picks the base backup and the WAL range from them.
+//!
+//! A cluster with tablespaces outside its data directory is the exception:
+//! pg_basebackup writes one tar per tablespace and only into a directory,
+//! so the backup goes to a scratch directory first (`STATE_DIR/tmp`, as
+//! large as the cluster) and each tar, `OID.tar`, is then stored the same
+//! way beside `base.tar`, with pg_basebackup's `backup_manifest`. The
+//! tablespaces' OIDs, names and locations go into drctl's manifest.
 
 use super::{BackupCtx, BackupOutput, Packing};
 use crate::base::error::{Error, Result};
-use crate::base::manifest::PhysicalSource;
+use crate::base::manifest::{Artifact, PhysicalSource, PhysicalTablespace, TABLESPACE_TAR};
 use crate::base::wal::Lsn;
 use crate::config::{PhysicalJob, WalMode};
 use crate::services::pg::{PgTarget, PgTools, SqlSession};
@@ -36,8 +43,29 @@ pub struct Cluster {
     pub archive_mode: String,
     /// `archive_command`.
     pub archive_command: String,
-    /// Tablespaces besides `pg_default` and `pg_global`, as `name at location`.
-    pub tablespaces: Vec<String>,
+    /// Tablespaces besides `pg_default` and `pg_global`.
+    pub tablespaces: Vec<Tablespace>,
+}
+
+/// A tablespace outside the data directory, as the cluster describes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Tablespace {
+    /// Its OID.
+    pub oid: u32,
+    /// `spcname`.
+    pub name: String,
+    /// `pg_tablespace_location`.
+    pub location: String,
+}
+
+/// The cluster's tablespaces from the JSON array the query returns (pure;
+/// JSON so that any name or path survives the trip).
+fn parse_tablespaces(json: &str) -> Result<Vec<Tablespace>> {
+    if json.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(json)
+        .map_err(|e| Error::Other(format!("unexpected list of tablespaces ({e}): {json}")))
 }
 
 /// Read [`Cluster`] over a normal connection.
@@ -49,7 +77,7 @@ pub async fn cluster(tools: &PgTools, target: &PgTarget) -> Result<Cluster> {
                     (SELECT system_identifier::text FROM pg_control_system()),
                     (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'),
                     current_setting('archive_mode'), current_setting('archive_command'),
-                    (SELECT string_agg(spcname || ' at ' || pg_tablespace_location(oid), E'\n' ORDER BY spcname)
+                    (SELECT json_agg(json_build_object('oid', oid::bigint, 'name', spcname, 'location', pg_tablespace_location(oid)) ORDER BY oid)::text
                        FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global'))",
         )
         .await?
@@ -76,11 +104,7 @@ pub async fn cluster(tools: &PgTools, target: &PgTarget) -> Result<Cluster> {
             .unwrap_or(crate::base::wal::DEFAULT_SEGMENT_BYTES),
         archive_mode: col(4),
         archive_command: col(5),
-        tablespaces: col(6)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(str::to_owned)
-            .collect(),
+        tablespaces: parse_tablespaces(&col(6))?,
     })
 }
 
@@ -124,14 +148,6 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PhysicalJob) -> Result<BackupOutp
     let target = target(job)?;
     let tools = PgTools::locate(job.pg_bindir.as_deref());
     let c = cluster(&tools, &target).await?;
-    if !c.tablespaces.is_empty() {
-        // pg_basebackup streams a single tablespace to stdout; refused
-        // before it starts, with what to do instead.
-        return Err(Error::Other(format!(
-            "the cluster has tablespaces outside its data directory ({}): a postgres_physical job backs up clusters without extra tablespaces; back their databases up with a postgres (logical) job",
-            c.tablespaces.join(", ")
-        )));
-    }
     match archiving_problem(job.wal, &c) {
         Some(why) if c.archive_mode == "off" => return Err(Error::Other(why)),
         // A wrapper script may well run drctl: said, not refused.
@@ -142,8 +158,6 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PhysicalJob) -> Result<BackupOutp
     let (mut env, _passfile) = tools.env_for(&target)?;
     env.push(("LC_ALL".into(), "C".into()));
     let args: Vec<String> = vec![
-        "-D".into(),
-        "-".into(),
         "-Ft".into(),
         "-X".into(),
         "fetch".into(),
@@ -152,10 +166,6 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PhysicalJob) -> Result<BackupOutp
         format!("--label=drctl {}", ctx.id),
         "--no-password".into(),
     ];
-    let child = tools
-        .spawn("pg_basebackup", &args, &env, false, true)
-        .await?;
-    let (stdout, waiter) = child.into_checked_stdout()?;
     let packing = Packing {
         compression: job.storage.compression,
         level: job.storage.compression_level,
@@ -163,25 +173,18 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PhysicalJob) -> Result<BackupOutp
             .compression_threads
             .unwrap_or_else(Packing::default_threads),
     };
-    ctx.progress.set_phase("base backup", 0);
-    let stored = ctx
-        .store("base.tar", "pg_basebackup_tar", stdout, packing, None, true)
-        .await;
-    let tool = waiter
-        .await
-        .map_err(|e| Error::task("pg_basebackup waiter", e))?;
-    let (artifact, stderr) = match (stored, tool) {
-        (Ok(a), Ok(text)) => (a, text),
-        (_, Err(t)) => return Err(t),
-        (Err(s), Ok(_)) => return Err(s),
+    let taken = if c.tablespaces.is_empty() {
+        streamed(ctx, &tools, args, &env, packing).await?
+    } else {
+        through_directory(ctx, &tools, args, &env, packing, &c.tablespaces).await?
     };
-    let (start_lsn, timeline, stop_lsn) = parse_points(&stderr).ok_or_else(|| {
+    let (start_lsn, timeline, stop_lsn) = parse_points(&taken.stderr).ok_or_else(|| {
         Error::Other(format!(
             "pg_basebackup did not report its start and end points: {}",
-            stderr.lines().last().unwrap_or("no output")
+            taken.stderr.lines().last().unwrap_or("no output")
         ))
     })?;
-    tracing::info!(job = %ctx.job, start = %start_lsn, stop = %stop_lsn, timeline, "base backup taken");
+    tracing::info!(job = %ctx.job, start = %start_lsn, stop = %stop_lsn, timeline, tablespaces = taken.tablespaces.len(), "base backup taken");
     Ok(BackupOutput {
         physical: Some(PhysicalSource {
             engine: "postgresql".into(),
@@ -194,11 +197,164 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PhysicalJob) -> Result<BackupOutp
             wal_segment_bytes: c.segment_bytes,
             tool_version: version.text,
             wal_method: "fetch".into(),
+            tablespaces: taken.tablespaces,
         }),
-        artifacts: vec![artifact],
-        output: stderr,
+        artifacts: taken.artifacts,
+        output: taken.stderr,
         ..Default::default()
     })
+}
+
+/// What pg_basebackup produced, stored.
+struct Taken {
+    artifacts: Vec<Artifact>,
+    tablespaces: Vec<PhysicalTablespace>,
+    stderr: String,
+}
+
+/// The usual case: one tar on pg_basebackup's stdout, streamed into the
+/// repository as it comes.
+async fn streamed(
+    ctx: &BackupCtx<'_>,
+    tools: &PgTools,
+    mut args: Vec<String>,
+    env: &[(String, String)],
+    packing: Packing,
+) -> Result<Taken> {
+    args.splice(0..0, ["-D".to_owned(), "-".to_owned()]);
+    let child = tools
+        .spawn("pg_basebackup", &args, env, false, true)
+        .await?;
+    let (stdout, waiter) = child.into_checked_stdout()?;
+    ctx.progress.set_phase("base backup", 0);
+    let stored = ctx
+        .store("base.tar", "pg_basebackup_tar", stdout, packing, None, true)
+        .await;
+    let tool = waiter
+        .await
+        .map_err(|e| Error::task("pg_basebackup waiter", e))?;
+    match (stored, tool) {
+        (Ok(a), Ok(stderr)) => Ok(Taken {
+            artifacts: vec![a],
+            tablespaces: Vec::new(),
+            stderr,
+        }),
+        (_, Err(t)) => Err(t),
+        (Err(s), Ok(_)) => Err(s),
+    }
+}
+
+/// A cluster with tablespaces: pg_basebackup writes `base.tar`, one
+/// `OID.tar` per tablespace and `backup_manifest` into a scratch directory,
+/// then each is stored. The directory goes away with this function,
+/// whatever happens.
+async fn through_directory(
+    ctx: &BackupCtx<'_>,
+    tools: &PgTools,
+    mut args: Vec<String>,
+    env: &[(String, String)],
+    packing: Packing,
+    known: &[Tablespace],
+) -> Result<Taken> {
+    if tools.container().is_some() {
+        return Err(Error::Other(
+            "the cluster has tablespaces, which pg_basebackup writes only into a directory, and a container's directory is not this host's: run the job with the host's pg_basebackup".into(),
+        ));
+    }
+    crate::base::private_fs::dir_all(&ctx.scratch)
+        .map_err(|e| Error::io(format!("creating {}", ctx.scratch.display()), e))?;
+    // A run of this job that was killed left its directory: the job's host
+    // lock (held by the runner) means no other run of it is writing there.
+    let prefix = format!("basebackup+{}+", ctx.job);
+    for e in std::fs::read_dir(&ctx.scratch)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            tracing::info!(path = %e.path().display(), "removing what a killed base backup left");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let dir = tempfile::Builder::new()
+        .prefix(&prefix)
+        .tempdir_in(&ctx.scratch)
+        .map_err(|e| {
+            Error::io(
+                format!("creating a directory in {}", ctx.scratch.display()),
+                e,
+            )
+        })?;
+    let out = dir.path().join("backup");
+    args.splice(0..0, ["-D".to_owned(), out.display().to_string()]);
+    ctx.progress.set_phase(
+        "base backup (into a scratch directory: the cluster has tablespaces)",
+        0,
+    );
+    let stderr = tools
+        .spawn("pg_basebackup", &args, env, false, false)
+        .await?
+        .finish()
+        .await?;
+    let oids = tablespace_tars(&out)?;
+    let mut artifacts = Vec::with_capacity(oids.len() + 2);
+    let mut tablespaces = Vec::with_capacity(oids.len());
+    artifacts.push(store_file(ctx, &out, "base.tar", "pg_basebackup_tar", packing).await?);
+    for oid in oids {
+        let file = format!("{oid}.tar");
+        let a = store_file(ctx, &out, &file, TABLESPACE_TAR, packing).await?;
+        // One created between the query and the backup is not in `known`:
+        // its files are kept all the same, and a restore asks where they go.
+        let t = known.iter().find(|t| t.oid == oid);
+        tablespaces.push(PhysicalTablespace {
+            oid,
+            name: t.map_or_else(|| oid.to_string(), |t| t.name.clone()),
+            location: t.map(|t| t.location.clone()).unwrap_or_default(),
+            artifact: a.name.clone(),
+        });
+        artifacts.push(a);
+    }
+    artifacts.push(store_file(ctx, &out, "backup_manifest", "pg_backup_manifest", packing).await?);
+    Ok(Taken {
+        artifacts,
+        tablespaces,
+        stderr,
+    })
+}
+
+/// The OIDs of the `OID.tar` files pg_basebackup wrote, in order.
+fn tablespace_tars(dir: &std::path::Path) -> Result<Vec<u32>> {
+    let mut oids: Vec<u32> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".tar")?.parse().ok())
+        .collect();
+    oids.sort_unstable();
+    Ok(oids)
+}
+
+/// Store one file of the scratch directory, then remove it (the space is
+/// free for the next as soon as it is stored).
+async fn store_file(
+    ctx: &BackupCtx<'_>,
+    dir: &std::path::Path,
+    name: &str,
+    content: &str,
+    packing: Packing,
+) -> Result<Artifact> {
+    let path = dir.join(name);
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        Error::io(
+            format!("opening {} (written by pg_basebackup)", path.display()),
+            e,
+        )
+    })?;
+    let size = file.metadata().await.ok().map(|m| m.len());
+    ctx.progress
+        .set_phase(&format!("storing {name}"), size.unwrap_or(0));
+    let a = ctx.store(name, content, file, packing, size, true).await?;
+    let _ = tokio::fs::remove_file(&path).await;
+    Ok(a)
 }
 
 #[cfg(test)]
@@ -238,5 +394,26 @@ pg_basebackup: base backup completed";
             .contains("drctl wal push"));
         c.archive_command = "/usr/bin/drctl wal push --job db %p".into();
         assert_eq!(archiving_problem(WalMode::ArchiveCommand, &c), None);
+    }
+
+    #[test]
+    fn tablespaces_are_read_from_json_whatever_their_names() {
+        assert_eq!(parse_tablespaces("").unwrap(), vec![]);
+        let t = parse_tablespaces(
+            r#"[{"oid": 16384, "name": "odd name\nwith a line", "location": "/srv/a b"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            t,
+            vec![Tablespace {
+                oid: 16384,
+                name: "odd name\nwith a line".into(),
+                location: "/srv/a b".into()
+            }]
+        );
+        assert!(parse_tablespaces("[{}]")
+            .unwrap_err()
+            .to_string()
+            .contains("unexpected list of tablespaces"));
     }
 }

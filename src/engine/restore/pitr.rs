@@ -17,7 +17,7 @@
 
 use crate::base::error::{Error, Result};
 use crate::base::ids::JobName;
-use crate::base::manifest::Manifest;
+use crate::base::manifest::{Manifest, PhysicalTablespace};
 use crate::base::wal::{self, Lsn, Segment, WalName};
 use crate::config::LoadedConfig;
 use crate::engine::wal as archive;
@@ -68,6 +68,102 @@ pub struct PitrRequest {
     pub identity: Option<PathBuf>,
     /// WAL files fetched at once.
     pub parallel: usize,
+    /// `--tablespace-map NAME=DIR`: where a tablespace of the base backup
+    /// goes (named by its name, OID or old location) instead of its old
+    /// location.
+    pub tablespace_map: Vec<(String, PathBuf)>,
+    /// Put every tablespace the map does not name under this directory
+    /// (`DIR/OID`): a drill's throwaway cluster never touches the host's
+    /// own tablespace directories.
+    pub tablespaces_under: Option<PathBuf>,
+}
+
+/// Parse `--tablespace-map OLD=NEW` (pure).
+pub fn parse_tablespace_mapping(s: &str) -> std::result::Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((old, new)) if !old.is_empty() && !new.is_empty() => {
+            Ok((old.to_owned(), PathBuf::from(new)))
+        }
+        _ => Err(format!(
+            "{s}: expected OLD=NEWDIR (OLD: the tablespace's name, OID or old location)"
+        )),
+    }
+}
+
+/// Where each tablespace of a base backup goes (pure): the directory a
+/// `--tablespace-map` entry gives it (naming it by name, OID or old
+/// location), else `under/OID` when a throwaway cluster is restored, else
+/// its old location. Refused: a map entry that names no tablespace, a
+/// tablespace with no known location and no entry, a relative or
+/// unwritable path (`tablespace_map` holds one absolute path per line), and
+/// two tablespaces in one directory.
+pub fn place_tablespaces(
+    spaces: &[PhysicalTablespace],
+    map: &[(String, PathBuf)],
+    under: Option<&Path>,
+) -> std::result::Result<Vec<(PhysicalTablespace, PathBuf)>, String> {
+    let names = || {
+        spaces
+            .iter()
+            .map(|t| format!("{} (OID {}, at {})", t.name, t.oid, t.location))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let matches = |t: &PhysicalTablespace, key: &str| {
+        key == t.name || key == t.oid.to_string() || (!t.location.is_empty() && key == t.location)
+    };
+    for (key, _) in map {
+        if !spaces.iter().any(|t| matches(t, key)) {
+            return Err(format!(
+                "--tablespace-map {key}=...: the base backup has no tablespace of that name, OID or location ({})",
+                if spaces.is_empty() { "it has none".to_owned() } else { format!("it has {}", names()) }
+            ));
+        }
+    }
+    let mut placed: Vec<(PhysicalTablespace, PathBuf)> = Vec::with_capacity(spaces.len());
+    for t in spaces {
+        let dir = match map.iter().rev().find(|(k, _)| matches(t, k)) {
+            Some((_, d)) => d.clone(),
+            None => match under {
+                Some(u) => u.join(t.oid.to_string()),
+                None if t.location.is_empty() => {
+                    return Err(format!(
+                    "tablespace {} (OID {}) has no recorded location: give --tablespace-map {}=DIR",
+                    t.name, t.oid, t.oid
+                ))
+                }
+                None => PathBuf::from(&t.location),
+            },
+        };
+        let text = dir.to_string_lossy();
+        if !dir.is_absolute() || text.contains(['\n', '\r', '\\']) {
+            return Err(format!(
+                "tablespace {}: {} is not an absolute path PostgreSQL's tablespace_map can hold",
+                t.name,
+                dir.display()
+            ));
+        }
+        if let Some((other, _)) = placed.iter().find(|(_, d)| *d == dir) {
+            return Err(format!(
+                "tablespaces {} and {} would both go to {}: map one of them elsewhere",
+                other.name,
+                t.name,
+                dir.display()
+            ));
+        }
+        placed.push((t.clone(), dir));
+    }
+    Ok(placed)
+}
+
+/// PostgreSQL's `tablespace_map` for the placed tablespaces (pure): one
+/// `OID PATH` line each; the server links `pg_tblspc/OID` to PATH when
+/// it starts from the backup.
+pub fn tablespace_map_file(placed: &[(PhysicalTablespace, PathBuf)]) -> String {
+    placed
+        .iter()
+        .map(|(t, d)| format!("{} {}\n", t.oid, d.display()))
+        .collect()
 }
 
 /// What a point-in-time restore will do (`--dry-run` prints it).
@@ -99,6 +195,9 @@ pub struct PitrPlan {
     pub base_stored_bytes: u64,
     /// Where it goes.
     pub datadir: String,
+    /// Where each tablespace goes: name, OID, old location, new directory.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tablespaces: Vec<PlacedTablespace>,
     /// The span the archive can restore to: the oldest base backup's end to
     /// the newest WAL stored.
     pub window: Option<(DateTime<Utc>, DateTime<Utc>)>,
@@ -109,6 +208,19 @@ pub struct PitrPlan {
     pub work_bytes: u64,
     /// How long it should take, from past drills of this job on this host.
     pub estimate: Option<Estimate>,
+}
+
+/// A tablespace of the plan and the directory it is restored into.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlacedTablespace {
+    /// Its name.
+    pub name: String,
+    /// Its OID.
+    pub oid: u32,
+    /// Where it was.
+    pub location: String,
+    /// Where it goes.
+    pub directory: String,
 }
 
 /// A restore's expected duration.
@@ -487,6 +599,30 @@ fn make_plan(g: &Gathered, req: &PitrRequest) -> Result<(PitrPlan, Choice)> {
     };
     let target_text = req.target.to_string();
     let dd = req.datadir.display().to_string();
+    let placed = place_tablespaces(
+        &base.physical.tablespaces,
+        &req.tablespace_map,
+        req.tablespaces_under.as_deref(),
+    )
+    .map_err(Error::Refused)?;
+    let mut steps = vec![format!(
+        "fetch base backup {} (verified) and extract it into {dd}",
+        base.manifest.id
+    )];
+    steps.extend(placed.iter().map(|(t, d)| {
+        format!(
+            "extract tablespace {} (OID {}, was {}) into {}",
+            t.name,
+            t.oid,
+            t.location,
+            d.display()
+        )
+    }));
+    steps.extend([
+        format!("fetch {} WAL files (verified) into {dd}/drctl_wal", c.segments.len()),
+        format!("start PostgreSQL in recovery to {target_text} on timeline {}, promote", c.target_timeline),
+        "stop it cleanly and remove drctl's recovery settings: the directory is ready for its service".into(),
+    ]);
     let plan = PitrPlan {
         job: g.job.to_string(),
         repository: format!("{} ({})", g.repo_name, g.repo.location()),
@@ -505,13 +641,17 @@ fn make_plan(g: &Gathered, req: &PitrRequest) -> Result<(PitrPlan, Choice)> {
             .map(|(a, b)| (a.clone(), b.clone())),
         base_stored_bytes: base.manifest.stored_bytes(),
         datadir: dd.clone(),
+        tablespaces: placed
+            .iter()
+            .map(|(t, d)| PlacedTablespace {
+                name: t.name.clone(),
+                oid: t.oid,
+                location: t.location.clone(),
+                directory: d.display().to_string(),
+            })
+            .collect(),
         window,
-        steps: vec![
-            format!("fetch base backup {} (verified) and extract it into {dd}", base.manifest.id),
-            format!("fetch {} WAL files (verified) into {dd}/drctl_wal", c.segments.len()),
-            format!("start PostgreSQL in recovery to {target_text} on timeline {}, promote", c.target_timeline),
-            "stop it cleanly and remove drctl's recovery settings: the directory is ready for its service".into(),
-        ],
+        steps,
         work_bytes: base.manifest.raw_bytes()
             + c.segments.len() as u64 * base.physical.wal_segment_bytes,
         estimate: None,
@@ -522,13 +662,30 @@ fn make_plan(g: &Gathered, req: &PitrRequest) -> Result<(PitrPlan, Choice)> {
 /// Refuse a data directory that holds anything (a restore never writes
 /// over a cluster).
 fn check_datadir(dir: &Path) -> Result<()> {
+    check_empty(dir, || {
+        format!(
+            "{} is not empty: a point-in-time restore writes only into a new or empty data directory",
+            dir.display()
+        )
+    })
+}
+
+/// Refuse a tablespace directory that holds anything: on the backed-up
+/// host it is the live cluster's own.
+fn check_tablespace_dir(t: &PlacedTablespace) -> Result<()> {
+    check_empty(Path::new(&t.directory), || {
+        format!(
+            "tablespace {}'s directory {} is not empty (on the host the backup is of, it is the running cluster's): give --tablespace-map {}=NEWDIR",
+            t.name, t.directory, t.name
+        )
+    })
+}
+
+fn check_empty(dir: &Path, why: impl Fn() -> String) -> Result<()> {
     match std::fs::read_dir(dir) {
         Ok(mut d) => {
             if d.next().is_some() {
-                return Err(Error::Refused(format!(
-                    "{} is not empty: a point-in-time restore writes only into a new or empty data directory",
-                    dir.display()
-                )));
+                return Err(Error::Refused(why()));
             }
             Ok(())
         }
@@ -595,6 +752,9 @@ pub async fn run(cfg: &LoadedConfig, req: &PitrRequest) -> Result<PitrReport> {
     check_datadir(&req.datadir)?;
     let g = gather(cfg, req).await?;
     let (plan, choice) = make_plan(&g, req)?;
+    for t in &plan.tablespaces {
+        check_tablespace_dir(t)?;
+    }
     let (_, jc, job) = archive::physical_job(cfg, req.job.as_deref())?;
     let base = &g.bases[choice.base];
     let tools = PgTools::locate(job.pg_bindir.as_deref());
@@ -634,13 +794,17 @@ async fn restore_into(
     keys: &crate::services::keys::Keys,
 ) -> Result<PitrReport> {
     let dd = &req.datadir;
-    crate::base::private_fs::dir_all(dd)
-        .map_err(|e| Error::io(format!("creating {}", dd.display()), e))?;
-    {
-        // PostgreSQL refuses a data directory others may read.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dd, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io(format!("chmod {}", dd.display()), e))?;
+    let spaces: Vec<(PhysicalTablespace, PathBuf)> = base
+        .physical
+        .tablespaces
+        .iter()
+        .filter_map(|p| {
+            let t = plan.tablespaces.iter().find(|t| t.oid == p.oid)?;
+            Some((p.clone(), PathBuf::from(&t.directory)))
+        })
+        .collect();
+    for dir in std::iter::once(dd).chain(spaces.iter().map(|(_, d)| d)) {
+        create_for_postgres(dir)?;
     }
     // 1 and 2 at once: the base backup streamed into the directory while
     // the WAL files are fetched beside it (they are independent, and the
@@ -669,7 +833,7 @@ async fn restore_into(
     );
     let base_part = async {
         let t = std::time::Instant::now();
-        let r = stream_base(g, base, artifact, dd, keys).await;
+        let r = unpack_cluster(g, base, artifact, dd, &spaces, keys).await;
         (r, t.elapsed().as_secs_f64())
     };
     let wal_part = async {
@@ -679,9 +843,12 @@ async fn restore_into(
     };
     let ((based, base_seconds), (walled, wal_seconds)) = tokio::join!(base_part, wal_part);
     if let Err(e) = based.and(walled) {
-        // Nothing of the cluster may stay behind: the directory was empty
-        // (or absent), and a partial base backup must never be started.
+        // Nothing of the cluster may stay behind: the directories were
+        // empty (or absent), and a partial base backup must never be started.
         empty_dir(dd);
+        for (_, d) in &spaces {
+            empty_dir(d);
+        }
         return Err(e);
     }
 
@@ -697,6 +864,9 @@ async fn restore_into(
     // a stale one would keep the server from starting.
     let _ = std::fs::remove_file(dd.join("postmaster.pid"));
     give_to_postgres(dd)?;
+    for (_, d) in &spaces {
+        give_to_postgres(d)?;
+    }
     let (lines, reached_target) =
         recover_to_target(cfg, g, req, choice, tools, (&auto, &original)).await?;
     let recovery_seconds = t3.elapsed().as_secs_f64();
@@ -721,6 +891,26 @@ async fn restore_into(
         recovery_seconds,
         total_seconds: 0.0,
     })
+}
+
+/// Create `dir` (0700: PostgreSQL refuses a data directory others may
+/// read) and hand the directories this creates on the way to the server,
+/// which must reach it.
+fn create_for_postgres(dir: &Path) -> Result<()> {
+    let created = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .last()
+        .map(Path::to_path_buf);
+    crate::base::private_fs::dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("chmod {}", dir.display()), e))?;
+    match created {
+        Some(top) => give_to_postgres(&top),
+        None => Ok(()),
+    }
 }
 
 /// Run PostgreSQL's recovery to the target; when it ends before the
@@ -940,19 +1130,64 @@ fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
 }
 
-/// Fetch the base tar and unpack it into `dd` in one pass: the stored
-/// bytes are hashed as they arrive, each entry is checked before it is
-/// written (nothing outside `dd`, no device), and the result stands only if
-/// the whole object matched its manifest. One read of the stored object and
-/// one write of the cluster, where a temporary file would be three passes.
-async fn stream_base(
+/// The base tar into `dd`, each tablespace's tar into its directory, and
+/// a `tablespace_map` naming those directories, which PostgreSQL reads
+/// when it starts from the backup (it links `pg_tblspc/OID` to each).
+async fn unpack_cluster(
     g: &Gathered,
     base: &Base,
     artifact: &crate::base::manifest::Artifact,
     dd: &Path,
+    spaces: &[(PhysicalTablespace, PathBuf)],
     keys: &crate::services::keys::Keys,
 ) -> Result<()> {
-    let into = dd.to_path_buf();
+    stream_tar(g, base, artifact, dd, keys).await?;
+    if spaces.is_empty() {
+        return Ok(());
+    }
+    for (t, dir) in spaces {
+        let a = base
+            .manifest
+            .artifacts
+            .iter()
+            .find(|a| a.name == t.artifact)
+            .ok_or_else(|| Error::Integrity {
+                artifact: base.manifest.id.to_string(),
+                message: format!(
+                    "the manifest lists no {} for tablespace {}",
+                    t.artifact, t.name
+                ),
+            })?;
+        stream_tar(g, base, a, dir, keys).await?;
+    }
+    let map = dd.join("tablespace_map");
+    std::fs::write(&map, tablespace_map_file(spaces))
+        .map_err(|e| Error::io(format!("writing {}", map.display()), e))?;
+    if let Some(a) = base.manifest.artifact("pg_backup_manifest") {
+        // The cluster's own manifest, where the streamed case has it too:
+        // pg_verifybackup of the restored directory finds it.
+        let file = tokio::fs::File::create(dd.join("backup_manifest"))
+            .await
+            .map_err(|e| Error::io("creating backup_manifest", e))?;
+        super::fetch::to_writer(&g.repo, &g.job, &base.manifest.id, a, file, None, keys).await?;
+    }
+    Ok(())
+}
+
+/// Fetch a tar of the base backup and unpack it into `dir` in one pass: the
+/// stored bytes are hashed as they arrive, each entry is checked before it
+/// is written (nothing outside `dir`, no device), and the result stands
+/// only if the whole object matched its manifest. One read of the stored
+/// object and one write of the cluster, where a temporary file would be
+/// three passes.
+async fn stream_tar(
+    g: &Gathered,
+    base: &Base,
+    artifact: &crate::base::manifest::Artifact,
+    dir: &Path,
+    keys: &crate::services::keys::Keys,
+) -> Result<()> {
+    let (into, name) = (dir.to_path_buf(), artifact.name.clone());
     let (fetched, unpacked) = super::fetch::to_blocking_reader(
         &g.repo,
         &g.job,
@@ -960,7 +1195,7 @@ async fn stream_base(
         artifact,
         keys,
         None,
-        move |r| super::files::unpack_checked(r, &into, "base.tar"),
+        move |r| super::files::unpack_checked(r, &into, &name),
     )
     .await?;
     match (fetched, unpacked) {
@@ -1035,6 +1270,7 @@ mod tests {
                 wal_segment_bytes: MB16,
                 tool_version: "x".into(),
                 wal_method: "fetch".into(),
+                tablespaces: Vec::new(),
             },
         }
     }
@@ -1161,5 +1397,93 @@ mod tests {
         );
         assert!(recovery_settings(Target::Lsn(Lsn(0x3000060)), true)
             .contains("recovery_target_lsn = '0/3000060'"));
+    }
+
+    fn space(oid: u32, name: &str, location: &str) -> PhysicalTablespace {
+        PhysicalTablespace {
+            oid,
+            name: name.into(),
+            location: location.into(),
+            artifact: format!("{oid}.tar.zst"),
+        }
+    }
+
+    #[test]
+    fn tablespaces_go_where_the_map_says_else_under_a_throwaway_directory_else_home() {
+        let spaces = [
+            space(16384, "fast", "/ssd/pg"),
+            space(16385, "cold", "/hdd/pg"),
+        ];
+        let dirs = |r: Vec<(PhysicalTablespace, PathBuf)>| -> Vec<String> {
+            r.into_iter()
+                .map(|(_, d)| d.display().to_string())
+                .collect()
+        };
+        // Nothing said: where they were.
+        assert_eq!(
+            dirs(place_tablespaces(&spaces, &[], None).unwrap()),
+            ["/ssd/pg", "/hdd/pg"]
+        );
+        // By name, OID or old location; the last entry for one wins.
+        for key in ["fast", "16384", "/ssd/pg"] {
+            let map = [(key.to_owned(), PathBuf::from("/new/fast"))];
+            assert_eq!(
+                dirs(place_tablespaces(&spaces, &map, None).unwrap()),
+                ["/new/fast", "/hdd/pg"]
+            );
+        }
+        let map = [
+            ("cold".to_owned(), PathBuf::from("/a")),
+            ("16385".to_owned(), PathBuf::from("/b")),
+        ];
+        assert_eq!(
+            dirs(place_tablespaces(&spaces, &map, None).unwrap()),
+            ["/ssd/pg", "/b"]
+        );
+        // A throwaway cluster: everything not mapped under its directory.
+        let map = [("cold".to_owned(), PathBuf::from("/b"))];
+        assert_eq!(
+            dirs(place_tablespaces(&spaces, &map, Some(Path::new("/drill/ts"))).unwrap()),
+            ["/drill/ts/16384", "/b"]
+        );
+        // Refused, each naming what is wrong.
+        let err = |map: &[(String, PathBuf)], spaces: &[PhysicalTablespace]| {
+            place_tablespaces(spaces, map, None).unwrap_err()
+        };
+        let m = err(&[("warm".into(), "/x".into())], &spaces);
+        assert!(
+            m.contains("warm") && m.contains("fast (OID 16384, at /ssd/pg)"),
+            "{m}"
+        );
+        assert!(err(&[("warm".into(), "/x".into())], &[]).contains("it has none"));
+        assert!(err(&[("fast".into(), "rel/dir".into())], &spaces).contains("not an absolute path"));
+        assert!(err(&[("fast".into(), "/a\nb".into())], &spaces).contains("not an absolute path"));
+        let m = err(&[("fast".into(), "/hdd/pg".into())], &spaces);
+        assert!(m.contains("fast and cold") || m.contains("cold"), "{m}");
+        assert!(m.contains("would both go to /hdd/pg"), "{m}");
+        let m = err(&[], &[space(16390, "16390", "")]);
+        assert!(
+            m.contains("no recorded location") && m.contains("--tablespace-map 16390=DIR"),
+            "{m}"
+        );
+        // The file PostgreSQL reads.
+        let placed = place_tablespaces(&spaces, &[], None).unwrap();
+        assert_eq!(
+            tablespace_map_file(&placed),
+            "16384 /ssd/pg\n16385 /hdd/pg\n"
+        );
+    }
+
+    #[test]
+    fn a_tablespace_mapping_is_old_equals_new() {
+        assert_eq!(
+            parse_tablespace_mapping("fast=/srv/x=y").unwrap(),
+            ("fast".to_owned(), PathBuf::from("/srv/x=y"))
+        );
+        for bad in ["fast", "=/x", "fast="] {
+            assert!(parse_tablespace_mapping(bad)
+                .unwrap_err()
+                .contains("OLD=NEWDIR"));
+        }
     }
 }

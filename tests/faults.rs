@@ -12,6 +12,7 @@
 
 mod common;
 
+use common::tmpfs::Tmpfs;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -116,56 +117,6 @@ fn zstd(args: &[&str], input: &[u8]) -> Vec<u8> {
     feeder.join().unwrap().unwrap();
     assert!(out.status.success());
     out.stdout
-}
-
-/// A tmpfs of `bytes` (root only: CI runs as root), unmounted on drop.
-struct Tmpfs {
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(bytes: u64) -> Tmpfs {
-        assert!(
-            unsafe { libc::geteuid() } == 0,
-            "the disk-full tests mount a tmpfs: run them as root (CI does)"
-        );
-        let path = scratch_dir("drctl-tmpfs-");
-        let st = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={bytes},mode=0777"),
-                "tmpfs",
-            ])
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs on {}", path.display());
-        Tmpfs { path }
-    }
-
-    fn free(&self) -> u64 {
-        let s = nix::sys::statvfs::statvfs(&self.path).unwrap();
-        s.blocks_available() as u64 * s.fragment_size() as u64
-    }
-
-    /// Leave exactly `free` bytes (a multiple of the page size) free.
-    fn fill_leaving(&self, free: u64) {
-        let have = self.free();
-        assert!(have >= free, "{have} < {free}");
-        std::fs::write(self.path.join("filler"), vec![0u8; (have - free) as usize]).unwrap();
-        assert!(self.free() <= free, "{} > {free}", self.free());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-    }
 }
 
 #[test]

@@ -1141,9 +1141,25 @@ async fn a_cluster_with_a_tablespace_is_backed_up_verified_and_restored_with_it_
     c.psql("CREATE TABLE spaced (id int PRIMARY KEY, v text) TABLESPACE extra");
     c.psql("INSERT INTO spaced SELECT g, md5(g::text) FROM generate_series(1, 500) g");
     let oid = c.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'extra'");
+    let tmp = w.dir.join("state").join("tmp");
+    // pg_basebackup writes a cluster with tablespaces into the scratch
+    // directory first: with no room there the run fails as pg_basebackup
+    // says, commits nothing and leaves nothing.
+    {
+        let small = common::tmpfs::Tmpfs::mount(1 << 20);
+        std::fs::create_dir_all(w.dir.join("state")).unwrap();
+        std::os::unix::fs::symlink(&small.path, &tmp).unwrap();
+        let r = w.drctl(&["run", "db"]);
+        assert_eq!(r.code, 1, "{}", r.all());
+        assert!(r.stderr.contains("No space left"), "{}", r.stderr);
+        assert_eq!(std::fs::read_dir(&small.path).unwrap().count(), 0);
+        std::fs::remove_file(&tmp).unwrap();
+        let listed = w.drctl(&["backups", "db", "--json"]);
+        let listed: serde_json::Value = serde_json::from_str(&listed.ok().stdout).unwrap();
+        assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    }
     // What a killed run of this job left in the scratch directory: the
     // next run removes it.
-    let tmp = w.dir.join("state").join("tmp");
     let stale = tmp.join("basebackup+db+killed");
     std::fs::create_dir_all(stale.join("backup")).unwrap();
     std::fs::write(stale.join("backup").join("base.tar"), b"half").unwrap();

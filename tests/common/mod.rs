@@ -12,6 +12,7 @@
 
 pub mod docker;
 pub mod receivers;
+pub mod tmpfs;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

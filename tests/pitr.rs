@@ -226,7 +226,7 @@ async fn setup(extra: &str) -> Setup {
     let keys = scratch_dir("drctl-pitr-keys-");
     let (identity, recipient) = keypair(&keys);
     let mut w = World::new(&format!(
-        "[repositories.s3]\ntype = \"s3\"\nbucket = \"{bucket}\"\nendpoint = \"{}\"\npath_style = true\nencryption = {{ recipients = [\"{recipient}\"] }}\n\
+        "fleet_publish = \"1s\"\nfleet_stale = \"8s\"\n[repositories.s3]\ntype = \"s3\"\nbucket = \"{bucket}\"\nendpoint = \"{}\"\npath_style = true\nencryption = {{ recipients = [\"{recipient}\"] }}\n\
          [jobs.db]\ntype = \"postgres_physical\"\nurl_env = \"PHYS_URL\"\nrepository = \"s3\"\n{extra}",
         s3().endpoint
     ));
@@ -1005,10 +1005,65 @@ async fn a_pitr_drill_restores_a_random_point_and_proves_it_with_the_marker_rows
     assert!((got - want).abs() < 1e-6 * want.max(1.0), "{got} vs {want}");
     let r = restore_db(&w, &["--latest", "--dry-run"], &scratch);
     assert!(
-        r.ok().stderr.contains("past drill of this job"),
+        r.ok().stderr.contains("past drill of this job, this host"),
         "{}",
         r.stderr
     );
+
+    // A fresh host (its own empty state) in an incident: no drill of its
+    // own, so the estimate comes from the drills the daemon published into
+    // the repository with its status.
+    let published = || async {
+        let c = s3().client().await;
+        let listed = c
+            .list_objects_v2()
+            .bucket(&bucket)
+            .prefix("_hosts/")
+            .send()
+            .await
+            .unwrap();
+        let mut restores = 0;
+        for o in listed.contents() {
+            let body = s3().get(&bucket, o.key().unwrap()).await;
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            restores += v["drills"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["restores"].as_array().map_or(0, Vec::len))
+                .sum::<usize>();
+        }
+        restores
+    };
+    for _ in 0..100 {
+        if published().await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        published().await,
+        1,
+        "the daemon publishes the drill's restore"
+    );
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    let body: Vec<&str> = text.lines().skip(1).collect();
+    let mut fresh = World::new(&body.join("\n"));
+    for (k, v) in &w.env {
+        fresh.set_env(k, v);
+    }
+    let r = restore_db(&fresh, &["--latest", "--dry-run", "--json"], &scratch);
+    let plan: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
+    assert_eq!(plan["estimate"]["drills"], 1, "{plan}");
+    assert!(
+        plan["estimate"]["from"]
+            .as_str()
+            .unwrap()
+            .starts_with("drills published by "),
+        "{plan}"
+    );
+    let got = plan["estimate"]["seconds"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-6 * want.max(1.0), "{got} vs {want}");
     drop(d);
 }
 

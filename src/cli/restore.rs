@@ -187,7 +187,13 @@ async fn exec_pitr(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         tablespace_map: a.tablespace_map,
         tablespaces_under: None,
     };
-    let plan = restore::pitr::plan(cfg, &req).await?;
+    let mut plan = restore::pitr::plan(cfg, &req).await?;
+    if plan.estimate.is_none() {
+        // A fresh host has no drill of its own: the fleet's, from the
+        // repository.
+        plan.estimate =
+            drctl::engine::fleet::published_estimate(cfg, &plan.job, plan.work_bytes).await;
+    }
     if a.dry_run {
         if a.json {
             println!("{}", serde_json::to_string_pretty(&plan)?);
@@ -263,16 +269,17 @@ fn print_pitr_plan(p: &restore::pitr::PitrPlan) {
             t.name, t.oid, t.location, t.directory
         );
     }
-    match p.estimate {
+    match &p.estimate {
         Some(e) => eprintln!(
-            "  estimate    about {} to the promotion ({} of work, the median rate of {} past drill{} of this job)",
+            "  estimate    about {} to the promotion ({} of work, the median rate of {} past drill{} of this job, {})",
             humantime::format_duration(std::time::Duration::from_secs(e.seconds.ceil() as u64)),
             super::human_bytes(p.work_bytes),
             e.drills,
-            if e.drills == 1 { "" } else { "s" }
+            if e.drills == 1 { "" } else { "s" },
+            e.from
         ),
         None => eprintln!(
-            "  estimate    none: no drill of this job has restored on this host yet ({} of work)",
+            "  estimate    none: no drill of this job has restored on this host, and no host published one in the repository ({} of work)",
             super::human_bytes(p.work_bytes)
         ),
     }

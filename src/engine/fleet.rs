@@ -125,6 +125,21 @@ pub struct DrillState {
     pub over_rto_30d: usize,
     /// Of which failed.
     pub failed_30d: usize,
+    /// The newest restores it made (up to five, passed or over the RTO,
+    /// that recorded their work): a restore's `--dry-run` on any host
+    /// estimates its time from them when that host has no drill of its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restores: Vec<RestoreRate>,
+}
+
+/// One restore a drill made: its fetch and restore seconds over the bytes
+/// it processed.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct RestoreRate {
+    /// Fetch and restore phases, seconds.
+    pub seconds: f64,
+    /// Bytes processed (a point-in-time drill's base backup and WAL).
+    pub work_bytes: u64,
 }
 
 /// A host as `drctl fleet` shows it.
@@ -336,7 +351,66 @@ fn drill_state<'a>(
         passed_30d: count(DrillOutcome::Passed),
         over_rto_30d: count(DrillOutcome::OverRto),
         failed_30d: count(DrillOutcome::Failed),
+        restores: finished
+            .iter()
+            .filter(|r| matches!(r.outcome, DrillOutcome::Passed | DrillOutcome::OverRto))
+            .filter_map(|r| {
+                Some(RestoreRate {
+                    seconds: r.phase("fetch")? + r.phase("restore")?,
+                    work_bytes: r.work_bytes?,
+                })
+            })
+            .take(5)
+            .collect(),
     }
+}
+
+/// The restores the hosts' drills of `job` made, as published, and the
+/// hosts they ran on (pure).
+pub fn published_restores(statuses: &[HostStatus], job: &str) -> (Vec<(f64, u64)>, Vec<String>) {
+    let mut past = Vec::new();
+    let mut hosts = Vec::new();
+    for s in statuses {
+        let before = past.len();
+        past.extend(
+            s.drills
+                .iter()
+                .filter(|d| d.job == job)
+                .flat_map(|d| &d.restores)
+                .map(|r| (r.seconds, r.work_bytes)),
+        );
+        if past.len() > before {
+            hosts.push(s.host.clone());
+        }
+    }
+    (past, hosts)
+}
+
+/// A restore's estimate from the drills other hosts published into the
+/// job's repository: what a fresh host in an incident has. None when the
+/// repository holds no such drill or cannot be read (a dry run never fails
+/// for want of an estimate).
+pub async fn published_estimate(
+    cfg: &LoadedConfig,
+    job: &str,
+    work: u64,
+) -> Option<crate::engine::restore::pitr::Estimate> {
+    let (_, jc) = cfg.job(job).ok()?;
+    let name = jc.backup_repository(job).ok()?;
+    let repo = Repository::open(name, cfg.repository(name).ok()?)
+        .await
+        .ok()?;
+    let statuses: Vec<HostStatus> = read(&repo)
+        .await
+        .map_err(|e| tracing::debug!(error = %e, "no published drills: cannot read host statuses"))
+        .ok()?
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    let (past, hosts) = published_restores(&statuses, job);
+    let mut e = crate::engine::restore::pitr::estimate(&past, work)?;
+    e.from = format!("drills published by {}", hosts.join(", "));
+    Some(e)
 }
 
 /// The object key of `host`'s status.
@@ -575,6 +649,7 @@ mod tests {
             passed_30d: 0,
             over_rto_30d: 0,
             failed_30d: 1,
+            restores: vec![],
         });
         assert_eq!(host_state(&s, false), "failing");
         s.jobs[0].rpo.as_mut().unwrap().compliant = false;
@@ -626,6 +701,60 @@ mod tests {
         );
         // Error texts never travel into the status object.
         assert!(!serde_json::to_string(&d).unwrap().contains("hunter2"));
+    }
+
+    #[test]
+    fn a_drills_restores_travel_with_the_status_and_estimate_on_any_host() {
+        let with_work = |outcome, seconds: f64, work: Option<u64>| {
+            let mut r = drill_run(outcome, Some("2026-12-01T03:20:00Z"), seconds);
+            r.phases = ["fetch", "restore", "verify"]
+                .iter()
+                .map(|n| crate::engine::drill::Phase {
+                    name: (*n).into(),
+                    seconds: seconds / 3.0,
+                })
+                .collect();
+            r.work_bytes = work;
+            r
+        };
+        let runs = [
+            with_work(DrillOutcome::Passed, 30.0, Some(1000)),
+            // A failed drill's time is not a restore's; one without its
+            // work cannot give a rate.
+            with_work(DrillOutcome::Failed, 3.0, Some(1000)),
+            with_work(DrillOutcome::OverRto, 60.0, None),
+            with_work(DrillOutcome::OverRto, 90.0, Some(2000)),
+        ];
+        let d = drill_state("weekly", "appdb", None, runs.iter());
+        assert_eq!(
+            d.restores,
+            [
+                RestoreRate {
+                    seconds: 20.0,
+                    work_bytes: 1000
+                },
+                RestoreRate {
+                    seconds: 60.0,
+                    work_bytes: 2000
+                }
+            ]
+        );
+        let status = |host: &str, drills: Vec<DrillState>| HostStatus {
+            drills,
+            ..status(host, "2026-12-02T10:00:00Z")
+        };
+        let other = drill_state("other", "billing", None, runs.iter());
+        let statuses = [
+            status("db1", vec![d.clone(), other]),
+            status("db2", vec![]),
+            status("db3", vec![d]),
+        ];
+        let (past, hosts) = published_restores(&statuses, "appdb");
+        assert_eq!(past.len(), 4);
+        assert_eq!(hosts, ["db1", "db3"]);
+        let e = crate::engine::restore::pitr::estimate(&past, 3000).unwrap();
+        assert!((e.seconds - 75.0).abs() < 1e-9, "{e:?}");
+        assert_eq!(published_restores(&statuses, "nosuch"), (vec![], vec![]));
     }
 
     #[test]

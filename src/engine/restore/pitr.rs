@@ -224,12 +224,15 @@ pub struct PlacedTablespace {
 }
 
 /// A restore's expected duration.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Estimate {
     /// Seconds, fetch to promotion.
     pub seconds: f64,
     /// The drills it was made from.
     pub drills: usize,
+    /// Whose drills: `this host`, or the hosts that published theirs into
+    /// the repository.
+    pub from: String,
 }
 
 /// The expected duration of a restore of `work` bytes, from past restores
@@ -255,6 +258,7 @@ pub fn estimate(past: &[(f64, u64)], work: u64) -> Option<Estimate> {
     Some(Estimate {
         seconds: median * work as f64,
         drills: n,
+        from: "this host".into(),
     })
 }
 

@@ -1198,20 +1198,71 @@ async fn a_cluster_with_a_tablespace_is_backed_up_verified_and_restored_with_it_
     let oid = c.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'extra'");
     let tmp = w.dir.join("state").join("tmp");
     // pg_basebackup writes a cluster with tablespaces into the scratch
-    // directory first: with no room there the run fails as pg_basebackup
-    // says, commits nothing and leaves nothing.
+    // directory: with no room there the run fails as pg_basebackup says,
+    // commits nothing and leaves nothing.
     {
         let small = common::tmpfs::Tmpfs::mount(1 << 20);
+        small.fill_leaving(0);
         std::fs::create_dir_all(w.dir.join("state")).unwrap();
         std::os::unix::fs::symlink(&small.path, &tmp).unwrap();
         let r = w.drctl(&["run", "db"]);
         assert_eq!(r.code, 1, "{}", r.all());
         assert!(r.stderr.contains("No space left"), "{}", r.stderr);
-        assert_eq!(std::fs::read_dir(&small.path).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(&small.path).unwrap().count(),
+            1,
+            "only the filler is left"
+        );
         std::fs::remove_file(&tmp).unwrap();
         let listed = w.drctl(&["backups", "db", "--json"]);
         let listed: serde_json::Value = serde_json::from_str(&listed.ok().stdout).unwrap();
         assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    }
+    // pg_basebackup killed half-way through a tar (a job of its own, whose
+    // pg_bindir holds a wrapper): the tar followed so far ends, the run
+    // fails naming the signal, nothing is committed or left behind.
+    {
+        let bin = scratch_dir("drctl-bin-");
+        for e in std::fs::read_dir(pg_bindir()).unwrap().flatten() {
+            std::os::unix::fs::symlink(e.path(), bin.join(e.file_name())).unwrap();
+        }
+        let wrapper = bin.join("pg_basebackup");
+        std::fs::remove_file(&wrapper).unwrap();
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/bash
+REAL={}
+case \"$1\" in --version) exec \"$REAL\" \"$@\";; esac
+\
+                 \"$REAL\" \"$@\" & pid=$!
+\
+                 for i in $(seq 200); do [ -n \"$(find \"$2\" -name '*.tar' -size +64k 2>/dev/null)\" ] && break; sleep 0.01; done
+\
+                 kill -9 $pid; wait $pid\n",
+                pg_bin("pg_basebackup").display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut text = std::fs::read_to_string(&w.config).unwrap();
+        text.push_str(&format!(
+            "[jobs.killed]\ntype = \"postgres_physical\"\nurl_env = \"PHYS_URL\"\nrepository = \"s3\"\npg_bindir = \"{}\"\n",
+            bin.display()
+        ));
+        std::fs::write(&w.config, text).unwrap();
+        let r = w.drctl(&["run", "killed"]);
+        assert_eq!(r.code, 1, "{}", r.all());
+        assert!(
+            r.stderr.contains("pg_basebackup failed (exit code 137)"),
+            "{}",
+            r.stderr
+        );
+        let listed = w.drctl(&["backups", "killed", "--json"]);
+        let listed: serde_json::Value = serde_json::from_str(&listed.ok().stdout).unwrap();
+        assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+        assert_eq!(std::fs::read_dir(&tmp).map_or(0, Iterator::count), 0);
     }
     // What a killed run of this job left in the scratch directory: the
     // next run removes it.

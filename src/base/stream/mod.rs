@@ -6,6 +6,7 @@
 mod checked;
 mod codec;
 pub mod crypt;
+pub mod growing;
 mod guarded;
 mod measure;
 mod tee;

@@ -11,10 +11,12 @@
 //!
 //! A cluster with tablespaces outside its data directory is the exception:
 //! pg_basebackup writes one tar per tablespace and only into a directory,
-//! so the backup goes to a scratch directory first (`STATE_DIR/tmp`, as
-//! large as the cluster) and each tar, `OID.tar`, is then stored the same
-//! way beside `base.tar`, with pg_basebackup's `backup_manifest`. The
-//! tablespaces' OIDs, names and locations go into drctl's manifest.
+//! so it writes into a scratch directory (`STATE_DIR/tmp`) and each tar,
+//! `OID.tar` and then `base.tar`, is stored the same way while it is being
+//! written (followed to its end, its blocks released as they are read:
+//! the scratch space stays near empty), with pg_basebackup's
+//! `backup_manifest` last. The tablespaces' OIDs, names and locations go
+//! into drctl's manifest.
 
 use super::{BackupCtx, BackupOutput, Packing};
 use crate::base::error::{Error, Result};
@@ -22,6 +24,9 @@ use crate::base::manifest::{Artifact, PhysicalSource, PhysicalTablespace, TABLES
 use crate::base::wal::Lsn;
 use crate::config::{PhysicalJob, WalMode};
 use crate::services::pg::{PgTarget, PgTools, SqlSession};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// The job's server, from `url`, `url_env` or `url_file`.
 pub fn target(job: &PhysicalJob) -> Result<PgTarget> {
@@ -246,8 +251,11 @@ async fn streamed(
 
 /// A cluster with tablespaces: pg_basebackup writes `base.tar`, one
 /// `OID.tar` per tablespace and `backup_manifest` into a scratch directory,
-/// then each is stored. The directory goes away with this function,
-/// whatever happens.
+/// one after the other. Each tar is stored while pg_basebackup writes it
+/// (followed to its end, its blocks released as they are read), so the
+/// scratch directory holds little more than the manifest. The directory
+/// goes away with this function, whatever happens; an error stops
+/// pg_basebackup.
 async fn through_directory(
     ctx: &BackupCtx<'_>,
     tools: &PgTools,
@@ -261,10 +269,92 @@ async fn through_directory(
             "the cluster has tablespaces, which pg_basebackup writes only into a directory, and a container's directory is not this host's: run the job with the host's pg_basebackup".into(),
         ));
     }
+    let dir = scratch_for(ctx)?;
+    let out = dir.path().join("backup");
+    args.splice(0..0, ["-D".to_owned(), out.display().to_string()]);
+    let child = tools
+        .spawn("pg_basebackup", &args, env, false, false)
+        .await?;
+    let exited = Arc::new(AtomicBool::new(false));
+    let waiter = {
+        let exited = exited.clone();
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            let r = child.finish().await;
+            exited.store(true, Ordering::SeqCst);
+            r
+        }))
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let mut artifacts = Vec::with_capacity(known.len() + 2);
+    let mut tablespaces = Vec::with_capacity(known.len());
+    while let Some(file) = next_tar(&out, &seen, &exited).await {
+        seen.insert(file.clone());
+        let content = match file.strip_suffix(".tar").map(str::parse::<u32>) {
+            _ if file == "base.tar" => "pg_basebackup_tar",
+            Some(Ok(_)) => TABLESPACE_TAR,
+            _ => {
+                return Err(Error::Other(format!(
+                    "pg_basebackup wrote {file}, which a base backup of drctl's does not hold"
+                )))
+            }
+        };
+        // This tar is whole once pg_basebackup moved on: to another tar,
+        // to its manifest, or out.
+        let finished = {
+            let (out, before, exited) = (out.clone(), seen.clone(), exited.clone());
+            move || {
+                exited.load(Ordering::SeqCst)
+                    || out.join("backup_manifest").exists()
+                    || tars(&out).iter().any(|t| !before.contains(t))
+            }
+        };
+        ctx.progress.set_phase(
+            &format!("base backup: {file} (the cluster has tablespaces)"),
+            0,
+        );
+        let followed = crate::base::stream::growing::follow(out.join(&file), finished);
+        let a = ctx
+            .store(&file, content, followed, packing, None, true)
+            .await?;
+        let _ = std::fs::remove_file(out.join(&file));
+        if let Some(Ok(oid)) = file.strip_suffix(".tar").map(str::parse::<u32>) {
+            // One created between the query and the backup is not in
+            // `known`: its files are kept all the same, and a restore asks
+            // where they go.
+            let t = known.iter().find(|t| t.oid == oid);
+            tablespaces.push(PhysicalTablespace {
+                oid,
+                name: t.map_or_else(|| oid.to_string(), |t| t.name.clone()),
+                location: t.map(|t| t.location.clone()).unwrap_or_default(),
+                artifact: a.name.clone(),
+            });
+        }
+        artifacts.push(a);
+    }
+    let stderr = waiter
+        .await
+        .map_err(|e| Error::task("pg_basebackup waiter", e))??;
+    if !seen.contains("base.tar") {
+        return Err(Error::Other(format!(
+            "pg_basebackup exited without writing base.tar: {}",
+            stderr.lines().last().unwrap_or("no output")
+        )));
+    }
+    artifacts.push(store_file(ctx, &out, "backup_manifest", "pg_backup_manifest", packing).await?);
+    tablespaces.sort_by_key(|t| t.oid);
+    Ok(Taken {
+        artifacts,
+        tablespaces,
+        stderr,
+    })
+}
+
+/// A private directory in the scratch space for this run; what a killed
+/// run of this job left there is removed first (the job's host lock, held
+/// by the runner, means no other run of it is writing there).
+fn scratch_for(ctx: &BackupCtx<'_>) -> Result<tempfile::TempDir> {
     crate::base::private_fs::dir_all(&ctx.scratch)
         .map_err(|e| Error::io(format!("creating {}", ctx.scratch.display()), e))?;
-    // A run of this job that was killed left its directory: the job's host
-    // lock (held by the runner) means no other run of it is writing there.
     let prefix = format!("basebackup+{}+", ctx.job);
     for e in std::fs::read_dir(&ctx.scratch)
         .into_iter()
@@ -276,7 +366,7 @@ async fn through_directory(
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
-    let dir = tempfile::Builder::new()
+    tempfile::Builder::new()
         .prefix(&prefix)
         .tempdir_in(&ctx.scratch)
         .map_err(|e| {
@@ -284,60 +374,52 @@ async fn through_directory(
                 format!("creating a directory in {}", ctx.scratch.display()),
                 e,
             )
-        })?;
-    let out = dir.path().join("backup");
-    args.splice(0..0, ["-D".to_owned(), out.display().to_string()]);
-    ctx.progress.set_phase(
-        "base backup (into a scratch directory: the cluster has tablespaces)",
-        0,
-    );
-    let stderr = tools
-        .spawn("pg_basebackup", &args, env, false, false)
-        .await?
-        .finish()
-        .await?;
-    let oids = tablespace_tars(&out)?;
-    let mut artifacts = Vec::with_capacity(oids.len() + 2);
-    let mut tablespaces = Vec::with_capacity(oids.len());
-    artifacts.push(store_file(ctx, &out, "base.tar", "pg_basebackup_tar", packing).await?);
-    for oid in oids {
-        let file = format!("{oid}.tar");
-        let a = store_file(ctx, &out, &file, TABLESPACE_TAR, packing).await?;
-        // One created between the query and the backup is not in `known`:
-        // its files are kept all the same, and a restore asks where they go.
-        let t = known.iter().find(|t| t.oid == oid);
-        tablespaces.push(PhysicalTablespace {
-            oid,
-            name: t.map_or_else(|| oid.to_string(), |t| t.name.clone()),
-            location: t.map(|t| t.location.clone()).unwrap_or_default(),
-            artifact: a.name.clone(),
-        });
-        artifacts.push(a);
-    }
-    artifacts.push(store_file(ctx, &out, "backup_manifest", "pg_backup_manifest", packing).await?);
-    Ok(Taken {
-        artifacts,
-        tablespaces,
-        stderr,
-    })
+        })
 }
 
-/// The OIDs of the `OID.tar` files pg_basebackup wrote, in order.
-fn tablespace_tars(dir: &std::path::Path) -> Result<Vec<u32>> {
-    let mut oids: Vec<u32> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
+/// The `.tar` files in `dir`.
+fn tars(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
         .flatten()
-        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".tar")?.parse().ok())
-        .collect();
-    oids.sort_unstable();
-    Ok(oids)
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".tar"))
+        .collect()
 }
 
-/// Store one file of the scratch directory, then remove it (the space is
-/// free for the next as soon as it is stored).
+/// The next tar pg_basebackup started (the oldest not yet `seen`), or none
+/// once it exited without another.
+async fn next_tar(
+    dir: &Path,
+    seen: &std::collections::BTreeSet<String>,
+    exited: &AtomicBool,
+) -> Option<String> {
+    loop {
+        // Read before listing: a tool that exited wrote all it will.
+        let done = exited.load(Ordering::SeqCst);
+        let oldest = tars(dir)
+            .into_iter()
+            .filter(|t| !seen.contains(t))
+            .filter_map(|t| {
+                let at = std::fs::metadata(dir.join(&t)).ok()?.modified().ok()?;
+                Some((at, t))
+            })
+            .min();
+        if let Some((_, t)) = oldest {
+            return Some(t);
+        }
+        if done {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Store one file of the scratch directory, whole, then remove it.
 async fn store_file(
     ctx: &BackupCtx<'_>,
-    dir: &std::path::Path,
+    dir: &Path,
     name: &str,
     content: &str,
     packing: Packing,
@@ -350,9 +432,7 @@ async fn store_file(
         )
     })?;
     let size = file.metadata().await.ok().map(|m| m.len());
-    ctx.progress
-        .set_phase(&format!("storing {name}"), size.unwrap_or(0));
-    let a = ctx.store(name, content, file, packing, size, true).await?;
+    let a = ctx.store(name, content, file, packing, size, false).await?;
     let _ = tokio::fs::remove_file(&path).await;
     Ok(a)
 }

@@ -146,17 +146,10 @@ fn keypair(dir: &Path) -> (PathBuf, String) {
 
 /// Names of the job's committed WAL files in the bucket.
 async fn stored_wal(bucket: &str) -> Vec<String> {
-    let c = s3().client().await;
-    let out = c
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix("db/wal/")
-        .send()
+    s3().keys(bucket, "db/wal/")
         .await
-        .unwrap();
-    out.contents()
         .iter()
-        .filter_map(|o| o.key()?.strip_prefix("db/wal/")?.strip_suffix(".json"))
+        .filter_map(|k| k.strip_prefix("db/wal/")?.strip_suffix(".json"))
         .map(str::to_owned)
         .collect()
 }
@@ -364,34 +357,18 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
 
     // A flipped byte in the stored base backup: the streamed restore stops
     // on it (exit 3) and leaves the directory as empty as it found it.
-    let client = s3().client().await;
-    let listed = client
-        .list_objects_v2()
-        .bucket(&bucket)
-        .prefix(format!("db/{id}/"))
-        .send()
+    let base_key = s3()
+        .keys(&bucket, &format!("db/{id}/"))
         .await
-        .unwrap();
-    let base_key = listed
-        .contents()
-        .iter()
-        .filter_map(|o| o.key())
+        .into_iter()
         .find(|k| k.contains("base.tar"))
-        .unwrap()
-        .to_owned();
+        .unwrap();
     let original = s3().get(&bucket, &base_key).await;
-    let put = |bytes: Vec<u8>| {
-        client
-            .put_object()
-            .bucket(&bucket)
-            .key(&base_key)
-            .body(bytes.into())
-            .send()
-    };
+    let put = |bytes: Vec<u8>| s3().put(&bucket, &base_key, bytes);
     let mut flipped = original.clone();
     let mid = flipped.len() / 2;
     flipped[mid] ^= 0xff;
-    put(flipped).await.unwrap();
+    put(flipped).await;
     let d_bad = root.join("restored-corrupt");
     std::fs::create_dir_all(&d_bad).unwrap();
     let r = restore_db(&w, &["--at", &at], &d_bad);
@@ -402,7 +379,7 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
         0,
         "a failed restore leaves the directory empty"
     );
-    put(original).await.unwrap();
+    put(original).await;
 
     // A target past the archive is refused before anything is written.
     let d4 = root.join("restored-future");
@@ -482,7 +459,8 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
     };
     // The segment holding batch B's records: archived after T1, before T2.
     let victim = segs[segs.len() - 2].clone();
-    client
+    s3().client()
+        .await
         .delete_object()
         .bucket(&bucket)
         .key(format!("db/wal/{victim}.json"))
@@ -1014,17 +992,9 @@ async fn a_pitr_drill_restores_a_random_point_and_proves_it_with_the_marker_rows
     // own, so the estimate comes from the drills the daemon published into
     // the repository with its status.
     let published = || async {
-        let c = s3().client().await;
-        let listed = c
-            .list_objects_v2()
-            .bucket(&bucket)
-            .prefix("_hosts/")
-            .send()
-            .await
-            .unwrap();
         let mut restores = 0;
-        for o in listed.contents() {
-            let body = s3().get(&bucket, o.key().unwrap()).await;
+        for key in s3().keys(&bucket, "_hosts/").await {
+            let body = s3().get(&bucket, &key).await;
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
             restores += v["drills"]
                 .as_array()
@@ -1271,20 +1241,12 @@ case \"$1\" in --version) exec \"$REAL\" \"$@\";; esac
     std::fs::write(stale.join("backup").join("base.tar"), b"half").unwrap();
 
     let id = w.drctl(&["run", "db"]).ok().stdout.trim().to_owned();
-    let objects: Vec<String> = {
-        let s3c = s3().client().await;
-        let out = s3c
-            .list_objects_v2()
-            .bucket(&bucket)
-            .prefix(format!("db/{id}/"))
-            .send()
-            .await
-            .unwrap();
-        out.contents()
-            .iter()
-            .filter_map(|o| o.key()?.rsplit('/').next().map(str::to_owned))
-            .collect()
-    };
+    let objects: Vec<String> = s3()
+        .keys(&bucket, &format!("db/{id}/"))
+        .await
+        .iter()
+        .filter_map(|k| k.rsplit('/').next().map(str::to_owned))
+        .collect();
     for want in [
         "base.tar.zst.age",
         &format!("{oid}.tar.zst.age"),
@@ -1382,15 +1344,7 @@ case \"$1\" in --version) exec \"$REAL\" \"$@\";; esac
     let mut bytes = s3().get(&bucket, &key).await;
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
-    s3().client()
-        .await
-        .put_object()
-        .bucket(&bucket)
-        .key(&key)
-        .body(bytes.into())
-        .send()
-        .await
-        .unwrap();
+    s3().put(&bucket, &key, bytes).await;
     let (bad_data, bad_ts) = (root.join("bad"), root.join("bad-ts"));
     let r = restore_db(
         &w,

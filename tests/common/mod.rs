@@ -542,6 +542,35 @@ impl S3 {
             .to_vec()
     }
 
+    /// Replace `bucket/key` with `bytes` (a test damaging a stored object).
+    pub async fn put(&self, bucket: &str, key: &str, bytes: Vec<u8>) {
+        self.client()
+            .await
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(bytes.into())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PUT {bucket}/{key}: {e:?}"));
+    }
+
+    /// The keys under `prefix` (one page: tests store few objects).
+    pub async fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        self.client()
+            .await
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("LIST {bucket}/{prefix}: {e:?}"))
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect()
+    }
+
     pub async fn create_bucket(&self) -> String {
         let name = unique("bucket").replace('_', "-");
         self.client()

@@ -1275,6 +1275,14 @@ case \"$1\" in --version) exec \"$REAL\" \"$@\";; esac
     // Into the old location (still the live cluster's): refused before
     // anything is written, naming the way out.
     let refused_dir = root.join("refused");
+    let r = restore_db(&w, &["--latest", "--dry-run"], &refused_dir);
+    assert_eq!(
+        r.code,
+        4,
+        "a dry run refuses what the restore would: {}",
+        r.all()
+    );
+    assert!(r.stderr.contains("--tablespace-map"), "{}", r.stderr);
     let r = restore_db(&w, &["--latest"], &refused_dir);
     assert_eq!(r.code, 4, "{}", r.all());
     assert!(

@@ -584,6 +584,11 @@ fn stored_times(a: &archive::Archive) -> std::collections::BTreeMap<String, Date
 pub async fn plan(cfg: &LoadedConfig, req: &PitrRequest) -> Result<PitrPlan> {
     let g = gather(cfg, req).await?;
     let (mut p, _) = make_plan(&g, req)?;
+    // What the restore itself would refuse, a dry run refuses too.
+    check_datadir(&req.datadir)?;
+    for t in &p.tablespaces {
+        check_tablespace_dir(t)?;
+    }
     p.estimate = estimate_from_drills(cfg, g.job.as_str(), p.work_bytes).await;
     Ok(p)
 }

@@ -328,6 +328,39 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
     assert_eq!(plan["backup_id"], id.as_str(), "{plan}");
     assert!(plan["wal_files"].as_u64().unwrap() >= 2, "{plan}");
     assert!(!d1.exists(), "a dry run creates nothing");
+    // The WAL's stored size is its objects', not their records'.
+    let (first, last) = (
+        plan["wal_range"][0].as_str().unwrap(),
+        plan["wal_range"][1].as_str().unwrap(),
+    );
+    let listed = s3()
+        .client()
+        .await
+        .list_objects_v2()
+        .bucket(&bucket)
+        .prefix("db/wal/")
+        .send()
+        .await
+        .unwrap();
+    let objects: u64 = listed
+        .contents()
+        .iter()
+        .filter_map(|o| {
+            let name = o.key()?.strip_prefix("db/wal/")?;
+            let seg = name.get(..24)?;
+            let ours = name.len() > 25
+                && !name.ends_with(".json")
+                && !name.contains("partial")
+                && !name.contains("backup")
+                && (first..=last).contains(&seg);
+            ours.then(|| o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+        })
+        .sum();
+    assert_eq!(
+        plan["wal_stored_bytes"].as_u64().unwrap(),
+        objects,
+        "{plan}"
+    );
 
     // To T1: exactly the state at T1.
     let r = restore_db(&w, &["--at", &at], &d1);

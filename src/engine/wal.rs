@@ -350,14 +350,24 @@ async fn fetch_into(
 /// store's time of its record.
 #[derive(Debug, Clone, Default)]
 pub struct Archive {
-    /// Committed files (record present), by PostgreSQL name.
+    /// Committed files (record present), by PostgreSQL name: the record's
+    /// listing (its store time is the file's).
     pub files: BTreeMap<String, ObjectInfo>,
+    /// Bytes of each file's stored objects (the compressed, maybe
+    /// encrypted WAL; not the record), by PostgreSQL name.
+    pub stored: BTreeMap<String, u64>,
 }
 
 impl Archive {
     /// Whether `name` is stored.
     pub fn has(&self, name: &str) -> bool {
         self.files.contains_key(name)
+    }
+
+    /// The bytes `name` takes in the repository (0 when its objects were
+    /// not listed).
+    pub fn stored_bytes(&self, name: &str) -> u64 {
+        self.stored.get(name).copied().unwrap_or(0)
     }
 
     /// The newest store time of any committed file: the RPO's point.
@@ -379,19 +389,35 @@ impl Archive {
 pub async fn list(repo: &Repository, job: &JobName) -> Result<Archive> {
     let prefix = prefix(job);
     let mut files = BTreeMap::new();
+    let mut stored = BTreeMap::new();
     for o in repo.backend().list(&prefix).await? {
-        let Some(name) = o
-            .key
-            .strip_prefix(&prefix)
-            .and_then(|r| r.strip_suffix(".json"))
-        else {
+        let Some(rest) = o.key.strip_prefix(&prefix) else {
             continue;
         };
-        if classify(name).is_some() {
-            files.insert(name.to_owned(), o);
+        match rest.strip_suffix(".json") {
+            Some(name) if classify(name).is_some() => {
+                files.insert(name.to_owned(), o);
+            }
+            Some(_) => {}
+            None => {
+                if let Some(name) = file_of_object(rest) {
+                    *stored.entry(name.to_owned()).or_insert(0) += o.size;
+                }
+            }
         }
     }
-    Ok(Archive { files })
+    Ok(Archive { files, stored })
+}
+
+/// The WAL file an object (a name under `{job}/wal/`) holds the bytes of
+/// (pure): `<name>.<8 hex><suffix>`, as [`object_of`] says.
+fn file_of_object(object: &str) -> Option<&str> {
+    let body = [".zst.age", ".gz.age", ".zst", ".gz", ".age"]
+        .iter()
+        .find_map(|s| object.strip_suffix(s))
+        .unwrap_or(object);
+    let name = body.get(..body.len().checked_sub(9)?)?;
+    object_of(name, object).then_some(name)
 }
 
 /// The physical job `name` names, or the only one when no name is given.
@@ -1026,6 +1052,35 @@ mod tests {
             "000000010000000000000003.0a1b2c3d.zst.json",
         ] {
             assert!(!super::object_of(n, other), "{other}");
+        }
+    }
+
+    #[test]
+    fn an_object_names_the_file_it_holds() {
+        for (object, file) in [
+            (
+                "000000010000000000000003.0a1b2c3d.zst.age",
+                Some("000000010000000000000003"),
+            ),
+            (
+                "000000010000000000000003.0a1b2c3d",
+                Some("000000010000000000000003"),
+            ),
+            (
+                "000000010000000000000003.partial.0a1b2c3d.zst",
+                Some("000000010000000000000003.partial"),
+            ),
+            (
+                "000000010000000000000003.00000028.backup.0a1b2c3d.gz",
+                Some("000000010000000000000003.00000028.backup"),
+            ),
+            ("00000002.history.0a1b2c3d.zst", Some("00000002.history")),
+            ("000000010000000000000003.json", None),
+            ("000000010000000000000003.zz1b2c3d.zst", None),
+            ("0a1b2c3d.zst", None),
+            ("", None),
+        ] {
+            assert_eq!(super::file_of_object(object), file, "{object}");
         }
     }
 }

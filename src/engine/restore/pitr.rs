@@ -600,7 +600,7 @@ fn make_plan(g: &Gathered, req: &PitrRequest) -> Result<(PitrPlan, Choice)> {
     let wal_stored_bytes = c
         .segments
         .iter()
-        .filter_map(|n| g.archive.files.get(n).map(|o| o.size))
+        .map(|n| g.archive.stored_bytes(&stored_name(&g.archive, n)))
         .sum();
     let window = match (g.bases.first(), g.archive.newest()) {
         (Some(b), Some(w)) => Some((b.manifest.finished_at, w)),

@@ -333,6 +333,18 @@ impl Manifest {
     pub fn artifact(&self, content: &str) -> Option<&Artifact> {
         self.artifacts.iter().find(|a| a.content == content)
     }
+
+    /// Each tablespace of a base backup with the artifact holding it (a
+    /// parsed manifest has one for each: [`Manifest::parse`] checks).
+    pub fn tablespace_tars(&self) -> impl Iterator<Item = (&PhysicalTablespace, &Artifact)> {
+        self.physical
+            .iter()
+            .flat_map(|p| &p.tablespaces)
+            .filter_map(|t| {
+                let a = self.artifacts.iter().find(|a| a.name == t.artifact)?;
+                Some((t, a))
+            })
+    }
 }
 
 /// The content of a tablespace's tar in a base backup: the one content

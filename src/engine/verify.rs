@@ -589,36 +589,11 @@ async fn deep_check_base(
     }
     // A cluster with tablespaces: each tar where the backup_manifest has
     // its files (`pg_tblspc/OID/...`), and the manifest itself.
-    for t in m.physical.iter().flat_map(|p| &p.tablespaces) {
-        let ta = m
-            .artifacts
-            .iter()
-            .find(|x| x.name == t.artifact)
-            .ok_or_else(|| Error::Integrity {
-                artifact: a.name.clone(),
-                message: format!(
-                    "the manifest lists no {} for tablespace {}",
-                    t.artifact, t.name
-                ),
-            })?;
-        let into = dir.path().join("pg_tblspc").join(t.oid.to_string());
-        crate::base::private_fs::dir_all(&into)
-            .map_err(|e| Error::io(format!("creating {}", into.display()), e))?;
-        let name = ta.name.clone();
-        let (raw, unpacked) =
-            fetch::to_blocking_reader(repo, job_name, &m.id, ta, keys, None, move |r| {
-                crate::engine::restore::files::unpack_checked(r, &into, &name)
-            })
-            .await?;
-        raw?;
-        unpacked?;
-    }
-    if let Some(ma) = m.artifact("pg_backup_manifest") {
-        let file = tokio::fs::File::create(dir.path().join("backup_manifest"))
-            .await
-            .map_err(|e| Error::io("creating backup_manifest", e))?;
-        fetch::to_writer(repo, job_name, &m.id, ma, file, None, keys).await?;
-    }
+    let tblspc = dir.path().join("pg_tblspc");
+    crate::engine::restore::files::unpack_beside_base(repo, job_name, m, keys, dir.path(), |t| {
+        Some(tblspc.join(t.oid.to_string()))
+    })
+    .await?;
     let bindir = match &job.kind {
         Kind::PostgresPhysical(p) => p.pg_bindir.as_deref(),
         _ => None,

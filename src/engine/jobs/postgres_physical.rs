@@ -289,10 +289,13 @@ async fn through_directory(
     let mut tablespaces = Vec::with_capacity(known.len());
     while let Some(file) = next_tar(&out, &seen, &exited).await {
         seen.insert(file.clone());
-        let content = match file.strip_suffix(".tar").map(str::parse::<u32>) {
+        let oid = file
+            .strip_suffix(".tar")
+            .and_then(|o| o.parse::<u32>().ok());
+        let content = match oid {
             _ if file == "base.tar" => "pg_basebackup_tar",
-            Some(Ok(_)) => TABLESPACE_TAR,
-            _ => {
+            Some(_) => TABLESPACE_TAR,
+            None => {
                 return Err(Error::Other(format!(
                     "pg_basebackup wrote {file}, which a base backup of drctl's does not hold"
                 )))
@@ -317,7 +320,7 @@ async fn through_directory(
             .store(&file, content, followed, packing, None, true)
             .await?;
         let _ = std::fs::remove_file(out.join(&file));
-        if let Some(Ok(oid)) = file.strip_suffix(".tar").map(str::parse::<u32>) {
+        if let Some(oid) = oid {
             // One created between the query and the backup is not in
             // `known`: its files are kept all the same, and a restore asks
             // where they go.

@@ -166,6 +166,63 @@ pub fn unpack_checked(reader: impl std::io::Read, dir: &Path, artifact: &str) ->
     Ok(())
 }
 
+/// What a base backup of a cluster with tablespaces stores beside its
+/// `base.tar`: each tablespace's tar unpacked into the directory `dir_of`
+/// gives it (created if missing; none: left out), and pg_basebackup's
+/// `backup_manifest` into `dd`, where the streamed case has it too (so
+/// pg_verifybackup finds it). Shared by the restore and `verify --deep`.
+pub async fn unpack_beside_base(
+    repo: &crate::services::repository::Repository,
+    job: &crate::base::ids::JobName,
+    m: &crate::base::manifest::Manifest,
+    keys: &crate::services::keys::Keys,
+    dd: &Path,
+    dir_of: impl Fn(&crate::base::manifest::PhysicalTablespace) -> Option<PathBuf>,
+) -> Result<()> {
+    for (t, a) in m.tablespace_tars() {
+        let Some(dir) = dir_of(t) else { continue };
+        crate::base::private_fs::dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        stream_tar(repo, job, m, a, &dir, keys).await?;
+    }
+    if let Some(a) = m.artifact("pg_backup_manifest") {
+        let file = tokio::fs::File::create(dd.join("backup_manifest"))
+            .await
+            .map_err(|e| Error::io("creating backup_manifest", e))?;
+        super::fetch::to_writer(repo, job, &m.id, a, file, None, keys).await?;
+    }
+    Ok(())
+}
+
+/// Fetch a tar of the base backup and unpack it into `dir` in one pass: the
+/// stored bytes are hashed as they arrive, each entry is checked before it
+/// is written (nothing outside `dir`, no device), and the result stands
+/// only if the whole object matched its manifest. One read of the stored
+/// object and one write of the cluster, where a temporary file would be
+/// three passes.
+pub async fn stream_tar(
+    repo: &crate::services::repository::Repository,
+    job: &crate::base::ids::JobName,
+    m: &crate::base::manifest::Manifest,
+    artifact: &crate::base::manifest::Artifact,
+    dir: &Path,
+    keys: &crate::services::keys::Keys,
+) -> Result<()> {
+    let (into, name) = (dir.to_path_buf(), artifact.name.clone());
+    let (fetched, unpacked) =
+        super::fetch::to_blocking_reader(repo, job, &m.id, artifact, keys, None, move |r| {
+            unpack_checked(r, &into, &name)
+        })
+        .await?;
+    match (fetched, unpacked) {
+        // A damaged object explains whatever the unpacking met.
+        (Err(e @ Error::Integrity { .. }), _) => Err(e),
+        (_, Err(e)) => Err(e),
+        (Err(e), Ok(())) => Err(e),
+        (Ok(_), Ok(())) => Ok(()),
+    }
+}
+
 fn extract(archive: &Path, dir: &Path, preserve_modes: bool) -> Result<()> {
     let open = || {
         std::fs::File::open(archive)

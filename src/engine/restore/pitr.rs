@@ -1150,70 +1150,20 @@ async fn unpack_cluster(
     spaces: &[(PhysicalTablespace, PathBuf)],
     keys: &crate::services::keys::Keys,
 ) -> Result<()> {
-    stream_tar(g, base, artifact, dd, keys).await?;
+    super::files::stream_tar(&g.repo, &g.job, &base.manifest, artifact, dd, keys).await?;
     if spaces.is_empty() {
         return Ok(());
     }
-    for (t, dir) in spaces {
-        let a = base
-            .manifest
-            .artifacts
+    super::files::unpack_beside_base(&g.repo, &g.job, &base.manifest, keys, dd, |t| {
+        spaces
             .iter()
-            .find(|a| a.name == t.artifact)
-            .ok_or_else(|| Error::Integrity {
-                artifact: base.manifest.id.to_string(),
-                message: format!(
-                    "the manifest lists no {} for tablespace {}",
-                    t.artifact, t.name
-                ),
-            })?;
-        stream_tar(g, base, a, dir, keys).await?;
-    }
+            .find(|(p, _)| p.oid == t.oid)
+            .map(|(_, d)| d.clone())
+    })
+    .await?;
     let map = dd.join("tablespace_map");
     std::fs::write(&map, tablespace_map_file(spaces))
-        .map_err(|e| Error::io(format!("writing {}", map.display()), e))?;
-    if let Some(a) = base.manifest.artifact("pg_backup_manifest") {
-        // The cluster's own manifest, where the streamed case has it too:
-        // pg_verifybackup of the restored directory finds it.
-        let file = tokio::fs::File::create(dd.join("backup_manifest"))
-            .await
-            .map_err(|e| Error::io("creating backup_manifest", e))?;
-        super::fetch::to_writer(&g.repo, &g.job, &base.manifest.id, a, file, None, keys).await?;
-    }
-    Ok(())
-}
-
-/// Fetch a tar of the base backup and unpack it into `dir` in one pass: the
-/// stored bytes are hashed as they arrive, each entry is checked before it
-/// is written (nothing outside `dir`, no device), and the result stands
-/// only if the whole object matched its manifest. One read of the stored
-/// object and one write of the cluster, where a temporary file would be
-/// three passes.
-async fn stream_tar(
-    g: &Gathered,
-    base: &Base,
-    artifact: &crate::base::manifest::Artifact,
-    dir: &Path,
-    keys: &crate::services::keys::Keys,
-) -> Result<()> {
-    let (into, name) = (dir.to_path_buf(), artifact.name.clone());
-    let (fetched, unpacked) = super::fetch::to_blocking_reader(
-        &g.repo,
-        &g.job,
-        &base.manifest.id,
-        artifact,
-        keys,
-        None,
-        move |r| super::files::unpack_checked(r, &into, &name),
-    )
-    .await?;
-    match (fetched, unpacked) {
-        // A damaged object explains whatever the unpacking met.
-        (Err(e @ Error::Integrity { .. }), _) => Err(e),
-        (_, Err(e)) => Err(e),
-        (Err(e), Ok(())) => Err(e),
-        (Ok(_), Ok(())) => Ok(()),
-    }
+        .map_err(|e| Error::io(format!("writing {}", map.display()), e))
 }
 
 /// Remove everything inside `dd` (a restore that failed before recovery

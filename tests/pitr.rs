@@ -367,7 +367,14 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
     r.ok();
     assert!(!d1.join("drctl_wal").exists() && !d1.join("recovery.signal").exists());
     let auto = std::fs::read_to_string(d1.join("postgresql.auto.conf")).unwrap();
-    assert!(!auto.contains("drctl"), "recovery settings removed: {auto}");
+    assert!(
+        !auto.contains("drctl point-in-time restore") && !auto.contains("drctl_wal"),
+        "recovery settings removed: {auto}"
+    );
+    assert!(
+        auto.trim_end().ends_with("archive_mode = 'off'"),
+        "the copy does not archive into the job: {auto}"
+    );
     let (fp, in_recovery) = fingerprint_of(&d1);
     assert_eq!(fp, f1, "the state at T1: {}", r.stderr);
     assert_eq!(in_recovery, "f", "promoted");
@@ -1406,4 +1413,315 @@ case \"$1\" in --version) exec \"$REAL\" \"$@\";; esac
             d.display()
         );
     }
+}
+
+/// The base backup is placed by the server's clock, never the backing-up
+/// host's: one taken on a host a minute ahead serves a target right after
+/// it, and one taken on a host a minute behind (its `finished_at` before
+/// the target) is not picked for a target it does not reach, so no row
+/// committed after the target comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn base_backups_are_chosen_by_the_servers_clock_whatever_the_backing_up_hosts_says() {
+    let Setup {
+        root, bucket, w, c, ..
+    } = setup("").await;
+    c.psql("CREATE TABLE ledger (id bigint PRIMARY KEY, note text)");
+    c.psql("INSERT INTO ledger SELECT g, 'base' FROM generate_series(1, 300) g");
+    let ahead = Run::from(
+        w.command_via(&["faketime", "-f", "+1m"], &["run", "db"])
+            .output()
+            .unwrap(),
+    );
+    ahead.ok();
+    let ahead_id = ahead.stdout.trim().to_owned();
+    let m = manifest_of(&bucket, &ahead_id).await;
+    let server_stop =
+        chrono::DateTime::parse_from_rfc3339(m["physical"]["server_stopped_at"].as_str().unwrap())
+            .unwrap();
+    let host_finish =
+        chrono::DateTime::parse_from_rfc3339(m["finished_at"].as_str().unwrap()).unwrap();
+    assert!(
+        (host_finish - server_stop).num_seconds() >= 50,
+        "the host's clock ran ahead of the server's: {m}"
+    );
+
+    c.psql("INSERT INTO ledger SELECT g, 'before the target' FROM generate_series(301, 600) g");
+    archive_now(&c, &bucket).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let t = chrono::Utc::now();
+    let want = c.fingerprint();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.psql("INSERT INTO ledger SELECT g, 'after the target' FROM generate_series(601, 900) g");
+    c.psql("DELETE FROM ledger WHERE id <= 100");
+    archive_now(&c, &bucket).await;
+    let behind = Run::from(
+        w.command_via(&["faketime", "-f", "-1m"], &["run", "db"])
+            .output()
+            .unwrap(),
+    );
+    behind.ok();
+    let behind_id = behind.stdout.trim().to_owned();
+    let m = manifest_of(&bucket, &behind_id).await;
+    let host_finish =
+        chrono::DateTime::parse_from_rfc3339(m["finished_at"].as_str().unwrap()).unwrap();
+    assert!(
+        host_finish < t,
+        "the second backup's host says it ended before the target: {m}"
+    );
+    c.psql("INSERT INTO ledger SELECT g, 'later' FROM generate_series(901, 950) g");
+    archive_now(&c, &bucket).await;
+
+    let d = root.join("at-t");
+    let r = restore_db(&w, &["--at", &t.to_rfc3339(), "--json"], &d);
+    r.ok();
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["plan"]["backup_id"], ahead_id.as_str(), "{report}");
+    assert_eq!(
+        fingerprint_of(&d).0,
+        want,
+        "exactly the rows committed by the target"
+    );
+    // After the second backup's end on the server's clock, it is the one.
+    let d = root.join("latest");
+    let r = restore_db(&w, &["--latest", "--dry-run", "--json"], &d);
+    r.ok();
+    let plan: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(plan["backup_id"], behind_id.as_str(), "{plan}");
+}
+
+/// A backup's manifest as stored (the bucket is not encrypted at that level).
+async fn manifest_of(bucket: &str, id: &str) -> serde_json::Value {
+    serde_json::from_slice(&s3().get(bucket, &format!("db/{id}/manifest.json")).await).unwrap()
+}
+
+/// A restored copy started as-is does not archive into the job; one
+/// restored with --keep-archiving does, beside the primary that goes on:
+/// `wal list`, `verify` and the daemon warn that the timelines diverged,
+/// `--latest` still restores the primary's data, and `--timeline 2` the
+/// copy's.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restored_copy_does_not_archive_unless_asked_and_restores_follow_the_primarys_timeline() {
+    let Setup {
+        root, bucket, w, c, ..
+    } = setup("").await;
+    // The cluster's own configuration archives into the job, as a
+    // packaged server's would: a restored directory carries it.
+    let script = w.dir.join("archive.sh");
+    c.psql("ALTER SYSTEM SET wal_level = 'replica'");
+    c.psql("ALTER SYSTEM SET archive_mode = 'on'");
+    c.psql(&format!(
+        "ALTER SYSTEM SET archive_command = '{} %p'",
+        script.display()
+    ));
+    c.psql("CREATE TABLE ledger (id bigint PRIMARY KEY, note text)");
+    c.psql("INSERT INTO ledger SELECT g, 'base' FROM generate_series(1, 1000) g");
+    w.drctl(&["run", "db"]).ok();
+    c.psql("INSERT INTO ledger SELECT g, 'archived' FROM generate_series(1001, 2000) g");
+    archive_now(&c, &bucket).await;
+    let on_timeline = |tli: &str, names: &[String]| names.iter().any(|n| n.starts_with(tli));
+
+    // Restored by default and started as-is: archive_mode is off, it
+    // stores nothing.
+    let d1 = root.join("plain-copy");
+    let r = restore_db(&w, &["--latest"], &d1);
+    r.ok();
+    assert!(
+        r.stderr.contains("it does not archive"),
+        "the closing message says so: {}",
+        r.stderr
+    );
+    let copy = Cluster::start(&d1, free_port(), "");
+    assert_eq!(copy.psql("SHOW archive_mode"), "off");
+    copy.psql("INSERT INTO ledger SELECT g, 'plain copy' FROM generate_series(5001, 5100) g");
+    copy.psql("SELECT pg_switch_wal()");
+    drop(copy);
+    let names = stored_wal(&bucket).await;
+    assert!(!on_timeline("00000002", &names), "{names:?}");
+
+    // --keep-archiving: started as-is, it archives timeline 2.
+    let d2 = root.join("archiving-copy");
+    let r = restore_db(&w, &["--latest", "--keep-archiving"], &d2);
+    r.ok();
+    let copy = Cluster::start(&d2, free_port(), "");
+    assert_eq!(copy.psql("SHOW archive_mode"), "on");
+    copy.psql("INSERT INTO ledger SELECT g, 'copy' FROM generate_series(6001, 6300) g");
+    archive_now(&copy, &bucket).await;
+    let copy_fp = copy.fingerprint();
+    drop(copy);
+    let names = stored_wal(&bucket).await;
+    assert!(names.contains(&"00000002.history".to_string()), "{names:?}");
+
+    // The primary goes on (a second later: the store's times are seconds).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.psql("INSERT INTO ledger SELECT g, 'primary' FROM generate_series(2001, 3000) g");
+    archive_now(&c, &bucket).await;
+    let primary_fp = c.fingerprint();
+    assert_ne!(primary_fp, copy_fp);
+
+    let r = w.drctl(&["wal", "list", "--job", "db"]);
+    r.ok();
+    assert!(r.stdout.contains("wal_timelines_diverged"), "{}", r.stdout);
+    let r = w.drctl(&["verify", "--job", "db"]);
+    r.ok();
+    assert!(
+        r.stdout.contains("WARN wal_timelines_diverged"),
+        "{}",
+        r.stdout
+    );
+    {
+        let _d = Daemon::start(&w);
+        wait_until(
+            Duration::from_secs(30),
+            "the daemon's wal_timelines_diverged alert",
+            || active_alerts(&w).contains(&"wal_timelines_diverged:db".to_string()),
+        );
+    }
+
+    // --latest: the primary's timeline, whatever the copy's number.
+    let d3 = root.join("latest");
+    let r = restore_db(&w, &["--latest", "--json"], &d3);
+    r.ok();
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["plan"]["target_timeline"], 1, "{report}");
+    assert_eq!(report["archiving_off"], true, "{report}");
+    assert_ne!(
+        report["timeline"], 2,
+        "promoted past every timeline in the archive: {report}"
+    );
+    assert_eq!(fingerprint_of(&d3).0, primary_fp);
+    // --timeline 2: the copy's.
+    let d4 = root.join("copy-timeline");
+    let r = restore_db(&w, &["--latest", "--timeline", "2", "--json"], &d4);
+    r.ok();
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["plan"]["target_timeline"], 2, "{report}");
+    assert_eq!(fingerprint_of(&d4).0, copy_fp);
+    // A timeline the archive does not hold: refused by number.
+    let r = restore_db(&w, &["--latest", "--timeline", "9"], &root.join("nine"));
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert!(
+        r.stderr.contains("timeline 9 is not in the archive"),
+        "{}",
+        r.stderr
+    );
+    drop(c);
+}
+
+/// A WAL object deleted behind its record (the record still listed) is a
+/// gap the daemon's own check sees and keeps firing, `wal list` names, and
+/// a dry run refuses; a segment damaged in place (same size), which only
+/// decoding finds, keeps the `wal_gap` that `verify --deep` raised through
+/// the daemon's checks.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wal_object_missing_or_damaged_behind_its_record_keeps_wal_gap_and_refuses_the_dry_run() {
+    let Setup {
+        root, bucket, w, c, ..
+    } = setup("").await;
+    c.psql("CREATE TABLE ledger (id bigint PRIMARY KEY, note text)");
+    c.psql("INSERT INTO ledger SELECT g, 'base' FROM generate_series(1, 300) g");
+    w.drctl(&["run", "db"]).ok();
+    for i in 1..=3 {
+        c.psql(&format!(
+            "INSERT INTO ledger SELECT g, 'batch' FROM generate_series({}, {}) g",
+            i * 1000,
+            i * 1000 + 99
+        ));
+        archive_now(&c, &bucket).await;
+    }
+    let mut segs: Vec<String> = stored_wal(&bucket)
+        .await
+        .into_iter()
+        .filter(|n| n.len() == 24)
+        .collect();
+    segs.sort();
+
+    // Damaged in place: verify --deep finds it and raises wal_gap; the
+    // daemon's listing cannot see it, and must not resolve it.
+    let damaged = segs[segs.len() - 3].clone();
+    let key = wal_objects(&bucket, &damaged).await.remove(0);
+    let mut bytes = s3().get(&bucket, &key).await;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    s3().put(&bucket, &key, bytes).await;
+    let r = w.drctl(&["verify", "--job", "db", "--deep"]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(
+        r.stdout.contains(&format!("FAIL {damaged}")),
+        "{}",
+        r.stdout
+    );
+    assert!(active_alerts(&w).contains(&"wal_gap:db".to_string()));
+    {
+        let d = Daemon::start(&w);
+        wait_until(Duration::from_secs(30), "the daemon's WAL check", || {
+            d.log().contains("WAL chain checked")
+        });
+        assert!(
+            active_alerts(&w).contains(&"wal_gap:db".to_string()),
+            "{}",
+            d.log()
+        );
+    }
+
+    // Deleted behind its record.
+    let victim = segs[segs.len() - 2].clone();
+    for k in wal_objects(&bucket, &victim).await {
+        s3().client()
+            .await
+            .delete_object()
+            .bucket(&bucket)
+            .key(&k)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert!(
+        stored_wal(&bucket).await.contains(&victim),
+        "the record stays"
+    );
+    let r = w.drctl(&["wal", "list", "--job", "db", "--json"]);
+    r.ok();
+    let list: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(
+        list["missing_objects"][0]
+            .as_str()
+            .unwrap()
+            .starts_with(&victim),
+        "{list}"
+    );
+    let d = root.join("dry");
+    let r = restore_db(&w, &["--latest", "--dry-run"], &d);
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert!(
+        r.stderr.contains(&format!("WAL gap: {victim}")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("no object in the repository"),
+        "{}",
+        r.stderr
+    );
+    assert!(!d.exists());
+    // A fresh state: only the daemon's own check can raise it.
+    let fresh = w.dir.join("state");
+    std::fs::remove_dir_all(&fresh).unwrap();
+    {
+        let _d = Daemon::start(&w);
+        wait_until(
+            Duration::from_secs(30),
+            "the daemon's wal_gap alert for an object missing behind its record",
+            || active_alerts(&w).contains(&"wal_gap:db".to_string()),
+        );
+    }
+    drop(c);
+}
+
+/// The stored objects (not the record) of WAL file `name`.
+async fn wal_objects(bucket: &str, name: &str) -> Vec<String> {
+    s3().keys(bucket, &format!("db/wal/{name}."))
+        .await
+        .into_iter()
+        .filter(|k| !k.ends_with(".json"))
+        .collect()
 }

@@ -183,6 +183,25 @@ pub struct PhysicalSource {
     /// beside them; none for most clusters, whose `base.tar` holds all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tablespaces: Vec<PhysicalTablespace>,
+    /// The server's clock just before the backup started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_started_at: Option<DateTime<Utc>>,
+    /// The server's clock once pg_basebackup had ended: the backup's stop
+    /// record was written before it, so a recovery from this backup can
+    /// stop at any time at or after it. The backing-up host's clock
+    /// (`finished_at`) may be off by any amount; this one is the clock
+    /// the commit timestamps recovery compares with are taken from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_stopped_at: Option<DateTime<Utc>>,
+}
+
+impl PhysicalSource {
+    /// The earliest time a recovery from this backup can stop at: the
+    /// server's clock after the backup, else (manifests written before
+    /// drctl recorded it) the backing-up host's `finished_at`.
+    pub fn consistent_at(&self, finished_at: DateTime<Utc>) -> DateTime<Utc> {
+        self.server_stopped_at.unwrap_or(finished_at)
+    }
 }
 
 /// A tablespace of a base backup: where it lived and which artifact holds it.
@@ -463,6 +482,8 @@ mod tests {
                 location: "/t".into(),
                 artifact: "16386.tar.zst".into(),
             }],
+            server_started_at: None,
+            server_stopped_at: None,
         });
         let e = Manifest::parse(&m.to_json(), "k").unwrap_err();
         assert!(

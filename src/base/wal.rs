@@ -379,6 +379,70 @@ pub fn prunable(names: &[String], oldest_start: Lsn, segment_bytes: u64) -> Vec<
         .collect()
 }
 
+/// Timelines that kept receiving WAL together after one branched off
+/// the other (pure): a restored copy archiving into the job while the
+/// primary still does, or two servers promoted from one. Read from the
+/// listing alone (names and store times: no history file is decrypted):
+/// a child timeline `C` begins at its lowest stored segment; its parent
+/// is the highest lower timeline holding a segment at or before that;
+/// they diverged when the parent stored a segment from the branch's on
+/// (it holds WAL past the branch point) once the child's first file
+/// (history or segment) was stored (the same second counts: stores list
+/// times to the second, and a restore takes longer), and the child
+/// holds a segment. A branch made by restoring to an earlier point leaves
+/// the parent's later segments stored before the child existed: not
+/// flagged. One line each, naming both timelines' newest segments.
+pub fn diverged(
+    segments: &[(Segment, DateTime<Utc>)],
+    histories: &BTreeMap<u32, DateTime<Utc>>,
+    segment_bytes: u64,
+) -> Vec<String> {
+    let mut tlis: Vec<u32> = segments.iter().map(|(s, _)| s.tli).collect();
+    tlis.sort_unstable();
+    tlis.dedup();
+    let newest = |tli: u32| {
+        segments
+            .iter()
+            .filter(|(s, _)| s.tli == tli)
+            .max_by_key(|(s, _)| s.segno)
+            .map(|(s, _)| s.name(segment_bytes))
+            .unwrap_or_default()
+    };
+    let mut out = Vec::new();
+    for &child in &tlis {
+        let own: Vec<&(Segment, DateTime<Utc>)> =
+            segments.iter().filter(|(s, _)| s.tli == child).collect();
+        let Some(first) = own.iter().map(|(s, _)| s.segno).min() else {
+            continue;
+        };
+        let born = own
+            .iter()
+            .map(|(_, t)| *t)
+            .chain(histories.get(&child).copied())
+            .min();
+        let parent = segments
+            .iter()
+            .filter(|(s, _)| s.tli < child && s.segno <= first)
+            .map(|(s, _)| s.tli)
+            .max();
+        let (Some(parent), Some(born)) = (parent, born) else {
+            continue;
+        };
+        if segments
+            .iter()
+            .any(|(s, t)| s.tli == parent && s.segno >= first && *t >= born)
+        {
+            out.push(format!(
+                "timeline {parent} kept receiving WAL after timeline {child} branched off it (in segment {}): {parent}'s newest is {}, {child}'s newest is {}; two servers archive into this job",
+                Segment { tli: parent, segno: first }.name(segment_bytes),
+                newest(parent),
+                newest(child)
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,5 +627,42 @@ mod tests {
                 "000000010000000000000002.00000028.backup"
             ]
         );
+    }
+
+    #[test]
+    fn timelines_that_both_grow_after_a_branch_are_flagged_and_a_rewind_is_not() {
+        let at = |m: i64| DateTime::from_timestamp(1_800_000_000 + m * 60, 0).unwrap();
+        let seg = |tli: u32, segno: u64, m: i64| (Segment { tli, segno }, at(m));
+        // A rewind: timeline 1 ran to segment 9, the restore branched in
+        // segment 5 later, and only timeline 2 grew since.
+        let rewind = vec![
+            seg(1, 3, 0),
+            seg(1, 4, 1),
+            seg(1, 5, 2),
+            seg(1, 9, 3),
+            seg(2, 5, 10),
+            seg(2, 6, 11),
+        ];
+        let h = BTreeMap::from([(2, at(9))]);
+        assert!(diverged(&rewind, &h, MB16).is_empty());
+        // A restored copy archiving while the primary goes on.
+        let mut both = rewind.clone();
+        both.push(seg(1, 10, 12));
+        // The parent's segment holding the branch point, stored after the
+        // child was born: the primary went on writing it.
+        let mut same = vec![seg(1, 3, 0), seg(1, 4, 1), seg(2, 5, 10)];
+        assert!(diverged(&same, &h, MB16).is_empty());
+        same.push(seg(1, 5, 12));
+        assert_eq!(diverged(&same, &h, MB16).len(), 1);
+        let d = diverged(&both, &h, MB16);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(
+            d[0].contains("timeline 1 kept receiving WAL after timeline 2"),
+            "{d:?}"
+        );
+        assert!(d[0].contains("00000001000000000000000A"), "{d:?}");
+        // The history alone stored, no segment of the child yet: not yet.
+        let only_history = vec![seg(1, 3, 0), seg(1, 5, 2), seg(1, 9, 12)];
+        assert!(diverged(&only_history, &h, MB16).is_empty());
     }
 }

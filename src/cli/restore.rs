@@ -37,6 +37,17 @@ pub struct Args {
     /// location (repeatable; pg_basebackup's --tablespace-mapping)
     #[arg(long, value_name = "OLD=NEWDIR", value_parser = restore::pitr::parse_tablespace_mapping, requires = "to_datadir")]
     tablespace_map: Vec<(String, PathBuf)>,
+    /// postgres_physical jobs: recover along this timeline [default: the
+    /// one the job's server archives now, i.e. whose WAL was stored last;
+    /// never a restored copy's that stopped archiving]
+    #[arg(long, value_name = "N", requires = "to_datadir")]
+    timeline: Option<u32>,
+    /// postgres_physical jobs: leave the restored directory archiving as
+    /// the backed-up server did [default: archive_mode = 'off' is written
+    /// into its postgresql.auto.conf, so that a copy started as-is never
+    /// archives into the job]
+    #[arg(long, requires = "to_datadir")]
+    keep_archiving: bool,
     /// Undo the last restore of the job's own database: swap its newest
     /// safety copy (<db>_pre_restore_<ts>) back; the replaced database
     /// becomes a safety copy in its turn
@@ -186,6 +197,8 @@ async fn exec_pitr(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         parallel: a.jobs.max(4),
         tablespace_map: a.tablespace_map,
         tablespaces_under: None,
+        timeline: a.timeline,
+        keep_archiving: a.keep_archiving,
     };
     let mut plan = restore::pitr::plan(cfg, &req).await?;
     if plan.estimate.is_none() {
@@ -226,6 +239,18 @@ async fn exec_pitr(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         report.timeline.map_or_else(|| "?".into(), |t| t.to_string())
     );
     eprintln!("the data directory is a stopped, promoted cluster: start it with its service (or pg_ctl start -D DIR)");
+    if a.keep_archiving {
+        eprintln!(
+            "it archives as the backed-up server did (--keep-archiving): started, it stores timeline {} into job {}",
+            report.timeline.map_or_else(|| "?".into(), |t| t.to_string()),
+            report.plan.job
+        );
+    } else {
+        eprintln!(
+            "it does not archive: archive_mode = 'off' is written at the end of its postgresql.auto.conf, so it never mixes a second timeline into job {}'s archive; to make it the new primary, delete those lines and restart it (README: \"Promoting a restored copy\")",
+            report.plan.job
+        );
+    }
     Ok(())
 }
 

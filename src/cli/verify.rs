@@ -103,6 +103,9 @@ pub fn print(s: &Summary, json: bool) -> anyhow::Result<()> {
         for d in &w.damaged {
             println!("       FAIL {d}");
         }
+        for d in &w.diverged {
+            println!("       WARN wal_timelines_diverged: {d}");
+        }
     }
     for j in &s.without_backups {
         println!("none {j}: no committed backup yet");

@@ -80,6 +80,12 @@ pub async fn exec(cfg: &LoadedConfig, c: WalCommand) -> anyhow::Result<()> {
             for g in &s.gaps {
                 println!("GAP {g}");
             }
+            for m in &s.missing_objects {
+                println!("MISSING {m}");
+            }
+            for d in &s.diverged {
+                println!("WARNING wal_timelines_diverged: {d}");
+            }
             Ok(())
         }
     }

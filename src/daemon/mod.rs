@@ -786,7 +786,8 @@ async fn rpo_worker(d: Arc<Daemon>) {
 /// How often the daemon looks for gaps in each physical job's WAL chain.
 const WAL_CHAIN_EVERY: Duration = Duration::from_secs(30);
 
-/// Look at a physical job's WAL chain and raise or clear `wal_gap:JOB`.
+/// Look at a physical job's WAL chain and raise or clear `wal_gap:JOB`
+/// and `wal_timelines_diverged:JOB`.
 async fn wal_chain(cfg: &crate::config::LoadedConfig, state: &State, job: &str) {
     let checked = async {
         let (name, jc, _) = crate::engine::wal::physical_job(cfg, Some(job))?;
@@ -794,11 +795,38 @@ async fn wal_chain(cfg: &crate::config::LoadedConfig, state: &State, job: &str) 
         let repo =
             crate::services::repository::Repository::open(repo_name, cfg.repository(repo_name)?)
                 .await?;
-        crate::engine::wal::check(cfg, &repo, &name, crate::engine::wal::Depth::Chain, None).await
+        let mut c =
+            crate::engine::wal::check(cfg, &repo, &name, crate::engine::wal::Depth::Chain, None)
+                .await?;
+        if c.ok() {
+            // The listing cannot see a damaged object that `verify` found:
+            // before resolving, read those files again as verify did.
+            let key = format!("wal_gap:{job}");
+            let named: Vec<String> = crate::services::alerts::active(state)
+                .await?
+                .into_iter()
+                .filter(|a| a.key == key && a.state.active())
+                .filter_map(|a| a.detail)
+                .flat_map(|d| crate::engine::wal::damaged_in(&d))
+                .collect();
+            if !named.is_empty() {
+                c.damaged = crate::engine::wal::recheck(cfg, &repo, &name, &named).await?;
+            }
+        }
+        Ok::<_, Error>(c)
     }
     .await;
     match checked {
-        Ok(c) => crate::engine::wal::alert_gaps(cfg, state, &c).await,
+        Ok(c) => {
+            tracing::debug!(
+                job,
+                gaps = c.gaps.len(),
+                damaged = c.damaged.len(),
+                diverged = c.diverged.len(),
+                "WAL chain checked"
+            );
+            crate::engine::wal::alert_gaps(cfg, state, &c).await;
+        }
         Err(e) => tracing::warn!(job, error = %e, "cannot check the WAL chain"),
     }
 }

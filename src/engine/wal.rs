@@ -375,6 +375,39 @@ impl Archive {
         self.files.values().filter_map(|o| o.modified).max()
     }
 
+    /// Timelines that kept receiving WAL together after a branch
+    /// ([`crate::base::wal::diverged`] over this listing).
+    pub fn diverged(&self, segment_bytes: u64) -> Vec<String> {
+        let segs: Vec<_> = self
+            .files
+            .iter()
+            .filter_map(|(n, o)| {
+                let n = n.strip_suffix(".partial").unwrap_or(n);
+                Some((
+                    crate::base::wal::Segment::parse(n, segment_bytes)?,
+                    o.modified?,
+                ))
+            })
+            .collect();
+        let histories = self
+            .files
+            .iter()
+            .filter_map(|(n, o)| match classify(n) {
+                Some(WalName::History(tli)) => Some((tli, o.modified?)),
+                _ => None,
+            })
+            .collect();
+        crate::base::wal::diverged(&segs, &histories, segment_bytes)
+    }
+
+    /// Committed files whose object is not in the listing, among `names`.
+    pub fn without_object<'a>(&self, names: impl Iterator<Item = &'a String>) -> Vec<String> {
+        names
+            .filter(|n| !self.stored.contains_key(*n))
+            .map(|n| format!("{n}: named by its record but missing from the repository"))
+            .collect()
+    }
+
     /// The stored segments (not history, partial or backup files).
     pub fn segments(&self, segment_bytes: u64) -> Vec<crate::base::wal::Segment> {
         self.files
@@ -557,6 +590,11 @@ pub struct Summary {
     pub newest_stored_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Missing runs between stored segments (`A..B`).
     pub gaps: Vec<String>,
+    /// Committed files whose object is missing from the listing.
+    pub missing_objects: Vec<String>,
+    /// Timelines that both kept receiving WAL after a branch (two servers
+    /// archiving into the job: a restored copy left archiving).
+    pub diverged: Vec<String>,
 }
 
 /// The job's WAL archive at a glance, with its gaps.
@@ -581,6 +619,8 @@ pub async fn summary(cfg: &crate::config::LoadedConfig, job: Option<&str>) -> Re
         last: segs.last().map(|s| s.name(bytes)),
         newest_stored_at: archive.newest(),
         gaps,
+        missing_objects: archive.without_object(archive.files.keys()),
+        diverged: archive.diverged(bytes),
     })
 }
 
@@ -612,6 +652,9 @@ pub struct WalCheck {
     pub gaps: Vec<String>,
     /// Files whose record or object is wrong (`name: why`).
     pub damaged: Vec<String>,
+    /// Timelines that both kept receiving WAL after a branch: a warning,
+    /// not a failure (`wal_timelines_diverged`).
+    pub diverged: Vec<String>,
     /// Decoded to the end and checked against the file's own SHA-256.
     pub deep: bool,
 }
@@ -626,7 +669,8 @@ impl WalCheck {
 /// How far [`check`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Depth {
-    /// The listing only: gaps in the chain (the daemon, every minute).
+    /// The listing only: gaps in the chain, and files whose record is
+    /// listed without an object (the daemon, every 30 s).
     Chain,
     /// Each file's record, and its object's size in the listing (`verify`).
     Records,
@@ -689,6 +733,17 @@ pub async fn check(
         .collect();
     let tmp = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
     let mut damaged = Vec::new();
+    if depth == Depth::Chain {
+        // What the listing alone shows of the files the other depths read:
+        // an object deleted behind its record.
+        damaged = archive.without_object(archive.files.keys().filter(|n| {
+            match classify(n) {
+                Some(WalName::History(_)) => true,
+                _ => crate::base::wal::Segment::parse(n.get(..24).unwrap_or(""), bytes)
+                    .is_some_and(|s| s.segno >= from_segno),
+            }
+        }));
+    }
     for name in &wanted {
         let verdict = check_file(
             cfg,
@@ -718,8 +773,59 @@ pub async fn check(
         newest: segs.iter().max_by_key(|s| s.segno).map(|s| s.name(bytes)),
         gaps: gaps.iter().map(crate::base::wal::describe_gap).collect(),
         damaged,
+        diverged: archive.diverged(bytes),
         deep,
     })
+}
+
+/// Which of `names` (files an earlier, deeper check found damaged) still
+/// are, read again the way `verify` reads them: record, object of the
+/// recorded size, then decoded to its SHA-256. The daemon's own check
+/// sees the listing only, so before it resolves a `wal_gap` that named
+/// damaged files it asks this; a file it cannot decode (no key on this
+/// host) stays damaged until `verify --deep` passes. Files no longer
+/// committed (pruned) are gone, not damaged.
+pub async fn recheck(
+    cfg: &crate::config::LoadedConfig,
+    repo: &Repository,
+    job: &JobName,
+    names: &[String],
+) -> Result<Vec<String>> {
+    let archive = list(repo, job).await?;
+    let objects: BTreeMap<String, u64> = repo
+        .backend()
+        .list(&prefix(job))
+        .await?
+        .into_iter()
+        .map(|o| (o.key, o.size))
+        .collect();
+    let tmp = tempfile::tempdir().map_err(|e| Error::io("creating a temporary directory", e))?;
+    let mut damaged = Vec::new();
+    for name in names.iter().filter(|n| archive.has(n)) {
+        match check_file(cfg, (repo, job), name, &objects, Some(tmp.path()), None).await {
+            Ok(()) => {}
+            Err(e @ (Error::Integrity { .. } | Error::NotFound(_))) => damaged.push(format!(
+                "{name}: {}",
+                crate::base::secret::redact(&e.to_string())
+            )),
+            Err(e) => damaged.push(format!(
+                "{name}: found damaged before and not decodable here ({}); `drctl verify --job {job} --deep` with the key clears it",
+                crate::base::secret::redact(&e.to_string())
+            )),
+        }
+    }
+    Ok(damaged)
+}
+
+/// The WAL files an alert's detail names as damaged (`NAME: why` lines;
+/// `missing: A..B` gaps are the listing's to judge).
+pub fn damaged_in(detail: &str) -> Vec<String> {
+    detail
+        .lines()
+        .filter_map(|l| l.split_once(": ").map(|(n, _)| n))
+        .filter(|n| classify(n).is_some())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// One stored WAL file: its record reads, its object is listed with the
@@ -798,6 +904,35 @@ pub async fn alert_gaps(
         cond.detail = Some(lines.join("\n"));
         cond.hint = Some(format!(
             "A point-in-time restore cannot cross a gap: restores to a point after it need a base backup taken after it. Take one now (`drctl run {0}`), then find why segments went missing (the server log's archive_command errors, bucket lifecycle rules, who can delete objects); `drctl wal list --job {0}` shows the chain.",
+            c.job
+        ));
+        alerter.raise(cond).await
+    };
+    if let Err(e) = r {
+        tracing::error!(job = %c.job, error = %e, "cannot record the WAL alert");
+    }
+    let key = format!("wal_timelines_diverged:{}", c.job);
+    let r = if c.diverged.is_empty() {
+        alerter
+            .clear(
+                &key,
+                format!("one timeline of {} receives WAL again", c.job),
+            )
+            .await
+    } else {
+        let mut cond = Condition::new(
+            "wal_timelines_diverged",
+            &c.job,
+            Severity::Warning,
+            format!(
+                "two servers archive into job {}: timelines diverged after a branch",
+                c.job
+            ),
+        );
+        cond.job = Some(c.job.clone());
+        cond.detail = Some(c.diverged.join("\n"));
+        cond.hint = Some(format!(
+            "A restored copy (or a second promoted server) archives into the job beside the primary. Stop the one that is not the primary, or set archive_mode = off on it; restores follow the timeline stored last unless given --timeline N (`drctl wal list --job {}` shows both).",
             c.job
         ));
         alerter.raise(cond).await

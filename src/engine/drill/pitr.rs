@@ -137,6 +137,8 @@ pub(super) async fn phases(
         parallel: 4,
         tablespace_map: Vec::new(),
         tablespaces_under: Some(dir.join("tablespaces")),
+        timeline: None,
+        keep_archiving: false,
     };
     opts.progress.set_phase("fetch", 0);
     let window = pitr::plan(cfg, &req)

@@ -24,6 +24,7 @@ use crate::base::manifest::{Artifact, PhysicalSource, PhysicalTablespace, TABLES
 use crate::base::wal::Lsn;
 use crate::config::{PhysicalJob, WalMode};
 use crate::services::pg::{PgTarget, PgTools, SqlSession};
+use chrono::{DateTime, Utc};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct Cluster {
     pub archive_command: String,
     /// Tablespaces besides `pg_default` and `pg_global`.
     pub tablespaces: Vec<Tablespace>,
+    /// The server's clock when this was read.
+    pub now: DateTime<Utc>,
 }
 
 /// A tablespace outside the data directory, as the cluster describes it.
@@ -83,7 +86,8 @@ pub async fn cluster(tools: &PgTools, target: &PgTarget) -> Result<Cluster> {
                     (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'),
                     current_setting('archive_mode'), current_setting('archive_command'),
                     (SELECT json_agg(json_build_object('oid', oid::bigint, 'name', spcname, 'location', pg_tablespace_location(oid)) ORDER BY oid)::text
-                       FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global'))",
+                       FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')),
+                    extract(epoch FROM clock_timestamp())::text",
         )
         .await?
         .into_iter()
@@ -110,7 +114,28 @@ pub async fn cluster(tools: &PgTools, target: &PgTarget) -> Result<Cluster> {
         archive_mode: col(4),
         archive_command: col(5),
         tablespaces: parse_tablespaces(&col(6))?,
+        now: parse_epoch(&col(7))?,
     })
+}
+
+/// The server's clock, read after a backup: the moment its stop record
+/// is known to be written by.
+pub async fn server_now(tools: &PgTools, target: &PgTarget) -> Result<DateTime<Utc>> {
+    let mut s = SqlSession::open(tools, target).await?;
+    let v = s
+        .scalar("SELECT extract(epoch FROM clock_timestamp())::text")
+        .await;
+    let _ = s.close().await;
+    parse_epoch(&v?.unwrap_or_default())
+}
+
+/// `extract(epoch ...)::text` (seconds since 1970, with a fraction).
+fn parse_epoch(text: &str) -> Result<DateTime<Utc>> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite())
+        .and_then(|s| DateTime::from_timestamp_micros((s * 1e6).round() as i64))
+        .ok_or_else(|| Error::Other(format!("unexpected server time {text:?}")))
 }
 
 /// Why the cluster's WAL does not reach the repository the way `wal` says,
@@ -189,7 +214,16 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PhysicalJob) -> Result<BackupOutp
             taken.stderr.lines().last().unwrap_or("no output")
         ))
     })?;
-    tracing::info!(job = %ctx.job, start = %start_lsn, stop = %stop_lsn, timeline, tablespaces = taken.tablespaces.len(), "base backup taken");
+    // The stop record is written by now on the server's clock: what a
+    // recovery target time is compared with. Without it the backup could
+    // only be placed by this host's clock, which may be off; a run that
+    // cannot read it fails rather than record a guess.
+    let stopped = server_now(&tools, &target).await.map_err(|e| {
+        Error::Other(format!(
+            "the base backup was taken but the server's clock could not be read after it ({e}); without it a restore to a time could pick this backup for a moment it does not reach"
+        ))
+    })?;
+    tracing::info!(job = %ctx.job, start = %start_lsn, stop = %stop_lsn, timeline, tablespaces = taken.tablespaces.len(), server_stopped_at = %stopped, "base backup taken");
     Ok(BackupOutput {
         physical: Some(PhysicalSource {
             engine: "postgresql".into(),
@@ -203,6 +237,8 @@ pub async fn backup(ctx: &BackupCtx<'_>, job: &PhysicalJob) -> Result<BackupOutp
             tool_version: version.text,
             wal_method: "fetch".into(),
             tablespaces: taken.tablespaces,
+            server_started_at: Some(c.now),
+            server_stopped_at: Some(stopped),
         }),
         artifacts: taken.artifacts,
         output: taken.stderr,
@@ -466,6 +502,7 @@ pg_basebackup: base backup completed";
             archive_mode: "off".into(),
             archive_command: String::new(),
             tablespaces: Vec::new(),
+            now: DateTime::UNIX_EPOCH,
         };
         assert!(archiving_problem(WalMode::ArchiveCommand, &c)
             .unwrap()

@@ -76,6 +76,14 @@ pub struct PitrRequest {
     /// (`DIR/OID`): a drill's throwaway cluster never touches the host's
     /// own tablespace directories.
     pub tablespaces_under: Option<PathBuf>,
+    /// `--timeline N`: recover along this timeline instead of the one the
+    /// job's server archives now ([`pick_timeline`]).
+    pub timeline: Option<u32>,
+    /// `--keep-archiving`: leave the restored directory's archiving as the
+    /// backed-up server had it. By default `archive_mode = 'off'` is
+    /// written, so that a copy started as-is never archives a second
+    /// timeline into the job.
+    pub keep_archiving: bool,
 }
 
 /// Parse `--tablespace-map OLD=NEW` (pure).
@@ -175,7 +183,8 @@ pub struct PitrPlan {
     pub repository: String,
     /// The base backup.
     pub backup_id: String,
-    /// When it finished (the earliest time it can be recovered to).
+    /// When it finished on the server's clock (the earliest time it can
+    /// be recovered to).
     pub backup_finished_at: DateTime<Utc>,
     /// Where its replay starts.
     pub start_lsn: String,
@@ -298,6 +307,9 @@ pub struct PitrReport {
     pub reached_target: bool,
     /// The timeline the restored cluster is on.
     pub timeline: Option<u32>,
+    /// `archive_mode = 'off'` was written into the restored directory
+    /// (false with `--keep-archiving`).
+    pub archiving_off: bool,
     /// Seconds fetching and extracting the base backup.
     pub base_seconds: f64,
     /// Seconds fetching WAL.
@@ -337,59 +349,194 @@ pub struct Choice {
 /// Stored segment facts the choice reads: name → store time.
 pub type Stored<'a> = &'a std::collections::BTreeMap<String, DateTime<Utc>>;
 
+/// The timeline a recovery ends on when none is asked for (pure): of the
+/// timelines some stored base backup lies on the history of, the one whose
+/// own files (segments and history) were stored last (on a tie, the newest
+/// base backup's, then the higher).
+/// That is the timeline the job's server is archiving now: a copy restored
+/// from the job that archived a few files into it and stopped, or still
+/// runs beside the primary, is not followed (PostgreSQL's `latest` would
+/// follow the highest number). Timeline 1 when nothing is stored.
+pub fn pick_timeline(
+    bases: &[Base],
+    stored: Stored<'_>,
+    histories: &std::collections::BTreeMap<u32, Vec<(u32, Lsn)>>,
+    bytes: u64,
+) -> u32 {
+    let mut last: std::collections::BTreeMap<u32, DateTime<Utc>> = Default::default();
+    for (n, t) in stored {
+        let tli = match wal::classify(n) {
+            Some(WalName::History(tli)) => tli,
+            Some(WalName::Segment) => match Segment::parse(n, bytes) {
+                Some(s) => s.tli,
+                None => continue,
+            },
+            Some(WalName::Partial) => match n
+                .strip_suffix(".partial")
+                .and_then(|n| Segment::parse(n, bytes))
+            {
+                Some(s) => s.tli,
+                None => continue,
+            },
+            _ => continue,
+        };
+        let e = last.entry(tli).or_insert(*t);
+        *e = (*e).max(*t);
+    }
+    for b in bases {
+        last.entry(b.physical.timeline)
+            .or_insert(DateTime::<Utc>::MIN_UTC);
+    }
+    last.into_iter()
+        .filter(|(tli, _)| {
+            let path = path_of(*tli, histories);
+            bases
+                .iter()
+                .any(|b| lies_on(&path, b.physical.timeline, b.physical.stop_lsn))
+        })
+        // Stores list times to the second: on a tie, the timeline the
+        // newest base backup (taken from the job's server) is on.
+        .max_by_key(|(tli, t)| {
+            (
+                *t,
+                bases.last().map(|b| b.physical.timeline) == Some(*tli),
+                *tli,
+            )
+        })
+        .map_or(1, |(tli, _)| tli)
+}
+
+/// The timelines a recovery onto `tli` walks, from its stored history.
+fn path_of(
+    tli: u32,
+    histories: &std::collections::BTreeMap<u32, Vec<(u32, Lsn)>>,
+) -> Vec<(u32, Lsn)> {
+    wal::timeline_path(tli, histories.get(&tli).map_or(&[][..], Vec::as_slice))
+}
+
+/// Whether a base backup on timeline `tli`, consistent at `stop`, can
+/// start a recovery along `path`: its timeline is on it, and it became
+/// consistent before the path left that timeline.
+fn lies_on(path: &[(u32, Lsn)], tli: u32, stop: Lsn) -> bool {
+    path.iter()
+        .enumerate()
+        .any(|(i, (t, _))| *t == tli && path.get(i + 1).is_none_or(|(_, next)| stop <= *next))
+}
+
+/// `--timeline N` if the archive holds it, else [`pick_timeline`]'s.
+fn timeline_asked(
+    bases: &[Base],
+    stored: Stored<'_>,
+    histories: &std::collections::BTreeMap<u32, Vec<(u32, Lsn)>>,
+    timeline: Option<u32>,
+    bytes: u64,
+) -> std::result::Result<u32, String> {
+    Ok(match timeline {
+        Some(n) => {
+            let known = histories.contains_key(&n)
+                || bases.iter().any(|b| b.physical.timeline == n)
+                || stored.keys().any(|f| {
+                    wal::classify(f) == Some(WalName::Segment)
+                        && Segment::parse(f, bytes).is_some_and(|s| s.tli == n)
+                });
+            if !known {
+                let mut all: Vec<u32> = histories.keys().copied().collect();
+                all.extend(bases.iter().map(|b| b.physical.timeline));
+                all.sort_unstable();
+                all.dedup();
+                return Err(format!(
+                    "timeline {n} is not in the archive (no history file, segment or base backup of it); the archive holds timeline(s) {}",
+                    all.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            n
+        }
+        None => pick_timeline(bases, stored, histories, bytes),
+    })
+}
+
+/// Of the `usable` base backups (indices, oldest first, at least one),
+/// the newest that ended before `target`.
+fn base_for(
+    bases: &[Base],
+    usable: &[usize],
+    target: Target,
+) -> std::result::Result<usize, String> {
+    let first = usable.first().copied().unwrap_or(0);
+    Ok(match target {
+        Target::Latest => *usable.last().unwrap_or(&first),
+        Target::Time(t) => usable
+            .iter()
+            .rev()
+            .copied()
+            .find(|&i| bases[i].physical.consistent_at(bases[i].manifest.finished_at) <= t)
+            .ok_or_else(|| {
+                let b = &bases[first];
+                format!(
+                    "{} is before the oldest base backup's end ({} on the server's clock, backup {}): nothing can be restored to it",
+                    Target::Time(t),
+                    b.physical
+                        .consistent_at(b.manifest.finished_at)
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    b.manifest.id
+                )
+            })?,
+        Target::Lsn(l) => usable
+            .iter()
+            .rev()
+            .copied()
+            .find(|&i| bases[i].physical.stop_lsn <= l)
+            .ok_or_else(|| {
+                let b = &bases[first];
+                format!(
+                    "LSN {l} is before the oldest base backup's end ({}, backup {})",
+                    b.physical.stop_lsn, b.manifest.id
+                )
+            })?,
+    })
+}
+
 /// Choose the base backup and the WAL a recovery to `target` needs, or say
 /// why it cannot be done (pure: bases sorted oldest first, the stored
-/// files with their store times, the timeline histories read).
+/// files with their store times, the timeline histories read; `timeline`:
+/// the one asked for, else [`pick_timeline`]'s). Only base backups on the
+/// chosen timeline's history count: one taken on another branch cannot
+/// reach it.
 pub fn choose(
     bases: &[Base],
     stored: Stored<'_>,
     histories: &std::collections::BTreeMap<u32, Vec<(u32, Lsn)>>,
     target: Target,
+    timeline: Option<u32>,
 ) -> std::result::Result<Choice, String> {
     let Some(newest) = bases.last() else {
         return Err("no base backup of this job is stored (run the job first)".into());
     };
     let bytes = newest.physical.wal_segment_bytes;
-    let idx = match target {
-        Target::Latest => bases.len() - 1,
-        Target::Time(t) => bases
-            .iter()
-            .rposition(|b| b.manifest.finished_at <= t)
-            .ok_or_else(|| {
-                format!(
-                    "{} is before the oldest base backup's end ({}, backup {}): nothing can be restored to it",
-                    Target::Time(t),
-                    bases[0].manifest.finished_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    bases[0].manifest.id
-                )
-            })?,
-        Target::Lsn(l) => bases
-            .iter()
-            .rposition(|b| b.physical.stop_lsn <= l)
-            .ok_or_else(|| {
-                format!(
-                    "LSN {l} is before the oldest base backup's end ({}, backup {})",
-                    bases[0].physical.stop_lsn, bases[0].manifest.id
-                )
-            })?,
-    };
+    let target_timeline = timeline_asked(bases, stored, histories, timeline, bytes)?;
+    let full_path = path_of(target_timeline, histories);
+    let usable: Vec<usize> = (0..bases.len())
+        .filter(|&i| {
+            lies_on(
+                &full_path,
+                bases[i].physical.timeline,
+                bases[i].physical.stop_lsn,
+            )
+        })
+        .collect();
+    if usable.is_empty() {
+        return Err(format!(
+            "no stored base backup lies on timeline {target_timeline}'s history (the base backups are on timeline(s) {}): take one on it, or choose another with --timeline",
+            bases.iter().map(|b| b.physical.timeline.to_string()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let idx = base_for(bases, &usable, target)?;
     let base = &bases[idx];
     let p = &base.physical;
-    // The newest timeline descending from the base's: PostgreSQL's
-    // recovery_target_timeline = 'latest'.
-    let target_timeline = histories
-        .iter()
-        .filter(|(tli, h)| **tli > p.timeline && descends(h, p.timeline, p.stop_lsn))
-        .map(|(tli, _)| *tli)
-        .max()
-        .unwrap_or(p.timeline);
-    let path = wal::timeline_path(
-        target_timeline,
-        histories
-            .get(&target_timeline)
-            .map_or(&[][..], Vec::as_slice),
-    );
-    let path: Vec<(u32, Lsn)> = path.into_iter().filter(|(t, _)| *t >= p.timeline).collect();
+    let path: Vec<(u32, Lsn)> = full_path
+        .into_iter()
+        .filter(|(t, _)| *t >= p.timeline)
+        .collect();
     // The newest segment on the path that is stored (a .partial counts).
     let on_path = |s: &Segment| {
         path.iter()
@@ -489,13 +636,6 @@ fn last_segment(
     })
 }
 
-/// Whether a timeline with history `h` branched off `tli` at or after `at`
-/// (so a recovery from a backup on `tli` ending at `at` can follow it).
-fn descends(h: &[(u32, Lsn)], tli: u32, at: Lsn) -> bool {
-    h.iter()
-        .any(|(parent, switch)| *parent == tli && *switch >= at)
-}
-
 /// Everything a restore reads from the repository, once.
 struct Gathered {
     job: JobName,
@@ -526,7 +666,14 @@ async fn gather(cfg: &LoadedConfig, req: &PitrRequest) -> Result<Gathered> {
             }
         }
     }
-    bases.sort_by_key(|b| b.manifest.finished_at);
+    // By position, then the server's clock: never by the backing-up host's
+    // clock, which may be off by any amount.
+    bases.sort_by_key(|b| {
+        (
+            b.physical.stop_lsn,
+            b.physical.consistent_at(b.manifest.finished_at),
+        )
+    });
     let archive = archive::list(&repo, &job).await?;
     let mut histories = std::collections::BTreeMap::new();
     let keys_cfg = jc;
@@ -573,11 +720,36 @@ async fn read_small(
     std::fs::read_to_string(&dest).map_err(|e| Error::io(format!("reading {name}"), e))
 }
 
+/// The committed files a recovery can fetch, with their store times: a
+/// record whose object is missing from the listing does not count (a
+/// restore would fail on it halfway, and a dry run must say so first).
 fn stored_times(a: &archive::Archive) -> std::collections::BTreeMap<String, DateTime<Utc>> {
     a.files
         .iter()
+        .filter(|(n, _)| a.stored.contains_key(*n))
         .filter_map(|(n, o)| Some((n.clone(), o.modified?)))
         .collect()
+}
+
+/// A refusal, naming the files whose record is stored but whose object is
+/// not: the likely cause of a gap, and what to look for in the bucket.
+fn with_missing_objects(why: String, a: &archive::Archive) -> String {
+    let missing: Vec<&str> = a
+        .files
+        .keys()
+        .filter(|n| !a.stored.contains_key(*n))
+        .map(String::as_str)
+        .collect();
+    match missing.as_slice() {
+        [] => why,
+        [one] => format!("{why}; {one} has its record but no object in the repository"),
+        many => format!(
+            "{why}; {} files have their record but no object in the repository ({} .. {})",
+            many.len(),
+            many[0],
+            many[many.len() - 1]
+        ),
+    }
 }
 
 /// Plan a point-in-time restore (what `--dry-run` prints), or refuse it.
@@ -595,7 +767,8 @@ pub async fn plan(cfg: &LoadedConfig, req: &PitrRequest) -> Result<PitrPlan> {
 
 fn make_plan(g: &Gathered, req: &PitrRequest) -> Result<(PitrPlan, Choice)> {
     let times = stored_times(&g.archive);
-    let c = choose(&g.bases, &times, &g.histories, req.target).map_err(Error::Refused)?;
+    let c = choose(&g.bases, &times, &g.histories, req.target, req.timeline)
+        .map_err(|e| Error::Refused(with_missing_objects(e, &g.archive)))?;
     let base = &g.bases[c.base];
     let wal_stored_bytes = c
         .segments
@@ -603,7 +776,7 @@ fn make_plan(g: &Gathered, req: &PitrRequest) -> Result<(PitrPlan, Choice)> {
         .map(|n| g.archive.stored_bytes(&stored_name(&g.archive, n)))
         .sum();
     let window = match (g.bases.first(), g.archive.newest()) {
-        (Some(b), Some(w)) => Some((b.manifest.finished_at, w)),
+        (Some(b), Some(w)) => Some((b.physical.consistent_at(b.manifest.finished_at), w)),
         _ => None,
     };
     let target_text = req.target.to_string();
@@ -636,7 +809,7 @@ fn make_plan(g: &Gathered, req: &PitrRequest) -> Result<(PitrPlan, Choice)> {
         job: g.job.to_string(),
         repository: format!("{} ({})", g.repo_name, g.repo.location()),
         backup_id: base.manifest.id.to_string(),
-        backup_finished_at: base.manifest.finished_at,
+        backup_finished_at: base.physical.consistent_at(base.manifest.finished_at),
         start_lsn: base.physical.start_lsn.to_string(),
         timeline: base.physical.timeline,
         target: target_text.clone(),
@@ -708,10 +881,13 @@ fn check_empty(dir: &Path, why: impl Fn() -> String) -> Result<()> {
 const BEGIN: &str = "# drctl point-in-time restore: begin (removed after promotion)";
 const END: &str = "# drctl point-in-time restore: end";
 
-/// The recovery settings for `target` (pure).
-pub fn recovery_settings(target: Target, with_target: bool) -> String {
+/// The recovery settings for `target` on `timeline` (pure). The timeline
+/// is always a number: `latest` would follow whichever timeline has the
+/// highest number in the archive, a restored copy's as readily as the
+/// primary's.
+pub fn recovery_settings(target: Target, with_target: bool, timeline: u32) -> String {
     let mut s = format!(
-        "{BEGIN}\nrestore_command = 'cp \"drctl_wal/%f\" \"%p\"'\nrecovery_target_timeline = 'latest'\narchive_mode = 'off'\n"
+        "{BEGIN}\nrestore_command = 'cp \"drctl_wal/%f\" \"%p\"'\nrecovery_target_timeline = '{timeline}'\narchive_mode = 'off'\n"
     );
     if with_target {
         match target {
@@ -732,6 +908,19 @@ pub fn recovery_settings(target: Target, with_target: bool) -> String {
     s.push_str(END);
     s.push('\n');
     s
+}
+
+/// What a restored directory keeps in `postgresql.auto.conf` unless
+/// `--keep-archiving` is given (pure): its `postgresql.conf` still names
+/// the job in `archive_command`, and a copy started as-is would archive a
+/// second timeline into the backed-up server's archive. Settings given
+/// with `-c` or `ALTER SYSTEM` later override it; removing the lines
+/// makes the copy archive as the original did (how to promote a copy to
+/// be the primary is in the README).
+pub fn archiving_off(job: &str) -> String {
+    format!(
+        "# drctl restore: this copy does not archive into job {job} (it would mix a second timeline into the primary's archive).\n# To make it the new primary, delete these lines (or run ALTER SYSTEM RESET archive_mode) and restart it.\narchive_mode = 'off'\n"
+    )
 }
 
 /// `text` without drctl's block (pure).
@@ -833,6 +1022,10 @@ async fn restore_into(
         .iter()
         .map(|n| (stored_name(&g.archive, n), n.clone()))
         .collect();
+    // Every stored history, not only those on the path: the timeline is
+    // written as a number, so the others are never followed, but at the
+    // promotion PostgreSQL probes `N+1.history`, `N+2.history`... for a
+    // free number, and one a copy already archived must be seen as taken.
     names.extend(
         g.archive
             .files
@@ -866,7 +1059,7 @@ async fn restore_into(
     let auto = dd.join("postgresql.auto.conf");
     let original = std::fs::read_to_string(&auto).unwrap_or_default();
     let original = without_block(&original);
-    write_settings(&auto, &original, req.target, true)?;
+    write_settings(&auto, &original, req.target, true, choice.target_timeline)?;
     std::fs::write(dd.join("recovery.signal"), b"")
         .map_err(|e| Error::io("writing recovery.signal", e))?;
     // A postmaster.pid from the source never comes with pg_basebackup, but
@@ -879,7 +1072,12 @@ async fn restore_into(
     let (lines, reached_target) =
         recover_to_target(cfg, g, req, choice, tools, (&auto, &original)).await?;
     let recovery_seconds = t3.elapsed().as_secs_f64();
-    std::fs::write(&auto, original.as_bytes())
+    let kept = if req.keep_archiving {
+        original.clone()
+    } else {
+        format!("{original}{}", archiving_off(g.job.as_str()))
+    };
+    std::fs::write(&auto, kept.as_bytes())
         .map_err(|e| Error::io(format!("writing {}", auto.display()), e))?;
     let _ = std::fs::remove_dir_all(&spool);
     let _ = std::fs::remove_file(dd.join("recovery.signal"));
@@ -895,6 +1093,7 @@ async fn restore_into(
         recovery: lines,
         reached_target,
         timeline,
+        archiving_off: !req.keep_archiving,
         base_seconds,
         wal_seconds,
         recovery_seconds,
@@ -964,7 +1163,7 @@ async fn recover_to_target(
         // end of the archive is the state at the target. Recover to it
         // without the target.
         tracing::warn!("the target lies after the last archived transaction; recovering to the end of the archive, which is the state at the target");
-        write_settings(auto, original, req.target, false)?;
+        write_settings(auto, original, req.target, false, choice.target_timeline)?;
         give_to_postgres(dd)?;
         return recover(tools, dd, &log).await.map(|l| (l, false));
     }
@@ -1002,8 +1201,17 @@ fn ended_early(r: &Result<Vec<String>>) -> bool {
     matches!(r, Err(Error::Other(m)) if m.contains("recovery ended before configured recovery target was reached"))
 }
 
-fn write_settings(auto: &Path, original: &str, target: Target, with_target: bool) -> Result<()> {
-    let text = format!("{original}{}", recovery_settings(target, with_target));
+fn write_settings(
+    auto: &Path,
+    original: &str,
+    target: Target,
+    with_target: bool,
+    timeline: u32,
+) -> Result<()> {
+    let text = format!(
+        "{original}{}",
+        recovery_settings(target, with_target, timeline)
+    );
     std::fs::write(auto, text).map_err(|e| Error::io(format!("writing {}", auto.display()), e))
 }
 
@@ -1230,6 +1438,8 @@ mod tests {
                 tool_version: "x".into(),
                 wal_method: "fetch".into(),
                 tablespaces: Vec::new(),
+                server_started_at: None,
+                server_stopped_at: None,
             },
         }
     }
@@ -1251,18 +1461,25 @@ mod tests {
                 .collect::<Vec<_>>(),
         );
         // Segment i is stored at minute 5 + 3i: 2→11, 3→14, 4→17, 5→20, 6→23.
-        let c = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(15))).unwrap();
+        let c = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(15)), None).unwrap();
         assert_eq!(c.base, 0);
         assert_eq!(c.segments, [seg(1, 2), seg(1, 3), seg(1, 4)]);
         // Archiving can lag: the rest of the chain is there to fetch if
         // recovery ends before the target.
         assert_eq!(c.more, (5..=9).map(|i| seg(1, i)).collect::<Vec<_>>());
-        let c = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(22))).unwrap();
+        let c = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(22)), None).unwrap();
         assert_eq!(c.base, 1);
         assert_eq!(c.segments, [seg(1, 5), seg(1, 6)]);
-        let c = choose(&bases, &s, &BTreeMap::new(), Target::Latest).unwrap();
+        let c = choose(&bases, &s, &BTreeMap::new(), Target::Latest, None).unwrap();
         assert_eq!(c.segments.last(), Some(&seg(1, 9)));
-        let c = choose(&bases, &s, &BTreeMap::new(), Target::Lsn(Lsn(7 * MB16 + 5))).unwrap();
+        let c = choose(
+            &bases,
+            &s,
+            &BTreeMap::new(),
+            Target::Lsn(Lsn(7 * MB16 + 5)),
+            None,
+        )
+        .unwrap();
         assert_eq!(c.segments, [seg(1, 5), seg(1, 6), seg(1, 7)]);
     }
 
@@ -1274,17 +1491,24 @@ mod tests {
                 .map(|i| (seg(1, i), 5 + i as i64 * 3))
                 .collect::<Vec<_>>(),
         );
-        let e = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(5))).unwrap_err();
+        let e = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(5)), None).unwrap_err();
         assert!(e.contains("before the oldest base backup"), "{e}");
-        let e = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(60))).unwrap_err();
+        let e = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(60)), None).unwrap_err();
         assert!(e.contains("after the end of the archived WAL"), "{e}");
-        let e = choose(&bases, &s, &BTreeMap::new(), Target::Lsn(Lsn(9 * MB16))).unwrap_err();
+        let e = choose(
+            &bases,
+            &s,
+            &BTreeMap::new(),
+            Target::Lsn(Lsn(9 * MB16)),
+            None,
+        )
+        .unwrap_err();
         assert!(e.contains("past the end"), "{e}");
         s.remove(&seg(1, 4));
-        let e = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(20))).unwrap_err();
+        let e = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(20)), None).unwrap_err();
         assert!(e.contains(&format!("WAL gap: {}", seg(1, 4))), "{e}");
         // Before the gap is fine.
-        let c = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(13))).unwrap();
+        let c = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(13)), None).unwrap();
         assert!(
             c.more.is_empty(),
             "the chain stops at the gap: {:?}",
@@ -1292,13 +1516,13 @@ mod tests {
         );
         // The newest segment stored only as .partial counts.
         let mut s = stored(&[(seg(1, 2), 11), (format!("{}.partial", seg(1, 3)), 14)]);
-        let c = choose(&bases, &s, &BTreeMap::new(), Target::Latest).unwrap();
+        let c = choose(&bases, &s, &BTreeMap::new(), Target::Latest, None).unwrap();
         assert_eq!(c.segments, [seg(1, 2), seg(1, 3)]);
         s.clear();
-        assert!(choose(&bases, &s, &BTreeMap::new(), Target::Latest)
+        assert!(choose(&bases, &s, &BTreeMap::new(), Target::Latest, None)
             .unwrap_err()
             .contains("no WAL is stored"));
-        assert!(choose(&[], &s, &BTreeMap::new(), Target::Latest)
+        assert!(choose(&[], &s, &BTreeMap::new(), Target::Latest, None)
             .unwrap_err()
             .contains("no base backup"));
     }
@@ -1317,9 +1541,78 @@ mod tests {
             (seg(2, 5), 15),
             ("00000002.history".into(), 14),
         ]);
-        let c = choose(&bases, &s, &h, Target::Latest).unwrap();
+        let c = choose(&bases, &s, &h, Target::Latest, None).unwrap();
         assert_eq!(c.target_timeline, 2);
         assert_eq!(c.segments, [seg(1, 2), seg(1, 3), seg(2, 4), seg(2, 5)]);
+    }
+
+    #[test]
+    fn the_timeline_still_archiving_is_followed_and_another_is_chosen_by_number() {
+        // Base backups on timeline 1 before and after a copy restored from
+        // the first branched into timeline 2 (inside segment 4); the copy
+        // archived segments 4 and 5, the primary went on to segment 8.
+        let bases = [base(10, 2, 1), base(30, 6, 1)];
+        let mut h = BTreeMap::new();
+        h.insert(2, vec![(1, Lsn(4 * MB16 + 0x500))]);
+        let s = stored(&[
+            (seg(1, 2), 11),
+            (seg(1, 3), 12),
+            (seg(1, 4), 13),
+            (seg(1, 5), 20),
+            (seg(1, 6), 31),
+            (seg(1, 7), 32),
+            (seg(1, 8), 40),
+            ("00000002.history".into(), 21),
+            (seg(2, 4), 22),
+            (seg(2, 5), 23),
+        ]);
+        assert_eq!(pick_timeline(&bases, &s, &h, MB16), 1);
+        let c = choose(&bases, &s, &h, Target::Latest, None).unwrap();
+        assert_eq!((c.base, c.target_timeline), (1, 1));
+        assert_eq!(c.segments.last(), Some(&seg(1, 8)));
+        // A time on timeline 2: only the base before the branch reaches it.
+        let c = choose(&bases, &s, &h, Target::Latest, Some(2)).unwrap();
+        assert_eq!((c.base, c.target_timeline), (0, 2));
+        assert_eq!(c.segments, [seg(1, 2), seg(1, 3), seg(2, 4), seg(2, 5)]);
+        let e = choose(&bases, &s, &h, Target::Latest, Some(7)).unwrap_err();
+        assert!(e.contains("timeline 7 is not in the archive"), "{e}");
+        // Once the copy archives more than the primary, it is the one
+        // followed (a new primary after a failover).
+        let mut s2 = s.clone();
+        s2.insert(seg(2, 6), at(50));
+        assert_eq!(pick_timeline(&bases, &s2, &h, MB16), 2);
+        // Timeline 2 branched before the second base: only the first lies
+        // on it.
+        let only_new = [base(30, 6, 1)];
+        let e = choose(&only_new, &s2, &h, Target::Latest, Some(2)).unwrap_err();
+        assert!(
+            e.contains("no stored base backup lies on timeline 2"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_base_backup_is_placed_by_the_servers_clock_not_the_hosts() {
+        // The backing-up host ran 5 minutes behind: its finished_at says
+        // 25, the server's clock said 30 when the backup ended.
+        let mut late = base(25, 6, 1);
+        late.physical.server_stopped_at = Some(at(30));
+        let bases = [base(10, 2, 1), late];
+        let s = stored(
+            &(2..=8)
+                .map(|n| (seg(1, n), 10 + n as i64 * 4))
+                .collect::<Vec<_>>(),
+        );
+        let c = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(27)), None).unwrap();
+        assert_eq!(c.base, 0, "the second backup ended after 27 on the server");
+        let c = choose(&bases, &s, &BTreeMap::new(), Target::Time(at(31)), None).unwrap();
+        assert_eq!(c.base, 1);
+        // A host ahead: finished_at 20, server 12; a target of 15 is
+        // reachable from it.
+        let mut ahead = base(20, 2, 1);
+        ahead.physical.server_stopped_at = Some(at(12));
+        let c = choose(&[ahead], &s, &BTreeMap::new(), Target::Time(at(15)), None).unwrap();
+        assert_eq!(c.base, 0);
     }
 
     #[test]
@@ -1342,19 +1635,20 @@ mod tests {
     #[test]
     fn recovery_settings_are_one_block_removed_whole() {
         let t = Target::Time(DateTime::from_timestamp(1_800_000_000, 5_000_000).unwrap());
-        let s = recovery_settings(t, true);
+        let s = recovery_settings(t, true, 3);
+        assert!(s.contains("recovery_target_timeline = '3'"), "{s}");
         assert!(
             s.contains("recovery_target_time = '2027-01-15 08:00:00.005000+00'"),
             "{s}"
         );
         assert!(s.contains("restore_command = 'cp \"drctl_wal/%f\" \"%p\"'"));
-        assert!(!recovery_settings(t, false).contains("recovery_target_time ="));
+        assert!(!recovery_settings(t, false, 1).contains("recovery_target_time ="));
         let conf = format!("# by ALTER SYSTEM\nwork_mem = '8MB'\n{s}");
         assert_eq!(
             without_block(&conf),
             "# by ALTER SYSTEM\nwork_mem = '8MB'\n"
         );
-        assert!(recovery_settings(Target::Lsn(Lsn(0x3000060)), true)
+        assert!(recovery_settings(Target::Lsn(Lsn(0x3000060)), true, 1)
             .contains("recovery_target_lsn = '0/3000060'"));
     }
 

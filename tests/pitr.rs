@@ -1725,3 +1725,123 @@ async fn wal_objects(bucket: &str, name: &str) -> Vec<String> {
         .filter(|k| !k.ends_with(".json"))
         .collect()
 }
+
+/// Whether process `pid` is alive (a zombie counts as gone).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// A point-in-time restore stopped while its server runs, promoted, with
+/// drctl's recovery settings in the directory: SIGTERM stops the server
+/// and empties the directory at once (exit 130); after SIGKILL the server
+/// dies with drctl, and the next `drctl status` reports the killed restore
+/// and empties the directory. Either way the directory then restores.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_point_in_time_restore_killed_during_recovery_leaves_no_server_and_nothing_behind() {
+    let Setup {
+        root, bucket, w, c, ..
+    } = setup("").await;
+    c.psql("CREATE TABLE ledger (id bigint PRIMARY KEY, note text)");
+    c.psql("INSERT INTO ledger SELECT g, 'base' FROM generate_series(1, 500) g");
+    w.drctl(&["run", "db"]).ok();
+    c.psql("INSERT INTO ledger SELECT g, 'after' FROM generate_series(501, 900) g");
+    archive_now(&c, &bucket).await;
+    let want = c.fingerprint();
+    for (sig, name) in [(libc::SIGTERM, "term"), (libc::SIGKILL, "kill")] {
+        let d = root.join(name);
+        let mut cmd = w.command(&[
+            "restore",
+            "--job",
+            "db",
+            "--latest",
+            "--to-datadir",
+            d.to_str().unwrap(),
+        ]);
+        cmd.env("DRCTL_FAULT_PAUSE", "pitr.recovery.promoted")
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0,
+                "the restore ended before its recovery server was promoted"
+            );
+            if line.contains("fault point pitr.recovery.promoted") {
+                break;
+            }
+        }
+        let pid: i32 = std::fs::read_to_string(d.join("postmaster.pid"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(alive(pid), "the recovery server runs");
+        assert!(std::fs::read_to_string(d.join("postgresql.auto.conf"))
+            .unwrap()
+            .contains("drctl_wal"));
+        unsafe {
+            libc::kill(child.id() as i32, sig);
+        }
+        let status = child.wait().unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+        wait_until(
+            Duration::from_secs(15),
+            "the recovery server to stop",
+            || !alive(pid),
+        );
+        if sig == libc::SIGTERM {
+            assert_eq!(status.code(), Some(130), "{rest}");
+        } else {
+            // Killed: the directory holds the half-done cluster until the
+            // next command finds it.
+            assert!(d.join("PG_VERSION").exists());
+            let r = w.drctl(&["status"]);
+            r.ok();
+            assert!(
+                r.stderr.contains("point-in-time restore of db")
+                    && r.stderr.contains("drctl's own files only"),
+                "{}",
+                r.stderr
+            );
+        }
+        let left: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "{name}: {left:?} ({rest})");
+        restore_db(&w, &["--latest"], &d).ok();
+        assert_eq!(fingerprint_of(&d).0, want);
+    }
+    // Every one of them is a record: `logs` lists the interrupted ones
+    // and the finished ones, into their directories.
+    let r = w.drctl(&["logs", "db"]);
+    r.ok();
+    let restores = r
+        .stdout
+        .split("restores (newest last):")
+        .nth(1)
+        .unwrap_or("");
+    for name in ["term", "kill"] {
+        let dir = root.join(name).display().to_string();
+        let rows: Vec<&str> = restores.lines().filter(|l| l.contains(&dir)).collect();
+        assert_eq!(rows.len(), 2, "{}", r.stdout);
+        assert!(
+            rows[0].contains("rolled_back") && rows[1].contains("done"),
+            "{rows:?}"
+        );
+    }
+    drop(c);
+}

@@ -219,7 +219,28 @@ async fn exec_pitr(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     if !a.json {
         print_pitr_plan(&plan);
     }
-    let report = restore::pitr::run(cfg, &req).await?;
+    let state = drctl::services::state::State::open(&cfg.config.state_dir).await?;
+    let token = super::cancel_on_signals();
+    // On SIGINT/SIGTERM the restore's future is dropped first (its
+    // recovery server, a child, stops at once; the directory lock goes),
+    // then the journal's recovery empties what it wrote.
+    let outcome = tokio::select! {
+        r = restore::pitr::run(cfg, &state, &req, restore::journal::Origin::Operator) => Some(r),
+        () = token.cancelled() => None,
+    };
+    super::deliver_now(cfg, &state).await;
+    let Some(report) = outcome else {
+        let notes = restore::journal::recover(cfg, &state).await;
+        for n in &notes {
+            eprintln!("drctl: {n}");
+        }
+        return Err(drctl::Error::Interrupted(format!(
+            "the point-in-time restore into {} was interrupted; nothing of it is left",
+            req.datadir.display()
+        ))
+        .into());
+    };
+    let report = report?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());

@@ -117,6 +117,7 @@ fn describe_restore(r: &drctl::engine::restore::journal::RestoreRecord) -> Strin
     if let Some(t) = r.total_seconds {
         s.push_str(&format!(" in {t:.1}s"));
     }
+    s.push_str(&format!(" into {}", r.target));
     s.push_str(&format!(
         " ({}, {} {}",
         r.origin,

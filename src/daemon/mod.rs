@@ -647,6 +647,11 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         let d = d.clone();
         let cfg = cfg.clone();
         d.tasks.clone().spawn(async move {
+            // Restores killed while no daemon ran (a point-in-time one may
+            // have left a server or half a cluster): settled and reported.
+            for note in crate::engine::restore::journal::recover(&cfg, &d.state).await {
+                tracing::warn!("{note}");
+            }
             preflight::check_jobs(&cfg, &d.state, Duration::from_secs(30)).await;
         });
     }

@@ -102,6 +102,18 @@ pub fn marker_check(
     }
 }
 
+/// The drill's restore, journaled as a drill's.
+async fn journaled_restore(cfg: &LoadedConfig, req: &PitrRequest) -> Result<pitr::PitrReport> {
+    let state = crate::services::state::State::open(&cfg.config.state_dir).await?;
+    pitr::run(
+        cfg,
+        &state,
+        req,
+        crate::engine::restore::journal::Origin::Drill,
+    )
+    .await
+}
+
 pub(super) async fn phases(
     cfg: &LoadedConfig,
     name: &str,
@@ -166,7 +178,7 @@ pub(super) async fn phases(
         Target::Time(t) => (Utc::now() - t).num_milliseconds() as f64 / 1000.0,
         _ => (Utc::now() - window.1).num_milliseconds() as f64 / 1000.0,
     });
-    let report = pitr::run(cfg, &req).await.map_err(at("restore"))?;
+    let report = journaled_restore(cfg, &req).await.map_err(at("restore"))?;
     rec.phases.push(Phase {
         name: "fetch".into(),
         seconds: report.base_seconds + report.wal_seconds,

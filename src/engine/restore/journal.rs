@@ -152,11 +152,22 @@ pub struct Entry {
     pub safety: Option<String>,
     /// The last step reached.
     pub step: Step,
+    /// A point-in-time restore's data directory (new or empty when it
+    /// began: everything in it is the restore's own).
+    pub datadir: Option<String>,
+    /// Its tablespace directories (likewise).
+    pub spaces: Vec<String>,
 }
 
 impl Entry {
     /// "restore of backup B of J", "undo of the last restore of J (back to C)".
     pub fn what(&self) -> String {
+        if let Some(dd) = &self.datadir {
+            return format!(
+                "point-in-time restore of {} (base backup {}) into {dd}",
+                self.job, self.backup_id
+            );
+        }
         match self.action {
             Action::Restore => format!("restore of backup {} of {}", self.backup_id, self.job),
             Action::Undo => format!(
@@ -191,6 +202,22 @@ pub fn plan(e: &Entry, exists: &dyn Fn(&str) -> bool) -> (Vec<Fix>, Step, String
         }
     };
     let what = e.what();
+    if e.datadir.is_some() {
+        // The directories were new or empty when it began: what is in them
+        // is its own, a base backup and WAL half way through recovery at
+        // most, never a cluster anyone ran.
+        return match e.step {
+            s @ (Step::Done | Step::RolledBack | Step::Failed) => (fixes, s, String::new()),
+            _ => (
+                fixes,
+                Step::RolledBack,
+                format!(
+                    "{what} stopped before it finished; rolled back: its server (if running) stopped, and what it wrote there removed (drctl's own files only: {} empty when it began)",
+                    if e.spaces.is_empty() { "the directory was" } else { "the directories were" }
+                ),
+            ),
+        };
+    }
     match e.step {
         Step::Fetching => (
             fixes,
@@ -360,6 +387,29 @@ impl Journal {
         Ok(())
     }
 
+    /// A point-in-time restore's directories, written before it creates
+    /// or fills them.
+    pub async fn directories(
+        &self,
+        datadir: &std::path::Path,
+        spaces: &[std::path::PathBuf],
+    ) -> Result<()> {
+        let spaces: Vec<String> = spaces.iter().map(|p| p.display().to_string()).collect();
+        let spaces = serde_json::to_string(&spaces)
+            .map_err(|e| Error::Other(format!("encoding the restore's directories: {e}")))?;
+        sqlx::query(
+            "UPDATE restore_journal SET datadir = ?, spaces = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(datadir.display().to_string())
+        .bind(spaces)
+        .bind(now_ms())
+        .bind(self.id)
+        .execute(self.state.pool())
+        .await
+        .map_err(|e| self.state.err(e))?;
+        Ok(())
+    }
+
     /// drctl created `restoring` itself (so recovery may drop it).
     pub async fn created(&self) -> Result<()> {
         self.set("created", "1").await
@@ -403,6 +453,11 @@ fn entry_of(r: &sqlx::sqlite::SqliteRow) -> Entry {
         created: r.get::<bool, _>("created"),
         safety: r.get("safety"),
         step: Step::parse(r.get::<String, _>("step").as_str()),
+        datadir: r.get("datadir"),
+        spaces: r
+            .get::<Option<String>, _>("spaces")
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default(),
     }
 }
 
@@ -497,6 +552,18 @@ pub async fn settle(
                 Fix::Drop(n) => format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(n)),
             };
             c.execute(&sql).await?;
+        }
+    }
+    if let Some(dd) = &e.datadir {
+        if !matches!(e.step, Step::Done | Step::RolledBack | Step::Failed) || failure.is_some() {
+            super::pitr::abandon(
+                std::path::Path::new(dd),
+                &e.spaces
+                    .iter()
+                    .map(std::path::PathBuf::from)
+                    .collect::<Vec<_>>(),
+            )
+            .await;
         }
     }
     if let Some(t) = &e.temp_file {
@@ -747,7 +814,28 @@ mod tests {
             created: true,
             safety: Some("app_pre_restore_1".into()),
             step,
+            datadir: None,
+            spaces: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_killed_point_in_time_restore_is_rolled_back_and_a_finished_one_left_alone() {
+        let mut e = own(Step::Restoring);
+        e.database = None;
+        e.restoring = None;
+        e.safety = None;
+        e.datadir = Some("/srv/restored".into());
+        let (f, end, note) = plan(&e, &|_| false);
+        assert!(f.is_empty());
+        assert_eq!(end, Step::RolledBack);
+        assert!(
+            note.contains("into /srv/restored stopped before it finished"),
+            "{note}"
+        );
+        assert!(note.contains("drctl's own files only"), "{note}");
+        e.step = Step::Done;
+        assert_eq!(plan(&e, &|_| false).1, Step::Done);
     }
 
     #[test]

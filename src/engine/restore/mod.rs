@@ -809,7 +809,7 @@ fn ended(what: &str, result: &Result<Report>, seconds: f64) -> (&'static str, St
 /// In an incident the team wants to know a restore is running and how it
 /// ended: an info notice, routed like any other (a failure to queue it
 /// never stops the restore).
-async fn announce(
+pub(crate) async fn announce(
     alerter: &crate::services::alerts::Alerter<'_>,
     job: &JobName,
     kind: &str,

@@ -945,8 +945,19 @@ pub fn without_block(text: &str) -> String {
 }
 
 /// Restore the job's cluster to `req.target` into `req.datadir`.
-pub async fn run(cfg: &LoadedConfig, req: &PitrRequest) -> Result<PitrReport> {
+///
+/// Journaled (`origin`: an operator's restore or a drill's) like a
+/// logical restore; restores killed earlier are settled first.
+pub async fn run(
+    cfg: &LoadedConfig,
+    state: &crate::services::state::State,
+    req: &PitrRequest,
+    origin: super::journal::Origin,
+) -> Result<PitrReport> {
     let t0 = std::time::Instant::now();
+    for note in super::journal::recover(cfg, state).await {
+        tracing::warn!("{note}");
+    }
     check_datadir(&req.datadir)?;
     let g = gather(cfg, req).await?;
     let (plan, choice) = make_plan(&g, req)?;
@@ -956,6 +967,99 @@ pub async fn run(cfg: &LoadedConfig, req: &PitrRequest) -> Result<PitrReport> {
     let (_, jc, job) = archive::physical_job(cfg, req.job.as_deref())?;
     let base = &g.bases[choice.base];
     let tools = PgTools::locate(job.pg_bindir.as_deref());
+    same_major(&tools, base).await?;
+    let keys =
+        crate::services::keys::for_manifest(cfg, jc, &base.manifest, req.identity.as_deref())?;
+    // One restore per directory on this host, and a journal entry before
+    // anything is written: a restore killed anywhere is found by the next
+    // `drctl restore`, `status` or daemon start, its server stopped and
+    // its directories emptied ([`abandon`]).
+    let target = req.datadir.display().to_string();
+    let _lock = crate::services::lock::HostLock::try_acquire_keyed(
+        &cfg.config.state_dir,
+        ".restore",
+        &target,
+    )?
+    .map_err(|_| {
+        Error::Refused(format!(
+            "another restore into {target} is running on this host"
+        ))
+    })?;
+    let lease = g
+        .repo
+        .lease(&g.job, &base.manifest.id, "point-in-time restore")
+        .await?;
+    let journal = super::journal::Journal::begin(
+        state,
+        &super::journal::Start {
+            job: g.job.as_str(),
+            backup_id: base.manifest.id.as_str(),
+            repository: &g.repo_name,
+            target: &target,
+            lease: Some(&lease.key),
+            action: super::journal::Action::Restore,
+            origin,
+        },
+    )
+    .await?;
+    let spaces: Vec<PathBuf> = plan
+        .tablespaces
+        .iter()
+        .map(|t| PathBuf::from(&t.directory))
+        .collect();
+    journal.directories(&req.datadir, &spaces).await?;
+    journal.step(super::journal::Step::Restoring).await?;
+    // An operator's restore is announced (an incident's channel hears it
+    // start and end); a drill's is not.
+    let alerter = crate::services::alerts::Alerter::new(cfg, state);
+    let what = format!("point-in-time restore of {} to {}", g.job, plan.target);
+    let announced = origin == super::journal::Origin::Operator;
+    if announced {
+        super::announce(
+            &alerter,
+            &g.job,
+            "restore_started",
+            format!(
+                "{what} started into {target} (base backup {})",
+                base.manifest.id
+            ),
+        )
+        .await;
+    }
+    let result = restore_into(cfg, &g, req, &plan, &choice, base, &tools, &keys).await;
+    if announced {
+        let (kind, summary) = ended(&what, &target, &result, t0.elapsed().as_secs_f64());
+        super::announce(&alerter, &g.job, kind, summary).await;
+    }
+    if let Err(e) = lease.release().await {
+        tracing::warn!(error = %e, "cannot remove the restore's lease; it expires by itself");
+    }
+    match result {
+        Ok(mut report) => {
+            report.total_seconds = t0.elapsed().as_secs_f64();
+            let phases = [
+                super::journal::Phase::new(
+                    "fetch",
+                    report.base_seconds.max(report.wal_seconds),
+                    true,
+                ),
+                super::journal::Phase::new("recovery", report.recovery_seconds, true),
+            ];
+            if let Err(e) = journal.record(&phases, report.total_seconds, None).await {
+                tracing::warn!(error = %e, "cannot record the restore's phases");
+            }
+            journal.step(super::journal::Step::Done).await?;
+            Ok(report)
+        }
+        Err(e) => {
+            clean_after(cfg, state, journal.id, &e, &req.datadir, &spaces).await;
+            Err(e)
+        }
+    }
+}
+
+/// Refuse a base backup of another major version than this host's server.
+async fn same_major(tools: &PgTools, base: &Base) -> Result<()> {
     let version = tools.version("postgres").await?;
     if i64::from(version.major) != i64::from(base.physical.server_version_num / 10000) {
         return Err(Error::Refused(format!(
@@ -965,19 +1069,54 @@ pub async fn run(cfg: &LoadedConfig, req: &PitrRequest) -> Result<PitrReport> {
             tools.path("postgres").display()
         )));
     }
-    let keys =
-        crate::services::keys::for_manifest(cfg, jc, &base.manifest, req.identity.as_deref())?;
-    let lease = g
-        .repo
-        .lease(&g.job, &base.manifest.id, "point-in-time restore")
-        .await?;
-    let result = restore_into(cfg, &g, req, &plan, &choice, base, &tools, &keys).await;
-    if let Err(e) = lease.release().await {
-        tracing::warn!(error = %e, "cannot remove the restore's lease; it expires by itself");
+    Ok(())
+}
+
+/// The notice that ends an operator's restore: its kind and summary.
+fn ended(
+    what: &str,
+    target: &str,
+    result: &Result<PitrReport>,
+    seconds: f64,
+) -> (&'static str, String) {
+    match result {
+        Ok(_) => (
+            "restore_finished",
+            format!("{what} finished into {target} in {seconds:.1}s"),
+        ),
+        Err(e) => (
+            "restore_failed",
+            format!(
+                "{what} failed: {}",
+                crate::base::secret::redact(&e.to_string())
+            ),
+        ),
     }
-    let mut report = result?;
-    report.total_seconds = t0.elapsed().as_secs_f64();
-    Ok(report)
+}
+
+/// Nothing of a failed restore's half-done cluster stays: its server is
+/// stopped (a child of this process) and the directories, empty when it
+/// began, are emptied again; the journal says why.
+async fn clean_after(
+    cfg: &LoadedConfig,
+    state: &crate::services::state::State,
+    journal_id: i64,
+    e: &Error,
+    datadir: &Path,
+    spaces: &[PathBuf],
+) {
+    let why = crate::base::secret::redact(&e.to_string());
+    match super::journal::entry(state, journal_id).await {
+        Ok(entry) => {
+            if let Err(err) = super::journal::settle(cfg, state, &entry, Some(&why)).await {
+                tracing::error!(error = %err, "cleaning up after the failed restore; `drctl status` retries");
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "reading the restore's journal");
+            abandon(datadir, spaces).await;
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1269,26 +1408,20 @@ async fn recover(tools: &PgTools, dd: &Path, log: &Path) -> Result<Vec<String>> 
         .tempdir()
         .map_err(|e| Error::io("creating a socket directory", e))?;
     give_to_postgres(sockets.path())?;
-    let opts = format!(
-        "-c listen_addresses= -c unix_socket_directories={} -c archive_mode=off",
-        sockets.path().display()
-    );
-    let mut start = server_tool(tools, "pg_ctl");
-    start
-        .args(["start", "-W", "-D"])
-        .arg(dd)
-        .arg("-l")
-        .arg(log)
-        .args(["-o", &opts]);
-    server::run(start, "pg_ctl start").await?;
-    let pid_file = dd.join("postmaster.pid");
+    let opts: Vec<String> = [
+        "listen_addresses=".to_owned(),
+        format!("unix_socket_directories={}", sockets.path().display()),
+        "archive_mode=off".to_owned(),
+        "logging_collector=off".to_owned(),
+    ]
+    .into_iter()
+    .flat_map(|o| ["-c".to_owned(), o])
+    .collect();
+    let mut server = server::ServerChild::start(tools, dd, log, &opts)?;
     let signal = dd.join("recovery.signal");
-    let started = std::time::Instant::now();
-    let mut seen_pid = false;
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let running = pid_file.exists();
-        seen_pid |= running;
+        let running = !server.exited();
         if running && !signal.exists() {
             // PostgreSQL removes recovery.signal when archive recovery
             // ends; promoted once pg_control says so.
@@ -1301,7 +1434,7 @@ async fn recover(tools: &PgTools, dd: &Path, log: &Path) -> Result<Vec<String>> 
                 break;
             }
         }
-        if !running && (seen_pid || started.elapsed() > std::time::Duration::from_secs(30)) {
+        if !running {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             let fatal: Vec<&str> = text
                 .lines()
@@ -1317,10 +1450,10 @@ async fn recover(tools: &PgTools, dd: &Path, log: &Path) -> Result<Vec<String>> 
             )));
         }
     }
-    let mut stop = server_tool(tools, "pg_ctl");
-    stop.args(["stop", "-m", "fast", "-w", "-t", "300", "-D"])
-        .arg(dd);
-    server::run(stop, "pg_ctl stop").await?;
+    // Promoted, still running with drctl's recovery settings in its
+    // directory: the moment a kill here must not leave behind.
+    crate::base::faults::point("pitr.recovery.promoted").await;
+    server.stop(std::time::Duration::from_secs(300)).await?;
     let text = std::fs::read_to_string(log).unwrap_or_default();
     Ok(text
         .lines()
@@ -1377,6 +1510,21 @@ async fn unpack_cluster(
 /// Remove everything inside `dd` (a restore that failed before recovery
 /// leaves the directory as empty as it found it; the directory itself
 /// stays, it may be a mount point).
+/// Undo what a point-in-time restore wrote into its directories, which
+/// were new or empty when it began (so all in them is its own): stop a
+/// server a killed drctl left running there, then empty them. Used on a
+/// failure, on SIGINT/SIGTERM, and by the journal's recovery of a killed
+/// restore.
+pub async fn abandon(datadir: &Path, spaces: &[PathBuf]) {
+    if server::stop_leftover(datadir).await {
+        tracing::warn!(datadir = %datadir.display(), "stopped the recovery server a killed restore left running");
+    }
+    empty_dir(datadir);
+    for d in spaces {
+        empty_dir(d);
+    }
+}
+
 fn empty_dir(dd: &Path) {
     let Ok(entries) = std::fs::read_dir(dd) else {
         return;

@@ -67,3 +67,152 @@ pub fn give_to_postgres(path: &std::path::Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// A PostgreSQL server drctl runs for a moment (a point-in-time restore's
+/// recovery): its postmaster is drctl's own child, in a process group of
+/// its own, as `postgres` when drctl is root. It dies with drctl: the
+/// kernel sends it SIGKILL if drctl is killed (`PR_SET_PDEATHSIG`, set
+/// after the switch to `postgres`, which would clear it), and dropping it
+/// (drctl stopping on a signal, a failure, a dropped future) stops it the
+/// way `pg_ctl stop -m immediate` does. A detached `pg_ctl start` would
+/// outlive a killed drctl, promoted, with drctl's recovery settings in it.
+pub struct ServerChild {
+    child: tokio::process::Child,
+    pid: i32,
+}
+
+impl ServerChild {
+    /// Start `postgres -D dd OPTIONS`, its output into `log`.
+    pub fn start(
+        tools: &PgTools,
+        dd: &std::path::Path,
+        log: &std::path::Path,
+        options: &[String],
+    ) -> Result<ServerChild> {
+        let mut c = tokio::process::Command::new(tools.path("postgres"));
+        crate::base::child_env::restrict(&mut c);
+        c.env("LC_ALL", "C");
+        if nix::unistd::geteuid().is_root() {
+            let pg = nix::unistd::User::from_name("postgres")
+                .ok()
+                .flatten()
+                .ok_or_else(|| {
+                    Error::Other("running a cluster as root needs a postgres user".into())
+                })?;
+            // Root's supplementary groups are dropped by the standard
+            // library when it switches to another uid.
+            c.uid(pg.uid.as_raw()).gid(pg.gid.as_raw());
+            c.env("HOME", &pg.dir).env("USER", "postgres");
+        }
+        let out = std::fs::File::create(log)
+            .map_err(|e| Error::io(format!("creating {}", log.display()), e))?;
+        if nix::unistd::geteuid().is_root() {
+            give_to_postgres(log)?;
+        }
+        let err = out
+            .try_clone()
+            .map_err(|e| Error::io(format!("opening {}", log.display()), e))?;
+        c.arg("-D")
+            .arg(dd)
+            .args(options)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            c.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = c
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", tools.path("postgres").display()), e))?;
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| Error::Other("the server exited at once".into()))?;
+        Ok(ServerChild { child, pid })
+    }
+
+    /// Whether the postmaster has exited.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Stop it cleanly (`-m fast`: a shutdown checkpoint, so the directory
+    /// starts without crash recovery), waiting at most `limit`; then
+    /// immediately.
+    pub async fn stop(mut self, limit: std::time::Duration) -> Result<()> {
+        signal(self.pid, nix::sys::signal::Signal::SIGINT);
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(Ok(s)) if s.success() => Ok(()),
+            Ok(Ok(s)) => Err(Error::Other(format!(
+                "the recovery server stopped with {s} instead of shutting down cleanly"
+            ))),
+            Ok(Err(e)) => Err(Error::io("waiting for the recovery server", e)),
+            Err(_) => Err(Error::Other(format!(
+                "the recovery server did not shut down within {}s; stopped immediately",
+                limit.as_secs()
+            ))),
+        }
+    }
+}
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        if self.exited() {
+            return;
+        }
+        // Immediate shutdown (SIGQUIT), as `pg_ctl stop -m immediate`;
+        // SIGKILL if it has not gone within 10 s.
+        signal(self.pid, nix::sys::signal::Signal::SIGQUIT);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if self.exited() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        signal(self.pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.start_kill();
+    }
+}
+
+fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+/// Stop a postmaster left running in `dd` by a killed drctl (its
+/// `postmaster.pid` names a live postgres process): immediately, as
+/// `pg_ctl stop -m immediate`, waiting at most 30 s. Whether one was.
+pub async fn stop_leftover(dd: &std::path::Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(dd.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next()?.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1)
+    else {
+        return false;
+    };
+    // Only a postgres whose data directory is this one: a stale pid file's
+    // number may belong to anything by now.
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+        args.first().is_some_and(|a| a.ends_with(b"postgres"))
+            && std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .is_ok_and(|cwd| std::fs::canonicalize(dd).is_ok_and(|d| d == cwd))
+    });
+    if !ours {
+        return false;
+    }
+    signal(pid, nix::sys::signal::Signal::SIGQUIT);
+    for _ in 0..300 {
+        if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    signal(pid, nix::sys::signal::Signal::SIGKILL);
+    true
+}

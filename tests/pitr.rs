@@ -976,10 +976,54 @@ async fn a_pitr_drill_restores_a_random_point_and_proves_it_with_the_marker_rows
     let r = restore_db(&w, &["--latest", "--dry-run"], &scratch);
     assert!(r.ok().stderr.contains("estimate    none"), "{}", r.stderr);
 
+    // A drill killed while its recovery server runs: the server dies with
+    // it, and the next run of the drill sweeps what it left.
+    let drills = w.dir.join("state").join("drills");
+    {
+        let mut cmd = w.command(&["drill", "run", "pitr-weekly"]);
+        cmd.env("DRCTL_FAULT_PAUSE", "pitr.recovery.promoted")
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(
+                std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0,
+                "the drill ended before its recovery server was promoted"
+            );
+            if line.contains("fault point pitr.recovery.promoted") {
+                break;
+            }
+        }
+        let dir = std::fs::read_dir(&drills)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let pid: i32 = std::fs::read_to_string(dir.join("data").join("postmaster.pid"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(alive(pid));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        wait_until(
+            Duration::from_secs(15),
+            "the killed drill's server to die",
+            || !alive(pid),
+        );
+    }
     let r = w.drctl(&["drill", "run", "pitr-weekly", "--json"]);
     r.ok();
     let rec: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(rec["outcome"], "passed", "{rec}");
+    assert_eq!(rec["swept"].as_array().map(Vec::len), Some(1), "{rec}");
     let checks = rec["checks"].as_array().unwrap();
     let marker = checks
         .iter()
@@ -994,8 +1038,7 @@ async fn a_pitr_drill_restores_a_random_point_and_proves_it_with_the_marker_rows
         rec["target"].as_str().unwrap().contains("recovered to"),
         "{rec}"
     );
-    // The throwaway directory is gone.
-    let drills = w.dir.join("state").join("drills");
+    // The throwaway directory is gone, and the killed run's too.
     let left: Vec<_> = std::fs::read_dir(&drills)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();

@@ -102,6 +102,54 @@ pub fn marker_check(
     }
 }
 
+/// Whether `dir_name` is a directory of a run of drill `name`:
+/// `prefix(name)` and a 14-digit timestamp, exactly (pure: another drill
+/// whose name merely starts the same never matches).
+pub fn is_own_dir(dir_name: &str, name: &str) -> bool {
+    dir_name
+        .strip_prefix(&super::scratch::prefix(name))
+        .is_some_and(|ts| ts.len() == 14 && ts.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Stop and remove what earlier runs of this drill left under
+/// `state_dir/drills/` (a killed drill's cluster and its server); the
+/// drill's lock is held, so none of them is running.
+async fn sweep_own(tools: &PgTools, root: &std::path::Path, name: &str) -> Vec<String> {
+    let mut swept = Vec::new();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return swept;
+    };
+    for e in entries.flatten() {
+        let dir_name = e.file_name().to_string_lossy().into_owned();
+        if !is_own_dir(&dir_name, name) || e.file_type().is_ok_and(|t| t.is_symlink()) {
+            continue;
+        }
+        tracing::warn!(cluster = %e.path().display(), "removing a point-in-time drill's cluster a killed drill left behind");
+        match super::scratch::remove_cluster(tools, &e.path()).await {
+            Ok(()) => swept.push(dir_name),
+            Err(err) => tracing::warn!(error = %err, "cannot remove an old drill cluster"),
+        }
+    }
+    swept
+}
+
+/// This run's directory under `state_dir/drills/`, once what earlier
+/// runs left there is swept (noted in the record).
+async fn fresh_dir(
+    cfg: &LoadedConfig,
+    tools: &PgTools,
+    name: &str,
+    rec: &mut DrillRecord,
+) -> PathBuf {
+    let root = cfg.config.state_dir.join("drills");
+    rec.swept = sweep_own(tools, &root, name).await;
+    root.join(format!(
+        "{}{}",
+        super::scratch::prefix(name),
+        Utc::now().format("%Y%m%d%H%M%S")
+    ))
+}
+
 /// The drill's restore, journaled as a drill's.
 async fn journaled_restore(cfg: &LoadedConfig, req: &PitrRequest) -> Result<pitr::PitrReport> {
     let state = crate::services::state::State::open(&cfg.config.state_dir).await?;
@@ -125,11 +173,7 @@ pub(super) async fn phases(
     let at = |phase: &'static str| move |e: Error| (phase, e);
     let (_, _, job) = crate::engine::wal::physical_job(cfg, Some(&d.job)).map_err(at("fetch"))?;
     let tools = PgTools::locate(job.pg_bindir.as_deref());
-    let dir = cfg.config.state_dir.join("drills").join(format!(
-        "{}{}",
-        super::scratch::prefix(name),
-        Utc::now().format("%Y%m%d%H%M%S")
-    ));
+    let dir = fresh_dir(cfg, &tools, name, rec).await;
     crate::base::private_fs::dir_all(&dir)
         .map_err(|e| at("fetch")(Error::io(format!("creating {}", dir.display()), e)))?;
     super::scratch::hand_to_postgres(&dir).map_err(at("fetch"))?;
@@ -303,6 +347,16 @@ async fn checks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_drill_sweeps_only_its_own_directories() {
+        let own = format!("{}20261207120000", super::super::scratch::prefix("pitr"));
+        assert!(is_own_dir(&own, "pitr"));
+        let other = format!("{}20261207120000", super::super::scratch::prefix("pitr_b"));
+        assert!(!is_own_dir(&other, "pitr"), "{other}");
+        assert!(!is_own_dir(&format!("{own}x"), "pitr"));
+        assert!(!is_own_dir("data", "pitr"));
+    }
 
     fn at(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()

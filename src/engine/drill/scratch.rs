@@ -292,7 +292,7 @@ async fn start_cluster(tools: &PgTools, dir: &Path) -> Result<u16> {
     Ok(port)
 }
 
-async fn remove_cluster(tools: &PgTools, dir: &Path) -> Result<()> {
+pub(super) async fn remove_cluster(tools: &PgTools, dir: &Path) -> Result<()> {
     let data = dir.join("data");
     if data.join("postmaster.pid").exists() {
         let mut stop = server_tool(tools, "pg_ctl");

@@ -337,3 +337,68 @@ fn a_redis_drill_loads_the_snapshot_into_a_throwaway_server() {
     assert_eq!(rec["failed_phase"], "verify");
     assert!(rec["error"].as_str().unwrap().contains("db0"), "{rec:#}");
 }
+
+/// Keys `k:0..n` with value `v`.
+fn write_keys(con: &mut redis::Connection, n: u32, v: &str) {
+    let mut p = redis::pipe();
+    for k in 0..n {
+        p.cmd("SET").arg(format!("k:{k}")).arg(v).ignore();
+    }
+    p.query::<()>(con).unwrap();
+}
+
+/// A server with `appendonly yes` loads its AOF and ignores `dump.rdb`:
+/// a restore into its directory is refused without --yes, then writes the
+/// snapshot as the AOF's base too (the old AOF kept, said so), and the
+/// restarted server holds the backup's keys, not the later ones.
+#[test]
+fn a_restore_into_an_appendonly_servers_directory_comes_back_through_its_aof() {
+    let dir = scratch_dir("drctl-redis-aof-");
+    let d = dir.to_str().unwrap();
+    let source = Redis::start(&["--dir", d, "--appendonly", "yes"]);
+    let mut con = connect(source.port, "");
+    write_keys(&mut con, 500, "in the backup");
+    let mut w = World::new(
+        "[repositories.local]\ntype = \"local\"\npath = \"{dir}/repo\"\n\
+         [jobs.cache]\ntype = \"redis\"\nurl_env = \"CACHE_REDIS_URL\"\nrepository = \"local\"\n",
+    );
+    w.set_env(
+        "CACHE_REDIS_URL",
+        &format!("redis://127.0.0.1:{}", source.port),
+    );
+    w.drctl(&["run", "cache"]).ok();
+    write_keys(&mut con, 800, "after the backup");
+    redis::cmd("BGREWRITEAOF").query::<()>(&mut con).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(con);
+    drop(source);
+    assert!(dir.join("appendonlydir").exists());
+
+    let restore = |yes: bool| {
+        let mut args = vec!["restore", "--latest", "--job", "cache", "--to", d];
+        if yes {
+            args.push("--yes");
+        }
+        w.drctl(&args)
+    };
+    let r = restore(false);
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert!(r.stderr.contains("append-only file"), "{}", r.stderr);
+    let r = restore(true);
+    r.ok();
+    assert!(r.all().contains("appendonly yes"), "{}", r.all());
+    let kept: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("appendonlydir.pre_restore_"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the old AOF is kept");
+
+    let restored = Redis::start(&["--dir", d, "--appendonly", "yes"]);
+    let mut rcon = connect(restored.port, "");
+    let size: u64 = redis::cmd("DBSIZE").query(&mut rcon).unwrap();
+    assert_eq!(size, 500, "the backup's keys, not the 800 written after");
+    let v: String = redis::cmd("GET").arg("k:7").query(&mut rcon).unwrap();
+    assert_eq!(v, "in the backup");
+}

@@ -774,3 +774,49 @@ fn a_fleet_stale_shorter_than_an_idle_hosts_silence_is_refused() {
         "{msg}"
     );
 }
+
+/// Two daemons under one host name sharing a repository (a cloned
+/// machine): the second does not overwrite the first's status, which
+/// stays the first's for good, and raises `host_name_conflict`.
+#[test]
+fn two_daemons_with_one_host_name_never_overwrite_each_other_and_the_second_alerts() {
+    let repo = scratch_dir("drctl-fleet-twin-repo-");
+    let src = scratch_dir("drctl-twin-src-");
+    std::fs::write(src.join("a.conf"), "x=1\n").unwrap();
+    let host = unique("twin").replace('_', "-");
+    let world = || {
+        World::new(&format!(
+            "fleet_publish = \"1s\"\nfleet_stale = \"8s\"\n[http]\nenabled = false\n\
+             [repositories.shared]\ntype = \"local\"\npath = \"{}\"\n\
+             [jobs.etc]\ntype = \"files\"\npaths = [\"{}\"]\nrepository = \"shared\"\nschedule = \"0 0 2 * * *\"\n",
+            repo.display(),
+            src.display()
+        ))
+    };
+    let (a, b) = (world(), world());
+    let object = repo.join("_hosts").join(format!("{host}.json"));
+    let instance = || -> String {
+        std::fs::read(&object)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["instance"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let _da = Daemon::start_via(&a, &as_host(&host));
+    wait_until(Duration::from_secs(30), "the first daemon's status", || {
+        !instance().is_empty()
+    });
+    let first = instance();
+    let _db = Daemon::start_via(&b, &as_host(&host));
+    let key = format!("host_name_conflict:{host}");
+    wait_until(
+        Duration::from_secs(30),
+        "the second daemon's conflict alert",
+        || active_alerts(&b).contains(&key),
+    );
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(instance(), first, "the first daemon's status stays its own");
+    }
+    assert!(!active_alerts(&a).contains(&key));
+}

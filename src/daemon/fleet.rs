@@ -58,13 +58,60 @@ async fn publish(
     if !fleet::should_publish(prev, &status, now, period, fleet::heartbeat(period)) {
         return;
     }
+    // Another daemon publishing under this host name (a cloned machine, a
+    // copied config) would be overwritten every period, and each would
+    // hide the other's failures: refuse, and say so loudly.
+    let stale_after = cfg
+        .config
+        .fleet_stale
+        .unwrap_or_else(|| 3 * fleet::heartbeat(period));
     let written = async {
         let repo = Repository::open(name, cfg.repository(name)?).await?;
-        fleet::publish(&repo, &status).await
+        let theirs = fleet::read_one(&repo, &status.host).await?;
+        if let Some(why) = fleet::conflict(
+            &status,
+            theirs.as_ref().map(|(s, at)| (s, *at)),
+            Utc::now(),
+            stale_after,
+        ) {
+            return Ok(Some(why));
+        }
+        fleet::publish(&repo, &status).await.map(|()| None)
     };
+    let alerter = Alerter::new(&cfg, &d.state);
+    let key = format!("host_name_conflict:{}", status.host);
     match written.await {
-        Ok(()) => {
+        Ok(None) => {
             last.insert(name.to_owned(), (status, now));
+            if let Err(e) = alerter
+                .clear(
+                    &key,
+                    "this daemon alone publishes under its host name again".into(),
+                )
+                .await
+            {
+                tracing::warn!(error = %e, "cannot record the host_name_conflict alert");
+            }
+        }
+        Ok(Some(why)) => {
+            tracing::error!(repository = %name, "{why}");
+            let mut c = Condition::new(
+                "host_name_conflict",
+                &status.host,
+                Severity::Critical,
+                format!(
+                    "two drctl daemons publish as host {} in repository {name}",
+                    status.host
+                ),
+            );
+            c.detail = Some(why);
+            c.hint = Some(format!(
+                "This daemon does not overwrite the other's status, so `drctl fleet` and host_stale stay truthful. Give one of the machines its own host name (hostnamectl set-hostname), or stop the daemon that should not run; a machine reinstalled on purpose takes over once the old status is older than {}s.",
+                stale_after.as_secs()
+            ));
+            if let Err(e) = alerter.raise(c).await {
+                tracing::warn!(error = %e, "cannot record the host_name_conflict alert");
+            }
         }
         Err(e) => {
             tracing::warn!(repository = %name, error = %e, "cannot publish this host's fleet status");

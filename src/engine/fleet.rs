@@ -55,6 +55,13 @@ pub struct HostStatus {
     pub drills: Vec<DrillState>,
     /// Conditions firing on the host, by severity.
     pub alerts_firing: BTreeMap<String, i64>,
+    /// The publishing daemon's installation (`base::host::instance_id`):
+    /// another one under the same host name is a conflict, not an update.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
+    /// Its machine, hashed (`base::host::machine_tag`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub machine: String,
 }
 
 /// One job in a host's status.
@@ -312,6 +319,38 @@ pub async fn build(
         jobs,
         drills,
         alerts_firing,
+        instance: crate::base::host::instance_id(&cfg.config.state_dir).unwrap_or_default(),
+        machine: crate::base::host::machine_tag(),
+    })
+}
+
+/// Why publishing `ours` over `theirs` (the object under the same key,
+/// with its store time) would overwrite another daemon's status (pure):
+/// it names another installation or machine and was written within
+/// `stale_after`. A status of ours, one from before drctl recorded
+/// installations, or one silent for longer than `stale_after` (the host was
+/// reinstalled, its old daemon is gone) is not a conflict.
+pub fn conflict(
+    ours: &HostStatus,
+    theirs: Option<(&HostStatus, DateTime<Utc>)>,
+    now: DateTime<Utc>,
+    stale_after: Duration,
+) -> Option<String> {
+    let (t, at) = theirs?;
+    let other = (!t.instance.is_empty() && t.instance != ours.instance)
+        || (!t.machine.is_empty() && !ours.machine.is_empty() && t.machine != ours.machine);
+    let age = (now - at).to_std().unwrap_or_default();
+    (other && age < stale_after).then(|| {
+        format!(
+            "another drctl daemon publishes as host {} (installation {}, machine {}, daemon started {}, written {}s ago); this one is installation {}, machine {}",
+            t.host,
+            if t.instance.is_empty() { "?" } else { &t.instance },
+            if t.machine.is_empty() { "?" } else { &t.machine },
+            t.daemon_started.format("%Y-%m-%d %H:%M:%S UTC"),
+            age.as_secs(),
+            ours.instance,
+            if ours.machine.is_empty() { "?" } else { &ours.machine },
+        )
     })
 }
 
@@ -441,41 +480,68 @@ pub async fn publish(repo: &Repository, status: &HostStatus) -> Result<()> {
 /// object that does not parse (another format, a damaged write) is logged
 /// and left out.
 pub async fn read(repo: &Repository) -> Result<Vec<(HostStatus, DateTime<Utc>)>> {
-    use tokio::io::AsyncReadExt;
     let mut out = Vec::new();
     for o in repo.backend().list(PREFIX).await? {
         if !o.key.ends_with(".json") {
             continue;
         }
-        let mut body = Vec::new();
-        let read = async {
-            let r = repo.backend().get(&o.key).await?;
-            r.take(1 << 20)
-                .read_to_end(&mut body)
-                .await
-                .map_err(|e| crate::Error::io("reading a host status", e))?;
-            Ok::<_, crate::Error>(())
-        };
-        if let Err(e) = read.await {
-            tracing::warn!(key = %o.key, error = %e, "cannot read a host status");
-            continue;
-        }
-        match serde_json::from_slice::<HostStatus>(&body) {
-            // A store that gives no modification time: the publisher's
-            // own clock is all there is.
-            Ok(s) if s.format <= FORMAT => {
-                let at = o.modified.unwrap_or(s.published_at);
-                out.push((s, at));
-            }
-            Ok(s) => {
-                tracing::warn!(key = %o.key, format = s.format, "host status of a newer format, skipped");
-            }
-            Err(e) => {
-                tracing::warn!(key = %o.key, error = %e, "host status does not parse, skipped");
-            }
-        }
+        out.extend(fetch_status(repo, &o).await);
     }
     Ok(out)
+}
+
+/// One status object, parsed, with the store's time (the publisher's own
+/// clock when the store gives none); `None`, logged, when it does not read.
+async fn fetch_status(
+    repo: &Repository,
+    o: &crate::services::repository::ObjectInfo,
+) -> Option<(HostStatus, DateTime<Utc>)> {
+    use tokio::io::AsyncReadExt;
+    let mut body = Vec::new();
+    let read = async {
+        let r = repo.backend().get(&o.key).await?;
+        r.take(1 << 20)
+            .read_to_end(&mut body)
+            .await
+            .map_err(|e| crate::Error::io("reading a host status", e))?;
+        Ok::<_, crate::Error>(())
+    };
+    if let Err(e) = read.await {
+        tracing::warn!(key = %o.key, error = %e, "cannot read a host status");
+        return None;
+    }
+    match serde_json::from_slice::<HostStatus>(&body) {
+        Ok(s) if s.format <= FORMAT => {
+            let at = o.modified.unwrap_or(s.published_at);
+            Some((s, at))
+        }
+        Ok(s) => {
+            tracing::warn!(key = %o.key, format = s.format, "host status of a newer format, skipped");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(key = %o.key, error = %e, "host status does not parse, skipped");
+            None
+        }
+    }
+}
+
+/// The status object under `host`'s key, with its store time, if any.
+pub async fn read_one(
+    repo: &Repository,
+    host: &str,
+) -> Result<Option<(HostStatus, DateTime<Utc>)>> {
+    let k = key(host);
+    let Some(o) = repo
+        .backend()
+        .list(&k)
+        .await?
+        .into_iter()
+        .find(|o| o.key == k)
+    else {
+        return Ok(None);
+    };
+    Ok(fetch_status(repo, &o).await)
 }
 
 /// The fleet across `repositories` (by name), newest status per host.
@@ -544,7 +610,63 @@ mod tests {
             }],
             drills: vec![],
             alerts_firing: BTreeMap::new(),
+            instance: "aaaa".into(),
+            machine: "m1".into(),
         }
+    }
+
+    #[test]
+    fn another_installation_under_our_name_is_a_conflict_until_it_falls_silent() {
+        let ours = status("db1", "2026-12-02T10:00:00Z");
+        let now = at("2026-12-02T10:00:30Z");
+        let stale = Duration::from_secs(300);
+        // Our own object, or none: publish.
+        assert_eq!(conflict(&ours, None, now, stale), None);
+        assert_eq!(
+            conflict(&ours, Some((&ours, at("2026-12-02T10:00:00Z"))), now, stale),
+            None
+        );
+        // Another installation (or machine), fresh: refuse, naming it.
+        let mut theirs = ours.clone();
+        theirs.instance = "bbbb".into();
+        let why = conflict(
+            &ours,
+            Some((&theirs, at("2026-12-02T10:00:20Z"))),
+            now,
+            stale,
+        )
+        .unwrap();
+        assert!(
+            why.contains("installation bbbb") && why.contains("this one is installation aaaa"),
+            "{why}"
+        );
+        let mut cloned = ours.clone();
+        cloned.machine = "m2".into();
+        assert!(conflict(
+            &ours,
+            Some((&cloned, at("2026-12-02T10:00:20Z"))),
+            now,
+            stale
+        )
+        .is_some());
+        // Silent for longer than the staleness bound: the old one is gone.
+        assert_eq!(
+            conflict(
+                &ours,
+                Some((&theirs, at("2026-12-02T09:50:00Z"))),
+                now,
+                stale
+            ),
+            None
+        );
+        // Written before drctl recorded installations: taken over.
+        let mut old = theirs.clone();
+        old.instance = String::new();
+        old.machine = String::new();
+        assert_eq!(
+            conflict(&ours, Some((&old, at("2026-12-02T10:00:20Z"))), now, stale),
+            None
+        );
     }
 
     #[test]

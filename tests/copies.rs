@@ -332,6 +332,45 @@ fn a_copy_killed_mid_stream_leaves_no_manifest_and_the_daemon_completes_it() {
     });
     d.signal(libc::SIGTERM);
     d.wait(Duration::from_secs(30));
+    assert_eq!(ids_in(&w, "big", "second"), vec![id.clone()]);
+    w.drctl(&["verify", "--job", "big", "--repository", "second", "--deep"])
+        .ok();
+
+    // The killed copy's temporary and its lease are debris inside the
+    // committed copy; once its lease has expired (2 s here), prune removes
+    // both and nothing else.
+    let debris = |what: &str| -> Vec<String> {
+        let mut v: Vec<String> = walkdir::WalkDir::new(&partial)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .map(|e| {
+                e.path()
+                    .strip_prefix(&partial)
+                    .unwrap()
+                    .display()
+                    .to_string()
+            })
+            .filter(|n| n.contains(what))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(debris(".partial-").len(), 1, "{:?}", debris(""));
+    let text = std::fs::read_to_string(&w.config).unwrap();
+    std::fs::write(
+        &w.config,
+        text.replace(
+            "[repositories.second]\n",
+            "[repositories.second]\nlease_ttl = \"2s\"\n",
+        ),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let r = w.drctl(&["prune", "--job", "big", "--repository", "second"]);
+    r.ok();
+    assert_eq!(debris(".partial-"), Vec::<String>::new(), "{}", r.all());
+    assert_eq!(debris("lease"), Vec::<String>::new(), "{}", r.all());
     assert_eq!(ids_in(&w, "big", "second"), vec![id]);
     w.drctl(&["verify", "--job", "big", "--repository", "second", "--deep"])
         .ok();

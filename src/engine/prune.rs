@@ -191,6 +191,10 @@ pub struct Plan {
     pub expired_leases: Vec<String>,
     /// Directories without a manifest, old enough and unleased.
     pub orphans: Vec<(BackupId, Vec<ObjectInfo>)>,
+    /// Temporary objects a killed writer left inside a committed backup
+    /// (a copy killed and redone): no live lease on the directory, so no
+    /// writer of them is left.
+    pub debris: Vec<ObjectInfo>,
     /// Incomplete multipart uploads old enough and unleased.
     pub aborts: Vec<Upload>,
 }
@@ -236,6 +240,12 @@ fn doom(
     })
 }
 
+/// Whether an object name is a writer's temporary (`.NAME.partial-XXXXXXXX`,
+/// what the local store writes before its rename): never an artifact.
+pub fn is_temporary(file: &str) -> bool {
+    file.starts_with('.') && file.contains(".partial-")
+}
+
 /// Decide a prune: `keep` is the retention decision over the committed
 /// backups; everything else committed goes unless a live lease or Object
 /// Lock protects it.
@@ -278,6 +288,17 @@ pub fn plan(
                 .iter()
                 .filter(|l| l.modified.is_some_and(|m| rules.older(m, rules.lease_ttl)))
                 .map(|l| l.key.clone()),
+        );
+    }
+    for (_, d) in dirs
+        .iter()
+        .filter(|(id, d)| d.manifest && !doomed.contains(id) && rules.live_lease(d).is_none())
+    {
+        p.debris.extend(
+            d.objects
+                .iter()
+                .filter(|o| is_temporary(o.key.rsplit('/').next().unwrap_or("")))
+                .cloned(),
         );
     }
     // Orphans: data that never got (or lost) its manifest.
@@ -541,6 +562,16 @@ async fn apply(repo: &Repository, name: &str, plan: Plan, dry_run: bool, report:
         }
         report.orphans.push(key);
     }
+    for o in plan.debris {
+        if !dry_run {
+            if let Err(e) = store.delete(&o.key).await {
+                report.errors.push(format!("leftover {}: {e}", o.key));
+                continue;
+            }
+        }
+        report.bytes_freed += o.size;
+        report.orphans.push(o.key);
+    }
     for (id, objects) in plan.orphans {
         for o in objects {
             if !dry_run {
@@ -648,6 +679,40 @@ mod tests {
             vec![format!("app/{kept}/{LEASES}/lease-0.json")]
         );
         assert_eq!(p.kept.len(), 1);
+    }
+
+    #[test]
+    fn a_killed_writers_temporary_inside_a_committed_backup_goes_once_no_lease_is_live() {
+        let (a, b) = (id(DAY), id(2 * DAY));
+        let now = 3 * DAY;
+        let mut objects = Vec::new();
+        // A copy killed and redone: its temporary stays beside the
+        // committed artifacts; the dead copy's lease has expired.
+        objects.extend(dir(&a, DAY, true, &[DAY]));
+        objects.push(obj(
+            format!("app/{a}/.database.dump.zst.partial-0badc0de"),
+            8 << 20,
+            DAY,
+        ));
+        // Another, still leased by a copy in progress: left alone.
+        objects.extend(dir(&b, 2 * DAY, true, &[now - 60]));
+        objects.push(obj(
+            format!("app/{b}/.database.dump.zst.partial-00c0ffee"),
+            1,
+            now - 30,
+        ));
+        let dirs = group(objects, "app/");
+        let p = plan(&dirs, &keep(&[&a, &b]), "app/", &[], &rules(now, None));
+        let keys: Vec<&str> = p.debris.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec![format!("app/{a}/.database.dump.zst.partial-0badc0de")]
+        );
+        assert_eq!(
+            p.expired_leases,
+            vec![format!("app/{a}/{LEASES}/lease-0.json")]
+        );
+        assert!(!is_temporary("database.dump.zst") && !is_temporary("manifest.json"));
     }
 
     #[test]

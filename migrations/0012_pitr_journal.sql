@@ -5,3 +5,10 @@
 -- (empty when it began) emptied again.
 ALTER TABLE restore_journal ADD COLUMN datadir TEXT;
 ALTER TABLE restore_journal ADD COLUMN spaces TEXT; -- JSON: ["/dir", ...]
+
+-- A restore's `before` hooks and container stops are journaled before they
+-- run, so the `after` hooks and container starts of a restore killed in
+-- between are run by whoever finds it (the next restore, status or daemon
+-- start); cleared once the restore brought the application back itself.
+ALTER TABLE restore_journal ADD COLUMN app_stopped INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE restore_journal ADD COLUMN containers TEXT; -- JSON: ["name", ...] stopped

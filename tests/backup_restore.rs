@@ -1580,3 +1580,58 @@ fn from_a_local_repository_each_loader_reads_the_archive_itself_largest_table_fi
     // A loader that fails: named, the database dropped, nothing left over.
     logged.a_failed_load_leaves_nothing(&w, pg, "cursor_fail");
 }
+
+/// A restore SIGKILLed after its `before` hooks stopped the application:
+/// the next `drctl status` finds it, runs the `after` hooks (the
+/// application comes back, on the untouched database), says so, and a
+/// second `status` does not run them again.
+#[test]
+fn a_restore_killed_after_its_before_hooks_brings_the_application_back_at_the_next_status() {
+    let pg = pg();
+    let db = pg.create_db("hookkill");
+    pg.seed(&db, &unique("hookkill_owner"), 20);
+    let hooks = "[jobs.appdb.restore]\nbefore = [[\"sh\", \"-c\", \"echo stop >> {dir}/app.log\"]]\nafter = [[\"sh\", \"-c\", \"echo start >> {dir}/app.log\"]]\ntimeout = \"30s\"\n";
+    let mut w = local_world("APP_DATABASE_URL", hooks);
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    w.drctl(&["run", "appdb"]).ok();
+    let untouched = pg.fingerprint(&db);
+    let log = w.dir.join("app.log");
+    let app_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut child = w
+        .command(&["restore", "--latest", "--job", "appdb", "--yes"])
+        .env("DRCTL_FAULT_PAUSE", "restore.app.stopped")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0,
+            "the restore ended before its hooks ran"
+        );
+        if line.contains("fault point restore.app.stopped") {
+            break;
+        }
+    }
+    assert_eq!(app_log(), "stop\n");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let r = w.drctl(&["status"]);
+    r.ok();
+    assert!(
+        r.stderr.contains("it had stopped the application") && r.stderr.contains("after hook"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(app_log(), "stop\nstart\n");
+    assert_eq!(pg.fingerprint(&db), untouched);
+    w.drctl(&["status"]).ok();
+    assert_eq!(app_log(), "stop\nstart\n", "brought back once");
+    // A restore that ends by itself brings it back itself, once.
+    w.drctl(&["restore", "--latest", "--job", "appdb", "--yes"])
+        .ok();
+    w.drctl(&["status"]).ok();
+    assert_eq!(app_log(), "stop\nstart\nstop\nstart\n");
+}

@@ -64,6 +64,31 @@ fn run(phase: &'static str, verb: &str, name: &str, t: Instant, r: Result<String
     }
 }
 
+impl Stopped {
+    /// The containers stopped, in the order they were.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+}
+
+/// Start `names` again (a killed restore's, found in its journal).
+pub async fn start_named(names: &[String], h: &RestoreHooks) -> Vec<HookRun> {
+    let t = Instant::now();
+    match docker::connect(h.docker_socket.as_deref(), h.timeout) {
+        Ok(docker) => {
+            start(
+                &Stopped {
+                    docker,
+                    names: names.to_vec(),
+                },
+                h,
+            )
+            .await
+        }
+        Err(e) => vec![run("start", "start", "-", t, Err(e))],
+    }
+}
+
 /// Resolve and stop the running ones. On a failure, what was stopped is
 /// in the returned [`Stopped`] (to start again) and the runs say why.
 pub async fn stop(h: &RestoreHooks) -> (Vec<HookRun>, Option<Stopped>) {

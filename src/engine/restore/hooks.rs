@@ -123,12 +123,30 @@ async fn execute(argv: &[String], timeout: Duration) -> Result<(Option<i32>, Str
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .kill_on_drop(true)
+        .process_group(0);
     crate::base::child_env::restrict(&mut cmd);
+    // The hook dies with drctl (SIGKILL from the kernel if drctl is
+    // killed); its own children are in its process group, killed with it
+    // when it times out or the restore is interrupted.
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))?;
-    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+    let mut group = Group(child.id().and_then(|p| i32::try_from(p).ok()));
+    let ended = tokio::time::timeout(timeout, child.wait_with_output()).await;
+    if matches!(ended, Ok(Ok(_))) {
+        // Ended by itself: what it started in the background (an
+        // application started with `&`) is meant to stay.
+        group.0 = None;
+    }
+    match ended {
         Ok(Ok(out)) => {
             let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
             text.push_str(&String::from_utf8_lossy(&out.stderr));
@@ -140,6 +158,21 @@ async fn execute(argv: &[String], timeout: Duration) -> Result<(Option<i32>, Str
             "killed after {}",
             humantime::format_duration(timeout)
         )),
+    }
+}
+
+/// A hook's process group, killed whole when dropped (a timeout, an
+/// interrupted restore) unless the hook ended by itself.
+struct Group(Option<i32>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0 {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 

@@ -157,6 +157,11 @@ pub struct Entry {
     pub datadir: Option<String>,
     /// Its tablespace directories (likewise).
     pub spaces: Vec<String>,
+    /// Its `before` hooks had started (the application may be stopped)
+    /// and its `after` hooks had not run yet.
+    pub app_stopped: bool,
+    /// Containers it stopped and had not started again.
+    pub containers: Vec<String>,
 }
 
 impl Entry {
@@ -410,6 +415,24 @@ impl Journal {
         Ok(())
     }
 
+    /// The `before` hooks are about to run (or, `false`, the application
+    /// was brought back).
+    pub async fn app_stopped(&self, stopped: bool) -> Result<()> {
+        self.set("app_stopped", if stopped { "1" } else { "0" })
+            .await?;
+        if !stopped {
+            self.containers(&[]).await?;
+        }
+        Ok(())
+    }
+
+    /// Containers this restore stopped.
+    pub async fn containers(&self, names: &[String]) -> Result<()> {
+        let json = serde_json::to_string(names)
+            .map_err(|e| Error::Other(format!("encoding the stopped containers: {e}")))?;
+        self.set("containers", &json).await
+    }
+
     /// drctl created `restoring` itself (so recovery may drop it).
     pub async fn created(&self) -> Result<()> {
         self.set("created", "1").await
@@ -456,6 +479,11 @@ fn entry_of(r: &sqlx::sqlite::SqliteRow) -> Entry {
         datadir: r.get("datadir"),
         spaces: r
             .get::<Option<String>, _>("spaces")
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default(),
+        app_stopped: r.get::<bool, _>("app_stopped"),
+        containers: r
+            .get::<Option<String>, _>("containers")
             .and_then(|j| serde_json::from_str(&j).ok())
             .unwrap_or_default(),
     }
@@ -566,6 +594,33 @@ pub async fn settle(
             .await;
         }
     }
+    remove_leftovers(cfg, e).await;
+    let (end, mut note) = match failure {
+        Some(why) => (
+            Step::Failed,
+            format!("{} failed: {why}; cleaned up", e.what()),
+        ),
+        None => (end, note),
+    };
+    if failure.is_none() && (e.app_stopped || !e.containers.is_empty()) {
+        note.push_str(&super::bring_back_after_kill(cfg, state, e).await);
+    }
+    sqlx::query("UPDATE restore_journal SET step = ?, note = ?, updated_at = ? WHERE id = ?")
+        .bind(end.as_str())
+        .bind(&note)
+        .bind(now_ms())
+        .bind(e.id)
+        .execute(state.pool())
+        .await
+        .map_err(|err| state.err(err))?;
+    if failure.is_none() {
+        tracing::warn!("{note}");
+    }
+    Ok(note)
+}
+
+/// A restore's temporary file and lease, whatever became of it.
+async fn remove_leftovers(cfg: &LoadedConfig, e: &Entry) {
     if let Some(t) = &e.temp_file {
         match std::fs::remove_file(t) {
             Ok(()) => {}
@@ -589,25 +644,6 @@ pub async fn settle(
             }
         }
     }
-    let (end, note) = match failure {
-        Some(why) => (
-            Step::Failed,
-            format!("{} failed: {why}; cleaned up", e.what()),
-        ),
-        None => (end, note),
-    };
-    sqlx::query("UPDATE restore_journal SET step = ?, note = ?, updated_at = ? WHERE id = ?")
-        .bind(end.as_str())
-        .bind(&note)
-        .bind(now_ms())
-        .bind(e.id)
-        .execute(state.pool())
-        .await
-        .map_err(|err| state.err(err))?;
-    if failure.is_none() {
-        tracing::warn!("{note}");
-    }
-    Ok(note)
 }
 
 /// Terminate active statements that mention `name` (other than ours) and
@@ -816,6 +852,8 @@ mod tests {
             step,
             datadir: None,
             spaces: Vec::new(),
+            app_stopped: false,
+            containers: Vec::new(),
         }
     }
 

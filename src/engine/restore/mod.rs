@@ -567,7 +567,7 @@ impl Procedure<'_> {
         // restore for want of consent, and before the target is touched.
         let before = match self.hooks {
             Some(h) => match consent() {
-                Ok(()) => stop_the_application(h, &mut phases, &mut ran).await,
+                Ok(()) => stop_the_application(h, self.journal, &mut phases, &mut ran).await,
                 Err(e) => Err(e),
             },
             None => Ok(None),
@@ -583,6 +583,9 @@ impl Procedure<'_> {
                 return Err(e);
             }
         };
+        if stopped.is_some() || self.hooks.is_some_and(|h| !h.before.is_empty()) {
+            crate::base::faults::point("restore.app.stopped").await;
+        }
         let alerter = crate::services::alerts::Alerter::new(self.cfg, self.state);
         if self.req.announce {
             announce(
@@ -606,6 +609,7 @@ impl Procedure<'_> {
         // The runbook's "start the app", whether the restore worked or not.
         if let Some(h) = self.hooks {
             bring_back(h, stopped.as_ref(), &mut phases, &mut ran).await;
+            self.brought_back().await;
         }
         // The runbook's "curl -sf .../health", once the data went in.
         let mut checks = Vec::new();
@@ -639,6 +643,14 @@ impl Procedure<'_> {
         result
     }
 
+    /// The application is back: a later recovery of this entry must not
+    /// run the `after` hooks again.
+    async fn brought_back(&self) {
+        if let Err(e) = self.journal.app_stopped(false).await {
+            tracing::warn!(error = %e, "cannot journal that the application is back");
+        }
+    }
+
     async fn record(&self, phases: &[journal::Phase], healthy: Option<bool>) {
         let total = self.started.elapsed().as_secs_f64();
         if let Err(e) = self.journal.record(phases, total, healthy).await {
@@ -670,11 +682,17 @@ fn scratch_dir(cfg: &LoadedConfig, req: &RestoreRequest) -> Result<std::path::Pa
 /// restore does not start.
 async fn stop_the_application(
     h: &crate::config::RestoreHooks,
+    journal: &journal::Journal,
     phases: &mut Vec<journal::Phase>,
     ran: &mut Vec<hooks::HookRun>,
 ) -> Result<Option<containers::Stopped>> {
     let mut why = None;
     let mut stopped = None;
+    // Journaled first: a restore killed from here on leaves the
+    // application stopped, and whoever finds it brings it back.
+    if !h.before.is_empty() || !h.stop.is_empty() {
+        journal.app_stopped(true).await?;
+    }
     if !h.before.is_empty() {
         let t = std::time::Instant::now();
         let runs = hooks::before(h).await;
@@ -696,6 +714,9 @@ async fn stop_the_application(
             why.is_none(),
         ));
         ran.extend(runs);
+        if let Some(s) = &s {
+            journal.containers(s.names()).await?;
+        }
         stopped = s;
     }
     let Some(why) = why else {
@@ -703,6 +724,9 @@ async fn stop_the_application(
     };
     let start = ran.len();
     bring_back(h, stopped.as_ref(), phases, ran).await;
+    if let Err(e) = journal.app_stopped(false).await {
+        tracing::warn!(error = %e, "cannot journal that the application is back");
+    }
     let mut msg = format!("{why}; nothing was restored");
     if let Some(a) = hooks::failure(&ran[start..]) {
         msg.push_str(&format!("; then {a}"));
@@ -739,6 +763,66 @@ async fn bring_back(
             ok,
         ));
         ran.extend(runs);
+    }
+}
+
+/// A killed restore had stopped the application (its `before` hooks or
+/// container stops ran, its `after` hooks never did): start its containers
+/// and run its `after` hooks now, announce `restore_failed`, and say what
+/// happened (appended to the recovery's note).
+pub(crate) async fn bring_back_after_kill(
+    cfg: &LoadedConfig,
+    state: &crate::services::state::State,
+    e: &journal::Entry,
+) -> String {
+    let hooks = cfg
+        .job(&e.job)
+        .ok()
+        .and_then(|(_, jc)| jc.storage().and_then(|s| s.restore.as_ref()));
+    let mut runs = Vec::new();
+    let note = match hooks {
+        Some(h) => {
+            if !e.containers.is_empty() {
+                runs.extend(containers::start_named(&e.containers, h).await);
+            }
+            runs.extend(hooks::after(h).await);
+            match hooks::failure(&runs) {
+                None => format!(
+                    "; it had stopped the application: {} ran again now",
+                    describe_bring_back(e, h)
+                ),
+                Some(why) => format!(
+                    "; it had stopped the application, and bringing it back failed: {why}"
+                ),
+            }
+        }
+        None => "; it had stopped the application, but the job has no restore hooks configured now: start it by hand".into(),
+    };
+    if let Ok(job) = JobName::parse(&e.job) {
+        let alerter = crate::services::alerts::Alerter::new(cfg, state);
+        announce(
+            &alerter,
+            &job,
+            "restore_failed",
+            format!("{} was killed{note}", e.what()),
+        )
+        .await;
+    }
+    note
+}
+
+fn describe_bring_back(e: &journal::Entry, h: &crate::config::RestoreHooks) -> String {
+    let mut parts = Vec::new();
+    if !e.containers.is_empty() {
+        parts.push(format!("containers {} started", e.containers.join(", ")));
+    }
+    if !h.after.is_empty() {
+        parts.push(format!("{} after hook(s)", h.after.len()));
+    }
+    if parts.is_empty() {
+        "nothing to run".into()
+    } else {
+        parts.join(" and ")
     }
 }
 

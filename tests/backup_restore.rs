@@ -1597,27 +1597,13 @@ fn a_restore_killed_after_its_before_hooks_brings_the_application_back_at_the_ne
     let untouched = pg.fingerprint(&db);
     let log = w.dir.join("app.log");
     let app_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    let mut child = w
-        .command(&["restore", "--latest", "--job", "appdb", "--yes"])
-        .env("DRCTL_FAULT_PAUSE", "restore.app.stopped")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0,
-            "the restore ended before its hooks ran"
-        );
-        if line.contains("fault point restore.app.stopped") {
-            break;
-        }
-    }
+    let restore = paused_at(
+        &w,
+        "restore.app.stopped",
+        &["restore", "--latest", "--job", "appdb", "--yes"],
+    );
     assert_eq!(app_log(), "stop\n");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    restore.kill();
     let r = w.drctl(&["status"]);
     r.ok();
     assert!(

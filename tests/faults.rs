@@ -666,30 +666,7 @@ fn comm(pid: u32) -> String {
 
 /// Run drctl until it reaches fault point `point`, then SIGKILL it.
 fn kill_at(w: &World, point: &str, args: &[&str]) {
-    let log = w.dir.join(format!("fault-{point}.log"));
-    let mut child = w
-        .command(args)
-        .env("DRCTL_FAULT_PAUSE", point)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let needle = format!("fault point {point} reached");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains(&needle)
-    {
-        let done = child.try_wait().unwrap();
-        assert!(
-            done.is_none() && std::time::Instant::now() < deadline,
-            "{point} never reached ({done:?}):\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    let _ = child.wait();
+    paused_at(w, point, args).kill();
 }
 
 fn allows_connections(db: &str) -> String {

@@ -544,24 +544,12 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
     let name = "000000010000000000000001.00000028.backup";
     let file = spot.join(name);
     std::fs::write(&file, b"START WAL LOCATION: 0/1000028\n").unwrap();
-    let mut cmd = w.command(&["wal", "push", "--job", "db", file.to_str().unwrap()]);
-    cmd.env("DRCTL_FAULT_PAUSE", "wal.push.uploaded")
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        assert!(
-            std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0,
-            "push ended early"
-        );
-        if line.contains("fault point wal.push.uploaded") {
-            break;
-        }
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    paused_at(
+        &w,
+        "wal.push.uploaded",
+        &["wal", "push", "--job", "db", file.to_str().unwrap()],
+    )
+    .kill();
     assert!(
         !stored_wal(&bucket).await.contains(&name.to_string()),
         "no record, not stored"
@@ -980,22 +968,11 @@ async fn a_pitr_drill_restores_a_random_point_and_proves_it_with_the_marker_rows
     // it, and the next run of the drill sweeps what it left.
     let drills = w.dir.join("state").join("drills");
     {
-        let mut cmd = w.command(&["drill", "run", "pitr-weekly"]);
-        cmd.env("DRCTL_FAULT_PAUSE", "pitr.recovery.promoted")
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(
-                std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0,
-                "the drill ended before its recovery server was promoted"
-            );
-            if line.contains("fault point pitr.recovery.promoted") {
-                break;
-            }
-        }
+        let drill = paused_at(
+            &w,
+            "pitr.recovery.promoted",
+            &["drill", "run", "pitr-weekly"],
+        );
         let dir = std::fs::read_dir(&drills)
             .unwrap()
             .next()
@@ -1011,8 +988,7 @@ async fn a_pitr_drill_restores_a_random_point_and_proves_it_with_the_marker_rows
             .parse()
             .unwrap();
         assert!(alive(pid));
-        child.kill().unwrap();
-        child.wait().unwrap();
+        drill.kill();
         wait_until(
             Duration::from_secs(15),
             "the killed drill's server to die",
@@ -1798,29 +1774,18 @@ async fn a_point_in_time_restore_killed_during_recovery_leaves_no_server_and_not
     let want = c.fingerprint();
     for (sig, name) in [(libc::SIGTERM, "term"), (libc::SIGKILL, "kill")] {
         let d = root.join(name);
-        let mut cmd = w.command(&[
-            "restore",
-            "--job",
-            "db",
-            "--latest",
-            "--to-datadir",
-            d.to_str().unwrap(),
-        ]);
-        cmd.env("DRCTL_FAULT_PAUSE", "pitr.recovery.promoted")
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(
-                std::io::BufRead::read_line(&mut err, &mut line).unwrap() > 0,
-                "the restore ended before its recovery server was promoted"
-            );
-            if line.contains("fault point pitr.recovery.promoted") {
-                break;
-            }
-        }
+        let mut restore = paused_at(
+            &w,
+            "pitr.recovery.promoted",
+            &[
+                "restore",
+                "--job",
+                "db",
+                "--latest",
+                "--to-datadir",
+                d.to_str().unwrap(),
+            ],
+        );
         let pid: i32 = std::fs::read_to_string(d.join("postmaster.pid"))
             .unwrap()
             .lines()
@@ -1834,11 +1799,10 @@ async fn a_point_in_time_restore_killed_during_recovery_leaves_no_server_and_not
             .unwrap()
             .contains("drctl_wal"));
         unsafe {
-            libc::kill(child.id() as i32, sig);
+            libc::kill(restore.child.id() as i32, sig);
         }
-        let status = child.wait().unwrap();
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+        let status = restore.child.wait().unwrap();
+        let rest = restore.stderr();
         wait_until(
             Duration::from_secs(15),
             "the recovery server to stop",

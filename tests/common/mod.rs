@@ -1158,3 +1158,51 @@ impl Drop for Redis {
         let _ = self.child.wait();
     }
 }
+
+/// A drctl process stopped at a fault point (`DRCTL_FAULT_PAUSE`), its
+/// stderr in a file.
+pub struct Paused {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Paused {
+    /// What it printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL it and reap it.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `drctl ARGS` of `w` until it reaches fault point `point`, where it
+/// waits (60 s at most, else the test fails with its output).
+pub fn paused_at(w: &World, point: &str, args: &[&str]) -> Paused {
+    let log = w.dir.join(format!("{}.log", unique("fault")));
+    let mut child = w
+        .command(args)
+        .env("DRCTL_FAULT_PAUSE", point)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let needle = format!("fault point {point} reached");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(&needle)
+    {
+        let done = child.try_wait().unwrap();
+        assert!(
+            done.is_none() && std::time::Instant::now() < deadline,
+            "{point} never reached ({done:?}):\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Paused { child, log }
+}

@@ -402,17 +402,8 @@ impl Journal {
         let spaces: Vec<String> = spaces.iter().map(|p| p.display().to_string()).collect();
         let spaces = serde_json::to_string(&spaces)
             .map_err(|e| Error::Other(format!("encoding the restore's directories: {e}")))?;
-        sqlx::query(
-            "UPDATE restore_journal SET datadir = ?, spaces = ?, updated_at = ? WHERE id = ?",
-        )
-        .bind(datadir.display().to_string())
-        .bind(spaces)
-        .bind(now_ms())
-        .bind(self.id)
-        .execute(self.state.pool())
-        .await
-        .map_err(|e| self.state.err(e))?;
-        Ok(())
+        self.set("spaces", &spaces).await?;
+        self.set("datadir", &datadir.display().to_string()).await
     }
 
     /// The `before` hooks are about to run (or, `false`, the application

@@ -1506,6 +1506,39 @@ async fn base_backups_are_chosen_by_the_servers_clock_whatever_the_backing_up_ho
     r.ok();
     let plan: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(plan["backup_id"], behind_id.as_str(), "{plan}");
+    // --base picks an older one (the newest damaged, say); an unknown one,
+    // or a repository that is not the job's, is refused by name.
+    let r = restore_db(
+        &w,
+        &["--latest", "--base", &ahead_id, "--dry-run", "--json"],
+        &d,
+    );
+    let plan: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
+    assert_eq!(plan["backup_id"], ahead_id.as_str(), "{plan}");
+    let r = restore_db(
+        &w,
+        &[
+            "--latest",
+            "--base",
+            "20200101T000000Z-x-00000000",
+            "--dry-run",
+        ],
+        &d,
+    );
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert!(r.stderr.contains("no such base backup"), "{}", r.stderr);
+    let r = restore_db(
+        &w,
+        &["--latest", "--repository", "elsewhere", "--dry-run"],
+        &d,
+    );
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("repository elsewhere is not one of job db's"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// A backup's manifest as stored (the bucket is not encrypted at that level).

@@ -48,6 +48,11 @@ pub struct Args {
     /// archives into the job]
     #[arg(long, requires = "to_datadir")]
     keep_archiving: bool,
+    /// postgres_physical jobs: start from this base backup (an older one
+    /// when the newest is damaged) [default: the newest that reaches the
+    /// target]
+    #[arg(long, value_name = "ID", requires = "to_datadir")]
+    base: Option<String>,
     /// Undo the last restore of the job's own database: swap its newest
     /// safety copy (<db>_pre_restore_<ts>) back; the replaced database
     /// becomes a safety copy in its turn
@@ -198,6 +203,8 @@ async fn exec_pitr(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
         tablespace_map: a.tablespace_map,
         tablespaces_under: None,
         timeline: a.timeline,
+        repository: a.repository.clone(),
+        base: a.base.clone(),
         keep_archiving: a.keep_archiving,
     };
     let mut plan = restore::pitr::plan(cfg, &req).await?;

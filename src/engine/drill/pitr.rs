@@ -194,6 +194,8 @@ pub(super) async fn phases(
         tablespace_map: Vec::new(),
         tablespaces_under: Some(dir.join("tablespaces")),
         timeline: None,
+        repository: d.repository.clone(),
+        base: None,
         keep_archiving: false,
     };
     opts.progress.set_phase("fetch", 0);

@@ -79,6 +79,12 @@ pub struct PitrRequest {
     /// `--timeline N`: recover along this timeline instead of the one the
     /// job's server archives now ([`pick_timeline`]).
     pub timeline: Option<u32>,
+    /// `--repository`: read this repository (the job's own or one of its
+    /// copies) instead of the job's own.
+    pub repository: Option<String>,
+    /// `--base ID`: start from this base backup (refused when it cannot
+    /// reach the target) instead of the newest that can.
+    pub base: Option<String>,
     /// `--keep-archiving`: leave the restored directory's archiving as the
     /// backed-up server had it. By default `archive_mode = 'off'` is
     /// written, so that a copy started as-is never archives a second
@@ -648,7 +654,16 @@ struct Gathered {
 
 async fn gather(cfg: &LoadedConfig, req: &PitrRequest) -> Result<Gathered> {
     let (job, jc, _) = archive::physical_job(cfg, req.job.as_deref())?;
-    let repo_name = jc.backup_repository(job.as_str())?.to_owned();
+    let repo_name = match &req.repository {
+        Some(r) if jc.repositories().contains(&r.as_str()) => r.clone(),
+        Some(r) => {
+            return Err(Error::Refused(format!(
+                "repository {r} is not one of job {job}'s (its repository and copies: {})",
+                jc.repositories().join(", ")
+            )))
+        }
+        None => jc.backup_repository(job.as_str())?.to_owned(),
+    };
     let repo = Repository::open(&repo_name, cfg.repository(&repo_name)?).await?;
     let mut bases = Vec::new();
     for b in repo.list_backups(&job).await? {
@@ -674,6 +689,14 @@ async fn gather(cfg: &LoadedConfig, req: &PitrRequest) -> Result<Gathered> {
             b.physical.consistent_at(b.manifest.finished_at),
         )
     });
+    if let Some(id) = &req.base {
+        bases.retain(|b| b.manifest.id.as_str() == id);
+        if bases.is_empty() {
+            return Err(Error::Refused(format!(
+                "--base {id}: no such base backup of job {job} in repository {repo_name} (`drctl backups {job}` lists them)"
+            )));
+        }
+    }
     let archive = archive::list(&repo, &job).await?;
     let mut histories = std::collections::BTreeMap::new();
     let keys_cfg = jc;

@@ -22,9 +22,15 @@ pub fn instance_id(state_dir: &std::path::Path) -> Option<String> {
     let id = format!("{:032x}", rand::random::<u128>());
     crate::base::private_fs::dir_all(state_dir).ok()?;
     let tmp = state_dir.join(format!(".instance-id.{}", std::process::id()));
-    std::fs::write(&tmp, format!("{id}\n")).ok()?;
-    // Two processes starting at once: the first rename wins, and both read
-    // the file back.
+    {
+        use std::io::Write;
+        // 0600 like everything in the state directory.
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = crate::base::private_fs::open_rw(&tmp).ok()?;
+        f.write_all(format!("{id}\n").as_bytes()).ok()?;
+    }
+    // Two processes starting at once: the first link wins, and the other
+    // reads the winner's back.
     if std::fs::hard_link(&tmp, &path).is_err() {
         let _ = std::fs::remove_file(&tmp);
         return std::fs::read_to_string(&path)

@@ -340,12 +340,22 @@ pub fn conflict(
     let other = (!t.instance.is_empty() && t.instance != ours.instance)
         || (!t.machine.is_empty() && !ours.machine.is_empty() && t.machine != ours.machine);
     let age = (now - at).to_std().unwrap_or_default();
+    // Everything of theirs came from the repository: printable and short
+    // before it reaches a log line, an alert or a terminal.
+    let shown = |s: &str| -> String {
+        let s: String = s.chars().filter(|c| !c.is_control()).take(64).collect();
+        if s.is_empty() {
+            "?".into()
+        } else {
+            s
+        }
+    };
     (other && age < stale_after).then(|| {
         format!(
             "another drctl daemon publishes as host {} (installation {}, machine {}, daemon started {}, written {}s ago); this one is installation {}, machine {}",
-            t.host,
-            if t.instance.is_empty() { "?" } else { &t.instance },
-            if t.machine.is_empty() { "?" } else { &t.machine },
+            shown(&t.host),
+            shown(&t.instance),
+            shown(&t.machine),
             t.daemon_started.format("%Y-%m-%d %H:%M:%S UTC"),
             age.as_secs(),
             ours.instance,
@@ -658,6 +668,20 @@ mod tests {
                 stale
             ),
             None
+        );
+        // A hostile object's strings reach the alert printable and short.
+        let mut hostile = theirs.clone();
+        hostile.instance = format!("\u{1b}]0;pwned\u{7}{}", "x".repeat(10_000));
+        let why = conflict(
+            &ours,
+            Some((&hostile, at("2026-12-02T10:00:20Z"))),
+            now,
+            stale,
+        )
+        .unwrap();
+        assert!(
+            !why.chars().any(char::is_control) && why.len() < 1000,
+            "{why}"
         );
         // Written before drctl recorded installations: taken over.
         let mut old = theirs.clone();

@@ -151,6 +151,12 @@ async fn ask_server(r: &Resolved<'_>, dir: &Path) -> Option<ServerAof> {
             .await
             .unwrap_or_else(|| "appendonly.aof".into());
         let dirname = get("appenddirname").await;
+        // The server names files drctl writes: one plain name each, or
+        // its answer is not used (a hostile server could name ../../etc).
+        if !plain_name(&filename) || dirname.as_deref().is_some_and(|d| !plain_name(d)) {
+            tracing::warn!("the Redis server named its AOF files oddly; its answer is not used");
+            return None;
+        }
         Some(ServerAof {
             appendonly,
             dirname,
@@ -161,6 +167,17 @@ async fn ask_server(r: &Resolved<'_>, dir: &Path) -> Option<ServerAof> {
         .await
         .ok()
         .flatten()
+}
+
+/// One path component drctl may create inside the target directory
+/// (pure): not empty, no separator, not `.` or `..`, printable, short.
+pub fn plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.chars().any(char::is_control)
 }
 
 /// What identifies the restore's target, for the per-target lock.
@@ -463,6 +480,23 @@ mod tests {
         // No answer: the directory tells.
         assert_eq!(aof_layout(&single, None), single);
         assert_eq!(aof_layout(&Aof::None, None), Aof::None);
+    }
+
+    #[test]
+    fn a_servers_file_names_are_used_only_when_plain() {
+        assert!(plain_name("appendonly.aof") && plain_name("appendonlydir"));
+        let long = "a".repeat(256);
+        for hostile in [
+            "",
+            ".",
+            "..",
+            "../../etc",
+            "a/b",
+            "x\u{1b}[2J",
+            long.as_str(),
+        ] {
+            assert!(!plain_name(hostile), "{hostile:?}");
+        }
     }
 
     #[test]

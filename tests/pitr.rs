@@ -1885,3 +1885,77 @@ async fn a_point_in_time_restore_killed_during_recovery_leaves_no_server_and_not
     }
     drop(c);
 }
+
+/// The newest base backup damaged (one byte of its base.tar flipped): a
+/// restore falls back to the older intact one and its WAL, restores the
+/// primary's data, raises `backup_damaged` and records the verdict, so
+/// that the next plan passes the damaged one over by itself; `--base`
+/// naming the damaged one fails and leaves the directory empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_base_backup_falls_back_to_an_older_one_whose_wal_reaches_the_target() {
+    let Setup {
+        root, bucket, w, c, ..
+    } = setup("").await;
+    c.psql("CREATE TABLE ledger (id bigint PRIMARY KEY, note text)");
+    c.psql("INSERT INTO ledger SELECT g, 'first' FROM generate_series(1, 300) g");
+    let older = w.drctl(&["run", "db"]).ok().stdout.trim().to_owned();
+    c.psql("INSERT INTO ledger SELECT g, 'second' FROM generate_series(301, 600) g");
+    archive_now(&c, &bucket).await;
+    let newer = w.drctl(&["run", "db"]).ok().stdout.trim().to_owned();
+    c.psql("INSERT INTO ledger SELECT g, 'after' FROM generate_series(601, 900) g");
+    c.psql("DELETE FROM ledger WHERE id <= 50");
+    archive_now(&c, &bucket).await;
+    let want = c.fingerprint();
+
+    let key = s3()
+        .keys(&bucket, &format!("db/{newer}/"))
+        .await
+        .into_iter()
+        .find(|k| k.contains("base.tar"))
+        .unwrap();
+    let mut bytes = s3().get(&bucket, &key).await;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    s3().put(&bucket, &key, bytes).await;
+
+    let d = root.join("fallback");
+    let r = restore_db(&w, &["--latest", "--json"], &d);
+    r.ok();
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["plan"]["backup_id"], older.as_str(), "{report}");
+    let fallback = report["fallbacks"][0].as_str().unwrap();
+    assert!(
+        fallback.contains(&newer) && fallback.contains(&older),
+        "{fallback}"
+    );
+    assert_eq!(
+        fingerprint_of(&d).0,
+        want,
+        "the primary's rows, from the older base"
+    );
+    assert!(
+        active_alerts(&w)
+            .iter()
+            .any(|k| k.starts_with("backup_damaged:")),
+        "{:?}",
+        active_alerts(&w)
+    );
+    // The verdict is kept: the next plan passes it over and says so.
+    let d2 = root.join("again");
+    let r = restore_db(&w, &["--latest", "--dry-run", "--json"], &d2);
+    let plan: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
+    assert_eq!(plan["backup_id"], older.as_str(), "{plan}");
+    assert!(
+        plan["passed_over"][0].as_str().unwrap().contains(&newer),
+        "{plan}"
+    );
+    // Named explicitly, it is tried, fails, and nothing stays behind.
+    let r = restore_db(&w, &["--latest", "--base", &newer], &d2);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("integrity"), "{}", r.stderr);
+    assert!(
+        !d2.exists() || std::fs::read_dir(&d2).unwrap().next().is_none(),
+        "the directory is left empty"
+    );
+    drop(c);
+}

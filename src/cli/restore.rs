@@ -255,6 +255,9 @@ async fn exec_pitr(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
     for l in &report.recovery {
         eprintln!("  postgres: {l}");
     }
+    for f in &report.fallbacks {
+        eprintln!("drctl: warning: {f}");
+    }
     eprintln!(
         "restored job {} to {} into {} in {:.1}s (base backup {:.1}s, WAL {:.1}s, recovery {:.1}s); timeline {}",
         report.plan.job,
@@ -284,6 +287,9 @@ async fn exec_pitr(cfg: &LoadedConfig, a: Args) -> anyhow::Result<()> {
 
 fn print_pitr_plan(p: &restore::pitr::PitrPlan) {
     eprintln!("point-in-time restore plan");
+    for n in &p.passed_over {
+        eprintln!("  note: {n}");
+    }
     eprintln!(
         "  base backup {} (job {}, finished {}), start {} on timeline {}",
         p.backup_id,

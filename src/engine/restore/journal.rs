@@ -424,6 +424,13 @@ impl Journal {
         self.set("containers", &json).await
     }
 
+    /// A point-in-time restore fell back from a damaged base backup to
+    /// `backup_id`, read under `lease`.
+    pub async fn rebase(&self, backup_id: &str, lease: &str) -> Result<()> {
+        self.set("backup_id", backup_id).await?;
+        self.set("lease", lease).await
+    }
+
     /// drctl created `restoring` itself (so recovery may drop it).
     pub async fn created(&self) -> Result<()> {
         self.set("created", "1").await

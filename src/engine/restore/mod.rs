@@ -357,7 +357,15 @@ pub async fn run(
         let failed = tried.last().cloned().unwrap_or_default();
         let why = crate::base::secret::redact(&e.to_string());
         if matches!(e, Error::Integrity { .. }) {
-            damaged(cfg, &job, &failed, &id, &why).await;
+            damaged(
+                cfg,
+                &job,
+                &failed,
+                &id,
+                &why,
+                "The restore fell back to another repository.",
+            )
+            .await;
         }
         let Some(next) = next_holding(cfg, &job, &id, &tried).await else {
             break;
@@ -414,8 +422,16 @@ async fn next_holding(
 }
 
 /// A copy that failed its checksum during a restore: recorded as damaged
-/// (retention stops counting it) and `backup_damaged` raised for it.
-async fn damaged(cfg: &LoadedConfig, job: &JobName, repo: &str, id: &BackupId, why: &str) {
+/// (retention stops counting it) and `backup_damaged` raised for it;
+/// `instead` says what the restore did about it.
+pub(crate) async fn damaged(
+    cfg: &LoadedConfig,
+    job: &JobName,
+    repo: &str,
+    id: &BackupId,
+    why: &str,
+    instead: &str,
+) {
     use crate::services::alerts::{Alerter, Condition, Severity};
     let Ok(state) = crate::services::state::State::open(&cfg.config.state_dir).await else {
         return;
@@ -431,12 +447,12 @@ async fn damaged(cfg: &LoadedConfig, job: &JobName, repo: &str, id: &BackupId, w
         "backup_damaged",
         &subject,
         Severity::Critical,
-        format!("backup {id} of {job} in repository {repo} failed its checksum during a restore"),
+        format!("backup {id} of {job} in repository {repo} failed its checksum (or an object is missing) during a restore"),
     );
     c.job = Some(job.to_string());
     c.detail = Some(why.to_owned());
     c.hint = Some(format!(
-        "The restore fell back to another repository. Look at the storage of {repo} (disk errors, lifecycle rules, who can write there) and run `drctl verify --job {job} --repository {repo} --all`."
+        "{instead} Look at the storage of {repo} (disk errors, lifecycle rules, who can write there) and run `drctl verify --job {job} --repository {repo} --all`."
     ));
     if let Err(e) = Alerter::new(cfg, &state).raise(c).await {
         tracing::warn!(error = %e, "cannot record the backup_damaged alert");

@@ -223,6 +223,9 @@ pub struct PitrPlan {
     pub work_bytes: u64,
     /// How long it should take, from past drills of this job on this host.
     pub estimate: Option<Estimate>,
+    /// Base backups left out because they are recorded as damaged.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub passed_over: Vec<String>,
 }
 
 /// A tablespace of the plan and the directory it is restored into.
@@ -324,6 +327,9 @@ pub struct PitrReport {
     pub recovery_seconds: f64,
     /// The whole restore.
     pub total_seconds: f64,
+    /// Damaged base backups passed over, each with what was used instead.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
 }
 
 /// A base backup that can serve as the start of a recovery.
@@ -650,6 +656,8 @@ struct Gathered {
     bases: Vec<Base>,
     archive: archive::Archive,
     histories: std::collections::BTreeMap<u32, Vec<(u32, Lsn)>>,
+    /// Base backups left out because they are recorded as damaged.
+    passed_over: Vec<String>,
 }
 
 async fn gather(cfg: &LoadedConfig, req: &PitrRequest) -> Result<Gathered> {
@@ -689,6 +697,10 @@ async fn gather(cfg: &LoadedConfig, req: &PitrRequest) -> Result<Gathered> {
             b.physical.consistent_at(b.manifest.finished_at),
         )
     });
+    let mut passed_over = Vec::new();
+    if req.base.is_none() {
+        passed_over = without_damaged(cfg, &repo_name, &job, &mut bases).await;
+    }
     if let Some(id) = &req.base {
         bases.retain(|b| b.manifest.id.as_str() == id);
         if bases.is_empty() {
@@ -714,7 +726,38 @@ async fn gather(cfg: &LoadedConfig, req: &PitrRequest) -> Result<Gathered> {
         bases,
         archive,
         histories,
+        passed_over,
     })
+}
+
+/// Drop the base backups a verification, drill or earlier restore found
+/// damaged (the state's verdicts; `--base` still picks one), saying which.
+async fn without_damaged(
+    cfg: &LoadedConfig,
+    repo_name: &str,
+    job: &JobName,
+    bases: &mut Vec<Base>,
+) -> Vec<String> {
+    let Ok(state) = crate::services::state::State::open(&cfg.config.state_dir).await else {
+        return Vec::new();
+    };
+    let Ok(verdicts) = state.verdicts(repo_name, job.as_str()).await else {
+        return Vec::new();
+    };
+    let mut notes = Vec::new();
+    bases.retain(|b| {
+        let bad = verdicts
+            .get(b.manifest.id.as_str())
+            .is_some_and(|v| v.damaged);
+        if bad {
+            notes.push(format!(
+                "base backup {} is recorded as damaged (a verification or restore failed on it): passed over (--base {} tries it anyway)",
+                b.manifest.id, b.manifest.id
+            ));
+        }
+        !bad
+    });
+    notes
 }
 
 /// A small stored WAL file (a timeline history) as text.
@@ -790,8 +833,14 @@ pub async fn plan(cfg: &LoadedConfig, req: &PitrRequest) -> Result<PitrPlan> {
 
 fn make_plan(g: &Gathered, req: &PitrRequest) -> Result<(PitrPlan, Choice)> {
     let times = stored_times(&g.archive);
-    let c = choose(&g.bases, &times, &g.histories, req.target, req.timeline)
-        .map_err(|e| Error::Refused(with_missing_objects(e, &g.archive)))?;
+    let c = choose(&g.bases, &times, &g.histories, req.target, req.timeline).map_err(|e| {
+        let mut why = with_missing_objects(e, &g.archive);
+        for n in &g.passed_over {
+            why.push_str("; ");
+            why.push_str(n);
+        }
+        Error::Refused(why)
+    })?;
     let base = &g.bases[c.base];
     let wal_stored_bytes = c
         .segments
@@ -860,6 +909,7 @@ fn make_plan(g: &Gathered, req: &PitrRequest) -> Result<(PitrPlan, Choice)> {
         work_bytes: base.manifest.raw_bytes()
             + c.segments.len() as u64 * base.physical.wal_segment_bytes,
         estimate: None,
+        passed_over: g.passed_over.clone(),
     };
     Ok((plan, c))
 }
@@ -982,56 +1032,30 @@ pub async fn run(
         tracing::warn!("{note}");
     }
     check_datadir(&req.datadir)?;
-    let g = gather(cfg, req).await?;
-    let (plan, choice) = make_plan(&g, req)?;
+    let mut g = gather(cfg, req).await?;
+    let (mut plan, mut choice) = make_plan(&g, req)?;
     for t in &plan.tablespaces {
         check_tablespace_dir(t)?;
     }
-    let (_, jc, job) = archive::physical_job(cfg, req.job.as_deref())?;
-    let base = &g.bases[choice.base];
-    let tools = PgTools::locate(job.pg_bindir.as_deref());
-    same_major(&tools, base).await?;
-    let keys =
-        crate::services::keys::for_manifest(cfg, jc, &base.manifest, req.identity.as_deref())?;
     // One restore per directory on this host, and a journal entry before
     // anything is written: a restore killed anywhere is found by the next
     // `drctl restore`, `status` or daemon start, its server stopped and
     // its directories emptied ([`abandon`]).
     let target = req.datadir.display().to_string();
-    let _lock = crate::services::lock::HostLock::try_acquire_keyed(
-        &cfg.config.state_dir,
-        ".restore",
-        &target,
-    )?
-    .map_err(|_| {
-        Error::Refused(format!(
-            "another restore into {target} is running on this host"
-        ))
-    })?;
-    let lease = g
-        .repo
-        .lease(&g.job, &base.manifest.id, "point-in-time restore")
-        .await?;
+    let _lock = lock_target(cfg, &target)?;
     let journal = super::journal::Journal::begin(
         state,
         &super::journal::Start {
             job: g.job.as_str(),
-            backup_id: base.manifest.id.as_str(),
+            backup_id: &plan.backup_id,
             repository: &g.repo_name,
             target: &target,
-            lease: Some(&lease.key),
+            lease: None,
             action: super::journal::Action::Restore,
             origin,
         },
     )
     .await?;
-    let spaces: Vec<PathBuf> = plan
-        .tablespaces
-        .iter()
-        .map(|t| PathBuf::from(&t.directory))
-        .collect();
-    journal.directories(&req.datadir, &spaces).await?;
-    journal.step(super::journal::Step::Restoring).await?;
     // An operator's restore is announced (an incident's channel hears it
     // start and end); a drill's is not.
     let alerter = crate::services::alerts::Alerter::new(cfg, state);
@@ -1044,22 +1068,45 @@ pub async fn run(
             "restore_started",
             format!(
                 "{what} started into {target} (base backup {})",
-                base.manifest.id
+                plan.backup_id
             ),
         )
         .await;
     }
-    let result = restore_into(cfg, &g, req, &plan, &choice, base, &tools, &keys).await;
+    let mut spaces: Vec<PathBuf> = Vec::new();
+    let mut fallbacks = Vec::new();
+    let result = loop {
+        spaces.extend(
+            plan.tablespaces
+                .iter()
+                .map(|t| PathBuf::from(&t.directory))
+                .filter(|d| !spaces.contains(d))
+                .collect::<Vec<_>>(),
+        );
+        journal.directories(&req.datadir, &spaces).await?;
+        journal.step(super::journal::Step::Restoring).await?;
+        match attempt(cfg, &g, req, &plan, &choice, &journal).await {
+            Ok(Outcome::Restored(r)) => break Ok(*r),
+            Ok(Outcome::BaseDamaged(e)) => {
+                match fall_back(cfg, &mut g, req, &plan, &choice, &e).await {
+                    Ok((p, c, note)) => {
+                        fallbacks.push(note);
+                        (plan, choice) = (p, c);
+                    }
+                    Err(e) => break Err(e),
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
     if announced {
         let (kind, summary) = ended(&what, &target, &result, t0.elapsed().as_secs_f64());
         super::announce(&alerter, &g.job, kind, summary).await;
     }
-    if let Err(e) = lease.release().await {
-        tracing::warn!(error = %e, "cannot remove the restore's lease; it expires by itself");
-    }
     match result {
         Ok(mut report) => {
             report.total_seconds = t0.elapsed().as_secs_f64();
+            report.fallbacks = fallbacks;
             let phases = [
                 super::journal::Phase::new(
                     "fetch",
@@ -1079,6 +1126,107 @@ pub async fn run(
             Err(e)
         }
     }
+}
+
+/// The plan's base backup is damaged (`e`): record it and raise
+/// `backup_damaged`, then plan again without it; the new plan and the
+/// note that says so, or the restore's final error.
+async fn fall_back(
+    cfg: &LoadedConfig,
+    g: &mut Gathered,
+    req: &PitrRequest,
+    plan: &PitrPlan,
+    choice: &Choice,
+    e: &Error,
+) -> Result<(PitrPlan, Choice, String)> {
+    let id = g.bases[choice.base].manifest.id.clone();
+    let why = crate::base::secret::redact(&e.to_string());
+    g.bases.remove(choice.base);
+    let next = match &req.base {
+        Some(_) => Err("--base names it, so there is no fallback".to_owned()),
+        None => make_plan(g, req)
+            .map_err(|e| e.to_string())
+            .and_then(|(p, c)| {
+                match p
+                    .tablespaces
+                    .iter()
+                    .find_map(|t| check_tablespace_dir(t).err())
+                {
+                    Some(e) => Err(e.to_string()),
+                    None => Ok((p, c)),
+                }
+            }),
+    };
+    let instead = match &next {
+        Ok((p, _)) => format!(
+            "The point-in-time restore fell back to the older base backup {}.",
+            p.backup_id
+        ),
+        Err(_) => "No other base backup could reach the target; the restore failed.".to_owned(),
+    };
+    super::damaged(cfg, &g.job, &g.repo_name, &id, &why, &instead).await;
+    match next {
+        Ok((p, c)) => {
+            let note = format!(
+                "base backup {id} could not be read ({why}); restored from the older base backup {} and its WAL instead",
+                p.backup_id
+            );
+            tracing::warn!(job = %g.job, "{note}");
+            Ok((p, c, note))
+        }
+        Err(n) => Err(Error::Integrity {
+            artifact: format!("base backup {id}"),
+            message: format!("{why}; no fallback to {}: {n}", plan.target),
+        }),
+    }
+}
+
+/// The host lock that keeps a second restore out of `target`.
+fn lock_target(cfg: &LoadedConfig, target: &str) -> Result<crate::services::lock::HostLock> {
+    crate::services::lock::HostLock::try_acquire_keyed(&cfg.config.state_dir, ".restore", target)?
+        .map_err(|_| {
+            Error::Refused(format!(
+                "another restore into {target} is running on this host"
+            ))
+        })
+}
+
+/// How one attempt at a base backup ended.
+enum Outcome {
+    /// The cluster is restored.
+    Restored(Box<PitrReport>),
+    /// The base backup's objects are damaged or missing (its directories
+    /// were emptied again): an older one may still reach the target.
+    BaseDamaged(Error),
+}
+
+/// Restore from the plan's base backup, held under a lease while it is read.
+async fn attempt(
+    cfg: &LoadedConfig,
+    g: &Gathered,
+    req: &PitrRequest,
+    plan: &PitrPlan,
+    choice: &Choice,
+    journal: &super::journal::Journal,
+) -> Result<Outcome> {
+    let (_, jc, job) = archive::physical_job(cfg, req.job.as_deref())?;
+    let base = &g.bases[choice.base];
+    let tools = PgTools::locate(job.pg_bindir.as_deref());
+    same_major(&tools, base).await?;
+    let keys =
+        crate::services::keys::for_manifest(cfg, jc, &base.manifest, req.identity.as_deref())?;
+    let lease = g
+        .repo
+        .lease(&g.job, &base.manifest.id, "point-in-time restore")
+        .await?;
+    journal
+        .rebase(base.manifest.id.as_str(), &lease.key)
+        .await?;
+    let result = restore_into(cfg, g, req, plan, choice, base, &tools, &keys).await;
+    if let Err(e) = lease.release().await {
+        tracing::warn!(error = %e, "cannot remove the restore's lease; it expires by itself");
+    }
+    result
 }
 
 /// Refuse a base backup of another major version than this host's server.
@@ -1152,7 +1300,7 @@ async fn restore_into(
     base: &Base,
     tools: &PgTools,
     keys: &crate::services::keys::Keys,
-) -> Result<PitrReport> {
+) -> Result<Outcome> {
     let dd = &req.datadir;
     let spaces: Vec<(PhysicalTablespace, PathBuf)> = base
         .physical
@@ -1206,15 +1354,17 @@ async fn restore_into(
         (r, t.elapsed().as_secs_f64())
     };
     let ((based, base_seconds), (walled, wal_seconds)) = tokio::join!(base_part, wal_part);
-    if let Err(e) = based.and(walled) {
+    if based.is_err() || walled.is_err() {
         // Nothing of the cluster may stay behind: the directories were
         // empty (or absent), and a partial base backup must never be started.
-        empty_dir(dd);
-        for (_, d) in &spaces {
+        for d in std::iter::once(dd).chain(spaces.iter().map(|(_, d)| d)) {
             empty_dir(d);
         }
-        return Err(e);
     }
+    if let Err(e @ (Error::Integrity { .. } | Error::NotFound(_))) = based {
+        return Ok(Outcome::BaseDamaged(e));
+    }
+    based.and(walled)?;
 
     // 3. Recovery.
     let t3 = std::time::Instant::now();
@@ -1250,7 +1400,7 @@ async fn restore_into(
     if let Some(tli) = timeline {
         mark_history_for_archiving(dd, tli)?;
     }
-    Ok(PitrReport {
+    Ok(Outcome::Restored(Box::new(PitrReport {
         plan: plan.clone(),
         recovery: lines,
         reached_target,
@@ -1260,7 +1410,8 @@ async fn restore_into(
         wal_seconds,
         recovery_seconds,
         total_seconds: 0.0,
-    })
+        fallbacks: Vec::new(),
+    })))
 }
 
 /// Create `dir` (0700: PostgreSQL refuses a data directory others may

@@ -1689,3 +1689,68 @@ async fn a_multipart_upload_completed_without_a_part_is_never_committed() {
         .collect();
     assert_eq!(manifests, vec![format!("hist/{good}/manifest.json")]);
 }
+
+/// An undo takes back the last restore that completed, never an earlier
+/// one: after a restore that was rolled back (killed while the database
+/// was closed) it is refused and touches nothing, unless `--copy` names a
+/// copy; its plan names the restore it undoes, when it completed and the
+/// writes since (from pg_stat_database).
+#[test]
+fn undo_after_a_rolled_back_restore_is_refused_and_the_plan_counts_the_writes_since() {
+    let pg = pg();
+    let db = pg.create_db("undoroll");
+    pg.seed(&db, &unique("undoroll_owner"), 50);
+    let mut w = local_world("");
+    w.set_env("APP_DATABASE_URL", &pg.url(&db));
+    let backup = w.drctl(&["run", "appdb"]).ok().stdout.trim().to_owned();
+    pg.psql(&db, "DELETE FROM billing.payment");
+    w.drctl(&["restore", "--latest", "--job", "appdb", "--yes"])
+        .ok();
+    // The application writes after the restore: 7 rows in 2 transactions.
+    pg.psql(&db, "CREATE TABLE since_restore (x int)");
+    pg.psql(
+        &db,
+        "INSERT INTO since_restore SELECT generate_series(1, 7)",
+    );
+    std::thread::sleep(Duration::from_millis(1200)); // statistics flushed
+    let r = w.drctl(&["restore", "--undo", "--job", "appdb", "--dry-run", "--json"]);
+    let plan: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
+    let undoes = &plan["undoes"];
+    assert_eq!(
+        undoes["what"],
+        format!("restore of backup {backup}").as_str(),
+        "{plan}"
+    );
+    assert_eq!(undoes["copy"], plan["backup_id"], "{plan}");
+    let since = &undoes["writes_since"];
+    assert!(since["inserted"].as_i64().unwrap() >= 7, "{plan}");
+    assert!(since["transactions"].as_i64().unwrap() >= 2, "{plan}");
+    let r = w.drctl(&["restore", "--undo", "--job", "appdb", "--dry-run"]);
+    assert!(r.ok().stderr.contains("row(s) inserted"), "{}", r.stderr);
+    let copy = plan["backup_id"].as_str().unwrap().to_owned();
+
+    // A second restore, killed while the database is closed, is rolled back.
+    std::thread::sleep(Duration::from_millis(1100)); // a new name stamp
+    kill_at(
+        &w,
+        "restore.swap.closed",
+        &["restore", "--latest", "--job", "appdb", "--yes"],
+    );
+    w.drctl(&["status"]).ok();
+    let live = pg.fingerprint(&db);
+    let r = w.drctl(&["restore", "--undo", "--job", "appdb", "--yes"]);
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert!(r.stderr.contains("rolled back"), "{}", r.stderr);
+    assert!(r.stderr.contains("--copy"), "{}", r.stderr);
+    assert_eq!(pg.fingerprint(&db), live, "a refused undo touches nothing");
+    // Named, it goes through: the operator chose to lose the writes since.
+    w.drctl(&[
+        "restore", "--undo", "--job", "appdb", "--yes", "--copy", &copy,
+    ])
+    .ok();
+    assert_eq!(
+        pg.psql(&db, "SELECT count(*) FROM billing.payment"),
+        "0",
+        "the copy from before the first restore is live"
+    );
+}

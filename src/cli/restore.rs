@@ -125,6 +125,9 @@ fn print_plan(p: &Plan) {
             super::when(&p.backup_finished_at)
         );
         eprintln!("  target      {}", p.target);
+        for n in &p.notes {
+            eprintln!("  note        {n}");
+        }
         for (i, s) in p.steps.iter().enumerate() {
             eprintln!("  {}. {s}", i + 1);
         }

@@ -424,6 +424,12 @@ impl Journal {
         self.set("containers", &json).await
     }
 
+    /// The live database's write counters right after the swap (what an
+    /// undo's plan measures the writes since from).
+    pub async fn writes(&self, json: &str) -> Result<()> {
+        self.set("writes", json).await
+    }
+
     /// A point-in-time restore fell back from a damaged base backup to
     /// `backup_id`, read under `lease`.
     pub async fn rebase(&self, backup_id: &str, lease: &str) -> Result<()> {
@@ -817,6 +823,55 @@ impl RestoreRecord {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// A restore or undo of a job's own database that ended, as an undo
+/// weighs it.
+#[derive(Debug, Clone)]
+pub struct Past {
+    /// A restore or an undo.
+    pub action: Action,
+    /// `Done`, `RolledBack` or `Failed`.
+    pub step: Step,
+    /// The backup restored (an undo: the copy swapped back).
+    pub backup_id: String,
+    /// Where the database it replaced went (none when there was none).
+    pub safety: Option<String>,
+    /// When it ended.
+    pub ended_at: chrono::DateTime<chrono::Utc>,
+    /// The live database's write counters right after it (JSON).
+    pub writes: Option<String>,
+}
+
+/// The restores and undos of `job` over its own database `db` that ended,
+/// newest first (the last 50).
+pub async fn history(state: &State, job: &str, db: &str) -> Result<Vec<Past>> {
+    let rows = sqlx::query(
+        "SELECT action, step, backup_id, safety, updated_at, writes FROM restore_journal
+         WHERE job = ? AND database = ? AND datadir IS NULL AND step IN ('done', 'rolled_back', 'failed')
+         ORDER BY id DESC LIMIT 50",
+    )
+    .bind(job)
+    .bind(db)
+    .fetch_all(state.pool())
+    .await
+    .map_err(|e| state.err(e))?;
+    Ok(rows
+        .iter()
+        .map(|r| Past {
+            action: if r.get::<String, _>("action") == "undo" {
+                Action::Undo
+            } else {
+                Action::Restore
+            },
+            step: Step::parse(r.get::<String, _>("step").as_str()),
+            backup_id: r.get("backup_id"),
+            safety: r.get("safety"),
+            ended_at: chrono::DateTime::from_timestamp_millis(r.get("updated_at"))
+                .unwrap_or_default(),
+            writes: r.get("writes"),
+        })
+        .collect())
 }
 
 /// This process's own entry, for cleaning up after its failure.

@@ -103,6 +103,9 @@ pub struct Plan {
     /// unreachable one, a damaged manifest).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// An undo's: the restore it takes back and the writes since.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undoes: Option<undo::Undoes>,
 }
 
 /// What a restore did.
@@ -958,6 +961,7 @@ pub(crate) fn base_plan(
         replaces_existing,
         steps,
         notes: Vec::new(),
+        undoes: None,
     }
 }
 

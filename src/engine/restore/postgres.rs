@@ -1107,6 +1107,7 @@ pub(super) async fn swap(
             q(name)
         ))
         .await?;
+        super::undo::remember_writes(conn, name, journal).await;
         return Ok(None);
     }
     // Journaled first: a kill from here on is finished or rolled back by
@@ -1155,6 +1156,7 @@ pub(super) async fn swap(
         q(safety)
     ))
     .await?;
+    super::undo::remember_writes(conn, name, journal).await;
     Ok(Some(safety.to_owned()))
 }
 

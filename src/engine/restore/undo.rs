@@ -13,6 +13,7 @@ use crate::base::error::{Error, Result};
 use crate::base::ids::JobName;
 use crate::config::{JobConfig, Kind, LoadedConfig, PostgresJob};
 use crate::services::pg::{job_target, PgTarget, PgTools, SqlSession};
+use serde::{Deserialize, Serialize};
 
 /// The job, its database and the safety copy an undo swaps back.
 struct Chosen<'a> {
@@ -23,20 +24,204 @@ struct Chosen<'a> {
     tools: PgTools,
     copy: String,
     copy_made: chrono::NaiveDateTime,
+    undoes: Option<Undoes>,
+    notes: Vec<String>,
 }
 
-/// The safety copy to swap back: `wanted` when given (it must be one of
-/// `db`'s), else the newest; `None` when `db` has none (pure).
-pub fn choose_copy(
+/// A database's write counters (`pg_stat_database`): what a restore left
+/// and what the database holds now, so that an undo says what it takes out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Writes {
+    /// Transactions committed.
+    pub transactions: i64,
+    /// Rows inserted.
+    pub inserted: i64,
+    /// Rows updated.
+    pub updated: i64,
+    /// Rows deleted.
+    pub deleted: i64,
+    /// When the statistics were last reset (a reset makes a difference
+    /// meaningless).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats_reset: Option<String>,
+}
+
+/// The writes between two readings of the same database's counters, or
+/// `None` when they cannot be compared (the statistics were reset, or a
+/// counter went backwards) (pure).
+pub fn writes_since(then: &Writes, now: &Writes) -> Option<Writes> {
+    let d = Writes {
+        transactions: now.transactions - then.transactions,
+        inserted: now.inserted - then.inserted,
+        updated: now.updated - then.updated,
+        deleted: now.deleted - then.deleted,
+        stats_reset: None,
+    };
+    let backwards = d.transactions < 0 || d.inserted < 0 || d.updated < 0 || d.deleted < 0;
+    (then.stats_reset == now.stats_reset && !backwards).then_some(d)
+}
+
+/// What an undo takes back: the restore (or undo) whose safety copy it
+/// swaps in, when that ended, and what was written since.
+#[derive(Debug, Clone, Serialize)]
+pub struct Undoes {
+    /// "restore of backup B", "undo (back to C)".
+    pub what: String,
+    /// When it completed.
+    pub ended_at: chrono::DateTime<chrono::Utc>,
+    /// The safety copy it made, which the undo swaps back.
+    pub copy: String,
+    /// Written into the live database since (absent when not measurable).
+    pub writes_since: Option<Writes>,
+}
+
+/// The safety copy an undo swaps back, and the restore it undoes (pure).
+///
+/// `wanted` when given (it must be one of `db`'s copies). Else the copy of
+/// the newest restore or undo of `db` that completed, from `past` (this
+/// host's journal, newest first; an undo that did not complete changed
+/// nothing and is passed over). Refused when the newest restore did not
+/// complete: the live database is the one from before it, and the newest
+/// copy is an earlier restore's, so swapping it in would take out
+/// everything written since (`--copy` names it if that is meant). With
+/// nothing of `db` journaled here, the newest copy by its name's time.
+pub fn decide<'p>(
     db: &str,
     names: &[String],
+    past: &'p [journal::Past],
     wanted: Option<&str>,
-) -> Option<(String, chrono::NaiveDateTime)> {
+) -> Result<(String, chrono::NaiveDateTime, Option<&'p journal::Past>)> {
     let copies = postgres::safety_copies(db, names);
-    match wanted {
-        Some(w) => copies.into_iter().find(|(n, _)| n == w),
-        None => copies.into_iter().last(),
+    let listed = || {
+        if copies.is_empty() {
+            "none".to_owned()
+        } else {
+            copies
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    if let Some(w) = wanted {
+        return copies
+            .iter()
+            .find(|(n, _)| n == w)
+            .map(|(n, at)| (n.clone(), *at, None))
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "{w} is not a safety copy of {db} (expected one of: {})",
+                    listed()
+                ))
+            });
     }
+    let last = past
+        .iter()
+        .find(|p| p.action == journal::Action::Restore || p.step == journal::Step::Done);
+    let when = |p: &journal::Past| {
+        p.ended_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let Some(p) = last else {
+        return copies
+            .last()
+            .map(|(n, at)| (n.clone(), *at, None))
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "{db} has no safety copy: nothing to undo (a restore into the job's own database keeps the replaced one as {db}_pre_restore_<timestamp>)"
+                ))
+            });
+    };
+    if p.step != journal::Step::Done {
+        return Err(Error::Refused(format!(
+            "the last restore of {db} (backup {}, {}) was {}: the live database is still the one from before it, so there is nothing of it to undo, and the newest safety copy ({}) is an earlier restore's: swapping it in would take out everything written since. Name it with --copy if that is what you want",
+            p.backup_id,
+            when(p),
+            if p.step == journal::Step::RolledBack { "rolled back" } else { "not completed" },
+            copies.last().map_or("none", |(n, _)| n.as_str())
+        )));
+    }
+    let Some(safety) = &p.safety else {
+        return Err(Error::NotFound(format!(
+            "the last restore of {db} (backup {}, {}) replaced no database (there was none): nothing to swap back; --copy NAME swaps an older copy in (copies: {})",
+            p.backup_id,
+            when(p),
+            listed()
+        )));
+    };
+    copies
+        .iter()
+        .find(|(n, _)| n == safety)
+        .map(|(n, at)| (n.clone(), *at, Some(p)))
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "{safety}, the safety copy the last restore of {db} made ({}), no longer exists (dropped after safety_copy_keep, or by hand); --copy NAME swaps an older copy in (copies: {})",
+                when(p),
+                listed()
+            ))
+        })
+}
+
+/// Remember the live database's write counters right after a swap, for a
+/// later undo's plan. Best effort: without them the plan says the writes
+/// since are not known.
+pub(super) async fn remember_writes(conn: &mut SqlSession, db: &str, journal: &journal::Journal) {
+    let stored = match read_writes(conn, db).await {
+        Ok(Some(w)) => serde_json::to_string(&w).map_err(|e| Error::Other(e.to_string())),
+        Ok(None) => return,
+        Err(e) => Err(e),
+    };
+    let stored = match stored {
+        Ok(json) => journal.writes(&json).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = stored {
+        tracing::warn!(error = %e, "cannot record the restored database's write counters");
+    }
+}
+
+/// `db`'s write counters now.
+async fn read_writes(conn: &mut SqlSession, db: &str) -> Result<Option<Writes>> {
+    let rows = conn
+        .rows(&format!(
+            "SELECT xact_commit::text, tup_inserted::text, tup_updated::text, tup_deleted::text, stats_reset::text FROM pg_stat_database WHERE datname = {}",
+            crate::services::pg::quote_literal(db)
+        ))
+        .await?;
+    let Some(r) = rows.into_iter().next() else {
+        return Ok(None);
+    };
+    let n = |i: usize| {
+        r.get(i)
+            .cloned()
+            .flatten()
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(Some(Writes {
+        transactions: n(0),
+        inserted: n(1),
+        updated: n(2),
+        deleted: n(3),
+        stats_reset: r.get(4).cloned().flatten(),
+    }))
+}
+
+/// What the plan says of the restore being undone (pure).
+fn describe(u: &Undoes, db: &str) -> String {
+    let when = u
+        .ended_at
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let since = match &u.writes_since {
+        Some(w) => format!(
+            "since then {db} committed {} transaction(s): {} row(s) inserted, {} updated, {} deleted; the undo takes them out of the live database (they stay in the copy it keeps)",
+            w.transactions, w.inserted, w.updated, w.deleted
+        ),
+        None => format!(
+            "what {db} has been written since is not known (statistics reset, or not measured); the undo takes it out of the live database (it stays in the copy it keeps)"
+        ),
+    };
+    format!("undoes the {} that completed at {when}; {since}", u.what)
 }
 
 async fn choose<'a>(
@@ -60,23 +245,37 @@ async fn choose<'a>(
     }
     let target = job_target(pg)?;
     let tools = PgTools::for_job(pg).await?;
+    let state = crate::services::state::State::open(&cfg.config.state_dir).await?;
+    let past = journal::history(&state, job.as_str(), &target.database).await?;
     let mut conn = SqlSession::open(&tools, &target.with_database(&pg.maintenance_db)).await?;
     let names = postgres::side_databases(&mut conn).await?;
+    let (copy, copy_made, undone) = decide(&target.database, &names, &past, wanted)?;
+    let now = read_writes(&mut conn, &target.database)
+        .await
+        .ok()
+        .flatten();
     let _ = conn.close().await;
-    let Some((copy, copy_made)) = choose_copy(&target.database, &names, wanted) else {
-        return Err(Error::NotFound(match wanted {
-            Some(w) => format!(
-                "{w} is not a safety copy of {} (expected one of: {})",
-                target.database,
-                listed(&target.database, &names)
-            ),
-            None => format!(
-                "{} has no safety copy on {}: nothing to undo (a restore into the job's own database keeps the replaced one as {}_pre_restore_<timestamp>)",
-                target.database,
-                target.display(),
-                target.database
-            ),
-        }));
+    let undoes = undone.map(|p| Undoes {
+        what: match p.action {
+            journal::Action::Restore => format!("restore of backup {}", p.backup_id),
+            journal::Action::Undo => format!("undo (back to {})", p.backup_id),
+        },
+        ended_at: p.ended_at,
+        copy: copy.clone(),
+        writes_since: p
+            .writes
+            .as_deref()
+            .and_then(|j| serde_json::from_str::<Writes>(j).ok())
+            .zip(now.as_ref())
+            .and_then(|(then, now)| writes_since(&then, now)),
+    });
+    let notes = match &undoes {
+        Some(u) => vec![describe(u, &target.database)],
+        None if wanted.is_none() => vec![format!(
+            "no restore of {} is journaled on this host: the newest safety copy is chosen by the time in its name",
+            target.database
+        )],
+        None => Vec::new(),
     };
     Ok(Chosen {
         job,
@@ -86,19 +285,9 @@ async fn choose<'a>(
         tools,
         copy,
         copy_made,
+        undoes,
+        notes,
     })
-}
-
-fn listed(db: &str, names: &[String]) -> String {
-    let copies: Vec<String> = postgres::safety_copies(db, names)
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    if copies.is_empty() {
-        "none".into()
-    } else {
-        copies.join(", ")
-    }
 }
 
 /// What an undo would do.
@@ -124,7 +313,8 @@ pub async fn plan(cfg: &LoadedConfig, req: &RestoreRequest, wanted: Option<&str>
         target: c.target.display(),
         replaces_existing: true,
         steps,
-        notes: Vec::new(),
+        notes: c.notes,
+        undoes: c.undoes,
     })
 }
 
@@ -209,25 +399,120 @@ async fn swap_back(c: &Chosen<'_>, journal: &journal::Journal) -> Result<Report>
 mod tests {
     use super::*;
 
+    fn past(action: journal::Action, step: journal::Step, safety: Option<&str>) -> journal::Past {
+        journal::Past {
+            action,
+            step,
+            backup_id: "B".into(),
+            safety: safety.map(String::from),
+            ended_at: chrono::Utc::now(),
+            writes: None,
+        }
+    }
+
     #[test]
-    fn the_newest_copy_is_chosen_unless_one_is_named_and_others_are_never_chosen() {
+    fn the_last_completed_restores_copy_is_chosen_and_a_rolled_back_restore_refuses() {
+        use journal::{Action, Step};
         let names: Vec<String> = [
             "app_pre_restore_20261201000000",
-            "app_pre_restore_20261201000000_2",
             "app_pre_restore_20261130000000",
             "app2_pre_restore_20261202000000",
             "app_pre_restore_20261203000000_x",
         ]
         .map(String::from)
         .to_vec();
-        let newest = choose_copy("app", &names, None).map(|(n, _)| n);
-        assert_eq!(newest.as_deref(), Some("app_pre_restore_20261201000000_2"));
-        let named = choose_copy("app", &names, Some("app_pre_restore_20261130000000"));
+        let pick = |past: &[journal::Past], wanted: Option<&str>| {
+            decide("app", &names, past, wanted).map(|(n, _, p)| (n, p.is_some()))
+        };
+        // Nothing journaled: the newest copy by name; none at all: NotFound.
         assert_eq!(
-            named.map(|(n, _)| n).as_deref(),
-            Some("app_pre_restore_20261130000000")
+            pick(&[], None).unwrap(),
+            ("app_pre_restore_20261201000000".into(), false)
         );
-        assert!(choose_copy("app", &names, Some("app2_pre_restore_20261202000000")).is_none());
-        assert!(choose_copy("other", &names, None).is_none());
+        assert!(matches!(
+            decide("other", &names, &[], None),
+            Err(Error::NotFound(_))
+        ));
+        // The last completed restore's copy, even when a newer copy exists.
+        let done = past(
+            Action::Restore,
+            Step::Done,
+            Some("app_pre_restore_20261130000000"),
+        );
+        assert_eq!(
+            pick(std::slice::from_ref(&done), None).unwrap(),
+            ("app_pre_restore_20261130000000".into(), true)
+        );
+        // An undo that was rolled back changed nothing: passed over.
+        let undo_back = past(Action::Undo, Step::RolledBack, None);
+        assert_eq!(
+            pick(&[undo_back, done.clone()], None).unwrap().0,
+            "app_pre_restore_20261130000000"
+        );
+        // A restore rolled back after it: refused, unless --copy names one.
+        for step in [Step::RolledBack, Step::Failed] {
+            let back = past(
+                Action::Restore,
+                step,
+                Some("app_pre_restore_20261201000000"),
+            );
+            let both = [back.clone(), done.clone()];
+            let r = decide("app", &names, &both, None);
+            assert!(matches!(r, Err(Error::Refused(_))), "{r:?}");
+            assert_eq!(
+                pick(&[back], Some("app_pre_restore_20261201000000"))
+                    .unwrap()
+                    .0,
+                "app_pre_restore_20261201000000"
+            );
+        }
+        // Its copy dropped since, or it replaced nothing: said, not guessed.
+        let gone = past(
+            Action::Restore,
+            Step::Done,
+            Some("app_pre_restore_20261111000000"),
+        );
+        assert!(
+            matches!(decide("app", &names, &[gone], None), Err(Error::NotFound(m)) if m.contains("no longer exists"))
+        );
+        let fresh = past(Action::Restore, Step::Done, None);
+        assert!(
+            matches!(decide("app", &names, &[fresh], None), Err(Error::NotFound(m)) if m.contains("replaced no database"))
+        );
+        // Named: only one of the database's own copies.
+        assert!(decide("app", &names, &[], Some("app2_pre_restore_20261202000000")).is_err());
+    }
+
+    #[test]
+    fn writes_since_are_the_counters_difference_unless_reset_or_backwards() {
+        let then = Writes {
+            transactions: 10,
+            inserted: 100,
+            updated: 5,
+            deleted: 1,
+            stats_reset: Some("r1".into()),
+        };
+        let now = Writes {
+            transactions: 13,
+            inserted: 150,
+            updated: 5,
+            deleted: 4,
+            stats_reset: Some("r1".into()),
+        };
+        let d = writes_since(&then, &now).unwrap();
+        assert_eq!(
+            (d.transactions, d.inserted, d.updated, d.deleted),
+            (3, 50, 0, 3)
+        );
+        let reset = Writes {
+            stats_reset: Some("r2".into()),
+            ..now.clone()
+        };
+        assert_eq!(writes_since(&then, &reset), None);
+        let backwards = Writes {
+            inserted: 90,
+            ..now
+        };
+        assert_eq!(writes_since(&then, &backwards), None);
     }
 }

@@ -419,7 +419,18 @@ async fn a_cluster_restores_to_a_moment_and_to_the_end_of_its_archive_and_a_gap_
         0,
         "a failed restore leaves the directory empty"
     );
+    assert!(
+        active_alerts(&w)
+            .iter()
+            .any(|k| k.starts_with("backup_damaged:")),
+        "the damaged base backup is alerted"
+    );
     put(original).await;
+    // Recorded as damaged, it is passed over until a check passes again.
+    let r = restore_db(&w, &["--latest", "--dry-run"], &d_bad);
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert!(r.stderr.contains("recorded as damaged"), "{}", r.stderr);
+    w.drctl(&["verify", "--job", "db"]).ok();
 
     // A target past the archive is refused before anything is written.
     let d4 = root.join("restored-future");
@@ -1957,5 +1968,93 @@ async fn a_damaged_base_backup_falls_back_to_an_older_one_whose_wal_reaches_the_
         !d2.exists() || std::fs::read_dir(&d2).unwrap().next().is_none(),
         "the directory is left empty"
     );
+    drop(c);
+}
+
+/// A copy of a physical job carries its WAL: `--repository cold` restores
+/// the primary's latest rows from the copy alone; the copy's retention
+/// prunes its WAL below its own oldest base backup; a WAL object missing
+/// from the copy fails `verify` of the copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_of_a_physical_job_carries_its_wal_and_restores_alone() {
+    let Setup {
+        root, bucket, w, c, ..
+    } = setup(
+        "copies = [\"cold\"]\n[jobs.db.copy_retention.cold]\nkeep_last = 1\n\
+         [repositories.cold]\ntype = \"local\"\npath = \"{dir}/cold\"\n",
+    )
+    .await;
+    c.psql("CREATE TABLE ledger (id bigint PRIMARY KEY, note text)");
+    c.psql("INSERT INTO ledger SELECT g, 'base' FROM generate_series(1, 300) g");
+    let first = w.drctl(&["run", "db"]).ok().stdout.trim().to_owned();
+    c.psql("INSERT INTO ledger SELECT g, 'later' FROM generate_series(301, 600) g");
+    c.psql("DELETE FROM ledger WHERE id <= 20");
+    archive_now(&c, &bucket).await;
+    let want = c.fingerprint();
+    let r = w.drctl(&["copy", "--job", "db", "--to", "cold", "--json"]);
+    let rep: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
+    assert!(rep[0]["wal_files"].as_u64().unwrap() >= 1, "{rep:#}");
+    let cold = w.dir.join("cold/db");
+    assert!(cold.join(&first).join("manifest.json").exists());
+
+    let d = root.join("from-cold");
+    let r = restore_db(&w, &["--latest", "--repository", "cold", "--json"], &d);
+    let report: serde_json::Value = serde_json::from_str(&r.ok().stdout).unwrap();
+    assert!(
+        report["plan"]["repository"]
+            .as_str()
+            .unwrap()
+            .starts_with("cold"),
+        "{report}"
+    );
+    assert_eq!(
+        fingerprint_of(&d).0,
+        want,
+        "the primary's rows, from the copy"
+    );
+
+    // A second base backup: the copy keeps one, and its WAL from there on.
+    c.psql("INSERT INTO ledger SELECT g, 'third' FROM generate_series(601, 700) g");
+    archive_now(&c, &bucket).await;
+    let second = w.drctl(&["run", "db"]).ok().stdout.trim().to_owned();
+    w.drctl(&["copy", "--job", "db", "--to", "cold"]).ok();
+    assert!(
+        !cold.join(&first).exists(),
+        "the copy's retention keeps one"
+    );
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cold.join(&second).join("manifest.json")).unwrap())
+            .unwrap();
+    let start = m["physical"]["start_lsn"].as_str().unwrap().to_owned();
+    let (hi, lo) = start.split_once('/').unwrap();
+    let lsn = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+    let start_seg = format!("00000001{:08X}{:08X}", lsn >> 32, (lsn >> 24) & 0xFF);
+    let segs: Vec<String> = std::fs::read_dir(cold.join("wal"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let n = n.strip_suffix(".json")?.to_owned();
+            (n.len() == 24).then_some(n)
+        })
+        .collect();
+    assert!(!segs.is_empty());
+    assert!(
+        segs.iter().all(|s| *s >= start_seg),
+        "WAL below {start_seg} pruned from the copy: {segs:?}"
+    );
+    w.drctl(&["verify", "--job", "db", "--repository", "cold"])
+        .ok();
+    // A WAL object missing from the copy: the copy does not verify.
+    let victim = segs.iter().max().unwrap();
+    for e in std::fs::read_dir(cold.join("wal")).unwrap().flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        if n.starts_with(&format!("{victim}.")) && !n.ends_with(".json") {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let r = w.drctl(&["verify", "--job", "db", "--repository", "cold"]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.all().contains(victim.as_str()), "{}", r.all());
     drop(c);
 }

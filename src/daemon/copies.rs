@@ -3,8 +3,10 @@
 //! every copy repository of every job (a daemon killed mid-copy left a
 //! backup without its copy); afterwards it retries each `(job, repository)`
 //! with an open `copy_failed` alert, with backoff from the job's
-//! `retry_delay`, doubling up to an hour. A copy already being made by a
-//! run (the copy lock) is left to it.
+//! `retry_delay`, doubling up to an hour. A physical job's copies are
+//! synced every [`WAL_EVERY`] besides, so their WAL follows the primary's
+//! archive between base backups. A copy already being made by a run (the
+//! copy lock) is left to it.
 
 use super::Daemon;
 use crate::engine::copy;
@@ -17,6 +19,10 @@ use tokio::time::Instant;
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// How often open alerts are looked at when nothing is due.
 const POLL: Duration = Duration::from_secs(15);
+/// How often a physical job's new WAL goes to its copies (between base
+/// backups, which copy it too): a copy restores to within this of the
+/// primary's archive.
+const WAL_EVERY: Duration = Duration::from_secs(60);
 
 /// When to retry one copy, and the wait after the next failure.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,6 +46,7 @@ pub(super) fn after_failure(prev: Option<Backoff>, first: Duration, now: Instant
 
 pub(super) async fn worker(d: Arc<Daemon>) {
     let mut backoff: BTreeMap<(String, String), Backoff> = BTreeMap::new();
+    let mut wal_synced: BTreeMap<(String, String), Instant> = BTreeMap::new();
     let mut first = true;
     loop {
         let cfg = d.config();
@@ -61,7 +68,13 @@ pub(super) async fn worker(d: Arc<Daemon>) {
                     return;
                 }
                 let k = (job.clone(), repo.clone());
+                let wal_due = matches!(jc.kind, crate::config::Kind::PostgresPhysical(_))
+                    && !backoff.contains_key(&k)
+                    && wal_synced
+                        .get(&k)
+                        .is_none_or(|t| now.duration_since(*t) >= WAL_EVERY);
                 let due = first
+                    || wal_due
                     || (open.contains(&copy::alert_key(job, repo))
                         && backoff.get(&k).is_none_or(|b| b.next <= now));
                 if !due {
@@ -70,6 +83,7 @@ pub(super) async fn worker(d: Arc<Daemon>) {
                 let Ok(Some(_lock)) = copy::lock(&cfg, job, false).await else {
                     continue;
                 };
+                wal_synced.insert(k.clone(), Instant::now());
                 let ok = match copy::sync_all(&cfg, &d.state, job, Some(repo), None).await {
                     Ok(reports) => reports.iter().all(|r| r.problems().is_none()),
                     Err(e) => {

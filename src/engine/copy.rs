@@ -134,6 +134,10 @@ pub struct Report {
     /// Source backups that are damaged (their manifest or an artifact
     /// fails its checksum): nothing of them was stored.
     pub damaged: Vec<String>,
+    /// A physical job's WAL files copied now.
+    pub wal_files: usize,
+    /// Their stored bytes.
+    pub wal_bytes: u64,
 }
 
 impl Report {
@@ -273,8 +277,31 @@ pub async fn sync(
     report.present = p.present.len();
     report.not_kept = p.not_kept.len();
     report.too_old = p.too_old.len();
+    // A physical job's base backups are only restorable with their WAL:
+    // it goes first (listed after the backups, so it holds every listed
+    // backup's own range), and a base backup whose range did not arrive
+    // is not committed in the copy.
+    let wal = match &jc.kind {
+        crate::config::Kind::PostgresPhysical(_) => {
+            copy_wal(
+                &from,
+                &dest,
+                &job_name,
+                &present,
+                &p.copy,
+                &manifests,
+                &mut report,
+            )
+            .await?
+        }
+        _ => None,
+    };
     for id in &p.copy {
         let Some(m) = manifests.get(id) else { continue };
+        if let Some(why) = without_its_wal(wal.as_ref(), m, to) {
+            report.failed.push((id.to_string(), why));
+            continue;
+        }
         match one(&from, &dest, m).await {
             Ok(bytes) => {
                 if let Err(e) = state.cache_backup(to, m).await {
@@ -297,6 +324,65 @@ pub async fn sync(
         }
     }
     Ok(report)
+}
+
+/// Why base backup `m` must not be committed in copy `to` yet: the WAL
+/// of its own range is not there (listing `wal`; `None` for a logical
+/// job).
+fn without_its_wal(
+    wal: Option<&crate::engine::wal::Archive>,
+    m: &Manifest,
+    to: &str,
+) -> Option<String> {
+    let missing = crate::engine::wal::base_range_missing(wal?, m.physical.as_ref()?);
+    (!missing.is_empty()).then(|| {
+        format!(
+            "not copied: the WAL that makes it consistent is not in repository {to} ({}); the next sync retries",
+            missing.join(", ")
+        )
+    })
+}
+
+/// Copy a physical job's WAL into `dest`: what a recovery from the oldest
+/// base backup the copy will hold (`present` and `copying`) can need.
+/// Returns the copy's WAL listing afterwards (`None`: nothing to copy it
+/// for, the copy holds no base backup and gets none).
+async fn copy_wal(
+    from: &Repository,
+    dest: &Repository,
+    job: &crate::base::ids::JobName,
+    present: &BTreeSet<BackupId>,
+    copying: &[BackupId],
+    manifests: &std::collections::BTreeMap<BackupId, Manifest>,
+    report: &mut Report,
+) -> Result<Option<crate::engine::wal::Archive>> {
+    let mut starts: Vec<(crate::base::wal::Lsn, u64)> = copying
+        .iter()
+        .filter_map(|id| manifests.get(id)?.physical.as_ref())
+        .map(|p| (p.start_lsn, p.wal_segment_bytes))
+        .collect();
+    // The oldest base backup already there (by id; one manifest read).
+    if let Some(oldest) = present.iter().next() {
+        match dest.read_manifest(job, oldest).await {
+            Ok(m) => starts.extend(m.physical.map(|p| (p.start_lsn, p.wal_segment_bytes))),
+            Err(e) => {
+                tracing::warn!(backup = %oldest, error = %e, "cannot read the copy's oldest base backup; copying the WAL the new ones need");
+            }
+        }
+    }
+    let Some(keep_from) = starts.into_iter().min() else {
+        return Ok(None);
+    };
+    let copied = crate::engine::wal::copy_missing(from, dest, job, keep_from).await?;
+    if copied.files > 0 {
+        tracing::info!(job = %job, repository = %dest.name, files = copied.files, bytes = copied.bytes, "WAL copied");
+    }
+    for e in &copied.errors {
+        report.failed.push(("(wal)".into(), e.clone()));
+    }
+    report.wal_files = copied.files;
+    report.wal_bytes = copied.bytes;
+    crate::engine::wal::list(dest, job).await.map(Some)
 }
 
 /// This host's copy lock of `job`: one sync of a job at a time, so two

@@ -399,9 +399,9 @@ pub async fn job_in(
     };
     let plan = plan(&dirs, &keep, &prefix, &uploads, &rules);
     apply(&repo, name, plan, opts.dry_run, &mut report).await;
-    if matches!(jc.kind, crate::config::Kind::PostgresPhysical(_))
-        && jc.repository() == Some(repo_name)
-    {
+    // In the job's repository and in each copy alike: a copy's WAL is
+    // pruned below its own oldest kept base backup.
+    if matches!(jc.kind, crate::config::Kind::PostgresPhysical(_)) {
         // The backups left: those kept and those protected.
         let left: Vec<BackupId> = dirs
             .iter()

@@ -179,8 +179,15 @@ pub async fn report(
             tracing::warn!(job = %b.job, backup = %b.backup_id, error = %e, "cannot record the verification");
         }
     }
+    // The job's own archive is what `wal_gap` and the daemon's chain
+    // check watch; a copy's gaps fail the verification (and its report).
     for w in &s.wal {
-        crate::engine::wal::alert_gaps(cfg, state, w).await;
+        let own = cfg
+            .job(&w.job)
+            .is_ok_and(|(_, jc)| jc.repository() == Some(w.repository.as_str()));
+        if own {
+            crate::engine::wal::alert_gaps(cfg, state, w).await;
+        }
     }
     let alerter = Alerter::new(cfg, state);
     let mut checked: Vec<(&str, &str)> = s
@@ -378,9 +385,8 @@ async fn job(
         summary.bytes_read += check.artifacts.iter().map(|a| a.stored_bytes).sum::<u64>();
         summary.backups.push(check);
     }
-    if matches!(job.kind, crate::config::Kind::PostgresPhysical(_))
-        && job.repository() == Some(repo_name)
-    {
+    // Copies too: a copy's base backups restore only with its own WAL.
+    if matches!(job.kind, crate::config::Kind::PostgresPhysical(_)) {
         summary.wal.push(
             crate::engine::wal::check(
                 cfg,

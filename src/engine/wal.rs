@@ -1028,6 +1028,109 @@ pub async fn prune(
     Ok(out)
 }
 
+/// What copying a job's WAL into a copy repository did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WalCopied {
+    /// Files copied now (object, then record).
+    pub files: usize,
+    /// Their stored bytes.
+    pub bytes: u64,
+    /// Files that could not be copied, each with why (the next sync
+    /// retries them).
+    pub errors: Vec<String>,
+}
+
+/// Copy the job's committed WAL files that `to` lacks from `from`, byte
+/// for byte (no key needed: the objects stay sealed), each object checked
+/// against its record on the way and committed in `to` the way a push
+/// commits it (object, then record, read back). Only what a recovery from
+/// a base backup starting at `keep_from` or later can need: files
+/// [`crate::base::wal::prunable`] below it are left out, histories always
+/// go. A file whose record in `to` is there but whose object is not is
+/// copied again (its record stays; the object is what was missing).
+pub async fn copy_missing(
+    from: &Repository,
+    to: &Repository,
+    job: &JobName,
+    (keep_from, segment_bytes): (crate::base::wal::Lsn, u64),
+) -> Result<WalCopied> {
+    let source = list(from, job).await?;
+    let dest = list(to, job).await?;
+    let names: Vec<String> = source.files.keys().cloned().collect();
+    let old: std::collections::BTreeSet<String> =
+        crate::base::wal::prunable(&names, keep_from, segment_bytes)
+            .into_iter()
+            .collect();
+    let mut out = WalCopied::default();
+    for name in names.iter().filter(|n| !old.contains(*n)) {
+        if dest.has(name) && dest.stored.contains_key(name) {
+            continue;
+        }
+        match copy_file(from, to, job, name).await {
+            Ok(bytes) => {
+                out.files += 1;
+                out.bytes += bytes;
+            }
+            Err(e) => out.errors.push(format!(
+                "WAL {name}: {}",
+                crate::base::secret::redact(&e.to_string())
+            )),
+        }
+    }
+    Ok(out)
+}
+
+/// One WAL file from `from` into `to`: its object streamed through a
+/// [`crate::base::stream::Checked`] reader (size and SHA-256 of the
+/// record), then the record committed. Returns the bytes stored.
+async fn copy_file(from: &Repository, to: &Repository, job: &JobName, name: &str) -> Result<u64> {
+    let record = read_record(from, job, name).await?;
+    let key = object_key(job, &record.object);
+    let src = from.get_key(&key).await?;
+    let (checked, mismatch) =
+        crate::base::stream::Checked::new(src, record.stored_bytes, &record.sha256);
+    let put = to
+        .put_key(&key, Box::pin(checked), Some(record.stored_bytes))
+        .await;
+    if let Some(what) = mismatch.found() {
+        let _ = to.backend().delete(&key).await;
+        return Err(Error::Integrity {
+            artifact: format!("{key} in repository {}", from.name),
+            message: what,
+        });
+    }
+    let bytes = put?;
+    match read_record(to, job, name).await {
+        // The record is there (its object went missing): the object is back.
+        Ok(there) if there == record => Ok(bytes),
+        Ok(_) => Err(Error::Integrity {
+            artifact: record_key(job, name),
+            message: format!(
+                "repository {} holds another record of {name}; not overwriting it",
+                to.name
+            ),
+        }),
+        Err(Error::NotFound(_)) => commit(to, job, &record).await.map(|()| bytes),
+        Err(e) => Err(e),
+    }
+}
+
+/// The WAL files of `base`'s own range (its start to its stop segment, on
+/// its timeline) that `a` lacks (a record and an object each): without
+/// them the base backup cannot become consistent.
+pub fn base_range_missing(a: &Archive, p: &crate::base::manifest::PhysicalSource) -> Vec<String> {
+    let bytes = p.wal_segment_bytes;
+    crate::base::wal::needed(
+        p.start_lsn,
+        p.stop_lsn.segno(bytes),
+        &[(p.timeline, crate::base::wal::Lsn(0))],
+        bytes,
+    )
+    .into_iter()
+    .filter(|n| !(a.has(n) && a.stored.contains_key(n)))
+    .collect()
+}
+
 /// What the streaming uploader does with the files `pg_receivewal` left
 /// in its spool.
 #[derive(Debug, Clone, PartialEq, Eq)]

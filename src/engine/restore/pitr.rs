@@ -834,6 +834,14 @@ pub async fn plan(cfg: &LoadedConfig, req: &PitrRequest) -> Result<PitrPlan> {
 fn make_plan(g: &Gathered, req: &PitrRequest) -> Result<(PitrPlan, Choice)> {
     let times = stored_times(&g.archive);
     let c = choose(&g.bases, &times, &g.histories, req.target, req.timeline).map_err(|e| {
+        if g.bases.is_empty() && !g.passed_over.is_empty() {
+            return Error::Refused(format!(
+                "every base backup of job {} is recorded as damaged: {}; `drctl verify --job {}` checks them again (a passing check clears the mark)",
+                g.job,
+                g.passed_over.join("; "),
+                g.job
+            ));
+        }
         let mut why = with_missing_objects(e, &g.archive);
         for n in &g.passed_over {
             why.push_str("; ");

@@ -2058,3 +2058,119 @@ async fn a_copy_of_a_physical_job_carries_its_wal_and_restores_alone() {
     assert!(r.all().contains(victim.as_str()), "{}", r.all());
     drop(c);
 }
+
+/// `wal = "stream"` heals itself: a `.partial` cut short in the spool (the
+/// disk filled) is moved aside at the next start instead of stopping
+/// pg_receivewal for good, and the writes made meanwhile come from the
+/// slot; the slot's backlog raises `wal_slot_retained` and is exported; a
+/// receiver that keeps failing raises `wal_stream_down`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_truncated_partial_heals_and_a_stream_that_cannot_start_or_a_slot_that_holds_back_alerts()
+{
+    let port = free_port();
+    // A bindir whose pg_receivewal always fails, for a second job.
+    let bad = scratch_dir("drctl-badbin-");
+    for e in std::fs::read_dir(pg_bindir()).unwrap().flatten() {
+        if e.file_name() != "pg_receivewal" {
+            std::os::unix::fs::symlink(e.path(), bad.join(e.file_name())).unwrap();
+        }
+    }
+    let script = bad.join("pg_receivewal");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho 'pg_receivewal: error: could not connect to the server' >&2\nexit 1\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let Setup {
+        root, bucket, w, c, ..
+    } = setup(&format!(
+        "wal = \"stream\"\nwal_flush = \"1s\"\nwal_slot_max_retained = \"1MiB\"\n\
+         [repositories.disk]\ntype = \"local\"\npath = \"{{dir}}/repo\"\n\
+         [jobs.broken]\ntype = \"postgres_physical\"\nurl_env = \"PHYS_URL\"\nrepository = \"disk\"\nwal = \"stream\"\npg_bindir = \"{}\"\n\
+         [http]\nlisten = \"127.0.0.1:{port}\"\n",
+        bad.display()
+    ))
+    .await;
+    c.psql("CREATE TABLE ledger (id bigint PRIMARY KEY, note text)");
+    c.psql("INSERT INTO ledger SELECT g, 'base' FROM generate_series(1, 300) g");
+    let spool = w.dir.join("state/wal/db");
+    {
+        let d = Daemon::start(&w);
+        wait_until(Duration::from_secs(30), "the replication slot", || {
+            c.psql(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'drctl_db' AND active",
+            ) == "1"
+        });
+        w.drctl(&["run", "db"]).ok();
+        c.psql("INSERT INTO ledger SELECT g, 'streamed' FROM generate_series(301, 400) g");
+        wait_until(Duration::from_secs(30), "a .partial in the spool", || {
+            std::fs::read_dir(&spool).is_ok_and(|mut r| {
+                r.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".partial")))
+            })
+        });
+        // The failing receiver of the second job pages after 3 starts.
+        wait_until(Duration::from_secs(40), "wal_stream_down:broken", || {
+            active_alerts(&w).contains(&"wal_stream_down:broken".to_string())
+        });
+        let (_, text) = http_get(port, "/metrics");
+        assert!(
+            text.contains("drctl_wal_stream_up{job_name=\"broken\"} 0"),
+            "{text}"
+        );
+        drop(d);
+    }
+    // The receiver died with the daemon (its connection is gone).
+    wait_until(Duration::from_secs(30), "the slot to be released", || {
+        c.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'drctl_db' AND active")
+            == "0"
+    });
+    // The spool's disk filled: the unfinished segment is cut in half.
+    let partial = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".partial"))
+        .unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&partial)
+        .unwrap();
+    f.set_len(8 << 20).unwrap();
+    drop(f);
+    assert_eq!(std::fs::metadata(&partial).unwrap().len(), 8 << 20);
+    // Writes while the receiver is down: only the slot holds them.
+    c.psql("INSERT INTO ledger SELECT g, 'while down' FROM generate_series(401, 700) g");
+    let seg = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    c.psql("SELECT pg_switch_wal()");
+    let want = c.fingerprint();
+
+    let d = Daemon::start(&w);
+    wait_until(Duration::from_secs(30), "wal_slot_retained:db", || {
+        active_alerts(&w).contains(&"wal_slot_retained:db".to_string())
+    });
+    wait_stored(&bucket, &seg, &|| d.log()).await;
+    let aside = w.dir.join("state/wal/db.aside");
+    assert_eq!(
+        std::fs::read_dir(&aside).map_or(0, Iterator::count),
+        1,
+        "the truncated file is kept aside: {}",
+        d.log()
+    );
+    let (_, text) = http_get(port, "/metrics");
+    assert!(
+        text.contains("drctl_wal_slot_retained_bytes{job_name=\"db\"}"),
+        "{text}"
+    );
+    drop(d);
+    let dir = root.join("after-the-heal");
+    restore_db(&w, &["--latest"], &dir).ok();
+    assert_eq!(
+        fingerprint_of(&dir).0,
+        want,
+        "the writes made while it was down"
+    );
+}

@@ -41,6 +41,11 @@ pub struct PhysicalJob {
     /// With `wal = "stream"`: how often the unfinished segment is stored.
     #[serde(default = "default_wal_flush", with = "humantime_serde")]
     pub wal_flush: Duration,
+    /// With `wal = "stream"`: the WAL the replication slot may hold back
+    /// on the server (while the receiver is down or behind) before
+    /// `wal_slot_retained` is raised (default 1GiB).
+    #[serde(default = "default_slot_max_retained")]
+    pub wal_slot_max_retained: bytesize::ByteSize,
     /// Directory holding `pg_basebackup`, `pg_ctl`, `postgres` (default:
     /// the newest /usr/lib/postgresql/*/bin, else `$PATH`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,6 +78,10 @@ fn default_marker_database() -> String {
     "postgres".into()
 }
 
+fn default_slot_max_retained() -> bytesize::ByteSize {
+    bytesize::ByteSize::gib(1)
+}
+
 fn default_wal_flush() -> Duration {
     Duration::from_secs(30)
 }
@@ -88,6 +97,7 @@ impl KindSpec for PhysicalJob {
         k.extend([
             "wal",
             "wal_flush",
+            "wal_slot_max_retained",
             "pg_bindir",
             "checkpoint",
             "compression_threads",

@@ -153,6 +153,37 @@ async fn status(AxState(d): AxState<Arc<Daemon>>) -> Response {
     }
 }
 
+/// `wal = "stream"` jobs: the receiver's state and the slot's backlog.
+fn register_streams(reg: &mut Registry, d: &Daemon) {
+    let streams = d.streams.lock().map(|s| s.clone()).unwrap_or_default();
+    if streams.is_empty() {
+        return;
+    }
+    let up = Family::<JobLabels, Gauge>::default();
+    let retained = Family::<JobLabels, Gauge>::default();
+    for (job, h) in &streams {
+        let l = JobLabels {
+            job_name: job.clone(),
+        };
+        up.get_or_create(&l).set(i64::from(h.up));
+        if let Some(b) = h.retained_bytes {
+            retained
+                .get_or_create(&l)
+                .set(i64::try_from(b).unwrap_or(i64::MAX));
+        }
+    }
+    reg.register(
+        "drctl_wal_stream_up",
+        "1 while the job's pg_receivewal has run for 30s without failing",
+        up,
+    );
+    reg.register(
+        "drctl_wal_slot_retained_bytes",
+        "WAL the job's replication slot holds back on the server",
+        retained,
+    );
+}
+
 // The exposition is written top to bottom, one metric family after the
 // other; split, the families would only move apart.
 #[allow(clippy::too_many_lines)]
@@ -315,6 +346,7 @@ async fn metrics(AxState(d): AxState<Arc<Daemon>>, headers: axum::http::HeaderMa
         "Always 1; the labels say which drctl runs (a fleet upgrade in one query)",
         build,
     );
+    register_streams(&mut reg, &d);
     let up = Gauge::<i64>::default();
     up.set(1);
     reg.register("drctl_scheduler_up", "1 while the scheduler runs", up);

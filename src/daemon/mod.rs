@@ -53,6 +53,8 @@ struct Daemon {
     started: chrono::DateTime<Utc>,
     /// Failures the state database may never have got (see `internal`).
     internal: internal::Internal,
+    /// Each streaming job's receiver and slot, for `/metrics`.
+    streams: Mutex<BTreeMap<String, wal_stream::Health>>,
 }
 
 impl Daemon {
@@ -621,6 +623,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         ticks: Mutex::new(BTreeMap::new()),
         started: Utc::now(),
         internal: internal::Internal::default(),
+        streams: Mutex::new(BTreeMap::new()),
     });
     let sched_err = |source: tokio_cron_scheduler::JobSchedulerError| Error::Scheduler {
         context: "scheduler".into(),

@@ -975,15 +975,12 @@ async fn a_pitr_drill_restores_a_random_point_and_proves_it_with_the_marker_rows
     let r = restore_db(&w, &["--latest", "--dry-run"], &scratch);
     assert!(r.ok().stderr.contains("estimate    none"), "{}", r.stderr);
 
-    // A drill killed while its recovery server runs: the server dies with
-    // it, and the next run of the drill sweeps what it left.
+    // A drill killed while its recovery server runs, or while its
+    // verification server runs: the server dies with it, and the next
+    // `drctl status` sweeps what it left, saying so.
     let drills = w.dir.join("state").join("drills");
-    {
-        let drill = paused_at(
-            &w,
-            "pitr.recovery.promoted",
-            &["drill", "run", "pitr-weekly"],
-        );
+    for point in ["pitr.recovery.promoted", "pitr.drill.verifying"] {
+        let drill = paused_at(&w, point, &["drill", "run", "pitr-weekly"]);
         let dir = std::fs::read_dir(&drills)
             .unwrap()
             .next()
@@ -1005,12 +1002,28 @@ async fn a_pitr_drill_restores_a_random_point_and_proves_it_with_the_marker_rows
             "the killed drill's server to die",
             || !alive(pid),
         );
+        let st = w.drctl(&["status"]);
+        assert!(
+            st.ok()
+                .stderr
+                .contains("point-in-time drill pitr-weekly that was killed"),
+            "{point}: {}",
+            st.stderr
+        );
+        assert_eq!(
+            std::fs::read_dir(&drills).map_or(0, Iterator::count),
+            0,
+            "{point}: swept by status"
+        );
     }
     let r = w.drctl(&["drill", "run", "pitr-weekly", "--json"]);
     r.ok();
     let rec: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(rec["outcome"], "passed", "{rec}");
-    assert_eq!(rec["swept"].as_array().map(Vec::len), Some(1), "{rec}");
+    assert!(
+        rec["swept"].as_array().is_none_or(Vec::is_empty),
+        "nothing left for the drill itself: {rec}"
+    );
     let checks = rec["checks"].as_array().unwrap();
     let marker = checks
         .iter()

@@ -31,6 +31,9 @@ pub async fn status(cfg: &LoadedConfig, a: StatusArgs) -> anyhow::Result<()> {
     for note in drctl::engine::restore::journal::recover(cfg, &state).await {
         eprintln!("drctl: {note}");
     }
+    for note in drctl::engine::drill::sweep_stale(cfg).await {
+        eprintln!("drctl: {note}");
+    }
     let mut rows = drctl::engine::status::jobs(cfg, &state, chrono::Utc::now()).await?;
     for r in &mut rows {
         if let Ok((

@@ -655,6 +655,9 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             for note in crate::engine::restore::journal::recover(&cfg, &d.state).await {
                 tracing::warn!("{note}");
             }
+            for note in crate::engine::drill::sweep_stale(&cfg).await {
+                tracing::warn!("{note}");
+            }
             preflight::check_jobs(&cfg, &d.state, Duration::from_secs(30)).await;
         });
     }

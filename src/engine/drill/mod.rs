@@ -5,6 +5,7 @@
 
 pub mod checks;
 mod pitr;
+pub use pitr::sweep_stale;
 mod redis;
 mod scratch;
 mod store;

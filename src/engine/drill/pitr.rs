@@ -14,7 +14,7 @@ use super::{DrillRecord, Options, Phase, PhaseResult};
 use crate::base::error::{Error, Result};
 use crate::config::LoadedConfig;
 use crate::engine::restore::pitr::{self, PitrRequest, Target};
-use crate::services::pg::server::server_tool;
+use crate::services::pg::server::ServerChild;
 use crate::services::pg::{PgTarget, PgTools, SqlSession};
 use chrono::{DateTime, Utc};
 use std::path::PathBuf;
@@ -23,8 +23,9 @@ use std::time::Instant;
 /// The throwaway cluster and its directory.
 pub struct Scratch {
     dir: PathBuf,
-    tools: PgTools,
-    running: bool,
+    /// Its server: drctl's child, which dies with it (never a detached
+    /// `pg_ctl start`, which would outlive a killed drill).
+    server: Option<crate::services::pg::server::ServerChild>,
 }
 
 impl Scratch {
@@ -35,14 +36,8 @@ impl Scratch {
 
     /// Stop the server (if started) and remove the directory.
     pub async fn remove(&mut self) -> Result<()> {
-        if self.running {
-            let mut stop = server_tool(&self.tools, "pg_ctl");
-            stop.args(["stop", "-m", "immediate", "-w", "-D"])
-                .arg(self.dir.join("data"));
-            if let Err(e) = crate::services::pg::server::run(stop, "pg_ctl stop").await {
-                tracing::warn!(error = %e, "stopping the drill cluster");
-            }
-            self.running = false;
+        if let Some(server) = self.server.take() {
+            server.quit().await;
         }
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => Ok(()),
@@ -133,6 +128,38 @@ async fn sweep_own(tools: &PgTools, root: &std::path::Path, name: &str) -> Vec<S
     swept
 }
 
+/// Sweep what killed point-in-time drills left (their clusters under
+/// `state_dir/drills/`), for every configured drill of a physical job
+/// that is not running now (its lock is free): the daemon's start and
+/// `drctl status` do it, not only that drill's next run. One note each.
+pub async fn sweep_stale(cfg: &LoadedConfig) -> Vec<String> {
+    let root = cfg.config.state_dir.join("drills");
+    if !root.is_dir() {
+        return Vec::new();
+    }
+    let mut notes = Vec::new();
+    for (name, d) in &cfg.config.drills {
+        let Ok((_, _, job)) = crate::engine::wal::physical_job(cfg, Some(&d.job)) else {
+            continue;
+        };
+        let Ok(Ok(_lock)) = crate::services::lock::HostLock::try_acquire(
+            &cfg.config.state_dir,
+            &format!(".drill-{name}"),
+        ) else {
+            continue;
+        };
+        let tools = PgTools::locate(job.pg_bindir.as_deref());
+        for dir in sweep_own(&tools, &root, name).await {
+            notes.push(format!(
+                "removed {} under {}: the cluster of a point-in-time drill {name} that was killed",
+                dir,
+                root.display()
+            ));
+        }
+    }
+    notes
+}
+
 /// This run's directory under `state_dir/drills/`, once what earlier
 /// runs left there is swept (noted in the record).
 async fn fresh_dir(
@@ -179,8 +206,7 @@ pub(super) async fn phases(
     super::scratch::hand_to_postgres(&dir).map_err(at("fetch"))?;
     *scratch_out = Some(Scratch {
         dir: dir.clone(),
-        tools: tools.clone(),
-        running: false,
+        server: None,
     });
     rec.target = Some(dir.display().to_string());
     let data = dir.join("data");
@@ -237,23 +263,25 @@ pub(super) async fn phases(
     opts.progress.set_phase("verify", 0);
     let t = Instant::now();
     let port = free_port().map_err(at("verify"))?;
-    let opts_s = format!(
-        "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} -c archive_mode=off",
-        dir.display()
-    );
-    let mut start = server_tool(&tools, "pg_ctl");
-    start
-        .args(["start", "-w", "-t", "600", "-D"])
-        .arg(&data)
-        .arg("-l")
-        .arg(dir.join("server.log"))
-        .args(["-o", &opts_s]);
-    crate::services::pg::server::run(start, "pg_ctl start")
-        .await
-        .map_err(at("verify"))?;
+    let options: Vec<String> = [
+        "listen_addresses=127.0.0.1".to_owned(),
+        format!("port={port}"),
+        format!("unix_socket_directories={}", dir.display()),
+        "archive_mode=off".to_owned(),
+    ]
+    .into_iter()
+    .flat_map(|o| ["-c".to_owned(), o])
+    .collect();
+    let log = dir.join("server.log");
+    let mut server = ServerChild::start(&tools, &data, &log, &options).map_err(at("verify"))?;
+    let ready = server
+        .ready(&data, &log, std::time::Duration::from_secs(600))
+        .await;
     if let Some(s) = scratch_out.as_mut() {
-        s.running = true;
+        s.server = Some(server);
     }
+    ready.map_err(at("verify"))?;
+    crate::base::faults::point("pitr.drill.verifying").await;
     // A recovery that ran out of archive before the target proves only
     // that nothing after the target came back.
     let marked = match req.target {

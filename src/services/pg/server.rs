@@ -136,6 +136,54 @@ impl ServerChild {
         Ok(ServerChild { child, pid })
     }
 
+    /// Wait until the server accepts connections (its `postmaster.pid`
+    /// says `ready`, as `pg_ctl start -w` waits), at most `limit`; an
+    /// error with the end of `log` when it exits or does not get there.
+    pub async fn ready(
+        &mut self,
+        dd: &std::path::Path,
+        log: &std::path::Path,
+        limit: std::time::Duration,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let tail = || {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(5)..].join("\n")
+        };
+        loop {
+            if ready_in(&std::fs::read_to_string(dd.join("postmaster.pid")).unwrap_or_default()) {
+                return Ok(());
+            }
+            if self.exited() {
+                return Err(Error::Tool {
+                    tool: "postgres".into(),
+                    status: "exited before accepting connections".into(),
+                    stderr: tail(),
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Tool {
+                    tool: "postgres".into(),
+                    status: format!("not ready within {}s", limit.as_secs()),
+                    stderr: tail(),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stop it at once (`-m immediate`), waiting at most 10 s, then SIGKILL.
+    pub async fn quit(mut self) {
+        signal(self.pid, nix::sys::signal::Signal::SIGQUIT);
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_secs(10), self.child.wait()).await;
+        if !matches!(waited, Ok(Ok(_))) {
+            signal(self.pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = self.child.wait().await;
+        }
+    }
+
     /// Whether the postmaster has exited.
     pub fn exited(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))
@@ -178,6 +226,12 @@ impl Drop for ServerChild {
         signal(self.pid, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.start_kill();
     }
+}
+
+/// Whether a `postmaster.pid`'s text says the server accepts connections
+/// (its eighth line, the postmaster status, is `ready`) (pure).
+pub fn ready_in(pid_file: &str) -> bool {
+    pid_file.lines().nth(7).is_some_and(|l| l.trim() == "ready")
 }
 
 fn signal(pid: i32, sig: nix::sys::signal::Signal) {

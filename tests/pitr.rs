@@ -2276,7 +2276,15 @@ async fn pitr_random_kills_and_object_faults_never_restore_wrong_data() {
         }
         for d in dirs {
             if !empty_or_gone(d) {
-                eprintln!("{what}: {} not empty", d.display());
+                let names: Vec<String> = walkdir::WalkDir::new(d)
+                    .min_depth(1)
+                    .max_depth(3)
+                    .into_iter()
+                    .flatten()
+                    .take(8)
+                    .map(|e| e.path().display().to_string())
+                    .collect();
+                eprintln!("{what}: {} not empty: {names:?}", d.display());
                 t.leftovers += 1;
             }
         }
@@ -2373,6 +2381,21 @@ async fn pitr_random_kills_and_object_faults_never_restore_wrong_data() {
                 took[op] = start.elapsed();
             }
             w.drctl(&["status"]).ok();
+            // Killed after it finished (its journal says done): the
+            // directory holds the restored cluster, which must be right.
+            let done = w.job_status("db")["last_restore"].clone();
+            let finished = op == 2
+                && !empty_or_gone(&target)
+                && done["outcome"] == "done"
+                && done["target"] == target.display().to_string().as_str();
+            if finished {
+                t.restores_checked += 1;
+                if fingerprint_of(&target).0 != latest {
+                    t.wrong_data += 1;
+                }
+                let _ = std::fs::remove_dir_all(&target);
+                continue;
+            }
             check_left(
                 &mut t,
                 &format!("round {round} kill {op}"),
@@ -2470,5 +2493,137 @@ async fn pitr_random_kills_and_object_faults_never_restore_wrong_data() {
         "seed {seed}: {t:?}"
     );
     assert!(t.restores_checked > 0, "{t:?}");
+    drop(c);
+}
+
+/// One config, two users, as the package installs them: the daemon's
+/// commands as one user (uid 65534 here), PostgreSQL's `archive_command`
+/// as `postgres`, sharing a group, and a local repository whose root is
+/// setgid and group-writable (`install -d -m 2770 -g GROUP`). Each writes
+/// what the other reads and removes: WAL pushed by postgres is verified
+/// and pruned by the service user, into directories the service user
+/// created; nobody else may read any of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_config_serves_the_daemon_user_and_postgres_through_a_shared_repository() {
+    if !is_root() {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let out = Command::new("id")
+        .args(["-g", "postgres"])
+        .output()
+        .unwrap();
+    let pg_gid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let root = scratch_dir("drctl-two-users-");
+    let repo = root.join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    assert!(Command::new("chown")
+        .arg(format!("65534:{pg_gid}"))
+        .arg(&repo)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::set_permissions(&repo, std::fs::Permissions::from_mode(0o2770)).unwrap();
+    let body = format!(
+        "[repositories.shared]\ntype = \"local\"\npath = \"{}\"\n\
+         [jobs.db]\ntype = \"postgres_physical\"\nurl_env = \"PHYS_URL\"\nrepository = \"shared\"\nretention = {{ keep_last = 1 }}\n",
+        repo.display()
+    );
+    let mut w = World::new(&body);
+    let state = w.dir.join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(Command::new("chown")
+        .arg("65534")
+        .arg(&state)
+        .status()
+        .unwrap()
+        .success());
+    let script = w.dir.join("archive.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec {} -c {} wal push --job db \"$1\"\n",
+            env!("CARGO_BIN_EXE_drctl"),
+            w.config.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = Cluster::init(&root);
+    let c = Cluster::start(
+        &data,
+        free_port(),
+        &format!(
+            "-c wal_level=replica -c archive_mode=on -c archive_command='{} %p'",
+            script.display()
+        ),
+    );
+    w.set_env("PHYS_URL", &c.url());
+    let regid = format!("--regid={pg_gid}");
+    let service = [
+        "setpriv",
+        "--reuid=65534",
+        regid.as_str(),
+        "--clear-groups",
+        "--",
+    ];
+    let as_service = |args: &[&str]| Run::from(w.command_via(&service, args).output().unwrap());
+    let wal_dir = repo.join("db/wal");
+    let stored = |seg: &str| wal_dir.join(format!("{seg}.json")).exists();
+    let switch = || {
+        let seg = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+        c.psql("SELECT pg_switch_wal()");
+        seg
+    };
+
+    c.psql("CREATE TABLE ledger (id bigint PRIMARY KEY, note text)");
+    c.psql("INSERT INTO ledger SELECT g, 'first' FROM generate_series(1, 300) g");
+    let first = as_service(&["run", "db"]);
+    first.ok();
+    c.psql("INSERT INTO ledger SELECT g, 'archived' FROM generate_series(301, 600) g");
+    let seg = switch();
+    wait_until(
+        Duration::from_secs(30),
+        "postgres's push into the shared repository",
+        || stored(&seg),
+    );
+    // Pushed by postgres into a directory the service user made: group
+    // readable, nobody else.
+    let meta = std::fs::metadata(wal_dir.join(format!("{seg}.json"))).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o640, "{:o}", meta.mode());
+    let dir_meta = std::fs::metadata(&wal_dir).unwrap();
+    assert_eq!(dir_meta.mode() & 0o7777, 0o2770, "{:o}", dir_meta.mode());
+    assert_eq!(dir_meta.gid().to_string(), pg_gid);
+    as_service(&["verify", "--job", "db"]).ok();
+    // Another host (root, its own state) restores from it.
+    let mut elsewhere = World::new(&body);
+    elsewhere.set_env("PHYS_URL", &c.url());
+    let want = c.fingerprint();
+    let d = root.join("restored");
+    restore_db(&elsewhere, &["--latest"], &d).ok();
+    assert_eq!(fingerprint_of(&d).0, want);
+
+    // A second base backup; the service user prunes the first and the
+    // WAL postgres pushed below the new one.
+    let old_segs = std::fs::read_dir(&wal_dir).unwrap().count();
+    as_service(&["run", "db"]).ok();
+    let seg = switch();
+    wait_until(Duration::from_secs(30), "the next push", || stored(&seg));
+    let r = as_service(&["prune", "--json"]);
+    r.ok();
+    assert!(
+        !repo.join("db").join(first.stdout.trim()).exists(),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        std::fs::read_dir(&wal_dir).unwrap().count() < old_segs + 4,
+        "WAL below the kept base backup pruned by the service user: {}",
+        r.stdout
+    );
+    // The cluster's first segment, pushed by postgres before either base
+    // backup, was removed by the service user.
+    assert!(!stored("000000010000000000000001"), "{}", r.stdout);
     drop(c);
 }

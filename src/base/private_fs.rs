@@ -24,6 +24,30 @@ pub fn dir_all(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// `mkdir -p` under a shared repository root (setgid, group rwx): every
+/// new directory is 2770, so it keeps the root's group and both users of
+/// a packaged install (the daemon's and PostgreSQL's, sharing that group)
+/// can add and remove files in it. Existing directories keep their mode.
+pub fn shared_dir_all(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        shared_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o2770).create(dir) {
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2770)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `root` is a shared repository root: setgid and group rwx, as
+/// `install -d -m 2770 -g GROUP` makes it (the operator's choice).
+pub fn is_shared_root(root: &Path) -> bool {
+    std::fs::metadata(root).is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o2070 == 0o2070)
+}
+
 /// Open (creating it 0600 if missing) a file for reading and writing; an
 /// existing file keeps its mode and content.
 pub fn open_rw(path: &Path) -> std::io::Result<std::fs::File> {
@@ -55,13 +79,19 @@ pub fn create_if_missing(path: &Path) -> std::io::Result<()> {
 
 /// Create a new file, 0600 (fails if it exists).
 pub async fn create_new(path: &Path) -> std::io::Result<tokio::fs::File> {
+    create_new_mode(path, 0o600).await
+}
+
+/// Create a new file with `mode` (0600, or 0640 in a shared repository:
+/// the group reads it, nobody else) whatever the umask (fails if it exists).
+pub async fn create_new_mode(path: &Path, mode: u32) -> std::io::Result<tokio::fs::File> {
     let f = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)
         .await?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
         .await?;
     Ok(f)
 }
@@ -92,5 +122,33 @@ mod tests {
         drop(open_rw(&g).unwrap());
         assert_eq!(std::fs::metadata(&g).unwrap().mode() & 0o777, 0o600);
         nix::sys::stat::umask(old);
+    }
+
+    #[tokio::test]
+    async fn a_shared_root_is_setgid_and_group_writable_and_its_tree_stays_so() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("repo");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o770)).unwrap();
+        assert!(
+            !is_shared_root(&root),
+            "group rwx without setgid is not shared"
+        );
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o2750)).unwrap();
+        assert!(
+            !is_shared_root(&root),
+            "a group that cannot write is not shared"
+        );
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o2770)).unwrap();
+        assert!(is_shared_root(&root));
+        assert!(!is_shared_root(&t.path().join("missing")));
+        let d = root.join("job/wal");
+        shared_dir_all(&d).unwrap();
+        for p in [root.join("job"), d.clone()] {
+            assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o7777, 0o2770);
+        }
+        let f = d.join("x");
+        drop(create_new_mode(&f, 0o640).await.unwrap());
+        assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o777, 0o640);
     }
 }

@@ -1689,17 +1689,19 @@ async fn unpack_cluster(
         .map_err(|e| Error::io(format!("writing {}", map.display()), e))
 }
 
-/// Remove everything inside `dd` (a restore that failed before recovery
-/// leaves the directory as empty as it found it; the directory itself
-/// stays, it may be a mount point).
 /// Undo what a point-in-time restore wrote into its directories, which
 /// were new or empty when it began (so all in them is its own): stop a
-/// server a killed drctl left running there, then empty them. Used on a
-/// failure, on SIGINT/SIGTERM, and by the journal's recovery of a killed
-/// restore.
+/// server a killed drctl left running there, and the server processes
+/// that outlived their postmaster (they still write into the directory
+/// until they notice it died), then empty them. Used on a failure, on
+/// SIGINT/SIGTERM, and by the journal's recovery of a killed restore.
 pub async fn abandon(datadir: &Path, spaces: &[PathBuf]) {
     if server::stop_leftover(datadir).await {
         tracing::warn!(datadir = %datadir.display(), "stopped the recovery server a killed restore left running");
+    }
+    let stray = server::stop_strays(datadir).await;
+    if stray > 0 {
+        tracing::warn!(datadir = %datadir.display(), processes = stray, "stopped server processes a killed recovery left behind");
     }
     empty_dir(datadir);
     for d in spaces {
@@ -1707,6 +1709,8 @@ pub async fn abandon(datadir: &Path, spaces: &[PathBuf]) {
     }
 }
 
+/// Remove everything inside `dd` (the directory itself stays: it may be a
+/// mount point).
 fn empty_dir(dd: &Path) {
     let Ok(entries) = std::fs::read_dir(dd) else {
         return;

@@ -228,6 +228,44 @@ impl Drop for ServerChild {
     }
 }
 
+/// SIGKILL every `postgres` process whose working directory is `dd` (a
+/// dead postmaster's children, still replaying or writing), and wait (10 s
+/// at most) until they are gone. How many there were.
+pub async fn stop_strays(dd: &std::path::Path) -> usize {
+    let Ok(dd) = std::fs::canonicalize(dd) else {
+        return 0;
+    };
+    let strays = || -> Vec<i32> {
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        procs
+            .flatten()
+            .filter_map(|e| {
+                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
+                let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+                let postgres = cmd
+                    .split(|b| *b == 0)
+                    .next()
+                    .is_some_and(|a| a.ends_with(b"postgres"));
+                (postgres && cwd == dd && pid > 1).then_some(pid)
+            })
+            .collect()
+    };
+    let found = strays();
+    for pid in &found {
+        signal(*pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    for _ in 0..100 {
+        if strays().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    found.len()
+}
+
 /// Whether a `postmaster.pid`'s text says the server accepts connections
 /// (its eighth line, the postmaster status, is `ready`) (pure).
 pub fn ready_in(pid_file: &str) -> bool {
@@ -269,4 +307,16 @@ pub async fn stop_leftover(dd: &std::path::Path) -> bool {
     }
     signal(pid, nix::sys::signal::Signal::SIGKILL);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_server_is_ready_when_its_pid_file_says_so() {
+        let starting = "123\n/data\n1700000000\n5432\n/tmp\n127.0.0.1\n  1 2\nstarting\n";
+        assert!(!super::ready_in(starting));
+        assert!(super::ready_in(&starting.replace("starting", "ready   ")));
+        assert!(!super::ready_in(""));
+        assert!(!super::ready_in("123\n"));
+    }
 }

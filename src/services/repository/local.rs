@@ -7,6 +7,12 @@
 //! Dumps hold every row and the globals file holds role password hashes, so
 //! whatever the process umask, objects are created 0600 and the
 //! directories drctl creates 0700: only the service user reads a backup.
+//!
+//! A shared root (setgid and group rwx: `install -d -m 2770 -g drctl`) is
+//! the operator saying two users write here, the daemon's and PostgreSQL's
+//! `archive_command` (both in that group): directories are then created
+//! 2770 (they keep the group) and objects 0640, so each user reads, adds
+//! and removes what the other wrote; others still get nothing.
 
 use super::{Backend, BoxRead, ObjectInfo};
 use crate::base::error::{Error, Result};
@@ -22,6 +28,8 @@ const WRITE_CHUNK: usize = 2 << 20;
 pub struct LocalBackend {
     name: String,
     root: PathBuf,
+    /// The root is shared with a group (see the module documentation).
+    shared: bool,
 }
 
 impl LocalBackend {
@@ -30,6 +38,16 @@ impl LocalBackend {
         LocalBackend {
             name: name.to_owned(),
             root: root.to_path_buf(),
+            shared: crate::base::private_fs::is_shared_root(root),
+        }
+    }
+
+    /// The mode of a new object.
+    fn file_mode(&self) -> u32 {
+        if self.shared {
+            0o640
+        } else {
+            0o600
         }
     }
 
@@ -61,10 +79,17 @@ impl LocalBackend {
     async fn prepare_dir(&self, path: &Path) -> Result<PathBuf> {
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         let d = dir.clone();
-        tokio::task::spawn_blocking(move || crate::base::private_fs::dir_all(&d))
-            .await
-            .map_err(|e| Error::repo(&self.name, e))?
-            .map_err(|e| self.err(format!("creating {}", dir.display()), e))?;
+        let shared = self.shared;
+        tokio::task::spawn_blocking(move || {
+            if shared {
+                crate::base::private_fs::shared_dir_all(&d)
+            } else {
+                crate::base::private_fs::dir_all(&d)
+            }
+        })
+        .await
+        .map_err(|e| Error::repo(&self.name, e))?
+        .map_err(|e| self.err(format!("creating {}", dir.display()), e))?;
         Ok(dir)
     }
 }
@@ -91,7 +116,7 @@ impl Backend for LocalBackend {
         // Removes the temporary file if this future is dropped (cancelled) mid-write.
         let guard = TempGuard(Some(tmp.clone()));
         let result: Result<u64> = async {
-            let f = crate::base::private_fs::create_new(&tmp)
+            let f = crate::base::private_fs::create_new_mode(&tmp, self.file_mode())
                 .await
                 .map_err(|e| self.err(format!("creating {}", tmp.display()), e))?;
             // Every write to a tokio file is a hand-off to a blocking thread:
@@ -145,7 +170,7 @@ impl Backend for LocalBackend {
         let path = self.path(key);
         let dir = self.prepare_dir(&path).await?;
         let tmp = Self::temp_path(&path);
-        let mut f = crate::base::private_fs::create_new(&tmp)
+        let mut f = crate::base::private_fs::create_new_mode(&tmp, self.file_mode())
             .await
             .map_err(|e| self.err(format!("creating {}", tmp.display()), e))?;
         // tokio's File buffers: without flush() a failed write (ENOSPC)

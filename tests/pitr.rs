@@ -2337,7 +2337,17 @@ async fn pitr_random_kills_and_object_faults_never_restore_wrong_data() {
                 c.psql("INSERT INTO ledger SELECT g, 'pushed' FROM generate_series(1, 1) g ON CONFLICT DO NOTHING");
                 let seg = c.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
                 c.psql("SELECT pg_switch_wal()");
-                std::thread::sleep(Duration::from_millis(below(60)));
+                let found = std::time::Instant::now() + Duration::from_secs(1);
+                while std::time::Instant::now() < found
+                    && !Command::new("pgrep")
+                        .args(["-f", "wal push --job db"])
+                        .stdout(std::process::Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                std::thread::sleep(Duration::from_millis(below(40)));
                 let killed = Command::new("pkill")
                     .args(["-9", "-f", "wal push --job db"])
                     .status()

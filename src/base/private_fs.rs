@@ -11,17 +11,7 @@ use std::path::Path;
 /// `mkdir -p` whose every new directory is 0700. A directory that already
 /// exists keeps its mode: the operator chose it.
 pub fn dir_all(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        dir_all(parent)?;
-    }
-    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
-        Err(e) => Err(e),
-    }
+    dir_all_mode(dir, 0o700)
 }
 
 /// `mkdir -p` under a shared repository root (setgid, group rwx): every
@@ -29,14 +19,18 @@ pub fn dir_all(dir: &Path) -> std::io::Result<()> {
 /// a packaged install (the daemon's and PostgreSQL's, sharing that group)
 /// can add and remove files in it. Existing directories keep their mode.
 pub fn shared_dir_all(dir: &Path) -> std::io::Result<()> {
+    dir_all_mode(dir, 0o2770)
+}
+
+fn dir_all_mode(dir: &Path, mode: u32) -> std::io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        shared_dir_all(parent)?;
+        dir_all_mode(parent, mode)?;
     }
-    match std::fs::DirBuilder::new().mode(0o2770).create(dir) {
-        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o2770)),
+    match std::fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
         Err(e) => Err(e),
     }

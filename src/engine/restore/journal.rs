@@ -71,6 +71,14 @@ pub enum Action {
 }
 
 impl Action {
+    fn parse(s: &str) -> Action {
+        if s == "undo" {
+            Action::Undo
+        } else {
+            Action::Restore
+        }
+    }
+
     /// As stored.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -464,11 +472,7 @@ impl Journal {
 fn entry_of(r: &sqlx::sqlite::SqliteRow) -> Entry {
     Entry {
         id: r.get("id"),
-        action: if r.get::<String, _>("action") == "undo" {
-            Action::Undo
-        } else {
-            Action::Restore
-        },
+        action: Action::parse(&r.get::<String, _>("action")),
         job: r.get("job"),
         backup_id: r.get("backup_id"),
         repository: r.get("repository"),
@@ -859,11 +863,7 @@ pub async fn history(state: &State, job: &str, db: &str) -> Result<Vec<Past>> {
     Ok(rows
         .iter()
         .map(|r| Past {
-            action: if r.get::<String, _>("action") == "undo" {
-                Action::Undo
-            } else {
-                Action::Restore
-            },
+            action: Action::parse(&r.get::<String, _>("action")),
             step: Step::parse(r.get::<String, _>("step").as_str()),
             backup_id: r.get("backup_id"),
             safety: r.get("safety"),

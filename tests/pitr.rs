@@ -2290,6 +2290,8 @@ async fn pitr_random_kills_and_object_faults_never_restore_wrong_data() {
         }
     };
     let drills = w.dir.join("state/drills");
+    // This world's pushes only (other tests archive into jobs named db too).
+    let own_push = format!("{} wal push --job db", w.config.display());
     for round in 0..rounds {
         // New rows, archived, and a moment between two commits.
         c.psql(&format!(
@@ -2340,7 +2342,7 @@ async fn pitr_random_kills_and_object_faults_never_restore_wrong_data() {
                 let found = std::time::Instant::now() + Duration::from_secs(1);
                 while std::time::Instant::now() < found
                     && !Command::new("pgrep")
-                        .args(["-f", "wal push --job db"])
+                        .args(["-f", &own_push])
                         .stdout(std::process::Stdio::null())
                         .status()
                         .is_ok_and(|s| s.success())
@@ -2349,7 +2351,7 @@ async fn pitr_random_kills_and_object_faults_never_restore_wrong_data() {
                 }
                 std::thread::sleep(Duration::from_millis(below(40)));
                 let killed = Command::new("pkill")
-                    .args(["-9", "-f", "wal push --job db"])
+                    .args(["-9", "-f", &own_push])
                     .status()
                     .is_ok_and(|s| s.success());
                 if killed {

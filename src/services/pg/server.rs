@@ -244,11 +244,11 @@ pub async fn stop_strays(dd: &std::path::Path) -> usize {
             .filter_map(|e| {
                 let pid: i32 = e.file_name().to_str()?.parse().ok()?;
                 let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
-                let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-                let postgres = cmd
-                    .split(|b| *b == 0)
-                    .next()
-                    .is_some_and(|a| a.ends_with(b"postgres"));
+                // The postmaster's children retitle themselves
+                // ("postgres: startup recovering ..."); their command name
+                // stays `postgres`.
+                let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+                let postgres = comm.trim() == "postgres";
                 (postgres && cwd == dd && pid > 1).then_some(pid)
             })
             .collect()
